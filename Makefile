@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv if missing
+# and install the pinned stack (constraints.txt) and this project into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONHASHSEED := 0
+
+.PHONY: install test test-fast demo lock clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+## test: the whole suite, end-to-end (slow) tests included, as CI runs it.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## test-fast: everything but the end-to-end tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+## demo: simulate -> Beam preprocess -> train ESMM -> evaluate -> score raw examples.
+demo: $(STAMP)
+	$(PY) -m pipeline.demo --workdir runs/demo
+
+## lock: rewrite constraints.txt from the current venv.
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable > constraints.txt
+
+clean:
+	rm -rf runs .pytest_cache

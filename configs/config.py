@@ -1,0 +1,272 @@
+"""Typed experiment configuration, loaded from the YAML files in this folder.
+
+One YAML file per experiment (`configs/esmm.yaml`, `configs/naive.yaml`, ...). A file may
+name a `base:` file (relative to itself) whose keys it overrides, key by key, so the data
+and feature settings are written once (`configs/base_simulated.yaml`). Sections:
+
+    base: base_simulated.yaml          # optional
+    feature_spec: features/simulated.yaml   # relative to this YAML file
+    data:   {...}  -> DataConfig   (used by pipeline.preprocess and the tf.data reader)
+    model:  {...}  -> ModelConfig  (used by models.build_model)
+    train:  {...}  -> TrainConfig  (used by pipeline.train)
+
+Unknown keys are errors that name the file and the key, so a typo never silently falls
+back to a default.
+"""
+
+import dataclasses
+import datetime
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from features import spec as spec_lib
+
+
+class ConfigError(ValueError):
+  """A config file is invalid; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+  """One label derived from behaviour events.
+
+  Attributes:
+    name: Example key of the label (0/1 int64), e.g. "click", "action", "purchase".
+    events: event types (the raw `event` field) that set this label.
+    after_click: the event counts only when it follows a click on the same
+      impression; one without a click is an orphan, handled by
+      `DataConfig.orphan_event_policy`.
+  """
+
+  name: str
+  events: Tuple[str, ...]
+  after_click: bool = True
+
+
+DEFAULT_LABELS = (
+    LabelConfig("click", ("click",), after_click=False),
+    LabelConfig("action", ("cart", "favorite")),
+    LabelConfig("purchase", ("purchase",)),
+)
+
+ORPHAN_POLICIES = ("dead_letter", "infer_click")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """How raw logs become labelled examples.
+
+  Attributes:
+    labels: the labels to derive, in order; the first must be the click label.
+    attribution_window_s: an event counts only if 0 <= event.timestamp -
+      impression.timestamp <= window. Later events go to the dead-letter output with
+      reason `outside_attribution_window`.
+    orphan_event_policy: what to do with an `after_click` event on an impression that
+      has no click: "dead_letter" (the event is dead-lettered with reason
+      `event_without_click`; the impression keeps the labels of its valid events) or
+      "infer_click" (the event implies a click; click is set to 1).
+    eval_from: UTC date "YYYY-MM-DD"; impressions at or after its midnight go to the
+      eval split, earlier ones to train.
+    train_shards, eval_shards: number of TFRecord files per split.
+  """
+
+  labels: Tuple[LabelConfig, ...] = DEFAULT_LABELS
+  attribution_window_s: int = 86400
+  orphan_event_policy: str = "dead_letter"
+  eval_from: str = "2026-01-08"
+  train_shards: int = 4
+  eval_shards: int = 2
+
+  @property
+  def label_names(self) -> List[str]:
+    return [label.name for label in self.labels]
+
+  @property
+  def eval_from_timestamp(self) -> int:
+    """`eval_from` as unix seconds (UTC midnight)."""
+    day = datetime.date.fromisoformat(self.eval_from)
+    return int(datetime.datetime(day.year, day.month, day.day,
+                                 tzinfo=datetime.timezone.utc).timestamp())
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The model: which paper's heads, and the shared building blocks' sizes.
+
+  Attributes:
+    name: registered model name (see `models.build_model`), e.g. "esmm", "naive".
+    embedding_dim: embedding size of every categorical feature (a feature's own
+      `embedding_dim` overrides it).
+    tower_units: hidden layer sizes of every task tower (MLP); a final 1-unit logit
+      layer is added.
+    cross_layers: number of DCN-v2 `tfrs.layers.dcn.Cross` layers applied to the
+      shared input before the towers (0 = none).
+    dropout: dropout rate after each hidden tower layer.
+    activation: hidden activation.
+    l2: L2 penalty on tower kernels.
+    loss_weights: per-task loss weight, keyed by task name (e.g. ctr, ctcvr); tasks not
+      named keep the model's default weight.
+    params: model-specific options, validated by the model itself.
+  """
+
+  name: str = "esmm"
+  embedding_dim: int = 16
+  tower_units: Tuple[int, ...] = (128, 64)
+  cross_layers: int = 0
+  dropout: float = 0.0
+  activation: str = "relu"
+  l2: float = 0.0
+  loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)
+  params: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation and checkpointing.
+
+  Attributes:
+    batch_size: global batch size (split across replicas).
+    epochs: passes over the train split.
+    steps_per_epoch: if set, an epoch is this many steps over a repeated dataset
+      (needed for exact resume and multi-worker runs); else one pass over the data.
+    learning_rate, optimizer: "adam" or "adagrad".
+    shuffle_buffer: examples in the tf.data shuffle buffer.
+    seed: seeds TF, file order and shuffling.
+    checkpoint_every_steps: BackupAndRestore frequency in steps (0 = every epoch).
+    eval_batch_size: batch size of evaluation and export warm-up.
+  """
+
+  batch_size: int = 1024
+  epochs: int = 2
+  steps_per_epoch: Optional[int] = None
+  learning_rate: float = 0.001
+  optimizer: str = "adam"
+  shuffle_buffer: int = 20000
+  seed: int = 42
+  checkpoint_every_steps: int = 200
+  eval_batch_size: int = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """An experiment: features, data, model and training settings."""
+
+  feature_spec_path: str
+  data: DataConfig
+  model: ModelConfig
+  train: TrainConfig
+  source: str = "<memory>"
+
+  def load_feature_spec(self) -> spec_lib.FeatureSpec:
+    spec = spec_lib.load_feature_spec(self.feature_spec_path)
+    spec_lib.check_labels_not_features(spec, self.data.label_names)
+    return spec
+
+
+def _merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+  merged = dict(base)
+  for key, value in override.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _merge(merged[key], value)
+    else:
+      merged[key] = value
+  return merged
+
+
+def _read_yaml_with_bases(path: str, seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
+  path = os.path.abspath(path)
+  if path in seen:
+    raise ConfigError(f"{path}: circular 'base:' chain {list(seen)}")
+  if not os.path.exists(path):
+    raise ConfigError(f"{path}: config file not found")
+  with open(path) as f:
+    try:
+      data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+      raise ConfigError(f"{path}: not valid YAML: {e}") from e
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path}: expected a mapping at the top level")
+  # Paths inside a file are relative to that file.
+  if "feature_spec" in data:
+    data["feature_spec"] = os.path.normpath(
+        os.path.join(os.path.dirname(path), data["feature_spec"]))
+  base = data.pop("base", None)
+  if base is None:
+    return data
+  base_data = _read_yaml_with_bases(os.path.join(os.path.dirname(path), base), seen + (path,))
+  return _merge(base_data, data)
+
+
+def _build(cls, values: Any, source: str, section: str):
+  if values is None:
+    values = {}
+  if not isinstance(values, dict):
+    raise ConfigError(f"{source}: section {section!r} must be a mapping")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(f"{source}: unknown key(s) {unknown} in section {section!r}; "
+                      f"allowed: {sorted(fields)}")
+  kwargs = {}
+  for key, value in values.items():
+    if isinstance(value, list) and key != "labels":
+      value = tuple(value)
+    kwargs[key] = value
+  try:
+    return cls(**kwargs)
+  except TypeError as e:
+    raise ConfigError(f"{source}: section {section!r}: {e}") from e
+
+
+def _build_labels(entries: Any, source: str) -> Tuple[LabelConfig, ...]:
+  if not isinstance(entries, list) or not entries:
+    raise ConfigError(f"{source}: data.labels must be a non-empty list")
+  labels = []
+  for i, entry in enumerate(entries):
+    label = _build(LabelConfig, entry, source, f"data.labels[{i}]")
+    labels.append(dataclasses.replace(label, events=tuple(label.events)))
+  if labels[0].after_click:
+    raise ConfigError(f"{source}: data.labels[0] must be the click label "
+                      f"(after_click: false), got {labels[0].name!r}")
+  return tuple(labels)
+
+
+def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> ExperimentConfig:
+  """Builds and validates an ExperimentConfig from merged YAML data."""
+  allowed = {"feature_spec", "data", "model", "train"}
+  unknown = sorted(set(data) - allowed)
+  if unknown:
+    raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; allowed: {sorted(allowed)}")
+  if "feature_spec" not in data:
+    raise ConfigError(f"{source}: missing 'feature_spec' (path to a feature spec YAML)")
+  data_section = dict(data.get("data") or {})
+  if "labels" in data_section:
+    data_section["labels"] = _build_labels(data_section["labels"], source)
+  data_config = _build(DataConfig, data_section, source, "data")
+  if data_config.orphan_event_policy not in ORPHAN_POLICIES:
+    raise ConfigError(f"{source}: data.orphan_event_policy must be one of {ORPHAN_POLICIES}")
+  try:
+    data_config.eval_from_timestamp  # pylint: disable=pointless-statement
+  except ValueError as e:
+    raise ConfigError(f"{source}: data.eval_from must be YYYY-MM-DD: {e}") from e
+  return ExperimentConfig(
+      feature_spec_path=data["feature_spec"],
+      data=data_config,
+      model=_build(ModelConfig, data.get("model"), source, "model"),
+      train=_build(TrainConfig, data.get("train"), source, "train"),
+      source=source)
+
+
+def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> ExperimentConfig:
+  """Loads an experiment YAML (following `base:`), applying optional overrides.
+
+  Args:
+    path: the experiment YAML file.
+    overrides: nested mapping merged over the file, e.g. {"train": {"epochs": 1}}.
+  """
+  data = _read_yaml_with_bases(path)
+  if overrides:
+    data = _merge(data, overrides)
+  return config_from_dict(data, source=path)

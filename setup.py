@@ -1,0 +1,37 @@
+"""Entire-space multi-task CVR ranking pipeline: Beam preprocessing, TF/Keras models, serving.
+
+Also the `--setup_file` for Dataflow workers: it installs the project's packages (and the
+pinned stack) on each worker so the Beam transforms can be unpickled there.
+"""
+
+import setuptools
+
+# The stack, pinned exactly (see constraints.txt for every transitive version).
+# TFDV 1.17+ ships only manylinux_2_39 wheels; 1.16.1 is the newest that installs on
+# glibc 2.36 (Debian 12), and it fixes the rest of this set.
+INSTALL_REQUIRES = [
+    "tensorflow==2.16.2",
+    "tf-keras==2.16.0",
+    "tensorflow-recommenders==0.7.3",
+    "tensorflow-data-validation==1.16.1",
+    "tfx-bsl==1.16.1",
+    "apache-beam[gcp]==2.61.0",
+    "pyarrow==10.0.1",
+    "absl-py==1.4.0",
+    "PyYAML==6.0.3",
+    "numpy==1.26.4",
+]
+
+setuptools.setup(
+    name="cvr-pipeline",
+    version="0.1.0",
+    description="Entire-space multi-task CVR models (ESMM, ESM2, ESMC, HM3) with a Beam "
+                "preprocessing pipeline and SavedModel export.",
+    python_requires=">=3.10,<3.12",
+    packages=setuptools.find_packages(include=[
+        "configs", "features", "models", "models.*", "pipeline", "transforms",
+        "training", "evaluation", "simulation", "benchmarks"]),
+    package_data={"configs": ["*.yaml", "features/*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0"]},
+)
