@@ -1,0 +1,54 @@
+"""Entry point: train a model on pipeline.preprocess output and export a SavedModel.
+
+  python -m pipeline.train --config configs/esmm.yaml --data runs/demo/data \
+      --model_dir runs/demo/model [--strategy default|mirrored|multi_worker|tpu]
+
+Re-running the same command after a crash resumes from MODEL_DIR/backup.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+from configs import config as config_lib
+from training import strategy as strategy_lib
+from training import trainer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "configs/esmm.yaml", "Experiment YAML (configs/<model>.yaml).")
+flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess.", required=True)
+flags.DEFINE_string("model_dir", None, "Directory for checkpoints, logs and the export.",
+                    required=True)
+flags.DEFINE_enum("strategy", "default", list(strategy_lib.STRATEGIES),
+                  "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy tpu.")
+flags.DEFINE_integer("epochs", None, "Override train.epochs.")
+flags.DEFINE_integer("steps_per_epoch", None, "Override train.steps_per_epoch.")
+flags.DEFINE_integer("batch_size", None, "Override train.batch_size (global batch).")
+flags.DEFINE_float("learning_rate", None, "Override train.learning_rate.")
+flags.DEFINE_integer("seed", None, "Override train.seed.")
+flags.DEFINE_bool("export", True, "Export a SavedModel under MODEL_DIR/export/<version>/.")
+
+
+def _overrides() -> dict:
+  train = {key: getattr(FLAGS, key)
+           for key in ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed")
+           if getattr(FLAGS, key) is not None}
+  return {"train": train} if train else {}
+
+
+def main(argv):
+  del argv
+  config = config_lib.load_config(FLAGS.config, overrides=_overrides())
+  strategy = strategy_lib.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+  result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
+                                    export=FLAGS.export)
+  logging.info("Done: export %s", result.export_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)

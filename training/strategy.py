@@ -1,0 +1,68 @@
+"""tf.distribute strategies by name, for `pipeline.train --strategy`.
+
+Flow position: pipeline.train picks a strategy here, then builds the model inside its
+scope and feeds it per-replica batches from training.data.
+
+  default       the default (single-device) strategy.
+  mirrored      MirroredStrategy over the local devices (one CPU replica here; all GPUs
+                on a GPU machine); the global batch is split across replicas and Keras
+                scales the loss by the global batch size.
+  multi_worker  MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG
+                environment variable (see README "Scaling out").
+  tpu           TPUStrategy through TPUClusterResolver(tpu=NAME) (untested here: no TPU).
+"""
+
+import json
+import os
+from typing import Optional
+
+from absl import logging
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(name: str, tpu: Optional[str] = None) -> tf.distribute.Strategy:
+  """Returns the tf.distribute.Strategy called `name` (one of STRATEGIES)."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable "
+                       "(cluster and task); see README 'Scaling out'")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+def task_identity() -> tuple:
+  """(task_type, task_id) of this process from TF_CONFIG; ("chief", 0) when absent."""
+  config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+  task = config.get("task", {})
+  return task.get("type", "chief"), int(task.get("index", 0))
+
+
+def is_chief() -> bool:
+  """True on the process that owns the export and the final metrics.
+
+  With a TF_CONFIG cluster that has no "chief" job, worker 0 is the chief (the
+  MultiWorkerMirroredStrategy convention).
+  """
+  config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+  task_type, task_id = task_identity()
+  if "chief" in config.get("cluster", {}):
+    return task_type == "chief"
+  return task_type in ("chief", "worker") and task_id == 0
+
+
+def log_strategy(strategy: tf.distribute.Strategy) -> None:
+  task_type, task_id = task_identity()
+  logging.info("Strategy %s with %d replica(s) in sync; task %s:%d (chief=%s)",
+               type(strategy).__name__, strategy.num_replicas_in_sync, task_type, task_id,
+               is_chief())
