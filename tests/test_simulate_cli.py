@@ -1,0 +1,68 @@
+"""Tests of the `python -m pipeline.simulate` entry point, run as a subprocess."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from simulation import truth as truth_lib
+from simulation import writer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_simulate(*args):
+  """Runs the CLI from the repository root; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, "-m", "pipeline.simulate", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_writes_jsonl_logs_truth_and_world_json(tmp_path):
+  output_dir = str(tmp_path / "out")
+  result = run_simulate("--output", output_dir, "--impressions", "3000", "--seed", "3",
+                        "--shards", "2", "--corrupt_fraction", "0.02")
+  assert result.returncode == 0, result.stderr
+  assert "Done in" in result.stderr   # absl logs to stderr
+  assert sorted(os.listdir(output_dir)) == ["events", "impressions", "truth", "world.json"]
+  assert sorted(os.listdir(os.path.join(output_dir, "impressions"))) == [
+      "impressions-00000-of-00002.jsonl.gz", "impressions-00001-of-00002.jsonl.gz"]
+  with open(os.path.join(output_dir, "world.json")) as f:
+    world = json.load(f)
+  assert world["config"]["num_impressions"] == 3000 and world["config"]["seed"] == 3
+  assert world["output"]["format"] == "jsonl" and world["output"]["shards"] == 2
+  assert world["corruption"]["fraction"] == 0.02
+  assert world["sizes"]["last_day"] == "2026-01-08"
+  truth = truth_lib.load_truth(output_dir)
+  assert len(truth["impression_id"]) == 3000
+
+
+def test_cli_writes_parquet(tmp_path):
+  output_dir = str(tmp_path / "out")
+  result = run_simulate("--output", output_dir, "--impressions", "2000", "--format",
+                        "parquet", "--days", "2", "--start_date", "2026-02-01")
+  assert result.returncode == 0, result.stderr
+  impressions = sorted(glob.glob(os.path.join(output_dir, "impressions", "*.parquet")))
+  events = sorted(glob.glob(os.path.join(output_dir, "events", "*.parquet")))
+  assert len(impressions) == len(events) == 4
+  tables = [pq.read_table(path) for path in impressions]
+  assert all(table.column_names == list(writer.IMPRESSION_FIELDS) for table in tables)
+  assert sum(table.num_rows for table in tables) == 2000
+  assert pq.read_table(events[0]).column_names == list(writer.EVENT_FIELDS)
+  with open(os.path.join(output_dir, "world.json")) as f:
+    assert json.load(f)["sizes"]["last_day"] == "2026-02-02"
+  assert len(truth_lib.load_truth(output_dir)["p_ctcvr"]) == 2000
+
+
+def test_cli_refuses_an_earlier_output_unless_overwrite_and_checks_flags(tmp_path):
+  output_dir = str(tmp_path / "out")
+  args = ("--output", output_dir, "--impressions", "1000")
+  assert run_simulate(*args).returncode == 0
+  refused = run_simulate(*args)
+  assert refused.returncode != 0 and "--overwrite" in refused.stderr
+  assert run_simulate(*args, "--overwrite").returncode == 0
+  bad_fraction = run_simulate(*args, "--overwrite", "--corrupt_fraction", "0.9")
+  assert bad_fraction.returncode != 0 and "corrupt_fraction" in bad_fraction.stderr
+  assert run_simulate("--impressions", "10").returncode != 0   # --output is required
