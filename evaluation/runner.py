@@ -1,0 +1,190 @@
+"""One evaluation run: SavedModel + a data split [+ simulator truth] -> metrics report.
+
+Flow position: called by `pipeline.evaluate`. Reads a pipeline.preprocess output
+directory (TFRecords, feature_spec.yaml, labels.json) and a SavedModel, scores the split
+through `serving_default` (evaluation.scoring), joins the truth by impression_id and
+builds the per-task table (evaluation.report).
+
+Report (the metrics JSON; NaN is written as null):
+  {"saved_model": dir, "data": dir, "split": "eval", "file_pattern": glob,
+   "feature_spec": path, "labels": [...], "outputs": [...], "examples": n,
+   "label_rates": {label: mean},
+   "user_ids": "feature" | "truth" | null,       # where GAUC's user ids came from
+   "truth": {"path": p, "rows": m, "matched": k} | null,
+   "tasks": {task: {...}},                       # see evaluation/report.py
+   "seconds": wall time}
+"""
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from configs import config as config_lib
+from evaluation import report
+from evaluation import scoring
+from features import spec as spec_lib
+from training import data
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = "configs/esmm.yaml"
+SPEC_FILE = "feature_spec.yaml"
+METADATA_COLUMNS = ("impression_id", "timestamp", "user_id")
+
+
+def resolve_config_path(path: str) -> str:
+  """`path` as given if it exists, else relative to the project root (the package)."""
+  if os.path.isabs(path) or tf.io.gfile.exists(path):
+    return path
+  return os.path.join(PACKAGE_ROOT, path)
+
+
+def resolve_saved_model(path: str) -> str:
+  """A SavedModel directory from itself, an export base or a MODEL_DIR.
+
+  Accepts MODEL_DIR/export/<version> (the SavedModel), MODEL_DIR/export (its newest
+  numeric version) or MODEL_DIR (MODEL_DIR/export's newest version).
+  """
+  path = path.rstrip("/")
+  if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+    return path
+  for base in (path, os.path.join(path, "export")):
+    if tf.io.gfile.isdir(base):
+      versions = [name.rstrip("/") for name in tf.io.gfile.listdir(base)
+                  if name.rstrip("/").isdigit()
+                  and tf.io.gfile.exists(os.path.join(base, name.rstrip("/"), "saved_model.pb"))]
+      if versions:
+        return os.path.join(base, max(versions, key=int))
+  raise FileNotFoundError(f"{path}: no saved_model.pb here nor in a numeric version "
+                          f"directory of it or of its export/")
+
+
+def default_output_path(saved_model_dir: str, split: str) -> str:
+  """`<SavedModel dir>_evaluation_<split>.json`, beside the SavedModel directory.
+
+  E.g. MODEL_DIR/export/1700000000 -> MODEL_DIR/export/1700000000_evaluation_eval.json:
+  one file per model version and split, outside the SavedModel itself (TF Serving
+  ignores non-numeric entries of the export base).
+  """
+  return f"{saved_model_dir.rstrip('/')}_evaluation_{split}.json"
+
+
+def load_spec_and_labels(data_dir: str, config_path: str):
+  """The feature spec and label names the data was written with.
+
+  Prefers DATA/feature_spec.yaml and DATA/labels.json (written by pipeline.preprocess);
+  falls back to the config's feature spec and data.labels for what is missing.
+
+  Returns:
+    (FeatureSpec, label names).
+  """
+  spec_path = os.path.join(data_dir, SPEC_FILE)
+  config = None
+  if tf.io.gfile.exists(spec_path):
+    spec = spec_lib.load_feature_spec(spec_path)
+  else:
+    config = config_lib.load_config(resolve_config_path(config_path))
+    spec = config.load_feature_spec()
+    logging.warning("%s missing; using the feature spec of %s", spec_path, config.source)
+  try:
+    label_names = data.read_label_names(data_dir)
+  except FileNotFoundError:
+    config = config or config_lib.load_config(resolve_config_path(config_path))
+    label_names = config.data.label_names
+    logging.warning("%s missing; assuming the labels of %s: %s",
+                    os.path.join(data_dir, data.LABELS_FILE), config.source, label_names)
+  return spec, list(label_names)
+
+
+def _user_ids(scores: Dict[str, np.ndarray], aligned_truth: Optional[Dict[str, np.ndarray]],
+              matched: Optional[np.ndarray]):
+  if report.USER_ID in scores:
+    return scores[report.USER_ID], "feature"
+  if aligned_truth is not None and report.USER_ID in aligned_truth and matched.all():
+    return aligned_truth[report.USER_ID].astype(str), "truth"
+  return None, None
+
+
+def evaluate(saved_model: str, data_dir: str, split: str = "eval",
+             truth_path: Optional[str] = None, config_path: str = DEFAULT_CONFIG,
+             batch_size: int = 4096, ece_bins: int = 10) -> Dict[str, Any]:
+  """Scores a split with a SavedModel and builds the report (module docstring).
+
+  Args:
+    saved_model: SavedModel dir, export base or MODEL_DIR (see resolve_saved_model).
+    data_dir: a pipeline.preprocess output directory.
+    split: the split to score ("eval" or "train").
+    truth_path: optional simulator OUTPUT dir, its truth/ dir or truth file.
+    config_path: experiment config, used only when the data lacks feature_spec.yaml or
+      labels.json.
+    batch_size: records per SavedModel call.
+    ece_bins: equal-mass bins of the ECE.
+  """
+  start = time.time()
+  saved_model_dir = resolve_saved_model(saved_model)
+  spec, label_names = load_spec_and_labels(data_dir, config_path)
+  file_pattern = data.split_pattern(data_dir, split)
+  scores = scoring.score_saved_model(saved_model_dir, file_pattern, spec, label_names,
+                                     batch_size=batch_size)
+  outputs = [name for name in scores if name not in label_names
+             and name not in METADATA_COLUMNS]
+  labels = {name: scores[name] for name in label_names}
+  predictions = {name: scores[name] for name in outputs}
+
+  aligned, matched, truth_info = None, None, None
+  if truth_path:
+    from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
+    truth = truth_lib.load_truth(truth_path)
+    aligned, matched = report.align_truth(scores["impression_id"], truth)
+    truth_info = {"path": truth_lib.truth_file_path(truth_path),
+                  "rows": int(len(truth["impression_id"])), "matched": int(matched.sum())}
+    if not matched.all():
+      logging.warning("%d scored rows have no truth row; truth metrics use the %d matched",
+                      int((~matched).sum()), int(matched.sum()))
+  user_ids, user_source = _user_ids(scores, aligned, matched)
+
+  tasks = report.task_table(labels, predictions, user_ids=user_ids, truth=aligned,
+                            ece_bins=ece_bins)
+  return {
+      "saved_model": saved_model_dir,
+      "data": data_dir,
+      "split": split,
+      "file_pattern": file_pattern,
+      "feature_spec": spec.source,
+      "labels": label_names,
+      "outputs": outputs,
+      "examples": int(len(scores["impression_id"])),
+      "label_rates": {name: float(np.mean(values, dtype=np.float64)) if len(values) else None
+                      for name, values in labels.items()},
+      "user_ids": user_source,
+      "truth": truth_info,
+      "tasks": tasks,
+      "seconds": round(time.time() - start, 2),
+  }
+
+
+def write_report(result: Dict[str, Any], path: str) -> str:
+  """Writes the report as strict JSON (NaN -> null); returns `path`."""
+  directory = os.path.dirname(path)
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(report.json_ready(result), f, indent=1, allow_nan=False)
+  logging.info("Wrote evaluation metrics to %s", path)
+  return path
+
+
+def summary_lines(result: Dict[str, Any]) -> List[str]:
+  """A readable summary: the header facts and the task table."""
+  lines = [f"Evaluated {result['saved_model']} on {result['file_pattern']}: "
+           f"{result['examples']} examples, outputs {result['outputs']}, "
+           f"GAUC users from {result['user_ids'] or 'nowhere (no user_id)'}"]
+  if result["truth"]:
+    lines.append(f"Truth {result['truth']['path']}: {result['truth']['matched']} of "
+                 f"{result['examples']} rows matched")
+  lines.append(report.format_table(result["tasks"]))
+  return lines

@@ -1,0 +1,196 @@
+"""Tests of evaluation/scoring.py, evaluation/runner.py and the pipeline.evaluate CLI.
+
+The fixture writes a tiny preprocess output (GZIP TFRecords, feature_spec.yaml,
+labels.json), a simulator truth file and a SavedModel of its own: a tf.Module whose
+`serving_default` parses Examples with features.parsing and returns ctr, cvr, ctcvr and
+ctavr as closed-form functions of the features (the real models are built elsewhere).
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from evaluation import metrics
+from evaluation import runner
+from evaluation import scoring
+from features import parsing
+from features import spec as spec_lib
+from simulation import truth as truth_lib
+from tests.test_parsing import make_example
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = ["click", "action", "purchase"]
+SPEC_ENTRIES = [
+    {"name": "user_id", "dtype": "string", "transform": "hash", "hash_buckets": 100},
+    {"name": "item_price", "dtype": "float", "transform": "normalize"},
+    {"name": "categories", "dtype": "string", "transform": "vocabulary", "max_tokens": 5,
+     "multivalent": True},
+]
+SPEC = spec_lib.feature_spec_from_dict({"features": SPEC_ENTRIES})
+NUM_ROWS = 600
+VERSION = "17"
+
+
+def sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+class TinyRanker(tf.Module):
+  """serving_default(examples) -> {ctr, cvr, ctcvr, ctavr}, each float32 [batch]."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve(self, examples):
+    features, _ = parsing.parse_examples(examples, SPEC, [])
+    price = features["item_price"]
+    num_categories = tf.cast(features["categories"].row_lengths(), tf.float32)
+    ctr = tf.sigmoid(0.8 * price - 1.0 + 0.05 * num_categories)
+    cvr = tf.sigmoid(0.3 - 0.8 * price)
+    return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr, "ctavr": ctr * 0.3}
+
+
+def model_ctr(price, num_categories):
+  return sigmoid(0.8 * price - 1.0 + 0.05 * num_categories)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  """Paths and arrays of the tiny world: data dir, truth dir, model dir."""
+  root = tmp_path_factory.mktemp("world")
+  rng = np.random.default_rng(0)
+  ids = np.array([f"imp-{i:04d}" for i in range(NUM_ROWS)], dtype=object)
+  users = np.array([f"u{i}" for i in rng.integers(0, 20, NUM_ROWS)], dtype=object)
+  price = rng.uniform(-2, 2, NUM_ROWS).astype(np.float32).astype(np.float64)
+  num_categories = rng.integers(0, 3, NUM_ROWS)
+  p_click, p_cvr = sigmoid(price - 0.5), sigmoid(0.5 - price)
+  base = {"p_click": p_click, "p_micro_given_click": np.full(NUM_ROWS, 0.4),
+          "p_macro_given_micro": np.full(NUM_ROWS, 0.5),
+          "p_macro_given_no_micro": np.full(NUM_ROWS, 0.2),
+          "p_purchase_given_macro": p_cvr, "p_purchase_given_no_macro": p_cvr}
+  truth = truth_lib.compose_truth(base)
+  click = rng.random(NUM_ROWS) < p_click
+  labels = {"click": click, "action": click & (rng.random(NUM_ROWS) < 0.32),
+            "purchase": click & (rng.random(NUM_ROWS) < p_cvr)}
+
+  data_dir = root / "data"
+  os.makedirs(data_dir / "eval")
+  for shard, rows in enumerate(np.array_split(np.arange(NUM_ROWS), 2)):
+    path = str(data_dir / "eval" / f"eval-{shard:05d}-of-00002.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+      for i in rows:
+        features = {"user_id": users[i], "item_price": float(price[i]),
+                    "categories": ["c"] * int(num_categories[i])}
+        writer.write(make_example(features, {k: int(v[i]) for k, v in labels.items()},
+                                  ids[i], 1_700_000_000 + int(i), spec=SPEC))
+  with open(data_dir / "labels.json", "w") as f:
+    json.dump(LABELS, f)
+  with open(data_dir / "feature_spec.yaml", "w") as f:
+    yaml.safe_dump({"features": SPEC_ENTRIES}, f)
+
+  raw_dir = root / "raw"
+  os.makedirs(raw_dir / "truth")
+  with gzip.open(raw_dir / "truth" / "truth.jsonl.gz", "wt") as f:
+    for i in range(NUM_ROWS):
+      row = {"impression_id": ids[i], "user_id": users[i]}
+      row.update({name: float(truth[name][i]) for name in truth_lib.PROBABILITY_COLUMNS})
+      f.write(json.dumps(row) + "\n")
+
+  model_dir = root / "model"
+  module = TinyRanker()
+  tf.saved_model.save(module, str(model_dir / "export" / VERSION),
+                      signatures={"serving_default": module.serve})
+  return {"data": str(data_dir), "raw": str(raw_dir), "model": str(model_dir),
+          "export": str(model_dir / "export" / VERSION), "ids": ids, "users": users,
+          "price": price, "num_categories": num_categories, "truth": truth,
+          "labels": {k: v.astype(np.float64) for k, v in labels.items()}}
+
+
+def test_score_saved_model_returns_metadata_labels_and_every_output(world):
+  pattern = os.path.join(world["data"], "eval", "eval-*.tfrecord.gz")
+  scores = scoring.score_saved_model(world["export"], pattern, SPEC, LABELS, batch_size=128)
+  assert sorted(scores) == sorted(["impression_id", "timestamp", "user_id", *LABELS,
+                                   "ctr", "cvr", "ctcvr", "ctavr"])
+  assert scores["impression_id"].tolist() == world["ids"].tolist()  # file order
+  assert scores["user_id"].tolist() == world["users"].tolist()
+  assert scores["timestamp"][:2].tolist() == [1_700_000_000, 1_700_000_001]
+  for name in LABELS:
+    assert scores[name].dtype == np.float32
+    np.testing.assert_array_equal(scores[name], world["labels"][name])
+  assert scores["ctr"].dtype == np.float32 and scores["ctr"].shape == (NUM_ROWS,)
+  np.testing.assert_allclose(scores["ctr"], model_ctr(world["price"], world["num_categories"]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(scores["ctcvr"], scores["ctr"] * scores["cvr"], rtol=1e-6)
+
+
+def test_score_saved_model_names_a_missing_signature(world):
+  pattern = os.path.join(world["data"], "eval", "eval-*.tfrecord.gz")
+  with pytest.raises(ValueError, match="no signature 'predict_raw'"):
+    scoring.score_saved_model(world["export"], pattern, SPEC, LABELS, signature="predict_raw")
+
+
+def test_resolve_saved_model_and_default_output(world):
+  for path in (world["export"], os.path.dirname(world["export"]), world["model"]):
+    assert runner.resolve_saved_model(path) == world["export"]
+  with pytest.raises(FileNotFoundError, match="saved_model.pb"):
+    runner.resolve_saved_model(world["data"])
+  assert runner.default_output_path(world["export"] + "/", "eval") == (
+      world["export"] + "_evaluation_eval.json")
+
+
+def test_evaluate_with_truth_matches_metrics_on_the_same_arrays(world):
+  result = runner.evaluate(world["model"], world["data"], truth_path=world["raw"],
+                           batch_size=256)
+  assert result["examples"] == NUM_ROWS and result["labels"] == LABELS
+  assert sorted(result["outputs"]) == ["ctavr", "ctcvr", "ctr", "cvr"]
+  assert result["user_ids"] == "feature"
+  assert result["truth"]["matched"] == result["truth"]["rows"] == NUM_ROWS
+  assert result["feature_spec"].endswith("feature_spec.yaml")
+  tasks = result["tasks"]
+  assert list(tasks) == ["ctr", "cvr", "ctcvr", "ctavr"]
+  labels, truth = world["labels"], world["truth"]
+  ctr = model_ctr(world["price"], world["num_categories"])
+  assert tasks["ctr"]["auc"] == pytest.approx(metrics.auc(labels["click"], ctr), abs=1e-9)
+  assert tasks["ctr"]["gauc"] == pytest.approx(
+      metrics.gauc(labels["click"], ctr, world["users"]), abs=1e-9)
+  assert tasks["ctr"]["truth"]["bayes_auc"] == metrics.auc(labels["click"], truth["p_click"])
+  clicked = labels["click"] == 1
+  assert tasks["cvr"]["n"] == clicked.sum()
+  assert tasks["cvr"]["truth"]["bayes_auc"] == metrics.auc(
+      labels["purchase"][clicked], truth["p_purchase_given_click"][clicked])
+  assert tasks["cvr"]["entire_space"]["n"] == NUM_ROWS
+  assert tasks["ctavr"]["positives"] == labels["action"].sum()
+  assert tasks["ctavr"]["truth"]["column"] == "p_ctavr"
+
+
+def test_spec_and_labels_fall_back_to_the_config(tmp_path, world):
+  with open(tmp_path / "spec.yaml", "w") as f:
+    yaml.safe_dump({"features": SPEC_ENTRIES}, f)
+  with open(tmp_path / "config.yaml", "w") as f:
+    yaml.safe_dump({"feature_spec": "spec.yaml", "data": {"labels": [
+        {"name": "click", "events": ["click"], "after_click": False},
+        {"name": "purchase", "events": ["purchase"]}]}}, f)
+  spec, label_names = runner.load_spec_and_labels(str(tmp_path), str(tmp_path / "config.yaml"))
+  assert spec.names == SPEC.names and label_names == ["click", "purchase"]
+  spec, label_names = runner.load_spec_and_labels(world["data"], "does/not/exist.yaml")
+  assert label_names == LABELS  # DATA/ files win; the config is not read
+
+
+def test_cli_end_to_end_writes_strict_json_beside_the_saved_model(world):
+  result = subprocess.run(
+      [sys.executable, "-m", "pipeline.evaluate", "--saved_model", world["model"],
+       "--data", world["data"], "--truth", world["raw"], "--batch_size", "200"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  output = world["export"] + "_evaluation_eval.json"
+  with open(output) as f:
+    report = json.load(f, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+  assert report["split"] == "eval" and report["examples"] == NUM_ROWS
+  assert set(report["tasks"]["cvr"]) >= {"auc", "gauc", "log_loss", "calibration", "ece",
+                                         "truth", "entire_space"}
+  assert "bayes_auc" in result.stderr and "cvr/all" in result.stderr  # the logged table
