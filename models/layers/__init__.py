@@ -1,0 +1,1 @@
+"""Shared Keras layers of the multi-task models: towers, cross network, bottoms, heads."""

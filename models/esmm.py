@@ -1,0 +1,57 @@
+"""ESMM (Ma et al., SIGIR 2018): Entire Space Multi-Task Model. Path: exposure -> click -> purchase.
+
+Flow position: one of the registered models (models.registry), built from the shared
+blocks: a shared feature encoder (one embedding table per feature, shared by both
+towers [paper]), a CTR tower and a CVR tower (models.multitask.build_towers).
+
+Probabilities (all per exposure x; scorer outputs, float32 [batch, 1]):
+  ctr   = P(click=1 | x)                      sigmoid of the CTR tower
+  cvr   = P(purchase=1 | click=1, x)          sigmoid of the CVR tower
+  ctcvr = P(click=1, purchase=1 | x) = ctr * cvr   [paper]
+
+Loss, over all exposures (entire space) [paper]:
+  L = w_ctr * BCE(click, ctr) + w_ctcvr * BCE(click * purchase, ctcvr)
+with w = 1 by default (config.model.loss_weights). The CVR tower has no loss of its
+own: it learns only through ctcvr. Task `cvr` (label purchase, sample weight click: CVR
+over clicked exposures) has loss weight 0 and only reports `cvr_auc` / `cvr_logloss`.
+"""
+
+from typing import Any, Dict
+
+import tf_keras
+
+from configs import config as config_lib
+from features import artifacts as artifacts_lib
+from features import spec as spec_lib
+from models import multitask
+from models.layers import probability
+
+PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
+
+TASKS = (
+    multitask.TaskSpec("ctr", "ctr", multitask.label("click")),
+    multitask.TaskSpec("ctcvr", "ctcvr", multitask.label("click", "purchase")),
+    multitask.TaskSpec("cvr", "cvr", multitask.label("purchase"),
+                       weight_fn=multitask.label("click"), loss_weight=0.0),
+)
+
+
+def build_scorer(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
+                 artifacts: artifacts_lib.TransformArtifacts, params: Dict[str, Any],
+                 name: str = "esmm_scorer") -> tf_keras.Model:
+  """The two-tower scorer: raw features -> {ctr, cvr, ctcvr = ctr * cvr}."""
+  graph = multitask.build_towers(model_config, spec, artifacts, ("ctr", "cvr"),
+                                 bottom=params["bottom"])
+  ctr = probability.ProbabilityHead(name="ctr")(graph.logits["ctr"])
+  cvr = probability.ProbabilityHead(name="cvr")(graph.logits["cvr"])
+  ctcvr = probability.ProbabilityProduct(name="ctcvr")([ctr, cvr])
+  return tf_keras.Model(graph.inputs, {"ctr": ctr, "cvr": cvr, "ctcvr": ctcvr}, name=name)
+
+
+def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
+          artifacts: artifacts_lib.TransformArtifacts,
+          params: Dict[str, Any]) -> multitask.MultiTaskModel:
+  """ESMM with the tasks above; `params` are PARAMS resolved by models.registry."""
+  scorer = build_scorer(model_config, spec, artifacts, params)
+  return multitask.MultiTaskModel(scorer, TASKS, loss_weights=model_config.loss_weights,
+                                  name="esmm")

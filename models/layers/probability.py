@@ -1,0 +1,61 @@
+"""Probability heads and compositions: logits -> the papers' named probabilities.
+
+Flow position: towers -> **probability layers** -> the scorer's output dict
+(`ctr`, `cvr`, `ctcvr`, ...). A head turns one tower's logit into a probability; a
+composition multiplies probabilities along a behaviour path, e.g. ESMM's
+pCTCVR = pCTR * pCVR. Name each layer after the probability it outputs.
+"""
+
+import tensorflow as tf
+import tf_keras
+
+# Heads clip to [EPSILON, 1 - EPSILON], the range Keras' binary cross-entropy clips to,
+# so every output is strictly inside (0, 1) and the loss sees the same values.
+EPSILON = 1e-7
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class ProbabilityHead(tf_keras.layers.Layer):
+  """Sigmoid of a logit, clipped to [epsilon, 1 - epsilon].
+
+  Input: float [batch, 1], a logit. Output: float32 [batch, 1], a probability in (0, 1),
+  e.g. `ctr` = P(click=1 | x) when named "ctr".
+  """
+
+  def __init__(self, epsilon: float = EPSILON, **kwargs):
+    kwargs.setdefault("dtype", "float32")
+    super().__init__(**kwargs)
+    self.epsilon = float(epsilon)
+
+  def call(self, logits):
+    probability = tf.sigmoid(tf.cast(logits, tf.float32))
+    return tf.clip_by_value(probability, self.epsilon, 1.0 - self.epsilon)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(epsilon=self.epsilon)
+    return config
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class ProbabilityProduct(tf_keras.layers.Layer):
+  """Product of probabilities along a path, e.g. ctcvr = ctr * cvr.
+
+  Input: a list of float32 [batch, 1] probabilities p_1..p_k. Output: float32
+  [batch, 1], ((p_1 * p_2) * ...) * p_k, multiplied left to right in float32, so
+  `ctcvr == ctr * cvr` holds bit-exactly for the tensors the scorer returns. It stays in
+  (0, 1) when its factors do.
+  """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("dtype", "float32")
+    super().__init__(**kwargs)
+
+  def call(self, probabilities):
+    if len(probabilities) < 2:
+      raise ValueError(f"{self.name}: a product needs >= 2 probabilities, "
+                       f"got {len(probabilities)}")
+    product = tf.cast(probabilities[0], tf.float32)
+    for probability in probabilities[1:]:
+      product = product * tf.cast(probability, tf.float32)
+    return product

@@ -1,0 +1,60 @@
+"""MLP tower: one task's network from its (bottom's) input to a single logit.
+
+Flow position: feature encoder -> [cross network] -> bottom -> **towers** -> probability
+heads. Every paper's model builds its towers from this layer, so no two models copy a
+tower; `dense_layers` exposes the Dense layers so a model can regularise or tie their
+weights (e.g. ESMC's parameter constraint between two towers).
+"""
+
+from typing import List, Sequence
+
+import tf_keras
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class MLPTower(tf_keras.layers.Layer):
+  """Hidden Dense layers (each optionally followed by dropout) and a 1-unit logit.
+
+  Input: float32 [batch, d]. Output: float32 [batch, 1], a logit (no activation).
+
+  Args:
+    units: hidden layer sizes, e.g. (128, 64); empty means a linear (logistic) tower.
+    activation: hidden activation.
+    dropout: dropout rate after every hidden layer (training only); 0 disables it.
+    l2: L2 penalty on every kernel (hidden and logit); 0 disables it.
+  """
+
+  def __init__(self, units: Sequence[int] = (128, 64), activation: str = "relu",
+               dropout: float = 0.0, l2: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.units = tuple(int(u) for u in units)
+    self.activation = activation
+    self.dropout = float(dropout)
+    self.l2 = float(l2)
+    regularizer = tf_keras.regularizers.L2(self.l2) if self.l2 > 0 else None
+    self.hidden = [
+        tf_keras.layers.Dense(u, activation=activation, kernel_regularizer=regularizer,
+                              name=f"hidden_{i}")
+        for i, u in enumerate(self.units)]
+    self.dropouts = [tf_keras.layers.Dropout(self.dropout, name=f"dropout_{i}")
+                     for i in range(len(self.units))] if self.dropout > 0 else []
+    self.logit = tf_keras.layers.Dense(1, kernel_regularizer=regularizer, name="logit")
+
+  @property
+  def dense_layers(self) -> List[tf_keras.layers.Dense]:
+    """The tower's Dense layers in order: hidden layers, then the logit layer."""
+    return list(self.hidden) + [self.logit]
+
+  def call(self, inputs, training=None):
+    x = inputs
+    for i, dense in enumerate(self.hidden):
+      x = dense(x)
+      if self.dropouts:
+        x = self.dropouts[i](x, training=training)
+    return self.logit(x)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(units=list(self.units), activation=self.activation,
+                  dropout=self.dropout, l2=self.l2)
+    return config

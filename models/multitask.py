@@ -1,0 +1,283 @@
+"""The multi-task model skeleton every paper's model is: a scorer plus weighted tasks.
+
+Flow position: tf.data `(features, labels)` -> **MultiTaskModel** (fit) -> its `scorer`
+(the functional Keras model: raw features dict -> dict of probabilities) -> SavedModel.
+
+A paper's model (models/esmm.py, models/naive.py, ...) is a short file that
+  1. wires the shared blocks into a scorer with `build_towers` (feature encoder ->
+     [cross network] -> bottom -> one MLP tower per name) and probability layers, and
+  2. lists its `TaskSpec`s: which output is scored against which label, over which
+     exposures (sample weight), with which loss weight (0 = metrics only).
+
+Loss (per replica batch of size B):
+  L = sum_t w_t * (1/B) sum_i s_t,i * BCE(label_t,i, p_t,i) + sum(scorer.losses)
+where s_t,i is the task's sample weight (1 when it has none) and w_t its loss weight.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from configs import config as config_lib
+from features import artifacts as artifacts_lib
+from features import preprocessing
+from features import spec as spec_lib
+from models.layers import bottom as bottom_lib
+from models.layers import cross as cross_lib
+from models.layers import tower as tower_lib
+
+# Parameters every model accepts in model.params (a model adds its own to these).
+COMMON_PARAMS: Dict[str, Any] = {
+    "bottom": "shared",  # see models.layers.bottom.make_bottom
+}
+
+# Thresholds of the training-time AUC metrics (evenly spaced on [0, 1], so fine enough
+# for rare-event probabilities such as ctcvr). pipeline.evaluate computes exact AUCs.
+AUC_THRESHOLDS = 10000
+
+LabelFn = Callable[[Mapping[str, tf.Tensor]], tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelProduct:
+  """The product of named 0/1 labels, float32 [batch]: e.g. click * purchase.
+
+  Used as a task's label (click*purchase = "clicked and bought") or sample weight
+  (click = "over clicked exposures only"). `names` are the labels it reads.
+  """
+
+  names: Tuple[str, ...]
+
+  def __call__(self, labels: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    product = None
+    for name in self.names:
+      if name not in labels:
+        raise KeyError(f"label {name!r} is missing from the labels dict; "
+                       f"have {sorted(labels)}")
+      value = tf.reshape(tf.cast(labels[name], tf.float32), [-1])
+      product = value if product is None else product * value
+    return product
+
+
+def label(*names: str) -> LabelProduct:
+  """`label("click", "purchase")`: the label (or weight) click * purchase."""
+  if not names:
+    raise ValueError("label() needs at least one label name")
+  return LabelProduct(tuple(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """One loss/metric term of a multi-task model.
+
+  Attributes:
+    name: task name: the key of its loss weight in config.model.loss_weights and the
+      prefix of its metrics (`<name>_auc`, `<name>_logloss`).
+    output: the scorer output it scores (a probability, float32 [batch, 1]).
+    label_fn: labels dict -> float32 [batch] 0/1 target.
+    weight_fn: labels dict -> float32 [batch] sample weight, or None for all exposures
+      (e.g. `label("click")`: over clicked exposures only).
+    loss_weight: the default weight of its loss; 0 = metrics only (no gradient).
+    reads: the label names the fns read; derived from `LabelProduct`s when None.
+  """
+
+  name: str
+  output: str
+  label_fn: LabelFn
+  weight_fn: Optional[LabelFn] = None
+  loss_weight: float = 1.0
+  reads: Optional[Tuple[str, ...]] = None
+
+  @property
+  def required_labels(self) -> frozenset:
+    if self.reads is not None:
+      return frozenset(self.reads)
+    names = set()
+    for fn in (self.label_fn, self.weight_fn):
+      if fn is None:
+        continue
+      if not hasattr(fn, "names"):
+        raise ValueError(f"task {self.name!r}: give `reads` (the label names) when "
+                         f"label_fn / weight_fn are not LabelProducts")
+      names.update(fn.names)
+    return frozenset(names)
+
+
+def make_ranking_task(name: str) -> tfrs.tasks.Ranking:
+  """A ranking task with per-example BCE on probabilities and `<name>_auc`/`_logloss`.
+
+  The loss is unreduced (one value per example, times its sample weight) so the model
+  averages it itself; Keras' default reduction fails under a tf.distribute strategy in
+  a custom train_step.
+  """
+  return tfrs.tasks.Ranking(
+      loss=tf_keras.losses.BinaryCrossentropy(reduction=tf_keras.losses.Reduction.NONE),
+      metrics=[tf_keras.metrics.AUC(num_thresholds=AUC_THRESHOLDS, name=f"{name}_auc"),
+               tf_keras.metrics.BinaryCrossentropy(name=f"{name}_logloss")],
+      name=f"{name}_task")
+
+
+class MultiTaskModel(tfrs.models.Model):
+  """A scorer (raw features -> probabilities) trained on a weighted sum of tasks.
+
+  Attributes:
+    scorer: functional tf_keras.Model, raw features dict (see
+      features.preprocessing.feature_inputs) -> dict of float32 [batch, 1] probabilities.
+    tasks: task name -> tfrs.tasks.Ranking (loss and metrics of that task).
+    task_specs: task name -> TaskSpec.
+    task_loss_weights: task name -> loss weight in effect (0 = metrics only).
+    output_names: the scorer's output keys, e.g. ("ctr", "cvr", "ctcvr").
+    required_labels: the label names the tasks read.
+
+  `model(features)` returns the scorer's dict. `fit` / `evaluate` take batches of
+  `(features, labels)`, labels a dict name -> float32 [batch].
+  """
+
+  def __init__(self, scorer: tf_keras.Model, tasks: Sequence[TaskSpec],
+               loss_weights: Optional[Mapping[str, float]] = None, **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(scorer.output, dict):
+      raise ValueError("the scorer must output a dict name -> probability")
+    output_names = tuple(scorer.output)
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+      raise ValueError(f"task names must be unique, got {names}")
+    for task in tasks:
+      if task.output not in output_names:
+        raise ValueError(f"task {task.name!r} scores output {task.output!r}, which the "
+                         f"scorer lacks; outputs: {list(output_names)}")
+    loss_weights = dict(loss_weights or {})
+    unknown = sorted(set(loss_weights) - set(names))
+    if unknown:
+      raise ValueError(f"loss_weights name unknown task(s) {unknown}; tasks: {names}")
+    weights = {t.name: float(loss_weights.get(t.name, t.loss_weight)) for t in tasks}
+    negative = sorted(n for n, w in weights.items() if w < 0)
+    if negative:
+      raise ValueError(f"loss weights must be >= 0; negative for {negative}")
+    if not any(weights.values()):
+      raise ValueError(f"every task has loss weight 0; nothing to train ({weights})")
+
+    self.scorer = scorer
+    self.output_names = output_names
+    self.task_specs = {task.name: task for task in tasks}
+    self.task_loss_weights = weights
+    self.tasks = {task.name: make_ranking_task(task.name) for task in tasks}
+    self.required_labels = frozenset().union(*(t.required_labels for t in tasks))
+
+  def call(self, features, training=None):
+    """Raw features dict -> dict name -> float32 [batch, 1] probability."""
+    return self.scorer(features, training=training)
+
+  def task_losses(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
+    """Per-task mean loss (scalar) on a `(features, labels)` batch; updates metrics."""
+    features, labels = inputs
+    predictions = self.scorer(features, training=training)
+    losses = {}
+    for name, spec in self.task_specs.items():
+      target = tf.reshape(spec.label_fn(labels), [-1, 1])
+      weight = None
+      if spec.weight_fn is not None:
+        weight = tf.reshape(spec.weight_fn(labels), [-1, 1])
+      per_example = self.tasks[name](
+          labels=target, predictions=predictions[spec.output], sample_weight=weight,
+          training=training)
+      batch_size = tf.cast(tf.size(per_example), per_example.dtype)
+      losses[name] = tf.math.divide_no_nan(tf.reduce_sum(per_example), batch_size)
+    return losses
+
+  def regularization_loss(self) -> tf.Tensor:
+    """sum(scorer.losses): the regularizers of the scorer's layers (0 when none)."""
+    if not self.scorer.losses:
+      return tf.constant(0.0)
+    return tf.add_n(self.scorer.losses)
+
+  def _weighted_task_loss(self, inputs, training: bool) -> tf.Tensor:
+    losses = self.task_losses(inputs, training=training)
+    total = tf.constant(0.0)
+    for name, loss in losses.items():
+      weight = self.task_loss_weights[name]
+      if weight:  # weight 0: metrics only, and no 0 * NaN in the total.
+        total += weight * loss
+    return total
+
+  def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+    """Weighted sum of task losses plus the scorer's regularization losses (scalar)."""
+    return self._weighted_task_loss(inputs, training) + self.regularization_loss()
+
+  def _logs(self, task_loss, regularization_loss):
+    logs = {metric.name: metric.result() for metric in self.metrics}
+    logs.update(loss=task_loss + regularization_loss,
+                regularization_loss=regularization_loss)
+    return logs
+
+  # tfrs.models.Model adds sum(self.losses) on top of compute_loss; ours already holds
+  # the regularizers, so the steps are overridden to count them once. Under a
+  # tf.distribute strategy the gradients of each replica are summed, so each replica's
+  # loss is divided by the replica count (as Keras' compiled losses do).
+  def train_step(self, inputs):
+    with tf.GradientTape() as tape:
+      task_loss = self._weighted_task_loss(inputs, training=True)
+      regularization_loss = self.regularization_loss()
+      replicas = tf.distribute.get_strategy().num_replicas_in_sync
+      scaled_loss = (task_loss + regularization_loss) / replicas
+    variables = self.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    self.optimizer.apply_gradients(
+        (g, v) for g, v in zip(gradients, variables) if g is not None)
+    return self._logs(task_loss, regularization_loss)
+
+  def test_step(self, inputs):
+    task_loss = self._weighted_task_loss(inputs, training=False)
+    return self._logs(task_loss, self.regularization_loss())
+
+
+@dataclasses.dataclass
+class TowerGraph:
+  """The functional graph up to the towers' logits (see `build_towers`).
+
+  Attributes:
+    inputs: raw feature name -> tf_keras.Input (the scorer's inputs).
+    encoder: the shared FeatureEncoder (one embedding table per feature).
+    logits: tower name -> KerasTensor float32 [batch, 1].
+    towers: tower name -> MLPTower (its `dense_layers` for regularisation or tying).
+  """
+
+  inputs: Dict[str, Any]
+  encoder: preprocessing.FeatureEncoder
+  logits: Dict[str, Any]
+  towers: Dict[str, tower_lib.MLPTower]
+
+
+def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
+                 artifacts: artifacts_lib.TransformArtifacts, tower_names: Sequence[str],
+                 bottom: Any = "shared") -> TowerGraph:
+  """Raw inputs -> shared encoder -> [cross network] -> bottom -> one MLP tower each.
+
+  Args:
+    model_config: sizes (embedding_dim, tower_units, cross_layers, dropout,
+      activation, l2).
+    spec, artifacts: the feature spec and its transform statistics.
+    tower_names: one tower per name; tower `n` is the layer `<n>_tower`.
+    bottom: the bottom setting (see models.layers.bottom.make_bottom).
+
+  Returns:
+    A TowerGraph whose logits a model turns into probabilities.
+  """
+  inputs = preprocessing.feature_inputs(spec)
+  encoder = preprocessing.FeatureEncoder.from_artifacts(
+      spec, artifacts, model_config.embedding_dim, name="feature_encoder")
+  shared = encoder(inputs)
+  if model_config.cross_layers > 0:
+    shared = cross_lib.CrossNetwork(model_config.cross_layers, l2=model_config.l2,
+                                    name="cross_network")(shared)
+  tower_inputs = bottom_lib.make_bottom(bottom, len(tower_names))(shared)
+  towers, logits = {}, {}
+  for name, tower_input in zip(tower_names, tower_inputs):
+    towers[name] = tower_lib.MLPTower(
+        model_config.tower_units, activation=model_config.activation,
+        dropout=model_config.dropout, l2=model_config.l2, name=f"{name}_tower")
+    logits[name] = towers[name](tower_input)
+  return TowerGraph(inputs=inputs, encoder=encoder, logits=logits, towers=towers)

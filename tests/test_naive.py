@@ -1,0 +1,54 @@
+"""Tests of models.naive: the CVR tower learns from clicked exposures only."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tests.test_esmm import build, make_batch, make_dataset, tower_gradients
+
+
+def _with_purchase(labels, purchase):
+  return dict(labels, purchase=tf.constant(purchase, tf.float32))
+
+
+def test_same_scorer_identities_as_esmm(tmp_path):
+  model = build("naive", tmp_path)
+  outputs = {k: v.numpy() for k, v in model(make_batch(64, seed=1)[0]).items()}
+  assert set(outputs) == {"ctr", "cvr", "ctcvr"}
+  np.testing.assert_array_equal(outputs["ctcvr"], outputs["ctr"] * outputs["cvr"])
+  assert model.task_loss_weights == {"ctr": 1.0, "cvr": 1.0, "ctcvr": 0.0}
+  assert model.required_labels == {"click", "purchase"}
+
+
+def test_cvr_loss_ignores_unclicked_exposures(tmp_path):
+  model = build("naive", tmp_path)
+  features, labels = make_batch(256, seed=2)
+  click = labels["click"].numpy()
+  purchase = labels["purchase"].numpy()
+  assert 0 < click.sum() < len(click)
+  loss = model.compute_loss((features, labels)).numpy()
+  flipped_unclicked = np.where(click == 0, 1.0 - purchase, purchase)
+  np.testing.assert_array_equal(
+      model.compute_loss((features, _with_purchase(labels, flipped_unclicked))).numpy(),
+      loss)
+  flipped_clicked = np.where(click == 1, 1.0 - purchase, purchase)
+  assert model.compute_loss((features, _with_purchase(labels, flipped_clicked))).numpy() \
+      != loss
+
+
+def test_cvr_tower_learns_from_its_own_loss(tmp_path):
+  model = build("naive", tmp_path)
+  grads = tower_gradients(model, make_batch(128, seed=3), "cvr_tower")
+  assert all(g is None for g in grads["ctr"])
+  for total, cvr in zip(grads["total"], grads["cvr"]):
+    np.testing.assert_allclose(total.numpy(), cvr.numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_fit_reduces_the_loss(tmp_path):
+  model = build("naive", tmp_path)
+  model.compile(tf_keras.optimizers.Adam(0.01))
+  batch = make_batch(512, seed=4)
+  before = model.compute_loss(batch).numpy()
+  history = model.fit(make_dataset(1024, 128, seed=4), epochs=2, verbose=0)
+  assert model.compute_loss(batch).numpy() < 0.8 * before
+  assert {"cvr_auc", "ctcvr_auc", "ctr_logloss"} <= set(history.history)
