@@ -24,10 +24,8 @@ import tensorflow as tf
 import tf_keras
 
 from features import artifacts as artifacts_lib
+from features import parsing
 from features import spec as spec_lib
-
-TF_DTYPES = {"string": tf.string, "int": tf.int64, "float": tf.float32}
-
 
 def feature_inputs(spec: spec_lib.FeatureSpec) -> Dict[str, tf_keras.Input]:
   """The model's raw-feature Keras inputs (DESIGN.md section 4), in spec order.
@@ -39,7 +37,7 @@ def feature_inputs(spec: spec_lib.FeatureSpec) -> Dict[str, tf_keras.Input]:
   """
   inputs = {}
   for feature in spec:
-    dtype = TF_DTYPES[feature.dtype]
+    dtype = parsing.TF_DTYPES[feature.dtype]
     if feature.multivalent:
       inputs[feature.name] = tf_keras.Input(
           shape=(None,), dtype=dtype, ragged=True, name=feature.name)
@@ -49,36 +47,6 @@ def feature_inputs(spec: spec_lib.FeatureSpec) -> Dict[str, tf_keras.Input]:
     else:
       inputs[feature.name] = tf_keras.Input(shape=(), dtype=dtype, name=feature.name)
   return inputs
-
-
-def ragged_from_padded(features: Mapping[str, tf.Tensor],
-                       spec: spec_lib.FeatureSpec) -> Dict[str, Any]:
-  """Turns the `predict_raw` form of multivalent features into the model's ragged form.
-
-  Args:
-    features: name -> tensor; multivalent features dense [batch, max_len] padded at the
-      end with the feature's `default`; weights dense [batch, max_len] (their padding is
-      ignored: a row's length is the length of its values). Ragged tensors and scalar
-      features pass through unchanged.
-    spec: the feature spec.
-
-  Returns:
-    The features dict as the scorer takes it (multivalent -> tf.RaggedTensor [batch, None]).
-  """
-  result = dict(features)
-  for feature in spec:
-    values = features[feature.name]
-    if not feature.multivalent or isinstance(values, tf.RaggedTensor):
-      continue
-    padding = tf.constant(feature.default_value, dtype=TF_DTYPES[feature.dtype])
-    ragged = tf.RaggedTensor.from_tensor(values, padding=padding)
-    result[feature.name] = ragged
-    if feature.weighted:
-      weights = features[feature.weight_key]
-      if not isinstance(weights, tf.RaggedTensor):
-        result[feature.weight_key] = tf.RaggedTensor.from_tensor(
-            weights, lengths=ragged.row_lengths())
-  return result
 
 
 def _plain(value):
@@ -340,7 +308,7 @@ class FeatureEncoder(tf_keras.layers.Layer):
       if baked["multivalent"] and not isinstance(values, tf.RaggedTensor):
         raise TypeError(f"FeatureEncoder {self.name!r}: multivalent feature {name!r} must "
                         f"be a tf.RaggedTensor [batch, None]; convert padded tensors with "
-                        f"features.preprocessing.ragged_from_padded")
+                        f"features.parsing.dense_to_model_inputs")
       if isinstance(values, tf.RaggedTensor):
         ids = values.with_flat_values(lookup(values.flat_values))
       else:

@@ -14,6 +14,7 @@ import tf_keras
 
 from configs import config as config_lib
 from features import artifacts as artifacts_lib
+from features import parsing
 from features import preprocessing
 from features import spec as spec_lib
 from models import registry
@@ -187,18 +188,6 @@ def test_fit_under_a_mirrored_strategy(tmp_path):
   assert np.isfinite(history.history["loss"][-1])
 
 
-def _predict_raw_signature(spec):
-  """A serving signature over dense tensors (multivalent padded), as DESIGN.md section 6."""
-  specs = {}
-  for feature in spec:
-    dtype = preprocessing.TF_DTYPES[feature.dtype]
-    shape = [None, None] if feature.multivalent else [None]
-    specs[feature.name] = tf.TensorSpec(shape, dtype, name=feature.name)
-    if feature.weighted:
-      specs[feature.weight_key] = tf.TensorSpec(shape, tf.float32, name=feature.weight_key)
-  return specs
-
-
 class _Export(tf.Module):
   """The scorer with a `predict_raw` signature (padded) and a ragged `score` function."""
 
@@ -207,10 +196,10 @@ class _Export(tf.Module):
     self.scorer = scorer
     self.spec = spec
     self.predict_raw = tf.function(self._predict_raw,
-                                   input_signature=[_predict_raw_signature(spec)])
+                                   input_signature=[parsing.raw_input_signature(spec)])
 
   def _predict_raw(self, features):
-    outputs = self.scorer(preprocessing.ragged_from_padded(features, self.spec))
+    outputs = self.scorer(parsing.dense_to_model_inputs(features, self.spec))
     return {name: tf.reshape(value, [-1]) for name, value in outputs.items()}
 
   @tf.function

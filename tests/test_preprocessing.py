@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from features import artifacts as artifacts_lib
+from features import parsing
 from features import preprocessing
 from features import spec as spec_lib
 
@@ -236,11 +237,11 @@ def test_encoder_inside_a_functional_model_with_ragged_inputs(tmp_path):
   np.testing.assert_allclose(model(features).numpy(), encoder(features).numpy())
 
 
-def test_ragged_from_padded_restores_the_ragged_form(tmp_path):
+def test_padded_inputs_restore_the_ragged_form(tmp_path):
   spec, encoder, features = _mixed_encoder(tmp_path)
   padded = dict(features, recent=features["recent"].to_tensor(default_value=""),
                 recent__weight=features["recent__weight"].to_tensor(default_value=9.0))
-  restored = preprocessing.ragged_from_padded(padded, spec)
+  restored = parsing.dense_to_model_inputs(padded, spec)
   assert restored["recent"].to_list() == features["recent"].to_list()
   assert restored["recent__weight"].to_list() == features["recent__weight"].to_list()
   np.testing.assert_array_equal(encoder(restored).numpy(), encoder(features).numpy())
@@ -250,5 +251,5 @@ def test_missing_or_dense_multivalent_inputs_fail_clearly(tmp_path):
   _, encoder, features = _mixed_encoder(tmp_path)
   with pytest.raises(KeyError, match=r"input feature .*price.* is missing"):
     encoder({k: v for k, v in features.items() if k != "price"})
-  with pytest.raises(TypeError, match="ragged_from_padded"):
+  with pytest.raises(TypeError, match="dense_to_model_inputs"):
     encoder(dict(features, recent=features["recent"].to_tensor()))
