@@ -1,0 +1,111 @@
+"""pipeline.preprocess: flags, and the whole job end to end on small files."""
+
+import glob
+import json
+import os
+import sys
+
+import pytest
+import tensorflow as tf
+
+from features import example_codec
+from pipeline import preprocess
+from transforms import outputs as outputs_lib
+from transforms import preprocess_job
+from transforms import testing
+
+T0 = testing.START
+DAY = testing.DAY_S
+
+
+def test_flags_and_beam_options_are_split():
+  args, beam_args = preprocess.parse_args([
+      "prog.py", "--impressions", "i/*", "--events", "e/*", "--output", "out",
+      "--direct_num_workers", "2", "--runner", "DirectRunner", "--fail_on_anomalies"])
+  assert (args.impressions, args.events, args.output) == ("i/*", "e/*", "out")
+  assert args.fail_on_anomalies and args.schema is None and args.eval_from is None
+  assert beam_args == ["--direct_num_workers", "2", "--runner", "DirectRunner"]
+  assert args.config == preprocess.DEFAULT_CONFIG and os.path.isabs(args.config)
+  assert os.path.exists(args.config) and args.config.endswith(os.path.join("configs",
+                                                                           "esmm.yaml"))
+
+
+def test_a_glob_matching_nothing_fails_before_the_pipeline(tmp_path):
+  with pytest.raises(preprocess_job.PreprocessError, match="--events"):
+    preprocess.run(["--impressions", __file__, "--events", str(tmp_path / "none*.jsonl"),
+                    "--output", str(tmp_path / "out"),
+                    "--config", testing.write_experiment(str(tmp_path))])
+
+
+def _write_logs(directory, eval_device=None):
+  """3 days of impressions (JSONL.gz + Parquet), the last one eval; clicks and purchases."""
+  os.makedirs(directory, exist_ok=True)
+  impressions, events = [], []
+  for index in range(240):
+    day = index // 80
+    timestamp = T0 + day * DAY + index
+    overrides = {"device": eval_device} if day == 2 and eval_device else {}
+    impressions.append(testing.impression(index, timestamp, **overrides))
+    if index % 4 == 0:
+      events.append(testing.event(f"imp{index}", timestamp + 5, "click"))
+    if index % 8 == 0:
+      events.append(testing.event(f"imp{index}", timestamp + 9, "purchase"))
+  testing.write_jsonl(os.path.join(directory, "impressions-0.jsonl.gz"), impressions[:150])
+  testing.write_parquet(os.path.join(directory, "impressions-1.parquet"), impressions[150:])
+  testing.write_jsonl(os.path.join(directory, "events.jsonl"), events)
+  return os.path.join(directory, "impressions-*"), os.path.join(directory, "events.jsonl")
+
+
+def _argv(impressions, events, output, config, *extra):
+  return ["--impressions", impressions, "--events", events, "--output", output,
+          "--config", config, *extra]
+
+
+@pytest.mark.slow
+def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, monkeypatch):
+  config = testing.write_experiment(str(tmp_path / "config"))
+  impressions, events = _write_logs(str(tmp_path / "logs"))
+  output = str(tmp_path / "run1")
+  result = preprocess.run(_argv(impressions, events, output, config, "--direct_num_workers",
+                                "2", "--direct_running_mode", "multi_processing"))
+  paths = outputs_lib.OutputPaths(output)
+  counts = result["counts"]
+  assert counts["impressions"]["read"] == 240 and counts["events"]["read"] == 90
+  assert counts["impressions"]["written"] == {"train": 160, "eval": 80}
+  assert counts["events"] == {"read": 90, "attributed": 90, "dead_letter": {}}
+  assert counts == json.load(open(paths.counts))
+
+  spec = testing.small_spec()
+  for split in outputs_lib.SPLITS:
+    files = sorted(glob.glob(paths.examples_pattern(split)))
+    assert len(files) == {"train": 2, "eval": 1}[split]
+    decoded = [example_codec.example_to_dict(raw.numpy(), spec, testing.LABEL_NAMES)
+               for raw in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    assert len(decoded) == counts["impressions"]["written"][split]
+    assert sum(d["click"] for d in decoded) == counts["labels"][split]["click"]
+    assert sum(d["purchase"] for d in decoded) == counts["labels"][split]["purchase"]
+    assert all((d["timestamp"] < T0 + 2 * DAY) == (split == "train") for d in decoded)
+    assert os.path.exists(paths.stats(split))
+  assert os.path.exists(paths.schema) and result["schema"] == paths.schema
+  assert json.load(open(paths.labels)) == testing.LABEL_NAMES
+  assert open(paths.feature_spec).read() == open(str(tmp_path / "config" / "spec.yaml")).read()
+  assert json.load(open(os.path.join(paths.transform_dir, "transform.json")))[
+      "train_examples"] == 160
+
+  validated = preprocess.run(_argv(impressions, events, str(tmp_path / "run2"), config,
+                                   "--schema", paths.schema, "--fail_on_anomalies",
+                                   "--eval_from", "2026-01-02"))
+  assert validated["counts"]["impressions"]["written"] == {"train": 80, "eval": 160}
+  assert validated["anomalies"] == {"train": [], "eval": []}
+  assert os.path.exists(outputs_lib.OutputPaths(str(tmp_path / "run2")).anomalies("eval"))
+
+  drifted_impressions, drifted_events = _write_logs(str(tmp_path / "drifted"),
+                                                    eval_device="toaster")
+  monkeypatch.setattr(sys, "argv", ["preprocess"] + _argv(
+      drifted_impressions, drifted_events, str(tmp_path / "run3"), config, "--schema",
+      paths.schema, "--fail_on_anomalies"))
+  with pytest.raises(SystemExit) as exited:
+    preprocess.main()
+  message = str(exited.value.code)
+  assert "eval: feature 'device'" in message and "toaster" in message
+  assert "train:" not in message

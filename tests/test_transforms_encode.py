@@ -1,0 +1,44 @@
+"""transforms.encode: labelled records -> Examples -> GZIP TFRecord shards tf.data can read."""
+
+import glob
+import os
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from features import example_codec
+from transforms import dead_letter as dl
+from transforms import encode
+from transforms import testing
+
+
+def _labelled(index):
+  spec = testing.small_spec()
+  features = example_codec.coerce_features(testing.impression(index, 100 + index), spec)
+  return {"impression_id": f"imp{index}", "timestamp": 100 + index, "features": features,
+          "labels": {"click": index % 2, "micro": 0, "action": 0, "purchase": 0},
+          "file": "f", "line": index}
+
+
+def test_encode_and_write_shards(tmp_path):
+  spec = testing.small_spec()
+  prefix = str(tmp_path / "train" / "train")
+  records = [_labelled(i) for i in range(10)]
+  broken = dict(_labelled(99), labels={"click": 1})  # Missing labels: a bug, dead-lettered.
+  with test_pipeline.TestPipeline() as p:
+    outputs = (p | beam.Create(records + [broken])
+               | encode.EncodeExamples(spec, testing.LABEL_NAMES, "train"))
+    _ = outputs[encode.EXAMPLES] | encode.WriteExamples(prefix, num_shards=3)
+    assert_that(outputs[dl.DEAD_LETTER] | beam.Map(lambda d: (d["line"], d["reason"])),
+                equal_to([(99, dl.BAD_VALUE)]))
+  shards = sorted(os.path.basename(path) for path in glob.glob(prefix + "*"))
+  assert shards == [f"train-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
+  dataset = tf.data.TFRecordDataset(sorted(glob.glob(prefix + "*")), compression_type="GZIP")
+  decoded = [example_codec.example_to_dict(raw.numpy(), spec, testing.LABEL_NAMES)
+             for raw in dataset]
+  assert sorted(d["impression_id"] for d in decoded) == sorted(f"imp{i}" for i in range(10))
+  by_id = {d["impression_id"]: d for d in decoded}
+  assert by_id["imp3"]["click"] == 1 and by_id["imp4"]["click"] == 0
+  assert by_id["imp3"]["tags"] == records[3]["features"]["tags"]

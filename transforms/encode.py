@@ -1,0 +1,88 @@
+"""Encode labelled impressions as serialized tf.train.Example and write TFRecord shards.
+
+Flow: SplitByTime -> **EncodeExamples -> WriteExamples** -> OUTPUT/{train,eval}/*.tfrecord.gz
+-> training.data (tf.data). The Example layout is DESIGN.md section 3, built by
+`features.example_codec` from the features ParseImpressions already coerced (so they are
+not validated twice). An encoding error would mean a bug; it still goes to the
+dead-letter output rather than being lost.
+"""
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+
+from features import example_codec
+from features import spec as spec_lib
+from transforms import dead_letter as dl
+from transforms import outputs as outputs_lib
+
+EXAMPLES = "examples"
+
+
+class _EncodeFn(beam.DoFn):
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names, split: str):
+    self._spec = spec
+    self._label_names = tuple(label_names)
+    self._encoded = beam.metrics.Metrics.counter("encode", f"{split}_examples")
+    self._rejected = beam.metrics.Metrics.counter("encode", "dead_letter")
+
+  def setup(self):
+    self._codec = example_codec.ExampleCodec(self._spec, self._label_names)
+
+  def process(self, record):
+    try:
+      example = self._codec.encode(record["features"], record["labels"],
+                                   record["impression_id"], record["timestamp"])
+    except (example_codec.RecordError, TypeError, ValueError) as e:
+      self._rejected.inc()
+      reason = getattr(e, "reason", dl.BAD_VALUE)
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
+          dl.IMPRESSIONS, record["file"], record["line"], reason,
+          f"encoding {record['impression_id']!r}: {e}", record["features"]))
+      return
+    self._encoded.inc()
+    yield example.SerializeToString()
+
+
+class EncodeExamples(beam.PTransform):
+  """Labelled records -> {"examples": serialized tf.train.Example, "dead_letter": ...}.
+
+  Args:
+    spec: the feature spec.
+    label_names: the configured labels, written as int64 0/1.
+    split: split name, for counters.
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names, split: str = ""):
+    super().__init__()
+    self._spec = spec
+    self._label_names = tuple(label_names)
+    self._split = split
+
+  def expand(self, records):
+    outputs = records | "Encode" >> beam.ParDo(
+        _EncodeFn(self._spec, self._label_names, self._split)).with_outputs(
+            dl.DEAD_LETTER, main=EXAMPLES)
+    return {EXAMPLES: outputs[EXAMPLES], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
+
+
+class WriteExamples(beam.PTransform):
+  """Serialized Examples -> `<prefix>-SSSSS-of-NNNNN.tfrecord.gz` (GZIP), `num_shards` files.
+
+  Args:
+    file_path_prefix: e.g. `OutputPaths(OUTPUT).examples_prefix("train")`.
+    num_shards: data.train_shards or data.eval_shards.
+  """
+
+  def __init__(self, file_path_prefix: str, num_shards: int):
+    super().__init__()
+    self._file_path_prefix = file_path_prefix
+    self._num_shards = num_shards
+
+  def expand(self, serialized_examples):
+    return serialized_examples | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+        self._file_path_prefix,
+        file_name_suffix=outputs_lib.TFRECORD_SUFFIX,
+        num_shards=self._num_shards,
+        shard_name_template=outputs_lib.SHARD_TEMPLATE,
+        compression_type=CompressionTypes.GZIP)

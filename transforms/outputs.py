@@ -1,0 +1,66 @@
+"""The files pipeline.preprocess writes under its OUTPUT directory (DESIGN.md section 3).
+
+Flow: raw logs -> Beam preprocessing (writes these) -> training / evaluation (read them).
+One place names every path, so the job, its post-run checks and the tests agree.
+"""
+
+import dataclasses
+import os
+
+from features import artifacts as artifacts_lib
+
+SPLITS = ("train", "eval")
+TFRECORD_SUFFIX = ".tfrecord.gz"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPaths:
+  """Paths of one preprocess output directory (local or gs://)."""
+
+  root: str
+
+  def _join(self, *parts: str) -> str:
+    return os.path.join(self.root, *parts)
+
+  def examples_prefix(self, split: str) -> str:
+    """Shard prefix: shards are `<prefix>-SSSSS-of-NNNNN.tfrecord.gz`."""
+    return self._join(split, split)
+
+  def examples_pattern(self, split: str) -> str:
+    """Glob of a split's TFRecord shards (for tf.data and TFDV)."""
+    return self._join(split, f"{split}-*-of-*{TFRECORD_SUFFIX}")
+
+  @property
+  def dead_letter_prefix(self) -> str:
+    return self._join("dead_letter", "dead_letter")
+
+  @property
+  def dead_letter_pattern(self) -> str:
+    return self._join("dead_letter", "*.jsonl")
+
+  @property
+  def counts(self) -> str:
+    return self._join("counts.json")
+
+  @property
+  def transform_dir(self) -> str:
+    return artifacts_lib.transform_dir(self.root)
+
+  def stats(self, split: str) -> str:
+    return self._join("stats", f"{split}_stats.pb")
+
+  @property
+  def schema(self) -> str:
+    return self._join("schema", "schema.pbtxt")
+
+  def anomalies(self, split: str) -> str:
+    return self._join("anomalies", f"{split}_anomalies.pbtxt")
+
+  @property
+  def feature_spec(self) -> str:
+    return self._join("feature_spec.yaml")
+
+  @property
+  def labels(self) -> str:
+    return self._join("labels.json")

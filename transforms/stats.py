@@ -1,0 +1,173 @@
+"""TFDV statistics of the written Examples, and schema inference / validation after the run.
+
+Flow: EncodeExamples -> **GenerateExampleStatistics** -> OUTPUT/stats/{split}_stats.pb;
+after the pipeline: **infer_schema** (first run, -> OUTPUT/schema/schema.pbtxt) or
+**validate_statistics** against `--schema` (-> OUTPUT/anomalies/{split}_anomalies.pbtxt).
+
+Statistics run inside the job: serialized Examples are batched, decoded to Arrow
+RecordBatches by tfx_bsl (with a schema built from the feature spec, so every batch has
+the same columns and types) and fed to `tfdv.GenerateStatistics`.
+
+The Examples hold labels and metadata besides the features, so the inferred schema is
+adjusted with what the spec knows and statistics cannot: `impression_id` is unique and
+hash features are open-ended (no string domain for either; new values are expected),
+labels are 0/1 ints, multivalent features may hold any number of values (no value-count
+or shape constraint). Vocabulary features keep their inferred domain: a value unseen in
+train is worth an anomaly, as the model maps it to OOV.
+"""
+
+import os
+from typing import Dict, List, Sequence
+
+from absl import logging
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_metadata.proto.v0 import statistics_pb2
+from tfx_bsl.coders import example_coder
+
+from features import spec as spec_lib
+
+_SCHEMA_TYPES = {"string": schema_pb2.BYTES, "int": schema_pb2.INT, "float": schema_pb2.FLOAT}
+MIN_BATCH = 100
+MAX_BATCH = 1000
+
+
+def example_schema(spec: spec_lib.FeatureSpec, label_names: Sequence[str]) -> schema_pb2.Schema:
+  """Types of every Example key (features, weights, labels, metadata), for decoding."""
+  schema = schema_pb2.Schema()
+  for feature in spec:
+    schema.feature.add(name=feature.name, type=_SCHEMA_TYPES[feature.dtype])
+    if feature.weighted:
+      schema.feature.add(name=feature.weight_key, type=schema_pb2.FLOAT)
+  for name in label_names:
+    schema.feature.add(name=name, type=schema_pb2.INT)
+  schema.feature.add(name=spec_lib.IMPRESSION_ID_KEY, type=schema_pb2.BYTES)
+  schema.feature.add(name=spec_lib.TIMESTAMP_KEY, type=schema_pb2.INT)
+  return schema
+
+
+class _DecodeBatchFn(beam.DoFn):
+  """A list of serialized Examples -> one pa.RecordBatch."""
+
+  def __init__(self, serialized_schema: bytes):
+    self._serialized_schema = serialized_schema
+
+  def setup(self):
+    self._decoder = example_coder.ExamplesToRecordBatchDecoder(self._serialized_schema)
+
+  def process(self, serialized_examples: List[bytes]):
+    yield self._decoder.DecodeBatch(serialized_examples)
+
+
+class GenerateExampleStatistics(beam.PTransform):
+  """Serialized Examples -> TFDV DatasetFeatureStatisticsList written to `output_path`.
+
+  Args:
+    spec, label_names: the Example layout (see `example_schema`).
+    output_path: binary DatasetFeatureStatisticsList, e.g. OUTPUT/stats/train_stats.pb.
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str], output_path: str):
+    super().__init__()
+    self._serialized_schema = example_schema(spec, label_names).SerializeToString()
+    self._output_path = output_path
+
+  def expand(self, serialized_examples):
+    return (serialized_examples
+            | "Batch" >> beam.BatchElements(min_batch_size=MIN_BATCH, max_batch_size=MAX_BATCH)
+            | "Decode" >> beam.ParDo(_DecodeBatchFn(self._serialized_schema))
+            | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
+            | "Write" >> tfdv.WriteStatisticsToBinaryFile(self._output_path))
+
+
+def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
+  return tfdv.load_stats_binary(path)
+
+
+def _clear_domain(schema: schema_pb2.Schema, feature: schema_pb2.Feature) -> None:
+  if feature.WhichOneof("domain_info") == "domain":
+    kept = [d for d in schema.string_domain if d.name != feature.domain]
+    del schema.string_domain[:]
+    schema.string_domain.extend(kept)
+  feature.ClearField("domain_info")
+
+
+def adjust_schema(schema: schema_pb2.Schema, spec: spec_lib.FeatureSpec,
+                  label_names: Sequence[str]) -> schema_pb2.Schema:
+  """Applies what the spec knows to an inferred schema (see the module docstring)."""
+  open_ended = {spec_lib.IMPRESSION_ID_KEY} | {f.name for f in spec if f.transform == "hash"}
+  multivalent = set()
+  for feature in spec:
+    if feature.multivalent:
+      multivalent.add(feature.name)
+      if feature.weighted:
+        multivalent.add(feature.weight_key)
+  for feature in schema.feature:
+    if feature.name in open_ended:
+      _clear_domain(schema, feature)
+    if feature.name in multivalent:
+      feature.ClearField("shape_type")
+    if feature.name in label_names:
+      _clear_domain(schema, feature)
+      feature.int_domain.min = 0
+      feature.int_domain.max = 1
+  return schema
+
+
+def infer_schema(statistics: statistics_pb2.DatasetFeatureStatisticsList,
+                 spec: spec_lib.FeatureSpec, label_names: Sequence[str]) -> schema_pb2.Schema:
+  """tfdv.infer_schema on (train) statistics, adjusted by `adjust_schema`."""
+  return adjust_schema(tfdv.infer_schema(statistics), spec, label_names)
+
+
+def load_schema(path: str) -> schema_pb2.Schema:
+  return tfdv.load_schema_text(path)
+
+
+def write_schema(schema: schema_pb2.Schema, path: str) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  tfdv.write_schema_text(schema, path)
+
+
+def validate_statistics(statistics: statistics_pb2.DatasetFeatureStatisticsList,
+                        schema: schema_pb2.Schema) -> anomalies_pb2.Anomalies:
+  return tfdv.validate_statistics(statistics, schema)
+
+
+def write_anomalies(anomalies: anomalies_pb2.Anomalies, path: str) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  tfdv.write_anomalies_text(anomalies, path)
+
+
+def describe_anomalies(anomalies: anomalies_pb2.Anomalies) -> List[str]:
+  """One readable line per anomaly: the feature (or the dataset) and what is wrong."""
+  lines = []
+  for name, info in sorted(anomalies.anomaly_info.items()):
+    kinds = ", ".join(anomalies_pb2.AnomalyInfo.Type.Name(reason.type) for reason in info.reason)
+    lines.append(f"feature {name!r}: {info.short_description} ({kinds}): {info.description}")
+  if anomalies.HasField("dataset_anomaly_info"):
+    info = anomalies.dataset_anomaly_info
+    lines.append(f"dataset: {info.short_description}: {info.description}")
+  return lines
+
+
+def check_splits(schema: schema_pb2.Schema, stats_paths: Dict[str, str],
+                 anomalies_paths: Dict[str, str]) -> Dict[str, List[str]]:
+  """Validates each split's statistics, writes its anomalies file and logs each anomaly.
+
+  Returns:
+    split -> readable anomaly lines (empty lists when the data matches the schema).
+  """
+  found = {}
+  for split, stats_path in stats_paths.items():
+    anomalies = validate_statistics(load_statistics(stats_path), schema)
+    write_anomalies(anomalies, anomalies_paths[split])
+    found[split] = describe_anomalies(anomalies)
+    for line in found[split]:
+      logging.warning("Anomaly in %s: %s", split, line)
+    if not found[split]:
+      logging.info("No anomalies in %s", split)
+  return found
