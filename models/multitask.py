@@ -11,7 +11,11 @@ A paper's model (models/esmm.py, models/naive.py, ...) is a short file that
 
 Loss (per replica batch of size B):
   L = sum_t w_t * (1/B) sum_i s_t,i * BCE(label_t,i, p_t,i) + sum(scorer.losses)
-where s_t,i is the task's sample weight (1 when it has none) and w_t its loss weight.
+      + sum_j R_j(V_j)
+where s_t,i is the task's sample weight (1 when it has none), w_t its loss weight, and
+(R_j, V_j) the model's parameter ties (e.g. ESMC's TowerTieRegularizer on the CVR
+tower's weights; models.layers.regularizers), logged as `constraint_loss` beside
+`regularization_loss` (a model without ties logs no constraint_loss).
 """
 
 import dataclasses
@@ -27,6 +31,8 @@ from features import preprocessing
 from features import spec as spec_lib
 from models.layers import bottom as bottom_lib
 from models.layers import cross as cross_lib
+from models.layers import probability as probability_lib
+from models.layers import regularizers as regularizers_lib
 from models.layers import tower as tower_lib
 
 # Parameters every model accepts in model.params (a model adds its own to these).
@@ -131,13 +137,15 @@ class MultiTaskModel(tfrs.models.Model):
     task_loss_weights: task name -> loss weight in effect (0 = metrics only).
     output_names: the scorer's output keys, e.g. ("ctr", "cvr", "ctcvr").
     required_labels: the label names the tasks read.
+    parameter_ties: (regularizer, variable) pairs whose sum is `constraint_loss`.
 
   `model(features)` returns the scorer's dict. `fit` / `evaluate` take batches of
   `(features, labels)`, labels a dict name -> float32 [batch].
   """
 
   def __init__(self, scorer: tf_keras.Model, tasks: Sequence[TaskSpec],
-               loss_weights: Optional[Mapping[str, float]] = None, **kwargs):
+               loss_weights: Optional[Mapping[str, float]] = None,
+               parameter_ties: Sequence[regularizers_lib.ParameterTie] = (), **kwargs):
     super().__init__(**kwargs)
     if not isinstance(scorer.output, dict):
       raise ValueError("the scorer must output a dict name -> probability")
@@ -166,6 +174,12 @@ class MultiTaskModel(tfrs.models.Model):
     self.task_loss_weights = weights
     self.tasks = {task.name: make_ranking_task(task.name) for task in tasks}
     self.required_labels = frozenset().union(*(t.required_labels for t in tasks))
+    # The tied variables are the scorer's own (trainable_variables holds each once).
+    self._parameter_ties = tuple(parameter_ties)
+
+  @property
+  def parameter_ties(self) -> Tuple[regularizers_lib.ParameterTie, ...]:
+    return self._parameter_ties
 
   def call(self, features, training=None):
     """Raw features dict -> dict name -> float32 [batch, 1] probability."""
@@ -194,6 +208,10 @@ class MultiTaskModel(tfrs.models.Model):
       return tf.constant(0.0)
     return tf.add_n(self.scorer.losses)
 
+  def constraint_loss(self) -> tf.Tensor:
+    """sum of the parameter ties' penalties (0 when none)."""
+    return regularizers_lib.tie_loss(self._parameter_ties)
+
   def _weighted_task_loss(self, inputs, training: bool) -> tf.Tensor:
     losses = self.task_losses(inputs, training=training)
     total = tf.constant(0.0)
@@ -204,13 +222,16 @@ class MultiTaskModel(tfrs.models.Model):
     return total
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-    """Weighted sum of task losses plus the scorer's regularization losses (scalar)."""
-    return self._weighted_task_loss(inputs, training) + self.regularization_loss()
+    """Weighted task losses + the scorer's regularization + the constraint loss (scalar)."""
+    return (self._weighted_task_loss(inputs, training) + self.regularization_loss()
+            + self.constraint_loss())
 
-  def _logs(self, task_loss, regularization_loss):
+  def _logs(self, task_loss, regularization_loss, constraint_loss):
     logs = {metric.name: metric.result() for metric in self.metrics}
-    logs.update(loss=task_loss + regularization_loss,
+    logs.update(loss=task_loss + regularization_loss + constraint_loss,
                 regularization_loss=regularization_loss)
+    if self._parameter_ties:
+      logs.update(constraint_loss=constraint_loss)
     return logs
 
   # tfrs.models.Model adds sum(self.losses) on top of compute_loss; ours already holds
@@ -221,17 +242,18 @@ class MultiTaskModel(tfrs.models.Model):
     with tf.GradientTape() as tape:
       task_loss = self._weighted_task_loss(inputs, training=True)
       regularization_loss = self.regularization_loss()
+      constraint_loss = self.constraint_loss()
       replicas = tf.distribute.get_strategy().num_replicas_in_sync
-      scaled_loss = (task_loss + regularization_loss) / replicas
+      scaled_loss = (task_loss + regularization_loss + constraint_loss) / replicas
     variables = self.trainable_variables
     gradients = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, variables) if g is not None)
-    return self._logs(task_loss, regularization_loss)
+    return self._logs(task_loss, regularization_loss, constraint_loss)
 
   def test_step(self, inputs):
     task_loss = self._weighted_task_loss(inputs, training=False)
-    return self._logs(task_loss, self.regularization_loss())
+    return self._logs(task_loss, self.regularization_loss(), self.constraint_loss())
 
 
 @dataclasses.dataclass
@@ -242,7 +264,8 @@ class TowerGraph:
     inputs: raw feature name -> tf_keras.Input (the scorer's inputs).
     encoder: the shared FeatureEncoder (one embedding table per feature).
     logits: tower name -> KerasTensor float32 [batch, 1].
-    towers: tower name -> MLPTower (its `dense_layers` for regularisation or tying).
+    towers: tower name -> MLPTower (its `dense_layers` for regularisation or tying);
+      a Siamese path maps to the same MLPTower object as the tower it shares.
   """
 
   inputs: Dict[str, Any]
@@ -250,18 +273,39 @@ class TowerGraph:
   logits: Dict[str, Any]
   towers: Dict[str, tower_lib.MLPTower]
 
+  def head(self, tower_name: str, output_name: Optional[str] = None):
+    """The probability (sigmoid head named `output_name`) of tower `tower_name`'s logit."""
+    return probability_lib.ProbabilityHead(name=output_name or tower_name)(
+        self.logits[tower_name])
+
+
+def assemble(graph: TowerGraph, outputs: Mapping[str, Any], tasks: Sequence[TaskSpec],
+             model_config: config_lib.ModelConfig, name: str,
+             parameter_ties: Sequence[regularizers_lib.ParameterTie] = ()
+             ) -> MultiTaskModel:
+  """The scorer `<name>_scorer` (graph.inputs -> outputs) wrapped in a MultiTaskModel."""
+  scorer = tf_keras.Model(graph.inputs, dict(outputs), name=f"{name}_scorer")
+  return MultiTaskModel(scorer, tasks, loss_weights=model_config.loss_weights,
+                        parameter_ties=parameter_ties, name=name)
+
 
 def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                  artifacts: artifacts_lib.TransformArtifacts, tower_names: Sequence[str],
-                 bottom: Any = "shared") -> TowerGraph:
+                 bottom: Any = "shared", siamese: Optional[Mapping[str, str]] = None,
+                 path_context_dim: int = 0) -> TowerGraph:
   """Raw inputs -> shared encoder -> [cross network] -> bottom -> one MLP tower each.
 
   Args:
     model_config: sizes (embedding_dim, tower_units, cross_layers, dropout,
       activation, l2).
     spec, artifacts: the feature spec and its transform statistics.
-    tower_names: one tower per name; tower `n` is the layer `<n>_tower`.
+    tower_names: one bottom output (path) per name; path `n` gets the tower layer
+      `<n>_tower`, unless `siamese` maps it to another path whose tower it reuses.
     bottom: the bottom setting (see models.layers.bottom.make_bottom).
+    siamese: path name -> the path whose tower (same layer, same weights) it runs,
+      e.g. {"purchase_given_action": "cvr"} (ESMS). Every path of a shared tower gets
+      its own `PathContext` (`<n>_context`) when path_context_dim > 0.
+    path_context_dim: size of those learned per-path context vectors.
 
   Returns:
     A TowerGraph whose logits a model turns into probabilities.
@@ -274,10 +318,23 @@ def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpe
     shared = cross_lib.CrossNetwork(model_config.cross_layers, l2=model_config.l2,
                                     name="cross_network")(shared)
   tower_inputs = bottom_lib.make_bottom(bottom, len(tower_names))(shared)
+  siamese = dict(siamese or {})
+  unknown = sorted((set(siamese) | set(siamese.values())) - set(tower_names))
+  if unknown or any(owner in siamese for owner in siamese.values()):
+    raise ValueError(f"siamese {siamese}: every name must be a tower name {list(tower_names)}"
+                     f" and a shared tower must be its own owner")
+  with_context = set(siamese) | set(siamese.values()) if path_context_dim else set()
   towers, logits = {}, {}
-  for name, tower_input in zip(tower_names, tower_inputs):
-    towers[name] = tower_lib.MLPTower(
-        model_config.tower_units, activation=model_config.activation,
-        dropout=model_config.dropout, l2=model_config.l2, name=f"{name}_tower")
+  for name in sorted(tower_names, key=lambda n: n in siamese):  # owners first
+    tower_input = tower_inputs[list(tower_names).index(name)]
+    if name in with_context:
+      tower_input = tower_lib.PathContext(path_context_dim, name=f"{name}_context")(tower_input)
+    if name in siamese:
+      towers[name] = towers[siamese[name]]
+    else:
+      towers[name] = tower_lib.MLPTower(
+          model_config.tower_units, activation=model_config.activation,
+          dropout=model_config.dropout, l2=model_config.l2, name=f"{name}_tower")
     logits[name] = towers[name](tower_input)
+  logits = {name: logits[name] for name in tower_names}
   return TowerGraph(inputs=inputs, encoder=encoder, logits=logits, towers=towers)

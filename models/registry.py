@@ -2,9 +2,10 @@
 
 Flow position: pipeline.train (and tests) call `build_model(config, spec, artifacts)`;
 everything a model needs comes from the experiment config, the feature spec and the
-transform artifacts. Adding a model (esm2, esmc, esms, esmg, hm3) is one entry in
-`MODELS`: its `build(model_config, spec, artifacts, params)` and its `PARAMS` (the
-model.params keys it accepts, with defaults).
+transform artifacts. Adding a model is one entry in `MODELS`: its
+`build(model_config, spec, artifacts, params)` and its `PARAMS` (the model.params keys
+it accepts, with defaults). Registered: naive, esmm, esm2, esmc, esms, esmg, hm3
+(docs/MODELS.md).
 """
 
 import dataclasses
@@ -13,7 +14,10 @@ from typing import Any, Callable, Dict, List, Mapping
 from configs import config as config_lib
 from features import artifacts as artifacts_lib
 from features import spec as spec_lib
+from models import esm2
+from models import esmc
 from models import esmm
+from models import hm3
 from models import multitask
 from models import naive
 
@@ -33,6 +37,11 @@ class ModelEntry:
 MODELS: Dict[str, ModelEntry] = {
     "esmm": ModelEntry(esmm.build, esmm.PARAMS),
     "naive": ModelEntry(naive.build, naive.PARAMS),
+    "esm2": ModelEntry(esm2.build, esm2.PARAMS),
+    "esmc": ModelEntry(esmc.build_esmc, esmc.ESMC_PARAMS),
+    "esms": ModelEntry(esmc.build_esms, esmc.ESMS_PARAMS),
+    "esmg": ModelEntry(esmc.build_esmg, esmc.ESMG_PARAMS),
+    "hm3": ModelEntry(hm3.build, hm3.PARAMS),
 }
 
 

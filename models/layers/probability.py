@@ -59,3 +59,39 @@ class ProbabilityProduct(tf_keras.layers.Layer):
     for probability in probabilities[1:]:
       product = product * tf.cast(probability, tf.float32)
     return product
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class ProbabilityMixture(tf_keras.layers.Layer):
+  """Total probability over a binary branch: p * a + (1 - p) * b.
+
+  Inputs: [p, a, b], each float32 [batch, 1]: p = P(branch | .), a = P(target | branch),
+  b = P(target | no branch). Output: float32 [batch, 1], P(target | .); e.g. ESM2's
+  cvr = P(action|click) * P(buy|action) + (1 - P(action|click)) * P(buy|no action).
+  A convex combination of a and b, so it stays in (0, 1) when a and b do.
+  """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("dtype", "float32")
+    super().__init__(**kwargs)
+
+  def call(self, inputs):
+    if len(inputs) != 3:
+      raise ValueError(f"{self.name}: a mixture takes [p, a, b], got {len(inputs)} inputs")
+    branch, given, given_not = (tf.cast(x, tf.float32) for x in inputs)
+    return branch * given + (1.0 - branch) * given_not
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class ProbabilityAlias(tf_keras.layers.Layer):
+  """The same probability under a second output name (e.g. HM3's ctmacro as ctavr).
+
+  Input and output: float32 [batch, 1], unchanged.
+  """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("dtype", "float32")
+    super().__init__(**kwargs)
+
+  def call(self, probability):
+    return tf.identity(tf.cast(probability, tf.float32))

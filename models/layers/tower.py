@@ -8,6 +8,7 @@ weights (e.g. ESMC's parameter constraint between two towers).
 
 from typing import List, Sequence
 
+import tensorflow as tf
 import tf_keras
 
 
@@ -57,4 +58,42 @@ class MLPTower(tf_keras.layers.Layer):
     config = super().get_config()
     config.update(units=list(self.units), activation=self.activation,
                   dropout=self.dropout, l2=self.l2)
+    return config
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class PathContext(tf_keras.layers.Layer):
+  """Appends a learned context vector (one per path) to a tower's input.
+
+  When one (Siamese) tower serves several paths, e.g. ESMS's P(buy | click) and
+  P(buy | action), each path's input gets its own learned vector, so the shared weights
+  can still tell the paths apart. Input float32 [batch, d]; output [batch, d + dim].
+
+  Args:
+    dim: size of the context vector; 0 passes the input through unchanged.
+  """
+
+  def __init__(self, dim: int = 8, **kwargs):
+    super().__init__(**kwargs)
+    if dim < 0:
+      raise ValueError(f"PathContext dim must be >= 0, got {dim}")
+    self.dim = int(dim)
+
+  def build(self, input_shape):
+    if self.dim:
+      self.context = self.add_weight(
+          name="context", shape=(self.dim,),
+          initializer=tf_keras.initializers.RandomNormal(stddev=0.1), trainable=True)
+    super().build(input_shape)
+
+  def call(self, inputs):
+    if not self.dim:
+      return inputs
+    batch = tf.shape(inputs)[0]
+    context = tf.tile(tf.cast(self.context, inputs.dtype)[tf.newaxis, :], [batch, 1])
+    return tf.concat([inputs, context], axis=-1)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(dim=self.dim)
     return config

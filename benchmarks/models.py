@@ -1,0 +1,358 @@
+"""The truth benchmark: every model on one simulated world, scored against the truth.
+
+  python -m benchmarks.models [--quick] [--work_dir /tmp/cvr_bench] [--seeds 3]
+
+Flow: pipeline.simulate (once) -> pipeline.preprocess (Beam, once) -> for each model and
+seed, in a fresh subprocess (TF memory does not grow across models): training.trainer
+(train + export) -> evaluation.runner.evaluate on the held-out time split with the
+simulator's truth -> WORK_DIR/<mode>/runs/<model>/seed<k>/evaluation.json. The runs are
+then aggregated (mean +- std over seeds) into benchmarks/results/models.md, models.png
+and models.json (either mode writes them; the full run's are the committed ones).
+
+Per model and task (ctr, cvr, ctcvr, ctavr, ctmicro): AUC, GAUC by user, log loss,
+calibration (sum predicted / sum observed), ECE, the Bayes-optimal AUC (AUC of the true
+probability on the same rows) and the gap; for cvr also the entire-space block (the
+expected AUC of the predicted cvr against the true P(buy | click, x) over all exposures,
+and the truth's own expected AUC). Every step is skipped when its output exists, so a
+killed run resumes.
+
+Modes: full (default: 1M impressions, 3 seeds, 1 epoch at batch 2048) and --quick
+(100k impressions, 1 seed, 2 epochs at batch 1024).
+"""
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(PROJECT_ROOT, "benchmarks", "results")
+# Benchmark name -> experiment config (configs/<file>).
+MODELS = {
+    "naive": "naive.yaml",
+    "esmm": "esmm.yaml",
+    "esm2": "esm2.yaml",
+    "esmc": "esmc.yaml",
+    "esms": "esms.yaml",
+    "esmg": "esmg.yaml",
+    "hm3": "hm3.yaml",
+    "esmm_mmoe": "esmm_mmoe.yaml",
+    "esmm_ple": "esmm_ple.yaml",
+}
+TASKS = ("ctr", "cvr", "ctcvr", "ctavr", "ctmicro")
+MODES = {
+    "quick": {"impressions": 100_000, "seeds": 1, "epochs": 2, "batch_size": 1024},
+    "full": {"impressions": 1_000_000, "seeds": 3, "epochs": 1, "batch_size": 2048},
+}
+WORLD_SEED = 7
+
+
+def _log(message: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _python(*args: str, log_path: Optional[str] = None) -> None:
+  """Runs `python <args>` from the project root; raises with the log tail on failure."""
+  command = [sys.executable, *args]
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  with open(log_path or os.devnull, "w") as log:
+    code = subprocess.call(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                           env=env)
+  if code:
+    tail = ""
+    if log_path:
+      with open(log_path) as f:
+        tail = "".join(f.readlines()[-30:])
+    raise RuntimeError(f"{' '.join(command)} failed with exit code {code}\n{tail}")
+
+
+def make_world(mode_dir: str, impressions: int) -> Dict[str, str]:
+  """Simulates and preprocesses the world once (skipped when already there)."""
+  raw, data = os.path.join(mode_dir, "raw"), os.path.join(mode_dir, "data")
+  os.makedirs(mode_dir, exist_ok=True)
+  if not os.path.exists(os.path.join(raw, "world.json")):
+    _log(f"simulating {impressions} impressions -> {raw}")
+    _python("-m", "pipeline.simulate", "--output", raw, "--impressions", str(impressions),
+            "--seed", str(WORLD_SEED), log_path=os.path.join(mode_dir, "simulate.log"))
+  if not os.path.exists(os.path.join(data, "counts.json")):
+    _log(f"preprocessing -> {data}")
+    _python("-m", "pipeline.preprocess",
+            "--impressions", os.path.join(raw, "impressions", "*.jsonl.gz"),
+            "--events", os.path.join(raw, "events", "*.jsonl.gz"), "--output", data,
+            log_path=os.path.join(mode_dir, "preprocess.log"))
+  return {"raw": raw, "data": data}
+
+
+def run_one(config_path: str, data_dir: str, truth_dir: str, model_dir: str, seed: int,
+            epochs: int, batch_size: int) -> None:
+  """Trains, exports and evaluates one model (the body of a worker subprocess)."""
+  from configs import config as config_lib  # pylint: disable=g-import-not-at-top
+  from evaluation import runner  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
+
+  config = config_lib.load_config(config_path, overrides={"train": {
+      "seed": seed, "epochs": epochs, "batch_size": batch_size}})
+  start = time.time()
+  result = trainer.train_and_export(config, data_dir, model_dir)
+  train_seconds = time.time() - start
+  report = runner.evaluate(result.export_dir, data_dir, truth_path=truth_dir,
+                           config_path=config_path)
+  report["train_seconds"] = round(train_seconds, 1)
+  report["train_metrics"] = result.metrics.get("last_epoch", {})
+  runner.write_report(report, os.path.join(model_dir, "evaluation.json"))
+
+
+def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: int,
+            epochs: int, batch_size: int, parallel: int = 1
+            ) -> Dict[str, List[Dict[str, Any]]]:
+  """Every model x seed in its own subprocess, `parallel` at a time (much of a run is
+  single-threaded graph tracing, so 2 workers fill 2 cores); returns model -> reports."""
+
+  def one(name: str, seed: int) -> Dict[str, Any]:
+    model_dir = os.path.join(mode_dir, "runs", name, f"seed{seed}")
+    path = os.path.join(model_dir, "evaluation.json")
+    if not os.path.exists(path):
+      _log(f"{name} seed {seed}: training and evaluating in {model_dir}")
+      os.makedirs(model_dir, exist_ok=True)
+      start = time.time()
+      _python("-m", "benchmarks.models", "--worker",
+              "--config", os.path.join(PROJECT_ROOT, "configs", MODELS[name]),
+              "--data", world["data"], "--truth", world["raw"], "--model_dir", model_dir,
+              "--seed", str(seed), "--epochs", str(epochs), "--batch_size", str(batch_size),
+              log_path=os.path.join(model_dir, "run.log"))
+      _log(f"{name} seed {seed}: done in {time.time() - start:.0f}s")
+    with open(path) as f:
+      return json.load(f)
+
+  jobs = [(name, seed) for seed in range(1, seeds + 1) for name in models]
+  with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+    results = list(pool.map(lambda job: one(*job), jobs))
+  reports = {name: [] for name in models}
+  for (name, _), report in zip(jobs, results):
+    reports[name].append(report)
+  return reports
+
+
+def _stat(values: Sequence[Optional[float]]) -> Dict[str, float]:
+  values = [v for v in values if v is not None and not math.isnan(v)]
+  if not values:
+    return {"mean": math.nan, "std": math.nan, "n": 0}
+  mean = sum(values) / len(values)
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+  return {"mean": mean, "std": std, "n": len(values)}
+
+
+# metric name -> path in a task's report block
+METRICS = {
+    "auc": ("auc",), "gauc": ("gauc",), "log_loss": ("log_loss",),
+    "calibration": ("calibration",), "ece": ("ece",),
+    "bayes_auc": ("truth", "bayes_auc"), "auc_gap": ("truth", "auc_gap"),
+    "es_expected_auc": ("entire_space", "expected_auc"),
+    "es_bayes_expected_auc": ("entire_space", "bayes_expected_auc"),
+    "es_calibration": ("entire_space", "calibration"),
+}
+
+
+def _get(block: Dict[str, Any], path: Sequence[str]):
+  for key in path:
+    if not isinstance(block, dict) or key not in block:
+      return None
+    block = block[key]
+  return block
+
+
+def aggregate(reports: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
+  """model -> task -> metric -> {mean, std, n} over seeds."""
+  summary = {}
+  for name, runs in reports.items():
+    summary[name] = {}
+    for task in TASKS:
+      blocks = [run["tasks"][task] for run in runs if task in run["tasks"]]
+      if blocks:
+        summary[name][task] = {metric: _stat([_get(b, path) for b in blocks])
+                               for metric, path in METRICS.items()}
+    summary[name]["train_seconds"] = _stat([run.get("train_seconds") for run in runs])
+  return summary
+
+
+def _cell(stat: Optional[Dict[str, float]], digits: int = 4) -> str:
+  if not stat or stat["n"] == 0:
+    return "-"
+  if stat["n"] == 1:
+    return f"{stat['mean']:.{digits}f}"
+  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
+                    world: Dict[str, Any]) -> str:
+  """The results page: headline table, then one table per task."""
+  lines = [
+      "# Truth benchmark: every model on one simulated world",
+      "",
+      f"Generated by `python -m benchmarks.models{' --quick' if settings['mode'] == 'quick' else ''}`"
+      f" on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+      f"World: {settings['impressions']} simulated impressions (seed {WORLD_SEED}), "
+      f"train {world['train']} / eval {world['eval']} exposures (time split; eval = last "
+      f"day); eval positives: {world['eval_labels']}.",
+      f"Training: {settings['epochs']} epoch(s), batch {settings['batch_size']}, "
+      f"{settings['seeds']} seed(s) per model (mean ± std over seeds when > 1). "
+      f"Total wall time {settings['seconds'] / 60:.1f} min ({settings['parallel']} runs at a "
+      f"time, on a shared 2-core machine).",
+      "",
+      "CVR AUC (clicked) is over clicked eval exposures against observed purchases; "
+      "CVR AUC (entire space) is the expected AUC of the predicted cvr against the true "
+      "P(buy | click, x) over all eval exposures (what an entire-space model is for); "
+      "Bayes = the same metric for the true probability.",
+      "",
+      "## Headline",
+      "",
+      "| model | CTR AUC | CVR AUC (clicked) | CVR AUC (entire space) | CVR calib. (entire space) "
+      "| CTCVR AUC | CTCVR gap to Bayes | CTAVR AUC | train s |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, tasks in summary.items():
+    get = lambda task, metric: tasks.get(task, {}).get(metric)  # pylint: disable=cell-var-from-loop
+    lines.append(
+        f"| {name} | {_cell(get('ctr', 'auc'))} | {_cell(get('cvr', 'auc'))} | "
+        f"{_cell(get('cvr', 'es_expected_auc'))} | {_cell(get('cvr', 'es_calibration'), 3)} | "
+        f"{_cell(get('ctcvr', 'auc'))} | {_cell(get('ctcvr', 'auc_gap'))} | "
+        f"{_cell(get('ctavr', 'auc'))} | {_cell(tasks['train_seconds'], 0)} |")
+  bayes = {task: next((tasks[task]["bayes_auc"] for tasks in summary.values()
+                       if task in tasks), None) for task in TASKS}
+  es_bayes = next((tasks["cvr"]["es_bayes_expected_auc"] for tasks in summary.values()
+                   if "cvr" in tasks), None)
+  lines += ["",
+            f"Bayes-optimal AUC on these rows: CTR {_cell(bayes['ctr'])}, CVR (clicked) "
+            f"{_cell(bayes['cvr'])}, CVR (entire space, expected) {_cell(es_bayes)}, "
+            f"CTCVR {_cell(bayes['ctcvr'])}, CTAVR {_cell(bayes['ctavr'])}.", ""]
+  for task in TASKS:
+    rows = [(name, tasks[task]) for name, tasks in summary.items() if task in tasks]
+    if not rows:
+      continue
+    lines += [f"## {task}", "",
+              "| model | AUC | GAUC | log loss | calib. | ECE | Bayes AUC | AUC gap |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, m in rows:
+      lines.append(f"| {name} | {_cell(m['auc'])} | {_cell(m['gauc'])} | "
+                   f"{_cell(m['log_loss'])} | {_cell(m['calibration'], 3)} | {_cell(m['ece'])} | "
+                   f"{_cell(m['bayes_auc'])} | {_cell(m['auc_gap'])} |")
+    if task == "cvr":
+      lines += ["", "CVR over the entire space (all eval exposures, against the true "
+                "P(buy | click, x)):", "",
+                "| model | expected AUC | Bayes expected AUC | calib. vs truth |",
+                "|---|---|---|---|"]
+      for name, m in rows:
+        lines.append(f"| {name} | {_cell(m['es_expected_auc'])} | "
+                     f"{_cell(m['es_bayes_expected_auc'])} | {_cell(m['es_calibration'], 3)} |")
+    lines.append("")
+  return "\n".join(lines) + "\n"
+
+
+def plot(summary: Dict[str, Dict[str, Any]], path: str, title: str) -> None:
+  """Grouped bars (mean ± std) of the main AUCs per model, Bayes levels as dashed lines."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+
+  panels = [("ctr", "auc", "CTR AUC"), ("cvr", "auc", "CVR AUC (clicked)"),
+            ("cvr", "es_expected_auc", "CVR AUC (entire space)"),
+            ("ctcvr", "auc", "CTCVR AUC")]
+  bayes_of = {("ctr", "auc"): "bayes_auc", ("cvr", "auc"): "bayes_auc",
+              ("cvr", "es_expected_auc"): "es_bayes_expected_auc",
+              ("ctcvr", "auc"): "bayes_auc"}
+  names = list(summary)
+  figure, axes = pyplot.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+  for axis, (task, metric, label) in zip(axes, panels):
+    means = [summary[n].get(task, {}).get(metric, {}).get("mean", math.nan) for n in names]
+    stds = [summary[n].get(task, {}).get(metric, {}).get("std", 0.0) for n in names]
+    axis.bar(range(len(names)), means, yerr=stds, color="tab:blue", capsize=3)
+    bayes = [summary[n].get(task, {}).get(bayes_of[(task, metric)], {}).get("mean")
+             for n in names]
+    bayes = [b for b in bayes if b is not None and not math.isnan(b)]
+    if bayes:
+      axis.axhline(bayes[0], color="tab:red", linestyle="--", label="Bayes")
+      axis.legend(loc="lower right")
+    finite = [m for m in means if not math.isnan(m)] + bayes
+    if finite:
+      axis.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+    axis.set_xticks(range(len(names)))
+    axis.set_xticklabels(names, rotation=60, ha="right")
+    axis.set_title(label)
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  pyplot.close(figure)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="100k impressions, 1 seed, 2 epochs (a few minutes).")
+  parser.add_argument("--work_dir", default="/tmp/cvr_bench",
+                      help="Worlds, runs and logs go to WORK_DIR/<quick|full>/.")
+  parser.add_argument("--results_dir", default=RESULTS_DIR,
+                      help="Where models.md, models.png and models.json are written.")
+  parser.add_argument("--models", default=",".join(MODELS),
+                      help=f"Comma-separated subset of {list(MODELS)}.")
+  parser.add_argument("--impressions", type=int, help="Override the mode's world size.")
+  parser.add_argument("--seeds", type=int, help="Override the mode's seeds per model.")
+  parser.add_argument("--epochs", type=int, help="Override the mode's epochs.")
+  parser.add_argument("--batch_size", type=int, help="Override the mode's batch size.")
+  parser.add_argument("--parallel", type=int, default=2,
+                      help="Model runs at a time (each in its own subprocess).")
+  # Worker mode: one model, one seed (run in a subprocess by run_all).
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--config", help=argparse.SUPPRESS)
+  parser.add_argument("--data", help=argparse.SUPPRESS)
+  parser.add_argument("--truth", help=argparse.SUPPRESS)
+  parser.add_argument("--model_dir", help=argparse.SUPPRESS)
+  parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:
+    run_one(args.config, args.data, args.truth, args.model_dir, args.seed, args.epochs,
+            args.batch_size)
+    return
+
+  mode = "quick" if args.quick else "full"
+  settings = dict(MODES[mode], mode=mode, parallel=args.parallel)
+  for key in ("impressions", "seeds", "epochs", "batch_size"):
+    if getattr(args, key) is not None:
+      settings[key] = getattr(args, key)
+  models = [m for m in args.models.split(",") if m]
+  unknown = sorted(set(models) - set(MODELS))
+  if unknown:
+    parser.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
+  start = time.time()
+  mode_dir = os.path.join(args.work_dir, mode)
+  world = make_world(mode_dir, settings["impressions"])
+  reports = run_all(mode_dir, world, models, settings["seeds"], settings["epochs"],
+                    settings["batch_size"], parallel=args.parallel)
+  settings["seconds"] = time.time() - start
+  with open(os.path.join(world["data"], "counts.json")) as f:
+    counts = json.load(f)
+  world_facts = {"train": counts["impressions"]["written"]["train"],
+                 "eval": counts["impressions"]["written"]["eval"],
+                 "eval_labels": counts["labels"]["eval"]}
+  summary = aggregate(reports)
+  suffix = ""
+  os.makedirs(args.results_dir, exist_ok=True)
+  with open(os.path.join(args.results_dir, f"models{suffix}.json"), "w") as f:
+    json.dump({"settings": settings, "world": world_facts, "summary": summary}, f, indent=1)
+  markdown = render_markdown(summary, settings, world_facts)
+  with open(os.path.join(args.results_dir, f"models{suffix}.md"), "w") as f:
+    f.write(markdown)
+  plot(summary, os.path.join(args.results_dir, f"models{suffix}.png"),
+       f"{settings['impressions']} impressions, {settings['seeds']} seed(s)")
+  _log(f"wrote {args.results_dir}/models{suffix}.md and .png in {settings['seconds'] / 60:.1f} min")
+  print(markdown)
+
+
+if __name__ == "__main__":
+  main()
