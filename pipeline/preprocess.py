@@ -8,7 +8,19 @@
        --runner DataflowRunner --project P --region R --temp_location gs://... \
        --setup_file ./setup.py]
 
-Flow: raw logs -> **this job** (transforms.preprocess_job.Preprocess) -> OUTPUT/ ->
+  python -m pipeline.preprocess --source ali_ccp --config configs/ali_ccp.yaml \
+      --skeleton 'aliccp/train/sample_skeleton_train.csv' \
+      --common_features 'aliccp/train/common_features_train.csv' \
+      --eval_skeleton 'aliccp/test/sample_skeleton_test.csv' \
+      --eval_common_features 'aliccp/test/common_features_test.csv' --output runs/aliccp/data
+
+  python -m pipeline.preprocess --source rechub_csv --config configs/rechub_aliccp.yaml \
+      --train 'ali_ccp_train*.csv' --eval 'ali_ccp_val*.csv,ali_ccp_test*.csv' --output DIR
+  python -m pipeline.preprocess --source paddle_esmm --config configs/paddle_esmm.yaml \
+      --train 'data/train/*.txt' --eval 'data/test/*.txt' --output DIR
+
+Flow: raw logs -> **this job** (transforms.preprocess_job.Preprocess, or PreprocessAliCcp /
+PreprocessDerived by --source; docs/ALI_CCP.md) -> OUTPUT/ ->
 pipeline.train. Flags this module does not know are Beam pipeline options, passed to
 `PipelineOptions` untouched, so the same command runs on DirectRunner and Dataflow.
 After the pipeline, the run checks that every input record was written or
@@ -31,32 +43,74 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import configs
 from configs import config as config_lib
 from features import spec as spec_lib
+from transforms import derived_sources
 from transforms import outputs as outputs_lib
 from transforms import preprocess_job
 from transforms import read
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "esmm.yaml")
+CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
+DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "esmm.yaml")
+
+
+LOG = "log"
+ALI_CCP = "ali_ccp"
+SOURCES = (LOG, ALI_CCP) + derived_sources.LAYOUTS
+DEFAULT_CONFIGS = {
+    LOG: DEFAULT_CONFIG,
+    ALI_CCP: os.path.join(CONFIG_DIR, "ali_ccp.yaml"),
+    derived_sources.RECHUB_CSV: os.path.join(CONFIG_DIR, "rechub_aliccp.yaml"),
+    derived_sources.PADDLE_ESMM: os.path.join(CONFIG_DIR, "paddle_esmm.yaml"),
+}
+# The input flags each source needs.
+SOURCE_FLAGS = {
+    LOG: ("impressions", "events"),
+    ALI_CCP: ("skeleton", "common_features", "eval_skeleton", "eval_common_features"),
+    derived_sources.RECHUB_CSV: ("train", "eval"),
+    derived_sources.PADDLE_ESMM: ("train", "eval"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m pipeline.preprocess",
-      description="Raw logs -> labelled, time-split TFRecords + transform artifacts + "
-                  "TFDV statistics. Unknown flags are Beam pipeline options.")
-  parser.add_argument("--impressions", required=True,
-                      help="Glob(s), comma-separated, of impression files (.jsonl, "
-                           ".jsonl.gz or .parquet; local or gs://).")
-  parser.add_argument("--events", required=True,
-                      help="Glob(s), comma-separated, of behaviour event files (same types).")
+      description="Raw logs (or Ali-CCP files) -> labelled, split TFRecords + transform "
+                  "artifacts + TFDV statistics. Unknown flags are Beam pipeline options.")
+  parser.add_argument("--source", default=LOG, choices=SOURCES,
+                      help="Input layout: 'log' (the raw log contract: --impressions, "
+                           "--events), 'ali_ccp' (the raw Ali-CCP release: --skeleton, "
+                           "--common_features, --eval_skeleton, --eval_common_features), "
+                           "'rechub_csv' / 'paddle_esmm' (derived layouts: --train, --eval).")
+  parser.add_argument("--impressions", default=None,
+                      help="--source log: glob(s), comma-separated, of impression files "
+                           "(.jsonl, .jsonl.gz or .parquet; local or gs://).")
+  parser.add_argument("--events", default=None,
+                      help="--source log: glob(s), comma-separated, of behaviour event "
+                           "files (same types).")
+  parser.add_argument("--skeleton", default=None,
+                      help="--source ali_ccp: glob(s) of the train sample_skeleton files.")
+  parser.add_argument("--common_features", default=None,
+                      help="--source ali_ccp: glob(s) of the train common_features files.")
+  parser.add_argument("--eval_skeleton", default=None,
+                      help="--source ali_ccp: glob(s) of the eval (test) sample_skeleton "
+                           "files.")
+  parser.add_argument("--eval_common_features", default=None,
+                      help="--source ali_ccp: glob(s) of the eval (test) common_features "
+                           "files.")
+  parser.add_argument("--train", default=None,
+                      help="--source rechub_csv / paddle_esmm: glob(s) of the train files.")
+  parser.add_argument("--eval", default=None,
+                      help="--source rechub_csv / paddle_esmm: glob(s) of the eval files "
+                           "(e.g. val and test).")
   parser.add_argument("--output", required=True,
                       help="Output directory: train/, eval/, transform/, stats/, schema/, "
                            "dead_letter/, counts.json (DESIGN.md section 3).")
-  parser.add_argument("--config", default=DEFAULT_CONFIG,
+  parser.add_argument("--config", default=None,
                       help="Experiment YAML; its data section and feature spec are used "
-                           "(default: the repo's configs/esmm.yaml).")
+                           "(default per --source: configs/esmm.yaml, configs/ali_ccp.yaml, "
+                           "configs/rechub_aliccp.yaml, configs/paddle_esmm.yaml).")
   parser.add_argument("--eval_from", default=None,
-                      help="YYYY-MM-DD (UTC): impressions from this day on are eval; "
-                           "overrides data.eval_from.")
+                      help="--source log: YYYY-MM-DD (UTC): impressions from this day on "
+                           "are eval; overrides data.eval_from. Other sources split by file.")
   parser.add_argument("--schema", default=None,
                       help="TFDV schema.pbtxt to validate both splits against (writes "
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
@@ -70,7 +124,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and not argv[0].startswith("-"):
     argv = argv[1:]
-  return _parser().parse_known_args(argv)
+  args, beam_args = _parser().parse_known_args(argv)
+  if args.config is None:
+    args.config = DEFAULT_CONFIGS[args.source]
+  return args, beam_args
 
 
 def _check_inputs_exist(patterns: Sequence[str], flag: str) -> None:
@@ -78,6 +135,45 @@ def _check_inputs_exist(patterns: Sequence[str], flag: str) -> None:
     matched = FileSystems.match([pattern])[0].metadata_list
     if not matched:
       raise preprocess_job.PreprocessError(f"{flag} {pattern!r} matches no file")
+
+
+def input_patterns(args: argparse.Namespace) -> Dict[str, List[str]]:
+  """flag -> its globs, for the flags of `--source`; fails on missing or extra flags.
+
+  Raises:
+    preprocess_job.PreprocessError: a needed flag is missing, another source's flag is
+      given, or a glob matches no file.
+  """
+  needed = SOURCE_FLAGS[args.source]
+  others = sorted({flag for flags in SOURCE_FLAGS.values() for flag in flags} - set(needed))
+  given = [f"--{flag}" for flag in others if getattr(args, flag) is not None]
+  if given:
+    raise preprocess_job.PreprocessError(f"--source {args.source} does not use {given}; it "
+                                         f"reads {['--' + flag for flag in needed]}")
+  patterns = {}
+  for flag in needed:
+    if not getattr(args, flag):
+      raise preprocess_job.PreprocessError(f"--source {args.source} needs --{flag}")
+    patterns[flag] = read.split_patterns(getattr(args, flag))
+    _check_inputs_exist(patterns[flag], f"--{flag}")
+  return patterns
+
+
+def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
+                    config: config_lib.ExperimentConfig,
+                    spec: spec_lib.FeatureSpec) -> beam.PTransform:
+  """The job's root composite for `--source`."""
+  if args.source == LOG:
+    return preprocess_job.Preprocess(patterns["impressions"], patterns["events"], args.output,
+                                     config.data, spec)
+  if args.source == ALI_CCP:
+    return preprocess_job.PreprocessAliCcp(
+        {"train": patterns["skeleton"], "eval": patterns["eval_skeleton"]},
+        {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
+        args.output, config.data, spec)
+  return preprocess_job.PreprocessDerived(
+      {"train": patterns["train"], "eval": patterns["eval"]}, args.source, args.output,
+      config.data, spec)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -95,13 +191,17 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       --fail_on_anomalies) anomalies against --schema.
   """
   args, pipeline_args = parse_args(argv)
+  if args.eval_from and args.source != LOG:
+    raise preprocess_job.PreprocessError(f"--eval_from is for --source log; --source "
+                                         f"{args.source} takes train and eval from separate files")
   overrides = {"data": {"eval_from": args.eval_from}} if args.eval_from else None
   config = config_lib.load_config(args.config, overrides=overrides)
   spec = config.load_feature_spec()
-  impressions = read.split_patterns(args.impressions)
-  events = read.split_patterns(args.events)
-  _check_inputs_exist(impressions, "--impressions")
-  _check_inputs_exist(events, "--events")
+  patterns = input_patterns(args)
+  try:
+    transform = build_transform(args, patterns, config, spec)
+  except ValueError as e:
+    raise preprocess_job.PreprocessError(f"{args.config}: {e}") from e
   if args.schema and not FileSystems.exists(args.schema):
     raise preprocess_job.PreprocessError(f"--schema {args.schema!r}: file not found")
   if args.fail_on_anomalies and not args.schema:
@@ -111,14 +211,14 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if FileSystems.exists(paths.counts):
     logging.warning("%s holds a previous run; its files are overwritten", args.output)
   preprocess_job.write_run_inputs(paths, config)
-  logging.info("Preprocessing %s + %s -> %s (config %s, eval from %s, labels %s)",
-               impressions, events, args.output, args.config, config.data.eval_from,
-               config.data.label_names)
+  logging.info("Preprocessing --source %s %s -> %s (config %s, labels %s%s)", args.source,
+               patterns, args.output, args.config, config.data.label_names,
+               f", eval from {config.data.eval_from}" if args.source == LOG else
+               ", train/eval by file")
 
   start = time.time()
   pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
-  _ = pipeline | "Preprocess" >> preprocess_job.Preprocess(impressions, events, args.output,
-                                                          config.data, spec)
+  _ = pipeline | "Preprocess" >> transform
   result = pipeline.run()
   state = result.wait_until_finish()
   seconds = time.time() - start

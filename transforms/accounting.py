@@ -11,6 +11,12 @@ layout (DESIGN.md section 3):
 
 Identities checked after the run: impressions read == written + dead-lettered, and
 events read == attributed + dead-lettered.
+
+Sources other than the raw log contract list their own sections (`SOURCE_SECTIONS`):
+the Ali-CCP job has no "events" but a "common_features" section,
+`{"read": n, "used": n, "unused": n, "dead_letter": {reason: n}}`, whose identity is
+read == used + unused + dead-lettered (a row joined to at least one skeleton row is used;
+a valid row no skeleton row references is unused, which is not an error).
 """
 
 import json
@@ -93,25 +99,45 @@ class CountLabels(beam.PTransform):
                                                   for name, n in zip(names, sums)]))
 
 
-def empty_counts(label_names: Sequence[str]) -> Dict[str, Any]:
-  """The counts.json skeleton, every number 0."""
-  return {dl.IMPRESSIONS: {"read": 0, "written": {split: 0 for split in outputs_lib.SPLITS},
-                           "dead_letter": {}},
-          dl.EVENTS: {"read": 0, "attributed": 0, "dead_letter": {}},
-          "labels": {split: {name: 0 for name in label_names} for split in outputs_lib.SPLITS}}
+# The outcome keys of each source section (besides "read" and "dead_letter"): every
+# record read lands in exactly one of them or in a dead letter.
+SOURCE_SECTIONS = {
+    dl.IMPRESSIONS: ("written",),
+    dl.EVENTS: ("attributed",),
+    dl.COMMON_FEATURES: ("used", "unused"),
+}
+LOG_SOURCES = (dl.IMPRESSIONS, dl.EVENTS)
 
 
-def build_counts(entries: List[Tuple[CountPath, int]],
-                 label_names: Sequence[str]) -> Dict[str, Any]:
+def _empty_section(source: str) -> Dict[str, Any]:
+  section: Dict[str, Any] = {"read": 0}
+  for outcome in SOURCE_SECTIONS[source]:
+    section[outcome] = ({split: 0 for split in outputs_lib.SPLITS} if outcome == "written"
+                        else 0)
+  section["dead_letter"] = {}
+  return section
+
+
+def empty_counts(label_names: Sequence[str],
+                 sources: Sequence[str] = LOG_SOURCES) -> Dict[str, Any]:
+  """The counts.json skeleton, every number 0, with a section per source."""
+  counts: Dict[str, Any] = {source: _empty_section(source) for source in sources}
+  counts["labels"] = {split: {name: 0 for name in label_names} for split in outputs_lib.SPLITS}
+  return counts
+
+
+def build_counts(entries: List[Tuple[CountPath, int]], label_names: Sequence[str],
+                 sources: Sequence[str] = LOG_SOURCES) -> Dict[str, Any]:
   """(path, n) entries -> the nested counts.json mapping (paths seen twice are summed)."""
-  counts = empty_counts(label_names)
+  counts = empty_counts(label_names, sources)
   for path, n in entries:
     node = counts
     for key in path[:-1]:
       node = node.setdefault(key, {})
     node[path[-1]] = node.get(path[-1], 0) + int(n)
-  for source in (dl.IMPRESSIONS, dl.EVENTS):
-    counts[source]["dead_letter"] = dict(sorted(counts[source]["dead_letter"].items()))
+  for section in counts.values():
+    if "dead_letter" in section:
+      section["dead_letter"] = dict(sorted(section["dead_letter"].items()))
   return counts
 
 
@@ -131,15 +157,17 @@ class WriteCounts(beam.PTransform):
     label_names: configured labels, listed with 0 when they have no positives.
   """
 
-  def __init__(self, path: str, label_names: Sequence[str]):
+  def __init__(self, path: str, label_names: Sequence[str],
+               sources: Sequence[str] = LOG_SOURCES):
     super().__init__()
     self._path = path
     self._label_names = tuple(label_names)
+    self._sources = tuple(sources)
 
   def expand(self, counts):
     return (counts
             | "Gather" >> beam.combiners.ToList()
-            | "Build" >> beam.Map(build_counts, self._label_names)
+            | "Build" >> beam.Map(build_counts, self._label_names, self._sources)
             | "Write" >> beam.Map(write_json, self._path))
 
 
@@ -148,50 +176,60 @@ def load_counts(path: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+def _outcomes(section: Dict[str, Any], outcome: str) -> int:
+  value = section.get(outcome, 0)
+  return sum(value.values()) if isinstance(value, dict) else int(value)
+
+
 def check_counts(counts: Dict[str, Any]) -> List[str]:
-  """The broken identities, as readable sentences (empty when every record is accounted)."""
+  """The broken identities, as readable sentences (empty when every record is accounted).
+
+  For each source section present: read == sum of its outcomes (SOURCE_SECTIONS) +
+  dead-lettered.
+  """
   problems = []
-  impressions = counts[dl.IMPRESSIONS]
-  written = sum(impressions["written"].values())
-  rejected = sum(impressions["dead_letter"].values())
-  if impressions["read"] != written + rejected:
-    problems.append(
-        f"impressions: read {impressions['read']} != written {written} "
-        f"({impressions['written']}) + dead-lettered {rejected} ({impressions['dead_letter']}); "
-        f"{impressions['read'] - written - rejected} unaccounted")
-  events = counts[dl.EVENTS]
-  rejected = sum(events["dead_letter"].values())
-  if events["read"] != events["attributed"] + rejected:
-    problems.append(
-        f"events: read {events['read']} != attributed {events['attributed']} + "
-        f"dead-lettered {rejected} ({events['dead_letter']}); "
-        f"{events['read'] - events['attributed'] - rejected} unaccounted")
+  for source, outcomes in SOURCE_SECTIONS.items():
+    section = counts.get(source)
+    if section is None:
+      continue
+    rejected = sum(section["dead_letter"].values())
+    kept = sum(_outcomes(section, outcome) for outcome in outcomes)
+    if section["read"] != kept + rejected:
+      described = " + ".join(f"{outcome} {_outcomes(section, outcome)}"
+                             + (f" ({section[outcome]})" if isinstance(section.get(outcome), dict)
+                                else "") for outcome in outcomes)
+      problems.append(
+          f"{source}: read {section['read']} != {described} + dead-lettered {rejected} "
+          f"({section['dead_letter']}); {section['read'] - kept - rejected} unaccounted")
   return problems
 
 
 def format_counts(counts: Dict[str, Any], seconds: float) -> str:
   """A readable table of counts.json with throughput over `seconds` of wall time."""
-  impressions, events = counts[dl.IMPRESSIONS], counts[dl.EVENTS]
+  impressions = counts[dl.IMPRESSIONS]
+  sources = [source for source in SOURCE_SECTIONS if source in counts]
 
   def rate(n: int) -> float:
     return n / seconds if seconds > 0 else float("nan")
 
-  total_read = impressions["read"] + events["read"]
-  lines = [
-      f"{'':<13}{'read':>10}{'written/attributed':>22}{'dead-lettered':>15}",
-      f"{'impressions':<13}{impressions['read']:>10}"
-      f"{sum(impressions['written'].values()):>22}{sum(impressions['dead_letter'].values()):>15}",
-      f"{'events':<13}{events['read']:>10}{events['attributed']:>22}"
-      f"{sum(events['dead_letter'].values()):>15}",
-  ]
+  total_read = sum(counts[source]["read"] for source in sources)
+  lines = [f"{'':<16}{'read':>10}{'written/attributed/used':>25}{'dead-lettered':>15}"]
+  for source in sources:
+    section = counts[source]
+    kept = sum(_outcomes(section, outcome) for outcome in SOURCE_SECTIONS[source])
+    lines.append(f"{source:<16}{section['read']:>10}{kept:>25}"
+                 f"{sum(section['dead_letter'].values()):>15}")
+  if dl.COMMON_FEATURES in counts:
+    lines.append(f"  {dl.COMMON_FEATURES}: used {counts[dl.COMMON_FEATURES]['used']}, "
+                 f"unused {counts[dl.COMMON_FEATURES]['unused']}")
   for split in outputs_lib.SPLITS:
     written = impressions["written"].get(split, 0)
     labels = counts["labels"].get(split, {})
     positives = ", ".join(f"{name} {n} ({n / written:.2%})" if written else f"{name} {n}"
                           for name, n in labels.items())
     lines.append(f"  {split:<6} {written:>10} examples; positives: {positives}")
-  for source, section in ((dl.IMPRESSIONS, impressions), (dl.EVENTS, events)):
-    for reason, n in section["dead_letter"].items():
+  for source in sources:
+    for reason, n in counts[source]["dead_letter"].items():
       lines.append(f"  dead letter {source}/{reason}: {n}")
   lines.append(f"{total_read} input records in {seconds:.1f} s: {rate(total_read):,.0f} "
                f"records/s ({rate(impressions['read']):,.0f} impressions/s)")

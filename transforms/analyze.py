@@ -170,7 +170,7 @@ class _AnalyzerInputsFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value((name, values)))
 
 
-def assemble_artifacts(pieces: List[Tuple[str, str, Any]],
+def assemble_artifacts(pieces: List[Tuple[str, Any, Any]],
                        spec: spec_lib.FeatureSpec) -> Dict[str, Any]:
   """Joins the computed pieces into {"train_examples", "features", "vocabularies"}.
 

@@ -15,8 +15,9 @@ import apache_beam as beam
 DEAD_LETTER = "dead_letter"  # Tag of the dead-letter output of every DoFn here.
 
 # Sources.
-IMPRESSIONS = "impressions"
+IMPRESSIONS = "impressions"  # Also the rows of the Ali-CCP skeleton and of derived layouts.
 EVENTS = "events"
+COMMON_FEATURES = "common_features"  # Ali-CCP common_features_*.csv rows.
 
 # Reasons.
 UNPARSEABLE_JSON = "unparseable_json"
@@ -31,6 +32,16 @@ EVENT_BEFORE_IMPRESSION = "event_before_impression"
 OUTSIDE_ATTRIBUTION_WINDOW = "outside_attribution_window"
 DUPLICATE_EVENT = "duplicate_event"
 EVENT_WITHOUT_CLICK = "event_without_click"
+# Reasons of the Ali-CCP readers (transforms/aliccp.py, transforms/derived_sources.py).
+MALFORMED_LINE = "malformed_line"
+BAD_LABEL = "bad_label"
+MALFORMED_ITEM = "malformed_item"
+FEATURE_COUNT_MISMATCH = "feature_count_mismatch"
+REPEATED_SINGLE_VALUED_FIELD = "repeated_single_valued_field"
+PURCHASE_WITHOUT_CLICK = "purchase_without_click"
+MISSING_COMMON_FEATURES = "missing_common_features"
+COMMON_FEATURES_REJECTED = "common_features_rejected"
+DUPLICATE_MD5 = "duplicate_md5"
 
 
 def make_dead_letter(source: str, file: str, line: int, reason: str, detail: str,

@@ -9,13 +9,20 @@ Flow: **raw logs -> Preprocess** (this chain of composites) -> OUTPUT/ -> traini
     every dead-letter output -> WriteDeadLetters       OUTPUT/dead_letter/*.jsonl
     Count* of every stage -> WriteCounts               OUTPUT/counts.json
 
+Other sources share everything from EncodeExamples on (`write_outputs`):
+  * PreprocessAliCcp: the raw Ali-CCP release, ReadRecords -> ParseSkeleton /
+    ParseCommonFeatures -> JoinCommonFeatures (CoGroupByKey on split and md5) ->
+    SplitByFile (transforms/aliccp.py; docs/ALI_CCP.md).
+  * PreprocessDerived: torch-rechub CSV or PaddleRec ESMM text, ReadDerived -> per split
+    (transforms/derived_sources.py).
+
 `pipeline.preprocess.run` builds a pipeline with `Preprocess`, runs it, then calls
 `check_run` (the accounting identities) and `check_schema` (TFDV schema inference or
 validation), which raise `PreprocessError`s with readable messages.
 """
 
 import json
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from absl import logging
 import apache_beam as beam
@@ -24,8 +31,10 @@ import tensorflow as tf
 from configs import config as config_lib
 from features import spec as spec_lib
 from transforms import accounting
+from transforms import aliccp
 from transforms import analyze
 from transforms import dead_letter as dl
+from transforms import derived_sources
 from transforms import encode
 from transforms import label
 from transforms import outputs as outputs_lib
@@ -74,7 +83,6 @@ class Preprocess(beam.PTransform):
 
   def expand(self, pbegin):
     config, spec, paths = self._data_config, self._spec, self._paths
-    label_names = config.label_names
     event_types = label.EventLabeler(config).event_types
 
     raw_impressions = pbegin | "ReadImpressions" >> read.ReadRecords(self._impressions,
@@ -95,34 +103,159 @@ class Preprocess(beam.PTransform):
         labelled[label.ATTRIBUTED] | "CountAttributed" >> accounting.CountAs(
             (dl.EVENTS, "attributed")),
     ]
-    shards = {split_lib.TRAIN: config.train_shards, split_lib.EVAL: config.eval_shards}
-    examples = {}
-    for split in outputs_lib.SPLITS:
-      encoded = splits[split] | f"Encode_{split}" >> encode.EncodeExamples(spec, label_names,
-                                                                          split)
-      examples[split] = encoded[encode.EXAMPLES]
-      dead_letters.append(encoded[dl.DEAD_LETTER])
-      _ = examples[split] | f"Write_{split}" >> encode.WriteExamples(
-          paths.examples_prefix(split), shards[split])
-      counts.append(examples[split] | f"CountWritten_{split}" >> accounting.CountAs(
-          (dl.IMPRESSIONS, "written", split)))
-      counts.append(splits[split] | f"CountLabels_{split}" >> accounting.CountLabels(
-          split, label_names))
-      if self._statistics:
-        _ = examples[split] | f"Statistics_{split}" >> stats_lib.GenerateExampleStatistics(
-            spec, label_names, paths.stats(split))
+    return write_outputs(splits, dead_letters, counts, paths, config, spec, self._statistics)
 
-    _ = (splits[split_lib.TRAIN]
-         | "AnalyzeTransforms" >> analyze.AnalyzeTransforms(spec)
-         | "WriteTransformArtifacts" >> analyze.WriteTransformArtifacts(paths.transform_dir))
-    all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-    _ = all_dead_letters | "WriteDeadLetters" >> dl.WriteDeadLetters(paths.dead_letter_prefix)
-    counts.append(all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters())
-    counts_path = (counts
-                   | "FlattenCounts" >> beam.Flatten()
-                   | "WriteCounts" >> accounting.WriteCounts(paths.counts, label_names))
-    return {split_lib.TRAIN: examples[split_lib.TRAIN], split_lib.EVAL: examples[split_lib.EVAL],
-            dl.DEAD_LETTER: all_dead_letters, "counts": counts_path}
+
+def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.PCollection],
+                  counts: List[beam.PCollection], paths: outputs_lib.OutputPaths,
+                  config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
+                  statistics: bool, sources: Sequence[str] = accounting.LOG_SOURCES
+                  ) -> Dict[str, Any]:
+  """The tail every source shares: labelled records per split -> every output file.
+
+  Args:
+    splits: {"train", "eval"} labelled records ({"impression_id", "timestamp",
+      "features", "labels", "file", "line"}).
+    dead_letters: the dead-letter PCollections of the stages so far.
+    counts: (path, n) PCollections of the stages so far (reads, joins, ...).
+    sources: the counts.json source sections (accounting.SOURCE_SECTIONS keys).
+
+  Returns:
+    {"train", "eval"} serialized Examples, "dead_letter", "counts" (counts.json path).
+  """
+  label_names = config.label_names
+  dead_letters, counts = list(dead_letters), list(counts)
+  shards = {split_lib.TRAIN: config.train_shards, split_lib.EVAL: config.eval_shards}
+  examples = {}
+  for split in outputs_lib.SPLITS:
+    encoded = splits[split] | f"Encode_{split}" >> encode.EncodeExamples(spec, label_names,
+                                                                        split)
+    examples[split] = encoded[encode.EXAMPLES]
+    dead_letters.append(encoded[dl.DEAD_LETTER])
+    _ = examples[split] | f"Write_{split}" >> encode.WriteExamples(
+        paths.examples_prefix(split), shards[split])
+    counts.append(examples[split] | f"CountWritten_{split}" >> accounting.CountAs(
+        (dl.IMPRESSIONS, "written", split)))
+    counts.append(splits[split] | f"CountLabels_{split}" >> accounting.CountLabels(
+        split, label_names))
+    if statistics:
+      _ = examples[split] | f"Statistics_{split}" >> stats_lib.GenerateExampleStatistics(
+          spec, label_names, paths.stats(split))
+
+  _ = (splits[split_lib.TRAIN]
+       | "AnalyzeTransforms" >> analyze.AnalyzeTransforms(spec)
+       | "WriteTransformArtifacts" >> analyze.WriteTransformArtifacts(paths.transform_dir))
+  all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+  _ = all_dead_letters | "WriteDeadLetters" >> dl.WriteDeadLetters(paths.dead_letter_prefix)
+  counts.append(all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters())
+  counts_path = (counts
+                 | "FlattenCounts" >> beam.Flatten()
+                 | "WriteCounts" >> accounting.WriteCounts(paths.counts, label_names, sources))
+  return {split_lib.TRAIN: examples[split_lib.TRAIN], split_lib.EVAL: examples[split_lib.EVAL],
+          dl.DEAD_LETTER: all_dead_letters, "counts": counts_path}
+
+
+class _FileSplitPreprocess(beam.PTransform):
+  """Shared set-up of the sources whose train/eval split comes from the files read."""
+
+  def __init__(self, source: str, output_dir: str, data_config: config_lib.DataConfig,
+               spec: spec_lib.FeatureSpec, statistics: bool):
+    super().__init__()
+    aliccp.check_source_labels(data_config.label_names, source)
+    self._paths = outputs_lib.OutputPaths(output_dir)
+    self._data_config = data_config
+    self._spec = spec
+    self._statistics = statistics
+    self._infer_click = data_config.orphan_event_policy == "infer_click"
+
+
+class PreprocessAliCcp(_FileSplitPreprocess):
+  """Pipeline root -> the outputs of `Preprocess`, from the raw Ali-CCP release.
+
+  Reads skeleton and common-features files of each split (train and eval come from
+  separate files), joins them on (split, md5) with a CoGroupByKey and labels click and
+  purchase (transforms/aliccp.py). counts.json has an "impressions" section (skeleton
+  rows) and a "common_features" section (read == used + unused + dead-lettered).
+
+  Args:
+    skeleton, common_features: {"train": globs, "eval": globs}.
+    output_dir, data_config, spec, statistics: as for `Preprocess`; data.labels must be
+      [click, purchase].
+  """
+
+  def __init__(self, skeleton: Dict[str, Sequence[str]],
+               common_features: Dict[str, Sequence[str]], output_dir: str,
+               data_config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
+               statistics: bool = True):
+    super().__init__("ali_ccp", output_dir, data_config, spec, statistics)
+    self._skeleton = skeleton
+    self._common = common_features
+
+  def expand(self, pbegin):
+    config, spec, infer_click = self._data_config, self._spec, self._infer_click
+    skeletons, commons, rejected, dead_letters, counts = [], [], [], [], []
+    for split in outputs_lib.SPLITS:
+      raw_skeleton = pbegin | f"ReadSkeleton_{split}" >> read.ReadRecords(
+          self._skeleton[split], dl.IMPRESSIONS)
+      raw_common = pbegin | f"ReadCommonFeatures_{split}" >> read.ReadRecords(
+          self._common[split], dl.COMMON_FEATURES)
+      skeleton = raw_skeleton | f"ParseSkeleton_{split}" >> aliccp.ParseSkeleton(
+          spec, split, infer_click)
+      common = raw_common | f"ParseCommonFeatures_{split}" >> aliccp.ParseCommonFeatures(
+          spec, split)
+      skeletons.append(skeleton[aliccp.RECORDS])
+      commons.append(common[aliccp.RECORDS])
+      rejected.append(common[aliccp.REJECTED])
+      dead_letters += [skeleton[dl.DEAD_LETTER], common[dl.DEAD_LETTER]]
+      counts += [
+          raw_skeleton | f"CountSkeletonRead_{split}" >> accounting.CountAs(
+              (dl.IMPRESSIONS, "read")),
+          raw_common | f"CountCommonRead_{split}" >> accounting.CountAs(
+              (dl.COMMON_FEATURES, "read")),
+      ]
+    joined = ((skeletons | "FlattenSkeleton" >> beam.Flatten(),
+               commons | "FlattenCommon" >> beam.Flatten(),
+               rejected | "FlattenRejected" >> beam.Flatten())
+              | "JoinCommonFeatures" >> aliccp.JoinCommonFeatures(spec))
+    dead_letters.append(joined[dl.DEAD_LETTER])
+    counts += [
+        joined[aliccp.USED] | "CountUsed" >> accounting.CountAs((dl.COMMON_FEATURES, "used")),
+        joined[aliccp.UNUSED] | "CountUnused" >> accounting.CountAs(
+            (dl.COMMON_FEATURES, "unused")),
+    ]
+    splits = joined[aliccp.RECORDS] | "SplitByFile" >> aliccp.SplitByFile()
+    return write_outputs(splits, dead_letters, counts, self._paths, config, spec,
+                         self._statistics, sources=(dl.IMPRESSIONS, dl.COMMON_FEATURES))
+
+
+class PreprocessDerived(_FileSplitPreprocess):
+  """Pipeline root -> the outputs of `Preprocess`, from a derived Ali-CCP layout.
+
+  Args:
+    files: {"train": globs, "eval": globs} (e.g. train vs val/test files).
+    layout: "rechub_csv" or "paddle_esmm" (transforms/derived_sources.py).
+    output_dir, data_config, spec, statistics: as for `PreprocessAliCcp`.
+  """
+
+  def __init__(self, files: Dict[str, Sequence[str]], layout: str, output_dir: str,
+               data_config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
+               statistics: bool = True):
+    super().__init__(layout, output_dir, data_config, spec, statistics)
+    self._files = files
+    self._layout = layout
+
+  def expand(self, pbegin):
+    config = self._data_config
+    splits, dead_letters, counts = {}, [], []
+    for split in outputs_lib.SPLITS:
+      rows = pbegin | f"Read_{split}" >> derived_sources.ReadDerived(
+          self._files[split], self._layout, self._spec, split, self._infer_click)
+      splits[split] = rows[aliccp.RECORDS]
+      dead_letters.append(rows[dl.DEAD_LETTER])
+      counts.append(rows[derived_sources.READ] | f"TagRead_{split}" >> beam.Map(
+          lambda n: ((dl.IMPRESSIONS, "read"), n)))
+    return write_outputs(splits, dead_letters, counts, self._paths, config, self._spec,
+                         self._statistics, sources=(dl.IMPRESSIONS,))
 
 
 def write_run_inputs(paths: outputs_lib.OutputPaths, config: config_lib.ExperimentConfig) -> None:

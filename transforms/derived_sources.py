@@ -1,0 +1,200 @@
+"""Read layouts other projects derive from Ali-CCP: torch-rechub CSV and PaddleRec text.
+
+Flow: derived files -> **ReadDerived** (read + parse, per file) -> labelled records (the
+shape `transforms.label.JoinAndLabel` emits, with a "split" key) -> SplitByFile ->
+EncodeExamples -> ... (transforms/preprocess_job.py). Train and eval come from separate
+files (`--train` / `--eval`); every row of a file goes to that file's split.
+
+Layouts (`--source`):
+  * rechub_csv: a CSV with a header: `click,purchase,<columns>`, e.g. torch-rechub's
+    `ali_ccp_{train,val,test}_sample.csv` (23 label-encoded sparse fields 101 ... 150_14
+    and 8 min-max scaled dense fields D109_14 ... D853) or PaddleRec's AITM
+    `train.csv` (18 raw-id fields). A column feeds the spec feature named
+    `aliccp.field_feature_name(column)` (`101` -> `f101`, `D508` -> `D508`); every spec
+    feature must have a column (else the job fails, naming the file); other columns are
+    ignored. An empty cell is a missing feature. The header is not a record.
+  * paddle_esmm: PaddleRec's ESMM text: `id,click,ctcvr,field:feature_id,...`, one row
+    per impression, a multi-valued field repeated once per value (weights 1.0). ctcvr
+    is click AND purchase, so purchase <- ctcvr.
+
+Every row's Example gets `impression_id` = "<file path>:<line>" (ids in these files
+restart per file) and timestamp 0 (no time in these layouts). Labels: purchase=1 with
+click=0 is a dead letter `purchase_without_click` (data.orphan_event_policy: dead_letter;
+`infer_click` sets click = 1 instead). Other dead letters: malformed_line (wrong column
+count, a missing id/label column), bad_label (not 0/1), malformed_item (paddle token
+without `field:id`), repeated_single_valued_field, bad_type / bad_value (a cell the
+feature's dtype cannot hold).
+
+Note: torch-rechub's label encoding and min-max scaling were fit on all of its data
+(train, val and test together) before we see it; that leak is in the files and cannot be
+undone here. Our own statistics (vocabularies, mean/variance) use the train files only.
+"""
+
+import math
+from typing import Any, Dict, Iterator, Sequence, Tuple, Union
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.io import fileio
+
+from features import example_codec
+from features import spec as spec_lib
+from transforms import aliccp
+from transforms import dead_letter as dl
+from transforms import parse as parse_lib
+from transforms import read
+
+RECHUB_CSV = "rechub_csv"
+PADDLE_ESMM = "paddle_esmm"
+LAYOUTS = (RECHUB_CSV, PADDLE_ESMM)
+READ = "read"  # Output tag: rows read per file.
+
+
+class RechubRowParser:
+  """One CSV file's rows -> (labels, features), given its header."""
+
+  def __init__(self, fields: aliccp.FieldFeatures, spec: spec_lib.FeatureSpec,
+               header: str, file: str, infer_click: bool):
+    self.columns = [column.strip() for column in header.split(",")]
+    for label in aliccp.SOURCE_LABELS:
+      if label not in self.columns:
+        raise ValueError(f"{file}: header has no {label!r} column: {header!r}")
+    covered = {aliccp.field_feature_name(column) for column in self.columns}
+    missing = [feature.name for feature in spec if feature.name not in covered]
+    if missing:
+      raise ValueError(f"{file}: no column for spec features {missing} (header {header!r}; "
+                       "a feature named f<field> reads column <field>)")
+    self._fields = fields
+    self._infer_click = infer_click
+    self._click = self.columns.index(aliccp.CLICK_LABEL)
+    self._purchase = self.columns.index(aliccp.PURCHASE_LABEL)
+    self._features = [(index, column, fields.feature_of(column))
+                      for index, column in enumerate(self.columns)
+                      if fields.feature_of(column) is not None]
+    ignored = [c for c in self.columns if fields.feature_of(c) is None
+               and c not in aliccp.SOURCE_LABELS]
+    if ignored:
+      logging.info("%s: columns %s are not in the feature spec and are ignored", file, ignored)
+
+  def parse(self, text: str) -> Tuple[Dict[str, int], Dict[str, Any]]:
+    cells = text.split(",")
+    if len(cells) != len(self.columns):
+      raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(cells)} cells, the header has "
+                                 f"{len(self.columns)} columns")
+    labels = aliccp.source_labels(aliccp.parse_label(cells[self._click], "click"),
+                                  aliccp.parse_label(cells[self._purchase], "purchase"),
+                                  self._infer_click)
+    items = []
+    for index, column, feature in self._features:
+      cell = cells[index].strip()
+      if not cell:
+        continue
+      value = 1.0
+      if feature.dtype == "float":
+        try:
+          value = float(cell)
+        except ValueError:
+          raise example_codec.RecordError(feature.name, dl.BAD_TYPE, f"column {column!r}: "
+                                          f"{cell!r} is not a number") from None
+        if not math.isfinite(value):
+          raise example_codec.RecordError(feature.name, dl.BAD_VALUE, f"column {column!r}: "
+                                          f"{cell!r} is not a finite number")
+      items.append((column, cell, value))
+    features, _ = self._fields.from_items(items)
+    return labels, features
+
+
+class PaddleRowParser:
+  """PaddleRec ESMM rows `id,click,ctcvr,field:feature_id,...` -> (labels, features)."""
+
+  def __init__(self, fields: aliccp.FieldFeatures, infer_click: bool):
+    self._fields = fields
+    self._infer_click = infer_click
+
+  def parse(self, text: str) -> Tuple[Dict[str, int], Dict[str, Any]]:
+    tokens = text.split(",")
+    if len(tokens) < 3 or not tokens[0].strip():
+      raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(tokens)} columns, expected "
+                                 "id,click,ctcvr,field:feature_id,...")
+    labels = aliccp.source_labels(aliccp.parse_label(tokens[1], "click"),
+                                  aliccp.parse_label(tokens[2], "ctcvr"), self._infer_click)
+    items = []
+    for index, token in enumerate(tokens[3:], start=3):
+      field, colon, feature_id = token.strip().partition(":")
+      if not colon or not field or not feature_id or ":" in feature_id:
+        raise parse_lib.FieldError(dl.MALFORMED_ITEM, f"column {index} {token!r}: expected "
+                                   "field:feature_id")
+      items.append((field, feature_id, 1.0))
+    features, _ = self._fields.from_items(items)
+    return labels, features
+
+
+class _ReadDerivedFileFn(beam.DoFn):
+  """One file -> labelled records (main), dead letters, and its row count (READ)."""
+
+  def __init__(self, layout: str, spec: spec_lib.FeatureSpec, split: str, infer_click: bool):
+    if layout not in LAYOUTS:
+      raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
+    self._layout = layout
+    self._spec = spec
+    self._split = split
+    self._infer_click = infer_click
+    self._rejected = beam.metrics.Metrics.counter("derived", "dead_letter")
+
+  def setup(self):
+    self._fields = aliccp.FieldFeatures(self._spec)
+
+  def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+    path = readable_file.metadata.path
+    parser = None if self._layout == RECHUB_CSV else PaddleRowParser(self._fields,
+                                                                     self._infer_click)
+    rows = 0
+    for _, line, text in read.read_json_lines(readable_file):
+      if parser is None:  # The first line of a CSV is its header, not a record.
+        parser = RechubRowParser(self._fields, self._spec, text, path, self._infer_click)
+        continue
+      rows += 1
+      try:
+        labels, features = parser.parse(text)
+      except (parse_lib.FieldError, example_codec.RecordError) as e:
+        self._rejected.inc()
+        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
+            dl.IMPRESSIONS, path, line, e.reason, f"{self._split} {self._layout}: {e.detail}",
+            text))
+        continue
+      yield {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
+             "features": features, "labels": labels, "file": path, "line": line,
+             "split": self._split}
+    logging.info("Read %d %s rows from %s (%s)", rows, self._layout, path, self._split)
+    yield beam.pvalue.TaggedOutput(READ, rows)
+
+
+class ReadDerived(beam.PTransform):
+  """Files of one split in a derived layout -> {"records", "dead_letter", "read"}.
+
+  Args:
+    file_patterns: globs (local or gs://); one matching no file fails the job.
+    layout: "rechub_csv" or "paddle_esmm".
+    spec: the feature spec.
+    split: "train" or "eval", the split of every row of these files.
+    infer_click: data.orphan_event_policy == "infer_click".
+
+  "read" holds one element, the number of rows read (headers and blank lines excluded).
+  """
+
+  def __init__(self, file_patterns: Union[str, Sequence[str]], layout: str,
+               spec: spec_lib.FeatureSpec, split: str, infer_click: bool = False):
+    super().__init__()
+    self._patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    self._fn = _ReadDerivedFileFn(layout, spec, split, infer_click)
+
+  def expand(self, pbegin):
+    outputs = (pbegin
+               | "Patterns" >> beam.Create(self._patterns)
+               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
+               | "Open" >> fileio.ReadMatches()
+               | "ReadFile" >> beam.ParDo(self._fn).with_outputs(
+                   dl.DEAD_LETTER, READ, main=aliccp.RECORDS))
+    return {aliccp.RECORDS: outputs[aliccp.RECORDS] | "Reshuffle" >> beam.Reshuffle(),
+            dl.DEAD_LETTER: outputs[dl.DEAD_LETTER],
+            READ: outputs[READ] | "SumRows" >> beam.CombineGlobally(sum)}
