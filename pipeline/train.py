@@ -3,7 +3,16 @@
   python -m pipeline.train --config configs/esmm.yaml --data runs/demo/data \
       --model_dir runs/demo/model [--strategy default|mirrored|multi_worker|tpu]
 
-Re-running the same command after a crash resumes from MODEL_DIR/backup.
+Re-running the same command after a crash resumes from MODEL_DIR/backup (every
+train.checkpoint_every_steps steps); MODEL_DIR/metrics.json records where it resumed
+(`initial_step`) and the final step. Multi-worker: the same command in every worker
+process, each with its own TF_CONFIG, e.g. on one machine
+
+  TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]},
+              "task": {"type": "worker", "index": 0}}' \
+      python -m pipeline.train --strategy multi_worker ...   # and index 1
+
+See docs/SCALING.md (strategies, input sharding, TPU, fault tolerance).
 """
 
 import os

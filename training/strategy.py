@@ -5,16 +5,19 @@ scope and feeds it per-replica batches from training.data.
 
   default       the default (single-device) strategy.
   mirrored      MirroredStrategy over the local devices (one CPU replica here; all GPUs
-                on a GPU machine); the global batch is split across replicas and Keras
-                scales the loss by the global batch size.
+                on a GPU machine); the global batch is split across replicas, each
+                replica's mean loss is divided by the replica count and the gradients
+                summed (models.multitask.MultiTaskModel.train_step; docs/SCALING.md).
   multi_worker  MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG
-                environment variable (see README "Scaling out").
-  tpu           TPUStrategy through TPUClusterResolver(tpu=NAME) (untested here: no TPU).
+                environment variable (`tf_config` below writes one; see docs/SCALING.md).
+                Every worker runs the same command; worker 0 (or "chief") exports.
+  tpu           TPUStrategy through TPUClusterResolver(tpu=NAME) (untested here: no TPU);
+                batches get static shapes (drop_remainder, see `needs_static_shapes`).
 """
 
 import json
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
@@ -39,6 +42,30 @@ def make_strategy(name: str, tpu: Optional[str] = None) -> tf.distribute.Strateg
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
   raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+
+
+def needs_static_shapes(strategy: tf.distribute.Strategy) -> bool:
+  """True under TPUStrategy: XLA on TPU compiles for one batch shape (drop_remainder)."""
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
+
+
+def tf_config(workers: Sequence[str], index: int, task_type: str = "worker") -> str:
+  """The TF_CONFIG JSON of task `task_type:index` in a cluster of `workers`.
+
+  Args:
+    workers: "host:port" of every worker, in order (worker 0 is the chief).
+    index: this process's position in `workers`.
+    task_type: "worker" (MultiWorkerMirroredStrategy without a separate chief).
+
+  Returns:
+    e.g. '{"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]},
+           "task": {"type": "worker", "index": 1}}'
+  """
+  if not 0 <= index < len(workers):
+    raise ValueError(f"index {index} outside the {len(workers)} workers {list(workers)}")
+  return json.dumps({"cluster": {"worker": list(workers)},
+                     "task": {"type": task_type, "index": index}})
 
 
 def task_identity() -> tuple:

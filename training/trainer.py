@@ -7,6 +7,8 @@ Flow position: called by `pipeline.train`; reads the Beam job's output directory
   MODEL_DIR/logs/        TensorBoard (train and validation, per-task AUC and log loss)
   MODEL_DIR/export/<v>/  the SavedModel (see training/export.py)
   MODEL_DIR/metrics.json final Keras metrics on the eval split, throughput, steps
+                         (`final_step` = optimizer.iterations at the end, `initial_step`
+                         = where this process started: > 0 after a resume)
 
 An epoch is `steps_per_epoch` steps over a repeated dataset (from the config, else one
 pass over the train split's example count in counts.json), so resume and multi-worker
@@ -30,6 +32,7 @@ from features import spec as spec_lib
 from models import registry
 from training import data
 from training import export as export_lib
+from training import optimizers
 from training import strategy as strategy_lib
 
 COUNTS_FILE = "counts.json"
@@ -75,6 +78,19 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
       self.examples_per_second = self._steps * self._batch / max(elapsed, 1e-9)
 
 
+class StepRecorder(tf_keras.callbacks.Callback):
+  """Records optimizer.iterations when fit starts (after BackupAndRestore restored it)."""
+
+  def __init__(self):
+    super().__init__()
+    self.initial_step = 0
+
+  def on_train_begin(self, logs=None):
+    self.initial_step = int(self.model.optimizer.iterations.numpy())
+    if self.initial_step:
+      logging.info("Resumed from MODEL_DIR/backup at step %d", self.initial_step)
+
+
 def read_counts(data_dir: str) -> Dict[str, Any]:
   """The Beam job's counts.json (examples per split and more)."""
   path = os.path.join(data_dir, COUNTS_FILE)
@@ -97,21 +113,30 @@ def check_spec_matches_data(spec: spec_lib.FeatureSpec, data_dir: str) -> None:
 
 
 def make_optimizer(train_config: config_lib.TrainConfig):
+  """The optimizer named by `train.optimizer` at `train.learning_rate`.
+
+  "adam": tf_keras' Adam; "lazy_adam": training.optimizers.LazyAdam (Adam that updates
+  only the embedding rows in the batch); "adagrad": tf_keras' Adagrad.
+  """
   if train_config.optimizer == "adam":
     return tf_keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+  if train_config.optimizer == "lazy_adam":
+    return optimizers.LazyAdam(learning_rate=train_config.learning_rate)
   if train_config.optimizer == "adagrad":
     return tf_keras.optimizers.Adagrad(learning_rate=train_config.learning_rate)
-  raise ValueError(f"train.optimizer {train_config.optimizer!r}: use 'adam' or 'adagrad'")
+  raise ValueError(f"train.optimizer {train_config.optimizer!r}: use 'adam', 'lazy_adam' "
+                   f"or 'adagrad'")
 
 
-def _dataset_creator(data_dir, split, spec, label_names, batch_size, shuffle, train_config):
+def _dataset_creator(data_dir, split, spec, label_names, batch_size, shuffle, train_config,
+                     drop_remainder=False):
   pattern = data.split_pattern(data_dir, split)
 
   def dataset_fn(input_context):
     return data.make_dataset(
         pattern, spec, label_names, batch_size, shuffle=shuffle,
         shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed, repeat=True,
-        input_context=input_context)
+        input_context=input_context, drop_remainder=drop_remainder)
 
   return tf_keras.utils.experimental.DatasetCreator(dataset_fn)
 
@@ -156,6 +181,10 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   with strategy.scope():
     model = registry.build_model(config, spec, artifacts)
     model.compile(optimizer=make_optimizer(train_config))
+  # Keras' default ("auto") sums the step's logs over replicas on every strategy but
+  # TPU. Metric results are already global (synchronised variables), so a sum reports
+  # AUC = 2 x the true AUC with 2 workers; "first" reports them as they are.
+  model.distribute_reduction_method = "first"
   data.check_labels(data_dir, sorted(model.required_labels))
   label_names = config.data.label_names
 
@@ -166,16 +195,20 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                config.model.name, written["train"], written.get("eval", 0), batch_size,
                train_config.epochs, steps_per_epoch)
 
+  # TPUs need static shapes: every batch full (the repeated dataset loses nothing).
+  drop_remainder = strategy_lib.needs_static_shapes(strategy)
   train_input = _dataset_creator(data_dir, "train", spec, label_names, batch_size, True,
-                                 train_config)
+                                 train_config, drop_remainder)
   eval_input = (_dataset_creator(data_dir, "eval", spec, label_names, batch_size, False,
-                                 train_config) if eval_steps else None)
+                                 train_config, drop_remainder) if eval_steps else None)
   throughput = ThroughputLogger(batch_size, every_steps=max(1, steps_per_epoch // 4))
+  steps = StepRecorder()
   callbacks = [
       tf_keras.callbacks.BackupAndRestore(
           backup_dir=os.path.join(model_dir, "backup"),
           save_freq=train_config.checkpoint_every_steps or "epoch",
           delete_checkpoint=False),
+      steps,  # after BackupAndRestore, so it sees the restored step
       tf_keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"),
                                      update_freq=max(1, steps_per_epoch // 4)),
       throughput,
@@ -196,6 +229,9 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
       "eval_examples": written.get("eval", 0),
       "epochs": train_config.epochs,
       "steps_per_epoch": steps_per_epoch,
+      "initial_step": steps.initial_step,
+      "final_step": int(model.optimizer.iterations.numpy()),
+      "num_replicas": strategy.num_replicas_in_sync,
       "train_seconds": round(train_seconds, 2),
       "examples_per_second": round(throughput.examples_per_second, 1),
       "last_epoch": {k: float(v[-1]) for k, v in history.history.items()},

@@ -1,0 +1,125 @@
+"""The Beam job gives the same output on 2 worker processes as on one (DirectRunner).
+
+`pipeline.preprocess` runs twice on the same simulated logs: once with one in-memory
+worker, once with `--direct_num_workers 2 --direct_running_mode multi_processing`.
+Bundles, shard assignment and record order may differ between the two; the sorted
+serialized tf.Examples of each split, every vocabulary file and counts.json must be
+byte-for-byte equal. transform.json is not (yet) bundle-invariant: its moments agree to
+rounding and its quantile boundaries may differ (an xfail names the fix).
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from tests import test_multi_worker as cluster
+from training import data
+
+REPO = cluster.REPO
+pytestmark = pytest.mark.slow
+
+RUNS = {
+    "one_worker": ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
+    "two_processes": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("beam_parallel"))
+  raw = os.path.join(root, "raw")
+  subprocess.run([sys.executable, "-m", "pipeline.simulate", f"--output={raw}",
+                  "--impressions=4000", "--seed=9"], check=True, cwd=REPO,
+                 env=cluster.subprocess_env(), stdout=subprocess.DEVNULL)
+  result = {}
+  for name, beam_args in RUNS.items():
+    output = os.path.join(root, name)
+    start = time.time()
+    subprocess.run([sys.executable, "-m", "pipeline.preprocess",
+                    f"--impressions={raw}/impressions/*.jsonl.gz",
+                    f"--events={raw}/events/*.jsonl.gz", f"--output={output}", *beam_args],
+                   check=True, cwd=REPO, env=cluster.subprocess_env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    result[name] = {"dir": output, "seconds": time.time() - start}
+  with open(os.path.join(root, "seconds.json"), "w") as f:  # for docs/SCALING.md
+    json.dump({name: run["seconds"] for name, run in result.items()}, f)
+  return result
+
+
+def sorted_records(data_dir: str, split: str) -> list:
+  files = sorted(glob.glob(data.split_pattern(data_dir, split)))
+  assert files, f"no {split} files in {data_dir}"
+  dataset = tf.data.TFRecordDataset(files, compression_type=data.COMPRESSION)
+  return sorted(record.numpy() for record in dataset)
+
+
+def transform_files(data_dir: str) -> dict:
+  base = os.path.join(data_dir, "transform")
+  paths = sorted(glob.glob(os.path.join(base, "**", "*"), recursive=True))
+  result = {}
+  for path in paths:
+    if os.path.isfile(path):
+      with open(path, "rb") as f:
+        result[os.path.relpath(path, base)] = f.read()
+  return result
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_same_examples(outputs, split):
+  one = sorted_records(outputs["one_worker"]["dir"], split)
+  two = sorted_records(outputs["two_processes"]["dir"], split)
+  assert len(one) > 100
+  assert len(one) == len(two)
+  assert one == two
+
+
+def test_same_vocabularies(outputs):
+  one = transform_files(outputs["one_worker"]["dir"])
+  two = transform_files(outputs["two_processes"]["dir"])
+  assert "transform.json" in one
+  assert sorted(one) == sorted(two)
+  vocabularies = [name for name in one if name.startswith("vocab")]
+  assert vocabularies
+  for name in vocabularies:
+    assert one[name] == two[name], name
+
+
+def _artifacts(run) -> dict:
+  with open(os.path.join(run["dir"], "transform", "transform.json")) as f:
+    return json.load(f)["features"]
+
+
+def test_same_moments_up_to_summation_order(outputs):
+  one, two = _artifacts(outputs["one_worker"]), _artifacts(outputs["two_processes"])
+  assert sorted(one) == sorted(two)
+  normalized = [name for name, entry in one.items() if entry["transform"] == "normalize"]
+  assert normalized
+  for name in normalized:
+    for key in ("mean", "variance"):
+      assert one[name][key] == pytest.approx(two[name][key], rel=1e-9, abs=1e-12), name
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "transforms/analyze.py is not bundle-invariant: moments are merged in float64 in "
+    "bundle order (last digits differ) and bucketize boundaries come from "
+    "beam.ApproximateQuantiles, whose result depends on how the input is split "
+    "(user_age: 34.0 with 1 worker vs 33.0 with 2); see docs/SCALING.md 2.1"))
+def test_transform_json_byte_for_byte(outputs):
+  one = transform_files(outputs["one_worker"]["dir"])["transform.json"]
+  two = transform_files(outputs["two_processes"]["dir"])["transform.json"]
+  assert one == two
+
+
+def test_same_counts(outputs):
+  counts = {}
+  for name, run in outputs.items():
+    with open(os.path.join(run["dir"], "counts.json"), "rb") as f:
+      counts[name] = f.read()
+  assert counts["one_worker"] == counts["two_processes"]
+  assert json.loads(counts["one_worker"])["impressions"]["read"] == 4000
