@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "numpy==1.26.4",
 ]
 
+BENCH_REQUIRES = ["deepctr==0.9.4", "psutil==7.2.2", "matplotlib==3.11.2"]
+
 setuptools.setup(
     name="cvr-pipeline",
     version="0.1.0",
@@ -30,8 +32,16 @@ setuptools.setup(
     python_requires=">=3.10,<3.12",
     packages=setuptools.find_packages(include=[
         "configs", "features", "models", "models.*", "pipeline", "transforms",
-        "training", "evaluation", "simulation", "benchmarks"]),
+        "training", "evaluation", "serving", "simulation", "benchmarks"]),
     package_data={"configs": ["*.yaml", "features/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        # benchmarks/: the DeepCTR baseline (0.9.4 is the first release that imports on
+        # TF 2.16 under TF_USE_LEGACY_KERAS=1), peak memory, the truth benchmark's plot.
+        "bench": BENCH_REQUIRES,
+        # `make test` runs the benchmarks' smoke tests too.
+        "test": ["pytest==9.2.0"] + BENCH_REQUIRES,
+        # The DaskRunner trial of docs/SCALING.md section 2.2.
+        "dask": ["dask[distributed]==2024.8.0"],
+    },
 )

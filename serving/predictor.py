@@ -5,6 +5,11 @@ validated and encoded by the Beam job's own codec (features/example_codec.py), t
 batch goes through the SavedModel's `serving_default` signature, so the transformations
 applied are exactly the ones in the graph. A bad record gets an error naming its field;
 the other records of the batch are still scored.
+
+`predict_raw` calls the `predict_raw` signature (one dense tensor per feature) after
+checking the inputs' names, dtypes and ranks against the signature, so a caller's
+mistake is an error naming the feature rather than TensorFlow's positional
+"input #8 was expected to be a int64 tensor".
 """
 
 import dataclasses
@@ -43,6 +48,43 @@ class BadLine:
   line: int
   text: str
   detail: str
+
+
+class RawInputError(ValueError):
+  """A `predict_raw` input is missing, unknown, or of the wrong dtype or rank."""
+
+
+def predict_raw(signature, inputs: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  """Calls a loaded `predict_raw` signature after checking its inputs.
+
+  Args:
+    signature: `tf.saved_model.load(export_dir).signatures["predict_raw"]`.
+    inputs: feature name -> tensor or array: scalar features [batch], multivalent
+      [batch, max_len] padded at the end with the feature's default.
+
+  Returns:
+    output name -> float32 numpy array [batch].
+
+  Raises:
+    RawInputError: naming the feature, for a missing or unknown input or a dtype or
+      rank that differs from the signature's.
+  """
+  _, expected = signature.structured_input_signature
+  missing = sorted(set(expected) - set(inputs))
+  unknown = sorted(set(inputs) - set(expected))
+  if missing or unknown:
+    raise RawInputError(f"predict_raw: missing inputs {missing}, unknown inputs {unknown}")
+  tensors = {}
+  for name, tensor_spec in expected.items():
+    value = tf.convert_to_tensor(inputs[name])
+    if value.dtype != tensor_spec.dtype:
+      raise RawInputError(f"predict_raw input {name!r}: expected {tensor_spec.dtype.name}, "
+                          f"got {value.dtype.name}")
+    if value.shape.rank != tensor_spec.shape.rank:
+      raise RawInputError(f"predict_raw input {name!r}: expected rank {tensor_spec.shape.rank} "
+                          f"{tensor_spec.shape}, got shape {value.shape}")
+    tensors[name] = value
+  return {name: value.numpy() for name, value in signature(**tensors).items()}
 
 
 class Predictor:
@@ -98,7 +140,7 @@ class Predictor:
 
 
 def read_jsonl(path: str) -> Iterator[Any]:
-  """Yields parsed JSON lines; an unparseable line yields a `_BadLine` marker."""
+  """Yields parsed JSON lines; an unparseable line yields a `BadLine` marker."""
   with tf.io.gfile.GFile(path) as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():

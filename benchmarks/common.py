@@ -1,0 +1,172 @@
+"""Shared pieces of the benchmarks: the machine description, data set-up, result files.
+
+Flow position: beside the pipeline, not in it. Each benchmark module builds (or reuses)
+simulated data with the real CLIs (pipeline.simulate -> pipeline.preprocess), measures
+one stage, and writes a markdown table to benchmarks/results/<name>.md headed by the
+machine it ran on (cores, CPU model, memory, TF / Beam versions) and the date.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import logging
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+DEFAULT_WORKDIR = os.path.join("/tmp", "cvr_benchmarks")
+ESMM_CONFIG = os.path.join(REPO_ROOT, "configs", "esmm.yaml")
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo ("unknown" elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def memory_gib() -> float:
+  """Total memory in GiB from /proc/meminfo (NaN elsewhere)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemTotal:"):
+          return int(line.split()[1]) / 2**20
+  except OSError:
+    pass
+  return float("nan")
+
+
+def machine_description() -> Dict[str, str]:
+  """Facts a reader needs to compare numbers across machines."""
+  import apache_beam  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return {
+      "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+      "cores (nproc)": str(os.cpu_count()),
+      "CPU": cpu_model(),
+      "memory": f"{memory_gib():.1f} GiB",
+      "python": platform.python_version(),
+      "tensorflow": tf.__version__,
+      "apache-beam": apache_beam.__version__,
+      "GPU": "none" if not tf.config.list_physical_devices("GPU") else "yes",
+      # Above the core count, other processes shared the CPU: compare wall rates with care.
+      "load average 1/5/15 min (at write)": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+  }
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A GitHub markdown table; floats keep the precision they were formatted with."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  for row in rows:
+    lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+  return "\n".join(lines)
+
+
+def write_result(name: str, title: str, body: str, results_dir: str = RESULTS_DIR,
+                 command: Optional[str] = None) -> str:
+  """Writes results_dir/<name>.md (machine description, command, body); returns the path."""
+  machine = machine_description()
+  parts = [f"# {title}", ""]
+  parts.append(markdown_table(["machine", ""], list(machine.items())))
+  if command:
+    parts += ["", f"Command: `{command}`"]
+  parts += ["", body.rstrip(), ""]
+  os.makedirs(results_dir, exist_ok=True)
+  path = os.path.join(results_dir, f"{name}.md")
+  with open(path, "w") as f:
+    f.write("\n".join(parts))
+  logging.info("Wrote %s", path)
+  return path
+
+
+def run_module(module: str, args: Sequence[str], log_path: Optional[str] = None,
+               extra_env: Optional[Dict[str, str]] = None) -> float:
+  """Runs `python -m module args` from the repo root; returns its wall seconds.
+
+  Raises:
+    RuntimeError: the command failed (with the tail of its output).
+  """
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT, **(extra_env or {}))
+  start = time.time()
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        check=False)
+  seconds = time.time() - start
+  if log_path:
+    with open(log_path, "w") as f:
+      f.write(proc.stdout)
+  if proc.returncode != 0:
+    raise RuntimeError(f"python -m {module} {' '.join(args)} failed "
+                       f"({proc.returncode}):\n{proc.stdout[-3000:]}")
+  return seconds
+
+
+def raw_dir(workdir: str, impressions: int, seed: int) -> str:
+  return os.path.join(workdir, f"raw_{impressions}_s{seed}")
+
+
+def ensure_raw(workdir: str, impressions: int, seed: int = 7) -> str:
+  """Simulated raw logs of `impressions` impressions (made once, then reused)."""
+  out = raw_dir(workdir, impressions, seed)
+  if not os.path.exists(os.path.join(out, "world.json")):
+    logging.info("Simulating %d impressions -> %s", impressions, out)
+    run_module("pipeline.simulate", ["--output", out, "--impressions", str(impressions),
+                                     "--seed", str(seed)])
+  return out
+
+
+def preprocess_args(raw: str, output: str) -> List[str]:
+  return ["--impressions", os.path.join(raw, "impressions", "*.jsonl.gz"),
+          "--events", os.path.join(raw, "events", "*.jsonl.gz"), "--output", output,
+          "--config", ESMM_CONFIG]
+
+
+def ensure_data(workdir: str, impressions: int, seed: int = 7) -> str:
+  """TFRecords of `impressions` simulated impressions (pipeline.preprocess, made once)."""
+  out = os.path.join(workdir, f"data_{impressions}_s{seed}")
+  if not os.path.exists(os.path.join(out, "counts.json")):
+    raw = ensure_raw(workdir, impressions, seed)
+    logging.info("Preprocessing %s -> %s", raw, out)
+    run_module("pipeline.preprocess", preprocess_args(raw, out))
+  return out
+
+
+def ensure_model(workdir: str, data_dir: str, epochs: int = 1) -> str:
+  """An exported ESMM SavedModel trained on `data_dir` (pipeline.train, made once)."""
+  from training import export as export_lib  # pylint: disable=g-import-not-at-top
+  model_dir = os.path.join(workdir, "model_" + os.path.basename(data_dir))
+  export_base = os.path.join(model_dir, "export")
+  if not os.path.isdir(export_base) or not os.listdir(export_base):
+    logging.info("Training ESMM on %s -> %s", data_dir, model_dir)
+    run_module("pipeline.train", ["--config", ESMM_CONFIG, "--data", data_dir,
+                                  "--model_dir", model_dir, "--epochs", str(epochs)])
+  return export_lib.latest_export(export_base)
+
+
+def arg_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+  """A benchmark's parser with the shared flags: --quick, --workdir, --results_dir."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                      help="Scratch directory (simulated data and models are reused).")
+  parser.add_argument("--results_dir", default=RESULTS_DIR, help="Where to write <name>.md.")
+  return parser
+
+
+def percentile_ms(seconds: Sequence[float], q: float) -> float:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return float(np.percentile(np.asarray(seconds) * 1000.0, q))

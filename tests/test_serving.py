@@ -1,0 +1,176 @@
+"""Tests of the exported SavedModel's serving contract and serving.predictor.
+
+A tiny ESMM is trained once per session (pipeline.simulate -> pipeline.preprocess ->
+pipeline.train, 5000 impressions, 1 epoch, through the real CLIs) and shared with
+tests/test_predict_cli.py and tests/test_benchmarks.py via the same scratch directory.
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from benchmarks import common
+from benchmarks import serving_latency
+from features import example_codec
+from serving import predictor as predictor_lib
+from training import export as export_lib
+
+pytestmark = pytest.mark.slow
+
+IMPRESSIONS = 5000
+OUTPUTS = {"ctr", "cvr", "ctcvr"}
+A_RECORD = {
+    "impression_id": "imp-test-1", "user_id": "u0000028", "user_age": 37,
+    "user_gender": "f", "user_segment": "casual",
+    "user_recent_categories": ["outdoor", "books"], "item_id": "i0000141",
+    "item_category": "bags", "item_brand": "b00013", "item_price": 37.43,
+    "item_rating": 3.2, "device": "ios", "hour_of_day": 17, "position": 20,
+}
+
+
+def shared_workdir(tmp_path_factory) -> str:
+  """One scratch directory per session, so the data and model are built once."""
+  return str(tmp_path_factory.getbasetemp() / "serving_shared")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return common.ensure_data(shared_workdir(tmp_path_factory), IMPRESSIONS)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, data_dir):
+  return common.ensure_model(shared_workdir(tmp_path_factory), data_dir)
+
+
+@pytest.fixture(scope="module")
+def loaded(export_dir):
+  return tf.saved_model.load(export_dir)
+
+
+@pytest.fixture(scope="module")
+def predictor(export_dir):
+  return predictor_lib.Predictor(export_dir, batch_size=4)
+
+
+def _assert_probabilities(predictions):
+  assert set(predictions) == OUTPUTS
+  for name, value in predictions.items():
+    assert math.isfinite(value) and 0.0 < value < 1.0, (name, value)
+  assert predictions["ctcvr"] == pytest.approx(predictions["ctr"] * predictions["cvr"],
+                                               rel=1e-5)
+
+
+def test_warmup_file_holds_prediction_logs_the_model_answers(export_dir, loaded):
+  path = os.path.join(export_dir, "assets.extra", export_lib.WARMUP_FILE)
+  assert os.path.exists(path)
+  records = [record.numpy() for record in tf.data.TFRecordDataset(path)]
+  assert len(records) == 2  # batch 1 and the full warm-up batch
+  signature = loaded.signatures[export_lib.SERVING_DEFAULT]
+  batch_sizes = []
+  for record in records:
+    log = prediction_log_pb2.PredictionLog.FromString(record)
+    request = log.predict_log.request
+    assert request.model_spec.signature_name == export_lib.SERVING_DEFAULT
+    examples = tf.make_ndarray(request.inputs[export_lib.EXAMPLES_INPUT])
+    outputs = signature(examples=tf.constant(examples))
+    assert set(outputs) == OUTPUTS
+    for value in outputs.values():
+      value = value.numpy()
+      assert value.shape == (len(examples),)
+      assert np.all(np.isfinite(value)) and np.all((value > 0) & (value < 1))
+    batch_sizes.append(len(examples))
+  assert batch_sizes[0] == 1 and batch_sizes[1] > 1
+
+
+def test_unknown_missing_and_empty_values_are_served(predictor):
+  records = [
+      dict(A_RECORD, user_id="a-user-never-seen", item_id="an-item-never-seen"),
+      dict(A_RECORD, item_category="no-such-category", device="toaster", position=999),
+      dict(A_RECORD, user_recent_categories=[]),
+      {"impression_id": "only-an-id"},
+      {},
+  ]
+  results = list(predictor.score(records))
+  assert [r.index for r in results] == list(range(len(records)))
+  for result in results:
+    assert result.error is None, result.error
+    _assert_probabilities(result.predictions)
+
+
+def test_missing_features_score_as_their_defaults(predictor):
+  defaults = {f.name: ([] if f.multivalent else f.default_value) for f in predictor.spec}
+  missing, explicit = list(predictor.score([{}, defaults]))
+  for name in OUTPUTS:
+    assert missing.predictions[name] == pytest.approx(explicit.predictions[name], abs=1e-7)
+
+
+def test_unknown_category_scores_as_oov_not_as_a_known_value(predictor):
+  unknown_a, unknown_b, known = list(predictor.score([
+      dict(A_RECORD, item_category="no-such-category-1"),
+      dict(A_RECORD, item_category="no-such-category-2"),
+      A_RECORD]))
+  # Both unknown values map to the one OOV id, so they score identically.
+  assert unknown_a.predictions == pytest.approx(unknown_b.predictions, abs=1e-7)
+  assert unknown_a.predictions["ctr"] != pytest.approx(known.predictions["ctr"], abs=1e-7)
+
+
+def test_wrong_dtype_is_a_record_error_naming_the_feature(predictor):
+  records = [A_RECORD, dict(A_RECORD, user_age="old"), dict(A_RECORD, item_price=[1.0, 2.0]),
+             A_RECORD, dict(A_RECORD, user_recent_categories=["ok", None])]
+  results = list(predictor.score(records))
+  assert [r.index for r in results] == list(range(len(records)))
+  assert results[1].error["field"] == "user_age" and "user_age" in results[1].error["detail"]
+  assert results[2].error["field"] == "item_price"
+  assert results[4].error["field"] == "user_recent_categories"
+  for good in (results[0], results[3]):
+    assert good.error is None
+    _assert_probabilities(good.predictions)
+  # Scoring does not depend on the batch a record lands in.
+  assert results[0].predictions == pytest.approx(results[3].predictions, abs=1e-6)
+
+
+def test_predict_raw_agrees_with_serving_default(loaded, predictor, data_dir):
+  examples = serving_latency.read_examples(data_dir, 16)
+  by_examples = loaded.signatures[export_lib.SERVING_DEFAULT](examples=tf.constant(examples))
+  raw = serving_latency.raw_inputs(examples, predictor.spec)
+  by_raw = loaded.signatures[export_lib.PREDICT_RAW](**raw)
+  for name in OUTPUTS:
+    np.testing.assert_allclose(by_raw[name].numpy(), by_examples[name].numpy(), atol=1e-6)
+
+
+def test_predict_raw_serves_unknown_values_and_all_padding_rows(loaded, predictor):
+  codec = example_codec.ExampleCodec(predictor.spec)
+  records = [dict(A_RECORD, user_id="nobody", item_category="nothing"),
+             dict(A_RECORD, user_recent_categories=[])]
+  examples = [codec.encode(codec.coerce(r), {}, "x", 0).SerializeToString() for r in records]
+  raw = serving_latency.raw_inputs(examples, predictor.spec)
+  assert raw["user_recent_categories"].shape[0] == 2
+  outputs = loaded.signatures[export_lib.PREDICT_RAW](**raw)
+  for value in outputs.values():
+    value = value.numpy()
+    assert np.all(np.isfinite(value)) and np.all((value > 0) & (value < 1))
+
+
+def test_predict_raw_rejects_a_wrong_dtype_tensor(loaded, predictor, data_dir):
+  signature = loaded.signatures[export_lib.PREDICT_RAW]
+  raw = serving_latency.raw_inputs(serving_latency.read_examples(data_dir, 2), predictor.spec)
+  outputs = predictor_lib.predict_raw(signature, raw)
+  assert set(outputs) == OUTPUTS and outputs["ctr"].shape == (2,)
+  raw["user_age"] = tf.constant([30.5, 40.5], tf.float32)  # the signature wants int64
+  # The bare signature fails (TensorFlow names the input only by position) ...
+  with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+    signature(**raw)
+  # ... the checked call names the feature and the dtypes.
+  with pytest.raises(predictor_lib.RawInputError, match="'user_age': expected int64, got float32"):
+    predictor_lib.predict_raw(signature, raw)
+  raw["user_age"] = tf.constant([[30], [40]], tf.int64)
+  with pytest.raises(predictor_lib.RawInputError, match="'user_age': expected rank 1"):
+    predictor_lib.predict_raw(signature, raw)
+  del raw["user_age"]
+  with pytest.raises(predictor_lib.RawInputError, match="missing inputs \\['user_age'\\]"):
+    predictor_lib.predict_raw(signature, raw)
