@@ -3,9 +3,9 @@
 `pipeline.preprocess` runs twice on the same simulated logs: once with one in-memory
 worker, once with `--direct_num_workers 2 --direct_running_mode multi_processing`.
 Bundles, shard assignment and record order may differ between the two; the sorted
-serialized tf.Examples of each split, every vocabulary file and counts.json must be
-byte-for-byte equal. transform.json is not (yet) bundle-invariant: its moments agree to
-rounding and its quantile boundaries may differ (an xfail names the fix).
+serialized tf.Examples of each split, every vocabulary file, transform.json and
+counts.json must be byte-for-byte equal (transforms/analyze.py sums exactly and takes
+exact histogram quantiles, see docs/SCALING.md 2.1).
 """
 
 import glob
@@ -105,12 +105,12 @@ def test_same_moments_up_to_summation_order(outputs):
       assert one[name][key] == pytest.approx(two[name][key], rel=1e-9, abs=1e-12), name
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "transforms/analyze.py is not bundle-invariant: moments are merged in float64 in "
-    "bundle order (last digits differ) and bucketize boundaries come from "
-    "beam.ApproximateQuantiles, whose result depends on how the input is split "
-    "(user_age: 34.0 with 1 worker vs 33.0 with 2); see docs/SCALING.md 2.1"))
 def test_transform_json_byte_for_byte(outputs):
+  """Exact moments and exact histogram quantiles do not depend on bundling.
+
+  Before they were exact, the means differed in their last digits and user_age got the
+  boundary 34.0 with one worker and 33.0 with two (beam.ApproximateQuantiles).
+  """
   one = transform_files(outputs["one_worker"]["dir"])["transform.json"]
   two = transform_files(outputs["two_processes"]["dir"])["transform.json"]
   assert one == two

@@ -9,19 +9,31 @@ layers. The layout is documented in `features/artifacts.py`:
     break cannot live in a one-token-per-line file: they are not counted (they map to
     the OOV bucket like any other unknown token).
   * normalize: population mean and variance, of log1p(max(x, 0)) when `log1p: true`.
-  * bucketize: `beam.ApproximateQuantiles` with num_buckets + 1 quantiles; the
-    num_buckets - 1 interior ones, deduplicated, are the boundaries.
+    Exact: the count and the sums of x and x^2 are kept as Python ints in units of
+    2^-1074 (every finite float64 is an integer multiple of it), so adding and merging
+    never round; mean and variance are computed from the exact sums at the end and
+    rounded once (`ExactMomentsCombineFn`).
+  * bucketize: exact quantiles of the histogram of the feature's values (one
+    (value, count) pair per distinct value): with N values and k = num_buckets, the
+    i-th quantile is the smallest value v with count(values <= v) >= i * N / k
+    (`histogram_quantiles`); the k - 1 interior ones, deduplicated, are the boundaries.
+    Memory: each bucketize feature's histogram is gathered on one worker, one pair per
+    distinct value, cheap for ints such as ages but as large as the data for a
+    high-cardinality float.
   * hash: nothing to compute, `{"transform": "hash"}`.
 
-Only present values count (a missing feature adds nothing). Work per record is a few
-dict updates: a DoFn pre-aggregates per bundle (token counts, moments, batches of
-values) and the combiners merge bundles, so the job scales to Dataflow.
+Only present values count (a missing feature adds nothing). Every statistic is a sum of
+integers (token and value counts, scaled sums) followed by one computation, so the
+artifacts are byte-for-byte the same however the input is ordered and split into
+bundles or workers (tests/test_beam_parallel.py). Work per record is a few dict updates:
+a DoFn pre-aggregates per bundle (token counts, value counts, exact sums) and the
+combiners merge bundles, so the job scales to Dataflow.
 """
 
 import collections
 import math
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from absl import logging
 import apache_beam as beam
@@ -37,8 +49,9 @@ BUCKETIZE = "bucketize"
 HASH = "hash"
 COUNT = "count"
 
-QUANTILE_BATCH = 10000  # values per feature buffered before they are emitted.
 MAX_BUFFERED_TOKENS = 200000  # distinct (feature, token) counts held before a flush.
+MAX_BUFFERED_VALUES = 200000  # distinct (feature, value) counts held before a flush.
+SCALE_BITS = 1074  # 2^-1074, the smallest positive float64, divides every finite float64.
 
 
 def vocabulary_token(dtype: str, value: Any) -> str:
@@ -58,17 +71,27 @@ def sort_vocabulary(token_counts: List[Tuple[int, str]], max_tokens: int) -> Lis
   return [token for _, token in ordered[:max_tokens]]
 
 
-def merge_moments(a: Tuple[int, float, float], b: Tuple[int, float, float]
-                  ) -> Tuple[int, float, float]:
-  """Merges (count, mean, sum of squared deviations) pairs (Chan et al.)."""
-  n_a, mean_a, m2_a = a
-  n_b, mean_b, m2_b = b
-  n = n_a + n_b
-  if n == 0:
-    return 0, 0.0, 0.0
-  delta = mean_b - mean_a
-  mean = mean_a + delta * n_b / n
-  return n, mean, m2_a + m2_b + delta * delta * n_a * n_b / n
+def histogram_quantiles(histogram: Iterable[Tuple[float, int]], num_buckets: int
+                        ) -> List[float]:
+  """The num_buckets + 1 exact quantiles [q_0, ..., q_k] of a (value, count) histogram.
+
+  With N the total count, k = num_buckets and C(v) the count of values <= v, q_i is the
+  smallest value v with C(v) * k >= i * N (integer arithmetic, so no rounding): q_0 is
+  the minimum, q_k the maximum. This is numpy's `quantile(..., method="inverted_cdf")`.
+  For 0..100 and k = 4 it gives [0, 25, 50, 75, 100]. A value may appear in several
+  pairs (their counts add up); an empty histogram gives [].
+  """
+  ordered = sorted(histogram)
+  total = sum(count for _, count in ordered)
+  quantiles: List[float] = []
+  if not total:
+    return quantiles
+  cumulative = 0
+  for value, count in ordered:
+    cumulative += count
+    while len(quantiles) <= num_buckets and cumulative * num_buckets >= len(quantiles) * total:
+      quantiles.append(float(value))
+  return quantiles
 
 
 def interior_boundaries(quantiles: List[float]) -> List[float]:
@@ -76,35 +99,70 @@ def interior_boundaries(quantiles: List[float]) -> List[float]:
   return sorted({float(q) for q in quantiles[1:-1]})
 
 
-class _MomentsCombineFn(beam.CombineFn):
-  """Merges (count, mean, m2) triples."""
+def histogram_value(value: Any) -> float:
+  """A bucketize value as its histogram key: a float, with -0.0 folded into 0.0.
 
-  def create_accumulator(self):
-    return 0, 0.0, 0.0
+  Keys must compare and encode alike on every worker: 7 and 7.0, or 0.0 and -0.0, are
+  equal in Python but not as encoded Beam keys.
+  """
+  return float(value) + 0.0
 
-  def add_input(self, accumulator, moments):
-    return merge_moments(accumulator, moments)
+
+class ExactMomentsCombineFn(beam.CombineFn):
+  """Finite floats -> (count, mean, population variance), exact and order-free.
+
+  The accumulator is (count, S, Q) with S = sum(x) * 2^1074 and Q = sum(x^2) * 2^2148,
+  Python ints: every finite float64 is an integer multiple of 2^-1074, so adding an input
+  or merging accumulators is exact integer addition and the output does not depend on
+  input order or on how inputs are split into accumulators. extract_output computes
+  mean = S / (N 2^1074) and variance = (N Q - S^2) / (N^2 2^2148), each rounded once
+  (int / int is correctly rounded). About 1 us per input.
+  """
+
+  def create_accumulator(self) -> Tuple[int, int, int]:
+    return 0, 0, 0
+
+  def add_input(self, accumulator, value):
+    numerator, denominator = float(value).as_integer_ratio()
+    shift = SCALE_BITS + 1 - denominator.bit_length()  # denominator is 2^(bit_length - 1).
+    count, scaled_sum, scaled_squares = accumulator
+    return (count + 1, scaled_sum + (numerator << shift),
+            scaled_squares + ((numerator * numerator) << (2 * shift)))
 
   def merge_accumulators(self, accumulators):
-    result = (0, 0.0, 0.0)
-    for accumulator in accumulators:
-      result = merge_moments(result, accumulator)
-    return result
+    count = scaled_sum = scaled_squares = 0
+    for n, s, q in accumulators:
+      count, scaled_sum, scaled_squares = count + n, scaled_sum + s, scaled_squares + q
+    return count, scaled_sum, scaled_squares
 
-  def extract_output(self, accumulator):
-    return accumulator
+  def extract_output(self, accumulator) -> Tuple[int, float, float]:
+    count, scaled_sum, scaled_squares = accumulator
+    if not count:
+      return 0, 0.0, 0.0
+    mean = scaled_sum / (count << SCALE_BITS)
+    variance = ((count * scaled_squares - scaled_sum * scaled_sum)
+                / ((count * count) << (2 * SCALE_BITS)))
+    return count, mean, variance
+
+
+class _MergeMomentsCombineFn(ExactMomentsCombineFn):
+  """ExactMomentsCombineFn whose inputs are its accumulators (per-bundle partials)."""
+
+  def add_input(self, accumulator, partial):
+    return self.merge_accumulators([accumulator, partial])
 
 
 class _AnalyzerInputsFn(beam.DoFn):
   """Train records -> per-bundle partial statistics on three tagged outputs.
 
-  vocabulary: ((feature, token), count); normalize: (feature, (n, mean, m2));
-  bucketize: (feature, [values]).
+  vocabulary: ((feature, token), count); normalize: (feature, ExactMomentsCombineFn
+  accumulator); bucketize: ((feature, histogram_value), count).
   """
 
   def __init__(self, spec: spec_lib.FeatureSpec):
     self._spec = spec
     self._skipped = beam.metrics.Metrics.counter("analyze", "vocabulary_tokens_skipped")
+    self._moments_fn = ExactMomentsCombineFn()
 
   def setup(self):
     self._vocab = [(f.name, f.dtype, f.multivalent) for f in self._spec
@@ -114,8 +172,8 @@ class _AnalyzerInputsFn(beam.DoFn):
 
   def start_bundle(self):
     self._counts = collections.Counter()
-    self._moments = {name: [0, 0.0, 0.0] for name, _ in self._normalize}
-    self._values = {name: [] for name, _ in self._bucketize}
+    self._moments = {name: self._moments_fn.create_accumulator() for name, _ in self._normalize}
+    self._histogram = collections.Counter()
 
   def process(self, record):
     features = record["features"]
@@ -136,38 +194,31 @@ class _AnalyzerInputsFn(beam.DoFn):
         continue
       if log1p:
         value = math.log1p(max(value, 0.0))
-      moments = self._moments[name]  # Welford's update.
-      moments[0] += 1
-      delta = value - moments[1]
-      moments[1] += delta / moments[0]
-      moments[2] += delta * (value - moments[1])
+      self._moments[name] = self._moments_fn.add_input(self._moments[name], value)
+    histogram = self._histogram
     for name, multivalent in self._bucketize:
       value = features.get(name)
       if value is None:
         continue
-      buffer = self._values[name]
-      if multivalent:
-        buffer.extend(value)
-      else:
-        buffer.append(value)
-      if len(buffer) >= QUANTILE_BATCH:
-        yield beam.pvalue.TaggedOutput(BUCKETIZE, (name, buffer))
-        self._values[name] = []
+      for item in (value if multivalent else (value,)):
+        histogram[(name, histogram_value(item))] += 1
     if len(counts) >= MAX_BUFFERED_TOKENS:
       for key_count in counts.items():
         yield beam.pvalue.TaggedOutput(VOCABULARY, key_count)
       counts.clear()
+    if len(histogram) >= MAX_BUFFERED_VALUES:
+      for key_count in histogram.items():
+        yield beam.pvalue.TaggedOutput(BUCKETIZE, key_count)
+      histogram.clear()
 
   def finish_bundle(self):
     for key_count in self._counts.items():
       yield beam.pvalue.TaggedOutput(VOCABULARY, GlobalWindows.windowed_value(key_count))
     for name, moments in self._moments.items():
       if moments[0]:
-        yield beam.pvalue.TaggedOutput(NORMALIZE, GlobalWindows.windowed_value(
-            (name, tuple(moments))))
-    for name, values in self._values.items():
-      if values:
-        yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value((name, values)))
+        yield beam.pvalue.TaggedOutput(NORMALIZE, GlobalWindows.windowed_value((name, moments)))
+    for key_count in self._histogram.items():
+      yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value(key_count))
 
 
 def assemble_artifacts(pieces: List[Tuple[str, Any, Any]],
@@ -194,11 +245,11 @@ def assemble_artifacts(pieces: List[Tuple[str, Any, Any]],
       if not tokens:
         logging.warning("Feature %r: no values on train, its vocabulary is empty", name)
     elif feature.transform == NORMALIZE:
-      count, mean, m2 = by_feature.get((NORMALIZE, name), (0, 0.0, 0.0))
+      count, mean, variance = by_feature.get((NORMALIZE, name), (0, 0.0, 0.0))
       if not count:
         logging.warning("Feature %r: no values on train, mean 0 and variance 0", name)
       features[name] = {"transform": NORMALIZE, "mean": float(mean),
-                        "variance": float(m2 / count) if count else 0.0}
+                        "variance": float(variance)}
     elif feature.transform == BUCKETIZE:
       boundaries = interior_boundaries(by_feature.get((BUCKETIZE, name), []))
       if len(boundaries) < feature.num_buckets - 1:
@@ -247,20 +298,18 @@ class AnalyzeTransforms(beam.PTransform):
     if any(f.transform == NORMALIZE for f in spec):
       pieces.append(
           partial[NORMALIZE]
-          | "MergeMoments" >> beam.CombinePerKey(_MomentsCombineFn())
+          | "MergeMoments" >> beam.CombinePerKey(_MergeMomentsCombineFn())
           | "NormalizePiece" >> beam.Map(lambda kv: (NORMALIZE, kv[0], kv[1])))
 
-    for feature in spec:
-      if feature.transform != BUCKETIZE:
-        continue
-      name = feature.name
+    num_buckets = {f.name: f.num_buckets for f in spec if f.transform == BUCKETIZE}
+    if num_buckets:
       pieces.append(
           partial[BUCKETIZE]
-          | f"Values_{name}" >> beam.FlatMap(
-              lambda kv, name=name: [kv[1]] if kv[0] == name else [])
-          | f"Quantiles_{name}" >> beam.ApproximateQuantiles.Globally(
-              feature.num_buckets + 1, input_batched=True)
-          | f"BucketizePiece_{name}" >> beam.Map(lambda q, name=name: (BUCKETIZE, name, q)))
+          | "SumValueCounts" >> beam.CombinePerKey(sum)
+          | "HistogramByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+          | "GatherHistograms" >> beam.GroupByKey()
+          | "BucketizePiece" >> beam.MapTuple(lambda name, histogram: (
+              BUCKETIZE, name, histogram_quantiles(histogram, num_buckets[name]))))
 
     return (pieces
             | "FlattenPieces" >> beam.Flatten()
