@@ -23,6 +23,7 @@ COPY pipeline/ pipeline/
 COPY models/ models/
 COPY training/ training/
 COPY evaluation/ evaluation/
+COPY serving/ serving/
 COPY simulation/ simulation/
 COPY benchmarks/ benchmarks/
 RUN pip install --no-cache-dir -c constraints.txt . \

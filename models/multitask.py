@@ -227,11 +227,18 @@ class MultiTaskModel(tfrs.models.Model):
             + self.constraint_loss())
 
   def _logs(self, task_loss, regularization_loss, constraint_loss):
+    """The step's logs: metric results (already global) and the losses, each the mean
+    over replicas (every replica logs the same numbers, so any reduction is right)."""
     logs = {metric.name: metric.result() for metric in self.metrics}
-    logs.update(loss=task_loss + regularization_loss + constraint_loss,
-                regularization_loss=regularization_loss)
+    losses = dict(loss=task_loss + regularization_loss + constraint_loss,
+                  regularization_loss=regularization_loss)
     if self._parameter_ties:
-      logs.update(constraint_loss=constraint_loss)
+      losses.update(constraint_loss=constraint_loss)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      losses = dict(zip(losses, context.all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                   list(losses.values()))))
+    logs.update(losses)
     return logs
 
   # tfrs.models.Model adds sum(self.losses) on top of compute_loss; ours already holds

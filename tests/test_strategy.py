@@ -177,10 +177,6 @@ def test_mirrored_logged_metrics_are_not_summed_over_replicas(mirrored_report):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "models/multitask.py logs each replica's own loss; Keras sums those over replicas "
-    "(2x the global mean with 2 replicas). Fix: all-reduce the logged loss in "
-    "MultiTaskModel._logs (see docs/SCALING.md)."))
 def test_mirrored_logged_loss_equals_single_device_loss(mirrored_report):
   assert mirrored_report["mirrored_logged_loss"] == pytest.approx(
       mirrored_report["single_logged_loss"], abs=TOLERANCE)
