@@ -131,7 +131,8 @@ class TrainConfig:
     epochs: passes over the train split.
     steps_per_epoch: if set, an epoch is this many steps over a repeated dataset
       (needed for exact resume and multi-worker runs); else one pass over the data.
-    learning_rate, optimizer: "adam" or "adagrad".
+    learning_rate, optimizer: "adam", "lazy_adam" (Adam updating only the embedding
+      rows in the batch, training.optimizers.LazyAdam) or "adagrad".
     shuffle_buffer: examples in the tf.data shuffle buffer.
     seed: seeds TF, file order and shuffling.
     checkpoint_every_steps: BackupAndRestore frequency in steps (0 = every epoch).
