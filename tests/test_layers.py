@@ -93,8 +93,8 @@ def test_shared_bottom_in_a_functional_graph():
 
 
 def test_make_bottom_errors_name_the_choices():
-  with pytest.raises(ValueError, match=r"unknown bottom 'mmoe'.*\['shared'\]"):
-    bottom.make_bottom("mmoe", 2)
+  with pytest.raises(ValueError, match=r"unknown bottom 'hydra'.*\['mmoe', 'ple', 'shared'\]"):
+    bottom.make_bottom("hydra", 2)
   with pytest.raises(ValueError, match="bad parameters"):
     bottom.make_bottom({"name": "shared", "num_experts": 4}, 2)
   with pytest.raises(ValueError, match="'name'"):
