@@ -65,19 +65,33 @@ def run_preprocess(raw: str, output: str, workers: int, log_path: str) -> Dict[s
   wall = time.time() - start
   with open(log_path) as f:
     text = f.read()
-  if proc.returncode != 0:
+  counts_path = os.path.join(output, "counts.json")
+  if proc.returncode != 0 and not os.path.exists(counts_path):
     raise RuntimeError(f"pipeline.preprocess failed ({proc.returncode}), see {log_path}:\n"
                        f"{text[-3000:]}")
   match = PIPELINE_SECONDS.search(text)
   pipeline_seconds = float(match.group(1)) if match else wall
-  with open(os.path.join(output, "counts.json")) as f:
+  with open(counts_path) as f:
     counts = json.load(f)
+  # A run that finished but whose accounting check failed (records lost inside the
+  # runner) is a result too: it is reported, with the check's message, not hidden.
+  failure = next((line.split("failed: ", 1)[-1] for line in text.splitlines()
+                  if line.startswith("pipeline.preprocess failed")), None)
+  return row(workers, counts, pipeline_seconds, wall, peak / 2**30,
+             failure if proc.returncode != 0 else None)
+
+
+def row(workers: int, counts: Dict[str, Any], pipeline_seconds: float, wall_seconds: float,
+        peak_rss_gib: float, failure: str = None) -> Dict[str, Any]:
+  """One table row from a run's counts.json, its times and peak memory."""
   records = counts["impressions"]["read"] + counts["events"]["read"]
   return {"workers": workers, "impressions": counts["impressions"]["read"],
           "events": counts["events"]["read"], "records": records,
-          "pipeline_seconds": pipeline_seconds, "wall_seconds": wall,
-          "records_per_s": records / pipeline_seconds, "wall_records_per_s": records / wall,
-          "peak_rss_gib": peak / 2**30}
+          "pipeline_seconds": pipeline_seconds, "wall_seconds": wall_seconds,
+          "records_per_s": records / pipeline_seconds,
+          "wall_records_per_s": records / wall_seconds if wall_seconds else None,
+          "peak_rss_gib": peak_rss_gib,
+          "failure": failure}
 
 
 def run(impressions: int, workers: Sequence[int] = (1, 2), workdir: str = common.DEFAULT_WORKDIR,
@@ -94,23 +108,37 @@ def run(impressions: int, workers: Sequence[int] = (1, 2), workdir: str = common
     logging.info("%s", rows[-1])
     if not keep_output:
       shutil.rmtree(output, ignore_errors=True)
+  write_table(rows, impressions, results_dir, command)
+  return rows
+
+
+def _number(value, pattern: str) -> str:
+  return "not recorded" if value is None else pattern.format(value)
+
+
+def write_table(rows: List[Dict[str, Any]], impressions: int, results_dir: str,
+                command: str) -> None:
+  """Writes (and prints) beam_preprocess.md from the rows of `run`."""
   base = rows[0]["records_per_s"]
   table = common.markdown_table(
       ["workers", "impressions", "events", "pipeline s", "records/s (pipeline)",
-       "wall s", "records/s (wall)", "speed-up", "peak RSS (tree)"],
+       "wall s", "records/s (wall)", "speed-up", "peak RSS (tree)", "accounting"],
       [[r["workers"], f"{r['impressions']:,}", f"{r['events']:,}",
         f"{r['pipeline_seconds']:.1f}", f"{r['records_per_s']:,.0f}",
-        f"{r['wall_seconds']:.1f}", f"{r['wall_records_per_s']:,.0f}",
-        f"{r['records_per_s'] / base:.2f}x", f"{r['peak_rss_gib']:.2f} GiB"] for r in rows])
+        _number(r["wall_seconds"], "{:.1f}"), _number(r["wall_records_per_s"], "{:,.0f}"),
+        f"{r['records_per_s'] / base:.2f}x", _number(r["peak_rss_gib"], "{:.2f} GiB"),
+        "FAILED (see below)" if r.get("failure") else "every record accounted for"]
+       for r in rows])
+  failures = "".join(f"\n\n**{r['workers']} worker(s): the job's accounting check failed** "
+                     f"(exit 1): {r['failure']}" for r in rows if r.get("failure"))
   body = (f"`python -m pipeline.preprocess` (configs/esmm.yaml: parse, join, label, split, "
           f"transform analysis, TFRecord encode, TFDV statistics) on DirectRunner with "
           f"`--direct_running_mode multi_processing --direct_num_workers N`, "
           f"{impressions:,} simulated impressions (pipeline.simulate --seed 7). "
           f"Pipeline time excludes interpreter start-up and the post-run checks/schema; "
-          f"wall time includes them.\n\n{table}")
+          f"wall time includes them.\n\n{table}{failures}")
   common.write_result(NAME, "Beam preprocess (DirectRunner)", body, results_dir, command)
   print(body)
-  return rows
 
 
 def main(argv=None):

@@ -216,8 +216,17 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                f", eval from {config.data.eval_from}" if args.source == LOG else
                ", train/eval by file")
 
+  options = PipelineOptions(pipeline_args)
+  direct = options.view_as(beam.options.pipeline_options.DirectOptions)
+  if (direct.direct_running_mode == "multi_processing"
+      and (direct.direct_num_workers or 1) > 1):
+    logging.warning(
+        "DirectRunner with %d worker processes lost records on 1M impressions in our "
+        "benchmark (docs/SCALING.md 2.1); the accounting check below fails the job if it "
+        "happens. Prefer it for small jobs and a real runner for large ones.",
+        direct.direct_num_workers)
   start = time.time()
-  pipeline = beam.Pipeline(options=PipelineOptions(pipeline_args))
+  pipeline = beam.Pipeline(options=options)
   _ = pipeline | "Preprocess" >> transform
   result = pipeline.run()
   state = result.wait_until_finish()
