@@ -30,7 +30,7 @@ def test_builds_the_experiment_configs(tmp_path, name):
 
 
 def test_unknown_model_lists_the_known_ones(artifacts):
-  with pytest.raises(config_lib.ConfigError, match=r"'esm9'.*known models: \['esmm', 'naive'"):
+  with pytest.raises(config_lib.ConfigError, match=r"'esm9'.*known models: \['esm2', 'esmc', 'esmg', 'esmm', 'esms', 'hm3', 'naive'\]"):
     registry.build_model(make_config("esm9"), SPEC, artifacts)
 
 
@@ -43,8 +43,8 @@ def test_bottom_param(artifacts):
   model = registry.build_model(make_config(params={"bottom": {"name": "shared"}}), SPEC,
                                artifacts)
   assert model.scorer.get_layer("bottom").num_towers == 2
-  with pytest.raises(ValueError, match="unknown bottom 'ple'"):
-    registry.build_model(make_config(params={"bottom": "ple"}), SPEC, artifacts)
+  with pytest.raises(ValueError, match="unknown bottom 'hydra'"):
+    registry.build_model(make_config(params={"bottom": "hydra"}), SPEC, artifacts)
 
 
 def test_unknown_loss_weight_task(artifacts):
