@@ -42,3 +42,29 @@ def test_encode_and_write_shards(tmp_path):
   by_id = {d["impression_id"]: d for d in decoded}
   assert by_id["imp3"]["click"] == 1 and by_id["imp4"]["click"] == 0
   assert by_id["imp3"]["tags"] == records[3]["features"]["tags"]
+
+
+def test_shards_are_mixed_whatever_the_arrival_order(tmp_path):
+  # Arrival sorted by label (all clicks first), as the join emits them on DirectRunner;
+  # 8 mixing groups of ~250 Examples (the default 256 is for real split sizes).
+  n = 2000
+  examples = [tf.train.Example(features=tf.train.Features(feature={
+      "impression_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"imp%d" % i])),
+      "click": tf.train.Feature(float_list=tf.train.FloatList(value=[float(i < n // 5)])),
+  })).SerializeToString() for i in range(n)]
+  prefix = str(tmp_path / "train" / "train")
+  with test_pipeline.TestPipeline() as p:
+    _ = p | beam.Create(examples, reshuffle=False) | encode.WriteExamples(prefix, 2, mix_buckets=8)
+  files = sorted(glob.glob(prefix + "-*.tfrecord.gz"))
+  assert len(files) == 2
+  written = []
+  for path in files:
+    clicks = [tf.train.Example.FromString(r.numpy()).features.feature["click"].float_list.value[0]
+              for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+    written += clicks
+    # Every fifth of every shard holds the split's click rate (0.2), within sampling noise.
+    fifth = len(clicks) // 5
+    for k in range(5):
+      rate = sum(clicks[k * fifth:(k + 1) * fifth]) / fifth
+      assert 0.1 < rate < 0.3, (path, k, rate)
+  assert len(written) == n and sum(written) == n // 5
