@@ -22,13 +22,13 @@ shuffles from the seed's "layout" stream).
 import dataclasses
 import glob
 import json
-import math
 import os
 from typing import Any, Dict, List, Sequence
 
 from absl import logging
 import numpy as np
 
+from evaluation import report
 from simulation import behaviour as behaviour_lib
 from simulation import corruption as corruption_lib
 from simulation import files
@@ -251,17 +251,6 @@ def _write_events(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
   return paths
 
 
-def _finite(value: Any) -> Any:
-  """The value with every NaN / inf float replaced by None (strict JSON)."""
-  if isinstance(value, dict):
-    return {key: _finite(item) for key, item in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite(item) for item in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
 def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
                      output_dir: str, shards: int = 4, file_format: str = "jsonl",
                      corrupt_fraction: float = 0.0,
@@ -317,7 +306,7 @@ def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
       "expected_dead_letter": corruption_lib.expected_dead_letter(
           corruption.counts, int(behaviour.late_purchase.sum())),
   }
-  content = _finite(content)
+  content = report.json_ready(content)
   with open(os.path.join(output_dir, WORLD_FILE), "w") as f:
     json.dump(content, f, indent=2)
     f.write("\n")
