@@ -73,6 +73,8 @@ def run_preprocess(raw: str, output: str, workers: int, log_path: str) -> Dict[s
   pipeline_seconds = float(match.group(1)) if match else wall
   with open(counts_path) as f:
     counts = json.load(f)
+  if proc.returncode == 0:  # A run that exits 0 must have left a verifiable marker.
+    common.checked_data_dir(output)
   # A run that finished but whose accounting check failed (records lost inside the
   # runner) is a result too: it is reported, with the check's message, not hidden.
   failure = next((line.split("failed: ", 1)[-1] for line in text.splitlines()

@@ -10,6 +10,7 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -135,14 +136,36 @@ def preprocess_args(raw: str, output: str) -> List[str]:
           "--config", ESMM_CONFIG]
 
 
+def checked_data_dir(data_dir: str) -> str:
+  """`data_dir` if its success marker verifies (features/success_marker.py).
+
+  Raises:
+    success_marker.IncompleteOutputError: the preprocess job that wrote it failed, is
+      still running, or its files changed since.
+  """
+  from features import success_marker  # pylint: disable=g-import-not-at-top
+  success_marker.check_success_marker(data_dir)
+  return data_dir
+
+
 def ensure_data(workdir: str, impressions: int, seed: int = 7) -> str:
-  """TFRecords of `impressions` simulated impressions (pipeline.preprocess, made once)."""
+  """TFRecords of `impressions` simulated impressions (pipeline.preprocess, made once).
+
+  A directory is reused only when its success marker verifies; an incomplete one (a
+  failed or interrupted run) is deleted and made again.
+  """
+  from features import success_marker  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, f"data_{impressions}_s{seed}")
-  if not os.path.exists(os.path.join(out, "counts.json")):
-    raw = ensure_raw(workdir, impressions, seed)
-    logging.info("Preprocessing %s -> %s", raw, out)
-    run_module("pipeline.preprocess", preprocess_args(raw, out))
-  return out
+  try:
+    return checked_data_dir(out)
+  except success_marker.IncompleteOutputError as e:
+    if os.path.exists(out):
+      logging.info("Remaking %s: %s", out, e)
+      shutil.rmtree(out)
+  raw = ensure_raw(workdir, impressions, seed)
+  logging.info("Preprocessing %s -> %s", raw, out)
+  run_module("pipeline.preprocess", preprocess_args(raw, out))
+  return checked_data_dir(out)
 
 
 def ensure_model(workdir: str, data_dir: str, epochs: int = 1) -> str:

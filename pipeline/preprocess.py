@@ -24,7 +24,8 @@ PreprocessDerived by --source; docs/ALI_CCP.md) -> OUTPUT/ ->
 pipeline.train. Flags this module does not know are Beam pipeline options, passed to
 `PipelineOptions` untouched, so the same command runs on DirectRunner and Dataflow.
 After the pipeline, the run checks that every input record was written or
-dead-lettered (OUTPUT/counts.json) and infers or validates the TFDV schema.
+dead-lettered (OUTPUT/counts.json) and infers or validates the TFDV schema; only then
+does it write OUTPUT/_SUCCESS.json (features/success_marker.py), which readers check.
 """
 
 import argparse
@@ -43,6 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import configs
 from configs import config as config_lib
 from features import spec as spec_lib
+from features import success_marker
 from transforms import derived_sources
 from transforms import outputs as outputs_lib
 from transforms import preprocess_job
@@ -208,6 +210,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.warning("--fail_on_anomalies has no effect without --schema")
 
   paths = outputs_lib.OutputPaths(args.output)
+  # Readers trust a directory only with a marker (features/success_marker.py): an old
+  # one goes first, so a failure below leaves the directory unmarked.
+  if success_marker.remove_success_marker(args.output):
+    logging.info("Removed the success marker of a previous run in %s", args.output)
   if FileSystems.exists(paths.counts):
     logging.warning("%s holds a previous run; its files are overwritten", args.output)
   preprocess_job.write_run_inputs(paths, config)
@@ -237,7 +243,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   checked = preprocess_job.check_schema(paths, spec, config.data.label_names,
                                         schema_path=args.schema,
                                         fail_on_anomalies=args.fail_on_anomalies)
-  return {"counts": counts, "seconds": seconds, **checked}
+  marker = success_marker.write_success_marker(args.output, counts)
+  logging.info("Every check passed; wrote %s", marker)
+  return {"counts": counts, "seconds": seconds, "marker": marker, **checked}
 
 
 def main() -> None:
