@@ -28,6 +28,16 @@ class ConfigError(ValueError):
   """A config file is invalid; the message names the file and the key."""
 
 
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
+def _utc_midnight(date: str) -> int:
+  """"YYYY-MM-DD" -> unix seconds of its UTC midnight (ValueError when malformed)."""
+  day = datetime.date.fromisoformat(str(date))
+  return int(datetime.datetime(day.year, day.month, day.day,
+                               tzinfo=datetime.timezone.utc).timestamp())
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
   """One label derived from behaviour events.
@@ -86,9 +96,7 @@ class DataConfig:
   @property
   def eval_from_timestamp(self) -> int:
     """`eval_from` as unix seconds (UTC midnight)."""
-    day = datetime.date.fromisoformat(self.eval_from)
-    return int(datetime.datetime(day.year, day.month, day.day,
-                                 tzinfo=datetime.timezone.utc).timestamp())
+    return _utc_midnight(self.eval_from)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +145,24 @@ class TrainConfig:
     seed: seeds TF, file order and shuffling.
     checkpoint_every_steps: BackupAndRestore frequency in steps (0 = every epoch).
     eval_batch_size: batch size of evaluation and export warm-up.
+    validation_from: UTC date "YYYY-MM-DD"; train-split examples at or after its
+      midnight are the validation split, the earlier ones are trained on (must be
+      before data.eval_from: the eval split is never validation). None = no split.
+    validation_fraction: instead of a date, hold out this fraction (0 < f < 1) of the
+      train split by a stable hash of impression_id. At most one of the two.
+    early_stopping_patience: stop after this many epochs without a lower validation
+      loss (0 = never stop early; the best epoch is still recorded). Needs a split.
+    restore_best_weights: with a validation split, end with the weights of the epoch
+      with the lowest validation loss (they survive a resume: MODEL_DIR/best/).
+    lr_schedule: "constant", "cosine" (cosine decay from learning_rate to
+      learning_rate * lr_min_ratio over the run's steps after the warm-up) or
+      "exponential" (learning_rate * lr_decay_rate ** (step / steps_per_epoch)).
+    lr_warmup_steps: linear warm-up from 0 to learning_rate over these first steps
+      (any schedule; 0 = none).
+    lr_decay_rate: the per-epoch factor of "exponential".
+    lr_min_ratio: the final fraction of learning_rate of "cosine".
+    deterministic_ops: tf.config.experimental.enable_op_determinism() (bit-identical
+      reruns and resumes on CPU; slower).
   """
 
   batch_size: int = 1024
@@ -148,6 +174,24 @@ class TrainConfig:
   seed: int = 42
   checkpoint_every_steps: int = 200
   eval_batch_size: int = 4096
+  validation_from: Optional[str] = None
+  validation_fraction: Optional[float] = None
+  early_stopping_patience: int = 0
+  restore_best_weights: bool = True
+  lr_schedule: str = "constant"
+  lr_warmup_steps: int = 0
+  lr_decay_rate: float = 0.5
+  lr_min_ratio: float = 0.0
+  deterministic_ops: bool = False
+
+  @property
+  def validation_from_timestamp(self) -> Optional[int]:
+    """`validation_from` as unix seconds (UTC midnight), or None."""
+    return None if self.validation_from is None else _utc_midnight(self.validation_from)
+
+  @property
+  def has_validation(self) -> bool:
+    return self.validation_from is not None or self.validation_fraction is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,12 +296,45 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
     data_config.eval_from_timestamp  # pylint: disable=pointless-statement
   except ValueError as e:
     raise ConfigError(f"{source}: data.eval_from must be YYYY-MM-DD: {e}") from e
+  train_config = _build(TrainConfig, data.get("train"), source, "train")
+  _check_train(train_config, data_config, source)
   return ExperimentConfig(
       feature_spec_path=data["feature_spec"],
       data=data_config,
       model=_build(ModelConfig, data.get("model"), source, "model"),
-      train=_build(TrainConfig, data.get("train"), source, "train"),
+      train=train_config,
       source=source)
+
+
+def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
+  """Validates the train section's validation split, early stopping and LR schedule."""
+  if train.validation_from is not None and train.validation_fraction is not None:
+    raise ConfigError(f"{source}: set at most one of train.validation_from and "
+                      f"train.validation_fraction")
+  if train.validation_from is not None:
+    try:
+      start = train.validation_from_timestamp
+    except ValueError as e:
+      raise ConfigError(f"{source}: train.validation_from must be YYYY-MM-DD: {e}") from e
+    if start >= data.eval_from_timestamp:
+      raise ConfigError(f"{source}: train.validation_from {train.validation_from!r} must be "
+                        f"before data.eval_from {data.eval_from!r} (validation days are "
+                        f"training days; the eval split stays held out)")
+  if train.validation_fraction is not None and not 0.0 < train.validation_fraction < 1.0:
+    raise ConfigError(f"{source}: train.validation_fraction must be in (0, 1), got "
+                      f"{train.validation_fraction!r}")
+  if train.early_stopping_patience < 0:
+    raise ConfigError(f"{source}: train.early_stopping_patience must be >= 0")
+  if train.early_stopping_patience and not train.has_validation:
+    raise ConfigError(f"{source}: train.early_stopping_patience needs a validation split "
+                      f"(train.validation_from or train.validation_fraction)")
+  if train.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError(f"{source}: train.lr_schedule {train.lr_schedule!r}: use one of "
+                      f"{LR_SCHEDULES}")
+  if train.lr_warmup_steps < 0 or not 0.0 < train.lr_decay_rate <= 1.0 or not (
+      0.0 <= train.lr_min_ratio <= 1.0):
+    raise ConfigError(f"{source}: train.lr_warmup_steps must be >= 0, lr_decay_rate in "
+                      f"(0, 1] and lr_min_ratio in [0, 1]")
 
 
 def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> ExperimentConfig:

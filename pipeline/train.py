@@ -4,8 +4,11 @@
       --model_dir runs/demo/model [--strategy default|mirrored|multi_worker|tpu]
 
 Re-running the same command after a crash resumes from MODEL_DIR/backup (every
-train.checkpoint_every_steps steps); MODEL_DIR/metrics.json records where it resumed
-(`initial_step`) and the final step. Multi-worker: the same command in every worker
+train.checkpoint_every_steps steps) at the batch where the checkpoint was taken;
+MODEL_DIR/metrics.json records where it resumed (`initial_step`), the final step, the
+validation split's metrics and best epoch, and any corrupt shard skipped with
+--skip_corrupt_records (a corrupt shard otherwise stops the run, naming its path).
+docs/TRAINING.md: validation split, early stopping, schedules, exact resume. Multi-worker: the same command in every worker
 process, each with its own TF_CONFIG, e.g. on one machine
 
   TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]},
@@ -41,11 +44,21 @@ flags.DEFINE_integer("batch_size", None, "Override train.batch_size (global batc
 flags.DEFINE_float("learning_rate", None, "Override train.learning_rate.")
 flags.DEFINE_integer("seed", None, "Override train.seed.")
 flags.DEFINE_bool("export", True, "Export a SavedModel under MODEL_DIR/export/<version>/.")
+flags.DEFINE_bool("skip_corrupt_records", False,
+                  "Train on the readable records of a corrupt TFRecord shard (counted in "
+                  "metrics.json 'input' and the log) instead of failing with its path.")
+flags.DEFINE_bool("deterministic_ops", None,
+                  "Override train.deterministic_ops (tf.config.experimental."
+                  "enable_op_determinism: bit-identical reruns and resumes on CPU).")
+flags.DEFINE_string("validation_from", None, "Override train.validation_from (YYYY-MM-DD).")
+flags.DEFINE_integer("early_stopping_patience", None,
+                     "Override train.early_stopping_patience (0 = never stop early).")
 
 
 def _overrides() -> dict:
   train = {key: getattr(FLAGS, key)
-           for key in ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed")
+           for key in ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed",
+                       "deterministic_ops", "validation_from", "early_stopping_patience")
            if getattr(FLAGS, key) is not None}
   return {"train": train} if train else {}
 
@@ -55,7 +68,8 @@ def main(argv):
   config = config_lib.load_config(FLAGS.config, overrides=_overrides())
   strategy = strategy_lib.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
   result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
-                                    export=FLAGS.export)
+                                    export=FLAGS.export,
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records)
   logging.info("Done: export %s", result.export_dir)
 
 

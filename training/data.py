@@ -16,11 +16,23 @@ reads all files and keeps every n-th record). tf.data auto-sharding is then turn
 Determinism: with shuffle=False the order is fixed (sorted files, deterministic
 interleave, no shuffle). With shuffle=True and a seed, the same seed gives the same
 order; with shuffle=True and seed=None, the interleave may also trade order for speed.
+With a seed and repeat=True, the stream of batches is a deterministic function of the
+seed: pass p over the data is shuffled by the p-th draw of the seeded shuffles
+(`reshuffle_each_iteration`), so batch g of the stream is the same in every run, and
+`skip_steps=g` starts a fresh iterator exactly there (how a resumed run continues at the
+batch where its checkpoint was taken; docs/TRAINING.md).
+
+Validation split: `ValidationSplit` says which records of the train split are held out
+(by timestamp, or by a stable hash of impression_id); `make_dataset(keep=...)` keeps
+only the records a predicate accepts, so the train and validation datasets are the two
+sides of one predicate over the same files and cannot overlap. The eval split is never
+read for either.
 """
 
+import dataclasses
 import json
 import os
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
@@ -32,6 +44,45 @@ LABELS_FILE = "labels.json"
 TFRECORD_SUFFIX = ".tfrecord.gz"
 COMPRESSION = "GZIP"
 MAX_CYCLE_LENGTH = 16
+FILTER_BATCH = 1024
+HASH_BUCKETS = 1_000_000
+
+# A predicate over a batch of serialized tf.Examples: tf.string [n] -> tf.bool [n].
+RecordPredicate = Callable[[tf.Tensor], tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSplit:
+  """Which records of the train split are validation records (the rest train).
+
+  Exactly one rule is set:
+    from_timestamp: a record whose `timestamp` (int64 unix seconds) is >= this is
+      validation: the last training days, as the eval split is the days after them.
+    fraction: a record whose `impression_id` hashes (FarmHash fingerprint, stable across
+      runs, machines and TF versions) into the first `fraction` of HASH_BUCKETS is
+      validation: a random-looking but fixed `fraction` of the records.
+  """
+
+  from_timestamp: Optional[int] = None
+  fraction: Optional[float] = None
+
+  def __post_init__(self):
+    if (self.from_timestamp is None) == (self.fraction is None):
+      raise ValueError("ValidationSplit needs exactly one of from_timestamp and fraction")
+    if self.fraction is not None and not 0.0 < self.fraction < 1.0:
+      raise ValueError(f"ValidationSplit.fraction must be in (0, 1), got {self.fraction}")
+
+  def is_validation(self, serialized: tf.Tensor) -> tf.Tensor:
+    """tf.string [n] serialized tf.Examples -> tf.bool [n], True for validation records."""
+    metadata = tf.io.parse_example(serialized, parsing.metadata_parse_spec())
+    if self.from_timestamp is not None:
+      return metadata[spec_lib.TIMESTAMP_KEY] >= self.from_timestamp
+    buckets = tf.strings.to_hash_bucket_fast(metadata[spec_lib.IMPRESSION_ID_KEY], HASH_BUCKETS)
+    return buckets < int(round(self.fraction * HASH_BUCKETS))
+
+  def is_train(self, serialized: tf.Tensor) -> tf.Tensor:
+    """tf.string [n] -> tf.bool [n]: the complement of `is_validation`."""
+    return tf.logical_not(self.is_validation(serialized))
 
 
 def split_pattern(data_dir: str, split: str) -> str:
@@ -108,8 +159,10 @@ def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Seq
                  batch_size: int, *, shuffle: bool = True, shuffle_buffer: int = 10000,
                  seed: Optional[int] = None, repeat: bool = False,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 drop_remainder: bool = False, with_metadata: bool = False
-                 ) -> tf.data.Dataset:
+                 drop_remainder: bool = False, with_metadata: bool = False,
+                 keep: Optional[RecordPredicate] = None,
+                 record_limits: Optional[Dict[str, int]] = None,
+                 skip_steps: int = 0) -> tf.data.Dataset:
   """Batches of parsed examples from GZIP TFRecord shards.
 
   Args:
@@ -125,6 +178,12 @@ def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Seq
     input_context: tf.distribute.InputContext to shard by.
     drop_remainder: drop the last partial batch (static batch dimension, for TPUs).
     with_metadata: also yield `impression_id` and `timestamp`.
+    keep: optional predicate tf.string [n] -> tf.bool [n] over serialized records; only
+      records it accepts are read (e.g. `ValidationSplit.is_train`).
+    record_limits: optional path -> number of records to read from that file (-1: all);
+      how a corrupt shard is read up to its error (training.shard_check.ShardReport).
+    skip_steps: global training steps already taken (a resumed run); this pipeline
+      skips the batches those steps consumed: `skip_steps * replicas per pipeline`.
 
   Returns:
     tf.data.Dataset of (features, labels) or (features, labels, metadata) with the
@@ -132,11 +191,12 @@ def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Seq
   """
   files = list_files(file_pattern)
   deterministic = (not shuffle) or seed is not None
-  num_pipelines, pipeline_id = 1, 0
+  num_pipelines, pipeline_id, replicas_per_pipeline = 1, 0, 1
   if input_context is not None:
     num_pipelines = input_context.num_input_pipelines
     pipeline_id = input_context.input_pipeline_id
     batch_size = input_context.get_per_replica_batch_size(batch_size)
+    replicas_per_pipeline = max(1, input_context.num_replicas_in_sync // num_pipelines)
   shard_records = num_pipelines > 1 and len(files) < num_pipelines
   if num_pipelines > 1 and not shard_records:
     files = files[pipeline_id::num_pipelines]
@@ -144,13 +204,19 @@ def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Seq
                file_pattern, len(files), pipeline_id, num_pipelines,
                ", sharding records" if shard_records else "", batch_size, shuffle)
 
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  limits = [int((record_limits or {}).get(path, -1)) for path in files]
+  dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(limits, tf.int64)))
   if shuffle and not shard_records:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.interleave(
-      lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),
+      lambda path, limit: tf.data.TFRecordDataset(path, compression_type=COMPRESSION
+                                                  ).take(limit),
       cycle_length=min(len(files), MAX_CYCLE_LENGTH), num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=deterministic or shard_records)
+  if keep is not None:
+    dataset = dataset.batch(FILTER_BATCH).map(
+        lambda serialized: tf.boolean_mask(serialized, keep(serialized)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
   if shard_records:
     dataset = dataset.shard(num_pipelines, pipeline_id)
   if shuffle:
@@ -158,6 +224,8 @@ def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Seq
   if repeat:
     dataset = dataset.repeat()
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  if skip_steps:
+    dataset = dataset.skip(skip_steps * replicas_per_pipeline)  # before parsing: cheaper
   dataset = dataset.map(
       lambda serialized: parsing.parse_examples(serialized, spec, label_names, with_metadata),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

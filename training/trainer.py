@@ -4,18 +4,29 @@ Flow position: called by `pipeline.train`; reads the Beam job's output directory
 (TFRecords, transform artifacts, counts.json, labels.json) and writes MODEL_DIR:
 
   MODEL_DIR/backup/      BackupAndRestore state: a killed run resumes from here
+  MODEL_DIR/best/        early-stopping state and the best epoch's weights (resumable)
   MODEL_DIR/logs/        TensorBoard (train and validation, per-task AUC and log loss)
   MODEL_DIR/export/<v>/  the SavedModel (see training/export.py)
-  MODEL_DIR/metrics.json final Keras metrics on the eval split, throughput, steps
-                         (`final_step` = optimizer.iterations at the end, `initial_step`
-                         = where this process started: > 0 after a resume)
+  MODEL_DIR/metrics.json final Keras metrics on the eval split ("eval") and on the
+                         validation split ("validation"), the best epoch, throughput,
+                         steps (`final_step` = optimizer.iterations at the end,
+                         `initial_step` = where this process started: > 0 after a resume)
+
+Before training: the data directory must carry the Beam job's success marker
+(features.success_marker), and every train/eval shard is read once
+(training.shard_check.verify_shards), which names a corrupt shard and counts the train
+and validation records of the train split (`train.validation_from` /
+`train.validation_fraction`; the eval split is never validation).
 
 An epoch is `steps_per_epoch` steps over a repeated dataset (from the config, else one
-pass over the train split's example count in counts.json), so resume and multi-worker
-runs see the same step counts as single-process runs.
+pass over the counted train records), so resume and multi-worker runs see the same step
+counts as single-process runs. The input stream is a deterministic function of the seed
+and a resumed run skips the batches its checkpoint's steps consumed, so it continues at
+the batch where the checkpoint was taken (docs/TRAINING.md).
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,14 +40,20 @@ import tf_keras
 from configs import config as config_lib
 from features import artifacts as artifacts_lib
 from features import spec as spec_lib
+from features import success_marker
 from models import registry
 from training import data
+from training import early_stopping
 from training import export as export_lib
 from training import optimizers
+from training import schedules
+from training import shard_check
 from training import strategy as strategy_lib
 
 COUNTS_FILE = "counts.json"
 SPEC_COPY_FILE = "feature_spec.yaml"
+BACKUP_DIR = "backup"
+BEST_DIR = "best"
 
 
 @dataclasses.dataclass
@@ -112,31 +129,118 @@ def check_spec_matches_data(spec: spec_lib.FeatureSpec, data_dir: str) -> None:
                      f"{data_dir} (written with {path}); re-run pipeline.preprocess")
 
 
-def make_optimizer(train_config: config_lib.TrainConfig):
-  """The optimizer named by `train.optimizer` at `train.learning_rate`.
+def make_optimizer(train_config: config_lib.TrainConfig, steps_per_epoch: int = 1,
+                   total_steps: int = 1):
+  """The optimizer named by `train.optimizer`, its rate from `train.lr_schedule`.
 
   "adam": tf_keras' Adam; "lazy_adam": training.optimizers.LazyAdam (Adam that updates
-  only the embedding rows in the batch); "adagrad": tf_keras' Adagrad.
+  only the embedding rows in the batch); "adagrad": tf_keras' Adagrad. The learning
+  rate is `training.schedules.learning_rate(train_config, steps_per_epoch, total_steps)`.
   """
+  rate = schedules.learning_rate(train_config, steps_per_epoch, total_steps)
   if train_config.optimizer == "adam":
-    return tf_keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+    return tf_keras.optimizers.Adam(learning_rate=rate)
   if train_config.optimizer == "lazy_adam":
-    return optimizers.LazyAdam(learning_rate=train_config.learning_rate)
+    return optimizers.LazyAdam(learning_rate=rate)
   if train_config.optimizer == "adagrad":
-    return tf_keras.optimizers.Adagrad(learning_rate=train_config.learning_rate)
+    return tf_keras.optimizers.Adagrad(learning_rate=rate)
   raise ValueError(f"train.optimizer {train_config.optimizer!r}: use 'adam', 'lazy_adam' "
                    f"or 'adagrad'")
 
 
-def _dataset_creator(data_dir, split, spec, label_names, batch_size, shuffle, train_config,
-                     drop_remainder=False):
-  pattern = data.split_pattern(data_dir, split)
+@dataclasses.dataclass(frozen=True)
+class InputPlan:
+  """The verified inputs of a run: shard reports and the example counts they give.
+
+  Attributes:
+    train_report: verification of the train split (its `matching` records are the
+      validation records when there is a validation split).
+    eval_report: verification of the eval split, or None when it has no files.
+    validation: the validation rule, or None.
+    train_examples, validation_examples, eval_examples: readable records of each part.
+  """
+
+  train_report: shard_check.ShardReport
+  eval_report: Optional[shard_check.ShardReport]
+  validation: Optional[data.ValidationSplit]
+  train_examples: int
+  validation_examples: int
+  eval_examples: int
+
+
+def validation_split(train_config: config_lib.TrainConfig) -> Optional[data.ValidationSplit]:
+  """The ValidationSplit of `train.validation_from` / `train.validation_fraction` (or None)."""
+  if train_config.validation_from is not None:
+    return data.ValidationSplit(from_timestamp=train_config.validation_from_timestamp)
+  if train_config.validation_fraction is not None:
+    return data.ValidationSplit(fraction=train_config.validation_fraction)
+  return None
+
+
+def plan_inputs(data_dir: str, train_config: config_lib.TrainConfig,
+                skip_corrupt_records: bool = False) -> InputPlan:
+  """Reads every train and eval shard once: names corrupt ones, counts each part.
+
+  Raises:
+    shard_check.CorruptShardError: a corrupt shard (unless skip_corrupt_records).
+    ValueError: the validation split takes all or none of the train split.
+  """
+  validation = validation_split(train_config)
+  train_report = shard_check.verify_shards(
+      data.split_pattern(data_dir, "train"), skip_corrupt=skip_corrupt_records,
+      predicate=validation.is_validation if validation else None)
+  eval_pattern = data.split_pattern(data_dir, "eval")
+  eval_report = (shard_check.verify_shards(eval_pattern, skip_corrupt=skip_corrupt_records)
+                 if tf.io.gfile.glob(eval_pattern) else None)
+  validation_examples = train_report.matching if validation else 0
+  train_examples = train_report.records - validation_examples
+  if validation and not (validation_examples and train_examples):
+    raise ValueError(
+        f"{data.split_pattern(data_dir, 'train')}: the validation split "
+        f"({train_config.validation_from or train_config.validation_fraction}) leaves "
+        f"{train_examples} train and {validation_examples} validation examples; both must "
+        f"be > 0 (train.validation_from must fall inside the training days)")
+  return InputPlan(train_report, eval_report, validation, train_examples,
+                   validation_examples, eval_report.records if eval_report else 0)
+
+
+def resume_step(backup_dir: str, steps_per_epoch: int, save_freq) -> int:
+  """The global step at which `fit` resumes from BACKUP_DIR (0 when there is no backup).
+
+  The rule of tf_keras' WorkerTrainingState.maybe_load_initial_counters_from_ckpt:
+  a checkpoint saved after batch b of epoch e (save_freq in steps) resumes at step
+  e * steps_per_epoch + b + 1; one saved at the end of epoch e ("epoch") at
+  (e + 1) * steps_per_epoch.
+  """
+  latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+  if not latest:
+    return 0
+  epoch = int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+  batch = int(tf.train.load_variable(latest, "ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+  if isinstance(save_freq, int) and batch >= 0:
+    return epoch * steps_per_epoch + batch + 1
+  return (epoch + 1) * steps_per_epoch if epoch >= 0 else 0
+
+
+def _dataset_creator(pattern, spec, label_names, batch_size, train_config, *, training,
+                     keep=None, record_limits=None, skip_steps=0, drop_remainder=False):
+  """A DatasetCreator over `pattern`.
+
+  training=True: shuffled (seeded) and repeated, skipping `skip_steps` steps' batches.
+  training=False (validation, eval): in file order; one pass when a single pipeline
+  feeds a single replica (then `ceil(examples / batch)` steps read every example once),
+  else repeated so that every worker can take the same number of steps.
+  """
 
   def dataset_fn(input_context):
+    single = (input_context is None or input_context.num_replicas_in_sync == 1) and (
+        not drop_remainder)
     return data.make_dataset(
-        pattern, spec, label_names, batch_size, shuffle=shuffle,
-        shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed, repeat=True,
-        input_context=input_context, drop_remainder=drop_remainder)
+        pattern, spec, label_names, batch_size, shuffle=training,
+        shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed,
+        repeat=training or not single, input_context=input_context,
+        drop_remainder=drop_remainder, keep=keep, record_limits=record_limits,
+        skip_steps=skip_steps if training else 0)
 
   return tf_keras.utils.experimental.DatasetCreator(dataset_fn)
 
@@ -149,38 +253,57 @@ def _warmup_examples(data_dir: str, count: int = 8):
   return [record.numpy() for record in dataset]
 
 
+def _steps(examples: int, batch_size: int) -> int:
+  return max(1, math.ceil(examples / batch_size)) if examples else 0
+
+
 def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_dir: str,
                      strategy: Optional[tf.distribute.Strategy] = None, *,
-                     export: bool = True) -> TrainResult:
+                     export: bool = True, skip_corrupt_records: bool = False) -> TrainResult:
   """Trains the configured model on DATA_DIR's train split and exports it.
 
   Args:
     config: the experiment config.
-    data_dir: a pipeline.preprocess output directory.
+    data_dir: a pipeline.preprocess output directory (with its success marker).
     model_dir: where backups, logs, metrics and the export go.
     strategy: a tf.distribute.Strategy (default strategy when None).
     export: write the SavedModel (the chief only; other workers export to a scratch
       directory that is deleted, as MultiWorkerMirroredStrategy requires every worker
       to take part in saving).
+    skip_corrupt_records: train on the readable records of corrupt shards (counted in
+      metrics.json "input") instead of failing.
 
   Returns:
     TrainResult with the trained model, the export directory (chief) and the metrics.
+
+  Raises:
+    features.success_marker.IncompleteOutputError: DATA_DIR lacks a valid marker.
+    training.shard_check.CorruptShardError: a corrupt shard, naming path and offset.
   """
+  success_marker.check_success_marker(data_dir)
   strategy = strategy or tf.distribute.get_strategy()
   strategy_lib.log_strategy(strategy)
   train_config = config.train
+  if train_config.deterministic_ops:
+    tf.config.experimental.enable_op_determinism()
   tf_keras.utils.set_random_seed(train_config.seed)
 
   spec = config.load_feature_spec()
   check_spec_matches_data(spec, data_dir)
   artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(data_dir))
   artifacts_lib.check_artifacts(spec, artifacts)
-  counts = read_counts(data_dir)
-  written = counts["impressions"]["written"]
+  written = read_counts(data_dir)["impressions"]["written"]
+  plan = plan_inputs(data_dir, train_config, skip_corrupt_records)
+  if plan.train_examples + plan.validation_examples != written["train"]:
+    logging.warning("counts.json says %d train examples, the shards hold %d readable ones",
+                    written["train"], plan.train_examples + plan.validation_examples)
 
+  batch_size = train_config.batch_size
+  steps_per_epoch = train_config.steps_per_epoch or _steps(plan.train_examples, batch_size)
+  total_steps = train_config.epochs * steps_per_epoch
   with strategy.scope():
     model = registry.build_model(config, spec, artifacts)
-    model.compile(optimizer=make_optimizer(train_config))
+    model.compile(optimizer=make_optimizer(train_config, steps_per_epoch, total_steps))
   # Keras' default ("auto") sums the step's logs over replicas on every strategy but
   # TPU. Metric results are already global (synchronised variables), so a sum reports
   # AUC = 2 x the true AUC with 2 workers; "first" reports them as they are.
@@ -188,45 +311,73 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   data.check_labels(data_dir, sorted(model.required_labels))
   label_names = config.data.label_names
 
-  batch_size = train_config.batch_size
-  steps_per_epoch = train_config.steps_per_epoch or max(1, math.ceil(written["train"] / batch_size))
-  eval_steps = max(1, math.ceil(written.get("eval", 0) / batch_size)) if written.get("eval") else 0
-  logging.info("Training %s: %d train / %d eval examples, batch %d, %d epochs x %d steps",
-               config.model.name, written["train"], written.get("eval", 0), batch_size,
-               train_config.epochs, steps_per_epoch)
+  validation_steps = _steps(plan.validation_examples, batch_size)
+  eval_steps = _steps(plan.eval_examples, batch_size)
+  save_freq = train_config.checkpoint_every_steps or "epoch"
+  backup_dir = os.path.join(model_dir, BACKUP_DIR)
+  start_step = resume_step(backup_dir, steps_per_epoch, save_freq)
+  logging.info("Training %s: %d train / %d validation / %d eval examples, batch %d, "
+               "%d epochs x %d steps, input from step %d", config.model.name,
+               plan.train_examples, plan.validation_examples, plan.eval_examples,
+               batch_size, train_config.epochs, steps_per_epoch, start_step)
 
   # TPUs need static shapes: every batch full (the repeated dataset loses nothing).
   drop_remainder = strategy_lib.needs_static_shapes(strategy)
-  train_input = _dataset_creator(data_dir, "train", spec, label_names, batch_size, True,
-                                 train_config, drop_remainder)
-  eval_input = (_dataset_creator(data_dir, "eval", spec, label_names, batch_size, False,
-                                 train_config, drop_remainder) if eval_steps else None)
+  train_pattern = data.split_pattern(data_dir, "train")
+  creator = functools.partial(_dataset_creator, spec=spec, label_names=label_names,
+                              batch_size=batch_size, train_config=train_config,
+                              drop_remainder=drop_remainder)
+  train_input = creator(train_pattern, training=True,
+                        keep=plan.validation.is_train if plan.validation else None,
+                        record_limits=plan.train_report.record_limits, skip_steps=start_step)
+  validation_input = (creator(train_pattern, training=False,
+                              keep=plan.validation.is_validation,
+                              record_limits=plan.train_report.record_limits)
+                      if plan.validation else None)
+  eval_input = (creator(data.split_pattern(data_dir, "eval"), training=False,
+                        record_limits=plan.eval_report.record_limits)
+                if eval_steps else None)
+
   throughput = ThroughputLogger(batch_size, every_steps=max(1, steps_per_epoch // 4))
   steps = StepRecorder()
   callbacks = [
-      tf_keras.callbacks.BackupAndRestore(
-          backup_dir=os.path.join(model_dir, "backup"),
-          save_freq=train_config.checkpoint_every_steps or "epoch",
-          delete_checkpoint=False),
+      tf_keras.callbacks.BackupAndRestore(backup_dir=backup_dir, save_freq=save_freq,
+                                          delete_checkpoint=False),
       steps,  # after BackupAndRestore, so it sees the restored step
       tf_keras.callbacks.TensorBoard(log_dir=os.path.join(model_dir, "logs"),
                                      update_freq=max(1, steps_per_epoch // 4)),
       throughput,
   ]
+  epochs = train_config.epochs
+  stopper = None
+  if plan.validation:
+    best_dir = os.path.join(model_dir, BEST_DIR)
+    stopper = early_stopping.ResumableEarlyStopping(
+        best_dir, patience=train_config.early_stopping_patience,
+        restore_best_weights=train_config.restore_best_weights,
+        write=strategy_lib.is_chief())
+    callbacks.append(stopper)
+    stopped = early_stopping.read_state(best_dir)["stopped_epoch"]
+    if stopped is not None:  # a re-run of a finished, early-stopped run: train no further
+      epochs = min(epochs, stopped + 1)
   start = time.time()
-  history = model.fit(train_input, epochs=train_config.epochs, steps_per_epoch=steps_per_epoch,
-                      validation_data=eval_input, validation_steps=eval_steps or None,
+  history = model.fit(train_input, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      validation_data=validation_input,
+                      validation_steps=validation_steps or None,
                       callbacks=callbacks, verbose=2)
   train_seconds = time.time() - start
 
-  eval_metrics = {}
-  if eval_input is not None:
-    eval_metrics = model.evaluate(eval_input, steps=eval_steps, return_dict=True, verbose=0)
+  def evaluate(dataset, steps_count):
+    results = model.evaluate(dataset, steps=steps_count, return_dict=True, verbose=0)
+    return {k: float(v) for k, v in results.items()}
+
+  eval_metrics = evaluate(eval_input, eval_steps) if eval_input is not None else {}
   metrics = {
       "model": config.model.name,
       "config": config.source,
-      "train_examples": written["train"],
-      "eval_examples": written.get("eval", 0),
+      "train_examples": plan.train_examples,
+      "validation_examples": plan.validation_examples,
+      "eval_examples": plan.eval_examples,
       "epochs": train_config.epochs,
       "steps_per_epoch": steps_per_epoch,
       "initial_step": steps.initial_step,
@@ -234,9 +385,32 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
       "num_replicas": strategy.num_replicas_in_sync,
       "train_seconds": round(train_seconds, 2),
       "examples_per_second": round(throughput.examples_per_second, 1),
+      "lr_schedule": train_config.lr_schedule,
       "last_epoch": {k: float(v[-1]) for k, v in history.history.items()},
-      "eval": {k: float(v) for k, v in eval_metrics.items()},
+      "eval": eval_metrics,
+      "input": {"train": plan.train_report.summary(),
+                "eval": plan.eval_report.summary() if plan.eval_report else None,
+                "skip_corrupt_records": skip_corrupt_records},
   }
+  if stopper is not None:
+    metrics.update({
+        "validation": evaluate(validation_input, validation_steps),
+        "validation_from": train_config.validation_from,
+        "validation_fraction": train_config.validation_fraction,
+        # Epochs counted from 1, as Keras prints them.
+        "best_epoch": None if stopper.best_epoch is None else stopper.best_epoch + 1,
+        "stopped_epoch": None if stopper.stopped_epoch is None else stopper.stopped_epoch + 1,
+        "restored_best_weights": train_config.restore_best_weights,
+        "validation_history": [{"epoch": epoch + 1, "val_loss": loss}
+                               for epoch, loss in sorted(stopper.history.items())],
+    })
+  corrupt = [shard for report in (plan.train_report, plan.eval_report) if report
+             for shard in report.corrupt]
+  if corrupt:
+    logging.warning("Trained with --skip_corrupt_records: %d corrupt shard(s) read up to "
+                    "their error: %s", len(corrupt),
+                    "; ".join(f"{s.path} ({s.records} records kept, offset {s.offset})"
+                              for s in corrupt))
   export_dir = None
   is_chief = strategy_lib.is_chief()
   if export:
@@ -257,4 +431,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
     with tf.io.gfile.GFile(os.path.join(model_dir, "metrics.json"), "w") as f:
       json.dump(metrics, f, indent=1)
     logging.info("Eval metrics: %s", json.dumps(metrics["eval"], sort_keys=True))
+    if "validation" in metrics:
+      logging.info("Validation metrics (best epoch %s): %s", metrics["best_epoch"],
+                   json.dumps(metrics["validation"], sort_keys=True))
   return TrainResult(model=model, export_dir=export_dir, metrics=metrics)
