@@ -28,6 +28,7 @@ from configs import config as config_lib
 from evaluation import report
 from evaluation import scoring
 from features import spec as spec_lib
+from serving import versions
 from training import data
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,23 +45,12 @@ def resolve_config_path(path: str) -> str:
 
 
 def resolve_saved_model(path: str) -> str:
-  """A SavedModel directory from itself, an export base or a MODEL_DIR.
+  """A complete SavedModel version dir from itself, an export base or a MODEL_DIR.
 
-  Accepts MODEL_DIR/export/<version> (the SavedModel), MODEL_DIR/export (its newest
-  numeric version) or MODEL_DIR (MODEL_DIR/export's newest version).
+  The newest complete version is used; incomplete ones are skipped with a warning
+  (serving.versions.resolve_saved_model, shared with pipeline.predict).
   """
-  path = path.rstrip("/")
-  if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-    return path
-  for base in (path, os.path.join(path, "export")):
-    if tf.io.gfile.isdir(base):
-      versions = [name.rstrip("/") for name in tf.io.gfile.listdir(base)
-                  if name.rstrip("/").isdigit()
-                  and tf.io.gfile.exists(os.path.join(base, name.rstrip("/"), "saved_model.pb"))]
-      if versions:
-        return os.path.join(base, max(versions, key=int))
-  raise FileNotFoundError(f"{path}: no saved_model.pb here nor in a numeric version "
-                          f"directory of it or of its export/")
+  return versions.resolve_saved_model(path)
 
 
 def default_output_path(saved_model_dir: str, split: str) -> str:

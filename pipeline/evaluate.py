@@ -22,7 +22,8 @@ from evaluation import runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "SavedModel directory (MODEL_DIR/export/<version>), "
-                    "or an export base / MODEL_DIR (its newest version is used).",
+                    "or an export base / MODEL_DIR (its newest complete version is used; "
+                    "incomplete ones are skipped with a warning).",
                     required=True)
 flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess.", required=True)
 flags.DEFINE_string("split", "eval", "Split to score: DATA/<split>/<split>-*.tfrecord.gz.")

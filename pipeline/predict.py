@@ -20,27 +20,21 @@ from absl import logging
 import tensorflow as tf
 
 from serving import predictor
-from training import export as export_lib
+from serving import versions
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("saved_model", None, "An export version directory, or an export base "
-                    "(the newest version is used).", required=True)
+flags.DEFINE_string("saved_model", None, "An export version directory, or an export base / "
+                    "MODEL_DIR (its newest complete version is used; incomplete ones are "
+                    "skipped with a warning).", required=True)
 flags.DEFINE_string("input", None, "JSON Lines file of raw impression records.", required=True)
 flags.DEFINE_string("output", None, "JSON Lines file to write (one line per input record).",
                     required=True)
 flags.DEFINE_integer("batch_size", 512, "Records per SavedModel call.")
 
 
-def resolve_saved_model(path: str) -> str:
-  """An export version dir as given, or the newest version under an export base."""
-  if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-    return path
-  return export_lib.latest_export(path)
-
-
 def main(argv):
   del argv
-  model = predictor.Predictor(resolve_saved_model(FLAGS.saved_model), FLAGS.batch_size)
+  model = predictor.Predictor(versions.resolve_saved_model(FLAGS.saved_model), FLAGS.batch_size)
   scored = errors = 0
   with tf.io.gfile.GFile(FLAGS.output, "w") as out:
     for result in model.score(predictor.read_jsonl(FLAGS.input)):

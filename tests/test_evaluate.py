@@ -103,8 +103,11 @@ def world(tmp_path_factory):
 
   model_dir = root / "model"
   module = TinyRanker()
-  tf.saved_model.save(module, str(model_dir / "export" / VERSION),
-                      signatures={"serving_default": module.serve})
+  export_dir = model_dir / "export" / VERSION
+  tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
+  os.makedirs(export_dir / "assets.extra")  # as training.export writes it: a complete version
+  with open(export_dir / "assets.extra" / "feature_spec.yaml", "w") as f:
+    yaml.safe_dump({"features": SPEC_ENTRIES}, f)
   return {"data": str(data_dir), "raw": str(raw_dir), "model": str(model_dir),
           "export": str(model_dir / "export" / VERSION), "ids": ids, "users": users,
           "price": price, "num_categories": num_categories, "truth": truth,

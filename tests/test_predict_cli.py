@@ -2,14 +2,18 @@
 
 Bad input lines (not JSON, not an object, a wrong dtype) get a per-record error naming
 the field; every other record is still scored, one output line per input line, in order.
+An export base resolves to its newest complete version (serving/versions.py).
 """
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from benchmarks import common
 from tests import test_serving
@@ -23,7 +27,7 @@ def export_dir(tmp_path_factory):
   return common.ensure_model(workdir, common.ensure_data(workdir, test_serving.IMPRESSIONS))
 
 
-def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2):
+def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2, stderr: bool = False):
   input_path = tmp_path / "in.jsonl"
   output_path = tmp_path / "out.jsonl"
   input_path.write_text("\n".join(lines) + "\n")
@@ -34,7 +38,8 @@ def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2):
       cwd=common.REPO_ROOT, env=dict(os.environ, PYTHONPATH=common.REPO_ROOT),
       capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return [json.loads(line) for line in output_path.read_text().splitlines()]
+  scored = [json.loads(line) for line in output_path.read_text().splitlines()]
+  return (scored, proc.stderr) if stderr else scored
 
 
 def test_bad_records_get_errors_and_the_others_are_scored(export_dir, tmp_path):
@@ -64,9 +69,36 @@ def test_bad_records_get_errors_and_the_others_are_scored(export_dir, tmp_path):
   assert out[2]["record"]["user_age"] == "thirty"
 
 
-def test_export_base_resolves_to_the_newest_version(export_dir, tmp_path):
-  export_base = os.path.dirname(export_dir)
+class _ConstantScorer(tf.Module):
+  """serving_default(examples) -> ctr, cvr, ctcvr of 0.5, 0.5, 0.25: an older, other model."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  def serve(self, examples):
+    half = tf.fill(tf.shape(examples), 0.5)
+    return {"ctr": half, "cvr": half, "ctcvr": half * half}
+
+
+def test_export_base_resolves_to_the_newest_complete_version(export_dir, tmp_path):
+  """Base: an older other model, the trained one, a newer empty dir, a newer without variables."""
+  newest = int(os.path.basename(export_dir))
+  base = tmp_path / "export"
+  shutil.copytree(export_dir, base / str(newest))
+  older = base / str(newest - 5)
+  module = _ConstantScorer()
+  tf.saved_model.save(module, str(older), signatures={"serving_default": module.serve})
+  shutil.copytree(os.path.join(export_dir, "assets.extra"), older / "assets.extra")
+  os.makedirs(base / str(newest + 1))  # a half-finished copy
+  shutil.copytree(export_dir, base / str(newest + 2),
+                  ignore=lambda directory, names: ["variables"] if "variables" in names else [])
+
   lines = [json.dumps(test_serving.A_RECORD)]
-  by_base = _predict(export_base, lines, tmp_path)
+  by_base, stderr = _predict(str(base), lines, tmp_path, stderr=True)
   by_version = _predict(export_dir, lines, tmp_path)
+  by_older = _predict(str(older), lines, tmp_path)
   assert by_base == by_version
+  assert by_older[0]["predictions"] == {"ctr": 0.5, "cvr": 0.5, "ctcvr": 0.25}
+  assert by_base[0]["predictions"]["ctr"] != 0.5
+  for version, lacks in ((newest + 1, "saved_model.pb"),
+                         (newest + 2, "variables/variables.index")):
+    assert re.search(rf"incomplete SavedModel version {base}/{version}: lacks [^\n]*{lacks}",
+                     stderr), stderr[-3000:]
