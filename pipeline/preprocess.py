@@ -4,8 +4,8 @@
       --events 'logs/events/*.jsonl.gz' --output runs/demo/data \
       [--config configs/esmm.yaml] [--eval_from 2026-01-08] \
       [--schema runs/demo/data/schema/schema.pbtxt --fail_on_anomalies] \
-      [Beam options: --direct_num_workers 2 --direct_running_mode multi_processing |
-       --runner DataflowRunner --project P --region R --temp_location gs://... \
+      [--local_workers 0 (every core of this machine) |
+       Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \
        --setup_file ./setup.py]
 
   python -m pipeline.preprocess --source ali_ccp --config configs/ali_ccp.yaml \
@@ -45,6 +45,7 @@ import configs
 from configs import config as config_lib
 from features import spec as spec_lib
 from features import success_marker
+from transforms import beam_compat
 from transforms import derived_sources
 from transforms import outputs as outputs_lib
 from transforms import preprocess_job
@@ -118,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
   parser.add_argument("--fail_on_anomalies", action="store_true",
                       help="With --schema: exit non-zero when a split has anomalies.")
+  parser.add_argument("--local_workers", type=int, default=None,
+                      help="Run on this machine with N worker processes (DirectRunner "
+                           "--direct_running_mode multi_processing; 0 = one per core, 1 = "
+                           "one in-memory worker). Applies transforms/beam_compat.py's fix "
+                           "for Beam's data-loss race in that mode (docs/SCALING.md 2.1).")
   return parser
 
 
@@ -129,7 +135,33 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
   args, beam_args = _parser().parse_known_args(argv)
   if args.config is None:
     args.config = DEFAULT_CONFIGS[args.source]
+  if args.local_workers is not None:
+    beam_args = beam_args + local_workers_options(args.local_workers, beam_args)
   return args, beam_args
+
+
+def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
+  """The DirectRunner options `--local_workers N` stands for.
+
+  Raises:
+    preprocess_job.PreprocessError: N < 0, or the options it sets are also given.
+  """
+  if workers < 0:
+    raise preprocess_job.PreprocessError(f"--local_workers {workers}: must be >= 0 "
+                                         f"(0 = one worker process per core)")
+  clashes = [arg for arg in beam_args if arg.split("=")[0] in (
+      "--direct_num_workers", "--direct_running_mode")]
+  if clashes:
+    raise preprocess_job.PreprocessError(f"--local_workers sets the DirectRunner's worker "
+                                         f"options itself; drop {clashes}")
+  runner = PipelineOptions(list(beam_args)).view_as(
+      beam.options.pipeline_options.StandardOptions).runner
+  if runner not in beam_compat.DIRECT_RUNNERS:
+    raise preprocess_job.PreprocessError(f"--local_workers runs on this machine "
+                                         f"(DirectRunner); it cannot be used with --runner "
+                                         f"{runner}")
+  mode = "in_memory" if workers == 1 else "multi_processing"
+  return [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
 
 
 def _check_inputs_exist(patterns: Sequence[str], flag: str) -> None:
@@ -223,14 +255,16 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                ", train/eval by file")
 
   options = PipelineOptions(pipeline_args)
-  direct = options.view_as(beam.options.pipeline_options.DirectOptions)
-  if (direct.direct_running_mode == "multi_processing"
-      and (direct.direct_num_workers or 1) > 1):
-    logging.warning(
-        "DirectRunner with %d worker processes lost records on 1M impressions in our "
-        "benchmark (docs/SCALING.md 2.1); the accounting check below fails the job if it "
-        "happens. Prefer it for small jobs and a real runner for large ones.",
-        direct.direct_num_workers)
+  try:
+    mode = beam_compat.prepare_local_parallelism(options)
+  except beam_compat.UnsupportedBeamModeError as e:
+    raise preprocess_job.PreprocessError(str(e)) from e
+  if mode:
+    logging.info(
+        "DirectRunner %s with %s workers: Beam's timed-flush data-loss race is fixed for "
+        "this run (transforms/beam_compat.py, docs/SCALING.md 2.1); the accounting check "
+        "below still fails the job if any record is lost.", mode,
+        options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers)
   start = time.time()
   pipeline = beam.Pipeline(options=options)
   _ = pipeline | "Preprocess" >> transform

@@ -56,6 +56,43 @@ def _write_logs(directory, eval_device=None):
   return os.path.join(directory, "impressions-*"), os.path.join(directory, "events.jsonl")
 
 
+def _expected_labels(directory, eval_from):
+  """split -> label -> positives, from the raw files of `_write_logs`, without the job.
+
+  Plain Python over the written JSONL.gz, Parquet and JSONL files and the rules of
+  transforms.testing.LABELS: a label is 1 when its event follows the impression within
+  the attribution window (1 day) and, after a click (purchase), follows a click.
+  """
+  import gzip  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  with gzip.open(os.path.join(directory, "impressions-0.jsonl.gz"), "rt") as f:
+    impressions = [json.loads(line) for line in f if line.strip()]
+  impressions += pq.read_table(os.path.join(directory, "impressions-1.parquet")).to_pylist()
+  with open(os.path.join(directory, "events.jsonl")) as f:
+    events = [json.loads(line) for line in f if line.strip()]
+  label_of = {event_type: label["name"] for label in testing.LABELS
+              for event_type in label["events"]}
+  by_impression = {}
+  for event in events:
+    by_impression.setdefault(event["impression_id"], []).append(event)
+  expected = {split: dict.fromkeys(testing.LABEL_NAMES, 0) for split in outputs_lib.SPLITS}
+  for impression in impressions:
+    split = "eval" if impression["timestamp"] >= eval_from else "train"
+    labels, clicked_at = set(), None
+    for event in sorted(by_impression.get(impression["impression_id"], []),
+                        key=lambda e: e["timestamp"]):
+      if not 0 <= event["timestamp"] - impression["timestamp"] <= DAY:
+        continue
+      if event["event"] == "click":
+        clicked_at = event["timestamp"] if clicked_at is None else clicked_at
+      elif clicked_at is None:
+        continue
+      labels.add(label_of[event["event"]])
+    for name in labels:
+      expected[split][name] += 1
+  return expected
+
+
 def _argv(impressions, events, output, config, *extra):
   return ["--impressions", impressions, "--events", events, "--output", output,
           "--config", config, *extra]
@@ -76,14 +113,17 @@ def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, monkeypatch):
   assert counts == json.load(open(paths.counts))
 
   spec = testing.small_spec()
+  expected_labels = _expected_labels(str(tmp_path / "logs"), T0 + 2 * DAY)
+  assert expected_labels["train"]["click"] == 40 and expected_labels["eval"]["purchase"] == 10
   for split in outputs_lib.SPLITS:
     files = sorted(glob.glob(paths.examples_pattern(split)))
     assert len(files) == {"train": 2, "eval": 1}[split]
     decoded = [example_codec.example_to_dict(raw.numpy(), spec, testing.LABEL_NAMES)
                for raw in tf.data.TFRecordDataset(files, compression_type="GZIP")]
     assert len(decoded) == counts["impressions"]["written"][split]
-    assert sum(d["click"] for d in decoded) == counts["labels"][split]["click"]
-    assert sum(d["purchase"] for d in decoded) == counts["labels"][split]["purchase"]
+    for name in testing.LABEL_NAMES:  # Examples and counts.json against the raw files.
+      assert sum(d[name] for d in decoded) == expected_labels[split][name], (split, name)
+    assert counts["labels"][split] == expected_labels[split]
     assert all((d["timestamp"] < T0 + 2 * DAY) == (split == "train") for d in decoded)
     assert os.path.exists(paths.stats(split))
   assert os.path.exists(paths.schema) and result["schema"] == paths.schema

@@ -1,0 +1,172 @@
+"""A version-checked fix for a data-loss race in Beam's local multi-process runner.
+
+Flow position: pipeline.preprocess calls `prepare_local_parallelism(options)` before it
+builds the pipeline; nothing else in the job touches Beam internals.
+
+The race (apache_beam 2.61.0, runners/worker/data_plane.py; docs/SCALING.md 2.1):
+`TimeBasedBufferingClosableOutputStream` buffers a data stream and a `PeriodicThread`
+flushes it every `time_flush_threshold_ms` with `flush_callback(self.get())` then
+`self._clear()`, under `self._flush_lock`. `write()` (and the other `write_*` methods,
+inherited from the Cython `OutputStream`) take no lock, so bytes another thread writes
+between `get()` and `_clear()` are neither sent nor kept: they vanish without an error.
+
+Who has such a stream (a stream with a time limit > 0):
+  * the FnApiRunner's side of every gRPC worker (`worker_handlers.GrpcServer` builds
+    `BeamFnDataServicer(DATA_BUFFER_TIME_LIMIT_MS)`, 1000 ms): the runner -> worker input
+    of every bundle, with DirectRunner `direct_running_mode` `multi_processing` or
+    `multi_threading` (any `direct_num_workers`);
+  * the SDK harness's worker -> runner outputs when the harness gets a time limit: the
+    in-process harness of `multi_threading` (`EmbeddedGrpcWorkerHandler`, 1000 ms), or any
+    harness started with `--experiments=data_buffer_time_limit_ms=N` (sdk_worker_main;
+    default 0, size-based flushing only, which has no thread and no race).
+`in_memory` mode uses `InMemoryDataChannel` without a time limit: not affected.
+
+The fix: `write`, every `write_*` and `close` hold the stream's flush lock (made
+re-entrant, because the Cython `write` calls `write_var_int64`, which dispatches to the
+overriding Python method). It is applied in this process, which is where the runner's
+streams and `multi_threading`'s harness live; `multi_processing` workers are separate
+processes whose streams have no time limit unless the experiment above is given, which
+`prepare_local_parallelism` refuses. The patch replaces methods of one class whose code
+it has been checked against, so it refuses any other Beam version (`CHECKED_VERSION`).
+"""
+
+import threading
+from typing import Optional
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.options import pipeline_options
+from apache_beam.runners.worker import data_plane
+
+CHECKED_VERSION = "2.61.0"
+LOCAL_PARALLEL_MODES = ("multi_processing", "multi_threading")
+DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner",
+                  "FnApiRunner")
+TIME_LIMIT_EXPERIMENT = "data_buffer_time_limit_ms"
+_WRITE_METHODS = ("write", "write_byte", "write_var_int64", "write_bigendian_int64",
+                  "write_bigendian_uint64", "write_bigendian_int32", "write_bigendian_int16",
+                  "write_bigendian_double", "write_bigendian_float")
+
+_STREAM = data_plane.TimeBasedBufferingClosableOutputStream
+_ORIGINALS = {name: _STREAM.__dict__[name] for name in ("__init__", "close")
+              if name in _STREAM.__dict__}
+_PATCH_LOCK = threading.Lock()
+
+
+class UnsupportedBeamModeError(RuntimeError):
+  """A local multi-process/-thread run on a Beam version the fix was not checked against."""
+
+
+def _locked_init(self, close_callback=None, flush_callback=None,
+                 size_flush_threshold=data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD,  # pylint: disable=protected-access
+                 time_flush_threshold_ms=data_plane._DEFAULT_TIME_FLUSH_THRESHOLD_MS):  # pylint: disable=protected-access
+  # 2.61.0's __init__ with one change: the flush lock is re-entrant and exists before
+  # the periodic flusher starts.
+  data_plane.SizeBasedBufferingClosableOutputStream.__init__(
+      self, close_callback, flush_callback, size_flush_threshold)
+  assert time_flush_threshold_ms > 0
+  self._time_flush_threshold_ms = time_flush_threshold_ms
+  self._flush_lock = threading.RLock()
+  self._schedule_lock = threading.Lock()
+  self._closed = False
+  self._schedule_periodic_flush()
+
+
+def _locked_close(self):
+  # 2.61.0's close, whose final get() now excludes a concurrent flush. The schedule
+  # lock is released before the flush lock is taken (the flusher takes them in the
+  # other order), so the two cannot deadlock.
+  with self._schedule_lock:
+    self._closed = True
+    if self._periodic_flusher:
+      self._periodic_flusher.cancel()
+      self._periodic_flusher = None
+  with self._flush_lock:
+    data_plane.ClosableOutputStream.close(self)
+
+
+def _locked(name):
+  unlocked = getattr(data_plane.OutputStream, name)
+
+  def write(self, *args):
+    with self._flush_lock:
+      return unlocked(self, *args)
+
+  write.__name__ = name
+  write.__doc__ = f"OutputStream.{name} under the flush lock (transforms/beam_compat.py)."
+  return write
+
+
+def is_fix_applied() -> bool:
+  return _STREAM.__init__ is _locked_init
+
+
+def apply_fix() -> None:
+  """Patches the stream class in this process (idempotent).
+
+  Raises:
+    UnsupportedBeamModeError: apache_beam is not CHECKED_VERSION.
+  """
+  if beam.__version__ != CHECKED_VERSION:
+    raise UnsupportedBeamModeError(
+        f"apache_beam {beam.__version__}: DirectRunner's multi_processing/multi_threading "
+        f"modes lose records in Beam {CHECKED_VERSION} (docs/SCALING.md 2.1) and the fix in "
+        f"transforms/beam_compat.py was checked against {CHECKED_VERSION} only. Run without "
+        f"--local_workers / --direct_running_mode (in_memory, one core), or check "
+        f"apache_beam/runners/worker/data_plane.py of {beam.__version__} and update "
+        f"CHECKED_VERSION.")
+  with _PATCH_LOCK:
+    if is_fix_applied():
+      return
+    _STREAM.__init__ = _locked_init
+    _STREAM.close = _locked_close
+    for name in _WRITE_METHODS:
+      setattr(_STREAM, name, _locked(name))
+  logging.info("Applied the data_plane flush-lock fix (transforms/beam_compat.py) for "
+               "apache_beam %s", beam.__version__)
+
+
+def remove_fix() -> None:
+  """Restores the class as Beam ships it (for tests that show the race)."""
+  with _PATCH_LOCK:
+    for name in _WRITE_METHODS:
+      if name in _STREAM.__dict__:
+        delattr(_STREAM, name)
+    for name, original in _ORIGINALS.items():
+      setattr(_STREAM, name, original)
+
+
+def local_parallel_mode(options: pipeline_options.PipelineOptions) -> Optional[str]:
+  """"multi_processing" / "multi_threading" when `options` run one, else None."""
+  runner = options.view_as(pipeline_options.StandardOptions).runner
+  runner_name = runner if runner is None or isinstance(runner, str) else type(runner).__name__
+  mode = options.view_as(pipeline_options.DirectOptions).direct_running_mode
+  if runner_name in DIRECT_RUNNERS and mode in LOCAL_PARALLEL_MODES:
+    return mode
+  return None
+
+
+def prepare_local_parallelism(options: pipeline_options.PipelineOptions) -> Optional[str]:
+  """Applies the fix when `options` run a local multi-process/-thread DirectRunner.
+
+  Returns:
+    The running mode the fix was applied for, or None (nothing to do; the default path
+    is not touched).
+
+  Raises:
+    UnsupportedBeamModeError: such a mode on a Beam version other than CHECKED_VERSION,
+      or with the `data_buffer_time_limit_ms` experiment (the workers' own output streams
+      would then be timed, in processes this fix does not reach).
+  """
+  mode = local_parallel_mode(options)
+  if mode is None:
+    return None
+  experiments = options.view_as(pipeline_options.DebugOptions).experiments or []
+  timed = [e for e in experiments if e.startswith(TIME_LIMIT_EXPERIMENT + "=")]
+  if timed and mode == "multi_processing":
+    raise UnsupportedBeamModeError(
+        f"--experiments {timed[0]} gives the worker processes time-flushed output streams, "
+        f"which lose data (docs/SCALING.md 2.1) and which transforms/beam_compat.py cannot "
+        f"patch from the runner process; drop the experiment.")
+  apply_fix()
+  return mode
