@@ -3,7 +3,8 @@
 Each model (esm2, esmc, esms, esmg, hm3, and ESMM on the MMoE and PLE bottoms) is built
 on the small spec of tests/test_esmm.py with all four labels (click, micro, action,
 purchase) and checked for: outputs float32 [batch, 1] in (0, 1); ctcvr == ctr * cvr;
-ctavr <= ctr; a scorer get_config round trip; a SavedModel round trip through
+every output equal to the paper's formula (numpy) of known tower logits (also for esmm
+and naive); a scorer get_config round trip; a SavedModel round trip through
 training.export.export_saved_model; a short fit that lowers the loss. The helpers
 (`zoo_config`, `build_zoo`, `make_labelled_batch`) are shared with the per-model tests.
 """
@@ -87,9 +88,104 @@ def test_outputs_are_probabilities_with_the_entire_space_identities(key, tmp_pat
     assert value.shape == (200, 1) and value.dtype == np.float32, name
     assert np.all(value > 0.0) and np.all(value < 1.0), name
   np.testing.assert_allclose(outputs["ctcvr"], outputs["ctr"] * outputs["cvr"], rtol=1e-6)
-  assert np.all(outputs["ctcvr"] <= outputs["ctr"])
-  if "ctavr" in outputs:
-    assert np.all(outputs["ctavr"] <= outputs["ctr"])
+
+
+def sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
+# Chosen tower logits: distinct, so a head wired to the wrong tower or formula differs.
+TOWER_LOGITS = {
+    "ctr": -0.4, "cvr": -1.3, "action": 0.6, "purchase_given_action": 1.1,
+    "purchase_given_no_action": -2.2, "micro": 0.3, "macro_given_micro": 0.9,
+    "macro_given_no_micro": -1.7, "purchase_given_macro": 1.4,
+    "purchase_given_no_macro": -2.6,
+}
+
+
+def _entire_space(y1, cvr, **conditionals):
+  return dict(ctr=y1, cvr=cvr, ctcvr=y1 * cvr, **conditionals)
+
+
+def _esm2(s):
+  y1, y2, y3, y4 = (s["ctr"], s["action"], s["purchase_given_action"],
+                    s["purchase_given_no_action"])
+  return _entire_space(y1, y2 * y3 + (1 - y2) * y4, ctavr=y1 * y2, p_action_given_click=y2,
+                       p_purchase_given_action=y3, p_purchase_given_no_action=y4)
+
+
+def _esmc(s, cvr_tower="cvr"):
+  y1, y2, y3 = s["ctr"], s["action"], s["purchase_given_action"]
+  return _entire_space(y1, s[cvr_tower], ctavr=y1 * y2, p_action_given_click=y2,
+                       p_purchase_given_action=y3)
+
+
+def _esmg(s):
+  y1, y2 = s["ctr"], s["action"]
+  return _entire_space(y1, s["cvr"], ctavr=y1 * y2, p_action_given_click=y2)
+
+
+def _hm3(s):
+  y1, y2, y3, y4, y5, y6 = (s[name] for name in (
+      "ctr", "micro", "macro_given_micro", "macro_given_no_micro", "purchase_given_macro",
+      "purchase_given_no_macro"))
+  macro = y2 * y3 + (1 - y2) * y4
+  return _entire_space(y1, macro * y5 + (1 - macro) * y6, ctmicro=y1 * y2,
+                       ctmacro=y1 * macro, ctavr=y1 * macro, p_micro_given_click=y2,
+                       p_macro_given_micro=y3, p_macro_given_no_micro=y4,
+                       p_action_given_click=macro, p_purchase_given_macro=y5,
+                       p_purchase_given_no_macro=y6)
+
+
+def _esmm(s):
+  return _entire_space(s["ctr"], s["cvr"])
+
+
+# name -> (its towers, numpy formulas: tower sigmoids -> every scorer output), from
+# docs/MODELS.md. ESMS runs one tower for the cvr and purchase_given_action paths.
+ORACLES = {
+    "esm2": (("ctr", "action", "purchase_given_action", "purchase_given_no_action"), _esm2),
+    "esmc": (("ctr", "action", "cvr", "purchase_given_action"), _esmc),
+    "esms": (("ctr", "action", "purchase_given_action"),
+             lambda s: _esmc(s, cvr_tower="purchase_given_action")),
+    "esmg": (("ctr", "action", "cvr"), _esmg),
+    "hm3": (("ctr", "micro", "macro_given_micro", "macro_given_no_micro",
+             "purchase_given_macro", "purchase_given_no_macro"), _hm3),
+    "esmm": (("ctr", "cvr"), _esmm),
+    "naive": (("ctr", "cvr"), _esmm),
+}
+ORACLES["esmm_mmoe"] = ORACLES["esmm_ple"] = ORACLES["esmm"]
+
+
+def fix_tower_logits(model, logits):
+  """Each named tower's logit layer: zero kernel, bias = logits[name] (then the tower's
+  logit is that bias for every input)."""
+  for name, value in logits.items():
+    layer = model.scorer.get_layer(f"{name}_tower").dense_layers[-1]
+    layer.kernel.assign(tf.zeros_like(layer.kernel))
+    layer.bias.assign(tf.fill(layer.bias.shape, value))
+
+
+def expected_outputs(key, logits=None):
+  """The numpy oracle's outputs (float64 scalars) of model `key` with fixed tower logits."""
+  towers, formulas = ORACLES[key]
+  logits = logits or TOWER_LOGITS
+  return formulas({name: sigmoid(logits[name]) for name in towers})
+
+
+@pytest.mark.parametrize("key", sorted(ORACLES))
+def test_heads_match_the_papers_formulas_on_known_tower_logits(key, tmp_path):
+  name, model = ZOO.get(key, (key, {}))
+  model = build_zoo(name, tmp_path, **model)
+  randomize(model, seed=1)  # hidden layers and bottoms random: the logits must not care
+  towers, _ = ORACLES[key]
+  fix_tower_logits(model, {tower: TOWER_LOGITS[tower] for tower in towers})
+  outputs = outputs_of(model, make_labelled_batch(20, seed=2)[0])
+  expected = expected_outputs(key)
+  assert set(outputs) == set(expected)
+  for output, value in expected.items():
+    np.testing.assert_allclose(outputs[output], np.full((20, 1), value), rtol=1e-5,
+                               err_msg=output)
 
 
 @pytest.mark.parametrize("key", sorted(ZOO))
