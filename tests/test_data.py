@@ -120,3 +120,61 @@ def test_check_labels_names_the_missing_label_and_the_directory(tmp_path):
   assert data.check_labels(str(tmp_path), ["click", "purchase"]) == ["click", "purchase"]
   with pytest.raises(ValueError, match=r"\['action'\].*" + str(tmp_path)):
     data.check_labels(str(tmp_path), ["click", "action"])
+
+
+def test_validation_split_by_date_partitions_the_train_split(pattern):
+  split = data.ValidationSplit(from_timestamp=1010)  # rows 10..12 of every file
+
+  def ids(keep):
+    return ids_of(data.make_dataset(pattern, SPEC, LABELS, batch_size=7, seed=2,
+                                    with_metadata=True, keep=keep))
+
+  train, validation = ids(split.is_train), ids(split.is_validation)
+  assert not set(train) & set(validation)
+  assert sorted(train + validation) == ALL_IDS
+  assert sorted(validation) == sorted(f"imp-{shard}-{row}" for shard in range(NUM_FILES)
+                                      for row in (10, 11, 12))
+
+
+def test_validation_split_by_hash_is_stable_and_near_its_fraction(tmp_path):
+  pattern = write_split(tmp_path, num_files=2, per_file=500)
+  split = data.ValidationSplit(fraction=0.2)
+
+  def ids(keep, seed):
+    return ids_of(data.make_dataset(pattern, SPEC, LABELS, batch_size=64, seed=seed,
+                                    with_metadata=True, keep=keep))
+
+  validation = ids(split.is_validation, 1)
+  train = ids(split.is_train, 1)
+  assert not set(train) & set(validation) and len(train) + len(validation) == 1000
+  assert 150 <= len(validation) <= 250  # 20% of 1000, binomial sd ~13
+  assert sorted(ids(split.is_validation, 9)) == sorted(validation)  # not seed-dependent
+  # FarmHash of the id, not Python's hash: these ids are validation on every machine.
+  buckets = tf.strings.to_hash_bucket_fast(sorted(validation)[:3], data.HASH_BUCKETS).numpy()
+  assert all(bucket < 0.2 * data.HASH_BUCKETS for bucket in buckets)
+
+
+def test_validation_split_needs_exactly_one_rule():
+  with pytest.raises(ValueError, match="exactly one"):
+    data.ValidationSplit()
+  with pytest.raises(ValueError, match="exactly one"):
+    data.ValidationSplit(from_timestamp=1, fraction=0.1)
+  with pytest.raises(ValueError, match=r"\(0, 1\)"):
+    data.ValidationSplit(fraction=1.0)
+
+
+def test_skip_steps_continues_the_seeded_stream_at_that_batch(pattern):
+  def stream(skip_steps=0, context=None, batches=20):
+    dataset = data.make_dataset(pattern, SPEC, LABELS, batch_size=6, seed=4, repeat=True,
+                                shuffle_buffer=25, with_metadata=True, skip_steps=skip_steps,
+                                input_context=context)
+    return [list(batch[2]["impression_id"].numpy()) for batch in dataset.take(batches)]
+
+  uninterrupted = stream(batches=20)
+  # Batches 12..19 cross the first pass over the data (52 records = 8.7 batches) twice.
+  assert stream(skip_steps=12, batches=8) == uninterrupted[12:]
+  # 2 replicas fed by 1 pipeline consume 2 of its batches per global step.
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  assert stream(skip_steps=3, context=context, batches=4) == stream(
+      context=context, batches=10)[6:10]

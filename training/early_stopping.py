@@ -9,11 +9,14 @@ writes, at every epoch end (chief only, atomically):
                           "stopped_epoch": e or null}   (epochs counted from 0)
   STATE_DIR/weights.npz  model.get_weights() of the best epoch (arrays arr_0, arr_1, ...)
 
-and reads them back in on_train_begin. The best epoch is the first with the lowest
-validation loss; training stops after `patience` epochs without a lower one. Re-running
-an epoch (a resume from a checkpoint taken inside it) overwrites its entry, and with a
-deterministic input order gives the same loss. At the end of training the best weights
-are restored (from memory when this process saw the best epoch, else from the file).
+and reads them back (`load`, or on_train_begin). The best epoch is the first with the
+lowest validation loss; training stops after `patience` epochs without a lower one.
+Re-running an epoch (a resume from a checkpoint taken inside it) overwrites its entry,
+and with a deterministic input order gives the same loss. A run killed between an
+epoch's last checkpoint and its validation resumes at the next epoch: the trainer then
+validates the restored weights first and `record`s them as that epoch's (see
+training.trainer). At the end of training the best weights are restored (from memory
+when this process saw the best epoch, else from the file).
 """
 
 import io
@@ -74,24 +77,35 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
     self.best_epoch: Optional[int] = None
     self.stopped_epoch: Optional[int] = None
     self._best_weights: Optional[List[np.ndarray]] = None
+    self._loaded = False
 
-  def on_train_begin(self, logs=None):
+  def load(self) -> None:
+    """Reads STATE_DIR/state.json (a resumed run's history, best and stopped epoch)."""
     state = read_state(self.state_dir)
     self.history = {int(epoch): float(loss) for epoch, loss in state["history"].items()}
     self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
     self._best_weights = None
+    self._loaded = True
     if self.history:
       logging.info("Early-stopping state from %s: best epoch %s of %s", self.state_dir,
                    self.best_epoch, sorted(self.history))
+
+  def on_train_begin(self, logs=None):
+    if not self._loaded:
+      self.load()
 
   def on_epoch_end(self, epoch, logs=None):
     logs = logs or {}
     if self.monitor not in logs:
       raise KeyError(f"early stopping monitors {self.monitor!r}, which the epoch's logs lack "
                      f"({sorted(logs)}): is there validation data?")
+    self.record(epoch, float(logs[self.monitor]))
+
+  def record(self, epoch: int, loss: float) -> None:
+    """Records the model's current weights as epoch `epoch`'s, with validation `loss`."""
     # Epochs after this one belong to an earlier attempt that this run is redoing.
-    self.history = {e: loss for e, loss in self.history.items() if e < epoch}
-    self.history[epoch] = float(logs[self.monitor])
+    self.history = {e: value for e, value in self.history.items() if e < epoch}
+    self.history[epoch] = float(loss)
     self.best_epoch = best_epoch_of(self.history)
     if self.best_epoch == epoch:
       self._best_weights = self.model.get_weights()
@@ -114,6 +128,7 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
                     json.dumps(state, indent=1).encode())
 
   def on_train_end(self, logs=None):
+    self._loaded = False  # a later fit reads the state again
     if not self.restore_best_weights or self.best_epoch is None:
       return
     weights = self._best_weights

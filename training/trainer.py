@@ -253,6 +253,29 @@ def _warmup_examples(data_dir: str, count: int = 8):
   return [record.numpy() for record in dataset]
 
 
+def _validate_skipped_epoch_end(model, stopper, backup_dir, start_step, steps_per_epoch,
+                                validation_input, validation_steps) -> None:
+  """Validates the epoch whose end a killed run checkpointed but did not validate.
+
+  A checkpoint taken at an epoch's last step is saved before that epoch's validation;
+  a run killed in between resumes at the next epoch, and Keras never validates the
+  finished one. Its weights are the checkpoint's: restore them (fit restores the same
+  values again) and record their validation loss, so early stopping sees every epoch.
+  """
+  if not start_step or start_step % steps_per_epoch:
+    return
+  epoch = start_step // steps_per_epoch - 1
+  if epoch in stopper.history:
+    return
+  latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  loss = model.evaluate(validation_input, steps=validation_steps, return_dict=True,
+                        verbose=0)["loss"]
+  logging.info("Validating epoch %d, checkpointed before its validation: loss %.5f",
+               epoch + 1, loss)
+  stopper.record(epoch, float(loss))
+
+
 def _steps(examples: int, batch_size: int) -> int:
   return max(1, math.ceil(examples / batch_size)) if examples else 0
 
@@ -357,9 +380,12 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
         restore_best_weights=train_config.restore_best_weights,
         write=strategy_lib.is_chief())
     callbacks.append(stopper)
-    stopped = early_stopping.read_state(best_dir)["stopped_epoch"]
-    if stopped is not None:  # a re-run of a finished, early-stopped run: train no further
-      epochs = min(epochs, stopped + 1)
+    stopper.set_model(model)
+    stopper.load()
+    _validate_skipped_epoch_end(model, stopper, backup_dir, start_step, steps_per_epoch,
+                                validation_input, validation_steps)
+    if stopper.stopped_epoch is not None:  # a re-run of an early-stopped run: no more
+      epochs = min(epochs, stopper.stopped_epoch + 1)
   start = time.time()
   history = model.fit(train_input, epochs=epochs, steps_per_epoch=steps_per_epoch,
                       validation_data=validation_input,
