@@ -116,6 +116,13 @@ def randomize(model, seed=0):
     variable.assign(rng.normal(0.0, 0.3, variable.shape).astype(np.float32))
 
 
+def numpy_bce(target, probability):
+  """Mean binary cross-entropy over all rows, in float64 (an oracle for the task losses)."""
+  p = np.asarray(probability, np.float64).reshape(-1)
+  t = np.asarray(target, np.float64).reshape(-1)
+  return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
+
+
 def _outputs(model, features):
   return {name: value.numpy() for name, value in model(features).items()}
 
@@ -154,13 +161,29 @@ def test_cvr_tower_learns_only_through_ctcvr(tmp_path):
 
 
 def test_loss_is_the_weighted_task_sum_plus_regularization_once(tmp_path):
-  model = build("esmm", tmp_path, l2=0.01, loss_weights={"ctcvr": 3.0})
-  batch = make_batch(64, seed=3)
+  """ESMM's losses from numpy: BCE(click, ctr) and BCE(click * purchase, ctcvr) over all
+  exposures, and l2 * sum ||tower kernel||^2 over the towers' Dense kernels."""
+  l2 = 0.01
+  model = build("esmm", tmp_path, l2=l2, loss_weights={"ctcvr": 3.0})
+  randomize(model, seed=8)
+  features, labels = batch = make_batch(64, seed=3)
+  outputs = _outputs(model, features)
+  click = labels["click"].numpy().astype(np.float64)
+  target = click * labels["purchase"].numpy()
+  assert 0 < target.sum() < click.sum() < len(click)
+  ctr_loss = numpy_bce(click, outputs["ctr"])
+  ctcvr_loss = numpy_bce(target, outputs["ctcvr"])
   losses = model.task_losses(batch)
-  regularization = model.regularization_loss().numpy()
+  np.testing.assert_allclose(losses["ctr"].numpy(), ctr_loss, rtol=1e-5)
+  np.testing.assert_allclose(losses["ctcvr"].numpy(), ctcvr_loss, rtol=1e-5)
+  regularization = l2 * sum(
+      float(np.sum(np.square(layer.kernel.numpy().astype(np.float64))))
+      for name in ("ctr_tower", "cvr_tower")
+      for layer in model.scorer.get_layer(name).dense_layers)
   assert regularization > 0
-  expected = losses["ctr"].numpy() + 3.0 * losses["ctcvr"].numpy() + regularization
-  np.testing.assert_allclose(model.compute_loss(batch).numpy(), expected, rtol=1e-6)
+  np.testing.assert_allclose(model.regularization_loss().numpy(), regularization, rtol=1e-5)
+  expected = ctr_loss + 3.0 * ctcvr_loss + regularization
+  np.testing.assert_allclose(model.compute_loss(batch).numpy(), expected, rtol=1e-5)
   model.compile(tf_keras.optimizers.Adam(0.01))
   logs = model.evaluate(tf.data.Dataset.from_tensors(batch), return_dict=True, verbose=0)
   np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)

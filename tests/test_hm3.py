@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import config as config_lib
-from tests.test_esmm import randomize
+from tests.test_esmm import numpy_bce, randomize
 from tests.test_model_zoo import LABELS, build_zoo, make_labelled_batch, outputs_of
 from training import data
 
@@ -29,12 +29,29 @@ def test_compositions_hold(tmp_path):
 
 
 def test_four_entire_space_losses(tmp_path):
+  """ctr, ctmicro, ctmacro, ctcvr: BCE over all exposures against click and its products."""
   model = build_zoo("hm3", tmp_path, loss_weights={"ctmicro": 0.5})
   assert model.task_loss_weights == {"ctr": 1.0, "ctcvr": 1.0, "cvr": 0.0, "ctmicro": 0.5,
                                      "ctmacro": 1.0}
   assert model.required_labels == {"click", "micro", "action", "purchase"}
-  spec = model.task_specs["ctmacro"]
-  assert spec.label_fn.names == ("click", "action") and spec.weight_fn is None
+  randomize(model, seed=5)
+  features, labels = batch = make_labelled_batch(256, seed=6)
+  o = outputs_of(model, features)
+  click, micro, action, purchase = (labels[name].numpy().astype(np.float64)
+                                    for name in ("click", "micro", "action", "purchase"))
+  assert click.sum() > 0 and (click * micro).sum() > 0 and (click * action).sum() > 0
+  expected = {
+      "ctr": numpy_bce(click, o["ctr"]),
+      "ctmicro": numpy_bce(click * micro, o["ctmicro"]),
+      "ctmacro": numpy_bce(click * action, o["ctmacro"]),
+      "ctcvr": numpy_bce(click * purchase, o["ctcvr"]),
+  }
+  losses = model.task_losses(batch)
+  for name, value in expected.items():
+    np.testing.assert_allclose(losses[name].numpy(), value, rtol=1e-5, err_msg=name)
+  total = expected["ctr"] + 0.5 * expected["ctmicro"] + expected["ctmacro"] + expected["ctcvr"]
+  assert float(model.regularization_loss()) == 0.0 and not model.parameter_ties
+  np.testing.assert_allclose(model.compute_loss(batch).numpy(), total, rtol=1e-5)
 
 
 def test_missing_micro_label_fails_naming_it(tmp_path):
