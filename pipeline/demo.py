@@ -28,7 +28,8 @@ flags.DEFINE_integer("seed", 7, "Seed of the simulated world and of training.")
 flags.DEFINE_float("corrupt_fraction", 0.001, "Share of corrupted log lines, to show the "
                    "dead-letter accounting.")
 flags.DEFINE_list("models", ["esmm", "naive"], "Configs (configs/<name>.yaml) to train.")
-flags.DEFINE_integer("beam_workers", 2, "DirectRunner worker processes.")
+flags.DEFINE_integer("beam_workers", 2, "pipeline.preprocess --local_workers: DirectRunner "
+                     "worker processes (0 = one per core).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +97,7 @@ def main(argv):
   _run("preprocess", "pipeline.preprocess",
        f"--impressions={raw}/impressions/*.jsonl.gz", f"--events={raw}/events/*.jsonl.gz",
        f"--output={data}", "--config=configs/esmm.yaml",
-       f"--direct_num_workers={FLAGS.beam_workers}", "--direct_running_mode=multi_processing")
+       f"--local_workers={FLAGS.beam_workers}")
   reports = {}
   for name in FLAGS.models:
     model_dir = os.path.join(workdir, "models", name)

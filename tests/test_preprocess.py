@@ -30,6 +30,21 @@ def test_flags_and_beam_options_are_split():
                                                                            "esmm.yaml"))
 
 
+def test_local_workers_stands_for_the_direct_runner_options():
+  base = ["--impressions", "i/*", "--events", "e/*", "--output", "out"]
+  _, beam_args = preprocess.parse_args(base + ["--local_workers", "4", "--save_main_session"])
+  assert beam_args == ["--save_main_session", "--direct_num_workers=4",
+                       "--direct_running_mode=multi_processing"]
+  _, beam_args = preprocess.parse_args(base + ["--local_workers=1"])
+  assert beam_args == ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+  with pytest.raises(preprocess_job.PreprocessError, match="drop.*--direct_num_workers"):
+    preprocess.parse_args(base + ["--local_workers=2", "--direct_num_workers=3"])
+  with pytest.raises(preprocess_job.PreprocessError, match="DataflowRunner"):
+    preprocess.parse_args(base + ["--local_workers=2", "--runner", "DataflowRunner"])
+  with pytest.raises(preprocess_job.PreprocessError, match=">= 0"):
+    preprocess.parse_args(base + ["--local_workers=-1"])
+
+
 def test_a_glob_matching_nothing_fails_before_the_pipeline(tmp_path):
   with pytest.raises(preprocess_job.PreprocessError, match="--events"):
     preprocess.run(["--impressions", __file__, "--events", str(tmp_path / "none*.jsonl"),
