@@ -30,7 +30,7 @@ from features import artifacts as artifacts_lib
 from features import spec as spec_lib
 from models import esmm
 from models import multitask
-from models.layers import probability
+from models.layers import heads
 
 PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
 
@@ -49,13 +49,13 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   action = graph.head("action", "p_action_given_click")
   buy_action = graph.head("purchase_given_action", "p_purchase_given_action")
   buy_no_action = graph.head("purchase_given_no_action", "p_purchase_given_no_action")
-  cvr = probability.ProbabilityMixture(name="cvr")([action, buy_action, buy_no_action])
+  cvr = heads.mixture(action, buy_action, buy_no_action, "cvr")
   outputs = {
       "ctr": ctr, "cvr": cvr,
-      "ctcvr": probability.ProbabilityProduct(name="ctcvr")([ctr, cvr]),
-      "ctavr": probability.ProbabilityProduct(name="ctavr")([ctr, action]),
+      "ctcvr": heads.product([ctr, cvr], "ctcvr"),
+      "ctavr": heads.product([ctr, action], "ctavr"),
       "p_action_given_click": action,
       "p_purchase_given_action": buy_action,
       "p_purchase_given_no_action": buy_no_action,
   }
-  return multitask.assemble(graph, outputs, TASKS, model_config, "esm2")
+  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "esm2", params)

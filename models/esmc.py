@@ -23,7 +23,14 @@ ESMC [reading] (per exposure x; scorer outputs, float32 [batch, 1]):
   (kernels and biases; models.layers.regularizers.TowerTieRegularizer), logged as
   `constraint_loss`. Options: model.params.constraint_lambda (lambda, default 1e-3),
   model.params.constraint_pull_target (true: both towers move towards each other;
-  false: only the CVR tower is pulled).
+  false: only the CVR tower is pulled), model.params.tie_layers ("all", or indices of
+  the towers' Dense layers: hidden layers then the logit layer, -1 = logit),
+  model.params.tie_bias (tie the biases too), model.params.init_cvr_from_buy_tower
+  (start the CVR tower from the action -> buy tower's initial weights, so the tie does
+  not first spend its force aligning permutation-arbitrary hidden units).
+  Units of lambda: the task losses are means over the exposures each task is defined
+  on (loss_normalization "weights"), so lambda weighs the squared weight distance
+  against per-exposure mean BCEs, the same on every data set.
   Loss: BCE(click, ctr) + BCE(click*action, ctavr) + BCE(click*purchase, ctcvr) over all
   exposures, + BCE(purchase, y3) over exposures with click & action (task
   `purchase_given_action`, y3's only direct supervision) + the constraint. Weights:
@@ -52,11 +59,12 @@ from features import artifacts as artifacts_lib
 from features import spec as spec_lib
 from models import esm2
 from models import multitask
-from models.layers import probability
+from models.layers import heads
 from models.layers import regularizers
 
 ESMC_PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS, constraint_lambda=1e-3,
-                                   constraint_pull_target=True)
+                                   constraint_pull_target=True, tie_layers="all",
+                                   tie_bias=True, init_cvr_from_buy_tower=False)
 ESMS_PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS, path_context_dim=8)
 ESMG_PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
 
@@ -77,8 +85,8 @@ def _global_heads(graph: multitask.TowerGraph) -> Dict[str, Any]:
   cvr = graph.head("cvr")
   return {
       "ctr": ctr, "cvr": cvr,
-      "ctcvr": probability.ProbabilityProduct(name="ctcvr")([ctr, cvr]),
-      "ctavr": probability.ProbabilityProduct(name="ctavr")([ctr, action]),
+      "ctcvr": heads.product([ctr, cvr], "ctcvr"),
+      "ctavr": heads.product([ctr, action], "ctavr"),
       "p_action_given_click": action,
   }
 
@@ -102,11 +110,14 @@ def build_esmc(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   """ESMC: separate CVR and action -> buy towers, tied by TowerTieRegularizer."""
   graph, outputs = _action_path_outputs(model_config, spec, artifacts, params["bottom"])
   # The functional graph has called (built) the towers, so their variables exist.
-  ties = regularizers.tie_towers(graph.towers["cvr"], graph.towers["purchase_given_action"],
-                                 float(params["constraint_lambda"]),
-                                 pull_target=bool(params["constraint_pull_target"]))
-  return multitask.assemble(graph, outputs, ESMC_TASKS, model_config, "esmc",
-                            parameter_ties=ties)
+  cvr_tower, buy_tower = graph.towers["cvr"], graph.towers["purchase_given_action"]
+  if params["init_cvr_from_buy_tower"]:
+    regularizers.copy_tower_weights(cvr_tower, buy_tower)
+  ties = regularizers.tie_towers(cvr_tower, buy_tower, float(params["constraint_lambda"]),
+                                 pull_target=bool(params["constraint_pull_target"]),
+                                 layers=params["tie_layers"], tie_bias=bool(params["tie_bias"]))
+  return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esmc",
+                            params, parameter_ties=ties)
 
 
 def build_esms(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -116,7 +127,7 @@ def build_esms(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   graph, outputs = _action_path_outputs(model_config, spec, artifacts, params["bottom"],
                                         siamese={"cvr": "purchase_given_action"},
                                         path_context_dim=int(params["path_context_dim"]))
-  return multitask.assemble(graph, outputs, ESMC_TASKS, model_config, "esms")
+  return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esms", params)
 
 
 def build_esmg(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -125,4 +136,5 @@ def build_esmg(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   """ESMG: global-domain heads ctr, ctavr = ctr * sigmoid, ctcvr = ctr * sigmoid."""
   graph = multitask.build_towers(model_config, spec, artifacts, GLOBAL_TOWERS,
                                  bottom=params["bottom"])
-  return multitask.assemble(graph, _global_heads(graph), ESMG_TASKS, model_config, "esmg")
+  return multitask.assemble(graph.inputs, _global_heads(graph), ESMG_TASKS, model_config,
+                            "esmg", params)

@@ -16,15 +16,13 @@ own: it learns only through ctcvr. Task `cvr` (label purchase, sample weight cli
 over clicked exposures) has loss weight 0 and only reports `cvr_auc` / `cvr_logloss`.
 """
 
-from typing import Any, Dict
-
-import tf_keras
+from typing import Any, Dict, Tuple
 
 from configs import config as config_lib
 from features import artifacts as artifacts_lib
 from features import spec as spec_lib
 from models import multitask
-from models.layers import probability
+from models.layers import heads
 
 PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
 
@@ -36,22 +34,20 @@ TASKS = (
 )
 
 
-def build_scorer(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
-                 artifacts: artifacts_lib.TransformArtifacts, params: Dict[str, Any],
-                 name: str = "esmm_scorer") -> tf_keras.Model:
-  """The two-tower scorer: raw features -> {ctr, cvr, ctcvr = ctr * cvr}."""
+def build_heads(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
+                artifacts: artifacts_lib.TransformArtifacts, params: Dict[str, Any]
+                ) -> Tuple[multitask.TowerGraph, Dict[str, heads.Head]]:
+  """The two-tower graph and its heads {ctr, cvr, ctcvr = ctr * cvr}."""
   graph = multitask.build_towers(model_config, spec, artifacts, ("ctr", "cvr"),
                                  bottom=params["bottom"])
-  ctr = probability.ProbabilityHead(name="ctr")(graph.logits["ctr"])
-  cvr = probability.ProbabilityHead(name="cvr")(graph.logits["cvr"])
-  ctcvr = probability.ProbabilityProduct(name="ctcvr")([ctr, cvr])
-  return tf_keras.Model(graph.inputs, {"ctr": ctr, "cvr": cvr, "ctcvr": ctcvr}, name=name)
+  ctr = graph.head("ctr")
+  cvr = graph.head("cvr")
+  return graph, {"ctr": ctr, "cvr": cvr, "ctcvr": heads.product([ctr, cvr], "ctcvr")}
 
 
 def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
           artifacts: artifacts_lib.TransformArtifacts,
           params: Dict[str, Any]) -> multitask.MultiTaskModel:
   """ESMM with the tasks above; `params` are PARAMS resolved by models.registry."""
-  scorer = build_scorer(model_config, spec, artifacts, params)
-  return multitask.MultiTaskModel(scorer, TASKS, loss_weights=model_config.loss_weights,
-                                  name="esmm")
+  graph, outputs = build_heads(model_config, spec, artifacts, params)
+  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "esmm", params)

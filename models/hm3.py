@@ -39,7 +39,7 @@ from features import artifacts as artifacts_lib
 from features import spec as spec_lib
 from models import esmm
 from models import multitask
-from models.layers import probability
+from models.layers import heads
 
 PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
 
@@ -63,16 +63,15 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   macro_no_micro = graph.head("macro_given_no_micro", "p_macro_given_no_micro")
   buy_macro = graph.head("purchase_given_macro", "p_purchase_given_macro")
   buy_no_macro = graph.head("purchase_given_no_macro", "p_purchase_given_no_macro")
-  macro = probability.ProbabilityMixture(name="p_action_given_click")(
-      [micro, macro_micro, macro_no_micro])
-  cvr = probability.ProbabilityMixture(name="cvr")([macro, buy_macro, buy_no_macro])
-  ctmacro = probability.ProbabilityProduct(name="ctmacro")([ctr, macro])
+  macro = heads.mixture(micro, macro_micro, macro_no_micro, "p_action_given_click")
+  cvr = heads.mixture(macro, buy_macro, buy_no_macro, "cvr")
+  ctmacro = heads.product([ctr, macro], "ctmacro")
   outputs = {
       "ctr": ctr, "cvr": cvr,
-      "ctcvr": probability.ProbabilityProduct(name="ctcvr")([ctr, cvr]),
-      "ctmicro": probability.ProbabilityProduct(name="ctmicro")([ctr, micro]),
+      "ctcvr": heads.product([ctr, cvr], "ctcvr"),
+      "ctmicro": heads.product([ctr, micro], "ctmicro"),
       "ctmacro": ctmacro,
-      "ctavr": probability.ProbabilityAlias(name="ctavr")(ctmacro),
+      "ctavr": heads.alias(ctmacro, "ctavr"),
       "p_micro_given_click": micro,
       "p_macro_given_micro": macro_micro,
       "p_macro_given_no_micro": macro_no_micro,
@@ -80,4 +79,4 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
       "p_purchase_given_macro": buy_macro,
       "p_purchase_given_no_macro": buy_no_macro,
   }
-  return multitask.assemble(graph, outputs, TASKS, model_config, "hm3")
+  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "hm3", params)

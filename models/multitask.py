@@ -9,13 +9,22 @@ A paper's model (models/esmm.py, models/naive.py, ...) is a short file that
   2. lists its `TaskSpec`s: which output is scored against which label, over which
      exposures (sample weight), with which loss weight (0 = metrics only).
 
-Loss (per replica batch of size B):
-  L = sum_t w_t * (1/B) sum_i s_t,i * BCE(label_t,i, p_t,i) + sum(scorer.losses)
+Loss (over the global batch, whatever the number of replicas):
+  L = sum_t w_t * [sum_i s_t,i * BCE(label_t,i, p_t,i)] / N_t + sum(scorer.losses)
       + sum_j R_j(V_j)
-where s_t,i is the task's sample weight (1 when it has none), w_t its loss weight, and
+where s_t,i is the task's sample weight (1 when it has none), w_t its loss weight,
+N_t = sum_i s_t,i (model.params.loss_normalization "weights", the default: each task
+loss is the mean BCE over the exposures it is defined on, e.g. over clicked exposures
+for a click-space CVR task) or N_t = B, the batch size ("batch": the older convention,
+which scales a weighted task by the batch's rate of its sample weight), and
 (R_j, V_j) the model's parameter ties (e.g. ESMC's TowerTieRegularizer on the CVR
 tower's weights; models.layers.regularizers), logged as `constraint_loss` beside
-`regularization_loss` (a model without ties logs no constraint_loss).
+`regularization_loss` (a model without ties logs no constraint_loss). A batch in which
+a task has no weight (no clicks) contributes 0 for that task.
+
+Every BCE is computed from the output's log-odds, which the model's `log_odds_model`
+computes in log space from the towers' logits (models.layers.log_space): no clipping,
+no saturated gradients. Only the exported probabilities are clipped.
 """
 
 import dataclasses
@@ -31,18 +40,23 @@ from features import preprocessing
 from features import spec as spec_lib
 from models.layers import bottom as bottom_lib
 from models.layers import cross as cross_lib
-from models.layers import probability as probability_lib
+from models.layers import heads as heads_lib
 from models.layers import regularizers as regularizers_lib
 from models.layers import tower as tower_lib
 
 # Parameters every model accepts in model.params (a model adds its own to these).
 COMMON_PARAMS: Dict[str, Any] = {
     "bottom": "shared",  # see models.layers.bottom.make_bottom
+    "loss_normalization": "weights",  # "weights" | "batch", see the module docstring
 }
+LOSS_NORMALIZATIONS = ("weights", "batch")
 
-# Thresholds of the training-time AUC metrics (evenly spaced on [0, 1], so fine enough
-# for rare-event probabilities such as ctcvr). pipeline.evaluate computes exact AUCs.
+# Thresholds of the training-time AUC metrics, evenly spaced on the log-odds scale over
+# [-AUC_LOGIT_RANGE, AUC_LOGIT_RANGE] (a step of 0.0032 in log-odds, i.e. 0.3% relative
+# in probability near 0), so rare-event probabilities such as ctcvr ~ 3e-4 get as fine a
+# resolution as ctr ~ 0.05. pipeline.evaluate computes exact AUCs.
 AUC_THRESHOLDS = 10000
+AUC_LOGIT_RANGE = 16.0
 
 LabelFn = Callable[[Mapping[str, tf.Tensor]], tf.Tensor]
 
@@ -112,18 +126,55 @@ class TaskSpec:
     return frozenset(names)
 
 
-def make_ranking_task(name: str) -> tfrs.tasks.Ranking:
-  """A ranking task with per-example BCE on probabilities and `<name>_auc`/`_logloss`.
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class LogitAUC(tf_keras.metrics.AUC):
+  """ROC AUC of log-odds predictions, with thresholds evenly spaced on the log-odds scale.
 
-  The loss is unreduced (one value per example, times its sample weight) so the model
-  averages it itself; Keras' default reduction fails under a tf.distribute strategy in
-  a custom train_step.
+  update_state takes y_pred = log-odds (float [batch, 1]); it maps them monotonically
+  onto [0, 1] by (clip(z, -r, r) + r) / 2r and runs Keras' AUC with `num_thresholds`
+  evenly spaced thresholds (its fast bucketed path). AUC depends on ranks only, so this
+  is the AUC of the probabilities, at a resolution of 2r / num_thresholds in log-odds
+  instead of 1 / num_thresholds in probability (which lumps every rare-event score
+  below 1e-4 into one bucket).
+  """
+
+  def __init__(self, num_thresholds: Optional[int] = None,
+               logit_range: float = AUC_LOGIT_RANGE, **kwargs):
+    # None: the module's AUC_THRESHOLDS at construction time (benchmarks vary it).
+    super().__init__(num_thresholds=num_thresholds or AUC_THRESHOLDS, **kwargs)
+    self.logit_range = float(logit_range)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    r = self.logit_range
+    scaled = (tf.clip_by_value(tf.cast(y_pred, tf.float32), -r, r) + r) / (2.0 * r)
+    return super().update_state(y_true, scaled, sample_weight=sample_weight)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(logit_range=self.logit_range)
+    return config
+
+
+def make_ranking_task(name: str) -> tfrs.tasks.Ranking:
+  """A ranking task on log-odds: per-example BCE and `<name>_auc` / `<name>_logloss`.
+
+  Its predictions are log-odds (float32 [batch, 1]), so the BCE is
+  sigmoid_cross_entropy_with_logits: exact and unclipped. The loss is unreduced (one
+  value per example, times its sample weight) so the model normalises it itself;
+  Keras' default reduction fails under a tf.distribute strategy in a custom train_step.
   """
   return tfrs.tasks.Ranking(
-      loss=tf_keras.losses.BinaryCrossentropy(reduction=tf_keras.losses.Reduction.NONE),
-      metrics=[tf_keras.metrics.AUC(num_thresholds=AUC_THRESHOLDS, name=f"{name}_auc"),
-               tf_keras.metrics.BinaryCrossentropy(name=f"{name}_logloss")],
+      loss=tf_keras.losses.BinaryCrossentropy(from_logits=True,
+                                              reduction=tf_keras.losses.Reduction.NONE),
+      metrics=[LogitAUC(name=f"{name}_auc"),
+               tf_keras.metrics.BinaryCrossentropy(from_logits=True, name=f"{name}_logloss")],
       name=f"{name}_task")
+
+
+def log_odds_of_probabilities(probabilities: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """log p - log(1 - p) of already-clipped probabilities: the fallback when a model has
+  no log_odds_model (precise only inside the clipping range)."""
+  return {name: tf.math.log(p) - tf.math.log1p(-p) for name, p in probabilities.items()}
 
 
 class MultiTaskModel(tfrs.models.Model):
@@ -138,6 +189,10 @@ class MultiTaskModel(tfrs.models.Model):
     output_names: the scorer's output keys, e.g. ("ctr", "cvr", "ctcvr").
     required_labels: the label names the tasks read.
     parameter_ties: (regularizer, variable) pairs whose sum is `constraint_loss`.
+    log_odds_model: functional tf_keras.Model on the scorer's inputs and layers, raw
+      features dict -> dict of float32 [batch, 1] log-odds of the outputs the tasks
+      score (computed in log space); None: taken from the scorer's probabilities.
+    loss_normalization: "weights" or "batch" (see the module docstring).
 
   `model(features)` returns the scorer's dict. `fit` / `evaluate` take batches of
   `(features, labels)`, labels a dict name -> float32 [batch].
@@ -145,8 +200,13 @@ class MultiTaskModel(tfrs.models.Model):
 
   def __init__(self, scorer: tf_keras.Model, tasks: Sequence[TaskSpec],
                loss_weights: Optional[Mapping[str, float]] = None,
-               parameter_ties: Sequence[regularizers_lib.ParameterTie] = (), **kwargs):
+               parameter_ties: Sequence[regularizers_lib.ParameterTie] = (),
+               log_odds_model: Optional[tf_keras.Model] = None,
+               loss_normalization: str = "weights", **kwargs):
     super().__init__(**kwargs)
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+      raise ValueError(f"loss_normalization {loss_normalization!r}: use one of "
+                       f"{list(LOSS_NORMALIZATIONS)}")
     if not isinstance(scorer.output, dict):
       raise ValueError("the scorer must output a dict name -> probability")
     output_names = tuple(scorer.output)
@@ -167,6 +227,10 @@ class MultiTaskModel(tfrs.models.Model):
       raise ValueError(f"loss weights must be >= 0; negative for {negative}")
     if not any(weights.values()):
       raise ValueError(f"every task has loss weight 0; nothing to train ({weights})")
+    if log_odds_model is not None:
+      missing = sorted({t.output for t in tasks} - set(log_odds_model.output))
+      if missing:
+        raise ValueError(f"log_odds_model lacks the log-odds of {missing}")
 
     self.scorer = scorer
     self.output_names = output_names
@@ -176,6 +240,8 @@ class MultiTaskModel(tfrs.models.Model):
     self.required_labels = frozenset().union(*(t.required_labels for t in tasks))
     # The tied variables are the scorer's own (trainable_variables holds each once).
     self._parameter_ties = tuple(parameter_ties)
+    self.log_odds_model = log_odds_model
+    self.loss_normalization = loss_normalization
 
   @property
   def parameter_ties(self) -> Tuple[regularizers_lib.ParameterTie, ...]:
@@ -185,10 +251,21 @@ class MultiTaskModel(tfrs.models.Model):
     """Raw features dict -> dict name -> float32 [batch, 1] probability."""
     return self.scorer(features, training=training)
 
+  def log_odds(self, features, training=None) -> Dict[str, tf.Tensor]:
+    """Raw features dict -> dict name -> float32 [batch, 1] log-odds (what losses read)."""
+    if self.log_odds_model is not None:
+      return self.log_odds_model(features, training=training)
+    return log_odds_of_probabilities(self.scorer(features, training=training))
+
   def task_losses(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
-    """Per-task mean loss (scalar) on a `(features, labels)` batch; updates metrics."""
+    """Per-task normalised loss (scalar) on a `(features, labels)` batch; updates metrics.
+
+    Each is sum_i s_i * BCE_i / N (see the module docstring), computed so that under a
+    strategy with R replicas the mean over replicas of each replica's value is the loss
+    of the global batch: replica r returns R * sum_{i in r} s_i BCE_i / N_global.
+    """
     features, labels = inputs
-    predictions = self.scorer(features, training=training)
+    log_odds = self.log_odds(features, training=training)
     losses = {}
     for name, spec in self.task_specs.items():
       target = tf.reshape(spec.label_fn(labels), [-1, 1])
@@ -196,10 +273,14 @@ class MultiTaskModel(tfrs.models.Model):
       if spec.weight_fn is not None:
         weight = tf.reshape(spec.weight_fn(labels), [-1, 1])
       per_example = self.tasks[name](
-          labels=target, predictions=predictions[spec.output], sample_weight=weight,
+          labels=target, predictions=log_odds[spec.output], sample_weight=weight,
           training=training)
-      batch_size = tf.cast(tf.size(per_example), per_example.dtype)
-      losses[name] = tf.math.divide_no_nan(tf.reduce_sum(per_example), batch_size)
+      if self.loss_normalization == "weights" and weight is not None:
+        normalizer = tf.reduce_sum(tf.cast(weight, per_example.dtype))
+      else:
+        normalizer = tf.cast(tf.size(per_example), per_example.dtype)
+      losses[name] = tf.math.divide_no_nan(tf.reduce_sum(per_example),
+                                           _global_mean(normalizer))
     return losses
 
   def regularization_loss(self) -> tf.Tensor:
@@ -263,6 +344,14 @@ class MultiTaskModel(tfrs.models.Model):
     return self._logs(task_loss, self.regularization_loss(), self.constraint_loss())
 
 
+def _global_mean(value: tf.Tensor) -> tf.Tensor:
+  """The mean over replicas of a per-replica scalar (itself outside a strategy)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return value
+  return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
 @dataclasses.dataclass
 class TowerGraph:
   """The functional graph up to the towers' logits (see `build_towers`).
@@ -280,26 +369,38 @@ class TowerGraph:
   logits: Dict[str, Any]
   towers: Dict[str, tower_lib.MLPTower]
 
-  def head(self, tower_name: str, output_name: Optional[str] = None):
+  def head(self, tower_name: str, output_name: Optional[str] = None) -> heads_lib.Head:
     """The probability (sigmoid head named `output_name`) of tower `tower_name`'s logit."""
-    return probability_lib.ProbabilityHead(name=output_name or tower_name)(
-        self.logits[tower_name])
+    return heads_lib.sigmoid(self.logits[tower_name], output_name or tower_name)
 
 
-def assemble(graph: TowerGraph, outputs: Mapping[str, Any], tasks: Sequence[TaskSpec],
-             model_config: config_lib.ModelConfig, name: str,
+def assemble(inputs: Mapping[str, Any], outputs: Mapping[str, heads_lib.Head],
+             tasks: Sequence[TaskSpec], model_config: config_lib.ModelConfig, name: str,
+             params: Mapping[str, Any],
              parameter_ties: Sequence[regularizers_lib.ParameterTie] = ()
              ) -> MultiTaskModel:
-  """The scorer `<name>_scorer` (graph.inputs -> outputs) wrapped in a MultiTaskModel."""
-  scorer = tf_keras.Model(graph.inputs, dict(outputs), name=f"{name}_scorer")
+  """The scorer `<name>_scorer` (inputs -> the heads' probabilities) and its log-odds
+  twin (inputs -> the log-odds of the outputs the tasks score) in a MultiTaskModel.
+
+  `inputs` are the raw feature inputs (TowerGraph.inputs); `params` the resolved
+  model.params (loss_normalization).
+  """
+  scorer = tf_keras.Model(dict(inputs), {k: h.probability for k, h in outputs.items()},
+                          name=f"{name}_scorer")
+  scored = sorted({task.output for task in tasks})
+  log_odds_model = tf_keras.Model(dict(inputs), {k: outputs[k].logit() for k in scored},
+                                  name=f"{name}_log_odds")
   return MultiTaskModel(scorer, tasks, loss_weights=model_config.loss_weights,
-                        parameter_ties=parameter_ties, name=name)
+                        parameter_ties=parameter_ties, log_odds_model=log_odds_model,
+                        loss_normalization=params.get("loss_normalization", "weights"),
+                        name=name)
 
 
 def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                  artifacts: artifacts_lib.TransformArtifacts, tower_names: Sequence[str],
                  bottom: Any = "shared", siamese: Optional[Mapping[str, str]] = None,
-                 path_context_dim: int = 0) -> TowerGraph:
+                 path_context_dim: int = 0, inputs: Optional[Mapping[str, Any]] = None,
+                 prefix: str = "") -> TowerGraph:
   """Raw inputs -> shared encoder -> [cross network] -> bottom -> one MLP tower each.
 
   Args:
@@ -313,18 +414,23 @@ def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpe
       e.g. {"purchase_given_action": "cvr"} (ESMS). Every path of a shared tower gets
       its own `PathContext` (`<n>_context`) when path_context_dim > 0.
     path_context_dim: size of those learned per-path context vectors.
+    inputs: raw feature inputs to build on (another graph's `inputs`, so that two
+      graphs with their own encoders form one scorer); new ones when None.
+    prefix: prepended to the names of the encoder, cross network and bottom, so two
+      graphs in one scorer have distinct layers (e.g. the naive baseline's "ctr_" and
+      "cvr_" models). Tower names stay `<n>_tower`.
 
   Returns:
     A TowerGraph whose logits a model turns into probabilities.
   """
-  inputs = preprocessing.feature_inputs(spec)
+  inputs = dict(inputs) if inputs is not None else preprocessing.feature_inputs(spec)
   encoder = preprocessing.FeatureEncoder.from_artifacts(
-      spec, artifacts, model_config.embedding_dim, name="feature_encoder")
+      spec, artifacts, model_config.embedding_dim, name=f"{prefix}feature_encoder")
   shared = encoder(inputs)
   if model_config.cross_layers > 0:
     shared = cross_lib.CrossNetwork(model_config.cross_layers, l2=model_config.l2,
-                                    name="cross_network")(shared)
-  tower_inputs = bottom_lib.make_bottom(bottom, len(tower_names))(shared)
+                                    name=f"{prefix}cross_network")(shared)
+  tower_inputs = bottom_lib.make_bottom(bottom, len(tower_names), name=f"{prefix}bottom")(shared)
   siamese = dict(siamese or {})
   unknown = sorted((set(siamese) | set(siamese.values())) - set(tower_names))
   if unknown or any(owner in siamese for owner in siamese.values()):

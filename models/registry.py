@@ -4,7 +4,7 @@ Flow position: pipeline.train (and tests) call `build_model(config, spec, artifa
 everything a model needs comes from the experiment config, the feature spec and the
 transform artifacts. Adding a model is one entry in `MODELS`: its
 `build(model_config, spec, artifacts, params)` and its `PARAMS` (the model.params keys
-it accepts, with defaults). Registered: naive, esmm, esm2, esmc, esms, esmg, hm3
+it accepts, with defaults). Registered: naive, shared_bottom, esmm, esm2, esmc, esms, esmg, hm3
 (docs/MODELS.md).
 """
 
@@ -37,6 +37,7 @@ class ModelEntry:
 MODELS: Dict[str, ModelEntry] = {
     "esmm": ModelEntry(esmm.build, esmm.PARAMS),
     "naive": ModelEntry(naive.build, naive.PARAMS),
+    "shared_bottom": ModelEntry(naive.build_shared_bottom, naive.PARAMS),
     "esm2": ModelEntry(esm2.build, esm2.PARAMS),
     "esmc": ModelEntry(esmc.build_esmc, esmc.ESMC_PARAMS),
     "esms": ModelEntry(esmc.build_esms, esmc.ESMS_PARAMS),

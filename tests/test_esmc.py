@@ -53,8 +53,15 @@ def test_buy_given_action_is_supervised_on_click_and_action(tmp_path):
   y3 = model(features)["p_purchase_given_action"].numpy()[:, 0]
   weight = (labels["click"] * labels["action"]).numpy()
   z = labels["purchase"].numpy()
-  manual = -np.sum(weight * (z * np.log(y3) + (1 - z) * np.log(1 - y3))) / len(z)
-  np.testing.assert_allclose(loss, manual, rtol=1e-4)
+  total = -np.sum(weight * (z * np.log(y3) + (1 - z) * np.log(1 - y3)))
+  assert 0 < weight.sum() < len(z)
+  # Default normalisation: the mean over the click & action exposures.
+  np.testing.assert_allclose(loss, total / weight.sum(), rtol=1e-4)
+  # The older convention, kept as an option: divided by the batch size.
+  batch_model = build_zoo("esmc", tmp_path / "batch", params={"loss_normalization": "batch"})
+  batch_model.set_weights(model.get_weights())
+  batch_loss = batch_model.task_losses((features, labels))["purchase_given_action"].numpy()
+  np.testing.assert_allclose(batch_loss, total / len(z), rtol=1e-4)
 
 
 def test_the_tie_pulls_the_towers_together(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of models.naive: the CVR tower learns from clicked exposures only."""
+"""Tests of models.naive: the CVR tower learns from clicked exposures only; the paper's
+BASE (`naive`) shares no parameter between its CTR and CVR models, `shared_bottom` does."""
 
 import numpy as np
 import tensorflow as tf
@@ -52,3 +53,37 @@ def test_fit_reduces_the_loss(tmp_path):
   history = model.fit(make_dataset(1024, 128, seed=4), epochs=2, verbose=0)
   assert model.compute_loss(batch).numpy() < 0.8 * before
   assert {"cvr_auc", "ctcvr_auc", "ctr_logloss"} <= set(history.history)
+
+
+def _encoder_gradients(model, batch):
+  """Gradients of each task loss w.r.t. each feature encoder's variables."""
+  encoders = [layer for layer in model.scorer.layers if "feature_encoder" in layer.name]
+  with tf.GradientTape(persistent=True) as tape:
+    losses = model.task_losses(batch, training=True)
+  return {(task, encoder.name): tape.gradient(losses[task], encoder.trainable_variables)
+          for task in ("ctr", "cvr") for encoder in encoders}
+
+
+def test_naive_ctr_and_cvr_models_share_no_parameter(tmp_path):
+  model = build("naive", tmp_path)
+  grads = _encoder_gradients(model, make_batch(128, seed=5))
+  assert sorted({name for _, name in grads}) == ["ctr_model_feature_encoder",
+                                                 "cvr_model_feature_encoder"]
+  for task in ("ctr", "cvr"):
+    own, other = (f"{task}_model_feature_encoder",
+                  f"{'cvr' if task == 'ctr' else 'ctr'}_model_feature_encoder")
+    assert all(g is None for g in grads[(task, other)])
+    assert any(g is not None and np.any(tf.convert_to_tensor(g).numpy() != 0)
+               for g in grads[(task, own)])
+  ctr_vars = {id(v) for v in model.scorer.get_layer("ctr_model_feature_encoder").variables}
+  cvr_vars = {id(v) for v in model.scorer.get_layer("cvr_model_feature_encoder").variables}
+  assert ctr_vars and cvr_vars and not ctr_vars & cvr_vars
+
+
+def test_shared_bottom_cvr_embeddings_also_learn_from_ctr(tmp_path):
+  model = build("shared_bottom", tmp_path)
+  assert model.task_loss_weights == {"ctr": 1.0, "cvr": 1.0, "ctcvr": 0.0}
+  grads = _encoder_gradients(model, make_batch(128, seed=5))
+  assert sorted({name for _, name in grads}) == ["feature_encoder"]
+  for task in ("ctr", "cvr"):
+    assert any(g is not None for g in grads[(task, "feature_encoder")])

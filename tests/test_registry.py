@@ -18,7 +18,7 @@ def _artifacts(tmp_path):
   return make_artifacts(str(tmp_path / "transform"))
 
 
-@pytest.mark.parametrize("name", ["esmm", "naive"])
+@pytest.mark.parametrize("name", ["esmm", "naive", "shared_bottom"])
 def test_builds_the_experiment_configs(tmp_path, name):
   config = config_lib.load_config(os.path.join(CONFIG_DIR, f"{name}.yaml"))
   spec = config.load_feature_spec()
@@ -30,12 +30,12 @@ def test_builds_the_experiment_configs(tmp_path, name):
 
 
 def test_unknown_model_lists_the_known_ones(artifacts):
-  with pytest.raises(config_lib.ConfigError, match=r"'esm9'.*known models: \['esm2', 'esmc', 'esmg', 'esmm', 'esms', 'hm3', 'naive'\]"):
+  with pytest.raises(config_lib.ConfigError, match=r"'esm9'.*known models: \['esm2', 'esmc', 'esmg', 'esmm', 'esms', 'hm3', 'naive', 'shared_bottom'\]"):
     registry.build_model(make_config("esm9"), SPEC, artifacts)
 
 
 def test_unknown_params_are_rejected(artifacts):
-  with pytest.raises(config_lib.ConfigError, match=r"\['towers'\].*allowed: \['bottom'\]"):
+  with pytest.raises(config_lib.ConfigError, match=r"\['towers'\].*allowed: \['bottom', 'loss_normalization'\]"):
     registry.build_model(make_config(params={"towers": 3}), SPEC, artifacts)
 
 

@@ -11,7 +11,7 @@ Dense layers of two MLP towers (kernels and biases, layer by layer), so the sum 
 terms is lambda * sum_l ||W_a[l] - W_b[l]||^2.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 import tf_keras
@@ -67,29 +67,58 @@ class TowerTieRegularizer(tf_keras.regularizers.Regularizer):
 ParameterTie = Tuple[TowerTieRegularizer, tf.Variable]
 
 
-def tie_towers(tower, target_tower, strength: float, pull_target: bool = True
+def tie_towers(tower, target_tower, strength: float, pull_target: bool = True,
+               layers: Union[str, Sequence[int]] = "all", tie_bias: bool = True
                ) -> List[ParameterTie]:
   """(regularizer, variable) pairs tying `tower`'s weights to `target_tower`'s.
 
   Both are built MLP towers (models.layers.tower.MLPTower) with the same layer sizes;
-  layer l's kernel and bias of `tower` are each tied to the same of `target_tower`.
+  layer l's kernel (and bias, when `tie_bias`) of `tower` is tied to the same of
+  `target_tower`, for the Dense layers `layers` selects: "all", or indices into
+  `dense_layers` (hidden layers then the logit layer; -1 is the logit layer).
   The loss is sum(regularizer(variable) for the pairs).
   """
-  layers, targets = tower.dense_layers, target_tower.dense_layers
-  if len(layers) != len(targets):
-    raise ValueError(f"cannot tie {tower.name} ({len(layers)} Dense layers) to "
+  own, targets = tower.dense_layers, target_tower.dense_layers
+  if len(own) != len(targets):
+    raise ValueError(f"cannot tie {tower.name} ({len(own)} Dense layers) to "
                      f"{target_tower.name} ({len(targets)})")
+  indices = select_layers(layers, len(own))
   ties = []
-  for layer, target in zip(layers, targets):
+  for index in indices:
+    layer, target = own[index], targets[index]
     if not layer.built or not target.built:
       raise ValueError(f"tie_towers: build {tower.name} and {target_tower.name} first")
-    for variable, other in zip(_weights(layer), _weights(target)):
+    for variable, other in zip(_weights(layer, tie_bias), _weights(target, tie_bias)):
       ties.append((TowerTieRegularizer(strength, other, pull_target=pull_target), variable))
   return ties
 
 
-def _weights(dense) -> Sequence[tf.Variable]:
-  return [dense.kernel] + ([dense.bias] if dense.use_bias else [])
+def select_layers(layers: Union[str, Sequence[int]], count: int) -> List[int]:
+  """Sorted distinct indices in [0, count) of the Dense layers a tie covers."""
+  if isinstance(layers, str):
+    if layers != "all":
+      raise ValueError(f"tie layers {layers!r}: use 'all' or a list of layer indices")
+    return list(range(count))
+  indices = set()
+  for index in layers:
+    if not isinstance(index, int) or not -count <= index < count:
+      raise ValueError(f"tie layer index {index!r} is out of range for {count} Dense "
+                       f"layers (hidden layers then the logit layer; -1 = logit)")
+    indices.add(index % count)
+  if not indices:
+    raise ValueError("tie layers: the list is empty; give 'all' or >= 1 index")
+  return sorted(indices)
+
+
+def copy_tower_weights(tower, source_tower) -> None:
+  """Sets every Dense kernel and bias of `tower` to `source_tower`'s (same shapes)."""
+  for layer, source in zip(tower.dense_layers, source_tower.dense_layers, strict=True):
+    for variable, value in zip(_weights(layer, True), _weights(source, True), strict=True):
+      variable.assign(value)
+
+
+def _weights(dense, with_bias: bool) -> Sequence[tf.Variable]:
+  return [dense.kernel] + ([dense.bias] if dense.use_bias and with_bias else [])
 
 
 def tie_loss(ties: Sequence[ParameterTie]) -> tf.Tensor:

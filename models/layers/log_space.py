@@ -1,0 +1,111 @@
+"""Probabilities in log space: what every training loss is computed from.
+
+Flow position: towers' logits -> **log-space twins of the probability layers** -> the
+log-odds each task's loss and metrics read (models.multitask), beside the exported
+probabilities (models.layers.probability), which are clipped for serving only.
+
+Why: a composed probability such as ESMM's ctcvr = ctr * cvr, computed as a product of
+clipped sigmoids and fed to a clipping binary cross-entropy, has zero gradient once a
+factor saturates (a logit beyond about +-16) and caps the loss of a surprising positive
+(ctr = cvr = 1e-4 gives loss 15.4 and no gradient). In log space nothing saturates:
+
+  sigmoid head:  log p = log_sigmoid(z),          log(1 - p) = log_sigmoid(-z)
+  product:       log p = sum_i log p_i,           log(1 - p) = log1mexp(log p)
+  mixture:       p = b * a + (1 - b) * c,
+                 log p     = logsumexp(log b + log a,     log(1-b) + log c)
+                 log(1 - p) = logsumexp(log b + log(1-a), log(1-b) + log(1-c))
+  log-odds:      logit(p) = log p - log(1 - p)
+
+and BCE(y, p) = sigmoid_cross_entropy_with_logits(y, logit(p)) exactly, since
+log_sigmoid(logit(p)) = log p. A "log pair" is float32 [batch, 2]: column 0 = log p,
+column 1 = log(1 - p), both <= 0.
+"""
+
+import math
+
+import tensorflow as tf
+import tf_keras
+
+_LOG_HALF = -math.log(2.0)
+# log1mexp(a) for a in (-1e-30, 0] would be log(~0) = -inf; clamping keeps the loss finite
+# (p = 1 to float32 precision happens only when every factor's logit is beyond ~88).
+_MAX_LOG_P = -1e-30
+
+
+def log1mexp(log_p: tf.Tensor) -> tf.Tensor:
+  """log(1 - exp(a)) for a <= 0, stable at both ends (Maechler 2012).
+
+  a > -log 2: log(-expm1(a)); else log1p(-exp(a)). Each branch gets a safe input so
+  neither produces inf/NaN gradients through tf.where.
+  """
+  a = tf.minimum(log_p, _MAX_LOG_P)
+  near_zero = a > _LOG_HALF
+  a_near = tf.where(near_zero, a, _LOG_HALF)
+  a_far = tf.where(near_zero, 2.0 * _LOG_HALF, a)
+  return tf.where(near_zero, tf.math.log(-tf.math.expm1(a_near)),
+                  tf.math.log1p(-tf.exp(a_far)))
+
+
+def _pair(log_p, log_not_p):
+  return tf.concat([log_p, log_not_p], axis=-1)
+
+
+def _split(pair):
+  pair = tf.cast(pair, tf.float32)
+  return pair[:, 0:1], pair[:, 1:2]
+
+
+class _LogSpaceLayer(tf_keras.layers.Layer):
+  """Base: float32, no weights."""
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("dtype", "float32")
+    super().__init__(**kwargs)
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class SigmoidLogPair(_LogSpaceLayer):
+  """Logit z, float [batch, 1] -> log pair [batch, 2] = [log_sigmoid(z), log_sigmoid(-z)]."""
+
+  def call(self, logits):
+    logits = tf.cast(logits, tf.float32)
+    return _pair(tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits))
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class LogPairProduct(_LogSpaceLayer):
+  """Log pairs of p_1..p_k -> the log pair of p = p_1 * ... * p_k.
+
+  log p = sum_i log p_i; log(1 - p) = log1mexp(log p). Inputs and output [batch, 2].
+  """
+
+  def call(self, pairs):
+    if len(pairs) < 2:
+      raise ValueError(f"{self.name}: a product needs >= 2 log pairs, got {len(pairs)}")
+    log_p = tf.add_n([_split(pair)[0] for pair in pairs])
+    return _pair(log_p, log1mexp(log_p))
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class LogPairMixture(_LogSpaceLayer):
+  """Log pairs of [b, a, c] -> the log pair of p = b * a + (1 - b) * c (each [batch, 2])."""
+
+  def call(self, pairs):
+    if len(pairs) != 3:
+      raise ValueError(f"{self.name}: a mixture takes [branch, given, given_not], "
+                       f"got {len(pairs)} log pairs")
+    (log_b, log_not_b), (log_a, log_not_a), (log_c, log_not_c) = (_split(p) for p in pairs)
+    log_p = tf.reduce_logsumexp(tf.concat([log_b + log_a, log_not_b + log_c], -1),
+                                axis=-1, keepdims=True)
+    log_not_p = tf.reduce_logsumexp(
+        tf.concat([log_b + log_not_a, log_not_b + log_not_c], -1), axis=-1, keepdims=True)
+    return _pair(log_p, log_not_p)
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class LogPairLogit(_LogSpaceLayer):
+  """Log pair [batch, 2] -> log-odds [batch, 1] = log p - log(1 - p)."""
+
+  def call(self, pair):
+    log_p, log_not_p = _split(pair)
+    return log_p - log_not_p
