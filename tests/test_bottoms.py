@@ -68,6 +68,60 @@ def test_ple_towers_see_their_own_experts():
   assert outputs[0].shape == (5, 4)
 
 
+def _dense(layer, x):
+  """A Dense layer in numpy (float64): relu or softmax or linear of x W + b."""
+  z = x @ layer.kernel.numpy().astype(np.float64) + layer.bias.numpy().astype(np.float64)
+  if layer.activation is tf_keras.activations.relu:
+    return np.maximum(z, 0.0)
+  if layer.activation is tf_keras.activations.softmax:
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+  assert layer.activation is tf_keras.activations.linear
+  return z
+
+
+def _expert(sequential, x):
+  for layer in sequential.layers:
+    x = _dense(layer, x)
+  return x
+
+
+def _mix(gate, experts):
+  """The einsum oracle: sum_e gate[b, e] * experts[e][b, u]."""
+  return np.einsum("be,ebu->bu", gate, np.stack(experts))
+
+
+def test_ple_shared_gate_mixes_every_expert_into_the_next_shared_level():
+  """PLE in numpy: per level, tower k's gate (on its previous output) mixes its own then
+  the shared experts; the shared gate (on the previous shared input) mixes all towers'
+  experts, tower by tower, then the shared ones, and feeds the next level's shared
+  experts."""
+  layer = bottom.PLEBottom(2, num_levels=3, num_shared_experts=2, num_task_experts=2,
+                           expert_units=(4,))
+  x = tf.random.normal([6, 5], seed=4)
+  outputs = layer(x)
+  task_inputs = [x.numpy().astype(np.float64)] * 2
+  shared_input = task_inputs[0]
+  shared_gate_weights = []
+  for level in layer.levels:
+    shared = [_expert(e, shared_input) for e in level["shared_experts"]]
+    own = [[_expert(e, task_input) for e in experts]
+           for experts, task_input in zip(level["task_experts"], task_inputs)]
+    next_inputs = [_mix(_dense(gate, task_input), experts + shared)
+                   for gate, task_input, experts in zip(level["task_gates"], task_inputs, own)]
+    if level["shared_gate"] is not None:
+      gate = _dense(level["shared_gate"], shared_input)
+      assert gate.shape == (6, 2 * 2 + 2)  # both towers' experts and the shared ones
+      shared_gate_weights.append(gate)
+      shared_input = _mix(gate, own[0] + own[1] + shared)
+    task_inputs = next_inputs
+  assert len(shared_gate_weights) == 2
+  for output, expected in zip(outputs, task_inputs):
+    np.testing.assert_allclose(output.numpy(), expected, rtol=1e-5, atol=1e-6)
+  # The shared gate's weights are spread (not one-hot), so its order and mix matter.
+  assert all(g.max() < 0.99 for g in shared_gate_weights)
+
+
 def test_bottoms_in_a_functional_graph_and_errors():
   inputs = tf_keras.Input(shape=(4,))
   first, second = bottom.make_bottom({"name": "ple", "expert_units": [3]}, 2)(inputs)
