@@ -9,6 +9,7 @@ whole job with a 1 ms flush interval and 2 worker processes accounts for every r
 import os
 import subprocess
 import sys
+import time
 
 import apache_beam as beam
 from apache_beam.coders import coders
@@ -68,23 +69,17 @@ def test_the_fixed_stream_loses_nothing():
   assert [lost_chunks() for _ in range(TRIALS)] == [0] * TRIALS
 
 
-@pytest.fixture
-def short_switch_interval():
-  """Threads switch every microsecond, so the flusher is preempted inside its window."""
-  interval = sys.getswitchinterval()
-  sys.setswitchinterval(1e-6)
-  yield
-  sys.setswitchinterval(interval)
-
-
-def elements_delivered(count: int = 100000) -> bool:
+def elements_delivered(count: int = 30000) -> bool:
   """The worker -> runner path: elements encoded with write_var_int64 / write calls into
   a 1 ms timed stream; True when every element decodes back, in order."""
   coder = coders.TupleCoder([coders.VarIntCoder(), coders.BytesCoder()]).get_impl()
   received = []
 
-  def deliver(data):  # A Python function, as Beam's gRPC callbacks are.
+  def deliver(data):
+    # Beam's callback builds a protobuf and puts it on a queue.Queue, which can let the
+    # writing thread run; sleep(0) lets it run here every time.
     received.append(data)
+    time.sleep(0)
 
   stream = data_plane.TimeBasedBufferingClosableOutputStream(
       deliver, flush_callback=deliver, time_flush_threshold_ms=1)
@@ -102,11 +97,11 @@ def elements_delivered(count: int = 100000) -> bool:
   return decoded == elements
 
 
-def test_encoded_elements_as_shipped_are_lost(unfixed, short_switch_interval):
+def test_encoded_elements_as_shipped_are_lost(unfixed):
   assert not all(elements_delivered() for _ in range(TRIALS))
 
 
-def test_encoded_elements_with_the_fix_all_arrive(short_switch_interval):
+def test_encoded_elements_with_the_fix_all_arrive():
   beam_compat.apply_fix()
   assert all(elements_delivered() for _ in range(TRIALS))
 
