@@ -51,6 +51,9 @@ flags.DEFINE_float("late_fraction", 0.02, "Share of purchases that land after th
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("attribution_window_s", 86400, "Attribution window of the label "
                      "pipeline (data.attribution_window_s), in seconds.", lower_bound=1)
+flags.DEFINE_bool("oracle_features", False, "Also write the hidden factors every true "
+                  "probability depends on (oracle_match, oracle_quality, ...) into each "
+                  "impression, for the oracle run (configs/esmm_oracle.yaml).")
 flags.DEFINE_bool("overwrite", False, "Replace an earlier simulation in --output instead "
                   "of failing.")
 
@@ -74,7 +77,8 @@ def main(argv):
   logging.info("Simulated %d impressions in %.1fs", FLAGS.impressions, time.time() - start)
   summary = writer.write_simulation(
       world, behaviour, FLAGS.output, shards=FLAGS.shards, file_format=FLAGS.format,
-      corrupt_fraction=FLAGS.corrupt_fraction, overwrite=FLAGS.overwrite)
+      corrupt_fraction=FLAGS.corrupt_fraction, overwrite=FLAGS.overwrite,
+      oracle_features=FLAGS.oracle_features)
   elapsed = time.time() - start
   logging.info("Done in %.1fs (%.0f impressions/s) -> %s: rates %s, selection bias %s, "
                "Bayes AUC %s", elapsed, FLAGS.impressions / max(elapsed, 1e-9),

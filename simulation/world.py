@@ -282,6 +282,30 @@ def true_probabilities(config: config_lib.WorldConfig,
   return truth, intercepts
 
 
+ORACLE_FIELDS = ("oracle_match", "oracle_quality", "oracle_attractiveness", "oracle_intent",
+                 "oracle_activity", "oracle_research", "oracle_price_term")
+
+
+def oracle_features(world: World) -> Dict[str, np.ndarray]:
+  """The hidden factors every true logit is a function of, per exposure.
+
+  Returns ORACLE_FIELDS -> [n] float64 (row order of world.exposures): the user-item
+  match, the item's quality and attractiveness, the user's intent, activity and research
+  traits, and the price term (1 + spread * price_sensitivity) * z(log price). With these
+  and the observable device, hour and position, every node of the post-click graph is a
+  logistic function of the inputs, so a model given them can reach the Bayes-optimal AUC:
+  the "oracle run" that tests the training and evaluation machinery.
+  """
+  params = world.config.behaviour
+  users, items = world.population.users, world.population.items
+  user, item = world.exposures.user, world.exposures.item
+  price_term = ((1.0 + params.price_sensitivity_spread * users.price_sensitivity[user])
+                * items.price_z[item])
+  values = (world.exposures.match, items.quality[item], items.attractiveness[item],
+            users.intent[user], users.activity[user], users.research[user], price_term)
+  return {name: np.asarray(v, np.float64) for name, v in zip(ORACLE_FIELDS, values)}
+
+
 def build_world(config: config_lib.WorldConfig) -> World:
   """Generates the population, the exposures and their true probabilities.
 

@@ -65,8 +65,13 @@ class ImpressionRecords:
   hour_of_day (int), position (int); user_recent_categories is a list of str.
   """
 
-  def __init__(self, world: world_lib.World):
+  def __init__(self, world: world_lib.World, oracle_features: bool = False):
     self._world = world
+    # Opt-in hidden factors (world.ORACLE_FIELDS) after the contract's fields.
+    self._oracle = ({name: values.tolist()
+                     for name, values in world_lib.oracle_features(world).items()}
+                    if oracle_features else {})
+    self.fields = IMPRESSION_FIELDS + tuple(self._oracle)
     population = world.population
     self._users = [self._user_fields(population, u) for u in range(world.config.users)]
     self._items = [self._item_fields(population, i) for i in range(world.config.items)]
@@ -95,7 +100,8 @@ class ImpressionRecords:
             **self._users[exposures.user[row]], **self._items[exposures.item[row]],
             "device": config_lib.DEVICES[exposures.device[row]],
             "hour_of_day": int(exposures.hour_of_day[row]),
-            "position": int(exposures.position[row])}
+            "position": int(exposures.position[row]),
+            **{name: values[row] for name, values in self._oracle.items()}}
 
   def json_lines(self) -> List[str]:
     """[n] compact JSON lines, equal to json.dumps(record(row)) but ~5x faster."""
@@ -109,12 +115,17 @@ class ImpressionRecords:
     template = ('{"impression_id":%s,"timestamp":%d,%s,%s,'
                 '"device":%s,"hour_of_day":%d,"position":%d}')
     device_names = [json.dumps(name) for name in config_lib.DEVICES]
-    return [template % row for row in zip(
+    lines = [template % row for row in zip(
         map(json.dumps, exposures.impression_id), exposures.timestamp.tolist(),
         [user_fragments[u] for u in exposures.user.tolist()],
         [item_fragments[i] for i in exposures.item.tolist()],
         [device_names[d] for d in exposures.device.tolist()],
         exposures.hour_of_day.tolist(), exposures.position.tolist())]
+    if self._oracle:
+      oracle_template = "".join(f',"{name}":%r' for name in self._oracle) + "}"
+      lines = [line[:-1] + oracle_template % values
+               for line, values in zip(lines, zip(*self._oracle.values()))]
+    return lines
 
   def columns(self) -> Dict[str, list]:
     """IMPRESSION_FIELDS -> [n] list of values, for Parquet."""
@@ -131,17 +142,19 @@ class ImpressionRecords:
     columns["device"] = [config_lib.DEVICES[d] for d in exposures.device.tolist()]
     columns["hour_of_day"] = exposures.hour_of_day.tolist()
     columns["position"] = exposures.position.tolist()
-    return {name: columns[name] for name in IMPRESSION_FIELDS}
+    columns.update(self._oracle)
+    return {name: columns[name] for name in self.fields}
 
 
-def _parquet_schemas():
+def _parquet_schemas(impression_fields: Sequence[str] = IMPRESSION_FIELDS):
   """(impressions, events) pyarrow schemas; every field nullable (corruption nulls some)."""
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   types = {"timestamp": pa.int64(), "user_age": pa.int64(), "hour_of_day": pa.int64(),
            "position": pa.int64(), "item_price": pa.float64(), "item_rating": pa.float64(),
-           "user_recent_categories": pa.list_(pa.string())}
+           "user_recent_categories": pa.list_(pa.string()),
+           **{name: pa.float64() for name in world_lib.ORACLE_FIELDS}}
   impressions = pa.schema([(name, types.get(name, pa.string()))
-                           for name in IMPRESSION_FIELDS])
+                           for name in impression_fields])
   events = pa.schema([(name, types.get(name, pa.string())) for name in EVENT_FIELDS])
   return impressions, events
 
@@ -202,7 +215,7 @@ def _write_impressions(world: world_lib.World, records: ImpressionRecords,
     return paths
 
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  schema, _ = _parquet_schemas()
+  schema, _ = _parquet_schemas(records.fields)
   if any(isinstance(bad, str) for bad in corruption.impressions):
     raise ValueError("Parquet cannot hold malformed JSON lines")
   # Same row order as the JSONL lines: clean rows, then the bad ones in plan order.
@@ -253,8 +266,8 @@ def _write_events(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
 
 def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
                      output_dir: str, shards: int = 4, file_format: str = "jsonl",
-                     corrupt_fraction: float = 0.0,
-                     overwrite: bool = False) -> Dict[str, Any]:
+                     corrupt_fraction: float = 0.0, overwrite: bool = False,
+                     oracle_features: bool = False) -> Dict[str, Any]:
   """Writes impressions, events, truth and world.json under `output_dir`.
 
   Args:
@@ -264,6 +277,8 @@ def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
     file_format: "jsonl" (gzip JSON Lines) or "parquet", for impressions and events.
     corrupt_fraction: about this share of bad lines is added (simulation.corruption).
     overwrite: remove an earlier simulation's files in `output_dir` instead of failing.
+    oracle_features: also write the hidden factors (world.ORACLE_FIELDS) into every
+      impression, for the oracle run (configs/features/simulated_oracle.yaml).
 
   Returns:
     The world.json content.
@@ -273,7 +288,7 @@ def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
   if shards < 1:
     raise ValueError(f"shards must be >= 1, got {shards}")
   prepare_output(output_dir, overwrite)
-  records = ImpressionRecords(world)
+  records = ImpressionRecords(world, oracle_features=oracle_features)
   corruption = corruption_lib.plan_corruption(
       world, behaviour, corrupt_fraction, allow_unparseable=file_format == "jsonl",
       impression_record=records.record)

@@ -463,3 +463,34 @@ def test_sizes_scale_with_impressions_and_config_is_validated():
     world_config.WorldConfig(start_date="2026-13-01").validate()
   with pytest.raises(ValueError, match="corrupt_fraction"):
     corruption_lib.plan_corruption(None, None, 0.9, True, None)
+
+
+@pytest.mark.parametrize("file_format", ["jsonl", "parquet"])
+def test_oracle_features_make_every_true_logit_a_function_of_the_inputs(tmp_path, file_format):
+  """With --oracle_features each impression carries the hidden factors; the true click
+  and purchase|macro logits are then exactly linear in them plus log(position), device
+  and hour terms (the oracle run's premise), and the default output has none of them."""
+  world, _, _ = simulate(tmp_path / "oracle", num_impressions=3000, seed=4,
+                         file_format=file_format, oracle_features=True)
+  if file_format == "jsonl":
+    records = read_records(tmp_path / "oracle", "impressions")
+  else:
+    records = [row for path in sorted(glob.glob(str(tmp_path / "oracle" / "impressions" / "*")))
+               for row in pq.read_table(path).to_pylist()]
+  by_id = {r["impression_id"]: r for r in records}
+  rows = [by_id[i] for i in world.exposures.impression_id]
+  oracle = np.array([[r[name] for name in world_lib.ORACLE_FIELDS] for r in rows])
+  np.testing.assert_array_equal(oracle[:, 0], world.exposures.match)
+  hour = 2 * np.pi * np.array([r["hour_of_day"] for r in rows]) / 24
+  device = np.array([r["device"] for r in rows])
+  design = np.column_stack(
+      [oracle, np.log([r["position"] for r in rows]), np.cos(hour), np.sin(hour)]
+      + [(device == d).astype(float) for d in world_config.DEVICES])
+  for column in ("p_click", "p_purchase_given_macro"):
+    p = world.truth[column]
+    target = np.log(p) - np.log1p(-p)
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    assert np.max(np.abs(design @ coef - target)) < 1e-6, column
+  simulate(tmp_path / "plain", num_impressions=200, seed=4, file_format="jsonl")
+  plain = read_records(tmp_path / "plain", "impressions")
+  assert not any(name in plain[0] for name in world_lib.ORACLE_FIELDS)
