@@ -148,3 +148,34 @@ def test_a_job_whose_accounting_check_fails_leaves_no_marker(tmp_path, monkeypat
   assert os.path.exists(outputs_lib.OutputPaths(output).counts)  # The job did write.
   with pytest.raises(success_marker.IncompleteOutputError, match="failed or is still running"):
     success_marker.check_success_marker(output)
+
+
+def _source_argv(source, tmp_path):
+  real = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "real")
+  if source == "rechub_csv":
+    return ["--train", os.path.join(real, "rechub_aliccp_train.csv"),
+            "--eval", os.path.join(real, "rechub_aliccp_val.csv")]
+  if source == "paddle_esmm":
+    return ["--train", os.path.join(real, "paddle_esmm_train.txt"),
+            "--eval", os.path.join(real, "paddle_esmm_test.txt")]
+  from tests import test_aliccp  # pylint: disable=g-import-not-at-top
+  paths = test_aliccp.write_release(tmp_path / "raw")
+  return ["--skeleton", paths["sample_skeleton_train"],
+          "--common_features", paths["common_features_train"],
+          "--eval_skeleton", paths["sample_skeleton_test"],
+          "--eval_common_features", paths["common_features_test"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["ali_ccp", "rechub_csv", "paddle_esmm"])
+def test_every_source_writes_a_verifiable_marker(source, tmp_path):
+  output = str(tmp_path / "out")
+  os.makedirs(output)
+  with open(success_marker.marker_path(output), "w") as f:
+    f.write("{}")  # A stale marker from an older run: replaced, not trusted.
+  result = preprocess.run(["--source", source, "--output", output,
+                           *_source_argv(source, tmp_path)])
+  marker = success_marker.check_success_marker(output)
+  assert marker["counts"] == result["counts"]
+  assert marker["counts"]["impressions"]["read"] > 0
+  assert any(name.startswith("eval/eval-") for name in marker["files"])
