@@ -1,7 +1,9 @@
 """One evaluation run: SavedModel + a data split [+ simulator truth] -> metrics report.
 
 Flow position: called by `pipeline.evaluate`. Reads a pipeline.preprocess output
-directory (TFRecords, feature_spec.yaml, labels.json) and a SavedModel, scores the split
+directory (TFRecords, feature_spec.yaml, labels.json; refused without a valid
+_SUCCESS.json, features/success_marker.py) and a SavedModel (the newest complete
+version, serving/versions.py), scores the split
 through `serving_default` (evaluation.scoring), joins the truth by impression_id and
 builds the per-task table (evaluation.report).
 
@@ -28,6 +30,7 @@ from configs import config as config_lib
 from evaluation import report
 from evaluation import scoring
 from features import spec as spec_lib
+from features import success_marker
 from serving import versions
 from training import data
 
@@ -113,8 +116,14 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
       labels.json.
     batch_size: records per SavedModel call.
     ece_bins: equal-mass bins of the ECE.
+
+  Raises:
+    features.success_marker.IncompleteOutputError: data_dir has no valid _SUCCESS.json
+      (the preprocess job failed or is still running, or files changed since).
+    serving.versions.IncompleteExportError: no complete SavedModel version.
   """
   start = time.time()
+  success_marker.check_success_marker(data_dir)
   saved_model_dir = resolve_saved_model(saved_model)
   spec, label_names = load_spec_and_labels(data_dir, config_path)
   file_pattern = data.split_pattern(data_dir, split)

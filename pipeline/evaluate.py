@@ -8,6 +8,8 @@ Flow: SavedModel + OUTPUT/<split>/ TFRecords [+ simulator truth] -> **pipeline.e
 -> metrics JSON (layout: evaluation/runner.py; per task: evaluation/report.py) and a
 readable table in the log. Default --output: beside the SavedModel directory,
 `<saved_model_dir>_evaluation_<split>.json`. The library is evaluation.runner.
+DATA must hold pipeline.preprocess's `_SUCCESS.json` (features/success_marker.py): an
+incomplete or changed output directory is refused before anything is scored.
 """
 
 import os

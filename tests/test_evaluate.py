@@ -9,6 +9,7 @@ ctavr as closed-form functions of the features (the real models are built elsewh
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from evaluation import runner
 from evaluation import scoring
 from features import parsing
 from features import spec as spec_lib
+from features import success_marker
 from simulation import truth as truth_lib
 from tests.test_parsing import make_example
 
@@ -92,6 +94,7 @@ def world(tmp_path_factory):
     json.dump(LABELS, f)
   with open(data_dir / "feature_spec.yaml", "w") as f:
     yaml.safe_dump({"features": SPEC_ENTRIES}, f)
+  success_marker.write_success_marker(str(data_dir), {})  # last, as pipeline.preprocess
 
   raw_dir = root / "raw"
   os.makedirs(raw_dir / "truth")
@@ -169,6 +172,28 @@ def test_evaluate_with_truth_matches_metrics_on_the_same_arrays(world):
   assert tasks["cvr"]["entire_space"]["n"] == NUM_ROWS
   assert tasks["ctavr"]["positives"] == labels["action"].sum()
   assert tasks["ctavr"]["truth"]["column"] == "p_ctavr"
+
+
+def test_evaluate_refuses_data_without_a_valid_success_marker(world, tmp_path):
+  data_dir = tmp_path / "data"
+  shutil.copytree(world["data"], data_dir)
+  assert runner.evaluate(world["model"], str(data_dir))["examples"] == NUM_ROWS
+  shard = data_dir / "eval" / "eval-00001-of-00002.tfrecord.gz"
+  os.remove(shard)  # a shard lost after the job
+  with pytest.raises(success_marker.IncompleteOutputError,
+                     match=r"files changed since _SUCCESS.json.*missing eval/eval-00001"):
+    runner.evaluate(world["model"], str(data_dir))
+  shutil.copy(os.path.join(world["data"], "eval", shard.name), shard)
+  os.remove(data_dir / success_marker.MARKER_FILE)  # the job failed or is still running
+  with pytest.raises(success_marker.IncompleteOutputError,
+                     match=rf"{data_dir} has no _SUCCESS.json.*pipeline.preprocess"):
+    runner.evaluate(world["model"], str(data_dir))
+  result = subprocess.run(
+      [sys.executable, "-m", "pipeline.evaluate", "--saved_model", world["model"],
+       "--data", str(data_dir), "--output", str(tmp_path / "out.json")],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0 and "IncompleteOutputError" in result.stderr
+  assert not os.path.exists(tmp_path / "out.json")
 
 
 def test_spec_and_labels_fall_back_to_the_config(tmp_path, world):
