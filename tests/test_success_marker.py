@@ -179,3 +179,19 @@ def test_every_source_writes_a_verifiable_marker(source, tmp_path):
   assert marker["counts"] == result["counts"]
   assert marker["counts"]["impressions"]["read"] > 0
   assert any(name.startswith("eval/eval-") for name in marker["files"])
+
+
+def test_a_url_filesystem_works_like_a_local_one():
+  """The gs:// code path (joins with '/', tf.io.gfile), on TF's in-memory ram://."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  root = "ram://success_marker_test/out"
+  for name in ("counts.json", "train/train-00000-of-00001.tfrecord.gz"):
+    tf.io.gfile.makedirs(os.path.dirname(f"{root}/{name}"))
+    with tf.io.gfile.GFile(f"{root}/{name}", "w") as f:
+      f.write("abc")
+  success_marker.write_success_marker(root, {"impressions": {}})
+  assert success_marker.check_success_marker(root)["files"] == {
+      "counts.json": 3, "train/train-00000-of-00001.tfrecord.gz": 3}
+  tf.io.gfile.remove(f"{root}/train/train-00000-of-00001.tfrecord.gz")
+  with pytest.raises(success_marker.IncompleteOutputError, match="missing train/train-0"):
+    success_marker.check_success_marker(root)
