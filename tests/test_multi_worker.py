@@ -6,6 +6,11 @@ SavedModel that scores examples and the other worker leaves no export, that the 
 count is the configured one, and that each worker read its own half of the train files
 (training.data shards by file per tf.distribute.InputContext).
 
+A killed worker: worker 1 is SIGKILLed after the first checkpoint; worker 0 then fails
+(its collectives lose their peer) or is ended; the documented recovery, restarting every
+task with the same command, resumes from that checkpoint, ends at the configured final
+step, and the chief exports.
+
 `small_run_inputs` (simulate 4k impressions -> Beam -> a small model config) is shared
 with tests/test_resume.py.
 """
@@ -13,6 +18,8 @@ with tests/test_resume.py.
 import glob
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -46,12 +53,19 @@ def subprocess_env(**extra) -> dict:
   return env
 
 
+def write_small_config(path: str, checkpoint_every_steps: int = STEPS_PER_EPOCH,
+                       steps_per_epoch: int = STEPS_PER_EPOCH) -> str:
+  """Writes the small experiment YAML (esmm.yaml with a tiny model) to `path`."""
+  with open(path, "w") as f:
+    f.write(SMALL_CONFIG.replace("CHECKPOINT_EVERY", str(checkpoint_every_steps)).replace(
+        f"steps_per_epoch: {STEPS_PER_EPOCH}", f"steps_per_epoch: {steps_per_epoch}"))
+  return path
+
+
 def small_run_inputs(root, checkpoint_every_steps: int = STEPS_PER_EPOCH) -> dict:
   """Simulated raw logs -> Beam output, plus a small experiment YAML; returns paths."""
   raw, data_dir = os.path.join(root, "raw"), os.path.join(root, "data")
-  config = os.path.join(root, "small.yaml")
-  with open(config, "w") as f:
-    f.write(SMALL_CONFIG.replace("CHECKPOINT_EVERY", str(checkpoint_every_steps)))
+  config = write_small_config(os.path.join(root, "small.yaml"), checkpoint_every_steps)
   for module, args in (
       ("pipeline.simulate", [f"--output={raw}", "--impressions=4000", "--seed=5"]),
       ("pipeline.preprocess", [f"--impressions={raw}/impressions/*.jsonl.gz",
@@ -76,35 +90,49 @@ def free_ports(count: int) -> list:
       sock.close()
 
 
-@pytest.fixture(scope="module")
-def cluster_run(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("multi_worker"))
-  inputs = small_run_inputs(root)
-  model_dir = os.path.join(root, "model")
-  workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-  processes, logs = [], []
-  start = time.time()
+def start_workers(inputs, model_dir, workers, log_dir, tag="") -> list:
+  """Starts one pipeline.train per worker; returns [(process, log file)]."""
+  started = []
   for index in range(len(workers)):
-    log = open(os.path.join(root, f"worker{index}.log"), "w+")
-    logs.append(log)
-    processes.append(subprocess.Popen(
+    log = open(os.path.join(log_dir, f"worker{index}{tag}.log"), "w+")
+    started.append((subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", f"--config={inputs['config']}",
          f"--data={inputs['data']}", f"--model_dir={model_dir}", "--strategy=multi_worker"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env=subprocess_env(TF_CONFIG=strategy_lib.tf_config(workers, index))))
+        env=subprocess_env(TF_CONFIG=strategy_lib.tf_config(workers, index))), log))
+  return started
+
+
+def finish_workers(started, timeout=900) -> tuple:
+  """Waits for every worker (ending the ones left hanging); returns (codes, log texts)."""
   try:
-    codes = [process.wait(timeout=900) for process in processes]
+    codes = [process.wait(timeout=timeout) for process, _ in started]
   finally:
-    for process in processes:  # a worker whose peer died waits forever: end it
+    for process, _ in started:  # a worker whose peer died waits forever: end it
       if process.poll() is None:
         process.kill()
         process.wait()
-  seconds = time.time() - start
   texts = []
-  for log in logs:
+  for _, log in started:
     log.seek(0)
     texts.append(log.read())
     log.close()
+  return codes, texts
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  return small_run_inputs(str(tmp_path_factory.mktemp("multi_worker_data")))
+
+
+@pytest.fixture(scope="module")
+def cluster_run(inputs, tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("multi_worker"))
+  model_dir = os.path.join(root, "model")
+  workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+  start = time.time()
+  codes, texts = finish_workers(start_workers(inputs, model_dir, workers, root))
+  seconds = time.time() - start
   return {"codes": codes, "logs": texts, "model_dir": model_dir, "seconds": seconds,
           **inputs}
 
@@ -119,7 +147,8 @@ def test_chief_exports_and_the_other_worker_does_not(cluster_run):
   exports = glob.glob(os.path.join(model_dir, "export", "*", "saved_model.pb"))
   assert len(exports) == 1, exports
   leftovers = [path for path in glob.glob(os.path.join(model_dir, "*"))
-               if os.path.basename(path) not in ("export", "backup", "logs", "metrics.json")]
+               if os.path.basename(path) not in ("export", "backup", "best", "logs",
+                                                    "metrics.json")]
   assert not leftovers, leftovers  # the non-chief's scratch export is deleted
   records = list(tf.data.TFRecordDataset(
       sorted(glob.glob(data.split_pattern(cluster_run["data"], "eval"))),
@@ -149,3 +178,61 @@ def test_each_worker_reads_its_own_files(cluster_run):
   for index, text in enumerate(cluster_run["logs"]):
     line = [l for l in text.splitlines() if "make_dataset" in l and "/train/" in l][0]
     assert f"2 files (pipeline {index} of 2)" in line, line
+
+
+KILLED_STEPS_PER_EPOCH = 30
+KILLED_CHECKPOINT_EVERY = 10
+
+
+def newest_checkpoint_step(model_dir: str) -> int:
+  """Step of the newest MODEL_DIR/backup/chief/ckpt-N (0 when none is complete yet)."""
+  path = os.path.join(model_dir, "backup", "chief", "checkpoint")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    text = f.read()
+  found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', text)
+  return int(found.group(1)) * KILLED_CHECKPOINT_EVERY if found else 0
+
+
+@pytest.fixture(scope="module")
+def killed_worker_run(inputs, tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("killed_worker"))
+  inputs = {"data": inputs["data"], "config": write_small_config(
+      os.path.join(root, "small.yaml"), KILLED_CHECKPOINT_EVERY, KILLED_STEPS_PER_EPOCH)}
+  model_dir = os.path.join(root, "model")
+  workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+  started = start_workers(inputs, model_dir, workers, root, "-first")
+  deadline = time.time() + 600
+  while newest_checkpoint_step(model_dir) < KILLED_CHECKPOINT_EVERY:
+    assert all(process.poll() is None for process, _ in started), "a worker ended early"
+    assert time.time() < deadline, "no checkpoint within 600 s"
+    time.sleep(0.05)
+  started[1][0].send_signal(signal.SIGKILL)
+  checkpoint_step = newest_checkpoint_step(model_dir)
+  # Worker 0 loses its peer: it fails by itself or hangs in a collective; end it.
+  first_codes, first_logs = finish_workers(started, timeout=60)
+  assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+  start = time.time()
+  codes, logs = finish_workers(start_workers(inputs, model_dir, workers, root, "-restart"))
+  return {"first_codes": first_codes, "checkpoint_step": checkpoint_step, "codes": codes,
+          "logs": logs, "model_dir": model_dir, "restart_seconds": time.time() - start}
+
+
+def test_restarted_cluster_resumes_after_a_killed_worker_and_the_chief_exports(
+    killed_worker_run):
+  run = killed_worker_run
+  assert run["first_codes"][1] == -signal.SIGKILL
+  for index, code in enumerate(run["codes"]):
+    assert code == 0, f"worker {index} exited {code}:\n{run['logs'][index][-3000:]}"
+  with open(os.path.join(run["model_dir"], "metrics.json")) as f:
+    metrics = json.load(f)
+  total = EPOCHS * KILLED_STEPS_PER_EPOCH
+  assert metrics["num_replicas"] == 2 and metrics["final_step"] == total
+  # Resumed from the checkpoint taken before the kill (or a later one of worker 0's).
+  assert run["checkpoint_step"] <= metrics["initial_step"] < total
+  assert metrics["initial_step"] % KILLED_CHECKPOINT_EVERY == 0
+  for index, text in enumerate(run["logs"]):
+    assert f"Resumed from MODEL_DIR/backup at step {metrics['initial_step']}" in text, index
+  exports = glob.glob(os.path.join(run["model_dir"], "export", "*", "saved_model.pb"))
+  assert len(exports) == 1 and metrics["export_dir"] == os.path.dirname(exports[0])

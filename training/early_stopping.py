@@ -86,9 +86,9 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
     self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
     self._best_weights = None
     self._loaded = True
-    if self.history:
-      logging.info("Early-stopping state from %s: best epoch %s of %s", self.state_dir,
-                   self.best_epoch, sorted(self.history))
+    if self.history:  # logged with epochs counted from 1, as Keras prints them
+      logging.info("Early-stopping state from %s: best epoch %d of %s", self.state_dir,
+                   self.best_epoch + 1, [epoch + 1 for epoch in sorted(self.history)])
 
   def on_train_begin(self, logs=None):
     if not self._loaded:
@@ -118,8 +118,8 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
     if self.patience and epoch - self.best_epoch >= self.patience:
       self.stopped_epoch = epoch
       self.model.stop_training = True
-      logging.info("Early stopping after epoch %d: best %s %.5f at epoch %d", epoch,
-                   self.monitor, self.history[self.best_epoch], self.best_epoch)
+      logging.info("Early stopping after epoch %d: best %s %.5f at epoch %d", epoch + 1,
+                   self.monitor, self.history[self.best_epoch], self.best_epoch + 1)
     if self.write:
       tf.io.gfile.makedirs(self.state_dir)
       state = {"history": {str(e): loss for e, loss in sorted(self.history.items())},
@@ -138,5 +138,5 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
         stored = np.load(io.BytesIO(f.read()))
         weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
     self.model.set_weights(weights)
-    logging.info("Restored the weights of the best epoch %d (%s %.5f)", self.best_epoch,
+    logging.info("Restored the weights of the best epoch %d (%s %.5f)", self.best_epoch + 1,
                  self.monitor, self.history[self.best_epoch])
