@@ -152,8 +152,11 @@ class TrainConfig:
       train split by a stable hash of impression_id. At most one of the two.
     early_stopping_patience: stop after this many epochs without a lower validation
       loss (0 = never stop early; the best epoch is still recorded). Needs a split.
-    restore_best_weights: with a validation split, end with the weights of the epoch
-      with the lowest validation loss (they survive a resume: MODEL_DIR/best/).
+    early_stopping_monitor: the validation metric early stopping and the best epoch
+      follow: "loss" (the model's total loss, lower is better), a task's
+      "<task>_logloss" (lower) or "<task>_auc" (higher), e.g. "ctr_auc".
+    restore_best_weights: with a validation split, end with the weights of the best
+      epoch (they survive a resume: MODEL_DIR/best/).
     lr_schedule: "constant", "cosine" (cosine decay from learning_rate to
       learning_rate * lr_min_ratio over the run's steps after the warm-up) or
       "exponential" (learning_rate * lr_decay_rate ** (step / steps_per_epoch)).
@@ -177,6 +180,7 @@ class TrainConfig:
   validation_from: Optional[str] = None
   validation_fraction: Optional[float] = None
   early_stopping_patience: int = 0
+  early_stopping_monitor: str = "loss"
   restore_best_weights: bool = True
   lr_schedule: str = "constant"
   lr_warmup_steps: int = 0
@@ -328,6 +332,10 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
   if train.early_stopping_patience and not train.has_validation:
     raise ConfigError(f"{source}: train.early_stopping_patience needs a validation split "
                       f"(train.validation_from or train.validation_fraction)")
+  monitor = train.early_stopping_monitor
+  if monitor != "loss" and not monitor.endswith(("_auc", "_logloss")):
+    raise ConfigError(f"{source}: train.early_stopping_monitor {monitor!r}: use 'loss', "
+                      f"'<task>_auc' or '<task>_logloss' (e.g. 'ctr_auc')")
   if train.lr_schedule not in LR_SCHEDULES:
     raise ConfigError(f"{source}: train.lr_schedule {train.lr_schedule!r}: use one of "
                       f"{LR_SCHEDULES}")

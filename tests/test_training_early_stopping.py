@@ -90,3 +90,17 @@ def test_non_writer_leaves_no_files_and_a_missing_monitor_is_named(tmp_path):
   callback.on_train_begin()
   with pytest.raises(KeyError, match="val_loss"):
     callback.on_epoch_end(0, {"loss": 1.0})
+
+
+def test_an_auc_monitor_keeps_the_highest_epoch(tmp_path):
+  model = tiny_model()
+  callback = early_stopping.ResumableEarlyStopping(str(tmp_path), patience=1,
+                                                   monitor="val_ctr_auc")
+  model.stop_training = False
+  callback.set_model(model)
+  callback.on_train_begin()
+  for epoch, auc in enumerate([0.70, 0.72, 0.71]):
+    model.set_weights([np.full(w.shape, float(epoch), np.float32) for w in model.get_weights()])
+    callback.on_epoch_end(epoch, {"val_loss": 0.1 - epoch * 0.01, "val_ctr_auc": auc})
+  callback.on_train_end()
+  assert callback.best_epoch == 1 and callback.stopped_epoch == 2 and weights_epoch(model) == 1

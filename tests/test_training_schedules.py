@@ -75,6 +75,7 @@ BASE = {"feature_spec": "features/simulated.yaml", "data": {"eval_from": "2026-0
     ({"early_stopping_patience": 2}, "needs a validation split"),
     ({"lr_schedule": "step"}, "train.lr_schedule 'step'"),
     ({"lr_warmup_steps": -1}, "lr_warmup_steps must be >= 0"),
+    ({"early_stopping_monitor": "auc"}, "train.early_stopping_monitor 'auc'"),
 ])
 def test_train_section_errors_name_the_file_and_key(train, message):
   with pytest.raises(config_lib.ConfigError, match=message) as error:

@@ -10,7 +10,8 @@ writes, at every epoch end (chief only, atomically):
   STATE_DIR/weights.npz  model.get_weights() of the best epoch (arrays arr_0, arr_1, ...)
 
 and reads them back (`load`, or on_train_begin). The best epoch is the first with the
-lowest validation loss; training stops after `patience` epochs without a lower one.
+lowest validation loss (or highest validation AUC, when an AUC is monitored); training
+stops after `patience` epochs without a better one.
 Re-running an epoch (a resume from a checkpoint taken inside it) overwrites its entry,
 and with a deterministic input order gives the same loss. A run killed between an
 epoch's last checkpoint and its validation resumes at the next epoch: the trainer then
@@ -49,11 +50,17 @@ def read_state(state_dir: str) -> Dict:
     return json.load(f)
 
 
-def best_epoch_of(history: Dict[int, float]) -> Optional[int]:
-  """The first epoch with the lowest loss (None for an empty history)."""
+def higher_is_better(monitor: str) -> bool:
+  """True for AUCs (`val_ctr_auc`), False for losses (`val_loss`, `val_ctr_logloss`)."""
+  return monitor.endswith("auc")
+
+
+def best_epoch_of(history: Dict[int, float], maximize: bool = False) -> Optional[int]:
+  """The first epoch with the lowest (maximize: highest) value; None for no history."""
   if not history:
     return None
-  return min(sorted(history), key=lambda epoch: history[epoch])
+  sign = -1.0 if maximize else 1.0
+  return min(sorted(history), key=lambda epoch: sign * history[epoch])
 
 
 class ResumableEarlyStopping(tf_keras.callbacks.Callback):
@@ -65,7 +72,8 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
       epoch is still tracked and, with restore_best_weights, restored).
     restore_best_weights: set the best epoch's weights at the end of training.
     write: whether this process writes the state (the chief, in a multi-worker run).
-    monitor: the Keras log key, "val_loss".
+    monitor: the Keras log key: "val_loss" (lower is better), or another validation
+      metric, e.g. "val_ctr_auc" (AUCs: higher is better).
   """
 
   def __init__(self, state_dir: str, patience: int = 0, restore_best_weights: bool = True,
@@ -106,7 +114,7 @@ class ResumableEarlyStopping(tf_keras.callbacks.Callback):
     # Epochs after this one belong to an earlier attempt that this run is redoing.
     self.history = {e: value for e, value in self.history.items() if e < epoch}
     self.history[epoch] = float(loss)
-    self.best_epoch = best_epoch_of(self.history)
+    self.best_epoch = best_epoch_of(self.history, higher_is_better(self.monitor))
     if self.best_epoch == epoch:
       self._best_weights = self.model.get_weights()
       if self.write:

@@ -269,11 +269,12 @@ def _validate_skipped_epoch_end(model, stopper, backup_dir, start_step, steps_pe
     return
   latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
   tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-  loss = model.evaluate(validation_input, steps=validation_steps, return_dict=True,
-                        verbose=0)["loss"]
-  logging.info("Validating epoch %d, checkpointed before its validation: loss %.5f",
-               epoch + 1, loss)
-  stopper.record(epoch, float(loss))
+  results = model.evaluate(validation_input, steps=validation_steps, return_dict=True,
+                           verbose=0)
+  value = float(results[stopper.monitor[len("val_"):]])
+  logging.info("Validating epoch %d, checkpointed before its validation: %s %.5f",
+               epoch + 1, stopper.monitor, value)
+  stopper.record(epoch, value)
 
 
 def _steps(examples: int, batch_size: int) -> int:
@@ -378,7 +379,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
     stopper = early_stopping.ResumableEarlyStopping(
         best_dir, patience=train_config.early_stopping_patience,
         restore_best_weights=train_config.restore_best_weights,
-        write=strategy_lib.is_chief())
+        write=strategy_lib.is_chief(), monitor="val_" + train_config.early_stopping_monitor)
     callbacks.append(stopper)
     stopper.set_model(model)
     stopper.load()
@@ -427,8 +428,9 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
         "best_epoch": None if stopper.best_epoch is None else stopper.best_epoch + 1,
         "stopped_epoch": None if stopper.stopped_epoch is None else stopper.stopped_epoch + 1,
         "restored_best_weights": train_config.restore_best_weights,
-        "validation_history": [{"epoch": epoch + 1, "val_loss": loss}
-                               for epoch, loss in sorted(stopper.history.items())],
+        "early_stopping_monitor": stopper.monitor,
+        "validation_history": [{"epoch": epoch + 1, stopper.monitor: value}
+                               for epoch, value in sorted(stopper.history.items())],
     })
   corrupt = [shard for report in (plan.train_report, plan.eval_report) if report
              for shard in report.corrupt]
