@@ -1,7 +1,10 @@
-"""Smoke tests of the benchmark code paths at tiny sizes (no timing assertions).
+"""Tests of the benchmark code paths at tiny sizes (no timing bars).
 
 Each benchmark runs end to end on the session's shared 5000-impression data and model
 (see tests/test_serving.py) and must write its markdown table with the machine header.
+Rates are checked for consistency with what was measured (examples = the split's
+counts, rate = examples / seconds, the steady window inside the epoch) and the tables
+for their rows and formatted cells, since timings themselves vary.
 """
 
 import os
@@ -14,6 +17,7 @@ from benchmarks import input_pipeline
 from benchmarks import serving_latency
 from benchmarks import training_throughput
 from tests import test_serving
+from training import trainer
 
 
 def test_markdown_table_and_result_file(tmp_path):
@@ -43,25 +47,88 @@ def data_dir(workdir):
   return common.ensure_data(workdir, test_serving.IMPRESSIONS)
 
 
+def _table_rows(path, first_header):
+  """The cells of the markdown table whose header starts with `first_header`."""
+  lines = open(path).read().splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.startswith("| "):
+      break
+    rows.append([cell.strip() for cell in line.strip("|").split("|")])
+  return rows
+
+
+def _split_sizes(data_dir):
+  written = trainer.read_counts(data_dir)["impressions"]["written"]
+  return written["train"], written["eval"]
+
+
 @pytest.mark.slow
 def test_training_throughput_runs_ours_and_deepctr(data_dir, tmp_path):
-  results = training_throughput.run(data_dir, batch_size=256, results_dir=str(tmp_path),
+  batch_size = 256
+  results = training_throughput.run(data_dir, batch_size=batch_size,
+                                    results_dir=str(tmp_path),
                                     variants=("ours", "deepctr"), in_process=True)
+  train_examples, eval_examples = _split_sizes(data_dir)
+  full_steps = train_examples // batch_size
+  assert full_steps > training_throughput.WARMUP_STEPS + 1  # a steady window exists
   for variant in ("ours", "deepctr"):
     r = results[variant]
-    assert r["steady_ex_per_s"] > 0 and 0.0 <= r["ctr_auc"] <= 1.0
-    assert r["eval_examples"] > 0
+    # One epoch: every train batch was a step; every eval example was scored.
+    assert r["steps"] == -(-train_examples // batch_size), variant
+    assert r["eval_examples"] == eval_examples, variant
+    assert r["epoch_ex_per_s"] == pytest.approx(train_examples / r["epoch_seconds"])
+    assert r["steady_steps"] == full_steps - training_throughput.WARMUP_STEPS - 1
+    # The steady window is part of the epoch, so it took less time than the epoch.
+    steady_seconds = r["steady_steps"] * batch_size / r["steady_ex_per_s"]
+    assert 0 < steady_seconds < r["epoch_seconds"], variant
+    assert 0.5 < r["ctr_auc"] < 1.0, variant
+    # The simulated purchases are predictable: both reach CTCVR AUC ~0.95 after this
+    # epoch (seeded); scores misaligned with their labels would be near 0.5.
+    assert r["ctcvr_auc"] > 0.8, variant
+  assert results["ratio"] == pytest.approx(results["ours"]["steady_ex_per_s"] /
+                                           results["deepctr"]["steady_ex_per_s"])
   # Same embedding size and towers: the parameter counts differ only by DeepCTR's
   # padding row of the list feature, its bias-free logits and its output biases.
   assert abs(results["ours"]["params"] - results["deepctr"]["params"]) < 100
+  # The table holds one row per variant with the measured numbers, as formatted.
+  rows = _table_rows(tmp_path / "training_throughput.md", "model")
+  assert len(rows) == 2 and all(len(row) == 9 for row in rows)
+  for row, variant in zip(rows, ("ours", "deepctr")):
+    r = results[variant]
+    assert row[0] == training_throughput.VARIANTS[variant][0]
+    assert row[2] == f"{r['steady_ex_per_s']:,.0f}"
+    assert row[6:] == [f"{r['ctr_auc']:.4f}", f"{r['ctcvr_auc']:.4f}", f"{r['params']:,}"]
   assert "ours / DeepCTR" in open(tmp_path / "training_throughput.md").read()
 
 
 @pytest.mark.slow
 def test_input_pipeline_reports_three_rates(data_dir, tmp_path):
-  results = input_pipeline.run(data_dir, batch_size=256, results_dir=str(tmp_path))
-  assert len(results) == 3 and all(r["ex_per_s"] > 0 for r in results.values())
-  assert os.path.exists(tmp_path / "input_pipeline.md")
+  batch_size = 256
+  results = input_pipeline.run(data_dir, batch_size=batch_size, results_dir=str(tmp_path))
+  train_examples, _ = _split_sizes(data_dir)
+  steps = max(training_throughput.WARMUP_STEPS + 3, train_examples // batch_size)
+  names = ["input only (make_dataset)",
+           f"step only ({input_pipeline.CACHED_BATCHES} cached batches)",
+           "end to end (fit on make_dataset)"]
+  assert list(results) == names
+  # One pass of make_dataset delivers every train example once.
+  assert results[names[0]]["examples"] == train_examples
+  # The fit rates count the steps after the warm-up, full batches each.
+  timed = steps - min(training_throughput.WARMUP_STEPS, steps - 2) - 1
+  for name in names[1:]:
+    assert results[name]["examples"] == timed * batch_size, name
+  for name, r in results.items():
+    assert r["seconds"] > 0 and r["ex_per_s"] == pytest.approx(r["examples"] / r["seconds"])
+  rows = _table_rows(tmp_path / "input_pipeline.md", "what")
+  assert [row[0] for row in rows] == names
+  step_rate = results[names[1]]["ex_per_s"]
+  for row, name in zip(rows, names):
+    r = results[name]
+    assert row[1:] == [f"{r['examples']:,}", f"{r['seconds']:.1f}", f"{r['ex_per_s']:,.0f}",
+                       f"{r['ex_per_s'] / step_rate:.2f}"]
+  assert rows[1][4] == "1.00"
 
 
 @pytest.mark.slow
