@@ -16,15 +16,23 @@ expected AUC of the predicted cvr against the true P(buy | click, x) over all ex
 and the truth's own expected AUC). Every step is skipped when its output exists, so a
 killed run resumes.
 
-Modes: full (default: 1M impressions, 3 seeds, 1 epoch at batch 2048) and --quick
-(100k impressions, 1 seed, 2 epochs at batch 1024).
+Modes: full (default: 1M impressions, 3 seeds, at most 3 epochs at batch 2048) and
+--quick (100k impressions, 1 seed, at most 4 epochs at batch 1024); each run stops early
+on its validation loss (train.validation_from, the last training day) and keeps the best
+epoch. `esmm_oracle` also gets the simulator's hidden factors (pipeline.simulate
+--oracle_features): its gap to Bayes measures the training and evaluation machinery.
+The results header records the machine's load average before and after the run:
+benchmarks belong on an otherwise idle machine.
 """
 
 import argparse
 import concurrent.futures
+import glob
+import gzip
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +45,7 @@ RESULTS_DIR = os.path.join(PROJECT_ROOT, "benchmarks", "results")
 # Benchmark name -> experiment config (configs/<file>).
 MODELS = {
     "naive": "naive.yaml",
+    "shared_bottom": "shared_bottom.yaml",
     "esmm": "esmm.yaml",
     "esm2": "esm2.yaml",
     "esmc": "esmc.yaml",
@@ -45,11 +54,22 @@ MODELS = {
     "hm3": "hm3.yaml",
     "esmm_mmoe": "esmm_mmoe.yaml",
     "esmm_ple": "esmm_ple.yaml",
+    "esmm_oracle": "esmm_oracle.yaml",  # + the hidden factors: tests the machinery
 }
+# Tuned configs (benchmarks.tune --write_config) join as <model>_tuned.
+MODELS.update({f"{os.path.splitext(name)[0]}_tuned": f"tuned/{name}"
+               for name in sorted(os.listdir(os.path.join(PROJECT_ROOT, "configs", "tuned")))
+               if name.endswith(".yaml")}
+              if os.path.isdir(os.path.join(PROJECT_ROOT, "configs", "tuned")) else {})
+# The world is simulated with --oracle_features and preprocessed with the oracle feature
+# spec, so one data directory serves every model (each parses only its own features).
+PREPROCESS_CONFIG = "esmm_oracle.yaml"
 TASKS = ("ctr", "cvr", "ctcvr", "ctavr", "ctmicro")
+# epochs is the most a run trains: each config's validation split (the last training
+# day) and early stopping end it sooner and restore the best epoch's weights.
 MODES = {
-    "quick": {"impressions": 100_000, "seeds": 1, "epochs": 2, "batch_size": 1024},
-    "full": {"impressions": 1_000_000, "seeds": 3, "epochs": 1, "batch_size": 2048},
+    "quick": {"impressions": 100_000, "seeds": 1, "epochs": 4, "batch_size": 1024},
+    "full": {"impressions": 1_000_000, "seeds": 3, "epochs": 3, "batch_size": 2048},
 }
 WORLD_SEED = 7
 
@@ -73,32 +93,54 @@ def _python(*args: str, log_path: Optional[str] = None) -> None:
     raise RuntimeError(f"{' '.join(command)} failed with exit code {code}\n{tail}")
 
 
-def make_world(mode_dir: str, impressions: int) -> Dict[str, str]:
-  """Simulates and preprocesses the world once (skipped when already there)."""
+def make_world(mode_dir: str, impressions: int, simulate_flags: Sequence[str] = ()
+               ) -> Dict[str, str]:
+  """Simulates (with `simulate_flags`, e.g. ("--target_ctr", "0.015")) and preprocesses
+  the world once under mode_dir (skipped when already there); returns {raw, data}."""
   raw, data = os.path.join(mode_dir, "raw"), os.path.join(mode_dir, "data")
   os.makedirs(mode_dir, exist_ok=True)
-  if not os.path.exists(os.path.join(raw, "world.json")):
+  if not os.path.exists(os.path.join(raw, "world.json")) or not _has_oracle_features(raw):
     _log(f"simulating {impressions} impressions -> {raw}")
     _python("-m", "pipeline.simulate", "--output", raw, "--impressions", str(impressions),
-            "--seed", str(WORLD_SEED), log_path=os.path.join(mode_dir, "simulate.log"))
-  if not os.path.exists(os.path.join(data, "counts.json")):
+            "--seed", str(WORLD_SEED), "--oracle_features", "--overwrite", *simulate_flags,
+            log_path=os.path.join(mode_dir, "simulate.log"))
+    if os.path.exists(data):
+      shutil.rmtree(data)
+  if not os.path.exists(os.path.join(data, "_SUCCESS.json")):
     _log(f"preprocessing -> {data}")
     _python("-m", "pipeline.preprocess",
             "--impressions", os.path.join(raw, "impressions", "*.jsonl.gz"),
             "--events", os.path.join(raw, "events", "*.jsonl.gz"), "--output", data,
+            "--config", os.path.join(PROJECT_ROOT, "configs", PREPROCESS_CONFIG),
             log_path=os.path.join(mode_dir, "preprocess.log"))
   return {"raw": raw, "data": data}
 
 
+def _has_oracle_features(raw: str) -> bool:
+  """Whether a simulated world's impressions carry the hidden factors (older ones don't)."""
+  paths = sorted(glob.glob(os.path.join(raw, "impressions", "*.jsonl.gz")))
+  if not paths:
+    return False
+  with gzip.open(paths[0], "rt") as f:
+    return '"oracle_match"' in f.readline()
+
+
 def run_one(config_path: str, data_dir: str, truth_dir: str, model_dir: str, seed: int,
-            epochs: int, batch_size: int) -> None:
-  """Trains, exports and evaluates one model (the body of a worker subprocess)."""
+            epochs: int, batch_size: int, overrides: Optional[Dict[str, Any]] = None) -> None:
+  """Trains, exports and evaluates one model (the body of a worker subprocess).
+
+  `overrides` are config overrides ({"model": {...}, "train": {...}}) on top of the
+  seed, epochs and batch size (benchmarks.tune passes a trial's hyperparameters).
+  """
   from configs import config as config_lib  # pylint: disable=g-import-not-at-top
   from evaluation import runner  # pylint: disable=g-import-not-at-top
   from training import trainer  # pylint: disable=g-import-not-at-top
 
-  config = config_lib.load_config(config_path, overrides={"train": {
-      "seed": seed, "epochs": epochs, "batch_size": batch_size}})
+  overrides = json.loads(json.dumps(overrides or {}))  # a deep copy
+  # The mode's seed, epochs and batch size, unless the overrides set them.
+  overrides["train"] = dict(dict(seed=seed, epochs=epochs, batch_size=batch_size),
+                            **overrides.get("train", {}))
+  config = config_lib.load_config(config_path, overrides=overrides)
   start = time.time()
   result = trainer.train_and_export(config, data_dir, model_dir)
   train_seconds = time.time() - start
@@ -106,14 +148,27 @@ def run_one(config_path: str, data_dir: str, truth_dir: str, model_dir: str, see
                            config_path=config_path)
   report["train_seconds"] = round(train_seconds, 1)
   report["train_metrics"] = result.metrics.get("last_epoch", {})
+  report["training"] = {key: result.metrics[key] for key in
+                        ("validation", "best_epoch", "stopped_epoch", "validation_history",
+                         "final_step")
+                        if key in result.metrics}
+  report["overrides"] = overrides
   runner.write_report(report, os.path.join(model_dir, "evaluation.json"))
 
 
 def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: int,
-            epochs: int, batch_size: int, parallel: int = 1
+            epochs: int, batch_size: int, parallel: int = 1,
+            overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+            configs: Optional[Dict[str, str]] = None
             ) -> Dict[str, List[Dict[str, Any]]]:
   """Every model x seed in its own subprocess, `parallel` at a time (much of a run is
-  single-threaded graph tracing, so 2 workers fill 2 cores); returns model -> reports."""
+  single-threaded graph tracing, so 2 workers fill 2 cores); returns model -> reports.
+
+  `models` are run names: keys of `configs` (run name -> config file under configs/,
+  default MODELS); `overrides` maps a run name to its config overrides.
+  """
+  configs = configs or MODELS
+  overrides = overrides or {}
 
   def one(name: str, seed: int) -> Dict[str, Any]:
     model_dir = os.path.join(mode_dir, "runs", name, f"seed{seed}")
@@ -123,9 +178,10 @@ def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: 
       os.makedirs(model_dir, exist_ok=True)
       start = time.time()
       _python("-m", "benchmarks.models", "--worker",
-              "--config", os.path.join(PROJECT_ROOT, "configs", MODELS[name]),
+              "--config", os.path.join(PROJECT_ROOT, "configs", configs[name]),
               "--data", world["data"], "--truth", world["raw"], "--model_dir", model_dir,
               "--seed", str(seed), "--epochs", str(epochs), "--batch_size", str(batch_size),
+              "--overrides", json.dumps(overrides.get(name, {})),
               log_path=os.path.join(model_dir, "run.log"))
       _log(f"{name} seed {seed}: done in {time.time() - start:.0f}s")
     with open(path) as f:
@@ -138,6 +194,11 @@ def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: 
   for (name, _), report in zip(jobs, results):
     reports[name].append(report)
   return reports
+
+
+def _load() -> str:
+  """The load average (1, 5, 15 min) as "a/b/c"."""
+  return "/".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _stat(values: Sequence[Optional[float]]) -> Dict[str, float]:
@@ -204,7 +265,8 @@ def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]
       f"Training: {settings['epochs']} epoch(s), batch {settings['batch_size']}, "
       f"{settings['seeds']} seed(s) per model (mean ± std over seeds when > 1). "
       f"Total wall time {settings['seconds'] / 60:.1f} min ({settings['parallel']} runs at a "
-      f"time, on a shared 2-core machine).",
+      f"time, {settings.get('cpus', '?')} CPUs; load average (1/5/15 min) "
+      f"{settings.get('load_before', '?')} before and {settings.get('load_after', '?')} after).",
       "",
       "CVR AUC (clicked) is over clicked eval exposures against observed purchases; "
       "CVR AUC (entire space) is the expected AUC of the predicted cvr against the true "
@@ -314,10 +376,11 @@ def main(argv=None) -> None:
   parser.add_argument("--truth", help=argparse.SUPPRESS)
   parser.add_argument("--model_dir", help=argparse.SUPPRESS)
   parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     run_one(args.config, args.data, args.truth, args.model_dir, args.seed, args.epochs,
-            args.batch_size)
+            args.batch_size, overrides=json.loads(args.overrides))
     return
 
   mode = "quick" if args.quick else "full"
@@ -330,11 +393,13 @@ def main(argv=None) -> None:
   if unknown:
     parser.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
   start = time.time()
+  settings.update(cpus=os.cpu_count(), load_before=_load())
   mode_dir = os.path.join(args.work_dir, mode)
   world = make_world(mode_dir, settings["impressions"])
   reports = run_all(mode_dir, world, models, settings["seeds"], settings["epochs"],
                     settings["batch_size"], parallel=args.parallel)
   settings["seconds"] = time.time() - start
+  settings["load_after"] = _load()
   with open(os.path.join(world["data"], "counts.json")) as f:
     counts = json.load(f)
   world_facts = {"train": counts["impressions"]["written"]["train"],

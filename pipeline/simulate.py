@@ -9,6 +9,7 @@ OUTPUT/world.json -> evaluation (Bayes-optimal AUCs). The world itself is
 simulation.world (library); this file only maps flags to a WorldConfig.
 """
 
+import dataclasses
 import time
 
 from absl import app
@@ -51,6 +52,9 @@ flags.DEFINE_float("late_fraction", 0.02, "Share of purchases that land after th
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("attribution_window_s", 86400, "Attribution window of the label "
                      "pipeline (data.attribution_window_s), in seconds.", lower_bound=1)
+flags.DEFINE_float("target_ctr", None, "Mean click probability over exposures (default "
+                   "simulation.world_config.BehaviourParams.target_ctr, 0.045); lower = "
+                   "sparser clicks, fewer click-space CVR training examples.")
 flags.DEFINE_bool("oracle_features", False, "Also write the hidden factors every true "
                   "probability depends on (oracle_match, oracle_quality, ...) into each "
                   "impression, for the oracle run (configs/esmm_oracle.yaml).")
@@ -66,6 +70,9 @@ def main(argv):
       days=FLAGS.days, start_date=FLAGS.start_date,
       late_purchase_fraction=FLAGS.late_fraction,
       attribution_window_s=FLAGS.attribution_window_s)
+  if FLAGS.target_ctr is not None:
+    config = dataclasses.replace(config, behaviour=dataclasses.replace(
+        config.behaviour, target_ctr=FLAGS.target_ctr))
   try:
     config.validate()
     writer.prepare_output(FLAGS.output, FLAGS.overwrite)   # fail before the work

@@ -1,0 +1,59 @@
+"""Tests of the tuning and sweep harness' pure parts (benchmarks.tune, benchmarks.sweep)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import models as truth_benchmark
+from benchmarks import sweep
+from benchmarks import tune
+from configs import config as config_lib
+
+
+def test_sampling_is_deterministic_and_inside_the_space():
+  space = dict(tune.SPACE, **tune.MODEL_SPACE["esmc"])
+  first = [tune.sample(space, np.random.default_rng(3)) for _ in range(2)]
+  assert first[0] == first[1]
+  trials = [tune.sample(space, np.random.default_rng(seed)) for seed in range(200)]
+  rates = [t["train.learning_rate"] for t in trials]
+  assert 3e-4 <= min(rates) and max(rates) <= 1e-2
+  # log-uniform: about half the draws below the geometric mean of the bounds
+  assert 0.4 < np.mean(np.array(rates) < math.sqrt(3e-4 * 1e-2)) < 0.6
+  assert {tuple(t["model.tower_units"]) for t in trials} == set(tune.SPACE["model.tower_units"][1])
+  assert all(1e-5 <= t["model.params.constraint_lambda"] <= 1e-1 for t in trials)
+
+
+def test_overrides_build_a_loadable_config():
+  trial = {"model.embedding_dim": 8, "model.tower_units": [64, 32],
+           "model.params.constraint_lambda": 0.01, "train.learning_rate": 0.003}
+  overrides = tune.to_overrides(trial)
+  assert overrides == {"model": {"embedding_dim": 8, "tower_units": [64, 32],
+                                 "params": {"constraint_lambda": 0.01}},
+                       "train": {"learning_rate": 0.003}}
+  config = config_lib.load_config(
+      f"{truth_benchmark.PROJECT_ROOT}/configs/esmc.yaml", overrides=overrides)
+  assert config.model.embedding_dim == 8 and tuple(config.model.tower_units) == (64, 32)
+  assert config.model.params["constraint_lambda"] == 0.01
+  assert config.model.params["constraint_pull_target"] is True  # untouched by the trial
+  assert config.train.learning_rate == 0.003
+
+
+def test_objective_reads_the_validation_logloss_only():
+  report = {"training": {"validation": {"ctr_logloss": 0.2, "ctcvr_logloss": 0.03,
+                                        "loss": 9.0}},
+            "tasks": {"ctr": {"auc": 0.99}}}
+  assert tune.objective(report) == pytest.approx(0.23)
+  assert math.isnan(tune.objective({"training": {}}))
+
+
+def _cell(naive, esmm, esmc):
+  return {"per_seed": {"naive": naive, "esmm": esmm, "esmc": esmc}}
+
+
+def test_gain_over_naive_pairs_seeds_and_picks_the_best_entire_space_model():
+  gain = sweep.gain_over_naive(_cell([0.70, 0.72], [0.73, 0.74], [0.71, 0.75]))
+  assert gain["model"] == "esmm"  # mean 0.735 vs esmc 0.730
+  assert gain["mean"] == pytest.approx(0.025)
+  assert gain["std"] == pytest.approx(math.sqrt(2 * 0.005 ** 2))
+  assert sweep.gain_over_naive({"per_seed": {"esmm": [0.7]}}) == {}
