@@ -241,6 +241,19 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if args.fail_on_anomalies and not args.schema:
     logging.warning("--fail_on_anomalies has no effect without --schema")
 
+  options = PipelineOptions(pipeline_args)
+  try:  # Before anything is written: an unchecked Beam version is refused here.
+    mode = beam_compat.prepare_local_parallelism(options)
+  except beam_compat.UnsupportedBeamModeError as e:
+    raise preprocess_job.PreprocessError(str(e)) from e
+  if mode:
+    workers = options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers
+    logging.info(
+        "DirectRunner %s with %s worker(s): Beam's timed-flush data-loss race is fixed for "
+        "this run (transforms/beam_compat.py, docs/SCALING.md 2.1); the accounting check "
+        "below still fails the job if any record is lost.", mode,
+        workers or f"{os.cpu_count()} (one per core)")
+
   paths = outputs_lib.OutputPaths(args.output)
   # Readers trust a directory only with a marker (features/success_marker.py): an old
   # one goes first, so a failure below leaves the directory unmarked.
@@ -254,17 +267,6 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                f", eval from {config.data.eval_from}" if args.source == LOG else
                ", train/eval by file")
 
-  options = PipelineOptions(pipeline_args)
-  try:
-    mode = beam_compat.prepare_local_parallelism(options)
-  except beam_compat.UnsupportedBeamModeError as e:
-    raise preprocess_job.PreprocessError(str(e)) from e
-  if mode:
-    logging.info(
-        "DirectRunner %s with %s workers: Beam's timed-flush data-loss race is fixed for "
-        "this run (transforms/beam_compat.py, docs/SCALING.md 2.1); the accounting check "
-        "below still fails the job if any record is lost.", mode,
-        options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers)
   start = time.time()
   pipeline = beam.Pipeline(options=options)
   _ = pipeline | "Preprocess" >> transform

@@ -45,6 +45,19 @@ def test_local_workers_stands_for_the_direct_runner_options():
     preprocess.parse_args(base + ["--local_workers=-1"])
 
 
+def test_local_workers_on_an_unchecked_beam_version_fails_before_writing(tmp_path,
+                                                                         monkeypatch):
+  import apache_beam  # pylint: disable=g-import-not-at-top
+  impressions, events = _write_logs(str(tmp_path / "logs"))
+  monkeypatch.setattr(apache_beam, "__version__", "2.99.0")
+  output = tmp_path / "out"
+  with pytest.raises(preprocess_job.PreprocessError, match="apache_beam 2.99.0"):
+    preprocess.run(_argv(impressions, events, str(output),
+                         testing.write_experiment(str(tmp_path / "config")),
+                         "--local_workers", "2"))
+  assert not output.exists()
+
+
 def test_a_glob_matching_nothing_fails_before_the_pipeline(tmp_path):
   with pytest.raises(preprocess_job.PreprocessError, match="--events"):
     preprocess.run(["--impressions", __file__, "--events", str(tmp_path / "none*.jsonl"),
