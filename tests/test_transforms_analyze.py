@@ -12,12 +12,14 @@ import random
 import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 
 from features import artifacts as artifacts_lib
 from features import spec as spec_lib
 from transforms import analyze
+from transforms import beam_compat
 
 SPEC = spec_lib.feature_spec_from_dict({"features": [
     {"name": "device", "dtype": "string", "transform": "vocabulary", "max_tokens": 3},
@@ -194,6 +196,8 @@ def _bundling_records(seed=3):
 
 
 def _transform_json(records, directory, pipeline_args):
+  # As pipeline.preprocess does: multi_threading needs Beam's data-loss fix.
+  beam_compat.prepare_local_parallelism(PipelineOptions(pipeline_args))
   with test_pipeline.TestPipeline(argv=pipeline_args) as p:
     _ = (p | beam.Create(records) | analyze.AnalyzeTransforms(SPEC)
          | analyze.WriteTransformArtifacts(directory))
