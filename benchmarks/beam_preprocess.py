@@ -7,7 +7,8 @@ subprocess) -> TFRecords. Reported per worker count: input records (impressions 
 events) per second of pipeline time (the job's own "Pipeline finished in" log line; the
 post-run checks and TFDV schema step are outside it) and of wall time (process start to
 exit), and peak memory: the largest summed RSS of the process tree (the job and its
-worker processes), polled with psutil every POLL_SECONDS.
+worker processes), polled with psutil every POLL_SECONDS. A run that exits 0 must leave a
+verifiable OUTPUT/_SUCCESS.json (features/success_marker.py).
 """
 
 import json
@@ -135,7 +136,9 @@ def write_table(rows: List[Dict[str, Any]], impressions: int, results_dir: str,
                      f"(exit 1): {r['failure']}" for r in rows if r.get("failure"))
   body = (f"`python -m pipeline.preprocess` (configs/esmm.yaml: parse, join, label, split, "
           f"transform analysis, TFRecord encode, TFDV statistics) on DirectRunner with "
-          f"`--direct_running_mode multi_processing --direct_num_workers N`, "
+          f"`--direct_running_mode multi_processing --direct_num_workers N` (with "
+          f"transforms/beam_compat.py's fix for Beam's data-plane race, docs/SCALING.md "
+          f"2.1), "
           f"{impressions:,} simulated impressions (pipeline.simulate --seed 7). "
           f"Pipeline time excludes interpreter start-up and the post-run checks/schema; "
           f"wall time includes them.\n\n{table}{failures}")
