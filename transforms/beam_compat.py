@@ -88,9 +88,9 @@ def _locked_close(self):
 def _locked(name):
   unlocked = getattr(data_plane.OutputStream, name)
 
-  def write(self, *args):
+  def write(self, *args, **kwargs):
     with self._flush_lock:
-      return unlocked(self, *args)
+      return unlocked(self, *args, **kwargs)
 
   write.__name__ = name
   write.__doc__ = f"OutputStream.{name} under the flush lock (transforms/beam_compat.py)."
