@@ -40,6 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(PROJECT_ROOT, "benchmarks", "results")
 # Benchmark name -> experiment config (configs/<file>).
@@ -54,6 +56,10 @@ MODELS = {
     "hm3": "hm3.yaml",
     "esmm_mmoe": "esmm_mmoe.yaml",
     "esmm_ple": "esmm_ple.yaml",
+    "aitm": "aitm.yaml",
+    "aitm_action": "aitm_action.yaml",
+    "escm2_ips": "escm2_ips.yaml",
+    "escm2_dr": "escm2_dr.yaml",
     "esmm_oracle": "esmm_oracle.yaml",  # + the hidden factors: tests the machinery
 }
 # Tuned configs (benchmarks.tune --write_config) join as <model>_tuned.
@@ -106,14 +112,25 @@ def make_world(mode_dir: str, impressions: int, simulate_flags: Sequence[str] = 
             log_path=os.path.join(mode_dir, "simulate.log"))
     if os.path.exists(data):
       shutil.rmtree(data)
-  if not os.path.exists(os.path.join(data, "_SUCCESS.json")):
+  if not _complete(data):
     _log(f"preprocessing -> {data}")
     _python("-m", "pipeline.preprocess",
             "--impressions", os.path.join(raw, "impressions", "*.jsonl.gz"),
             "--events", os.path.join(raw, "events", "*.jsonl.gz"), "--output", data,
             "--config", os.path.join(PROJECT_ROOT, "configs", PREPROCESS_CONFIG),
             log_path=os.path.join(mode_dir, "preprocess.log"))
+  common.checked_data_dir(data)
   return {"raw": raw, "data": data}
+
+
+def _complete(data_dir: str) -> bool:
+  """Whether data_dir holds a preprocess output whose success marker verifies."""
+  from features import success_marker  # pylint: disable=g-import-not-at-top
+  try:
+    success_marker.check_success_marker(data_dir)
+  except success_marker.IncompleteOutputError:
+    return False
+  return True
 
 
 def _has_oracle_features(raw: str) -> bool:

@@ -16,7 +16,7 @@ own: it learns only through ctcvr. Task `cvr` (label purchase, sample weight cli
 over clicked exposures) has loss weight 0 and only reports `cvr_auc` / `cvr_logloss`.
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from configs import config as config_lib
 from features import artifacts as artifacts_lib
@@ -35,10 +35,12 @@ TASKS = (
 
 
 def build_heads(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
-                artifacts: artifacts_lib.TransformArtifacts, params: Dict[str, Any]
+                artifacts: artifacts_lib.TransformArtifacts, params: Dict[str, Any],
+                towers: Sequence[str] = ("ctr", "cvr")
                 ) -> Tuple[multitask.TowerGraph, Dict[str, heads.Head]]:
-  """The two-tower graph and its heads {ctr, cvr, ctcvr = ctr * cvr}."""
-  graph = multitask.build_towers(model_config, spec, artifacts, ("ctr", "cvr"),
+  """The two-tower graph and its heads {ctr, cvr, ctcvr = ctr * cvr}; `towers` may add
+  towers after ctr and cvr whose logits the caller uses (e.g. ESCM2's imputation)."""
+  graph = multitask.build_towers(model_config, spec, artifacts, tuple(towers),
                                  bottom=params["bottom"])
   ctr = graph.head("ctr")
   cvr = graph.head("cvr")

@@ -155,6 +155,31 @@ class LogitAUC(tf_keras.metrics.AUC):
     return config
 
 
+AuxiliaryFn = Callable[[Mapping[str, tf.Tensor], Mapping[str, tf.Tensor]],
+                       Tuple[tf.Tensor, tf.Tensor]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuxiliaryLoss:
+  """A loss term that is not one output's BCE: AITM's calibrator, ESCM2's IPS / DR terms.
+
+  Attributes:
+    name: logged under this name (e.g. "calibrator_loss").
+    fn: (labels dict, training outputs dict) -> (per-example loss float32 [batch], this
+      replica's normaliser, a scalar). The term is weight * sum(per_example) /
+      N, N the global batch's normaliser (its mean over replicas, as for tasks). The
+      training outputs are the log_odds_model's (log-odds of the scored outputs plus the
+      model's extra training tensors).
+    weight: its weight in the total loss (> 0).
+    reads: the label names fn reads.
+  """
+
+  name: str
+  fn: AuxiliaryFn
+  weight: float
+  reads: Tuple[str, ...] = ()
+
+
 def make_ranking_task(name: str) -> tfrs.tasks.Ranking:
   """A ranking task on log-odds: per-example BCE and `<name>_auc` / `<name>_logloss`.
 
@@ -202,7 +227,8 @@ class MultiTaskModel(tfrs.models.Model):
                loss_weights: Optional[Mapping[str, float]] = None,
                parameter_ties: Sequence[regularizers_lib.ParameterTie] = (),
                log_odds_model: Optional[tf_keras.Model] = None,
-               loss_normalization: str = "weights", **kwargs):
+               loss_normalization: str = "weights",
+               auxiliary_losses: Sequence[AuxiliaryLoss] = (), **kwargs):
     super().__init__(**kwargs)
     if loss_normalization not in LOSS_NORMALIZATIONS:
       raise ValueError(f"loss_normalization {loss_normalization!r}: use one of "
@@ -237,7 +263,16 @@ class MultiTaskModel(tfrs.models.Model):
     self.task_specs = {task.name: task for task in tasks}
     self.task_loss_weights = weights
     self.tasks = {task.name: make_ranking_task(task.name) for task in tasks}
-    self.required_labels = frozenset().union(*(t.required_labels for t in tasks))
+    aux_names = [aux.name for aux in auxiliary_losses]
+    if len(set(aux_names)) != len(aux_names) or set(aux_names) & set(names):
+      raise ValueError(f"auxiliary loss names {aux_names} must be unique and differ from "
+                       f"the task names {names}")
+    bad = sorted(aux.name for aux in auxiliary_losses if not aux.weight > 0)
+    if bad:
+      raise ValueError(f"auxiliary losses {bad} need a weight > 0")
+    self.auxiliary_losses = tuple(auxiliary_losses)
+    self.required_labels = frozenset().union(
+        *(t.required_labels for t in tasks), *(set(a.reads) for a in auxiliary_losses))
     # The tied variables are the scorer's own (trainable_variables holds each once).
     self._parameter_ties = tuple(parameter_ties)
     self.log_odds_model = log_odds_model
@@ -264,8 +299,22 @@ class MultiTaskModel(tfrs.models.Model):
     strategy with R replicas the mean over replicas of each replica's value is the loss
     of the global batch: replica r returns R * sum_{i in r} s_i BCE_i / N_global.
     """
+    return self._forward_losses(inputs, training)[0]
+
+  def auxiliary_loss_values(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
+    """Each auxiliary loss (unweighted scalar, normalised as AuxiliaryLoss says)."""
+    return self._forward_losses(inputs, training)[1]
+
+  def _forward_losses(self, inputs, training: bool
+              ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+    """(task losses, auxiliary losses) from one forward pass."""
     features, labels = inputs
     log_odds = self.log_odds(features, training=training)
+    auxiliary = {}
+    for aux in self.auxiliary_losses:
+      per_example, normalizer = aux.fn(labels, log_odds)
+      auxiliary[aux.name] = tf.math.divide_no_nan(
+          tf.reduce_sum(per_example), _global_mean(tf.cast(normalizer, tf.float32)))
     losses = {}
     for name, spec in self.task_specs.items():
       target = tf.reshape(spec.label_fn(labels), [-1, 1])
@@ -281,7 +330,7 @@ class MultiTaskModel(tfrs.models.Model):
         normalizer = tf.cast(tf.size(per_example), per_example.dtype)
       losses[name] = tf.math.divide_no_nan(tf.reduce_sum(per_example),
                                            _global_mean(normalizer))
-    return losses
+    return losses, auxiliary
 
   def regularization_loss(self) -> tf.Tensor:
     """sum(scorer.losses): the regularizers of the scorer's layers (0 when none)."""
@@ -293,21 +342,26 @@ class MultiTaskModel(tfrs.models.Model):
     """sum of the parameter ties' penalties (0 when none)."""
     return regularizers_lib.tie_loss(self._parameter_ties)
 
-  def _weighted_task_loss(self, inputs, training: bool) -> tf.Tensor:
-    losses = self.task_losses(inputs, training=training)
+  def _weighted_task_loss(self, inputs, training: bool
+                          ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """(weighted sum of the task and auxiliary losses, the auxiliary losses unweighted)."""
+    losses, auxiliary = self._forward_losses(inputs, training)
     total = tf.constant(0.0)
     for name, loss in losses.items():
       weight = self.task_loss_weights[name]
       if weight:  # weight 0: metrics only, and no 0 * NaN in the total.
         total += weight * loss
-    return total
+    for aux in self.auxiliary_losses:
+      total += aux.weight * auxiliary[aux.name]
+    return total, auxiliary
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-    """Weighted task losses + the scorer's regularization + the constraint loss (scalar)."""
-    return (self._weighted_task_loss(inputs, training) + self.regularization_loss()
+    """Weighted task (and auxiliary) losses + the scorer's regularization + the
+    constraint loss (scalar)."""
+    return (self._weighted_task_loss(inputs, training)[0] + self.regularization_loss()
             + self.constraint_loss())
 
-  def _logs(self, task_loss, regularization_loss, constraint_loss):
+  def _logs(self, task_loss, regularization_loss, constraint_loss, auxiliary):
     """The step's logs: metric results (already global) and the losses, each the mean
     over replicas (every replica logs the same numbers, so any reduction is right)."""
     logs = {metric.name: metric.result() for metric in self.metrics}
@@ -315,6 +369,7 @@ class MultiTaskModel(tfrs.models.Model):
                   regularization_loss=regularization_loss)
     if self._parameter_ties:
       losses.update(constraint_loss=constraint_loss)
+    losses.update(auxiliary)
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
       losses = dict(zip(losses, context.all_reduce(tf.distribute.ReduceOp.MEAN,
@@ -328,7 +383,7 @@ class MultiTaskModel(tfrs.models.Model):
   # loss is divided by the replica count (as Keras' compiled losses do).
   def train_step(self, inputs):
     with tf.GradientTape() as tape:
-      task_loss = self._weighted_task_loss(inputs, training=True)
+      task_loss, auxiliary = self._weighted_task_loss(inputs, training=True)
       regularization_loss = self.regularization_loss()
       constraint_loss = self.constraint_loss()
       replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -337,11 +392,12 @@ class MultiTaskModel(tfrs.models.Model):
     gradients = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, variables) if g is not None)
-    return self._logs(task_loss, regularization_loss, constraint_loss)
+    return self._logs(task_loss, regularization_loss, constraint_loss, auxiliary)
 
   def test_step(self, inputs):
-    task_loss = self._weighted_task_loss(inputs, training=False)
-    return self._logs(task_loss, self.regularization_loss(), self.constraint_loss())
+    task_loss, auxiliary = self._weighted_task_loss(inputs, training=False)
+    return self._logs(task_loss, self.regularization_loss(), self.constraint_loss(),
+                      auxiliary)
 
 
 def _global_mean(value: tf.Tensor) -> tf.Tensor:
@@ -359,7 +415,8 @@ class TowerGraph:
   Attributes:
     inputs: raw feature name -> tf_keras.Input (the scorer's inputs).
     encoder: the shared FeatureEncoder (one embedding table per feature).
-    logits: tower name -> KerasTensor float32 [batch, 1].
+    logits: tower name -> KerasTensor float32 [batch, 1] (with vector towers: the
+      tower's vector, float32 [batch, units[-1]]).
     towers: tower name -> MLPTower (its `dense_layers` for regularisation or tying);
       a Siamese path maps to the same MLPTower object as the tower it shares.
   """
@@ -377,30 +434,35 @@ class TowerGraph:
 def assemble(inputs: Mapping[str, Any], outputs: Mapping[str, heads_lib.Head],
              tasks: Sequence[TaskSpec], model_config: config_lib.ModelConfig, name: str,
              params: Mapping[str, Any],
-             parameter_ties: Sequence[regularizers_lib.ParameterTie] = ()
-             ) -> MultiTaskModel:
+             parameter_ties: Sequence[regularizers_lib.ParameterTie] = (),
+             auxiliary_losses: Sequence[AuxiliaryLoss] = (),
+             training_outputs: Optional[Mapping[str, Any]] = None) -> MultiTaskModel:
   """The scorer `<name>_scorer` (inputs -> the heads' probabilities) and its log-odds
-  twin (inputs -> the log-odds of the outputs the tasks score) in a MultiTaskModel.
+  twin (inputs -> the log-odds of every head, plus `training_outputs`: extra tensors
+  only the auxiliary losses read) in a MultiTaskModel.
 
   `inputs` are the raw feature inputs (TowerGraph.inputs); `params` the resolved
   model.params (loss_normalization).
   """
   scorer = tf_keras.Model(dict(inputs), {k: h.probability for k, h in outputs.items()},
                           name=f"{name}_scorer")
-  scored = sorted({task.output for task in tasks})
-  log_odds_model = tf_keras.Model(dict(inputs), {k: outputs[k].logit() for k in scored},
-                                  name=f"{name}_log_odds")
+  training = {k: h.logit() for k, h in outputs.items()}
+  clash = sorted(set(training) & set(training_outputs or {}))
+  if clash:
+    raise ValueError(f"training_outputs {clash} clash with output names")
+  training.update(training_outputs or {})
+  log_odds_model = tf_keras.Model(dict(inputs), training, name=f"{name}_log_odds")
   return MultiTaskModel(scorer, tasks, loss_weights=model_config.loss_weights,
                         parameter_ties=parameter_ties, log_odds_model=log_odds_model,
                         loss_normalization=params.get("loss_normalization", "weights"),
-                        name=name)
+                        auxiliary_losses=auxiliary_losses, name=name)
 
 
 def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                  artifacts: artifacts_lib.TransformArtifacts, tower_names: Sequence[str],
                  bottom: Any = "shared", siamese: Optional[Mapping[str, str]] = None,
                  path_context_dim: int = 0, inputs: Optional[Mapping[str, Any]] = None,
-                 prefix: str = "") -> TowerGraph:
+                 prefix: str = "", vector_towers: bool = False) -> TowerGraph:
   """Raw inputs -> shared encoder -> [cross network] -> bottom -> one MLP tower each.
 
   Args:
@@ -419,6 +481,8 @@ def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpe
     prefix: prepended to the names of the encoder, cross network and bottom, so two
       graphs in one scorer have distinct layers (e.g. the naive baseline's "ctr_" and
       "cvr_" models). Tower names stay `<n>_tower`.
+    vector_towers: the towers output their last hidden layer (a task vector) instead of
+      a logit (AITM).
 
   Returns:
     A TowerGraph whose logits a model turns into probabilities.
@@ -430,7 +494,8 @@ def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpe
   if model_config.cross_layers > 0:
     shared = cross_lib.CrossNetwork(model_config.cross_layers, l2=model_config.l2,
                                     name=f"{prefix}cross_network")(shared)
-  tower_inputs = bottom_lib.make_bottom(bottom, len(tower_names), name=f"{prefix}bottom")(shared)
+  tower_inputs = bottom_lib.make_bottom(bottom, len(tower_names),
+                                        name=f"{prefix}bottom")(shared)
   siamese = dict(siamese or {})
   unknown = sorted((set(siamese) | set(siamese.values())) - set(tower_names))
   if unknown or any(owner in siamese for owner in siamese.values()):
@@ -447,7 +512,8 @@ def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpe
     else:
       towers[name] = tower_lib.MLPTower(
           model_config.tower_units, activation=model_config.activation,
-          dropout=model_config.dropout, l2=model_config.l2, name=f"{name}_tower")
+          dropout=model_config.dropout, l2=model_config.l2,
+          output_logit=not vector_towers, name=f"{name}_tower")
     logits[name] = towers[name](tower_input)
   logits = {name: logits[name] for name in tower_names}
   return TowerGraph(inputs=inputs, encoder=encoder, logits=logits, towers=towers)

@@ -4,7 +4,8 @@ Flow position: pipeline.train (and tests) call `build_model(config, spec, artifa
 everything a model needs comes from the experiment config, the feature spec and the
 transform artifacts. Adding a model is one entry in `MODELS`: its
 `build(model_config, spec, artifacts, params)` and its `PARAMS` (the model.params keys
-it accepts, with defaults). Registered: naive, shared_bottom, esmm, esm2, esmc, esms, esmg, hm3
+it accepts, with defaults). Registered: naive, shared_bottom, esmm, esm2, esmc, esms, esmg, hm3, aitm,
+escm2_ips, escm2_dr
 (docs/MODELS.md).
 """
 
@@ -14,6 +15,8 @@ from typing import Any, Callable, Dict, List, Mapping
 from configs import config as config_lib
 from features import artifacts as artifacts_lib
 from features import spec as spec_lib
+from models import aitm
+from models import escm2
 from models import esm2
 from models import esmc
 from models import esmm
@@ -43,6 +46,9 @@ MODELS: Dict[str, ModelEntry] = {
     "esms": ModelEntry(esmc.build_esms, esmc.ESMS_PARAMS),
     "esmg": ModelEntry(esmc.build_esmg, esmc.ESMG_PARAMS),
     "hm3": ModelEntry(hm3.build, hm3.PARAMS),
+    "aitm": ModelEntry(aitm.build, aitm.PARAMS),
+    "escm2_ips": ModelEntry(escm2.build_ips, escm2.PARAMS),
+    "escm2_dr": ModelEntry(escm2.build_dr, escm2.PARAMS),
 }
 
 

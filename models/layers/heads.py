@@ -68,3 +68,12 @@ def alias(head: Head, name: str) -> Head:
   """The same probability under a second output name (e.g. HM3's ctmacro as ctavr)."""
   return Head(name, probability.ProbabilityAlias(name=name)(head.probability),
               head.log_pair, direct_logit=head.direct_logit)
+
+
+def ratio(numerator: Head, denominator: Head, name: str) -> Head:
+  """p = clip(numerator / denominator) (e.g. AITM's cvr = ctcvr / ctr, clipped)."""
+  return Head(name,
+              probability.ProbabilityRatio(name=name)([numerator.probability,
+                                                       denominator.probability]),
+              log_space.LogPairRatio(name=f"{name}_log_pair")([numerator.log_pair,
+                                                               denominator.log_pair]))

@@ -109,3 +109,27 @@ class LogPairLogit(_LogSpaceLayer):
   def call(self, pair):
     log_p, log_not_p = _split(pair)
     return log_p - log_not_p
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class LogPairRatio(_LogSpaceLayer):
+  """Log pairs of [num, den] -> the log pair of clip(num / den, eps, 1 - eps).
+
+  log r = clip(log num - log den, log eps, log(1 - eps)); log(1 - r) = log1mexp(log r).
+  The same clip as models.layers.probability.ProbabilityRatio, applied in log space.
+  """
+
+  def __init__(self, epsilon: float = 1e-7, **kwargs):
+    super().__init__(**kwargs)
+    self.epsilon = float(epsilon)
+
+  def call(self, pairs):
+    (log_num, _), (log_den, _) = (_split(p) for p in pairs)
+    log_r = tf.clip_by_value(log_num - log_den, math.log(self.epsilon),
+                             math.log1p(-self.epsilon))
+    return _pair(log_r, log1mexp(log_r))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(epsilon=self.epsilon)
+    return config

@@ -95,3 +95,28 @@ class ProbabilityAlias(tf_keras.layers.Layer):
 
   def call(self, probability):
     return tf.identity(tf.cast(probability, tf.float32))
+
+
+@tf_keras.saving.register_keras_serializable(package="cvr")
+class ProbabilityRatio(tf_keras.layers.Layer):
+  """A conditional probability from two joint ones: num / den, clipped into (0, 1).
+
+  Inputs: [num, den], each float32 [batch, 1], e.g. AITM's [ctcvr, ctr]. Output: float32
+  [batch, 1], clip(num / den, epsilon, 1 - epsilon). The models that use it do not
+  guarantee num <= den, so the clip is part of the definition, not only of serving.
+  """
+
+  def __init__(self, epsilon: float = EPSILON, **kwargs):
+    kwargs.setdefault("dtype", "float32")
+    super().__init__(**kwargs)
+    self.epsilon = float(epsilon)
+
+  def call(self, inputs):
+    numerator, denominator = (tf.cast(x, tf.float32) for x in inputs)
+    return tf.clip_by_value(tf.math.divide_no_nan(numerator, denominator), self.epsilon,
+                            1.0 - self.epsilon)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(epsilon=self.epsilon)
+    return config

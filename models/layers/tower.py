@@ -16,18 +16,25 @@ import tf_keras
 class MLPTower(tf_keras.layers.Layer):
   """Hidden Dense layers (each optionally followed by dropout) and a 1-unit logit.
 
-  Input: float32 [batch, d]. Output: float32 [batch, 1], a logit (no activation).
+  Input: float32 [batch, d]. Output: float32 [batch, 1], a logit (no activation); with
+  output_logit=False the last hidden layer's activations, float32 [batch, units[-1]]
+  (a task vector, e.g. AITM's q_t).
 
   Args:
     units: hidden layer sizes, e.g. (128, 64); empty means a linear (logistic) tower.
     activation: hidden activation.
     dropout: dropout rate after every hidden layer (training only); 0 disables it.
     l2: L2 penalty on every kernel (hidden and logit); 0 disables it.
+    output_logit: False: no logit layer; the tower outputs its last hidden layer.
   """
 
   def __init__(self, units: Sequence[int] = (128, 64), activation: str = "relu",
-               dropout: float = 0.0, l2: float = 0.0, **kwargs):
+               dropout: float = 0.0, l2: float = 0.0, output_logit: bool = True, **kwargs):
     super().__init__(**kwargs)
+    if not output_logit and not units:
+      raise ValueError(f"{self.name}: a vector tower (output_logit=False) needs >= 1 "
+                       f"hidden layer")
+    self.output_logit = bool(output_logit)
     self.units = tuple(int(u) for u in units)
     self.activation = activation
     self.dropout = float(dropout)
@@ -39,12 +46,13 @@ class MLPTower(tf_keras.layers.Layer):
         for i, u in enumerate(self.units)]
     self.dropouts = [tf_keras.layers.Dropout(self.dropout, name=f"dropout_{i}")
                      for i in range(len(self.units))] if self.dropout > 0 else []
-    self.logit = tf_keras.layers.Dense(1, kernel_regularizer=regularizer, name="logit")
+    self.logit = (tf_keras.layers.Dense(1, kernel_regularizer=regularizer, name="logit")
+                  if self.output_logit else None)
 
   @property
   def dense_layers(self) -> List[tf_keras.layers.Dense]:
-    """The tower's Dense layers in order: hidden layers, then the logit layer."""
-    return list(self.hidden) + [self.logit]
+    """The tower's Dense layers in order: hidden layers, then the logit layer (if any)."""
+    return list(self.hidden) + ([self.logit] if self.logit is not None else [])
 
   def call(self, inputs, training=None):
     x = inputs
@@ -52,12 +60,12 @@ class MLPTower(tf_keras.layers.Layer):
       x = dense(x)
       if self.dropouts:
         x = self.dropouts[i](x, training=training)
-    return self.logit(x)
+    return self.logit(x) if self.logit is not None else x
 
   def get_config(self):
     config = super().get_config()
     config.update(units=list(self.units), activation=self.activation,
-                  dropout=self.dropout, l2=self.l2)
+                  dropout=self.dropout, l2=self.l2, output_logit=self.output_logit)
     return config
 
 
