@@ -32,23 +32,22 @@ read for either.
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
 
 from features import parsing
 from features import spec as spec_lib
+from training import shard_check
 
 LABELS_FILE = "labels.json"
 TFRECORD_SUFFIX = ".tfrecord.gz"
-COMPRESSION = "GZIP"
+COMPRESSION = shard_check.COMPRESSION
 MAX_CYCLE_LENGTH = 16
 FILTER_BATCH = 1024
 HASH_BUCKETS = 1_000_000
-
-# A predicate over a batch of serialized tf.Examples: tf.string [n] -> tf.bool [n].
-RecordPredicate = Callable[[tf.Tensor], tf.Tensor]
+RecordPredicate = shard_check.RecordPredicate  # tf.string [n] -> tf.bool [n]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,13 +145,11 @@ def count_examples(file_pattern: str) -> int:
   """Counts the records of every matching file by reading them all (O(data)).
 
   Prefer DATA/counts.json for the Beam job's output; this is for other files and tests.
+
+  Raises:
+    training.shard_check.CorruptShardError: a file is corrupt (named, with the offset).
   """
-  files = list_files(file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-      lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),
-      cycle_length=min(len(files), MAX_CYCLE_LENGTH), num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=False)
-  return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+  return shard_check.verify_shards(file_pattern).records
 
 
 def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Sequence[str],
