@@ -18,11 +18,16 @@
       --train 'ali_ccp_train*.csv' --eval 'ali_ccp_val*.csv,ali_ccp_test*.csv' --output DIR
   python -m pipeline.preprocess --source paddle_esmm --config configs/paddle_esmm.yaml \
       --train 'data/train/*.txt' --eval 'data/test/*.txt' --output DIR
+  python -m pipeline.preprocess --source aliexpress --config configs/aliexpress.yaml \
+      --train 'AliExpress_NL/train.csv' --eval 'AliExpress_NL/test.csv' --output DIR
 
 Flow: raw logs -> **this job** (transforms.preprocess_job.Preprocess, or PreprocessAliCcp /
 PreprocessDerived by --source; docs/ALI_CCP.md) -> OUTPUT/ ->
-pipeline.train. Flags this module does not know are Beam pipeline options, passed to
-`PipelineOptions` untouched, so the same command runs on DirectRunner and Dataflow.
+pipeline.train. At the start the job removes an old success marker and its own old
+TFRecord and dead-letter shards (`remove_previous_shards`: a rerun with fewer shards
+must not leave the extra ones behind, for the marker would list them). Flags this
+module does not know are Beam pipeline options, passed to `PipelineOptions` untouched,
+so the same command runs on DirectRunner and Dataflow.
 After the pipeline, the run checks that every input record was written or
 dead-lettered (OUTPUT/counts.json) and infers or validates the TFDV schema; only then
 does it write OUTPUT/_SUCCESS.json (features/success_marker.py), which readers check.
@@ -40,6 +45,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+import tensorflow as tf
 
 import configs
 from configs import config as config_lib
@@ -63,6 +69,7 @@ DEFAULT_CONFIGS = {
     ALI_CCP: os.path.join(CONFIG_DIR, "ali_ccp.yaml"),
     derived_sources.RECHUB_CSV: os.path.join(CONFIG_DIR, "rechub_aliccp.yaml"),
     derived_sources.PADDLE_ESMM: os.path.join(CONFIG_DIR, "paddle_esmm.yaml"),
+    derived_sources.ALIEXPRESS: os.path.join(CONFIG_DIR, "aliexpress.yaml"),
 }
 # The input flags each source needs.
 SOURCE_FLAGS = {
@@ -70,6 +77,7 @@ SOURCE_FLAGS = {
     ALI_CCP: ("skeleton", "common_features", "eval_skeleton", "eval_common_features"),
     derived_sources.RECHUB_CSV: ("train", "eval"),
     derived_sources.PADDLE_ESMM: ("train", "eval"),
+    derived_sources.ALIEXPRESS: ("train", "eval"),
 }
 
 
@@ -82,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="Input layout: 'log' (the raw log contract: --impressions, "
                            "--events), 'ali_ccp' (the raw Ali-CCP release: --skeleton, "
                            "--common_features, --eval_skeleton, --eval_common_features), "
-                           "'rechub_csv' / 'paddle_esmm' (derived layouts: --train, --eval).")
+                           "'rechub_csv' / 'paddle_esmm' / 'aliexpress' (derived layouts: "
+                           "--train, --eval).")
   parser.add_argument("--impressions", default=None,
                       help="--source log: glob(s), comma-separated, of impression files "
                            "(.jsonl, .jsonl.gz or .parquet; local or gs://).")
@@ -100,17 +109,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="--source ali_ccp: glob(s) of the eval (test) common_features "
                            "files.")
   parser.add_argument("--train", default=None,
-                      help="--source rechub_csv / paddle_esmm: glob(s) of the train files.")
+                      help="--source rechub_csv / paddle_esmm / aliexpress: glob(s) of the "
+                           "train files.")
   parser.add_argument("--eval", default=None,
-                      help="--source rechub_csv / paddle_esmm: glob(s) of the eval files "
-                           "(e.g. val and test).")
+                      help="--source rechub_csv / paddle_esmm / aliexpress: glob(s) of the "
+                           "eval files (e.g. val and test).")
   parser.add_argument("--output", required=True,
                       help="Output directory: train/, eval/, transform/, stats/, schema/, "
                            "dead_letter/, counts.json (DESIGN.md section 3).")
   parser.add_argument("--config", default=None,
                       help="Experiment YAML; its data section and feature spec are used "
                            "(default per --source: configs/esmm.yaml, configs/ali_ccp.yaml, "
-                           "configs/rechub_aliccp.yaml, configs/paddle_esmm.yaml).")
+                           "configs/rechub_aliccp.yaml, configs/paddle_esmm.yaml, "
+                           "configs/aliexpress.yaml).")
   parser.add_argument("--eval_from", default=None,
                       help="--source log: YYYY-MM-DD (UTC): impressions from this day on "
                            "are eval; overrides data.eval_from. Other sources split by file.")
@@ -193,6 +204,26 @@ def input_patterns(args: argparse.Namespace) -> Dict[str, List[str]]:
   return patterns
 
 
+def remove_previous_shards(paths: outputs_lib.OutputPaths) -> List[str]:
+  """Deletes the shards a previous run wrote (`outputs_lib.shard_patterns`); returns them.
+
+  A rerun with fewer shards (data.train_shards lowered) would otherwise leave the old
+  extra shards beside the new ones, and the success marker (which lists every file)
+  would vouch for them. Only files named like this job's own shards are touched
+  (`train/train-*-of-*.tfrecord.gz`, `eval/eval-*-of-*.tfrecord.gz`,
+  `dead_letter/dead_letter-*-of-*.jsonl`); anything else in OUTPUT stays.
+  """
+  removed = []
+  for pattern in outputs_lib.shard_patterns(paths):
+    for path in sorted(tf.io.gfile.glob(pattern)):
+      tf.io.gfile.remove(path)
+      removed.append(path)
+  if removed:
+    logging.info("Removed %d shard files of a previous run in %s: %s", len(removed),
+                 paths.root, ", ".join(removed))
+  return removed
+
+
 def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
                     config: config_lib.ExperimentConfig,
                     spec: spec_lib.FeatureSpec) -> beam.PTransform:
@@ -259,6 +290,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   # one goes first, so a failure below leaves the directory unmarked.
   if success_marker.remove_success_marker(args.output):
     logging.info("Removed the success marker of a previous run in %s", args.output)
+  remove_previous_shards(paths)
   if FileSystems.exists(paths.counts):
     logging.warning("%s holds a previous run; its files are overwritten", args.output)
   preprocess_job.write_run_inputs(paths, config)

@@ -177,3 +177,23 @@ def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, monkeypatch):
   message = str(exited.value.code)
   assert "eval: feature 'device'" in message and "toaster" in message
   assert "train:" not in message
+
+
+def test_previous_shards_are_removed_and_nothing_else(tmp_path):
+  """A rerun with fewer shards must not leave the old extra shards for the marker to list."""
+  paths = outputs_lib.OutputPaths(str(tmp_path))
+  old = ["train/train-00000-of-00040.tfrecord.gz", "train/train-00039-of-00040.tfrecord.gz",
+         "eval/eval-00007-of-00008.tfrecord.gz", "dead_letter/dead_letter-00000-of-00001.jsonl"]
+  kept = ["counts.json", "train/notes.txt", "train/other-00000-of-00001.tfrecord.gz",
+          "eval/eval-00000-of-00001.tfrecord", "schema/schema.pbtxt",
+          "transform/vocab/device.txt"]
+  for name in old + kept:
+    os.makedirs(os.path.dirname(str(tmp_path / name)), exist_ok=True)
+    (tmp_path / name).write_bytes(b"x")
+  removed = preprocess.remove_previous_shards(paths)
+  assert sorted(removed) == sorted(str(tmp_path / name) for name in old)
+  assert not any((tmp_path / name).exists() for name in old)
+  assert all((tmp_path / name).exists() for name in kept)
+  assert preprocess.remove_previous_shards(paths) == []
+  assert preprocess.remove_previous_shards(
+      outputs_lib.OutputPaths(str(tmp_path / "does_not_exist"))) == []

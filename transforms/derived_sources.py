@@ -1,4 +1,4 @@
-"""Read layouts other projects derive from Ali-CCP: torch-rechub CSV and PaddleRec text.
+"""Read derived CSV/text layouts: torch-rechub's and PaddleRec's Ali-CCP, AITM's AliExpress.
 
 Flow: derived files -> **ReadDerived** (read + parse, per file) -> labelled records (the
 shape `transforms.label.JoinAndLabel` emits, with a "split" key) -> SplitByFile ->
@@ -16,22 +16,34 @@ Layouts (`--source`):
   * paddle_esmm: PaddleRec's ESMM text: `id,click,ctcvr,field:feature_id,...`, one row
     per impression, a multi-valued field repeated once per value (weights 1.0). ctcvr
     is click AND purchase, so purchase <- ctcvr.
+  * aliexpress: the AliExpress data set as AITM / MTReclib ship it (Tianchi dataId 74690;
+    one directory per country with train.csv and test.csv): a CSV with the header
+    `search_id,categorical_1,...,categorical_16,numerical_1,...,numerical_63,click,
+    conversion`. Columns feed spec features of the same name (every spec feature must
+    have a column, as for rechub_csv); purchase <- conversion. `search_id` (rows of one
+    search share it) is not a model input: it is written into each Example as the
+    bytes key `search_id`, beside `impression_id` (unless the spec names a feature
+    `search_id`, which then reads the column like any other). An empty search_id is a
+    malformed_line.
 
 Every row's Example gets `impression_id` = "<file path>:<line>" (ids in these files
-restart per file) and timestamp 0 (no time in these layouts). Labels: purchase=1 with
-click=0 is a dead letter `purchase_without_click` (data.orphan_event_policy: dead_letter;
-`infer_click` sets click = 1 instead). Other dead letters: malformed_line (wrong column
-count, a missing id/label column), bad_label (not 0/1), malformed_item (paddle token
+restart per file; an AliExpress search_id is shared by the rows of a search, so it is
+not an impression id) and timestamp 0 (no time in these layouts). Labels: purchase=1
+(AliExpress: conversion=1) with click=0 is a dead letter `purchase_without_click`
+(data.orphan_event_policy: dead_letter; `infer_click` sets click = 1 instead). Other dead
+letters: malformed_line (wrong column count, a missing id/label column, an empty
+search_id), bad_label (not 0/1), malformed_item (paddle token
 without `field:id`), repeated_single_valued_field, bad_type / bad_value (a cell the
 feature's dtype cannot hold).
 
 Note: torch-rechub's label encoding and min-max scaling were fit on all of its data
 (train, val and test together) before we see it; that leak is in the files and cannot be
-undone here. Our own statistics (vocabularies, mean/variance) use the train files only.
+undone here. Our own statistics (vocabularies, mean/variance) use the train files only
+(AliExpress's numerical fields arrive already scaled; they are standardised again).
 """
 
 import math
-from typing import Any, Dict, Iterator, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import apache_beam as beam
@@ -46,19 +58,43 @@ from transforms import read
 
 RECHUB_CSV = "rechub_csv"
 PADDLE_ESMM = "paddle_esmm"
-LAYOUTS = (RECHUB_CSV, PADDLE_ESMM)
+ALIEXPRESS = "aliexpress"
+LAYOUTS = (RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS)
+CSV_LAYOUTS = (RECHUB_CSV, ALIEXPRESS)  # A header line, then one row per line.
 READ = "read"  # Output tag: rows read per file.
 
+# Label -> its column, per CSV layout.
+RECHUB_LABEL_COLUMNS = {aliccp.CLICK_LABEL: "click", aliccp.PURCHASE_LABEL: "purchase"}
+ALIEXPRESS_LABEL_COLUMNS = {aliccp.CLICK_LABEL: "click", aliccp.PURCHASE_LABEL: "conversion"}
+SEARCH_ID = "search_id"  # AliExpress: the search a row belongs to; Example metadata.
 
-class RechubRowParser:
-  """One CSV file's rows -> (labels, features), given its header."""
+Parsed = Tuple[Dict[str, int], Dict[str, Any], Dict[str, str]]  # labels, features, metadata
+
+
+class CsvRowParser:
+  """One CSV file's rows (rechub_csv, aliexpress) -> (labels, features, metadata).
+
+  Built from the file's header line.
+
+  Args:
+    label_columns: label -> its column (RECHUB_LABEL_COLUMNS, ALIEXPRESS_LABEL_COLUMNS).
+    id_column: a column kept as Example metadata (not a feature) unless the spec names
+      it; a row with it empty is a malformed_line. None: no such column.
+  """
 
   def __init__(self, fields: aliccp.FieldFeatures, spec: spec_lib.FeatureSpec,
-               header: str, file: str, infer_click: bool):
+               header: str, file: str, infer_click: bool,
+               label_columns: Optional[Dict[str, str]] = None,
+               id_column: Optional[str] = None):
+    label_columns = dict(label_columns or RECHUB_LABEL_COLUMNS)
     self.columns = [column.strip() for column in header.split(",")]
-    for label in aliccp.SOURCE_LABELS:
-      if label not in self.columns:
-        raise ValueError(f"{file}: header has no {label!r} column: {header!r}")
+    for column in list(label_columns.values()) + ([id_column] if id_column else []):
+      if column not in self.columns:
+        raise ValueError(f"{file}: header has no {column!r} column: {header!r}")
+    leaks = [column for column in label_columns.values() if fields.feature_of(column)]
+    if leaks:
+      raise ValueError(f"{file}: label columns {leaks} would feed spec features (a label "
+                       "leak); remove those features from the spec")
     covered = {aliccp.field_feature_name(column) for column in self.columns}
     missing = [feature.name for feature in spec if feature.name not in covered]
     if missing:
@@ -66,23 +102,33 @@ class RechubRowParser:
                        "a feature named f<field> reads column <field>)")
     self._fields = fields
     self._infer_click = infer_click
-    self._click = self.columns.index(aliccp.CLICK_LABEL)
-    self._purchase = self.columns.index(aliccp.PURCHASE_LABEL)
+    self._label_columns = [(label, column, self.columns.index(column))
+                           for label, column in label_columns.items()]
+    self._id = None  # (column, index) of a metadata id column.
+    if id_column and fields.feature_of(id_column) is None:
+      self._id = (id_column, self.columns.index(id_column))
     self._features = [(index, column, fields.feature_of(column))
                       for index, column in enumerate(self.columns)
                       if fields.feature_of(column) is not None]
     ignored = [c for c in self.columns if fields.feature_of(c) is None
-               and c not in aliccp.SOURCE_LABELS]
+               and c not in label_columns.values() and c != id_column]
     if ignored:
       logging.info("%s: columns %s are not in the feature spec and are ignored", file, ignored)
 
-  def parse(self, text: str) -> Tuple[Dict[str, int], Dict[str, Any]]:
+  def parse(self, text: str) -> Parsed:
     cells = text.split(",")
     if len(cells) != len(self.columns):
       raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(cells)} cells, the header has "
                                  f"{len(self.columns)} columns")
-    labels = aliccp.source_labels(aliccp.parse_label(cells[self._click], "click"),
-                                  aliccp.parse_label(cells[self._purchase], "purchase"),
+    metadata = {}
+    if self._id is not None:
+      column, index = self._id
+      metadata[column] = cells[index].strip()
+      if not metadata[column]:
+        raise parse_lib.FieldError(dl.MALFORMED_LINE, f"empty {column!r}")
+    values = {label: aliccp.parse_label(cells[index], column)
+              for label, column, index in self._label_columns}
+    labels = aliccp.source_labels(values[aliccp.CLICK_LABEL], values[aliccp.PURCHASE_LABEL],
                                   self._infer_click)
     items = []
     for index, column, feature in self._features:
@@ -101,7 +147,7 @@ class RechubRowParser:
                                           f"{cell!r} is not a finite number")
       items.append((column, cell, value))
     features, _ = self._fields.from_items(items)
-    return labels, features
+    return labels, features, metadata
 
 
 class PaddleRowParser:
@@ -111,7 +157,7 @@ class PaddleRowParser:
     self._fields = fields
     self._infer_click = infer_click
 
-  def parse(self, text: str) -> Tuple[Dict[str, int], Dict[str, Any]]:
+  def parse(self, text: str) -> Parsed:
     tokens = text.split(",")
     if len(tokens) < 3 or not tokens[0].strip():
       raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(tokens)} columns, expected "
@@ -126,7 +172,7 @@ class PaddleRowParser:
                                    "field:feature_id")
       items.append((field, feature_id, 1.0))
     features, _ = self._fields.from_items(items)
-    return labels, features
+    return labels, features, {}
 
 
 class _ReadDerivedFileFn(beam.DoFn):
@@ -144,27 +190,36 @@ class _ReadDerivedFileFn(beam.DoFn):
   def setup(self):
     self._fields = aliccp.FieldFeatures(self._spec)
 
+  def _csv_parser(self, header: str, path: str) -> CsvRowParser:
+    if self._layout == ALIEXPRESS:
+      return CsvRowParser(self._fields, self._spec, header, path, self._infer_click,
+                             ALIEXPRESS_LABEL_COLUMNS, id_column=SEARCH_ID)
+    return CsvRowParser(self._fields, self._spec, header, path, self._infer_click)
+
   def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
     path = readable_file.metadata.path
-    parser = None if self._layout == RECHUB_CSV else PaddleRowParser(self._fields,
-                                                                     self._infer_click)
+    parser = None if self._layout in CSV_LAYOUTS else PaddleRowParser(self._fields,
+                                                                      self._infer_click)
     rows = 0
     for _, line, text in read.read_json_lines(readable_file):
       if parser is None:  # The first line of a CSV is its header, not a record.
-        parser = RechubRowParser(self._fields, self._spec, text, path, self._infer_click)
+        parser = self._csv_parser(text, path)
         continue
       rows += 1
       try:
-        labels, features = parser.parse(text)
+        labels, features, metadata = parser.parse(text)
       except (parse_lib.FieldError, example_codec.RecordError) as e:
         self._rejected.inc()
         yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
             dl.IMPRESSIONS, path, line, e.reason, f"{self._split} {self._layout}: {e.detail}",
             text))
         continue
-      yield {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
-             "features": features, "labels": labels, "file": path, "line": line,
-             "split": self._split}
+      record = {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
+                "features": features, "labels": labels, "file": path, "line": line,
+                "split": self._split}
+      if metadata:
+        record["metadata"] = metadata
+      yield record
     logging.info("Read %d %s rows from %s (%s)", rows, self._layout, path, self._split)
     yield beam.pvalue.TaggedOutput(READ, rows)
 
@@ -174,7 +229,7 @@ class ReadDerived(beam.PTransform):
 
   Args:
     file_patterns: globs (local or gs://); one matching no file fails the job.
-    layout: "rechub_csv" or "paddle_esmm".
+    layout: "rechub_csv", "paddle_esmm" or "aliexpress".
     spec: the feature spec.
     split: "train" or "eval", the split of every row of these files.
     infer_click: data.orphan_event_policy == "infer_click".

@@ -3,8 +3,9 @@
 Flow: SplitByTime -> **EncodeExamples -> WriteExamples** -> OUTPUT/{train,eval}/*.tfrecord.gz
 -> training.data (tf.data). The Example layout is DESIGN.md section 3, built by
 `features.example_codec` from the features ParseImpressions already coerced (so they are
-not validated twice). An encoding error would mean a bug; it still goes to the
-dead-letter output rather than being lost.
+not validated twice), plus a record's optional "metadata" (string keys outside the spec,
+e.g. AliExpress `search_id`; `add_metadata`). An encoding error would mean a bug; it
+still goes to the dead-letter output rather than being lost.
 
 Order inside the shards: upstream of the writer, records arrive grouped by how the join
 met them (on DirectRunner every clicked impression, keyed first by its events, came
@@ -46,6 +47,22 @@ def _mixed(group):
   return sorted(examples, key=lambda example: (mix_key(example), example))
 
 
+def add_metadata(example, metadata) -> None:
+  """Adds a record's extra string metadata (e.g. AliExpress `search_id`) as bytes keys.
+
+  Not spec features: the model and the tf.data parser ignore them; they are there for
+  analysis (e.g. grouping the rows of one search).
+
+  Raises:
+    ValueError: a key the Example already holds (a feature, label or metadata key).
+  """
+  feature_map = example.features.feature
+  for key, value in sorted(metadata.items()):
+    if key in feature_map:
+      raise ValueError(f"metadata key {key!r} is already an Example key")
+    feature_map[key].bytes_list.value.append(str(value).encode("utf-8"))
+
+
 class _EncodeFn(beam.DoFn):
 
   def __init__(self, spec: spec_lib.FeatureSpec, label_names, split: str):
@@ -61,6 +78,7 @@ class _EncodeFn(beam.DoFn):
     try:
       example = self._codec.encode(record["features"], record["labels"],
                                    record["impression_id"], record["timestamp"])
+      add_metadata(example, record.get("metadata", {}))
     except (example_codec.RecordError, TypeError, ValueError) as e:
       self._rejected.inc()
       reason = getattr(e, "reason", dl.BAD_VALUE)

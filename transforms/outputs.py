@@ -64,3 +64,13 @@ class OutputPaths:
   @property
   def labels(self) -> str:
     return self._join("labels.json")
+
+
+def shard_patterns(paths: OutputPaths) -> tuple:
+  """Globs of every sharded file the job writes (TFRecords per split, dead letters).
+
+  Their number depends on the config (data.train_shards / eval_shards), so a rerun does
+  not necessarily overwrite them all: pipeline.preprocess deletes them at its start.
+  """
+  return tuple(paths.examples_pattern(split) for split in SPLITS) + (
+      paths.dead_letter_prefix + "-*-of-*.jsonl",)

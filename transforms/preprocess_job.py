@@ -13,8 +13,8 @@ Other sources share everything from EncodeExamples on (`write_outputs`):
   * PreprocessAliCcp: the raw Ali-CCP release, ReadRecords -> ParseSkeleton /
     ParseCommonFeatures -> JoinCommonFeatures (CoGroupByKey on split and md5) ->
     SplitByFile (transforms/aliccp.py; docs/ALI_CCP.md).
-  * PreprocessDerived: torch-rechub CSV or PaddleRec ESMM text, ReadDerived -> per split
-    (transforms/derived_sources.py).
+  * PreprocessDerived: torch-rechub CSV, PaddleRec ESMM text or AliExpress CSV,
+    ReadDerived -> per split (transforms/derived_sources.py).
 
 `pipeline.preprocess.run` builds a pipeline with `Preprocess`, runs it, then calls
 `check_run` (the accounting identities) and `check_schema` (TFDV schema inference or
@@ -233,7 +233,7 @@ class PreprocessDerived(_FileSplitPreprocess):
 
   Args:
     files: {"train": globs, "eval": globs} (e.g. train vs val/test files).
-    layout: "rechub_csv" or "paddle_esmm" (transforms/derived_sources.py).
+    layout: "rechub_csv", "paddle_esmm" or "aliexpress" (transforms/derived_sources.py).
     output_dir, data_config, spec, statistics: as for `PreprocessAliCcp`.
   """
 
