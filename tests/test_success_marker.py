@@ -195,3 +195,27 @@ def test_a_url_filesystem_works_like_a_local_one():
   tf.io.gfile.remove(f"{root}/train/train-00000-of-00001.tfrecord.gz")
   with pytest.raises(success_marker.IncompleteOutputError, match="missing train/train-0"):
     success_marker.check_success_marker(root)
+
+
+def test_a_rerun_with_fewer_shards_leaves_no_old_shard_behind(tmp_path):
+  """The bug: old shards 2-3 of a 4-shard run stayed beside a 2-shard rerun's, and the
+  marker listed them as output, so the trainer would have read every example twice."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  impressions, events = _write_logs(str(tmp_path / "logs"))
+  output = str(tmp_path / "out")
+  paths = outputs_lib.OutputPaths(output)
+  for run, (train_shards, eval_shards) in enumerate([(4, 2), (2, 1)]):
+    config = testing.write_experiment(str(tmp_path / f"config{run}"),
+                                      train_shards=train_shards, eval_shards=eval_shards)
+    result = preprocess.run(["--impressions", impressions, "--events", events,
+                             "--output", output, "--config", config])
+  marker = success_marker.check_success_marker(output)
+  shards = sorted(name for name in marker["files"] if name.endswith(".tfrecord.gz"))
+  assert shards == ["eval/eval-00000-of-00001.tfrecord.gz",
+                    "train/train-00000-of-00002.tfrecord.gz",
+                    "train/train-00001-of-00002.tfrecord.gz"]
+  for split in outputs_lib.SPLITS:
+    files = sorted(glob.glob(paths.examples_pattern(split)))
+    examples = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+    assert examples == result["counts"]["impressions"]["written"][split]
