@@ -19,6 +19,7 @@ See docs/SCALING.md (strategies, input sharding, TPU, fault tolerance).
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -27,6 +28,8 @@ from absl import flags
 from absl import logging
 
 from configs import config as config_lib
+from features import success_marker
+from training import shard_check
 from training import strategy as strategy_lib
 from training import trainer
 
@@ -67,9 +70,14 @@ def main(argv):
   del argv
   config = config_lib.load_config(FLAGS.config, overrides=_overrides())
   strategy = strategy_lib.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-  result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
-                                    export=FLAGS.export,
-                                    skip_corrupt_records=FLAGS.skip_corrupt_records)
+  try:
+    result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
+                                      export=FLAGS.export,
+                                      skip_corrupt_records=FLAGS.skip_corrupt_records)
+  except (shard_check.CorruptShardError, success_marker.IncompleteOutputError) as e:
+    # The input is unusable: the message (file, offset, how to fix) is the whole story.
+    logging.error("%s", e)
+    sys.exit(f"pipeline.train: {e}")
   logging.info("Done: export %s", result.export_dir)
 
 

@@ -11,6 +11,8 @@ Simulated logs (4k impressions, 8 days) -> Beam -> DATA; then `training.trainer`
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
@@ -93,6 +95,24 @@ def test_corrupt_train_shard_fails_before_training_naming_the_shard(inputs, tmp_
   assert counted == metrics["input"]["train"]["records"]
   with open(os.path.join(data_dir, "counts.json")) as f:
     assert counted < json.load(f)["impressions"]["written"]["train"]
+
+
+def test_cli_names_a_truncated_shard_without_a_traceback(inputs, tmp_path):
+  data_dir = copy_data(inputs, tmp_path)
+  broken = sorted(tf.io.gfile.glob(data.split_pattern(data_dir, "eval")))[0]
+  with open(broken, "r+b") as f:  # zero the second half: same size, stream cut short
+    size = len(f.read())
+    f.seek(size // 2)
+    f.write(bytes(size - size // 2))
+  run = subprocess.run(
+      [sys.executable, "-m", "pipeline.train", f"--config={inputs['config']}",
+       f"--data={data_dir}", f"--model_dir={tmp_path / 'model'}"],
+      cwd=cluster.REPO, env=cluster.subprocess_env(), capture_output=True, text=True,
+      timeout=600, check=False)
+  assert run.returncode == 1
+  last_line = run.stderr.strip().splitlines()[-1]
+  assert last_line.startswith(f"pipeline.train: {broken}: corrupt TFRecord shard"), last_line
+  assert "Traceback" not in run.stderr
 
 
 def test_data_without_success_marker_is_refused(inputs, tmp_path):
