@@ -3,8 +3,8 @@
 Each model (esm2, esmc, esms, esmg, hm3, and ESMM on the MMoE and PLE bottoms) is built
 on the small spec of tests/test_esmm.py with all four labels (click, micro, action,
 purchase) and checked for: outputs float32 [batch, 1] in (0, 1); ctcvr == ctr * cvr;
-every output equal to the paper's formula (numpy) of known tower logits (also for esmm
-and naive); a scorer get_config round trip; a SavedModel round trip through
+every output equal to the paper's formula (numpy) of known tower logits (also for esmm,
+naive, shared_bottom, aitm, escm2_ips, escm2_dr); a scorer get_config round trip; a SavedModel round trip through
 training.export.export_saved_model; a short fit that lowers the loss. The helpers
 (`zoo_config`, `build_zoo`, `make_labelled_batch`) are shared with the per-model tests.
 """
@@ -100,6 +100,7 @@ TOWER_LOGITS = {
     "purchase_given_no_action": -2.2, "micro": 0.3, "macro_given_micro": 0.9,
     "macro_given_no_micro": -1.7, "purchase_given_macro": 1.4,
     "purchase_given_no_macro": -2.6,
+    "ctr_logit": -0.4, "ctcvr_logit": -1.3,  # AITM's per-step logit layers
 }
 
 
@@ -141,6 +142,12 @@ def _esmm(s):
   return _entire_space(s["ctr"], s["cvr"])
 
 
+def _aitm(s):
+  """Joint probabilities per step; cvr = ctcvr / ctr clipped into (0, 1)."""
+  ctr, ctcvr = s["ctr_logit"], s["ctcvr_logit"]
+  return dict(ctr=ctr, ctcvr=ctcvr, cvr=np.clip(ctcvr / ctr, 1e-7, 1 - 1e-7))
+
+
 # name -> (its towers, numpy formulas: tower sigmoids -> every scorer output), from
 # docs/MODELS.md. ESMS runs one tower for the cvr and purchase_given_action paths.
 ORACLES = {
@@ -153,15 +160,20 @@ ORACLES = {
              "purchase_given_macro", "purchase_given_no_macro"), _hm3),
     "esmm": (("ctr", "cvr"), _esmm),
     "naive": (("ctr", "cvr"), _esmm),
+    "aitm": (("ctr_logit", "ctcvr_logit"), _aitm),
 }
-ORACLES["esmm_mmoe"] = ORACLES["esmm_ple"] = ORACLES["esmm"]
+for _key in ("esmm_mmoe", "esmm_ple", "shared_bottom", "escm2_ips", "escm2_dr"):
+  ORACLES[_key] = ORACLES["esmm"]
 
 
 def fix_tower_logits(model, logits):
-  """Each named tower's logit layer: zero kernel, bias = logits[name] (then the tower's
-  logit is that bias for every input)."""
+  """Each named tower's logit layer (or, for a name ending in _logit, that Dense layer):
+  zero kernel, bias = logits[name] (then the logit is that bias for every input)."""
   for name, value in logits.items():
-    layer = model.scorer.get_layer(f"{name}_tower").dense_layers[-1]
+    if name.endswith("_logit"):
+      layer = model.scorer.get_layer(name)
+    else:
+      layer = model.scorer.get_layer(f"{name}_tower").dense_layers[-1]
     layer.kernel.assign(tf.zeros_like(layer.kernel))
     layer.bias.assign(tf.fill(layer.bias.shape, value))
 
@@ -185,6 +197,20 @@ def test_heads_match_the_papers_formulas_on_known_tower_logits(key, tmp_path):
   assert set(outputs) == set(expected)
   for output, value in expected.items():
     np.testing.assert_allclose(outputs[output], np.full((20, 1), value), rtol=1e-5,
+                               err_msg=output)
+
+
+def test_aitm_cvr_is_clipped_where_ctcvr_exceeds_ctr(tmp_path):
+  """AITM does not guarantee ctcvr <= ctr; its cvr = ctcvr / ctr is clipped below 1."""
+  model = build_zoo("aitm", tmp_path)
+  randomize(model, seed=1)
+  logits = {"ctr_logit": -1.5, "ctcvr_logit": 0.2}
+  fix_tower_logits(model, logits)
+  outputs = outputs_of(model, make_labelled_batch(10, seed=2)[0])
+  expected = expected_outputs("aitm", logits)
+  assert expected["ctcvr"] > expected["ctr"]
+  for output, value in expected.items():
+    np.testing.assert_allclose(outputs[output], np.full((10, 1), value), rtol=1e-5,
                                err_msg=output)
 
 
