@@ -10,8 +10,9 @@ exactly the batches the uninterrupted run saw from that step on, so:
 
   * the final weights (every model and optimizer variable of the step-200 checkpoint)
     equal the uninterrupted run's to WEIGHT_TOLERANCE;
-  * the eval and validation metrics, the validation loss of every epoch and the best
-    epoch are the same (METRIC_TOLERANCE).
+  * the eval and validation metrics (of the final weights: this test's config keeps
+    them, `restore_best_weights: false`, so the metrics see the resumed half too), the
+    validation loss of every epoch and the best epoch are the same (METRIC_TOLERANCE).
 
 Tolerances: with deterministic ops the same inputs give bitwise-identical results, so
 any difference would be a different batch order or a state the checkpoint missed (a
@@ -75,6 +76,10 @@ def final_variables(model_dir: str) -> dict:
 def runs(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("resume"))
   inputs = cluster.small_run_inputs(root, checkpoint_every_steps=CHECKPOINT_EVERY)
+  config = os.path.join(root, "final_weights.yaml")
+  with open(config, "w") as f:
+    f.write(f"base: {inputs['config']}\ntrain: {{restore_best_weights: false}}\n")
+  inputs = dict(inputs, config=config)
   env = cluster.subprocess_env()
   killed_dir = os.path.join(root, "killed")
   clean_dir = os.path.join(root, "clean")
