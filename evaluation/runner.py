@@ -14,21 +14,27 @@ Report (the metrics JSON; NaN is written as null):
    "user_ids": "feature" | "truth" | null,       # where GAUC's user ids came from
    "truth": {"path": p, "rows": m, "matched": k} | null,
    "tasks": {task: {...}},                       # see evaluation/report.py
+   "curves": {task: {...}},                      # reliability bins, histograms: curves.py
+   "slices": {feature: {...}},                   # with slice_by: evaluation/slices.py
+   "name": model name (the CLI's NAME=PATH, else the model directory's name),
    "seconds": wall time}
 """
 
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from configs import config as config_lib
+from evaluation import curves
 from evaluation import report
 from evaluation import scoring
+from evaluation import slices as slices_lib
+from features import parsing
 from features import spec as spec_lib
 from features import success_marker
 from serving import versions
@@ -93,6 +99,29 @@ def load_spec_and_labels(data_dir: str, config_path: str):
   return spec, list(label_names)
 
 
+def model_name(saved_model_dir: str) -> str:
+  """A readable name of a SavedModel: MODEL_DIR's name for MODEL_DIR/export/<version>."""
+  parts = os.path.normpath(saved_model_dir).split(os.sep)
+  if len(parts) >= 3 and parts[-2] == "export":
+    return parts[-3]
+  return parts[-1]
+
+
+def train_user_ids(data_dir: str, spec: spec_lib.FeatureSpec) -> np.ndarray:
+  """The distinct user_id values of the train split (for the `new_user` slice), as str."""
+  parse = {report.USER_ID: (parsing.feature_parse_spec(spec)[report.USER_ID]
+                            if report.USER_ID in spec.names
+                            else tf.io.FixedLenFeature([], tf.string, default_value=""))}
+  files = data.list_files(data.split_pattern(data_dir, "train"))
+  dataset = (tf.data.TFRecordDataset(files, compression_type=data.COMPRESSION)
+             .batch(8192).map(lambda serialized: tf.io.parse_example(serialized, parse)))
+  seen = set()
+  for batch in dataset:
+    seen.update(batch[report.USER_ID].numpy().tolist())
+  return np.array(sorted(value.decode("utf-8") if isinstance(value, bytes) else str(value)
+                         for value in seen), dtype=object)
+
+
 def _user_ids(scores: Dict[str, np.ndarray], aligned_truth: Optional[Dict[str, np.ndarray]],
               matched: Optional[np.ndarray]):
   if report.USER_ID in scores:
@@ -104,7 +133,9 @@ def _user_ids(scores: Dict[str, np.ndarray], aligned_truth: Optional[Dict[str, n
 
 def evaluate(saved_model: str, data_dir: str, split: str = "eval",
              truth_path: Optional[str] = None, config_path: str = DEFAULT_CONFIG,
-             batch_size: int = 4096, ece_bins: int = 10) -> Dict[str, Any]:
+             batch_size: int = 4096, ece_bins: int = 10, slice_by: Sequence[str] = (),
+             min_slice_positives: int = slices_lib.MIN_POSITIVES, curve_bins: int = 20,
+             name: Optional[str] = None) -> Dict[str, Any]:
   """Scores a split with a SavedModel and builds the report (module docstring).
 
   Args:
@@ -116,6 +147,11 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
       labels.json.
     batch_size: records per SavedModel call.
     ece_bins: equal-mass bins of the ECE.
+    slice_by: scalar features to slice the metrics by (evaluation/slices.py), and the
+      derived `new_user` (user_id not in the train split).
+    min_slice_positives: slices with fewer positives or negatives are marked small.
+    curve_bins: equal-mass bins of the reliability diagrams (evaluation/curves.py).
+    name: the model's name in reports (default: model_name(saved model dir)).
 
   Raises:
     features.success_marker.IncompleteOutputError: data_dir has no valid _SUCCESS.json
@@ -127,10 +163,11 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
   saved_model_dir = resolve_saved_model(saved_model)
   spec, label_names = load_spec_and_labels(data_dir, config_path)
   file_pattern = data.split_pattern(data_dir, split)
+  slice_features = [feature for feature in slice_by if feature != slices_lib.NEW_USER]
   scores = scoring.score_saved_model(saved_model_dir, file_pattern, spec, label_names,
-                                     batch_size=batch_size)
-  outputs = [name for name in scores if name not in label_names
-             and name not in METADATA_COLUMNS]
+                                     batch_size=batch_size, extra_features=slice_features)
+  outputs = [output for output in scores if output not in label_names
+             and output not in METADATA_COLUMNS and output not in slice_features]
   labels = {name: scores[name] for name in label_names}
   predictions = {name: scores[name] for name in outputs}
 
@@ -148,7 +185,16 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
 
   tasks = report.task_table(labels, predictions, user_ids=user_ids, truth=aligned,
                             ece_bins=ece_bins)
+  slice_columns = {}
+  for feature in slice_by:
+    if feature == slices_lib.NEW_USER:
+      if user_ids is None:
+        raise ValueError("--slice_by new_user needs user_id (a scalar feature or the truth)")
+      slice_columns[feature] = slices_lib.new_user_values(user_ids, train_user_ids(data_dir, spec))
+    else:
+      slice_columns[feature] = scores[feature]
   return {
+      "name": name or model_name(saved_model_dir),
       "saved_model": saved_model_dir,
       "data": data_dir,
       "split": split,
@@ -162,6 +208,9 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
       "user_ids": user_source,
       "truth": truth_info,
       "tasks": tasks,
+      "curves": curves.task_curves(labels, predictions, truth=aligned, bins=curve_bins),
+      "slices": slices_lib.slice_metrics(labels, predictions, slice_columns,
+                                         min_positives=min_slice_positives),
       "seconds": round(time.time() - start, 2),
   }
 

@@ -23,12 +23,26 @@ SERVING_SIGNATURE = "serving_default"
 USER_ID = "user_id"
 
 
-def _side_parse_spec(spec: spec_lib.FeatureSpec, label_names: Sequence[str]) -> dict:
-  """Labels, metadata and (when a scalar feature) user_id."""
+def _side_parse_spec(spec: spec_lib.FeatureSpec, label_names: Sequence[str],
+                     extra_features: Sequence[str] = ()) -> dict:
+  """Labels, metadata, (when a scalar feature) user_id, and the scalar `extra_features`.
+
+  Raises:
+    ValueError: an extra feature is not in the spec or is multivalent (no single value
+      to slice by).
+  """
   parse = dict(parsing.label_parse_spec(label_names))
   parse.update(parsing.metadata_parse_spec())
+  feature_specs = parsing.feature_parse_spec(spec)
   if USER_ID in spec.names and not spec[USER_ID].multivalent:
-    parse[USER_ID] = parsing.feature_parse_spec(spec)[USER_ID]
+    parse[USER_ID] = feature_specs[USER_ID]
+  for name in extra_features:
+    if name not in spec.names:
+      raise ValueError(f"feature {name!r} is not in the feature spec {spec.source}; "
+                       f"scalar features: {[f.name for f in spec if not f.multivalent]}")
+    if spec[name].multivalent:
+      raise ValueError(f"feature {name!r} is multivalent: it has no single value to slice by")
+    parse[name] = feature_specs[name]
   return parse
 
 
@@ -41,7 +55,8 @@ def _column(chunks: List[np.ndarray], dtype=None) -> np.ndarray:
 
 def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.FeatureSpec,
                       label_names: Sequence[str], batch_size: int = 4096,
-                      signature: str = SERVING_SIGNATURE) -> Dict[str, np.ndarray]:
+                      signature: str = SERVING_SIGNATURE,
+                      extra_features: Sequence[str] = ()) -> Dict[str, np.ndarray]:
   """Runs every record of `file_pattern` through the SavedModel's signature.
 
   Args:
@@ -52,12 +67,13 @@ def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.Fe
       only labels the data has; see training.data.read_label_names).
     batch_size: records per signature call.
     signature: the signature to call; it must take one tf.string [batch] input.
+    extra_features: scalar features to return too (e.g. the slices of the report).
 
   Returns:
     column -> [n] numpy array in file order (sorted files, records in file order):
     "impression_id" (object, str), "timestamp" (int64), "user_id" (object str, or int64,
-    if a scalar feature), each label (float32 0/1), and every output of the signature
-    (float32).
+    if a scalar feature), each label (float32 0/1), every output of the signature
+    (float32), and each extra feature (object str, int64 or float32, as the spec says).
 
   Raises:
     ValueError: the signature's input is not a single string tensor, or an output is
@@ -73,7 +89,7 @@ def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.Fe
     raise ValueError(f"{saved_model_dir}: signature {signature!r} must take one tf.string "
                      f"input, takes {inputs}")
   input_name = next(iter(inputs))
-  side_spec = _side_parse_spec(spec, label_names)
+  side_spec = _side_parse_spec(spec, label_names, extra_features)
   clash = sorted(set(serve.structured_outputs) & set(side_spec))
   if clash:
     raise ValueError(f"{saved_model_dir}: outputs {clash} clash with label/metadata names")

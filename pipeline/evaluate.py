@@ -1,18 +1,32 @@
-"""Entry point: evaluate an exported SavedModel on a split of pipeline.preprocess output.
+"""Entry point: evaluate exported SavedModels on a split of pipeline.preprocess output.
 
   python -m pipeline.evaluate --saved_model runs/demo/model/export \
       --data runs/demo/data [--split eval] [--truth runs/demo/raw] \
       [--config configs/esmm.yaml] [--output FILE]
 
-Flow: SavedModel + OUTPUT/<split>/ TFRecords [+ simulator truth] -> **pipeline.evaluate**
--> metrics JSON (layout: evaluation/runner.py; per task: evaluation/report.py) and a
-readable table in the log. Default --output: beside the SavedModel directory,
-`<saved_model_dir>_evaluation_<split>.json`. The library is evaluation.runner.
+  # several models compared, sliced, with the HTML report:
+  python -m pipeline.evaluate --saved_model esmm=runs/demo/models/esmm \
+      --saved_model naive=runs/demo/models/naive --data runs/demo/data \
+      --truth runs/demo/raw --output_dir runs/demo/metrics --report runs/demo/report \
+      --slice_by item_category --slice_by device --slice_by position
+
+  # a report from evaluation JSONs written earlier (nothing is scored):
+  python -m pipeline.evaluate --include esmm=runs/demo/metrics/esmm.json \
+      --include naive=runs/demo/metrics/naive.json --report /tmp/report
+
+Flow: SavedModel(s) + OUTPUT/<split>/ TFRecords [+ simulator truth] -> **pipeline.evaluate**
+-> one metrics JSON per model (layout: evaluation/runner.py; per task:
+evaluation/report.py; curves: evaluation/curves.py; slices: evaluation/slices.py), a
+readable table in the log, and with --report DIR a static report DIR/index.html
+(evaluation/html_report.py). Default JSON path: beside the SavedModel directory,
+`<saved_model_dir>_evaluation_<split>.json` (or DIR/<name>.json with --output_dir).
 DATA must hold pipeline.preprocess's `_SUCCESS.json` (features/success_marker.py): an
 incomplete or changed output directory is refused before anything is scored.
 """
 
+import json
 import os
+import re
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -21,37 +35,99 @@ from absl import flags
 from absl import logging
 
 from evaluation import runner
+from evaluation import slices
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("saved_model", None, "SavedModel directory (MODEL_DIR/export/<version>), "
-                    "or an export base / MODEL_DIR (its newest complete version is used; "
-                    "incomplete ones are skipped with a warning).",
-                    required=True)
-flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess.", required=True)
+flags.DEFINE_multi_string("saved_model", [], "[NAME=]PATH, repeatable: a SavedModel directory "
+                          "(MODEL_DIR/export/<version>), or an export base / MODEL_DIR (its "
+                          "newest complete version is used; incomplete ones are skipped with a "
+                          "warning). NAME names the model in the report (default: MODEL_DIR's "
+                          "name).")
+flags.DEFINE_multi_string("include", [], "[NAME=]FILE, repeatable: an evaluation JSON written "
+                          "earlier, added to the --report (and its comparison) as it is.")
+flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess (needed with "
+                    "--saved_model).")
 flags.DEFINE_string("split", "eval", "Split to score: DATA/<split>/<split>-*.tfrecord.gz.")
 flags.DEFINE_string("truth", None, "Simulator OUTPUT directory (or its truth file): adds "
                     "Bayes-optimal AUCs, the model's gaps and entire-space CVR metrics.")
 flags.DEFINE_string("config", runner.DEFAULT_CONFIG, "Experiment YAML; only read when DATA "
                     "lacks feature_spec.yaml or labels.json. Relative paths that do not "
                     "exist from the working directory resolve against the project root.")
-flags.DEFINE_string("output", None, "Metrics JSON to write (default: "
+flags.DEFINE_string("output", None, "Metrics JSON to write, with one --saved_model (default: "
                     "<saved_model_dir>_evaluation_<split>.json beside the SavedModel).")
+flags.DEFINE_string("output_dir", None, "Write each model's metrics JSON to "
+                    "OUTPUT_DIR/<name>.json instead.")
+flags.DEFINE_string("report", None, "Directory of the static HTML report (index.html and "
+                    "images/) of every model evaluated or --include'd; open index.html in a "
+                    "browser, nothing is fetched from the network.")
+flags.DEFINE_multi_string("slice_by", [], "Scalar feature to slice the metrics by (per value: "
+                          "count, positives, AUC, calibration), repeatable; `new_user` slices "
+                          "by whether the user_id is in the train split.")
+flags.DEFINE_integer("min_slice_positives", slices.MIN_POSITIVES, "Slices with fewer "
+                     "positives (or negatives) are marked small (kept, not hidden).",
+                     lower_bound=1)
+flags.DEFINE_integer("curve_bins", 20, "Equal-mass bins of the reliability diagrams.",
+                     lower_bound=2)
 flags.DEFINE_integer("batch_size", 4096, "Examples per SavedModel call.", lower_bound=1)
 flags.DEFINE_integer("ece_bins", 10, "Equal-mass bins of the expected calibration error.",
                      lower_bound=1)
 
 
+NAME_PATTERN = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
+
+
+def parse_named(value: str):
+  """`NAME=PATH` -> (NAME, PATH); a bare PATH -> (None, PATH)."""
+  match = NAME_PATTERN.match(value)
+  return (match.group(1), match.group(2)) if match else (None, value)
+
+
+def _check_flags() -> None:
+  if not FLAGS.saved_model and not FLAGS.include:
+    raise app.UsageError("give --saved_model (to score) or --include (with --report)")
+  if FLAGS.saved_model and not FLAGS.data:
+    raise app.UsageError("--saved_model needs --data")
+  if FLAGS.output and len(FLAGS.saved_model) > 1:
+    raise app.UsageError("--output takes one model's JSON; with several --saved_model use "
+                         "--output_dir (or the default beside each SavedModel)")
+  if FLAGS.include and not FLAGS.report:
+    raise app.UsageError("--include only feeds --report: give --report DIR")
+
+
 def main(argv):
   del argv
-  result = runner.evaluate(FLAGS.saved_model, FLAGS.data, split=FLAGS.split,
-                           truth_path=FLAGS.truth, config_path=FLAGS.config,
-                           batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins)
-  output = FLAGS.output or runner.default_output_path(result["saved_model"], FLAGS.split)
-  for line in runner.summary_lines(result):
-    for row in line.splitlines():
-      logging.info("%s", row)
-  runner.write_report(result, output)
-  logging.info("Done in %.1fs: %s", result["seconds"], output)
+  _check_flags()
+  results = []
+  for value in FLAGS.saved_model:
+    name, path = parse_named(value)
+    result = runner.evaluate(path, FLAGS.data, split=FLAGS.split,
+                             truth_path=FLAGS.truth, config_path=FLAGS.config,
+                             batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
+                             slice_by=FLAGS.slice_by,
+                             min_slice_positives=FLAGS.min_slice_positives,
+                             curve_bins=FLAGS.curve_bins, name=name)
+    if FLAGS.output:
+      output = FLAGS.output
+    elif FLAGS.output_dir:
+      output = os.path.join(FLAGS.output_dir, f"{result['name']}.json")
+    else:
+      output = runner.default_output_path(result["saved_model"], FLAGS.split)
+    for line in runner.summary_lines(result):
+      for row in line.splitlines():
+        logging.info("%s", row)
+    runner.write_report(result, output)
+    logging.info("Done in %.1fs: %s", result["seconds"], output)
+    results.append(result)
+  for value in FLAGS.include:
+    name, path = parse_named(value)
+    with open(path) as f:
+      result = json.load(f)
+    result["name"] = name or result.get("name") or os.path.splitext(os.path.basename(path))[0]
+    results.append(result)
+  if FLAGS.report:
+    from evaluation import html_report  # pylint: disable=g-import-not-at-top
+    index = html_report.write_html_report(results, FLAGS.report)
+    logging.info("Wrote the report of %s to %s", [r["name"] for r in results], index)
 
 
 if __name__ == "__main__":

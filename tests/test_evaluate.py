@@ -90,6 +90,15 @@ def world(tmp_path_factory):
                     "categories": ["c"] * int(num_categories[i])}
         writer.write(make_example(features, {k: int(v[i]) for k, v in labels.items()},
                                   ids[i], 1_700_000_000 + int(i), spec=SPEC))
+  # A train split holding users u0..u9 only: the others are "new" to the new_user slice.
+  os.makedirs(data_dir / "train")
+  with tf.io.TFRecordWriter(str(data_dir / "train" / "train-00000-of-00001.tfrecord.gz"),
+                            options="GZIP") as writer:
+    for i in range(NUM_ROWS):
+      if int(users[i][1:]) < 10:
+        writer.write(make_example({"user_id": users[i], "item_price": float(price[i])},
+                                  {k: int(v[i]) for k, v in labels.items()}, ids[i],
+                                  1_600_000_000 + int(i), spec=SPEC))
   with open(data_dir / "labels.json", "w") as f:
     json.dump(LABELS, f)
   with open(data_dir / "feature_spec.yaml", "w") as f:
@@ -222,3 +231,54 @@ def test_cli_end_to_end_writes_strict_json_beside_the_saved_model(world):
   assert set(report["tasks"]["cvr"]) >= {"auc", "gauc", "log_loss", "calibration", "ece",
                                          "truth", "entire_space"}
   assert "bayes_auc" in result.stderr and "cvr/all" in result.stderr  # the logged table
+
+
+def test_evaluate_slices_and_curves(world):
+  result = runner.evaluate(world["model"], world["data"], truth_path=world["raw"],
+                           slice_by=["user_id", "new_user"], min_slice_positives=5,
+                           curve_bins=8)
+  assert result["name"] == "model"  # MODEL_DIR's name
+  labels = world["labels"]
+  cvr_rows = result["slices"]["new_user"]["tasks"]["cvr"]
+  new = np.array([int(user[1:]) >= 10 for user in world["users"]])
+  by_value = {row["value"]: row for row in cvr_rows}
+  assert set(by_value) == {"new", "returning"}
+  clicked = labels["click"] == 1
+  assert by_value["new"]["n"] == (new & clicked).sum()
+  assert by_value["new"]["positives"] == labels["purchase"][new & clicked].sum()
+  users = result["slices"]["user_id"]
+  assert sum(row["n"] for row in users["tasks"]["ctr"]) == NUM_ROWS
+  assert any(row["small"] for row in users["tasks"]["cvr"])  # kept and marked
+  reliability = result["curves"]["ctr"]["reliability"]
+  assert len(reliability["n"]) == 8 and sum(reliability["n"]) == NUM_ROWS
+  assert "mean_truth" in reliability
+  assert set(result["curves"]["cvr"]["entire_space"]) == {"clicked", "unclicked"}
+
+
+def test_cli_compares_two_models_in_one_report_and_from_json(world, tmp_path):
+  report_dir, metrics_dir = tmp_path / "report", tmp_path / "metrics"
+  command = [sys.executable, "-m", "pipeline.evaluate", "--saved_model", f"a={world['model']}",
+             "--saved_model", f"b={world['export']}", "--data", world["data"], "--truth",
+             world["raw"], "--slice_by", "new_user", "--output_dir", str(metrics_dir),
+             "--report", str(report_dir)]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180,
+                          check=False)
+  assert result.returncode == 0, result.stderr
+  for name in ("a", "b"):
+    with open(metrics_dir / f"{name}.json") as f:
+      report = json.load(f)
+    assert report["name"] == name and report["slices"]["new_user"]["values"]
+    assert report["tasks"]["ctr"]["n"] == NUM_ROWS  # the single-model contract holds
+  text = open(report_dir / "index.html").read()
+  for section in ("comparison", "model-a", "model-b", "slices"):
+    assert f'<section id="{section}"' in text
+  include = subprocess.run(
+      [sys.executable, "-m", "pipeline.evaluate", "--include", str(metrics_dir / "a.json"),
+       "--include", f"again={metrics_dir / 'b.json'}", "--report", str(tmp_path / "merged")],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert include.returncode == 0, include.stderr
+  merged = open(tmp_path / "merged" / "index.html").read()
+  assert 'id="model-a"' in merged and 'id="model-again"' in merged
+  refused = subprocess.run(command + ["--output", str(tmp_path / "x.json")], cwd=REPO,
+                           capture_output=True, text=True, timeout=120, check=False)
+  assert refused.returncode != 0 and "--output_dir" in refused.stderr
