@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 install: $(STAMP)
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"

@@ -1,6 +1,8 @@
 """Entire-space multi-task CVR ranking pipeline: Beam preprocessing, TF/Keras models, serving.
 
-Also the `--setup_file` for Dataflow workers: it installs the project's packages (and the
+The build backend is declared in pyproject.toml (setuptools, PEP 517/660: `pip install -e .`
+needs no `setup.py develop`); the metadata stays here because this file is also the
+`--setup_file` for Dataflow workers: it installs the project's packages (and the
 pinned stack) on each worker so the Beam transforms can be unpickled there.
 """
 
@@ -20,6 +22,8 @@ INSTALL_REQUIRES = [
     "absl-py==1.4.0",
     "PyYAML==6.0.3",
     "numpy==1.26.4",
+    # pipeline.evaluate --report draws its PNGs (Agg backend; also in "bench" below).
+    "matplotlib==3.11.2",
 ]
 
 BENCH_REQUIRES = ["deepctr==0.9.4", "psutil==7.2.2", "matplotlib==3.11.2"]
