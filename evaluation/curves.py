@@ -6,8 +6,8 @@ them. Kept as numbers in the JSON, so a report can be redrawn, or several models
 compared, from evaluation JSONs written earlier, without scoring again.
 
 Per task (rows and target as evaluation.report.TASKS):
-  reliability  equal-mass bins of the prediction (rows sorted by score, cut into `bins`
-               runs): per bin n, positives, mean_prediction, observed (positives / n),
+  reliability  equal-mass bins of the prediction (rows sorted by score, cut into runs of
+               equal size; ~15 positives per bin, 4 to `bins` bins): per bin n, positives, mean_prediction, observed (positives / n),
                low / high (the prediction range of the bin) and, with the truth,
                mean_truth (the mean true probability of the bin's rows: the curve a
                Bayes-optimal model would draw against the same bins).
@@ -25,6 +25,8 @@ import numpy as np
 
 from evaluation import report
 
+POSITIVES_PER_BIN = 15  # fewer bins for rare targets: ~15 positives per bin on average
+MIN_BINS = 4
 LOG10_FLOOR = -7.0  # log10 of the smallest score a histogram shows (log loss clips at 1e-7)
 
 
@@ -94,7 +96,10 @@ def task_curves(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np.n
 
   Args:
     labels, predictions, truth: as report.task_table (truth aligned, NaN where unknown).
-    bins: equal-mass bins of the reliability diagrams.
+    bins: equal-mass bins of the reliability diagrams, at most: a task gets
+      max(MIN_BINS, positives // POSITIVES_PER_BIN) when that is fewer, so a rare target
+      (CTCVR, CVR on a small eval day) draws a few readable bins, not noise. The
+      entire-space curves (against the truth, no label noise) keep `bins`.
 
   Returns:
     task -> {"reliability": ..., "histogram": ...[, "entire_space": {"clicked": ...,
@@ -112,10 +117,11 @@ def task_curves(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np.n
             else np.ones(num_rows, dtype=bool))
     truth_values = (np.asarray(truth[task.truth], np.float64)
                     if truth is not None and task.truth in truth else None)
+    task_bins = min(bins, max(MIN_BINS, int(target[rows].sum()) // POSITIVES_PER_BIN))
     entry = {
         "reliability": reliability_bins(
             target[rows], scores[rows], None if truth_values is None else truth_values[rows],
-            bins),
+            task_bins),
         "histogram": score_histogram(target[rows], scores[rows]),
     }
     if task.name == "cvr" and truth_values is not None and "click" in labels:

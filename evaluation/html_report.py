@@ -14,8 +14,10 @@ Sections (each a <section id=...>):
                prediction bin, with 95% intervals, bin counts, and the truth's curve),
                the entire-space CVR against the truth (clicked vs unclicked exposures),
                and the score distributions of positives and negatives;
-  slices       per slice feature and task: n, positives, AUC and calibration of every
-               model per value; small slices are marked, not hidden.
+  slices       per slice feature: AUC by value for every model (small slices hollow),
+               and per task a table of n, positives, AUC and calibration of every model
+               per value; small slices are marked, not hidden (tables longer than 12
+               values start folded).
 A tiny inline script records on <body> how many images loaded (data-images,
 data-images-loaded): the browser test reads it.
 """
@@ -38,6 +40,7 @@ INDEX = "index.html"
 MAIN_TASKS = ("ctr", "cvr", "ctcvr")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 DPI = 80
+OPEN_SLICE_ROWS = 12  # longer slice tables start folded (<details>), one click away
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;
@@ -51,7 +54,7 @@ tr.small td{color:#999;font-style:italic} .badge{font-size:11px;background:#eee;
  border-radius:3px;padding:0 4px;color:#666;font-style:normal}
 .bad{color:#b00} .note{color:#555;font-size:13px;max-width:1000px}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}
-nav a{margin-right:12px;font-size:14px}
+nav a{margin-right:12px;font-size:14px} summary{cursor:pointer;margin:6px 0;font-size:14px}
 """
 
 CHECK_SCRIPT = """<script>
@@ -461,7 +464,11 @@ def write_html_report(results: Sequence[Mapping[str, Any]], directory: str,
       for task in MAIN_TASKS + tuple(t for t in _tasks(results) if t not in MAIN_TASKS):
         table = slice_table(feature, task, results)
         if table:
-          parts.append(f"<h4>{html.escape(feature)}: {html.escape(task)}</h4>{table}")
+          rows = table.count("<tr") - 1
+          small = table.count('<tr class="small">')
+          parts.append(f"<details{' open' if rows <= OPEN_SLICE_ROWS else ''}><summary>"
+                       f"<b>{html.escape(feature)}: {html.escape(task)}</b> ({rows} values, "
+                       f"{small} small)</summary>{table}</details>")
     parts.append("</section>")
   parts.append(CHECK_SCRIPT + "</body></html>")
   path = os.path.join(directory, INDEX)

@@ -9,7 +9,8 @@ or negatives are fewer than `min_positives`, where the AUC's standard error is l
 (with 30 positives it is ~0.05).
 
 The JSON:
-  {feature: {"min_positives": k, "values": [value, ...] (by exposures, descending),
+  {feature: {"min_positives": k,
+             "values": [value, ...] (integers in order, others by exposures, descending),
              "tasks": {task: [{"value", "n", "positives", "positive_rate",
                                "mean_prediction", "auc", "calibration", "small"}, ...]}}}
 
@@ -18,6 +19,7 @@ else "returning"), computed by evaluation.runner from the train split's user ids
 """
 
 import math
+import re
 from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
@@ -70,7 +72,10 @@ def slice_metrics(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np
   for feature, raw_values in features.items():
     values = slice_values(raw_values)
     keys, counts = np.unique(values, return_counts=True)
-    ordered = [str(key) for key, _ in sorted(zip(keys, counts), key=lambda kc: (-kc[1], kc[0]))]
+    if all(re.fullmatch(r"-?\d+", str(key)) for key in keys):  # e.g. position: in order
+      ordered = sorted((str(key) for key in keys), key=int)
+    else:
+      ordered = [str(key) for key, _ in sorted(zip(keys, counts), key=lambda kc: (-kc[1], kc[0]))]
     entry = {"min_positives": min_positives, "values": ordered, "tasks": {}}
     for task in report.TASKS:
       needed = task.labels + ((task.population,) if task.population else ())

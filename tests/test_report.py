@@ -104,6 +104,10 @@ def test_new_user_values():
   values = slices.new_user_values(np.array(["a", "b", 3], dtype=object), np.array(["b", "3"]))
   assert values.tolist() == ["new", "returning", "returning"]
   assert slices.slice_values(np.array([1.0, 2.0])).tolist() == ["1", "2"]
+  labels = {"click": np.array([1.0, 0, 1, 0, 1])}
+  by_position = slices.slice_metrics(labels, {"ctr": np.full(5, 0.5)},
+                                     {"position": np.array([10, 2, 2, 1, 10])})
+  assert by_position["position"]["values"] == ["1", "2", "10"]  # numeric order
 
 
 def test_html_report_has_every_section_and_only_local_images(tmp_path):
