@@ -262,6 +262,8 @@ def _build(cls, values: Any, source: str, section: str):
   for key, value in values.items():
     if isinstance(value, list) and key != "labels":
       value = tuple(value)
+    if isinstance(value, datetime.date):  # YAML reads an unquoted 2026-01-07 as a date
+      value = value.isoformat()
     kwargs[key] = value
   try:
     return cls(**kwargs)

@@ -83,6 +83,14 @@ def test_train_section_errors_name_the_file_and_key(train, message):
   assert str(error.value).startswith("exp.yaml:")
 
 
+def test_unquoted_yaml_dates_are_read_as_strings(tmp_path):
+  path = tmp_path / "exp.yaml"
+  path.write_text("feature_spec: spec.yaml\ndata: {eval_from: 2026-01-08}\n"
+                  "train: {validation_from: 2026-01-07}\n")
+  config = config_lib.load_config(str(path))
+  assert (config.data.eval_from, config.train.validation_from) == ("2026-01-08", "2026-01-07")
+
+
 def test_simulated_configs_validate_on_the_last_training_day():
   config = config_lib.load_config(os.path.join(REPO, "configs", "esmm.yaml"))
   assert config.train.validation_from == "2026-01-07" and config.data.eval_from == "2026-01-08"
