@@ -106,15 +106,11 @@ def task_curves(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np.n
     "unclicked": ...}]} (module docstring).
   """
   curves = {}
-  num_rows = len(next(iter(labels.values()))) if labels else 0
   for task in report.TASKS:
-    needed = task.labels + ((task.population,) if task.population else ())
-    if task.name not in predictions or any(name not in labels for name in needed):
+    arrays = report.task_arrays(task, labels, predictions)
+    if arrays is None:
       continue
-    target = np.prod([np.asarray(labels[name], np.float64) for name in task.labels], axis=0)
-    scores = np.asarray(predictions[task.name], np.float64)
-    rows = (np.asarray(labels[task.population]) == 1 if task.population
-            else np.ones(num_rows, dtype=bool))
+    target, scores, rows = arrays
     truth_values = (np.asarray(truth[task.truth], np.float64)
                     if truth is not None and task.truth in truth else None)
     task_bins = min(bins, max(MIN_BINS, int(target[rows].sum()) // POSITIVES_PER_BIN))

@@ -78,6 +78,10 @@ class Task:
   def rows(self) -> str:
     return f"{self.population} == 1" if self.population else "all exposures"
 
+  @property
+  def needed_labels(self) -> Tuple[str, ...]:
+    return self.labels + ((self.population,) if self.population else ())
+
 
 TASKS = (
     Task("ctr", ("click",), None, "p_click"),
@@ -88,6 +92,24 @@ TASKS = (
     Task("ctmicro", ("click", "micro"), None, "p_ctmicro"),
 )
 CVR_TRUTH = "p_purchase_given_click"
+
+
+def task_arrays(task: Task, labels: Mapping[str, np.ndarray],
+                predictions: Mapping[str, np.ndarray]
+                ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """The arrays one task is evaluated on, over ALL rows (select with `rows`).
+
+  Returns:
+    (target [n] float64 0/1, scores [n] float64, rows [n] bool: the task's population),
+    or None when the predictions lack the task's output or the labels one it needs.
+  """
+  if task.name not in predictions or any(name not in labels for name in task.needed_labels):
+    return None
+  target = np.prod([np.asarray(labels[name], np.float64) for name in task.labels], axis=0)
+  scores = np.asarray(predictions[task.name], np.float64)
+  rows = (np.asarray(labels[task.population]) == 1 if task.population
+          else np.ones(len(scores), dtype=bool))
+  return target, scores, rows
 
 
 def align_truth(impression_ids: Sequence[str], truth: Mapping[str, np.ndarray]
@@ -231,20 +253,15 @@ def task_table(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np.nd
     task name -> metrics (see the module docstring), in TASKS order.
   """
   table = {}
-  num_rows = len(next(iter(labels.values()))) if labels else 0
   groups = None if user_ids is None else np.asarray(user_ids)
   for task in TASKS:
-    needed = task.labels + ((task.population,) if task.population else ())
     if task.name not in predictions:
       continue
-    missing = [name for name in needed if name not in labels]
+    missing = [name for name in task.needed_labels if name not in labels]
     if missing:
       logging.warning("Task %s skipped: the data has no label(s) %s", task.name, missing)
       continue
-    target = np.prod([np.asarray(labels[name], np.float64) for name in task.labels], axis=0)
-    scores = np.asarray(predictions[task.name], np.float64)
-    rows = (np.asarray(labels[task.population]) == 1 if task.population
-            else np.ones(num_rows, dtype=bool))
+    target, scores, rows = task_arrays(task, labels, predictions)
     row_groups = None if groups is None else groups[rows]
     result = {"output": task.name, "target": task.target, "rows": task.rows}
     result.update(task_metrics(target[rows], scores[rows], row_groups, ece_bins))

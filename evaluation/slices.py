@@ -67,7 +67,6 @@ def slice_metrics(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np
     tasks: tasks to slice, those of report.TASKS the predictions and labels allow.
     min_positives: a slice with fewer positives (or negatives) is marked small.
   """
-  num_rows = len(next(iter(labels.values()))) if labels else 0
   result = {}
   for feature, raw_values in features.items():
     values = slice_values(raw_values)
@@ -78,14 +77,10 @@ def slice_metrics(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np
       ordered = [str(key) for key, _ in sorted(zip(keys, counts), key=lambda kc: (-kc[1], kc[0]))]
     entry = {"min_positives": min_positives, "values": ordered, "tasks": {}}
     for task in report.TASKS:
-      needed = task.labels + ((task.population,) if task.population else ())
-      if (task.name not in tasks or task.name not in predictions
-          or any(name not in labels for name in needed)):
+      arrays = report.task_arrays(task, labels, predictions) if task.name in tasks else None
+      if arrays is None:
         continue
-      target = np.prod([np.asarray(labels[name], np.float64) for name in task.labels], axis=0)
-      scores = np.asarray(predictions[task.name], np.float64)
-      rows = (np.asarray(labels[task.population]) == 1 if task.population
-              else np.ones(num_rows, dtype=bool))
+      target, scores, rows = arrays
       entry["tasks"][task.name] = [
           _slice_row(value, target[rows & (values == value)],
                      scores[rows & (values == value)], min_positives)
