@@ -64,3 +64,12 @@ def test_callbacks_write_hparams_and_eval_metrics_per_epoch(tmp_path):
   assert recorded["model.name"].string_value == "esmm"
   assert recorded["train.batch_size"].number_value == config.train.batch_size
   assert start.session_start_info.group_name == "esmm"  # the run's MODEL_DIR name
+
+
+def test_non_chief_workers_evaluate_but_write_nothing(tmp_path):
+  config = config_lib.load_config(os.path.join(REPO, "configs", "esmm.yaml"))
+  log_dir = tmp_path / "logs"
+  callbacks = hparams.tensorboard_callbacks(config, str(log_dir), eval_dataset=[], eval_steps=1,
+                                            write=False)
+  assert [type(callback) for callback in callbacks] == [hparams.EpochEvaluation]
+  assert not log_dir.exists()

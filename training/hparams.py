@@ -69,36 +69,46 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
   per epoch.
   """
 
-  def __init__(self, dataset, steps: Optional[int], log_dir: str):
+  def __init__(self, dataset, steps: Optional[int], log_dir: str, write: bool = True):
+    """`write=False` on non-chief workers: they evaluate (a collective step) but write
+    nothing."""
     super().__init__()
     self._dataset = dataset
     self._steps = steps
-    self._writer = tf.summary.create_file_writer(os.path.join(log_dir, EVAL_DIR))
+    self._writer = (tf.summary.create_file_writer(os.path.join(log_dir, EVAL_DIR))
+                    if write else None)
 
   def on_epoch_end(self, epoch, logs=None):
     results = self.model.evaluate(self._dataset, steps=self._steps, return_dict=True,
                                   verbose=0)
-    with self._writer.as_default():
-      for name, value in results.items():
-        tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
-    self._writer.flush()
+    if self._writer is not None:
+      with self._writer.as_default():
+        for name, value in results.items():
+          tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
+      self._writer.flush()
     if logs is not None:  # also in the History and the Keras log line, as eval_<metric>
       logs.update({f"eval_{name}": float(value) for name, value in results.items()})
 
 
 def tensorboard_callbacks(config, log_dir: str, eval_dataset=None,
-                          eval_steps: Optional[int] = None) -> List[tf_keras.callbacks.Callback]:
+                          eval_steps: Optional[int] = None,
+                          write: bool = True) -> List[tf_keras.callbacks.Callback]:
   """The HParams callback of the run, and EpochEvaluation when an eval dataset is given.
 
   Args:
     config: the ExperimentConfig (its hyperparameters are recorded).
-    log_dir: the run's TensorBoard directory (MODEL_DIR/logs, as Keras' callback).
+    log_dir: the run's TensorBoard directory (MODEL_DIR/logs, as Keras' callback); its
+      parent's name (MODEL_DIR's) names the run in the HParams table.
     eval_dataset: optional eval split input (as given to model.evaluate).
     eval_steps: steps of one pass over eval_dataset.
+    write: False on non-chief workers of a multi-worker run: no HParams record, and
+      EpochEvaluation evaluates (every worker must) without writing.
   """
-  callbacks = [hp.KerasCallback(log_dir, hyperparameters(config),
-                                trial_id=os.path.basename(os.path.dirname(
-                                    os.path.abspath(log_dir))))]
+  callbacks = []
+  if write:
+    callbacks.append(hp.KerasCallback(log_dir, hyperparameters(config),
+                                      trial_id=os.path.basename(os.path.dirname(
+                                          os.path.abspath(log_dir)))))
   if eval_dataset is not None:
-    callbacks.append(EpochEvaluation(eval_dataset, eval_steps, log_dir))
+    callbacks.append(EpochEvaluation(eval_dataset, eval_steps, log_dir, write=write))
   return callbacks
