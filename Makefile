@@ -8,7 +8,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 
-.PHONY: install test test-fast demo lock clean
+.PHONY: install test test-fast demo tensorboard lock clean
 
 install: $(STAMP)
 
@@ -26,9 +26,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-## demo: simulate -> Beam preprocess -> train ESMM -> evaluate -> score raw examples.
+## demo: simulate -> Beam preprocess -> train ESMM and naive -> evaluate (report in
+## runs/demo/report/index.html) -> score raw examples. Full logs: runs/demo/logs/.
 demo: $(STAMP)
 	$(PY) -m pipeline.demo --workdir runs/demo
+
+## tensorboard: one board over the demo's runs (per-epoch metrics, HParams), port 6006.
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs/demo/models
 
 ## lock: rewrite constraints.txt from the current venv.
 lock: $(STAMP)
