@@ -13,18 +13,13 @@ checks are
   - one SGD train step moves the tied towers identically on 2 replicas and on 1 device.
 """
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_strategy import _Path
+from tests.test_strategy import _Path, report_from_subprocess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPLICAS = 2
 BATCH = 64
 LAMBDA = 0.05  # large enough that the tie's gradient is comparable to the task losses'
@@ -142,15 +137,8 @@ def mirrored_tie_report(tmp_dir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-  tmp_dir = str(tmp_path_factory.mktemp("esmc_mirrored"))
-  code = ("import json; from tests import test_esmc_mirrored as t; "
-          f"print('REPORT', json.dumps(t.mirrored_tie_report({tmp_dir!r})))")
-  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  line = [l for l in done.stdout.splitlines() if l.startswith("REPORT ")][-1]
-  return json.loads(line[len("REPORT "):])
+  return report_from_subprocess("test_esmc_mirrored", "mirrored_tie_report",
+                                str(tmp_path_factory.mktemp("esmc_mirrored")))
 
 
 def test_constraint_loss_is_the_same_on_every_replica_and_matches_numpy(report):

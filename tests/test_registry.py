@@ -30,7 +30,7 @@ def test_builds_the_experiment_configs(tmp_path, name):
 
 
 def test_unknown_model_lists_the_known_ones(artifacts):
-  with pytest.raises(config_lib.ConfigError, match=r"'esm9'.*known models: \['esm2', 'esmc', 'esmg', 'esmm', 'esms', 'hm3', 'naive', 'shared_bottom'\]"):
+  with pytest.raises(config_lib.ConfigError, match=r"'esm9'.*known models: \['aitm', 'escm2_dr', 'escm2_ips', 'esm2', 'esmc', 'esmg', 'esmm', 'esms', 'hm3', 'naive', 'shared_bottom'\]"):
     registry.build_model(make_config("esm9"), SPEC, artifacts)
 
 

@@ -133,17 +133,23 @@ class _Path(str):
     return _Path(os.path.join(self, other))
 
 
-@pytest.fixture(scope="module")
-def mirrored_report(tmp_path_factory):
-  tmp_dir = str(tmp_path_factory.mktemp("mirrored"))
-  code = ("import json, sys; from tests import test_strategy; "
-          f"print('REPORT', json.dumps(test_strategy.mirrored_step_report({tmp_dir!r})))")
+def report_from_subprocess(module: str, function: str, tmp_dir: str, timeout: int = 600):
+  """Runs `module.function(tmp_dir)` in a fresh Python (so it can split the CPU into
+  logical devices before TF initialises) and returns the JSON dict it returns."""
+  code = (f"import json; from tests import {module} as m; "
+          f"print('REPORT', json.dumps(m.{function}({tmp_dir!r})))")
   env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
   done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+                        capture_output=True, text=True, timeout=timeout, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   line = [l for l in done.stdout.splitlines() if l.startswith("REPORT ")][-1]
   return json.loads(line[len("REPORT "):])
+
+
+@pytest.fixture(scope="module")
+def mirrored_report(tmp_path_factory):
+  return report_from_subprocess("test_strategy", "mirrored_step_report",
+                                str(tmp_path_factory.mktemp("mirrored")), timeout=300)
 
 
 @pytest.mark.slow

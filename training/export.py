@@ -144,10 +144,7 @@ def load_export_spec(export_dir: str) -> spec_lib.FeatureSpec:
 
 
 def latest_export(export_base: str) -> str:
-  """The newest numeric version directory under `export_base`."""
-  versions = [name for name in tf.io.gfile.listdir(export_base)
-              if name.rstrip("/").isdigit()]
-  if not versions:
-    raise FileNotFoundError(f"{export_base}: no exported SavedModel version directories")
-  return os.path.join(export_base, max(versions, key=lambda v: int(v.rstrip("/"))).rstrip("/"))
-
+  """The newest complete version directory under `export_base` (serving.versions: a
+  half-written or emptied version is skipped with a warning, as TF Serving would)."""
+  from serving import versions  # pylint: disable=g-import-not-at-top
+  return versions.newest_complete_version(export_base)
