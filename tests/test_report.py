@@ -5,6 +5,7 @@
 unclicked exposures by 1.4x, as a click-space CVR model does.
 """
 
+import json
 import math
 import os
 import re
@@ -130,3 +131,22 @@ def test_html_report_refuses_duplicate_names(tmp_path):
   with pytest.raises(ValueError, match="distinct"):
     html_report.write_html_report([results[0], results[0]], str(tmp_path))
   assert math.isfinite(results[0]["tasks"]["ctr"]["auc"])
+
+
+def test_html_report_of_a_json_without_curves_or_slices(tmp_path):
+  """An evaluation JSON written before the report existed still renders (tables only)."""
+  results, _ = synthetic_results(num_rows=2000)
+  old = {key: value for key, value in results[0].items() if key not in ("curves", "slices")}
+  old["truth"] = None
+  text = open(html_report.write_html_report([json.loads(json.dumps(report.json_ready(old)))],
+                                            str(tmp_path)), encoding="utf-8").read()
+  assert '<section id="model-esmm"' in text and "<img" not in text
+  assert 'id="slices"' not in text and "no simulator truth" in text
+
+
+def test_html_report_from_json_round_trip(tmp_path):
+  """--include reads strict JSON back (NaN -> null): the report draws from that too."""
+  results, _ = synthetic_results(num_rows=3000)
+  loaded = json.loads(json.dumps(report.json_ready(results), allow_nan=False))
+  text = open(html_report.write_html_report(loaded, str(tmp_path)), encoding="utf-8").read()
+  assert len(re.findall(r'<img src="images/', text)) == 9
