@@ -214,6 +214,11 @@ def main(argv):
              + (", slices, HTML report" if FLAGS.report else ""), logs, "pipeline.evaluate",
              *evaluate_args)
     reports = {name: _read_json(os.path.join(metrics_dir, f"{name}.json")) for name in models}
+    first = reports[models[0]]
+    _print([f"{first['examples']} eval examples scored per model in "
+            + ", ".join(f"{name} {report['seconds']:.0f} s" for name, report in reports.items()),
+            f"metrics: {metrics_dir}/<model>.json"]
+           + ([f"report:  {os.path.join(report_dir, 'index.html')}"] if FLAGS.report else []))
 
     requests = os.path.join(workdir, "requests.jsonl")
     with open(requests, "w") as f:
