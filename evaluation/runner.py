@@ -39,6 +39,7 @@ from features import spec as spec_lib
 from features import success_marker
 from serving import versions
 from training import data
+from training import shard_check
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/esmm.yaml"
@@ -157,12 +158,16 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
     features.success_marker.IncompleteOutputError: data_dir has no valid _SUCCESS.json
       (the preprocess job failed or is still running, or files changed since).
     serving.versions.IncompleteExportError: no complete SavedModel version.
+    training.shard_check.CorruptShardError: a shard of the split is truncated or corrupt.
   """
   start = time.time()
   success_marker.check_success_marker(data_dir)
   saved_model_dir = resolve_saved_model(saved_model)
   spec, label_names = load_spec_and_labels(data_dir, config_path)
   file_pattern = data.split_pattern(data_dir, split)
+  # A truncated or corrupt shard fails here naming its path and record offset
+  # (training.shard_check.CorruptShardError), not as a bare TensorFlow error mid-scoring.
+  shard_check.verify_shards(file_pattern)
   slice_features = [feature for feature in slice_by if feature != slices_lib.NEW_USER]
   scores = scoring.score_saved_model(saved_model_dir, file_pattern, spec, label_names,
                                      batch_size=batch_size, extra_features=slice_features)

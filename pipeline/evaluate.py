@@ -27,6 +27,7 @@ incomplete or changed output directory is refused before anything is scored.
 import json
 import os
 import re
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -36,6 +37,8 @@ from absl import logging
 
 from evaluation import runner
 from evaluation import slices
+from features import success_marker
+from training import shard_check
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("saved_model", [], "[NAME=]PATH, repeatable: a SavedModel directory "
@@ -100,12 +103,17 @@ def main(argv):
   results = []
   for value in FLAGS.saved_model:
     name, path = parse_named(value)
-    result = runner.evaluate(path, FLAGS.data, split=FLAGS.split,
-                             truth_path=FLAGS.truth, config_path=FLAGS.config,
-                             batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
-                             slice_by=FLAGS.slice_by,
-                             min_slice_positives=FLAGS.min_slice_positives,
-                             curve_bins=FLAGS.curve_bins, name=name)
+    try:
+      result = runner.evaluate(path, FLAGS.data, split=FLAGS.split,
+                               truth_path=FLAGS.truth, config_path=FLAGS.config,
+                               batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
+                               slice_by=FLAGS.slice_by,
+                               min_slice_positives=FLAGS.min_slice_positives,
+                               curve_bins=FLAGS.curve_bins, name=name)
+    except (shard_check.CorruptShardError, success_marker.IncompleteOutputError) as e:
+      # The input is unusable: the message (file, offset, how to fix) is the whole story.
+      logging.error("%s", e)
+      sys.exit(f"pipeline.evaluate: {type(e).__name__}: {e}")
     if FLAGS.output:
       output = FLAGS.output
     elif FLAGS.output_dir:

@@ -282,3 +282,19 @@ def test_cli_compares_two_models_in_one_report_and_from_json(world, tmp_path):
   refused = subprocess.run(command + ["--output", str(tmp_path / "x.json")], cwd=REPO,
                            capture_output=True, text=True, timeout=120, check=False)
   assert refused.returncode != 0 and "--output_dir" in refused.stderr
+
+
+def test_evaluate_names_a_corrupt_shard(world, tmp_path):
+  """A byte flipped inside a shard keeps its size, so the marker still verifies; the
+  evaluator must fail naming the shard (training.shard_check), not mid-scoring."""
+  from training import shard_check  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "data"
+  shutil.copytree(world["data"], data_dir)
+  shard = data_dir / "eval" / "eval-00001-of-00002.tfrecord.gz"
+  raw = gzip.decompress(shard.read_bytes())
+  flipped = bytearray(raw)
+  flipped[len(raw) // 2] ^= 0xFF
+  shard.write_bytes(gzip.compress(bytes(flipped)))
+  success_marker.write_success_marker(str(data_dir), {})
+  with pytest.raises(shard_check.CorruptShardError, match=str(shard)):
+    runner.evaluate(world["model"], str(data_dir))

@@ -45,6 +45,7 @@ from models import registry
 from training import data
 from training import early_stopping
 from training import export as export_lib
+from training import hparams as hparams_lib
 from training import optimizers
 from training import schedules
 from training import shard_check
@@ -372,6 +373,11 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                                      update_freq=max(1, steps_per_epoch // 4)),
       throughput,
   ]
+  # HParams record and per-epoch eval-split metrics in TensorBoard (monitoring only:
+  # early stopping reads the validation split). Every worker evaluates; the chief writes.
+  callbacks += hparams_lib.tensorboard_callbacks(
+      config, os.path.join(model_dir, "logs"), eval_input, eval_steps or None,
+      write=strategy_lib.is_chief())
   epochs = train_config.epochs
   stopper = None
   if plan.validation:
