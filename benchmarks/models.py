@@ -7,7 +7,7 @@ seed, in a fresh subprocess (TF memory does not grow across models): training.tr
 (train + export) -> evaluation.runner.evaluate on the held-out time split with the
 simulator's truth -> WORK_DIR/<mode>/runs/<model>/seed<k>/evaluation.json. The runs are
 then aggregated (mean +- std over seeds) into benchmarks/results/models.md, models.png
-and models.json (either mode writes them; the full run's are the committed ones).
+and models.json (--quick: models_quick.*).
 
 Per model and task (ctr, cvr, ctcvr, ctavr, ctmicro): AUC, GAUC by user, log loss,
 calibration (sum predicted / sum observed), ECE, the Bayes-optimal AUC (AUC of the true
@@ -56,6 +56,7 @@ MODELS = {
     "hm3": "hm3.yaml",
     "esmm_mmoe": "esmm_mmoe.yaml",
     "esmm_ple": "esmm_ple.yaml",
+    "esmm_lazy_adam": "esmm_lazy_adam.yaml",
     "aitm": "aitm.yaml",
     "aitm_action": "aitm_action.yaml",
     "escm2_ips": "escm2_ips.yaml",
@@ -423,7 +424,7 @@ def main(argv=None) -> None:
                  "eval": counts["impressions"]["written"]["eval"],
                  "eval_labels": counts["labels"]["eval"]}
   summary = aggregate(reports)
-  suffix = ""
+  suffix = "_quick" if mode == "quick" else ""  # the full run's files are the headline
   os.makedirs(args.results_dir, exist_ok=True)
   with open(os.path.join(args.results_dir, f"models{suffix}.json"), "w") as f:
     json.dump({"settings": settings, "world": world_facts, "summary": summary}, f, indent=1)
