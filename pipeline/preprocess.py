@@ -4,6 +4,7 @@
       --events 'logs/events/*.jsonl.gz' --output runs/demo/data \
       [--config configs/esmm.yaml] [--eval_from 2026-01-08] \
       [--schema runs/demo/data/schema/schema.pbtxt --fail_on_anomalies] \
+      [--engine columnar [--join_buckets 64] (opt-in RecordBatch job, issue 12)] \
       [--local_workers 0 (every core of this machine) |
        Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \
        --setup_file ./setup.py]
@@ -64,6 +65,9 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "esmm.yaml")
 LOG = "log"
 ALI_CCP = "ali_ccp"
 SOURCES = (LOG, ALI_CCP) + derived_sources.LAYOUTS
+ROW = "row"
+COLUMNAR = "columnar"
+ENGINES = (ROW, COLUMNAR)
 DEFAULT_CONFIGS = {
     LOG: DEFAULT_CONFIG,
     ALI_CCP: os.path.join(CONFIG_DIR, "ali_ccp.yaml"),
@@ -130,6 +134,14 @@ def _parser() -> argparse.ArgumentParser:
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
   parser.add_argument("--fail_on_anomalies", action="store_true",
                       help="With --schema: exit non-zero when a split has anomalies.")
+  parser.add_argument("--engine", default=ROW, choices=ENGINES,
+                      help="--source log only: 'row' (default, one element per record) or "
+                           "'columnar' (opt-in, issue 12: reading, parsing, join, labels and "
+                           "split on pyarrow RecordBatches; transforms/columnar/job.py). "
+                           "Same outputs.")
+  parser.add_argument("--join_buckets", type=int, default=None,
+                      help="--engine columnar: hash buckets of impression_id for the join's "
+                           "shuffle (default transforms/columnar/label.DEFAULT_BUCKETS).")
   parser.add_argument("--local_workers", type=int, default=None,
                       help="Run on this machine with N worker processes (DirectRunner "
                            "--direct_running_mode multi_processing; 0 = one per core, 1 = "
@@ -228,6 +240,14 @@ def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
                     config: config_lib.ExperimentConfig,
                     spec: spec_lib.FeatureSpec) -> beam.PTransform:
   """The job's root composite for `--source`."""
+  if args.engine == COLUMNAR:
+    if args.source != LOG:
+      raise preprocess_job.PreprocessError(f"--engine {COLUMNAR} is for --source {LOG} only")
+    from transforms.columnar import job as columnar_job  # pylint: disable=g-import-not-at-top
+    from transforms.columnar import label as columnar_label  # pylint: disable=g-import-not-at-top
+    return columnar_job.PreprocessColumnar(
+        patterns["impressions"], patterns["events"], args.output, config.data, spec,
+        num_buckets=args.join_buckets or columnar_label.DEFAULT_BUCKETS)
   if args.source == LOG:
     return preprocess_job.Preprocess(patterns["impressions"], patterns["events"], args.output,
                                      config.data, spec)

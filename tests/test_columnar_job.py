@@ -1,0 +1,57 @@
+"""transforms.columnar.job: the whole columnar chain gives the row job's files, byte for byte.
+
+Both jobs run on a TestPipeline over the malformed logs of
+tests/test_transforms_preprocess_job.py (every dead-letter reason of the log source), under
+both orphan policies; counts.json, transform.json, every dead letter (all fields) and
+the multiset of serialized Examples per split must be equal.
+"""
+
+import glob
+import json
+
+import pytest
+from apache_beam.testing import test_pipeline
+
+from pipeline import preprocess
+from tests import test_beam_golden as golden_test
+from tests import test_transforms_preprocess_job as row_job_test
+from transforms import outputs as outputs_lib
+from transforms import preprocess_job
+from transforms import testing
+from transforms.columnar import job as columnar_job
+
+
+def _outputs(output):
+  paths = outputs_lib.OutputPaths(output)
+  letters = [open(path).read().splitlines() for path in glob.glob(paths.dead_letter_pattern)]
+  return {"counts": json.load(open(paths.counts)),
+          "transform": json.load(open(f"{paths.transform_dir}/transform.json")),
+          "dead_letters": sorted(line for lines in letters for line in lines),
+          "examples": {split: sorted(golden_test._tfrecords(  # pylint: disable=protected-access
+              f"{output}/{split}/*.tfrecord.gz")) for split in outputs_lib.SPLITS}}
+
+
+@pytest.mark.parametrize("policy", ["dead_letter", "infer_click"])
+def test_columnar_job_writes_what_the_row_job_writes(tmp_path, policy):
+  impressions, events = row_job_test._write_logs(tmp_path)  # pylint: disable=protected-access
+  config, spec = testing.data_config(orphan_event_policy=policy), testing.small_spec()
+  results = {}
+  for name, job in (("row", preprocess_job.Preprocess),
+                    ("columnar", columnar_job.PreprocessColumnar)):
+    output = str(tmp_path / name)
+    with test_pipeline.TestPipeline() as p:
+      _ = p | job(impressions, events, output, config, spec, statistics=False)
+    preprocess_job.check_run(outputs_lib.OutputPaths(output), seconds=1.0)
+    results[name] = _outputs(output)
+  assert results["columnar"]["counts"]["events"]["read"] == 10
+  assert len(results["columnar"]["dead_letters"]) >= 11
+  assert results["columnar"] == results["row"]
+
+
+def test_engine_flag_defaults_to_the_row_job_and_columnar_is_log_only():
+  args, _ = preprocess.parse_args(["--output", "out", "--impressions", "i", "--events", "e"])
+  assert args.engine == preprocess.ROW
+  args, _ = preprocess.parse_args(["--output", "out", "--source", "ali_ccp", "--engine",
+                                   "columnar"])
+  with pytest.raises(preprocess_job.PreprocessError, match="--source log only"):
+    preprocess.build_transform(args, {}, None, None)

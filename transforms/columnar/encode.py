@@ -1,0 +1,146 @@
+"""Split labelled batches by time and encode them as the row job's serialized tf.Examples.
+
+Flow: BucketedJoinAndLabel -> **SplitBatchesByTime -> EncodeBatches** -> write / stats / ...
+Split: the rows of a labelled batch with timestamp < eval_from_timestamp are train, the
+others eval (`transforms.split`'s rule), in columns.
+
+Encoding stays per row, through `features.example_codec.ExampleCodec.encode` (the row
+job's own encoder), for byte-identical output: the golden digest pins the serialized
+bytes, whose feature-map order is the order the Python protobuf (upb) map was filled in.
+tfx_bsl's C++ `RecordBatchToExamplesEncoder` gives Examples that parse equal except for
+missing features (it writes a null as a present, empty Feature; the row job leaves the
+key out) but in another map order, so its bytes differ; re-serializing them in Python
+does not restore the row order either (see the report of issue 12 and
+tests/test_columnar_encode.py, which pins both facts).
+"""
+
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features import example_codec
+from features import spec as spec_lib
+from transforms import dead_letter as dl
+from transforms import encode as encode_lib
+from transforms import split as split_lib
+
+EXAMPLES = encode_lib.EXAMPLES
+_META = ("file", "line", "record", "impression_id", "timestamp")
+
+
+def python_values(array: pa.Array) -> List[Any]:
+  """The column as Python values, like `array.to_pylist()` (None for nulls, lists for list
+  arrays) but through numpy, several times faster on the flat types used here."""
+  if pa.types.is_list(array.type):
+    flat = python_values(array.flatten())
+    offsets = array.offsets.to_numpy()
+    start = int(offsets[0])
+    bounds = (offsets - start).tolist()
+    valid = array.is_valid().to_numpy(zero_copy_only=False).tolist()
+    return [flat[bounds[i]:bounds[i + 1]] if valid[i] else None for i in range(len(array))]
+  if pa.types.is_string(array.type):
+    return array.to_numpy(zero_copy_only=False).tolist()  # Nulls come back as None.
+  if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
+    return array.to_pylist()
+  if array.null_count == 0:
+    return array.to_numpy(zero_copy_only=False).tolist()
+  values = pc.fill_null(array, 0).to_numpy(zero_copy_only=False).tolist()
+  for index in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)).tolist():
+    values[index] = None
+  return values
+
+
+def split_batch(batch: pa.RecordBatch, eval_from_timestamp: int
+                ) -> Dict[str, pa.RecordBatch]:
+  """{"train": rows before the cut, "eval": the rest} of one labelled batch."""
+  timestamps = batch.column(batch.schema.get_field_index("timestamp")).to_numpy()
+  is_train = timestamps < eval_from_timestamp
+  return {split_lib.TRAIN: batch.filter(pa.array(is_train)),
+          split_lib.EVAL: batch.filter(pa.array(~is_train))}
+
+
+class BatchEncoder:
+  """Labelled batches -> (serialized Examples, dead letters), as `encode._EncodeFn`."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
+    self._codec = example_codec.ExampleCodec(spec, label_names)
+    self._label_names = tuple(label_names)
+
+  def encode(self, batch: pa.RecordBatch) -> Tuple[List[bytes], List[Dict[str, Any]]]:
+    names = batch.schema.names
+    feature_names = [n for n in names if n not in _META and n not in self._label_names]
+    columns = {name: python_values(batch.column(i)) for i, name in enumerate(names)
+               if name != "record"}
+    examples, dead = [], []
+    for row in range(batch.num_rows):
+      features = {name: columns[name][row] for name in feature_names
+                  if columns[name][row] is not None}
+      labels = {name: columns[name][row] for name in self._label_names}
+      impression_id, timestamp = columns["impression_id"][row], columns["timestamp"][row]
+      try:
+        examples.append(self._codec.encode(features, labels, impression_id,
+                                           timestamp).SerializeToString())
+      except (example_codec.RecordError, TypeError, ValueError) as e:
+        reason = getattr(e, "reason", dl.BAD_VALUE)
+        dead.append(dl.make_dead_letter(
+            dl.IMPRESSIONS, columns["file"][row], columns["line"][row], reason,
+            f"encoding {impression_id!r}: {e}", features))
+    return examples, dead
+
+
+class _SplitFn(beam.DoFn):
+
+  def __init__(self, eval_from_timestamp: int):
+    self._eval_from_timestamp = eval_from_timestamp
+
+  def process(self, batch):
+    for split, part in split_batch(batch, self._eval_from_timestamp).items():
+      if part.num_rows:
+        yield beam.pvalue.TaggedOutput(split, part)
+
+
+class SplitBatchesByTime(beam.PTransform):
+  """Labelled batches -> {"train": batches before the cut, "eval": the rest}."""
+
+  def __init__(self, eval_from_timestamp: int):
+    super().__init__()
+    self._eval_from_timestamp = int(eval_from_timestamp)
+
+  def expand(self, batches):
+    outputs = batches | "Split" >> beam.ParDo(_SplitFn(self._eval_from_timestamp)).with_outputs(
+        split_lib.TRAIN, split_lib.EVAL)
+    return {split_lib.TRAIN: outputs[split_lib.TRAIN], split_lib.EVAL: outputs[split_lib.EVAL]}
+
+
+class _EncodeFn(beam.DoFn):
+
+  def __init__(self, spec, label_names):
+    self._spec = spec
+    self._label_names = tuple(label_names)
+
+  def setup(self):
+    self._encoder = BatchEncoder(self._spec, self._label_names)
+
+  def process(self, batch) -> Iterator[Any]:
+    examples, dead = self._encoder.encode(batch)
+    for letter in dead:
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+    yield from examples
+
+
+class EncodeBatches(beam.PTransform):
+  """Labelled batches -> {"examples": serialized tf.Examples (one element each, as the
+  row job's EncodeExamples), "dead_letter"}."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
+    super().__init__()
+    self._spec = spec
+    self._label_names = tuple(label_names)
+
+  def expand(self, batches):
+    outputs = batches | "Encode" >> beam.ParDo(_EncodeFn(
+        self._spec, self._label_names)).with_outputs(dl.DEAD_LETTER, main=EXAMPLES)
+    return {EXAMPLES: outputs[EXAMPLES], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
