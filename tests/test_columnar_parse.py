@@ -268,6 +268,16 @@ def test_timestamp_outside_int64_is_a_parse_dead_letter():
   assert [(d["line"], d["reason"]) for d in dead] == [(4, dl.BAD_VALUE)]
 
 
+def test_a_lone_surrogate_is_a_parse_dead_letter():
+  """The other documented divergence: Arrow strings must be valid utf-8."""
+  text = json.dumps(_valid(7) | {"device": "\ud800x"})
+  assert "\\ud800" in text
+  batch, dead = cparse.ImpressionParser(testing.small_spec()).parse_json_lines("f", [2], [text])
+  assert batch.num_rows == 0
+  assert [(d["line"], d["reason"]) for d in dead] == [(2, dl.BAD_VALUE)]
+  assert "'device'" in dead[0]["detail"]
+
+
 def test_floats_parse_like_python_json():
   """pyarrow's JSON number parsing gives the same doubles as json.loads."""
   import random  # pylint: disable=g-import-not-at-top

@@ -11,7 +11,10 @@ Status (issue 12, first part): reading, parsing, validation, the join, labels an
 split run on RecordBatches. The tail (encoding, TFRecord writing, transform analysis,
 TFDV statistics, counts) is still the row job's `write_outputs`, fed one dict per
 labelled impression; `columnar.encode.BatchEncoder` is built and tested but not wired,
-and analyzers / statistics are not columnar yet.
+and analyzers / statistics are not columnar yet. Parquet rows carry no raw record into
+the join (record is null), so join dead letters of Parquet inputs hold `record: null` and
+duplicate Parquet impressions with equal timestamps are ordered by file and line only
+(tests/test_columnar_job.py, xfail); JSON Lines outputs are the row job's exactly.
 """
 
 from typing import Any, Dict, Iterator, Sequence, Union

@@ -15,8 +15,10 @@ How a batch is parsed:
     what the reader does not enforce (nulls, empty ids, non-finite floats, null list
     elements, weights, unknown event types); a row failing a check also goes through
     the row parser. So every dead letter comes from the row parser's own code.
-  * One known divergence: a timestamp outside int64 (kept by the row parser, rejected by
-    the row job only when encoding) is a `bad_value` dead letter here, at parsing.
+  * Two known divergences, for values an Arrow column cannot hold: a timestamp outside
+    int64 and a string with a lone surrogate (JSON "\ud800") are kept by the row parser
+    and dead-lettered by the row job only when encoding (`bad_value`); here they are
+    `bad_value` dead letters at parsing (same source, file, line, reason; other detail).
   * Parquet: a batch whose columns all have types the row parser would accept
     unchanged (strings as strings, integers as int64, floats as float64, lists thereof)
     is cast in columns and checked as above; any other batch goes row by row through
@@ -138,6 +140,14 @@ class _Parser:
             f"field 'timestamp': {timestamp} does not fit in int64", payload))
         continue
       values = self.row_values(parsed)
+      unencodable = _unencodable_key(values)
+      if unencodable is not None:
+        # Known divergence: a lone surrogate ("\ud800" in JSON) cannot be an Arrow string;
+        # the row job keeps the record here and dead-letters it at encoding.
+        dead.append(dl.make_dead_letter(
+            self.source, file, line, dl.BAD_VALUE,
+            f"field {unencodable!r}: not encodable as utf-8 (a lone surrogate)", payload))
+        continue
       values["line"] = line
       values["record"] = payload if isinstance(payload, str) else None
       rows.append(values)
@@ -233,6 +243,18 @@ class _Parser:
     table = self._checked(file, lines, None,
                           lambda rows: batch.take(pa.array(rows)).to_pylist(), values, dead)
     return _one_batch([table], self.schema), dead
+
+
+def _unencodable_key(values: Dict[str, Any]) -> Optional[str]:
+  """The first key whose string (or list of strings) value is not valid utf-8, or None."""
+  for key, value in values.items():
+    for item in (value if isinstance(value, list) else (value,)):
+      if isinstance(item, str):
+        try:
+          item.encode("utf-8")
+        except UnicodeEncodeError:
+          return key
+  return None
 
 
 def _same_python_values(source: pa.DataType, target: pa.DataType) -> bool:
