@@ -166,6 +166,10 @@ class TrainConfig:
     lr_min_ratio: the final fraction of learning_rate of "cosine".
     deterministic_ops: tf.config.experimental.enable_op_determinism() (bit-identical
       reruns and resumes on CPU; slower).
+    init_output_bias: start each output layer's bias at the log-odds of its label's
+      rate in the train split (counts.json), e.g. the CTR tower at logit(clicks /
+      exposures), instead of 0 (p = 0.5): the intercept is then right from the first
+      step instead of after hundreds (MultiTaskModel.initialize_output_biases).
   """
 
   batch_size: int = 1024
@@ -187,6 +191,7 @@ class TrainConfig:
   lr_decay_rate: float = 0.5
   lr_min_ratio: float = 0.0
   deterministic_ops: bool = False
+  init_output_bias: bool = True
 
   @property
   def validation_from_timestamp(self) -> Optional[int]:

@@ -44,6 +44,8 @@ from models.layers import heads
 PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS, chain=["click", "purchase"],
                               calibrator_alpha=0.6)
 STEP_OUTPUTS = {"click": "ctr", "action": "ctavr", "micro": "ctmicro", "purchase": "ctcvr"}
+# Step t's logit layer `<output>_logit` starts at the rate of its last label over all
+# exposures (the chain's labels are nested, so that is the step's joint rate).
 CALIBRATOR_OUTPUT = "calibrator_penalty"
 
 
@@ -108,6 +110,8 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
     training_outputs[CALIBRATOR_OUTPUT] = ait.ExpectationCalibratorPenalty(
         name=CALIBRATOR_OUTPUT)(logits)
     auxiliary = (multitask.AuxiliaryLoss("calibrator_loss", calibrator_loss, alpha),)
+  priors = [multitask.OutputPrior(f"{name}_logit", label)
+            for name, label in zip(names, chain)]
   return multitask.assemble(graph.inputs, outputs, tasks_of(chain), model_config, "aitm",
                             params, auxiliary_losses=auxiliary,
-                            training_outputs=training_outputs)
+                            training_outputs=training_outputs, output_priors=priors)

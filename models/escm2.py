@@ -130,7 +130,7 @@ def _build(model_config, spec, artifacts, params, doubly_robust: bool):
   name = "escm2_dr" if doubly_robust else "escm2_ips"
   return multitask.assemble(graph.inputs, outputs, tasks_of(float(params["lambda_g"])),
                             model_config, name, params, auxiliary_losses=auxiliary,
-                            training_outputs=training_outputs)
+                            training_outputs=training_outputs, output_priors=esmm.PRIORS)
 
 
 def build_ips(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,

@@ -37,6 +37,10 @@ PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
 CTAVR_TASK = multitask.TaskSpec("ctavr", "ctavr", multitask.label("click", "action"))
 TASKS = esmm.TASKS + (CTAVR_TASK,)
 TOWERS = ("ctr", "action", "purchase_given_action", "purchase_given_no_action")
+# Starting rates of the towers whose rate the label counts give (the purchase towers'
+# conditional rates need joint counts, so they start at 0.5).
+PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
+          multitask.OutputPrior("action_tower", "action", "click"))
 
 
 def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -58,4 +62,5 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
       "p_purchase_given_action": buy_action,
       "p_purchase_given_no_action": buy_no_action,
   }
-  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "esm2", params)
+  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "esm2", params,
+                            output_priors=PRIORS)

@@ -75,6 +75,11 @@ ESMG_TASKS = esm2.TASKS  # ctr, ctcvr, ctavr (+ cvr metrics only)
 ESMC_TASKS = ESMG_TASKS + (PURCHASE_GIVEN_ACTION_TASK,)
 
 GLOBAL_TOWERS = ("ctr", "action", "cvr")
+# Starting rates (MultiTaskModel.initialize_output_biases); ESMS's CVR path runs the
+# purchase_given_action tower, so it has only the first two.
+ACTION_PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
+                 multitask.OutputPrior("action_tower", "action", "click"))
+GLOBAL_PRIORS = ACTION_PRIORS + (multitask.OutputPrior("cvr_tower", "purchase", "click"),)
 ACTION_PATH_TOWERS = GLOBAL_TOWERS + ("purchase_given_action",)
 
 
@@ -117,7 +122,7 @@ def build_esmc(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                                  pull_target=bool(params["constraint_pull_target"]),
                                  layers=params["tie_layers"], tie_bias=bool(params["tie_bias"]))
   return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esmc",
-                            params, parameter_ties=ties)
+                            params, parameter_ties=ties, output_priors=GLOBAL_PRIORS)
 
 
 def build_esms(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -127,7 +132,8 @@ def build_esms(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   graph, outputs = _action_path_outputs(model_config, spec, artifacts, params["bottom"],
                                         siamese={"cvr": "purchase_given_action"},
                                         path_context_dim=int(params["path_context_dim"]))
-  return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esms", params)
+  return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esms", params,
+                            output_priors=ACTION_PRIORS)
 
 
 def build_esmg(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -137,4 +143,4 @@ def build_esmg(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   graph = multitask.build_towers(model_config, spec, artifacts, GLOBAL_TOWERS,
                                  bottom=params["bottom"])
   return multitask.assemble(graph.inputs, _global_heads(graph), ESMG_TASKS, model_config,
-                            "esmg", params)
+                            "esmg", params, output_priors=GLOBAL_PRIORS)

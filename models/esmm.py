@@ -34,6 +34,11 @@ TASKS = (
 )
 
 
+# Output layers' starting rates (MultiTaskModel.initialize_output_biases).
+PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
+          multitask.OutputPrior("cvr_tower", "purchase", "click"))
+
+
 def build_heads(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                 artifacts: artifacts_lib.TransformArtifacts, params: Dict[str, Any],
                 towers: Sequence[str] = ("ctr", "cvr")
@@ -52,4 +57,5 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
           params: Dict[str, Any]) -> multitask.MultiTaskModel:
   """ESMM with the tasks above; `params` are PARAMS resolved by models.registry."""
   graph, outputs = build_heads(model_config, spec, artifacts, params)
-  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "esmm", params)
+  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "esmm", params,
+                            output_priors=PRIORS)

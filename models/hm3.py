@@ -51,6 +51,10 @@ TOWERS = ("ctr", "micro", "macro_given_micro", "macro_given_no_micro",
           "purchase_given_macro", "purchase_given_no_macro")
 
 
+PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
+          multitask.OutputPrior("micro_tower", "micro", "click"))
+
+
 def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
           artifacts: artifacts_lib.TransformArtifacts,
           params: Dict[str, Any]) -> multitask.MultiTaskModel:
@@ -79,4 +83,5 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
       "p_purchase_given_macro": buy_macro,
       "p_purchase_given_no_macro": buy_no_macro,
   }
-  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "hm3", params)
+  return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "hm3", params,
+                            output_priors=PRIORS)

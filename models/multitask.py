@@ -28,6 +28,7 @@ no saturated gradients. Only the exported probabilities are clipped.
 """
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -87,6 +88,24 @@ def label(*names: str) -> LabelProduct:
   if not names:
     raise ValueError("label() needs at least one label name")
   return LabelProduct(tuple(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPrior:
+  """The rate an output layer's logit starts at: P(label | given) from label counts.
+
+  Attributes:
+    layer: the scorer layer whose bias is set: an MLPTower (`<n>_tower`, its logit
+      layer) or a Dense with one unit (e.g. AITM's `ctcvr_logit`).
+    label: the label counted in the numerator.
+    given: the label counted in the denominator (None: all exposures). The rate is
+      count(label) / count(given), which is P(label | given) because the labels are
+      nested (purchase, action and micro require a click).
+  """
+
+  layer: str
+  label: str
+  given: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +247,8 @@ class MultiTaskModel(tfrs.models.Model):
                parameter_ties: Sequence[regularizers_lib.ParameterTie] = (),
                log_odds_model: Optional[tf_keras.Model] = None,
                loss_normalization: str = "weights",
-               auxiliary_losses: Sequence[AuxiliaryLoss] = (), **kwargs):
+               auxiliary_losses: Sequence[AuxiliaryLoss] = (),
+               output_priors: Sequence[OutputPrior] = (), **kwargs):
     super().__init__(**kwargs)
     if loss_normalization not in LOSS_NORMALIZATIONS:
       raise ValueError(f"loss_normalization {loss_normalization!r}: use one of "
@@ -271,12 +291,45 @@ class MultiTaskModel(tfrs.models.Model):
     if bad:
       raise ValueError(f"auxiliary losses {bad} need a weight > 0")
     self.auxiliary_losses = tuple(auxiliary_losses)
+    self.output_priors = tuple(output_priors)
     self.required_labels = frozenset().union(
         *(t.required_labels for t in tasks), *(set(a.reads) for a in auxiliary_losses))
     # The tied variables are the scorer's own (trainable_variables holds each once).
     self._parameter_ties = tuple(parameter_ties)
     self.log_odds_model = log_odds_model
     self.loss_normalization = loss_normalization
+
+  def initialize_output_biases(self, label_counts: Mapping[str, int], examples: int,
+                               max_rate: float = 0.5) -> Dict[str, float]:
+    """Sets each OutputPrior's logit bias to the log-odds of its rate; returns the rates.
+
+    Args:
+      label_counts: label name -> positives in the train split (counts.json "labels").
+      examples: exposures in the train split.
+      max_rate: rates are clipped into [1e-6, max_rate] (a bias never starts a head
+        above its no-information value).
+    Priors whose labels are missing from label_counts, or whose denominator is 0, are
+    left at 0 and not returned.
+    """
+    rates = {}
+    for prior in self.output_priors:
+      if prior.label not in label_counts or (prior.given and prior.given not in label_counts):
+        continue
+      denominator = label_counts[prior.given] if prior.given else examples
+      if not denominator:
+        continue
+      rate = min(max(label_counts[prior.label] / denominator, 1e-6), max_rate)
+      layer = self._find_layer(prior.layer)
+      dense = layer.logit if hasattr(layer, "logit") else layer
+      dense.bias.assign(tf.fill(dense.bias.shape, math.log(rate) - math.log1p(-rate)))
+      rates[prior.layer] = rate
+    return rates
+
+  def _find_layer(self, name: str):
+    for model in (self.scorer, self.log_odds_model):
+      if model is not None and name in [layer.name for layer in model.layers]:
+        return model.get_layer(name)
+    raise ValueError(f"output prior: no layer {name!r} in {self.name}")
 
   @property
   def parameter_ties(self) -> Tuple[regularizers_lib.ParameterTie, ...]:
@@ -436,7 +489,8 @@ def assemble(inputs: Mapping[str, Any], outputs: Mapping[str, heads_lib.Head],
              params: Mapping[str, Any],
              parameter_ties: Sequence[regularizers_lib.ParameterTie] = (),
              auxiliary_losses: Sequence[AuxiliaryLoss] = (),
-             training_outputs: Optional[Mapping[str, Any]] = None) -> MultiTaskModel:
+             training_outputs: Optional[Mapping[str, Any]] = None,
+             output_priors: Sequence[OutputPrior] = ()) -> MultiTaskModel:
   """The scorer `<name>_scorer` (inputs -> the heads' probabilities) and its log-odds
   twin (inputs -> the log-odds of every head, plus `training_outputs`: extra tensors
   only the auxiliary losses read) in a MultiTaskModel.
@@ -455,7 +509,8 @@ def assemble(inputs: Mapping[str, Any], outputs: Mapping[str, heads_lib.Head],
   return MultiTaskModel(scorer, tasks, loss_weights=model_config.loss_weights,
                         parameter_ties=parameter_ties, log_odds_model=log_odds_model,
                         loss_normalization=params.get("loss_normalization", "weights"),
-                        auxiliary_losses=auxiliary_losses, name=name)
+                        auxiliary_losses=auxiliary_losses, output_priors=output_priors,
+                        name=name)
 
 
 def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,

@@ -57,7 +57,8 @@ def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
   ctr = ctr_model.head("ctr")
   cvr = cvr_model.head("cvr")
   outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": heads.product([ctr, cvr], "ctcvr")}
-  return multitask.assemble(ctr_model.inputs, outputs, TASKS, model_config, "naive", params)
+  return multitask.assemble(ctr_model.inputs, outputs, TASKS, model_config, "naive", params,
+                            output_priors=esmm.PRIORS)
 
 
 def build_shared_bottom(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -66,4 +67,4 @@ def build_shared_bottom(model_config: config_lib.ModelConfig, spec: spec_lib.Fea
   """The shared-bottom click-space model: ESMM's scorer with the naive loss."""
   graph, outputs = esmm.build_heads(model_config, spec, artifacts, params)
   return multitask.assemble(graph.inputs, outputs, TASKS, model_config, "shared_bottom",
-                            params)
+                            params, output_priors=esmm.PRIORS)

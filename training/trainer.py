@@ -329,6 +329,12 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   with strategy.scope():
     model = registry.build_model(config, spec, artifacts)
     model.compile(optimizer=make_optimizer(train_config, steps_per_epoch, total_steps))
+    if train_config.init_output_bias:  # a resumed run restores its own biases after this
+      counts = read_counts(data_dir)
+      rates = model.initialize_output_biases(counts.get("labels", {}).get("train", {}),
+                                             written["train"])
+      logging.info("Output biases start at the train split's rates: %s",
+                   {name: round(rate, 5) for name, rate in rates.items()})
   # Keras' default ("auto") sums the step's logs over replicas on every strategy but
   # TPU. Metric results are already global (synchronised variables), so a sum reports
   # AUC = 2 x the true AUC with 2 workers; "first" reports them as they are.
