@@ -37,10 +37,12 @@ PARAMS: Dict[str, Any] = dict(multitask.COMMON_PARAMS)
 CTAVR_TASK = multitask.TaskSpec("ctavr", "ctavr", multitask.label("click", "action"))
 TASKS = esmm.TASKS + (CTAVR_TASK,)
 TOWERS = ("ctr", "action", "purchase_given_action", "purchase_given_no_action")
-# Starting rates of the towers whose rate the label counts give (the purchase towers'
-# conditional rates need joint counts, so they start at 0.5).
+# Starting rates; the purchase towers' conditional rates would need joint counts, so
+# both start at P(buy | click).
 PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
-          multitask.OutputPrior("action_tower", "action", "click"))
+          multitask.OutputPrior("action_tower", "action", "click"),
+          multitask.OutputPrior("purchase_given_action_tower", "purchase", "click"),
+          multitask.OutputPrior("purchase_given_no_action_tower", "purchase", "click"))
 
 
 def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,

@@ -75,11 +75,15 @@ ESMG_TASKS = esm2.TASKS  # ctr, ctcvr, ctavr (+ cvr metrics only)
 ESMC_TASKS = ESMG_TASKS + (PURCHASE_GIVEN_ACTION_TASK,)
 
 GLOBAL_TOWERS = ("ctr", "action", "cvr")
-# Starting rates (MultiTaskModel.initialize_output_biases); ESMS's CVR path runs the
-# purchase_given_action tower, so it has only the first two.
-ACTION_PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
-                 multitask.OutputPrior("action_tower", "action", "click"))
-GLOBAL_PRIORS = ACTION_PRIORS + (multitask.OutputPrior("cvr_tower", "purchase", "click"),)
+# Starting rates (MultiTaskModel.initialize_output_biases). P(buy | action) would need
+# joint counts: the action -> buy tower starts at P(buy | click) (ESMS's CVR path runs
+# that same tower).
+GLOBAL_PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
+                 multitask.OutputPrior("action_tower", "action", "click"),
+                 multitask.OutputPrior("cvr_tower", "purchase", "click"))
+ACTION_PATH_PRIORS = GLOBAL_PRIORS + (
+    multitask.OutputPrior("purchase_given_action_tower", "purchase", "click"),)
+SIAMESE_PRIORS = GLOBAL_PRIORS[:2] + ACTION_PATH_PRIORS[3:]
 ACTION_PATH_TOWERS = GLOBAL_TOWERS + ("purchase_given_action",)
 
 
@@ -122,7 +126,7 @@ def build_esmc(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                                  pull_target=bool(params["constraint_pull_target"]),
                                  layers=params["tie_layers"], tie_bias=bool(params["tie_bias"]))
   return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esmc",
-                            params, parameter_ties=ties, output_priors=GLOBAL_PRIORS)
+                            params, parameter_ties=ties, output_priors=ACTION_PATH_PRIORS)
 
 
 def build_esms(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
@@ -133,7 +137,7 @@ def build_esms(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,
                                         siamese={"cvr": "purchase_given_action"},
                                         path_context_dim=int(params["path_context_dim"]))
   return multitask.assemble(graph.inputs, outputs, ESMC_TASKS, model_config, "esms", params,
-                            output_priors=ACTION_PRIORS)
+                            output_priors=SIAMESE_PRIORS)
 
 
 def build_esmg(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,

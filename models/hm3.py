@@ -51,8 +51,14 @@ TOWERS = ("ctr", "micro", "macro_given_micro", "macro_given_no_micro",
           "purchase_given_macro", "purchase_given_no_macro")
 
 
+# Starting rates; the macro and purchase towers' conditionals would need joint counts,
+# so they start at P(macro | click) and P(buy | click).
 PRIORS = (multitask.OutputPrior("ctr_tower", "click"),
-          multitask.OutputPrior("micro_tower", "micro", "click"))
+          multitask.OutputPrior("micro_tower", "micro", "click"),
+          multitask.OutputPrior("macro_given_micro_tower", "action", "click"),
+          multitask.OutputPrior("macro_given_no_micro_tower", "action", "click"),
+          multitask.OutputPrior("purchase_given_macro_tower", "purchase", "click"),
+          multitask.OutputPrior("purchase_given_no_macro_tower", "purchase", "click"))
 
 
 def build(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpec,

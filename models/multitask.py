@@ -100,7 +100,10 @@ class OutputPrior:
     label: the label counted in the numerator.
     given: the label counted in the denominator (None: all exposures). The rate is
       count(label) / count(given), which is P(label | given) because the labels are
-      nested (purchase, action and micro require a click).
+      nested (purchase, action and micro require a click). A tower whose conditional
+      rate the single-label counts cannot give (e.g. P(buy | action)) may use a
+      coarser one (P(buy | click)) as its starting point: the aim is a start near the
+      right order of magnitude, not the answer.
   """
 
   layer: str
