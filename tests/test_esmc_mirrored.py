@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_strategy import _Path, report_from_subprocess
+from tests.test_strategy import _Path, report_from_subprocess, single_and_mirrored
 
 REPLICAS = 2
 BATCH = 64
@@ -44,7 +44,6 @@ def mirrored_tie_report(tmp_dir: str) -> dict:
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
   import tf_keras  # pylint: disable=g-import-not-at-top
-  from tests import test_esmm  # pylint: disable=g-import-not-at-top
   from tests import test_model_zoo  # pylint: disable=g-import-not-at-top
   from tests.test_strategy import _one_step  # pylint: disable=g-import-not-at-top
 
@@ -55,21 +54,7 @@ def mirrored_tie_report(tmp_dir: str) -> dict:
   tf_keras.utils.set_random_seed(0)
   features, labels = test_model_zoo.make_labelled_batch(BATCH, seed=3)
   batch = (features, labels)
-  single = build()
-  single.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.5))
-  single(features)
-  test_esmm.randomize(single, seed=1)
-  initial = [v.numpy() for v in single.trainable_variables]
-
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-  assert strategy.num_replicas_in_sync == REPLICAS
-  with strategy.scope():
-    mirrored = build()
-    mirrored.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.5))
-  mirrored.distribute_reduction_method = "first"  # as training.trainer sets it
-  mirrored(features)
-  for variable, value in zip(mirrored.trainable_variables, initial):
-    variable.assign(value)
+  single, mirrored, strategy, initial = single_and_mirrored(build, features)
 
   # Numpy oracle: the tied towers' Dense kernels and biases, layer by layer.
   cvr = [w.numpy().astype(np.float64)

@@ -69,6 +69,30 @@ def _one_step(model, iterator):
           [v.numpy() for v in model.trainable_variables])
 
 
+def single_and_mirrored(build, features):
+  """(single-device model, 2-replica MirroredStrategy model, the strategy, the initial
+  weights): both built by `build()`, compiled with SGD(0.5), and given the same random
+  weights (tests.test_esmm.randomize, seed 1). Call inside a process whose CPU is split
+  into REPLICAS logical devices."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tests import test_esmm  # pylint: disable=g-import-not-at-top
+  single = build()
+  single.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.5))
+  single(features)
+  test_esmm.randomize(single, seed=1)
+  initial = [v.numpy() for v in single.trainable_variables]
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  assert strategy.num_replicas_in_sync == REPLICAS
+  with strategy.scope():
+    mirrored = build()
+    mirrored.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.5))
+  mirrored.distribute_reduction_method = "first"  # as training.trainer sets it
+  mirrored(features)
+  for variable, value in zip(mirrored.trainable_variables, initial):
+    variable.assign(value)
+  return single, mirrored, strategy, initial
+
+
 def mirrored_step_report(tmp_dir: str) -> dict:
   """Subprocess body: one SGD step on one device vs MirroredStrategy on 2 CPUs.
 
@@ -84,21 +108,8 @@ def mirrored_step_report(tmp_dir: str) -> dict:
 
   tf_keras.utils.set_random_seed(0)
   features, labels = test_esmm.make_batch(BATCH, seed=3)
-  single = test_esmm.build("esmm", _Path(tmp_dir))
-  single.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.5))
-  single(features)
-  test_esmm.randomize(single, seed=1)
-  initial = [v.numpy() for v in single.trainable_variables]
-
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-  assert strategy.num_replicas_in_sync == REPLICAS
-  with strategy.scope():
-    mirrored = test_esmm.build("esmm", _Path(tmp_dir))
-    mirrored.compile(optimizer=tf_keras.optimizers.SGD(learning_rate=0.5))
-  mirrored.distribute_reduction_method = "first"  # as training.trainer sets it
-  mirrored(features)
-  for variable, value in zip(mirrored.trainable_variables, initial):
-    variable.assign(value)
+  single, mirrored, strategy, initial = single_and_mirrored(
+      lambda: test_esmm.build("esmm", _Path(tmp_dir)), features)
 
   batch = (features, labels)
   single_loss = float(single.compute_loss(batch, training=True))
