@@ -24,7 +24,6 @@ set shrinks (its Figure: sparser data -> larger gain).
 
 import argparse
 import json
-import math
 import os
 import time
 from typing import Any, Dict, List, Sequence
@@ -63,15 +62,6 @@ def run_cell(work_dir: str, size: int, ctr: float, models: Sequence[str], settin
                               for run in runs] for name, runs in reports.items()}}
 
 
-def _mean_std(values: Sequence[float]) -> Dict[str, float]:
-  values = [v for v in values if v is not None and not math.isnan(v)]
-  if not values:
-    return {"mean": math.nan, "std": math.nan, "n": 0}
-  mean = sum(values) / len(values)
-  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-  return {"mean": mean, "std": math.sqrt(var), "n": len(values)}
-
-
 def gain_over_naive(cell: Dict[str, Any]) -> Dict[str, Any]:
   """The best entire-space model's entire-space CVR AUC minus naive's, per seed paired."""
   per_seed = cell["per_seed"]
@@ -80,9 +70,10 @@ def gain_over_naive(cell: Dict[str, Any]) -> Dict[str, Any]:
   candidates = [m for m in ENTIRE_SPACE_MODELS if m in per_seed]
   if not candidates:
     return {}
-  best = max(candidates, key=lambda m: _mean_std(per_seed[m])["mean"])
+  stat = truth_benchmark._stat  # pylint: disable=protected-access
+  best = max(candidates, key=lambda m: stat(per_seed[m])["mean"])
   diffs = [a - b for a, b in zip(per_seed[best], per_seed["naive"])]
-  return {"model": best, **_mean_std(diffs)}
+  return {"model": best, **stat(diffs)}
 
 
 def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:

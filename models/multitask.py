@@ -218,12 +218,6 @@ def make_ranking_task(name: str) -> tfrs.tasks.Ranking:
       name=f"{name}_task")
 
 
-def log_odds_of_probabilities(probabilities: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-  """log p - log(1 - p) of already-clipped probabilities: the fallback when a model has
-  no log_odds_model (precise only inside the clipping range)."""
-  return {name: tf.math.log(p) - tf.math.log1p(-p) for name, p in probabilities.items()}
-
-
 class MultiTaskModel(tfrs.models.Model):
   """A scorer (raw features -> probabilities) trained on a weighted sum of tasks.
 
@@ -238,7 +232,7 @@ class MultiTaskModel(tfrs.models.Model):
     parameter_ties: (regularizer, variable) pairs whose sum is `constraint_loss`.
     log_odds_model: functional tf_keras.Model on the scorer's inputs and layers, raw
       features dict -> dict of float32 [batch, 1] log-odds of the outputs the tasks
-      score (computed in log space); None: taken from the scorer's probabilities.
+      score (computed in log space), plus the extra tensors auxiliary losses read.
     loss_normalization: "weights" or "batch" (see the module docstring).
 
   `model(features)` returns the scorer's dict. `fit` / `evaluate` take batches of
@@ -246,9 +240,9 @@ class MultiTaskModel(tfrs.models.Model):
   """
 
   def __init__(self, scorer: tf_keras.Model, tasks: Sequence[TaskSpec],
+               log_odds_model: tf_keras.Model,
                loss_weights: Optional[Mapping[str, float]] = None,
                parameter_ties: Sequence[regularizers_lib.ParameterTie] = (),
-               log_odds_model: Optional[tf_keras.Model] = None,
                loss_normalization: str = "weights",
                auxiliary_losses: Sequence[AuxiliaryLoss] = (),
                output_priors: Sequence[OutputPrior] = (), **kwargs):
@@ -276,10 +270,9 @@ class MultiTaskModel(tfrs.models.Model):
       raise ValueError(f"loss weights must be >= 0; negative for {negative}")
     if not any(weights.values()):
       raise ValueError(f"every task has loss weight 0; nothing to train ({weights})")
-    if log_odds_model is not None:
-      missing = sorted({t.output for t in tasks} - set(log_odds_model.output))
-      if missing:
-        raise ValueError(f"log_odds_model lacks the log-odds of {missing}")
+    missing = sorted({t.output for t in tasks} - set(log_odds_model.output))
+    if missing:
+      raise ValueError(f"log_odds_model lacks the log-odds of {missing}")
 
     self.scorer = scorer
     self.output_names = output_names
@@ -322,17 +315,20 @@ class MultiTaskModel(tfrs.models.Model):
       if not denominator:
         continue
       rate = min(max(label_counts[prior.label] / denominator, 1e-6), max_rate)
-      layer = self._find_layer(prior.layer)
-      dense = layer.logit if hasattr(layer, "logit") else layer
+      dense = self.output_dense(prior.layer)
       dense.bias.assign(tf.fill(dense.bias.shape, math.log(rate) - math.log1p(-rate)))
       rates[prior.layer] = rate
     return rates
 
-  def _find_layer(self, name: str):
+  def output_dense(self, name: str) -> tf_keras.layers.Dense:
+    """The 1-unit Dense that makes layer `name`'s logit: an MLPTower's `logit` layer, or
+    the layer itself (e.g. AITM's `ctcvr_logit`); looked up in the scorer, then in the
+    training-only layers of log_odds_model (e.g. ESCM2's imputation tower)."""
     for model in (self.scorer, self.log_odds_model):
-      if model is not None and name in [layer.name for layer in model.layers]:
-        return model.get_layer(name)
-    raise ValueError(f"output prior: no layer {name!r} in {self.name}")
+      if name in [layer.name for layer in model.layers]:
+        layer = model.get_layer(name)
+        return layer.logit if isinstance(layer, tower_lib.MLPTower) else layer
+    raise ValueError(f"no layer {name!r} in {self.name}")
 
   @property
   def parameter_ties(self) -> Tuple[regularizers_lib.ParameterTie, ...]:
@@ -344,9 +340,7 @@ class MultiTaskModel(tfrs.models.Model):
 
   def log_odds(self, features, training=None) -> Dict[str, tf.Tensor]:
     """Raw features dict -> dict name -> float32 [batch, 1] log-odds (what losses read)."""
-    if self.log_odds_model is not None:
-      return self.log_odds_model(features, training=training)
-    return log_odds_of_probabilities(self.scorer(features, training=training))
+    return self.log_odds_model(features, training=training)
 
   def task_losses(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
     """Per-task normalised loss (scalar) on a `(features, labels)` batch; updates metrics.
@@ -362,15 +356,14 @@ class MultiTaskModel(tfrs.models.Model):
     return self._forward_losses(inputs, training)[1]
 
   def _forward_losses(self, inputs, training: bool
-              ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+                      ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
     """(task losses, auxiliary losses) from one forward pass."""
     features, labels = inputs
     log_odds = self.log_odds(features, training=training)
     auxiliary = {}
     for aux in self.auxiliary_losses:
       per_example, normalizer = aux.fn(labels, log_odds)
-      auxiliary[aux.name] = tf.math.divide_no_nan(
-          tf.reduce_sum(per_example), _global_mean(tf.cast(normalizer, tf.float32)))
+      auxiliary[aux.name] = _normalised_sum(per_example, normalizer)
     losses = {}
     for name, spec in self.task_specs.items():
       target = tf.reshape(spec.label_fn(labels), [-1, 1])
@@ -384,8 +377,7 @@ class MultiTaskModel(tfrs.models.Model):
         normalizer = tf.reduce_sum(tf.cast(weight, per_example.dtype))
       else:
         normalizer = tf.cast(tf.size(per_example), per_example.dtype)
-      losses[name] = tf.math.divide_no_nan(tf.reduce_sum(per_example),
-                                           _global_mean(normalizer))
+      losses[name] = _normalised_sum(per_example, normalizer)
     return losses, auxiliary
 
   def regularization_loss(self) -> tf.Tensor:
@@ -454,6 +446,14 @@ class MultiTaskModel(tfrs.models.Model):
     task_loss, auxiliary = self._weighted_task_loss(inputs, training=False)
     return self._logs(task_loss, self.regularization_loss(), self.constraint_loss(),
                       auxiliary)
+
+
+def _normalised_sum(per_example: tf.Tensor, normalizer: tf.Tensor) -> tf.Tensor:
+  """sum(per_example) / (the mean over replicas of this replica's normalizer): the global
+  batch's normalised loss times the replica count, so that train_step's division by the
+  replica count and the summed gradients give the global-batch gradient (0 when N = 0)."""
+  return tf.math.divide_no_nan(tf.reduce_sum(per_example),
+                               _global_mean(tf.cast(normalizer, per_example.dtype)))
 
 
 def _global_mean(value: tf.Tensor) -> tf.Tensor:

@@ -10,8 +10,7 @@ EXAMPLES = 10_000
 
 
 def _zero_kernel(model, layer_name):
-  layer = model._find_layer(layer_name)  # pylint: disable=protected-access
-  dense = layer.logit if hasattr(layer, "logit") else layer
+  dense = model.output_dense(layer_name)
   dense.kernel.assign(np.zeros(dense.kernel.shape, np.float32))
 
 

@@ -317,7 +317,8 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   check_spec_matches_data(spec, data_dir)
   artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(data_dir))
   artifacts_lib.check_artifacts(spec, artifacts)
-  written = read_counts(data_dir)["impressions"]["written"]
+  counts = read_counts(data_dir)
+  written = counts["impressions"]["written"]
   plan = plan_inputs(data_dir, train_config, skip_corrupt_records)
   if plan.train_examples + plan.validation_examples != written["train"]:
     logging.warning("counts.json says %d train examples, the shards hold %d readable ones",
@@ -330,7 +331,6 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
     model = registry.build_model(config, spec, artifacts)
     model.compile(optimizer=make_optimizer(train_config, steps_per_epoch, total_steps))
     if train_config.init_output_bias:  # a resumed run restores its own biases after this
-      counts = read_counts(data_dir)
       rates = model.initialize_output_biases(counts.get("labels", {}).get("train", {}),
                                              written["train"])
       logging.info("Output biases start at the train split's rates: %s",
