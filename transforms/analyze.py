@@ -275,46 +275,57 @@ class AnalyzeTransforms(beam.PTransform):
     self._spec = spec
 
   def expand(self, records):
-    spec = self._spec
-    partial = records | "Partial" >> beam.ParDo(_AnalyzerInputsFn(spec)).with_outputs(
+    partial = records | "Partial" >> beam.ParDo(_AnalyzerInputsFn(self._spec)).with_outputs(
         VOCABULARY, NORMALIZE, BUCKETIZE)
-    pieces = [records
-              | "CountExamples" >> beam.combiners.Count.Globally()
-              | "CountPiece" >> beam.Map(lambda n: (COUNT, None, n))]
+    examples = records | "CountExamples" >> beam.combiners.Count.Globally()
+    return combine_partials(partial, examples, self._spec)
 
-    vocab_features = {f.name: f.max_tokens for f in spec if f.transform == VOCABULARY}
-    if vocab_features:
-      pieces.append(
-          partial[VOCABULARY]
-          | "SumTokenCounts" >> beam.CombinePerKey(sum)
-          | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[1], kv[0][1])))
-          | "TopTokens" >> beam.combiners.Top.PerKey(
-              max(vocab_features.values()),
-              key=lambda count_token: (-count_token[0], count_token[1].encode("utf-8")),
-              reverse=True)
-          | "VocabularyPiece" >> beam.Map(lambda kv: (VOCABULARY, kv[0], sort_vocabulary(
-              kv[1], vocab_features[kv[0]]))))
 
-    if any(f.transform == NORMALIZE for f in spec):
-      pieces.append(
-          partial[NORMALIZE]
-          | "MergeMoments" >> beam.CombinePerKey(_MergeMomentsCombineFn())
-          | "NormalizePiece" >> beam.Map(lambda kv: (NORMALIZE, kv[0], kv[1])))
+def combine_partials(partial, train_examples: beam.PCollection,
+                     spec: spec_lib.FeatureSpec) -> beam.PCollection:
+  """Per-bundle partial statistics -> the single dict of `AnalyzeTransforms`.
 
-    num_buckets = {f.name: f.num_buckets for f in spec if f.transform == BUCKETIZE}
-    if num_buckets:
-      pieces.append(
-          partial[BUCKETIZE]
-          | "SumValueCounts" >> beam.CombinePerKey(sum)
-          | "HistogramByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
-          | "GatherHistograms" >> beam.GroupByKey()
-          | "BucketizePiece" >> beam.MapTuple(lambda name, histogram: (
-              BUCKETIZE, name, histogram_quantiles(histogram, num_buckets[name]))))
+  Args:
+    partial: {"vocabulary": ((feature, token), count), "normalize": (feature,
+      ExactMomentsCombineFn accumulator), "bucketize": ((feature, histogram_value),
+      count)}, as `_AnalyzerInputsFn` emits them (any bundling: every merge is exact).
+    train_examples: one int, the number of train records.
+  """
+  pieces = [train_examples | "CountPiece" >> beam.Map(lambda n: (COUNT, None, n))]
 
-    return (pieces
-            | "FlattenPieces" >> beam.Flatten()
-            | "Gather" >> beam.combiners.ToList()
-            | "Assemble" >> beam.Map(assemble_artifacts, spec))
+  vocab_features = {f.name: f.max_tokens for f in spec if f.transform == VOCABULARY}
+  if vocab_features:
+    pieces.append(
+        partial[VOCABULARY]
+        | "SumTokenCounts" >> beam.CombinePerKey(sum)
+        | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[1], kv[0][1])))
+        | "TopTokens" >> beam.combiners.Top.PerKey(
+            max(vocab_features.values()),
+            key=lambda count_token: (-count_token[0], count_token[1].encode("utf-8")),
+            reverse=True)
+        | "VocabularyPiece" >> beam.Map(lambda kv: (VOCABULARY, kv[0], sort_vocabulary(
+            kv[1], vocab_features[kv[0]]))))
+
+  if any(f.transform == NORMALIZE for f in spec):
+    pieces.append(
+        partial[NORMALIZE]
+        | "MergeMoments" >> beam.CombinePerKey(_MergeMomentsCombineFn())
+        | "NormalizePiece" >> beam.Map(lambda kv: (NORMALIZE, kv[0], kv[1])))
+
+  num_buckets = {f.name: f.num_buckets for f in spec if f.transform == BUCKETIZE}
+  if num_buckets:
+    pieces.append(
+        partial[BUCKETIZE]
+        | "SumValueCounts" >> beam.CombinePerKey(sum)
+        | "HistogramByFeature" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+        | "GatherHistograms" >> beam.GroupByKey()
+        | "BucketizePiece" >> beam.MapTuple(lambda name, histogram: (
+            BUCKETIZE, name, histogram_quantiles(histogram, num_buckets[name]))))
+
+  return (pieces
+          | "FlattenPieces" >> beam.Flatten()
+          | "Gather" >> beam.combiners.ToList()
+          | "Assemble" >> beam.Map(assemble_artifacts, spec))
 
 
 def write_artifacts(analysis: Dict[str, Any], directory: str) -> str:
