@@ -4,7 +4,8 @@
       --events 'logs/events/*.jsonl.gz' --output runs/demo/data \
       [--config configs/esmm.yaml] [--eval_from 2026-01-08] \
       [--schema runs/demo/data/schema/schema.pbtxt --fail_on_anomalies] \
-      [--engine columnar [--join_buckets 64] (opt-in RecordBatch job, issue 12)] \
+      [--engine columnar [--join_buckets 64] [--progress_interval_s 30] \
+       (opt-in RecordBatch job, issue 12)] \
       [--local_workers 0 (every core of this machine) |
        Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \
        --setup_file ./setup.py]
@@ -136,12 +137,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="With --schema: exit non-zero when a split has anomalies.")
   parser.add_argument("--engine", default=ROW, choices=ENGINES,
                       help="--source log only: 'row' (default, one element per record) or "
-                           "'columnar' (opt-in, issue 12: reading, parsing, join, labels and "
-                           "split on pyarrow RecordBatches; transforms/columnar/job.py). "
+                           "'columnar' (opt-in, issue 12: every stage on pyarrow "
+                           "RecordBatches; transforms/columnar/job.py). "
                            "Same outputs.")
   parser.add_argument("--join_buckets", type=int, default=None,
                       help="--engine columnar: hash buckets of impression_id for the join's "
                            "shuffle (default transforms/columnar/label.DEFAULT_BUCKETS).")
+  parser.add_argument("--progress_interval_s", type=float, default=None,
+                      help="--engine columnar: seconds between the progress lines (records "
+                           "so far, records/s) each worker logs (default "
+                           "transforms/columnar/progress.DEFAULT_INTERVAL_S).")
   parser.add_argument("--local_workers", type=int, default=None,
                       help="Run on this machine with N worker processes (DirectRunner "
                            "--direct_running_mode multi_processing; 0 = one per core, 1 = "
@@ -245,9 +250,11 @@ def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
       raise preprocess_job.PreprocessError(f"--engine {COLUMNAR} is for --source {LOG} only")
     from transforms.columnar import job as columnar_job  # pylint: disable=g-import-not-at-top
     from transforms.columnar import label as columnar_label  # pylint: disable=g-import-not-at-top
+    from transforms.columnar import progress  # pylint: disable=g-import-not-at-top
     return columnar_job.PreprocessColumnar(
         patterns["impressions"], patterns["events"], args.output, config.data, spec,
-        num_buckets=args.join_buckets or columnar_label.DEFAULT_BUCKETS)
+        num_buckets=args.join_buckets or columnar_label.DEFAULT_BUCKETS,
+        progress_interval_s=args.progress_interval_s or progress.DEFAULT_INTERVAL_S)
   if args.source == LOG:
     return preprocess_job.Preprocess(patterns["impressions"], patterns["events"], args.output,
                                      config.data, spec)

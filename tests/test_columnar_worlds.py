@@ -4,7 +4,8 @@ worlds of tests/test_beam_golden.py: their Examples and dead letters give the go
 Runs without a Beam runner (the stage functions, file by file and bucket by bucket) on the
 same simulated worlds as the golden test, and checks the sha256 of each split's sorted
 Examples and of the sorted (file basename, line, reason) dead letters against
-tests/data/golden/beam_golden.json. Analyzers, statistics and counts are not built yet.
+tests/data/golden/beam_golden.json. Analyzers, statistics and counts run in the whole job
+(tests/test_columnar_golden.py).
 """
 
 import glob

@@ -3,84 +3,83 @@
 Flow: **raw logs -> PreprocessColumnar** -> OUTPUT/ -> training.data, as `Preprocess`:
 
     ReadParseImpressions / ReadParseEvents      RecordBatches + dead letters + read counts
+      -> LogProgress (records so far and records/s per worker, every 30 s)
       -> BucketedJoinAndLabel                   CoGroupByKey on hash buckets of impression_id
       -> SplitBatchesByTime                     labelled RecordBatches per split
-      -> RecordsFromBatches -> preprocess_job.write_outputs   (the row job's tail)
+      -> write_batch_outputs, per split:
+           EncodeBatches -> WriteExamples        OUTPUT/{train,eval}/*.tfrecord.gz
+           GenerateBatchStatistics               OUTPUT/stats/{split}_stats.pb
+           (train) AnalyzeBatches -> WriteTransformArtifacts   OUTPUT/transform/
+      every dead-letter output -> WriteDeadLetters, counts -> WriteCounts (row job's)
 
-Status (issue 12, first part): reading, parsing, validation, the join, labels and the
-split run on RecordBatches. The tail (encoding, TFRecord writing, transform analysis,
-TFDV statistics, counts) is still the row job's `write_outputs`, fed one dict per
-labelled impression; `columnar.encode.BatchEncoder` is built and tested but not wired,
-and analyzers / statistics are not columnar yet. Parquet rows carry no raw record into
-the join (record is null), so join dead letters of Parquet inputs hold `record: null` and
-duplicate Parquet impressions with equal timestamps are ordered by file and line only
-(tests/test_columnar_job.py, xfail); JSON Lines outputs are the row job's exactly.
+Every element is a RecordBatch up to the encoder, which emits one serialized Example per
+row (the row codec: byte-identical Examples; see columnar/encode.py for why not tfx_bsl's
+C++ encoder); the analyzers, label counts and TFDV statistics read the batches.
+Parquet rows carry no raw record into the join (record is null), so join dead letters of
+Parquet inputs hold `record: null` and duplicate Parquet impressions with equal
+timestamps are ordered by file and line only (tests/test_columnar_job.py, xfail); JSON
+Lines outputs are the row job's exactly.
 """
 
-from typing import Any, Dict, Iterator, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from configs import config as config_lib
 from features import spec as spec_lib
 from transforms import accounting
+from transforms import analyze as analyze_lib
 from transforms import dead_letter as dl
+from transforms import encode as encode_lib
 from transforms import label as label_lib
 from transforms import outputs as outputs_lib
 from transforms import preprocess_job
+from transforms import split as split_lib
+from transforms.columnar import analyze as canalyze
 from transforms.columnar import encode as cencode
 from transforms.columnar import label as clabel
 from transforms.columnar import parse as cparse
-
-_META = ("file", "line", "record", "impression_id", "timestamp")
-
-
-def records_from_batch(batch: pa.RecordBatch, label_names: Sequence[str]
-                       ) -> Iterator[Dict[str, Any]]:
-  """Labelled rows in the row job's layout: {"impression_id", "timestamp", "features"
-  (without missing ones), "labels", "file", "line"}."""
-  names = batch.schema.names
-  columns = {name: cencode.python_values(batch.column(i)) for i, name in enumerate(names)
-             if name != "record"}
-  feature_names = [n for n in names if n not in _META and n not in label_names]
-  for row in range(batch.num_rows):
-    yield {"impression_id": columns["impression_id"][row],
-           "timestamp": columns["timestamp"][row],
-           "features": {name: columns[name][row] for name in feature_names
-                        if columns[name][row] is not None},
-           "labels": {name: columns[name][row] for name in label_names},
-           "file": columns["file"][row], "line": columns["line"][row]}
+from transforms.columnar import progress
+from transforms.columnar import stats as cstats
 
 
 class PreprocessColumnar(preprocess_job.Preprocess):
-  """Pipeline root -> the outputs of `preprocess_job.Preprocess`, columnar up to the split.
+  """Pipeline root -> the outputs of `preprocess_job.Preprocess`, on RecordBatches.
 
   Args: as `preprocess_job.Preprocess`, plus
     num_buckets: hash buckets of impression_id for the join's shuffle.
+    progress_interval_s: seconds between progress lines of a worker (columnar.progress).
   """
 
   def __init__(self, impressions: Union[str, Sequence[str]], events: Union[str, Sequence[str]],
                output_dir: str, data_config: config_lib.DataConfig,
                spec: spec_lib.FeatureSpec, statistics: bool = True,
-               num_buckets: int = clabel.DEFAULT_BUCKETS):
+               num_buckets: int = clabel.DEFAULT_BUCKETS,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
     super().__init__(impressions, events, output_dir, data_config, spec, statistics)
     self._num_buckets = num_buckets
+    self._progress_interval_s = progress_interval_s
 
   def expand(self, pbegin):
     config, spec = self._data_config, self._spec
     event_types = label_lib.EventLabeler(config).event_types
-    label_names = tuple(config.label_names)
     impressions = pbegin | "ReadParseImpressions" >> cparse.ReadParseImpressions(
         self._impressions, spec)
     events = pbegin | "ReadParseEvents" >> cparse.ReadParseEvents(self._events, event_types)
-    labelled = ((impressions[cparse.RECORDS], events[cparse.RECORDS])
+    interval = self._progress_interval_s
+    parsed_impressions = impressions[cparse.RECORDS] | "ProgressImpressions" >> (
+        progress.LogProgress("impressions_parsed", interval))
+    parsed_events = events[cparse.RECORDS] | "ProgressEvents" >> progress.LogProgress(
+        "events_parsed", interval)
+    labelled = ((parsed_impressions, parsed_events)
                 | "JoinAndLabel" >> clabel.BucketedJoinAndLabel(
                     config, cparse.impression_schema(spec), self._num_buckets))
-    split_batches = labelled[clabel.RECORDS] | "SplitByTime" >> cencode.SplitBatchesByTime(
+    labelled_batches = labelled[clabel.RECORDS] | "ProgressLabelled" >> progress.LogProgress(
+        "impressions_labelled", interval)
+    split_batches = labelled_batches | "SplitByTime" >> cencode.SplitBatchesByTime(
         config.eval_from_timestamp)
-    splits = {split: split_batches[split] | f"Records_{split}" >> beam.FlatMap(
-        records_from_batch, label_names) for split in outputs_lib.SPLITS}
 
     def tagged(path):
       return beam.Map(lambda n: (path, n))
@@ -94,6 +93,81 @@ class PreprocessColumnar(preprocess_job.Preprocess):
     ]
     dead_letters = [impressions[dl.DEAD_LETTER], events[dl.DEAD_LETTER],
                     labelled[dl.DEAD_LETTER]]
-    return preprocess_job.write_outputs(splits, dead_letters, counts, self._paths, config,
-                                        spec, self._statistics,
-                                        sources=accounting.LOG_SOURCES)
+    return write_batch_outputs(split_batches, dead_letters, counts, self._paths, config,
+                               spec, self._statistics)
+
+
+def label_sums(batch: pa.RecordBatch, label_names: Sequence[str]) -> List[int]:
+  """Positives per label of a labelled batch, in label order."""
+  return [int(pc.sum(batch.column(batch.schema.get_field_index(name))).as_py() or 0)
+          for name in label_names]
+
+
+class _SumListsFn(beam.CombineFn):
+  """Equal-length lists of ints -> their element-wise sum (exact, order-free)."""
+
+  def __init__(self, length: int):
+    self._length = length
+
+  def create_accumulator(self):
+    return [0] * self._length
+
+  def add_input(self, accumulator, values):
+    return [a + v for a, v in zip(accumulator, values)]
+
+  def merge_accumulators(self, accumulators):
+    total = self.create_accumulator()
+    for accumulator in accumulators:
+      total = self.add_input(total, accumulator)
+    return total
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def write_batch_outputs(splits: Dict[str, beam.PCollection],
+                        dead_letters: List[beam.PCollection], counts: List[beam.PCollection],
+                        paths: outputs_lib.OutputPaths, config: config_lib.DataConfig,
+                        spec: spec_lib.FeatureSpec, statistics: bool) -> Dict[str, Any]:
+  """`preprocess_job.write_outputs` on labelled RecordBatches per split: the same files.
+
+  Encoding goes through `columnar.encode.EncodeBatches` (the row codec, byte-identical),
+  the analyzers are `columnar.analyze.AnalyzeBatches`, label counts are column sums and
+  TFDV statistics are computed on the batches (`columnar.stats`); writing, dead letters
+  and counts.json are the row job's transforms.
+  """
+  label_names = tuple(config.label_names)
+  dead_letters, counts = list(dead_letters), list(counts)
+  shards = {split_lib.TRAIN: config.train_shards, split_lib.EVAL: config.eval_shards}
+  examples = {}
+  for split in outputs_lib.SPLITS:
+    encoded = splits[split] | f"Encode_{split}" >> cencode.EncodeBatches(spec, label_names)
+    examples[split] = encoded[cencode.EXAMPLES]
+    dead_letters.append(encoded[dl.DEAD_LETTER])
+    _ = examples[split] | f"Write_{split}" >> encode_lib.WriteExamples(
+        paths.examples_prefix(split), shards[split])
+    counts.append(examples[split] | f"CountWritten_{split}" >> accounting.CountAs(
+        (dl.IMPRESSIONS, "written", split)))
+    counts.append(
+        splits[split]
+        | f"LabelSums_{split}" >> beam.Map(label_sums, label_names)
+        | f"SumLabels_{split}" >> beam.CombineGlobally(_SumListsFn(len(label_names)))
+        | f"TagLabels_{split}" >> beam.FlatMap(
+            lambda sums, split: [(("labels", split, name), n)
+                                 for name, n in zip(label_names, sums)], split))
+    if statistics:
+      _ = splits[split] | f"Statistics_{split}" >> cstats.GenerateBatchStatistics(
+          spec, label_names, paths.stats(split))
+
+  _ = (splits[split_lib.TRAIN]
+       | "AnalyzeTransforms" >> canalyze.AnalyzeBatches(spec)
+       | "WriteTransformArtifacts" >> analyze_lib.WriteTransformArtifacts(paths.transform_dir))
+  all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+  _ = all_dead_letters | "WriteDeadLetters" >> dl.WriteDeadLetters(paths.dead_letter_prefix)
+  counts.append(all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters())
+  counts_path = (counts
+                 | "FlattenCounts" >> beam.Flatten()
+                 | "WriteCounts" >> accounting.WriteCounts(paths.counts, label_names,
+                                                           accounting.LOG_SOURCES))
+  return {split_lib.TRAIN: examples[split_lib.TRAIN], split_lib.EVAL: examples[split_lib.EVAL],
+          dl.DEAD_LETTER: all_dead_letters, "counts": counts_path}

@@ -1,0 +1,30 @@
+"""transforms.columnar.progress: a progress line per interval with the records so far and the rate."""
+
+import logging
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.columnar import progress
+
+
+def test_record_progress_logs_once_per_interval(caplog):
+  caplog.set_level(logging.INFO)
+  stage = "test_stage_interval"
+  logged = [progress.record_progress(stage, 1000, 10.0, now=100.0 + t)
+            for t in (0.0, 4.0, 9.0, 10.0, 15.0, 20.5)]
+  assert logged == [False, False, False, True, False, True]
+  lines = [r.getMessage() for r in caplog.records if stage in r.getMessage()]
+  assert len(lines) == 2
+  assert "4,000 records in 10.0 s (400 records/s; last 10.0 s: 400 records/s)" in lines[0]
+  assert "6,000 records in 20.5 s" in lines[1] and "last 10.5 s: 190 records/s" in lines[1]
+
+
+def test_log_progress_passes_batches_through():
+  batches = [pa.RecordBatch.from_pydict({"x": list(range(n))}) for n in (3, 5)]
+  with test_pipeline.TestPipeline() as p:
+    rows = (p | beam.Create(batches) | progress.LogProgress("test_stage_beam", 0.0)
+            | beam.Map(lambda batch: batch.num_rows))
+    assert_that(rows, equal_to([3, 5]))
