@@ -57,10 +57,9 @@ def test_engine_flag_defaults_to_the_row_job_and_columnar_is_log_only():
     preprocess.build_transform(args, {}, None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="remaining (issue 12): Parquet rows carry no raw "
-                   "record into the join, so its dead letters hold record None and "
-                   "same-timestamp duplicates are ordered by file and line only")
 def test_columnar_job_on_parquet_join_dead_letters(tmp_path):
+  """Join dead letters of Parquet rows hold the row read back (columnar.parse.ParquetRows),
+  and same-timestamp duplicates are ordered by it, as in the row job."""
   day, t0 = testing.DAY_S, testing.START
   impressions = testing.write_parquet(str(tmp_path / "impressions.parquet"), [
       testing.impression(1, t0), testing.impression(2, t0 + 10),

@@ -293,3 +293,18 @@ def test_floats_parse_like_python_json():
   found = batch.column(batch.schema.get_field_index("item_price")).to_pylist()
   assert all(math.isfinite(v) for v in found)
   assert found == [float(v) for v in expected]
+
+
+def test_parquet_rows_reads_back_rows_across_row_groups(tmp_path):
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  records = [testing.impression(i, testing.START + i) for i in range(25)]
+  path = str(tmp_path / "imps.parquet")
+  pq.write_table(pa.Table.from_pylist(records), path, row_group_size=7)
+  expected = [row for _, _, row in read.read_parquet_rows(_File(path))]
+  reader = cparse.ParquetRows()
+  for line in (25, 1, 8, 7, 15, 14, 22):
+    assert reader.row(path, line) == expected[line - 1]
+  rows = [{"file": path, "line": 9, "record": None},
+          {"file": "x.jsonl", "line": 2, "record": None},
+          {"file": path, "line": 3, "record": "kept"}]
+  assert [row["record"] for row in reader.fill_records(rows)] == [expected[8], None, "kept"]

@@ -15,10 +15,10 @@ Flow: **raw logs -> PreprocessColumnar** -> OUTPUT/ -> training.data, as `Prepro
 Every element is a RecordBatch up to the encoder, which emits one serialized Example per
 row (the row codec: byte-identical Examples; see columnar/encode.py for why not tfx_bsl's
 C++ encoder); the analyzers, label counts and TFDV statistics read the batches.
-Parquet rows carry no raw record into the join (record is null), so join dead letters of
-Parquet inputs hold `record: null` and duplicate Parquet impressions with equal
-timestamps are ordered by file and line only (tests/test_columnar_job.py, xfail); JSON
-Lines outputs are the row job's exactly.
+Parquet rows carry no raw record through the job; the few a join dead letter or a
+duplicate-id choice needs are read back from their file (`columnar.parse.ParquetRows`),
+so dead letters and choices are the row job's for Parquet as for JSON Lines
+(tests/test_columnar_job.py).
 """
 
 from typing import Any, Dict, List, Sequence, Union

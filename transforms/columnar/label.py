@@ -114,6 +114,7 @@ class BucketLabeler:
     self._after_click_events = pa.array(sorted(
         event for event, (_, needs_click) in self.labeler.rules.items() if needs_click),
                                         pa.string())
+    self._parquet = cparse.ParquetRows()
     self._label_events = [pa.array(sorted(e for e, (names, _) in self.labeler.rules.items()
                                           if name in names), pa.string())
                           for name in self.labeler.label_names]
@@ -128,7 +129,7 @@ class BucketLabeler:
       return impressions
     is_repeated = pc.is_in(ids, value_set=repeated).to_numpy()
     groups: Dict[str, List[Dict[str, Any]]] = {}
-    for row in _rows(impressions, np.flatnonzero(is_repeated)):
+    for row in self._parquet.fill_records(_rows(impressions, np.flatnonzero(is_repeated))):
       groups.setdefault(row["impression_id"], []).append(
           _impression_dict(row, self.feature_names))
     chosen = []
@@ -152,7 +153,7 @@ class BucketLabeler:
     position = np.where(np.isnan(position), -1, position).astype(np.int64) if (
         position.dtype.kind == "f") else position.astype(np.int64)
     orphans = np.flatnonzero(position < 0)
-    for event in _rows(events, orphans):
+    for event in self._parquet.fill_records(_rows(events, orphans)):
       dead.append(dl.make_dead_letter(
           dl.EVENTS, event["file"], event["line"], dl.EVENT_WITHOUT_IMPRESSION,
           f"no impression with impression_id {event['impression_id']!r}", event["record"]))
@@ -189,7 +190,7 @@ class BucketLabeler:
       labels[index, position[sets]] = 1
     hard_positions = np.flatnonzero(hard)
     if len(hard_positions):
-      event_rows = _rows(events, np.flatnonzero(~easy_events))
+      event_rows = self._parquet.fill_records(_rows(events, np.flatnonzero(~easy_events)))
       by_position: Dict[int, List[Dict[str, Any]]] = {}
       for row, pos in zip(event_rows, position[~easy_events].tolist()):
         by_position.setdefault(pos, []).append(row)

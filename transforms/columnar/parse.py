@@ -26,7 +26,8 @@ How a batch is parsed:
 
 Output schemas (one row per kept record, in file order within a batch):
   impressions: file: string, line: int64, record: string (the JSON line's text; null
-    for Parquet rows), impression_id: string, timestamp: int64, then one column per
+    for Parquet rows, read back by `ParquetRows` when a join dead letter needs them),
+    impression_id: string, timestamp: int64, then one column per
     spec feature in spec order (string / int64 / float64, or list<...> when
     multivalent; null = missing) and list<float64> `<name>__weight` after each
     weighted feature (filled with 1.0 when the raw record has no weights).
@@ -380,6 +381,45 @@ class EventParser(_Parser):
   def row_values(self, parsed):
     return {key: parsed[key] for key in (spec_lib.IMPRESSION_ID_KEY, spec_lib.TIMESTAMP_KEY,
                                          parse_lib.EVENT_KEY)}
+
+
+class ParquetRows:
+  """Parquet rows read back by (file, 1-based row), as `read.read_parquet_rows` gives them.
+
+  Parquet rows carry no raw record through the columnar job (`record` is null): the few
+  that become join dead letters or duplicate candidates are read back here. The file's
+  metadata and its last row group read are cached (memory: one row group per file).
+  """
+
+  def __init__(self):
+    self._files: Dict[str, Tuple[Any, np.ndarray]] = {}
+    self._groups: Dict[str, Tuple[int, pa.Table]] = {}
+
+  def row(self, path: str, row: int) -> Dict[str, Any]:
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+    if path not in self._files:
+      handle = FileSystems.open(path, mime_type="application/octet-stream",
+                                compression_type=CompressionTypes.UNCOMPRESSED)
+      parquet = pq.ParquetFile(handle)
+      sizes = [parquet.metadata.row_group(i).num_rows
+               for i in range(parquet.metadata.num_row_groups)]
+      self._files[path] = parquet, np.cumsum([0] + sizes)
+    parquet, starts = self._files[path]
+    group = int(np.searchsorted(starts, row - 1, side="right")) - 1
+    if self._groups.get(path, (None,))[0] != group:
+      self._groups[path] = group, parquet.read_row_group(group)
+    table = self._groups[path][1]
+    return table.slice(row - 1 - int(starts[group]), 1).to_pylist()[0]
+
+  def fill_records(self, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Sets the "record" of Parquet rows (record null) to the row read back, in place, in
+    file and row order (each row group is read once per call)."""
+    missing = [row for row in rows if row.get("record") is None
+               and read_lib.is_parquet(row["file"])]
+    for row in sorted(missing, key=lambda row: (row["file"], row["line"])):
+      row["record"] = self.row(row["file"], row["line"])
+    return rows
 
 
 def json_line_batches(handle, batch_rows: int = BATCH_ROWS
