@@ -1,14 +1,28 @@
-"""Beam preprocess throughput on DirectRunner (multi_processing) with 1 and 2 workers.
+"""Beam preprocess throughput against the floor, side by side on the same files.
 
-  python -m benchmarks.beam_preprocess [--quick] [--impressions N] [--workers 1,2]
+  python -m benchmarks.beam_preprocess [--quick] [--impressions 1000000,10000000]
+      [--workers 1,2] [--engines columnar,row] [--row_max_impressions 200000]
 
 Flow position: raw logs (pipeline.simulate) -> **pipeline.preprocess** (the real CLI, in a
-subprocess) -> TFRecords. Reported per worker count: input records (impressions +
-events) per second of pipeline time (the job's own "Pipeline finished in" log line; the
-post-run checks and TFDV schema step are outside it) and of wall time (process start to
-exit), and peak memory: the largest summed RSS of the process tree (the job and its
-worker processes), polled with psutil every POLL_SECONDS. A run that exits 0 must leave a
-verifiable OUTPUT/_SUCCESS.json (features/success_marker.py).
+subprocess) -> TFRecords. For each --impressions size, on the same simulated files:
+
+  (a) the floor: pyarrow's C++ JSON reader reading and parsing the same gzipped JSON
+      Lines files, plus writing as many gzipped TFRecords as the job wrote (the first
+      FLOOR_SAMPLE of the job's own Examples, cycled to the same count, so about the same
+      bytes: both byte counts are reported), through TensorFlow's C++ TFRecordWriter, in
+      this process on one core;
+  (b) the job with `--local_workers 1` (one in-memory worker), per engine: `--engine
+      columnar`, and the row engine as a reference at sizes up to --row_max_impressions;
+  (c) the job with `--local_workers 2` (DirectRunner multi_processing, 2 processes).
+
+Reported per run: input records (impressions + events) per second of pipeline time (the
+job's "Pipeline finished in" log line: post-run checks and schema inference excluded)
+and per worker process, the ratio of the job's pipeline time to the floor's time, peak
+memory (the largest summed RSS of the process tree, polled every POLL_SECONDS), and the
+accounting check (counts.json identities; a run that exits 0 must leave a verifiable
+OUTPUT/_SUCCESS.json, features/success_marker.py). The results file's header records the
+load average at the start and the end of the benchmark: above the core count, other
+work shared the CPU.
 
   python -m benchmarks.beam_preprocess --stages [--impressions 200000]
 
@@ -18,6 +32,8 @@ simulated JSON Lines: read+parse+validate, join+label, split+encode (records/s o
 records of the stage), and the pyarrow floor (the bare C++ JSON reader on the same files).
 """
 
+import glob
+import gzip
 import json
 import os
 import re
@@ -25,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +54,9 @@ from benchmarks import common
 NAME = "beam_preprocess"
 POLL_SECONDS = 0.5
 PIPELINE_SECONDS = re.compile(r"Pipeline finished in ([0-9.]+) s")
+ENGINES = ("columnar", "row")
+ROW_MAX_IMPRESSIONS = 200_000  # The row engine (about 2k records/s) only up to this size.
+FLOOR_SAMPLE = 20_000  # Examples of the job's output cycled by the floor's writer.
 
 
 def _tree_rss(process: psutil.Process) -> int:
@@ -51,14 +70,17 @@ def _tree_rss(process: psutil.Process) -> int:
   return total
 
 
+def _load_average() -> str:
+  return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run_preprocess(raw: str, output: str, workers: int, log_path: str,
-                   engine: str = "row") -> Dict[str, Any]:
-  """Runs pipeline.preprocess once; returns its seconds, counts and peak memory."""
+                   engine: str = "columnar") -> Dict[str, Any]:
+  """Runs pipeline.preprocess once (`--local_workers workers`); returns its row."""
   if os.path.exists(output):
     shutil.rmtree(output)
-  args = common.preprocess_args(raw, output) + [
-      "--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing",
-      "--engine", engine]
+  args = common.preprocess_args(raw, output) + ["--local_workers", str(workers),
+                                                "--engine", engine]
   env = dict(os.environ, PYTHONPATH=common.REPO_ROOT)
   start = time.time()
   with open(log_path, "w") as log:
@@ -89,70 +111,176 @@ def run_preprocess(raw: str, output: str, workers: int, log_path: str,
   # runner) is a result too: it is reported, with the check's message, not hidden.
   failure = next((line.split("failed: ", 1)[-1] for line in text.splitlines()
                   if line.startswith("pipeline.preprocess failed")), None)
-  return row(workers, counts, pipeline_seconds, wall, peak / 2**30,
-             failure if proc.returncode != 0 else None)
+  return row(f"job --engine {engine}", workers, counts, pipeline_seconds, wall,
+             peak / 2**30, failure if proc.returncode != 0 else None)
 
 
-def row(workers: int, counts: Dict[str, Any], pipeline_seconds: float, wall_seconds: float,
-        peak_rss_gib: float, failure: str = None) -> Dict[str, Any]:
+def row(run_name: str, workers: int, counts: Dict[str, Any], pipeline_seconds: float,
+        wall_seconds: Optional[float], peak_rss_gib: Optional[float],
+        failure: Optional[str] = None) -> Dict[str, Any]:
   """One table row from a run's counts.json, its times and peak memory."""
   records = counts["impressions"]["read"] + counts["events"]["read"]
-  return {"workers": workers, "impressions": counts["impressions"]["read"],
+  return {"run": run_name, "workers": workers, "impressions": counts["impressions"]["read"],
           "events": counts["events"]["read"], "records": records,
           "pipeline_seconds": pipeline_seconds, "wall_seconds": wall_seconds,
           "records_per_s": records / pipeline_seconds,
-          "wall_records_per_s": records / wall_seconds if wall_seconds else None,
-          "peak_rss_gib": peak_rss_gib,
-          "failure": failure}
+          "records_per_s_per_worker": records / pipeline_seconds / workers,
+          "peak_rss_gib": peak_rss_gib, "failure": failure}
 
 
-def run(impressions: int, workers: Sequence[int] = (1, 2), workdir: str = common.DEFAULT_WORKDIR,
-        results_dir: str = common.RESULTS_DIR, command: str = None,
-        keep_output: bool = False, engine: str = "row") -> List[Dict[str, Any]]:
-  """Simulates `impressions` once, preprocesses per worker count, writes beam_preprocess.md."""
+def _tfrecord_payloads(pattern: str, limit: Optional[int] = None) -> List[bytes]:
+  """Records of gzip TFRecord files (plain Python framing: length, crc, data, crc)."""
+  records: List[bytes] = []
+  for path in sorted(glob.glob(pattern)):
+    with gzip.open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data) and (limit is None or len(records) < limit):
+      length = int.from_bytes(data[offset:offset + 8], "little")
+      records.append(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+  return records
+
+
+def output_size(output: str) -> Dict[str, int]:
+  """{"records", "bytes"}: Examples and their payload bytes written by a job's run."""
+  records = payload = 0
+  for example in _tfrecord_payloads(os.path.join(output, "*", "*.tfrecord.gz")):
+    records += 1
+    payload += len(example)
+  return {"records": records, "bytes": payload}
+
+
+def floor(raw: str, examples: Sequence[bytes], records: int, scratch: str) -> Dict[str, Any]:
+  """The floor (module docstring): pyarrow parses the raw files; `records` Examples
+  (cycling `examples`, a sample of the job's own) are written as gzipped TFRecords."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.json as pa_json  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(raw, "impressions", "*.jsonl.gz"))
+                 + glob.glob(os.path.join(raw, "events", "*.jsonl.gz")))
+  start = time.perf_counter()
+  parsed = 0
+  for path in files:
+    with pa.input_stream(path, compression="gzip") as stream:
+      parsed += pa_json.read_json(stream).num_rows
+  parse_seconds = time.perf_counter() - start
+  os.makedirs(scratch, exist_ok=True)
+  path = os.path.join(scratch, "floor.tfrecord.gz")
+  written = written_bytes = 0
+  start = time.perf_counter()
+  with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+    while written < records and examples:
+      example = examples[written % len(examples)]
+      writer.write(example)
+      written += 1
+      written_bytes += len(example)
+  write_seconds = time.perf_counter() - start
+  os.remove(path)
+  return {"parsed": parsed, "parse_seconds": parse_seconds, "written": written,
+          "written_bytes": written_bytes, "write_seconds": write_seconds,
+          "seconds": parse_seconds + write_seconds}
+
+
+def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
+             workdir: str, keep_output: bool = False,
+             row_max_impressions: int = ROW_MAX_IMPRESSIONS) -> List[Dict[str, Any]]:
+  """Every run on one simulated world: the jobs, then the floor (written bytes known)."""
   raw = common.ensure_raw(workdir, impressions)
+  rows: List[Dict[str, Any]] = []
+  sample: List[bytes] = []
+  size: Optional[Dict[str, int]] = None
+  for engine in engines:
+    if engine == "row" and impressions > row_max_impressions:
+      logging.info("Row engine skipped at %d impressions (> %d)", impressions,
+                   row_max_impressions)
+      continue
+    for count in workers:
+      output = os.path.join(workdir, f"beam_bench_{impressions}_{engine}_w{count}")
+      logging.info("pipeline.preprocess --engine %s on %d impressions, %d worker(s)", engine,
+                   impressions, count)
+      rows.append(run_preprocess(raw, output, count, output + ".log", engine))
+      logging.info("%s", rows[-1])
+      if size is None and not rows[-1]["failure"]:
+        size = output_size(output)
+        sample = _tfrecord_payloads(os.path.join(output, "*", "*.tfrecord.gz"), FLOOR_SAMPLE)
+      if not keep_output:
+        shutil.rmtree(output, ignore_errors=True)
+  if size is None:
+    raise RuntimeError(f"no job run at {impressions} impressions succeeded: no floor")
+  measured = floor(raw, sample, size["records"],
+                   os.path.join(workdir, f"beam_bench_{impressions}_floor"))
+  measured["job_bytes"] = size["bytes"]
+  logging.info("floor: %s", measured)
+  counts = {"impressions": {"read": impressions},
+            "events": {"read": measured["parsed"] - impressions}}
+  floor_row = row("floor: pyarrow read+parse, TFRecord gzip write", 1, counts,
+                  measured["seconds"], None, None)
+  floor_row.update(parse_seconds=measured["parse_seconds"],
+                   write_seconds=measured["write_seconds"], written=measured["written"],
+                   written_bytes=measured["written_bytes"], job_bytes=measured["job_bytes"])
+  for job_row in rows:
+    job_row["floor_ratio"] = job_row["pipeline_seconds"] / measured["seconds"]
+  floor_row["floor_ratio"] = 1.0
+  return [floor_row] + rows
+
+
+def run(impressions: Union[int, Sequence[int]], workers: Sequence[int] = (1, 2),
+        workdir: str = common.DEFAULT_WORKDIR, results_dir: str = common.RESULTS_DIR,
+        command: str = None, keep_output: bool = False, engines: Sequence[str] = ENGINES,
+        row_max_impressions: int = ROW_MAX_IMPRESSIONS) -> List[Dict[str, Any]]:
+  """Every size of `impressions`: floor and jobs (run_size); writes beam_preprocess.md."""
+  sizes = [impressions] if isinstance(impressions, int) else list(impressions)
+  load_start = _load_average()
   rows = []
-  for count in workers:
-    output = os.path.join(workdir, f"beam_bench_{impressions}_w{count}")
-    log_path = output + ".log"
-    logging.info("pipeline.preprocess on %d impressions, %d worker(s)", impressions, count)
-    rows.append(run_preprocess(raw, output, count, log_path, engine))
-    logging.info("%s", rows[-1])
-    if not keep_output:
-      shutil.rmtree(output, ignore_errors=True)
-  write_table(rows, impressions, results_dir, command)
+  for size in sizes:
+    rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions)
+  write_table(rows, results_dir, command, load_start, _load_average())
   return rows
 
 
 def _number(value, pattern: str) -> str:
-  return "not recorded" if value is None else pattern.format(value)
+  return "-" if value is None else pattern.format(value)
 
 
-def write_table(rows: List[Dict[str, Any]], impressions: int, results_dir: str,
-                command: str) -> None:
-  """Writes (and prints) beam_preprocess.md from the rows of `run`."""
-  base = rows[0]["records_per_s"]
+def write_table(rows: List[Dict[str, Any]], results_dir: str, command: str,
+                load_start: str = "", load_end: str = "") -> str:
+  """Writes (and prints) beam_preprocess.md from the rows of `run`; returns the body."""
   table = common.markdown_table(
-      ["workers", "impressions", "events", "pipeline s", "records/s (pipeline)",
-       "wall s", "records/s (wall)", "speed-up", "peak RSS (tree)", "accounting"],
-      [[r["workers"], f"{r['impressions']:,}", f"{r['events']:,}",
-        f"{r['pipeline_seconds']:.1f}", f"{r['records_per_s']:,.0f}",
-        _number(r["wall_seconds"], "{:.1f}"), _number(r["wall_records_per_s"], "{:,.0f}"),
-        f"{r['records_per_s'] / base:.2f}x", _number(r["peak_rss_gib"], "{:.2f} GiB"),
-        "FAILED (see below)" if r.get("failure") else "every record accounted for"]
+      ["impressions", "events", "run", "worker processes", "seconds", "records/s",
+       "records/s per worker", "x floor time", "peak RSS (tree)", "accounting"],
+      [[f"{r['impressions']:,}", f"{r['events']:,}", r["run"], r["workers"],
+        f"{r['pipeline_seconds']:.2f}", f"{r['records_per_s']:,.0f}",
+        f"{r['records_per_s_per_worker']:,.0f}", f"{r['floor_ratio']:.1f}x",
+        _number(r["peak_rss_gib"], "{:.2f} GiB"),
+        ("-" if r["run"].startswith("floor") else
+         "FAILED (see below)" if r.get("failure") else "every record accounted for")]
        for r in rows])
-  failures = "".join(f"\n\n**{r['workers']} worker(s): the job's accounting check failed** "
-                     f"(exit 1): {r['failure']}" for r in rows if r.get("failure"))
-  body = (f"`python -m pipeline.preprocess` (configs/esmm.yaml: parse, join, label, split, "
-          f"transform analysis, TFRecord encode, TFDV statistics) on DirectRunner with "
-          f"`--direct_running_mode multi_processing --direct_num_workers N` (with "
-          f"transforms/beam_compat.py's fix for Beam's data-plane race, docs/SCALING.md "
-          f"2.1), "
-          f"{impressions:,} simulated impressions (pipeline.simulate --seed 7). "
-          f"Pipeline time excludes interpreter start-up and the post-run checks/schema; "
-          f"wall time includes them.\n\n{table}{failures}")
-  common.write_result(NAME, "Beam preprocess (DirectRunner)", body, results_dir, command)
+  failures = "".join(f"\n\n**{r['run']}, {r['workers']} worker(s), {r['impressions']:,} "
+                     f"impressions: the job's accounting check failed** (exit 1): "
+                     f"{r['failure']}" for r in rows if r.get("failure"))
+  floors = "".join(
+      f"\n- floor at {r['impressions']:,} impressions: parse {r['parse_seconds']:.1f} s, "
+      f"write {r['written']:,} Examples {r['write_seconds']:.1f} s "
+      f"({r['written_bytes'] / 2**20:,.1f} MiB before gzip; the job wrote "
+      f"{r['job_bytes'] / 2**20:,.1f} MiB)" for r in rows if r["run"].startswith("floor"))
+  body = (f"Load average 1/5/15 min at the start: {load_start}; at the end: {load_end} "
+          f"(2 cores: above 2, other work shared the CPU).\n\n"
+          f"Jobs: `python -m pipeline.preprocess --local_workers N --engine E` "
+          f"(configs/esmm.yaml: parse, join, label, split, transform analysis, TFRecord "
+          f"encode, TFDV statistics; N = 1: one in-memory worker, N = 2: DirectRunner "
+          f"multi_processing with transforms/beam_compat.py's fix, docs/SCALING.md 2.1) on "
+          f"simulated impressions (pipeline.simulate --seed 7). Seconds are pipeline time "
+          f"(interpreter start-up, post-run checks and schema inference excluded); records "
+          f"are impressions + events read. The floor (first row of each size) is pyarrow's "
+          f"C++ JSON reader on the same gzipped files plus TensorFlow's C++ gzip TFRecord "
+          f"writer writing as many Examples as the job wrote (a sample of its own, "
+          f"cycled), in one process; \"x floor time\" is the run's seconds over the "
+          f"floor's.\n\n{table}{failures}\n{floors}\n")
+  common.write_result(NAME, "Beam preprocess (DirectRunner) against the floor", body,
+                      results_dir, command)
   print(body)
+  return body
 
 
 def _timed(function):
@@ -169,14 +297,11 @@ class _File:
     self.metadata = types.SimpleNamespace(path=path)
 
   def open(self, compression_type=None, mime_type=None):  # pylint: disable=unused-argument
-    import gzip  # pylint: disable=g-import-not-at-top
     return gzip.open(self.metadata.path, "rb")
 
 
 def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
   """Rows of (stage, engine, records, seconds, records/s) on the JSON Lines under raw."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import gzip  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.json as pa_json  # pylint: disable=g-import-not-at-top
@@ -293,27 +418,34 @@ def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
 
 def main(argv=None):
   parser = common.arg_parser(__doc__, "100k impressions (default 1M).")
-  parser.add_argument("--impressions", type=int, default=None, help="Simulated impressions.")
-  parser.add_argument("--workers", default="1,2", help="Comma-separated worker counts.")
-  parser.add_argument("--engine", default="row", choices=("row", "columnar"),
-                      help="pipeline.preprocess --engine (the columnar one is issue 12's).")
+  parser.add_argument("--impressions", default=None,
+                      help="Simulated impressions, comma-separated sizes (e.g. "
+                           "1000000,10000000); default 1M (--quick: 100k).")
+  parser.add_argument("--workers", default="1,2",
+                      help="Comma-separated pipeline.preprocess --local_workers counts.")
+  parser.add_argument("--engines", default=",".join(ENGINES),
+                      help="Comma-separated pipeline.preprocess --engine values.")
+  parser.add_argument("--row_max_impressions", type=int, default=ROW_MAX_IMPRESSIONS,
+                      help="The row engine runs only at sizes up to this (it is ~25x slower).")
   parser.add_argument("--stages", action="store_true",
                       help="Per-stage row vs columnar throughput in one process (no runner, "
                            "no results file); default 200k impressions.")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
+  sizes = [int(n) for n in args.impressions.split(",")] if args.impressions else None
   if args.stages:
-    raw = common.ensure_raw(args.workdir, args.impressions or 200_000)
+    raw = common.ensure_raw(args.workdir, sizes[0] if sizes else 200_000)
     table = common.markdown_table(
         ["stage", "engine", "records", "seconds", "records/s"],
         [[r["stage"], r["engine"], f"{r['records']:,}", f"{r['seconds']:.2f}",
           f"{r['records_per_s']:,.0f}"] for r in stage_throughput(raw)])
     print(table)
     return
-  impressions = args.impressions or (100_000 if args.quick else 1_000_000)
-  run(impressions, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
-      command="python -m benchmarks.beam_preprocess" + (" --quick" if args.quick else "")
-      + (f" --engine {args.engine}" if args.engine != "row" else ""), engine=args.engine)
+  sizes = sizes or [100_000 if args.quick else 1_000_000]
+  argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+  run(sizes, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
+      command=f"python -m benchmarks.beam_preprocess {argv_text}".strip(),
+      engines=args.engines.split(","), row_max_impressions=args.row_max_impressions)
 
 
 if __name__ == "__main__":

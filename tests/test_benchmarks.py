@@ -145,7 +145,14 @@ def test_serving_latency_covers_both_signatures(workdir, data_dir, tmp_path):
 @pytest.mark.slow
 def test_beam_preprocess_counts_every_record(workdir, tmp_path):
   rows = beam_preprocess.run(1000, workers=(1,), workdir=workdir, results_dir=str(tmp_path))
-  (row,) = rows
-  assert row["impressions"] == 1000 and row["records"] == 1000 + row["events"]
-  assert row["peak_rss_gib"] > 0.05  # a Python process with TF and Beam loaded
-  assert "records/s" in open(tmp_path / "beam_preprocess.md").read()
+  floor, columnar, row = rows
+  assert floor["run"].startswith("floor") and floor["floor_ratio"] == 1.0
+  assert floor["written"] == floor["impressions"] == 1000  # 1,000 Examples, none dropped.
+  assert [r["run"] for r in (columnar, row)] == ["job --engine columnar", "job --engine row"]
+  for job in (columnar, row):
+    assert job["impressions"] == 1000 and job["records"] == 1000 + job["events"]
+    assert job["events"] == floor["events"] and not job["failure"]
+    assert job["peak_rss_gib"] > 0.05  # a Python process with TF and Beam loaded
+    assert job["floor_ratio"] > 1.0
+  text = open(tmp_path / "beam_preprocess.md").read()
+  assert "records/s per worker" in text and "Load average 1/5/15 min at the start" in text
