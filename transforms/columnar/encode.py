@@ -1,6 +1,7 @@
 """Split labelled batches by time and encode them as the row job's serialized tf.Examples.
 
-Flow: BucketedJoinAndLabel -> **SplitBatchesByTime -> EncodeBatches** -> write / stats / ...
+Flow: BucketedJoinAndLabel -> **SplitBatchesByTime -> EncodeBatches -> WriteExampleLists**
+-> OUTPUT/{train,eval}/*.tfrecord.gz (statistics and analyzers read the batches).
 Split: the rows of a labelled batch with timestamp < eval_from_timestamp are train, the
 others eval (`transforms.split`'s rule), in columns.
 
@@ -14,9 +15,10 @@ does not restore the row order either (see the report of issue 12 and
 tests/test_columnar_encode.py, which pins both facts).
 """
 
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +27,7 @@ from features import example_codec
 from features import spec as spec_lib
 from transforms import dead_letter as dl
 from transforms import encode as encode_lib
+from transforms import outputs as outputs_lib
 from transforms import split as split_lib
 
 EXAMPLES = encode_lib.EXAMPLES
@@ -128,12 +131,13 @@ class _EncodeFn(beam.DoFn):
     examples, dead = self._encoder.encode(batch)
     for letter in dead:
       yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-    yield from examples
+    if examples:
+      yield examples
 
 
 class EncodeBatches(beam.PTransform):
-  """Labelled batches -> {"examples": serialized tf.Examples (one element each, as the
-  row job's EncodeExamples), "dead_letter"}."""
+  """Labelled batches -> {"examples": lists of serialized tf.Examples (one list per
+  batch, the row job's bytes), "dead_letter"}."""
 
   def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
     super().__init__()
@@ -144,3 +148,49 @@ class EncodeBatches(beam.PTransform):
     outputs = batches | "Encode" >> beam.ParDo(_EncodeFn(
         self._spec, self._label_names)).with_outputs(dl.DEAD_LETTER, main=EXAMPLES)
     return {EXAMPLES: outputs[EXAMPLES], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
+
+
+def mixing_groups(examples: Sequence[bytes], mix_buckets: int
+                  ) -> Iterator[Tuple[int, List[bytes]]]:
+  """(mixing group, its Examples) for each group a list of Examples touches
+  (`encode.WriteExamples`' groups: mix_key % mix_buckets)."""
+  groups: Dict[int, List[bytes]] = {}
+  for example in examples:
+    groups.setdefault(encode_lib.mix_key(example) % mix_buckets, []).append(example)
+  yield from groups.items()
+
+
+def _mixed(group: Tuple[int, Iterable[List[bytes]]]) -> List[bytes]:
+  """A mixing group's Examples in hash order (ties by the bytes), as `encode.WriteExamples`."""
+  _, lists = group
+  return sorted((example for examples in lists for example in examples),
+                key=lambda example: (encode_lib.mix_key(example), example))
+
+
+class WriteExampleLists(beam.PTransform):
+  """Lists of serialized Examples -> the TFRecord shards of `encode.WriteExamples` (same
+  mixing groups, same order inside a group), with one shuffle element per (batch,
+  group) instead of one per Example.
+
+  Args:
+    file_path_prefix, num_shards, mix_buckets: as `encode.WriteExamples`.
+  """
+
+  def __init__(self, file_path_prefix: str, num_shards: int,
+               mix_buckets: int = encode_lib.MIX_BUCKETS):
+    super().__init__()
+    self._file_path_prefix = file_path_prefix
+    self._num_shards = num_shards
+    self._mix_buckets = mix_buckets
+
+  def expand(self, example_lists):
+    mixed = (example_lists
+             | "KeyForMixing" >> beam.FlatMap(mixing_groups, self._mix_buckets)
+             | "GroupForMixing" >> beam.GroupByKey()
+             | "EmitMixed" >> beam.FlatMap(_mixed))
+    return mixed | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+        self._file_path_prefix,
+        file_name_suffix=outputs_lib.TFRECORD_SUFFIX,
+        num_shards=self._num_shards,
+        shard_name_template=outputs_lib.SHARD_TEMPLATE,
+        compression_type=CompressionTypes.GZIP)

@@ -7,14 +7,16 @@ Flow: **raw logs -> PreprocessColumnar** -> OUTPUT/ -> training.data, as `Prepro
       -> BucketedJoinAndLabel                   CoGroupByKey on hash buckets of impression_id
       -> SplitBatchesByTime                     labelled RecordBatches per split
       -> write_batch_outputs, per split:
-           EncodeBatches -> WriteExamples        OUTPUT/{train,eval}/*.tfrecord.gz
+           EncodeBatches -> WriteExampleLists    OUTPUT/{train,eval}/*.tfrecord.gz
            GenerateBatchStatistics               OUTPUT/stats/{split}_stats.pb
            (train) AnalyzeBatches -> WriteTransformArtifacts   OUTPUT/transform/
       every dead-letter output -> WriteDeadLetters, counts -> WriteCounts (row job's)
 
-Every element is a RecordBatch up to the encoder, which emits one serialized Example per
-row (the row codec: byte-identical Examples; see columnar/encode.py for why not tfx_bsl's
-C++ encoder); the analyzers, label counts and TFDV statistics read the batches.
+Every element is a RecordBatch up to the encoder, which turns a batch into a list of
+serialized Examples (the row codec, per row: byte-identical Examples; see
+columnar/encode.py for why not tfx_bsl's C++ encoder); the mixing shuffle moves one list
+per (batch, mixing group), and only the last step into the TFRecord sink is per Example.
+The analyzers, label counts and TFDV statistics read the batches.
 Parquet rows carry no raw record through the job; the few a join dead letter or a
 duplicate-id choice needs are read back from their file (`columnar.parse.ParquetRows`),
 so dead letters and choices are the row job's for Parquet as for JSON Lines
@@ -32,7 +34,6 @@ from features import spec as spec_lib
 from transforms import accounting
 from transforms import analyze as analyze_lib
 from transforms import dead_letter as dl
-from transforms import encode as encode_lib
 from transforms import label as label_lib
 from transforms import outputs as outputs_lib
 from transforms import preprocess_job
@@ -131,10 +132,14 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
                         spec: spec_lib.FeatureSpec, statistics: bool) -> Dict[str, Any]:
   """`preprocess_job.write_outputs` on labelled RecordBatches per split: the same files.
 
-  Encoding goes through `columnar.encode.EncodeBatches` (the row codec, byte-identical),
-  the analyzers are `columnar.analyze.AnalyzeBatches`, label counts are column sums and
-  TFDV statistics are computed on the batches (`columnar.stats`); writing, dead letters
-  and counts.json are the row job's transforms.
+  Encoding goes through `columnar.encode.EncodeBatches` (the row codec, byte-identical)
+  and `WriteExampleLists` (the row job's mixing groups and order), the analyzers are
+  `columnar.analyze.AnalyzeBatches`, label counts are column sums and TFDV statistics
+  are computed on the batches (`columnar.stats`); dead letters and counts.json are the
+  row job's transforms.
+
+  Returns: as `write_outputs`, but "train" / "eval" hold lists of serialized Examples
+  (one per batch).
   """
   label_names = tuple(config.label_names)
   dead_letters, counts = list(dead_letters), list(counts)
@@ -144,10 +149,13 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
     encoded = splits[split] | f"Encode_{split}" >> cencode.EncodeBatches(spec, label_names)
     examples[split] = encoded[cencode.EXAMPLES]
     dead_letters.append(encoded[dl.DEAD_LETTER])
-    _ = examples[split] | f"Write_{split}" >> encode_lib.WriteExamples(
+    _ = examples[split] | f"Write_{split}" >> cencode.WriteExampleLists(
         paths.examples_prefix(split), shards[split])
-    counts.append(examples[split] | f"CountWritten_{split}" >> accounting.CountAs(
-        (dl.IMPRESSIONS, "written", split)))
+    counts.append(examples[split]
+                  | f"ListLengths_{split}" >> beam.Map(len)
+                  | f"CountWritten_{split}" >> beam.CombineGlobally(sum)
+                  | f"TagWritten_{split}" >> beam.Map(
+                      lambda n, split: ((dl.IMPRESSIONS, "written", split), n), split))
     counts.append(
         splits[split]
         | f"LabelSums_{split}" >> beam.Map(label_sums, label_names)
