@@ -43,6 +43,11 @@ SPACE = {
     "model.l2": ("choice", (0.0, 1e-6, 1e-5)),
     "train.learning_rate": ("log", (3e-4, 1e-2)),
     "train.batch_size": ("choice", (512, 1024, 2048)),
+    # Adam's epsilon sets how sign-like the steps of rare embedding rows are, and with it
+    # the calibration of rare events (docs/TRAINING.md, "Adam's epsilon"); the embedding
+    # L2 penalises the rows a batch uses (features.preprocessing.FeatureEncoder).
+    "train.adam_epsilon": ("log", (1e-7, 1e-4)),
+    "model.embedding_l2": ("choice", (0.0, 1e-5, 1e-4, 1e-3)),
 }
 MODEL_SPACE = {
     "esmc": {"model.params.constraint_lambda": ("log", (1e-5, 1e-1)),

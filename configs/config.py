@@ -114,6 +114,8 @@ class ModelConfig:
     dropout: dropout rate after each hidden tower layer.
     activation: hidden activation.
     l2: L2 penalty on tower kernels.
+    embedding_l2: L2 penalty on the embedding rows each batch uses, per example
+      (features.preprocessing.FeatureEncoder); the id embeddings' regulariser.
     loss_weights: per-task loss weight, keyed by task name (e.g. ctr, ctcvr); tasks not
       named keep the model's default weight.
     params: model-specific options, validated by the model itself.
@@ -126,6 +128,7 @@ class ModelConfig:
   dropout: float = 0.0
   activation: str = "relu"
   l2: float = 0.0
+  embedding_l2: float = 0.0
   loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)
   params: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -141,6 +144,11 @@ class TrainConfig:
       (needed for exact resume and multi-worker runs); else one pass over the data.
     learning_rate, optimizer: "adam", "lazy_adam" (Adam updating only the embedding
       rows in the batch, training.optimizers.LazyAdam) or "adagrad".
+    adam_epsilon: the epsilon of "adam" / "lazy_adam" (update = lr * m / (sqrt(v) + eps)).
+      Keras' 1e-7 makes the step of a rarely seen embedding row about lr whatever its
+      gradient (sign-like), so the many negatives of a rare event push an id down as hard
+      each as its rare positives push it up; an epsilon near the size of those gradients
+      restores steps proportional to the gradient (docs/TRAINING.md, "Adam's epsilon").
     shuffle_buffer: examples in the tf.data shuffle buffer.
     seed: seeds TF, file order and shuffling.
     checkpoint_every_steps: BackupAndRestore frequency in steps (0 = every epoch).
@@ -177,6 +185,7 @@ class TrainConfig:
   steps_per_epoch: Optional[int] = None
   learning_rate: float = 0.001
   optimizer: str = "adam"
+  adam_epsilon: float = 1e-7
   shuffle_buffer: int = 20000
   seed: int = 42
   checkpoint_every_steps: int = 200

@@ -25,7 +25,8 @@ rows that have a truth row:
   model_auc    the model's AUC on the same rows; auc_gap = bayes_auc - model_auc;
   the same for gauc (bayes_gauc, model_gauc, gauc_gap) and log loss
   (log_loss_gap = model_log_loss - bayes_log_loss); bayes_calibration (sum truth / sum
-  labels); pearson / spearman: prediction vs true probability on those rows.
+  labels: the label noise of the observed rate); calibration_vs_truth (sum predicted /
+  sum truth: the model's calibration without that noise); pearson / spearman: prediction vs true probability on those rows.
 and for cvr also "entire_space", over ALL exposures with a truth row (clicked or not),
 against the true P(buy | click, x) (the CVR the papers want on the entire space, which
 observed labels cannot give since purchases are seen only after clicks):
@@ -202,6 +203,10 @@ def _truth_block(task: Task, target, scores, truth_values, groups) -> Dict[str, 
   block["model_log_loss"] = metrics.log_loss(target, scores)
   block["log_loss_gap"] = block["model_log_loss"] - block["bayes_log_loss"]
   block["bayes_calibration"] = metrics.calibration(target, truth_values)
+  # sum predicted / sum true probability over the same rows: calibration without the
+  # label noise of the observed rate (which bayes_calibration shows: truth / observed).
+  block["calibration_vs_truth"] = _ratio(float(np.sum(scores, dtype=np.float64)),
+                                         float(np.sum(truth_values, dtype=np.float64)))
   block["pearson"] = metrics.pearson(scores, truth_values)
   block["spearman"] = metrics.spearman(scores, truth_values)
   return block

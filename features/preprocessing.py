@@ -251,13 +251,23 @@ class FeatureEncoder(tf_keras.layers.Layer):
 
   Build it with `FeatureEncoder.from_artifacts(spec, artifacts, embedding_dim)`; the
   constructor takes the baked per-feature configs (see `bake_feature`).
+
+  embedding_l2 > 0 adds, on every call, the loss
+    embedding_l2 * (1 / batch) * sum_rows sum_features ||v_f(row)||^2
+  over the embedding vectors (not the z-scores): an L2 penalty on the rows a batch
+  uses, weighted by how often it uses them (mini-batch aware, as in DIN), so an id seen
+  once is pulled toward 0 as hard per use as a frequent one, and rows a batch does not
+  touch get no (dense) gradient.
   """
 
   def __init__(self, features: Sequence[Mapping[str, Any]], return_dict: bool = False,
-               **kwargs):
+               embedding_l2: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     self.features = [dict(f) for f in features]
     self.return_dict = bool(return_dict)
+    if embedding_l2 < 0:
+      raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
+    self.embedding_l2 = float(embedding_l2)
     self.lookups = {}
     self.embeddings = {}
     self.standardizers = {}
@@ -321,11 +331,16 @@ class FeatureEncoder(tf_keras.layers.Layer):
 
   def call(self, features):
     encoded = self.encode(features)
+    if self.embedding_l2 > 0 and self.embeddings:
+      squares = tf.add_n([tf.reduce_sum(tf.square(encoded[name]), axis=-1)
+                          for name in self.embeddings])  # [batch]
+      self.add_loss(self.embedding_l2 * tf.reduce_mean(squares))
     if self.return_dict:
       return encoded
     return tf.concat([encoded[f["name"]] for f in self.features], axis=-1)
 
   def get_config(self):
     config = super().get_config()
-    config.update(features=_plain(self.features), return_dict=self.return_dict)
+    config.update(features=_plain(self.features), return_dict=self.return_dict,
+                  embedding_l2=self.embedding_l2)
     return config

@@ -547,7 +547,8 @@ def build_towers(model_config: config_lib.ModelConfig, spec: spec_lib.FeatureSpe
   """
   inputs = dict(inputs) if inputs is not None else preprocessing.feature_inputs(spec)
   encoder = preprocessing.FeatureEncoder.from_artifacts(
-      spec, artifacts, model_config.embedding_dim, name=f"{prefix}feature_encoder")
+      spec, artifacts, model_config.embedding_dim, embedding_l2=model_config.embedding_l2,
+      name=f"{prefix}feature_encoder")
   shared = encoder(inputs)
   if model_config.cross_layers > 0:
     shared = cross_lib.CrossNetwork(model_config.cross_layers, l2=model_config.l2,

@@ -57,3 +57,26 @@ def test_gain_over_naive_pairs_seeds_and_picks_the_best_entire_space_model():
   assert gain["mean"] == pytest.approx(0.025)
   assert gain["std"] == pytest.approx(math.sqrt(2 * 0.005 ** 2))
   assert sweep.gain_over_naive({"per_seed": {"esmm": [0.7]}}) == {}
+
+
+def _report(ctr_cal, cvr_cal, es_cal, ctcvr_cal):
+  def task(cal, noise):
+    return {"auc": 0.7, "truth": {"calibration_vs_truth": cal, "bayes_calibration": noise,
+                                  "bayes_auc": 0.8, "auc_gap": 0.1}}
+  cvr = dict(task(cvr_cal, 0.95), entire_space={"calibration": es_cal})
+  return {"tasks": {"ctr": task(ctr_cal, 1.01), "cvr": cvr, "ctcvr": task(ctcvr_cal, 0.9)},
+          "train_seconds": 10.0}
+
+
+def test_calibration_table_shows_the_mean_and_spread_against_the_truth():
+  summary = truth_benchmark.aggregate(
+      {"esmm": [_report(1.0, 0.8, 0.9, 0.7), _report(1.1, 0.9, 0.9, 0.9)]})
+  cvr = summary["esmm"]["cvr"]
+  assert cvr["calibration_vs_truth"]["mean"] == pytest.approx(0.85)
+  assert cvr["es_calibration"] == {"mean": 0.9, "std": 0.0, "n": 2}
+  lines = truth_benchmark._calibration_table(summary)  # pylint: disable=protected-access
+  assert lines[0] == "## Calibration against the truth"
+  row = next(line for line in lines if line.startswith("| esmm |"))
+  assert row == ("| esmm | 1.050 ± 0.071 | 0.850 ± 0.071 | 0.900 ± 0.000 | "
+                 "0.800 ± 0.141 |")
+  assert "| (truth / observed) | 1.010 | 0.950 | - | 0.900 |" in lines

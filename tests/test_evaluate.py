@@ -174,6 +174,8 @@ def test_evaluate_with_truth_matches_metrics_on_the_same_arrays(world):
   assert tasks["ctr"]["gauc"] == pytest.approx(
       metrics.gauc(labels["click"], ctr, world["users"]), abs=1e-9)
   assert tasks["ctr"]["truth"]["bayes_auc"] == metrics.auc(labels["click"], truth["p_click"])
+  assert tasks["ctr"]["truth"]["calibration_vs_truth"] == pytest.approx(
+      ctr.sum() / truth["p_click"].sum(), rel=1e-6)
   clicked = labels["click"] == 1
   assert tasks["cvr"]["n"] == clicked.sum()
   assert tasks["cvr"]["truth"]["bayes_auc"] == metrics.auc(

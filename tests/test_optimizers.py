@@ -117,6 +117,22 @@ def test_make_optimizer_builds_lazy_adam():
   np.testing.assert_allclose(float(optimizer.learning_rate), 0.002)
 
 
+def test_adam_epsilon_sets_the_step_of_a_small_gradient():
+  # Keras' Adam adds epsilon to sqrt(v) before the bias correction, so its first step is
+  # lr * g * c / (c * |g| + eps) with c = sqrt(1 - beta_2): with the Keras epsilon a
+  # gradient of 1e-6 moves a weight by a quarter of lr, with eps = 1e-4 by ~lr/300.
+  c = np.sqrt(1 - 0.999)
+  for epsilon in (1e-7, 1e-4):
+    expected = 0.01 * 1e-6 * c / (c * 1e-6 + epsilon)
+    for name in ("adam", "lazy_adam"):
+      optimizer = trainer.make_optimizer(config_lib.TrainConfig(
+          optimizer=name, learning_rate=0.01, adam_epsilon=epsilon))
+      assert optimizer.get_config()["epsilon"] == epsilon
+      weight = tf.Variable([0.0])
+      optimizer.apply_gradients([(tf.constant([1e-6]), weight)])
+      np.testing.assert_allclose(-weight.numpy()[0], expected, rtol=1e-3)
+
+
 class _RecordingLazyAdam(optimizers.LazyAdam):
   """LazyAdam that records, at trace time, which gradients took the sparse path."""
 

@@ -253,3 +253,23 @@ def test_missing_or_dense_multivalent_inputs_fail_clearly(tmp_path):
     encoder({k: v for k, v in features.items() if k != "price"})
   with pytest.raises(TypeError, match="dense_to_model_inputs"):
     encoder(dict(features, recent=features["recent"].to_tensor()))
+
+
+def test_embedding_l2_penalises_the_rows_a_batch_uses(tmp_path):
+  _, encoder, features = _mixed_encoder(tmp_path, embedding_l2=0.01)
+  with tf.GradientTape() as tape:
+    vectors = encoder.encode(features)
+    encoder(features)
+    penalty = tf.add_n(encoder.losses)
+  # Oracle: 0.01 * mean over the 3 rows of the squared norms of the embedding vectors
+  # (user_id, age, pooled recent), the z-score column of price excluded.
+  squares = sum(np.sum(vectors[name].numpy().astype(np.float64) ** 2, axis=-1)
+                for name in ("user_id", "age", "recent"))
+  np.testing.assert_allclose(penalty.numpy(), 0.01 * squares.mean(), rtol=1e-5)
+  table = encoder.embeddings["user_id"].embedding.embeddings
+  grad = tf.convert_to_tensor(tape.gradient(penalty, table)).numpy()
+  used = np.flatnonzero(np.abs(grad).sum(-1))
+  assert 0 < len(used) <= 3  # only the rows of u1, u2, u3 (or OOV) get a gradient
+  assert json.loads(json.dumps(encoder.get_config()))["embedding_l2"] == 0.01
+  with pytest.raises(ValueError, match="embedding_l2"):
+    preprocessing.FeatureEncoder([], embedding_l2=-1.0)

@@ -134,15 +134,16 @@ def make_optimizer(train_config: config_lib.TrainConfig, steps_per_epoch: int = 
                    total_steps: int = 1):
   """The optimizer named by `train.optimizer`, its rate from `train.lr_schedule`.
 
-  "adam": tf_keras' Adam; "lazy_adam": training.optimizers.LazyAdam (Adam that updates
-  only the embedding rows in the batch); "adagrad": tf_keras' Adagrad. The learning
+  "adam": tf_keras' Adam (epsilon `train.adam_epsilon`); "lazy_adam":
+  training.optimizers.LazyAdam (Adam that updates only the embedding rows in the batch,
+  same epsilon); "adagrad": tf_keras' Adagrad. The learning
   rate is `training.schedules.learning_rate(train_config, steps_per_epoch, total_steps)`.
   """
   rate = schedules.learning_rate(train_config, steps_per_epoch, total_steps)
   if train_config.optimizer == "adam":
-    return tf_keras.optimizers.Adam(learning_rate=rate)
+    return tf_keras.optimizers.Adam(learning_rate=rate, epsilon=train_config.adam_epsilon)
   if train_config.optimizer == "lazy_adam":
-    return optimizers.LazyAdam(learning_rate=rate)
+    return optimizers.LazyAdam(learning_rate=rate, epsilon=train_config.adam_epsilon)
   if train_config.optimizer == "adagrad":
     return tf_keras.optimizers.Adagrad(learning_rate=rate)
   raise ValueError(f"train.optimizer {train_config.optimizer!r}: use 'adam', 'lazy_adam' "
