@@ -65,11 +65,12 @@ MODELS = {
     # the hidden factors and the context only: tests the training/evaluation machinery
     "esmm_oracle_factors": "esmm_oracle_factors.yaml",
 }
-# Tuned configs (benchmarks.tune --write_config) join as <model>_tuned.
-MODELS.update({f"{os.path.splitext(name)[0]}_tuned": f"tuned/{name}"
-               for name in sorted(os.listdir(os.path.join(PROJECT_ROOT, "configs", "tuned")))
-               if name.endswith(".yaml")}
-              if os.path.isdir(os.path.join(PROJECT_ROOT, "configs", "tuned")) else {})
+# A model tuned by benchmarks.tune (--write_config: configs/tuned/<model>.yaml, whose
+# base is the model's own config) runs with its tuned config; --untuned runs DEFAULTS.
+DEFAULTS = dict(MODELS)
+TUNED_DIR = os.path.join(PROJECT_ROOT, "configs", "tuned")
+MODELS.update({name: f"tuned/{name}.yaml" for name in MODELS
+               if os.path.exists(os.path.join(TUNED_DIR, f"{name}.yaml"))})
 # The world is simulated with --oracle_features and preprocessed with the oracle feature
 # spec, so one data directory serves every model (each parses only its own features).
 PREPROCESS_CONFIG = "esmm_oracle.yaml"
@@ -179,19 +180,20 @@ def run_one(config_path: str, data_dir: str, truth_dir: str, model_dir: str, see
 def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: int,
             epochs: int, batch_size: int, parallel: int = 1,
             overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-            configs: Optional[Dict[str, str]] = None
+            configs: Optional[Dict[str, str]] = None, runs_dir: str = "runs"
             ) -> Dict[str, List[Dict[str, Any]]]:
   """Every model x seed in its own subprocess, `parallel` at a time (much of a run is
   single-threaded graph tracing, so 2 workers fill 2 cores); returns model -> reports.
 
   `models` are run names: keys of `configs` (run name -> config file under configs/,
-  default MODELS); `overrides` maps a run name to its config overrides.
+  default MODELS); `overrides` maps a run name to its config overrides; runs go to
+  MODE_DIR/<runs_dir>/<name>/seed<k>/.
   """
   configs = configs or MODELS
   overrides = overrides or {}
 
   def one(name: str, seed: int) -> Dict[str, Any]:
-    model_dir = os.path.join(mode_dir, "runs", name, f"seed{seed}")
+    model_dir = os.path.join(mode_dir, runs_dir, name, f"seed{seed}")
     path = os.path.join(model_dir, "evaluation.json")
     if not os.path.exists(path):
       _log(f"{name} seed {seed}: training and evaluating in {model_dir}")
@@ -289,6 +291,8 @@ def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]
       f"Total wall time {settings['seconds'] / 60:.1f} min ({settings['parallel']} runs at a "
       f"time, {settings.get('cpus', '?')} CPUs; load average (1/5/15 min) "
       f"{settings.get('load_before', '?')} before and {settings.get('load_after', '?')} after).",
+      "Configs (under configs/): " + ", ".join(
+          f"{name} `{path}`" for name, path in settings.get("configs", {}).items()) + ".",
       "",
       "CVR AUC (clicked) is over clicked eval exposures against observed purchases; "
       "CVR AUC (entire space) is the expected AUC of the predicted cvr against the true "
@@ -418,6 +422,8 @@ def main(argv=None) -> None:
   parser.add_argument("--batch_size", type=int, help="Override the mode's batch size.")
   parser.add_argument("--parallel", type=int, default=2,
                       help="Model runs at a time (each in its own subprocess).")
+  parser.add_argument("--untuned", action="store_true",
+                      help="Run every model's own config, not its configs/tuned/ one.")
   # Worker mode: one model, one seed (run in a subprocess by run_all).
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -445,8 +451,11 @@ def main(argv=None) -> None:
   settings.update(cpus=os.cpu_count(), load_before=_load())
   mode_dir = os.path.join(args.work_dir, mode)
   world = make_world(mode_dir, settings["impressions"])
+  configs = DEFAULTS if args.untuned else MODELS
+  settings["configs"] = {name: configs[name] for name in models}
   reports = run_all(mode_dir, world, models, settings["seeds"], settings["epochs"],
-                    settings["batch_size"], parallel=args.parallel)
+                    settings["batch_size"], parallel=args.parallel, configs=configs,
+                    runs_dir="runs_untuned" if args.untuned else "runs")
   settings["seconds"] = time.time() - start
   settings["load_after"] = _load()
   with open(os.path.join(world["data"], "counts.json")) as f:

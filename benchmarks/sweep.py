@@ -24,7 +24,9 @@ set shrinks (its Figure: sparser data -> larger gain).
 
 import argparse
 import json
+import math
 import os
+import sys
 import time
 from typing import Any, Dict, List, Sequence
 
@@ -110,7 +112,37 @@ def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> st
     if gain:
       lines.append(f"| {c['size']} | {c['ctr']:g} | {c['train_clicks']} | {gain['model']} | "
                    f"{cell(gain)} |")
+  lines += ["", "## Learning curves: gap to the Bayes-optimal AUC by data size", "",
+            "Bayes AUC minus model AUC on the same eval rows (entire-space CVR: expected AUC "
+            "against the true P(buy | click, x)). A gap that shrinks with data is data; a gap "
+            "that stays is the model or the training.", "",
+            "| target CTR | model | " + " | ".join(
+                f"{size} impressions: CTR / CTCVR / ES CVR gap"
+                for size in sorted({c['size'] for c in cells})) + " |",
+            "|---|---|" + "---|" * len({c['size'] for c in cells})]
+  for ctr in sorted({c["ctr"] for c in cells}, reverse=True):
+    row = sorted((c for c in cells if c["ctr"] == ctr), key=lambda c: c["size"])
+    for name in (row[0]["summary"] if row else {}):
+      gaps = []
+      for c in row:
+        tasks = c["summary"].get(name, {})
+        gaps.append(" / ".join(cell(_gap(tasks, metric)) for metric in GAPS))
+      lines.append(f"| {ctr:g} | {name} | " + " | ".join(gaps) + " |")
   return "\n".join(lines) + "\n"
+
+
+# (task, model metric, Bayes metric) of the learning curves' gaps
+GAPS = (("ctr", "auc", "bayes_auc"), ("ctcvr", "auc", "bayes_auc"),
+        ("cvr", "es_expected_auc", "es_bayes_expected_auc"))
+
+
+def _gap(tasks: Dict[str, Any], metric) -> Dict[str, float]:
+  """Bayes minus model (mean; std of the model's AUC: Bayes is fixed per world)."""
+  task, model_metric, bayes_metric = metric
+  model, bayes = tasks.get(task, {}).get(model_metric), tasks.get(task, {}).get(bayes_metric)
+  if not model or not bayes or not model["n"]:
+    return {"mean": math.nan, "std": math.nan, "n": 0}
+  return {"mean": bayes["mean"] - model["mean"], "std": model["std"], "n": model["n"]}
 
 
 def plot(cells: List[Dict[str, Any]], path: str) -> None:
@@ -140,6 +172,33 @@ def plot(cells: List[Dict[str, Any]], path: str) -> None:
   pyplot.close(figure)
 
 
+def plot_learning_curves(cells: List[Dict[str, Any]], path: str) -> None:
+  """Gap to Bayes (CTR, CTCVR, entire-space CVR) vs impressions (log x), a line per model
+  and target CTR."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+
+  titles = ("CTR AUC gap", "CTCVR AUC gap", "entire-space CVR AUC gap")
+  figure, axes = pyplot.subplots(1, len(GAPS), figsize=(5.2 * len(GAPS), 4.2))
+  for axis, metric, title in zip(axes, GAPS, titles):
+    for ctr in sorted({c["ctr"] for c in cells}, reverse=True):
+      row = sorted((c for c in cells if c["ctr"] == ctr), key=lambda c: c["size"])
+      for name in (row[0]["summary"] if row else {}):
+        gaps = [_gap(c["summary"].get(name, {}), metric) for c in row]
+        axis.errorbar([c["size"] for c in row], [g["mean"] for g in gaps],
+                      yerr=[g["std"] for g in gaps], marker="o", capsize=3,
+                      label=f"{name} (CTR {ctr:g})")
+    axis.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set_xlabel("impressions")
+    axis.set_title(title)
+  axes[0].legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  pyplot.close(figure)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="2 sizes x 2 CTRs, 1 seed.")
@@ -152,10 +211,12 @@ def main(argv=None) -> None:
   parser.add_argument("--epochs", type=int)
   parser.add_argument("--batch_size", type=int)
   parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--name", help="Results base name (default sweep / sweep_quick), "
+                      "e.g. learning_curve for a one-CTR run over sizes.")
   args = parser.parse_args(argv)
   mode = "quick" if args.quick else "full"
   settings = dict(MODES[mode], mode=mode, parallel=args.parallel, cpus=os.cpu_count(),
-                  flag=" --quick" if args.quick else "")
+                  flag=" " + " ".join(argv if argv is not None else sys.argv[1:]))
   if args.sizes:
     settings["sizes"] = tuple(int(v) for v in args.sizes.split(","))
   if args.ctrs:
@@ -176,16 +237,17 @@ def main(argv=None) -> None:
       cells.append(run_cell(os.path.join(args.work_dir, mode), size, ctr, models, settings))
   settings["seconds"] = time.time() - start
   settings["load_after"] = truth_benchmark._load()  # pylint: disable=protected-access
-  suffix = "_quick" if mode == "quick" else ""
+  name = args.name or ("sweep_quick" if mode == "quick" else "sweep")
   os.makedirs(args.results_dir, exist_ok=True)
-  with open(os.path.join(args.results_dir, f"sweep{suffix}.json"), "w") as f:
+  with open(os.path.join(args.results_dir, f"{name}.json"), "w") as f:
     json.dump({"settings": {k: list(v) if isinstance(v, tuple) else v
                             for k, v in settings.items()},
                "cells": cells, "gains": [gain_over_naive(c) for c in cells]}, f, indent=1)
   markdown = render_markdown(cells, settings)
-  with open(os.path.join(args.results_dir, f"sweep{suffix}.md"), "w") as f:
+  with open(os.path.join(args.results_dir, f"{name}.md"), "w") as f:
     f.write(markdown)
-  plot(cells, os.path.join(args.results_dir, f"sweep{suffix}.png"))
+  plot(cells, os.path.join(args.results_dir, f"{name}.png"))
+  plot_learning_curves(cells, os.path.join(args.results_dir, f"{name}_gaps.png"))
   print(markdown)
 
 

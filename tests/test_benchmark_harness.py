@@ -80,3 +80,25 @@ def test_calibration_table_shows_the_mean_and_spread_against_the_truth():
   assert row == ("| esmm | 1.050 ± 0.071 | 0.850 ± 0.071 | 0.900 ± 0.000 | "
                  "0.800 ± 0.141 |")
   assert "| (truth / observed) | 1.010 | 0.950 | - | 0.900 |" in lines
+
+
+def _summary(ctr_auc, ctcvr_auc, es_auc):
+  stat = lambda v: {"mean": v, "std": 0.0, "n": 1}
+  return {"ctr": {"auc": stat(ctr_auc), "bayes_auc": stat(0.80)},
+          "ctcvr": {"auc": stat(ctcvr_auc), "bayes_auc": stat(0.79)},
+          "cvr": {"auc": stat(0.7), "es_expected_auc": stat(es_auc),
+                  "es_bayes_expected_auc": stat(0.81), "es_calibration": stat(1.0)}}
+
+
+def test_learning_curves_give_the_gap_to_bayes_per_size(tmp_path):
+  cells = [{"size": size, "ctr": 0.045, "train_clicks": size // 20,
+            "train_purchases": size // 300, "per_seed": {},
+            "summary": {"esmm": _summary(*aucs)}}
+           for size, aucs in ((100_000, (0.75, 0.65, 0.70)), (1_000_000, (0.79, 0.76, 0.80)))]
+  markdown = sweep.render_markdown(cells, dict(flag="", seeds=1, epochs=3, batch_size=1024,
+                                               seconds=60, cpus=2, load_before="0",
+                                               load_after="0"))
+  assert ("| 0.045 | esmm | 0.0500 / 0.1400 / 0.1100 | 0.0100 / 0.0300 / 0.0100 |"
+          in markdown.splitlines())
+  sweep.plot_learning_curves(cells, str(tmp_path / "gaps.png"))
+  assert (tmp_path / "gaps.png").stat().st_size > 1000
