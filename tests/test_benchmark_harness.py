@@ -1,6 +1,8 @@
 """Tests of the tuning and sweep harness' pure parts (benchmarks.tune, benchmarks.sweep)."""
 
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -102,3 +104,26 @@ def test_learning_curves_give_the_gap_to_bayes_per_size(tmp_path):
           in markdown.splitlines())
   sweep.plot_learning_curves(cells, str(tmp_path / "gaps.png"))
   assert (tmp_path / "gaps.png").stat().st_size > 1000
+
+
+def test_tuned_config_merges_stages_and_loads(tmp_path, monkeypatch):
+  monkeypatch.setattr(tune, "TUNED_DIR", str(tmp_path))
+  tune.write_tuned_config("esmc", {"train.learning_rate": 0.003, "model.embedding_dim": 8},
+                          "benchmarks/results/tune_esmm.md")
+  path = tune.write_tuned_config("esmc", {"model.params.constraint_lambda": 0.01},
+                                 "benchmarks/results/tune_esmc_model.md")
+  text = open(path).read()
+  assert "# from benchmarks/results/tune_esmm.md" in text
+  assert "# from benchmarks/results/tune_esmc_model.md" in text
+  # the file must load from configs/tuned/ (its base is ../esmc.yaml)
+  target = tmp_path / "configs" / "tuned"
+  target.mkdir(parents=True)
+  (target / "esmc.yaml").write_text(text)
+  for name in ("esmc.yaml", "base_simulated.yaml"):
+    shutil.copy(f"{truth_benchmark.PROJECT_ROOT}/configs/{name}", tmp_path / "configs" / name)
+  shutil.copytree(f"{truth_benchmark.PROJECT_ROOT}/configs/features", tmp_path / "configs" / "features")
+  config = config_lib.load_config(str(target / "esmc.yaml"))
+  assert config.train.learning_rate == 0.003 and config.model.embedding_dim == 8
+  assert config.model.params["constraint_lambda"] == 0.01
+  assert config.model.params["tie_layers"] == "all"  # from ../esmc.yaml
+  assert os.path.exists(config.feature_spec_path)
