@@ -77,3 +77,66 @@ def test_write_example_lists_writes_what_write_examples_writes(tmp_path):
   groups = dict(cencode.mixing_groups(examples, 4))
   assert sorted(e for group in groups.values() for e in group) == sorted(examples)
   assert all(encode.mix_key(e) % 4 == g for g, group in groups.items() for e in group)
+
+
+def _random_labelled_batch(rows, seed):
+  """A labelled batch of the small spec with every kind of value the encoder meets."""
+  import random  # pylint: disable=g-import-not-at-top
+  from transforms.columnar import label as clabel  # pylint: disable=g-import-not-at-top
+  from transforms.columnar import parse as cparse  # pylint: disable=g-import-not-at-top
+  rng = random.Random(seed)
+  spec, config = testing.small_spec(), testing.data_config()
+  schema = clabel.BucketLabeler(config, cparse.impression_schema(spec)).output_schema
+  strings = ["", "a", "é", "日本語", "x" * 200, "line\nbreak"]
+  ints = [0, 1, -1, 127, 128, 300, 2**31, -(2**40), 2**63 - 1, -(2**63)]
+  floats = [0.0, -0.0, 1.5, -2.25, 1e-45, 3.0e38, -1e-310, 0.1]
+  out = []
+  for index in range(rows):
+    tags = [rng.choice(strings) for _ in range(rng.randrange(0, 4))]
+    row = {"file": "f.jsonl", "line": index + 1, "record": None,
+           "impression_id": f"imp{index}é" if index % 7 else "", "timestamp": rng.choice(ints),
+           "user_id": rng.choice(strings), "user_age": rng.choice(ints),
+           "device": rng.choice(strings), "tags": tags,
+           "tags__weight": [rng.choice(floats) for _ in tags], "item_id": rng.choice(strings),
+           "item_price": rng.choice(floats), "position": rng.choice(ints)}
+    for name in ("user_id", "user_age", "device", "tags", "item_price", "position"):
+      if rng.random() < 0.3:
+        row[name] = None
+        if name == "tags":
+          row["tags__weight"] = None
+    row.update({name: rng.randrange(2) for name in config.label_names})
+    out.append(row)
+  return spec, config.label_names, pa.RecordBatch.from_pylist(out, schema=schema)
+
+
+def test_columnar_encoder_writes_the_row_codec_bytes():
+  for seed, rows in ((1, 3000), (2, 1500), (3, 40)):
+    spec, label_names, batch = _random_labelled_batch(rows, seed)
+    encoder = cencode.BatchEncoder(spec, label_names)
+    expected, dead = encoder.encode_rows(batch)
+    assert not dead and len(expected) == rows
+    columnar = cencode.ColumnarExampleEncoder(spec, label_names)
+    for part in (batch, batch.slice(17, rows // 2)):
+      found = columnar.encode(part)
+      assert found == encoder.encode_rows(part)[0]
+    assert encoder.encode(batch) == (expected, [])
+
+
+def test_columnar_encoder_leaves_what_it_does_not_cover_to_the_row_codec():
+  spec, label_names, batch = _random_labelled_batch(1200, 4)
+  columnar = cencode.ColumnarExampleEncoder(spec, label_names)
+
+  def replaced(name, values):
+    columns = list(batch.columns)
+    columns[batch.schema.get_field_index(name)] = values
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+  too_big = replaced("item_price", pa.array(
+      [1e300] + batch.column(batch.schema.get_field_index("item_price")).to_pylist()[1:],
+      pa.float64()))
+  bad_label = replaced("click", pa.array([2] * batch.num_rows, pa.int64()))
+  assert columnar.encode(too_big) is None and columnar.encode(bad_label) is None
+  encoder = cencode.BatchEncoder(spec, label_names)
+  examples, dead = encoder.encode(bad_label)
+  assert not examples and len(dead) == batch.num_rows
+  assert dead[0]["reason"] == "bad_value" and "click" in dead[0]["detail"]

@@ -5,17 +5,20 @@ Flow: BucketedJoinAndLabel -> **SplitBatchesByTime -> EncodeBatches -> WriteExam
 Split: the rows of a labelled batch with timestamp < eval_from_timestamp are train, the
 others eval (`transforms.split`'s rule), in columns.
 
-Encoding stays per row, through `features.example_codec.ExampleCodec.encode` (the row
-job's own encoder), for byte-identical output: the golden digest pins the serialized
-bytes, whose feature-map order is the order the Python protobuf (upb) map was filled in.
+Encoding must give the row job's bytes exactly: the golden digest pins the serialized
+Examples, whose feature-map order is the Python protobuf (upb) map's iteration order
+(which depends on the keys present and their insertion order, not on the values).
 tfx_bsl's C++ `RecordBatchToExamplesEncoder` gives Examples that parse equal except for
 missing features (it writes a null as a present, empty Feature; the row job leaves the
-key out) but in another map order, so its bytes differ; re-serializing them in Python
-does not restore the row order either (see the report of issue 12 and
-tests/test_columnar_encode.py, which pins both facts).
+key out) but in another map order, so its bytes differ, and re-serializing them in Python
+does not restore the row order either (tests/test_columnar_encode.py pins both facts).
+So `ColumnarExampleEncoder` writes the protobuf wire format itself, column by column
+(varints in numpy, concatenations in pyarrow), and takes the map order of each pattern
+of present features from one Example the row codec builds; `BatchEncoder` falls back to
+the row codec, row by row, for small batches and for the few values it does not cover.
 """
 
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -65,14 +68,248 @@ def split_batch(batch: pa.RecordBatch, eval_from_timestamp: int
           split_lib.EVAL: batch.filter(pa.array(~is_train))}
 
 
-class BatchEncoder:
-  """Labelled batches -> (serialized Examples, dead letters), as `encode._EncodeFn`."""
+COLUMNAR_MIN_ROWS = 1024  # Smaller batches go through the row codec (BatchEncoder).
+_BINARY = pa.large_binary()
+_NO_BYTES = pa.scalar(b"", _BINARY)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _binary_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+  """large_binary array of the byte ranges [offsets[i], offsets[i + 1]) of data."""
+  return pa.Array.from_buffers(_BINARY, len(offsets) - 1, [
+      None, pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int64)),
+      pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8))])
+
+
+def varints(values: np.ndarray) -> pa.Array:
+  """The protobuf varint of each int64 (negatives as 10-byte two's complement), as a
+  large_binary array."""
+  unsigned = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
+  sizes = np.ones(len(unsigned), dtype=np.int64)
+  for k in range(1, 10):
+    sizes += unsigned >= np.uint64(1 << (7 * k))
+  offsets = np.zeros(len(unsigned) + 1, dtype=np.int64)
+  np.cumsum(sizes, out=offsets[1:])
+  data = np.empty(int(offsets[-1]), dtype=np.uint8)
+  for k in range(10):
+    active = np.flatnonzero(sizes > k)
+    if not len(active):
+      break
+    byte = ((unsigned[active] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+    byte |= (sizes[active] > k + 1).astype(np.uint8) << np.uint8(7)
+    data[offsets[active] + k] = byte
+  return _binary_array(offsets, data)
+
+
+def _join(*pieces) -> pa.Array:
+  """Row-wise concatenation of large_binary arrays (or scalars)."""
+  return pc.binary_join_element_wise(*pieces, _NO_BYTES)
+
+
+def _concat_rows(arrays: Sequence[pa.Array]) -> pa.Array:
+  """Row-wise concatenation of many equal-length large_binary arrays: interleaved into
+  one list per row (a take), then joined (faster than an element-wise join of many)."""
+  n, k = len(arrays[0]), len(arrays)
+  interleaved = pa.concat_arrays(list(arrays)).take(pa.array(
+      (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None])
+      .reshape(-1)))
+  return _per_row(np.arange(0, n * k + 1, k, dtype=np.int64), interleaved)
+
+
+def _length_delimited(tag: int, payload: pa.Array) -> pa.Array:
+  """tag, varint(len(payload)), payload per row: a protobuf length-delimited field."""
+  return _join(pa.scalar(bytes([tag]), _BINARY),
+               varints(pc.binary_length(payload).to_numpy(zero_copy_only=False)), payload)
+
+
+def _per_row(offsets: np.ndarray, elements: pa.Array) -> pa.Array:
+  """The concatenation of elements[offsets[i]:offsets[i + 1]] per row."""
+  lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), elements)
+  return pc.binary_join(lists, _NO_BYTES)
+
+
+def _packed(tag: int, payload: pa.Array) -> pa.Array:
+  """A packed repeated field (tag 0x0a) inside a list message: omitted when empty."""
+  wrapped = _length_delimited(tag, payload)
+  return pc.if_else(pc.equal(pc.binary_length(payload), 0), _NO_BYTES, wrapped)
+
+
+class ColumnarExampleEncoder:
+  """Labelled batches -> serialized tf.Examples, byte for byte the row codec's, in columns.
+
+  The wire format is written directly (Example.features = field 1; each map entry =
+  field 1 holding key = 1 and value = 2; Feature.bytes_list = 1, float_list = 2 (packed
+  float32), int64_list = 3 (packed varints); an empty list is a present, empty list
+  message, as `example_codec._fill_list` makes it). The order of the map entries is the
+  one thing not given by the format: it is the upb map's iteration order, which depends
+  on the set of keys and the insertion order. So rows are grouped by which features are
+  present, and for each such pattern the order is read once from an Example the row
+  codec itself builds with the same keys in the same order (`_key_order`).
+
+  `encode` returns None for a batch it does not cover (a label outside 0/1, a float
+  outside float32, a present weighted feature without weights): the caller then uses
+  the row codec, which words those errors.
+  """
 
   def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
     self._codec = example_codec.ExampleCodec(spec, label_names)
+    self._features = [(f.name, f.dtype, f.multivalent, f.weight_key if f.weighted else None)
+                      for f in spec]
+    self._label_names = tuple(label_names)
+    self._orders: Dict[Tuple[bool, ...], List[str]] = {}
+
+  def _key_order(self, present: Tuple[bool, ...]) -> List[str]:
+    """Map-entry order of the row codec's Examples with these features present."""
+    if present not in self._orders:
+      dummy = {"string": "x", "int": 0, "float": 0.0}
+      features: Dict[str, Any] = {}
+      for (name, dtype, multivalent, weight_key), here in zip(self._features, present):
+        if here:
+          features[name] = [dummy[dtype]] if multivalent else dummy[dtype]
+          if weight_key is not None:
+            features[weight_key] = [1.0]
+      example = self._codec.encode(features, dict.fromkeys(self._label_names, 0), "x", 0)
+      self._orders[present] = [key for key, _ in _entry_keys(example.SerializeToString())]
+    return self._orders[present]
+
+  def _feature_bytes(self, column: pa.Array, dtype: str, multivalent: bool
+                     ) -> Optional[pa.Array]:
+    """The serialized Feature message of each row (garbage where the value is null)."""
+    n = len(column)
+    if multivalent:
+      offsets = column.offsets.to_numpy().astype(np.int64)
+      flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+      offsets = offsets - offsets[0]
+    else:
+      offsets = np.arange(n + 1, dtype=np.int64)
+      flat = column
+      if column.null_count:
+        flat = pc.fill_null(column, {"string": "", "int": 0, "float": 0.0}[dtype])
+    if dtype == "string":
+      elements = _length_delimited(0x0A, flat.cast(_BINARY))
+      return _length_delimited(0x0A, _per_row(offsets, elements))
+    if dtype == "int":
+      packed = _per_row(offsets, varints(flat.to_numpy(zero_copy_only=False)))
+      return _length_delimited(0x1A, _packed(0x0A, packed))
+    values = flat.to_numpy(zero_copy_only=False)
+    if len(values) and np.abs(values).max() > _FLOAT32_MAX:
+      return None
+    packed = _binary_array(offsets * 4, values.astype(np.float32).view(np.uint8))
+    return _length_delimited(0x12, _packed(0x0A, packed))
+
+  def _entry(self, key: str, feature: pa.Array) -> pa.Array:
+    """The map entry (field 1 of Features) of key -> each row's Feature."""
+    key_bytes = key.encode("utf-8")
+    prefix = pa.scalar(b"\x0a" + bytes(varints(np.array([len(key_bytes)]))[0].as_py())
+                       + key_bytes, _BINARY)
+    return _length_delimited(0x0A, _join(prefix, _length_delimited(0x12, feature)))
+
+  def encode(self, batch: pa.RecordBatch) -> Optional[List[bytes]]:
+    column = lambda name: batch.column(batch.schema.get_field_index(name))
+    n = batch.num_rows
+    if not n:
+      return []
+    entries: Dict[str, pa.Array] = {}
+    present = []
+    for name, dtype, multivalent, weight_key in self._features:
+      values = column(name)
+      here = values.is_valid().to_numpy(zero_copy_only=False)
+      present.append(here)
+      feature = self._feature_bytes(values, dtype, multivalent)
+      if feature is None:
+        return None
+      entries[name] = self._entry(name, feature)
+      if weight_key is not None:
+        weights = column(weight_key)
+        if (weights.is_null().to_numpy(zero_copy_only=False) & here).any():
+          return None
+        weight_bytes = self._feature_bytes(weights, "float", True)
+        if weight_bytes is None:
+          return None
+        entries[weight_key] = self._entry(weight_key, weight_bytes)
+    for name in self._label_names:
+      labels = column(name)
+      if labels.null_count or not pc.all(pc.is_in(labels, pa.array([0, 1]))).as_py():
+        return None
+      entries[name] = self._entry(name, self._feature_bytes(labels, "int", False))
+    for name, dtype in ((spec_lib.IMPRESSION_ID_KEY, "string"),
+                        (spec_lib.TIMESTAMP_KEY, "int")):
+      if column(name).null_count:
+        return None
+      entries[name] = self._entry(name, self._feature_bytes(column(name), dtype, False))
+    patterns, inverse = _presence_patterns(np.stack(present, axis=1))
+    examples: List[Optional[bytes]] = [None] * n
+    for index, pattern in enumerate(patterns):
+      rows = np.flatnonzero(inverse == index)
+      taken = pa.array(rows, pa.int64())
+      items = [entries[key].take(taken) for key in self._key_order(tuple(pattern.tolist()))]
+      serialized = _length_delimited(0x0A, _concat_rows(items)).to_pylist()
+      for row, example in zip(rows.tolist(), serialized):
+        examples[row] = example
+    return examples
+
+
+def _presence_patterns(present: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """(distinct rows of a bool [n, features] matrix, index of each row's pattern)."""
+  if present.all():
+    return present[:1], np.zeros(len(present), dtype=np.int64)
+  if present.shape[1] <= 63:  # One int per row: a 1-D unique, much faster than axis=0.
+    codes = present.astype(np.int64) @ (np.int64(1) << np.arange(present.shape[1],
+                                                                 dtype=np.int64))
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    return present[first], inverse.reshape(-1)
+  patterns, inverse = np.unique(present, axis=0, return_inverse=True)
+  return patterns, inverse.reshape(-1)
+
+
+def _entry_keys(serialized: bytes) -> Iterator[Tuple[str, bytes]]:
+  """(key, value bytes) of each map entry of a serialized Example, in wire order."""
+  def varint(buffer, position):
+    result = shift = 0
+    while True:
+      byte = buffer[position]
+      position += 1
+      result |= (byte & 0x7F) << shift
+      shift += 7
+      if byte < 0x80:
+        return result, position
+
+  _, position = varint(serialized, 0)
+  length, position = varint(serialized, position)
+  features, position = serialized[position:position + length], 0
+  while position < len(features):
+    _, position = varint(features, position)
+    length, position = varint(features, position)
+    entry, position = features[position:position + length], position + length
+    _, at = varint(entry, 0)
+    key_length, at = varint(entry, at)
+    yield entry[at:at + key_length].decode("utf-8"), entry[at + key_length:]
+
+
+class BatchEncoder:
+  """Labelled batches -> (serialized Examples, dead letters), as `encode._EncodeFn`.
+
+  A batch goes through `ColumnarExampleEncoder` (no dead letters possible there); one
+  it does not cover, or smaller than COLUMNAR_MIN_ROWS (its fixed cost of about a
+  hundred pyarrow calls exceeds the row codec's), goes row by row through the row codec
+  (`encode_rows`), which words any encoding error as the row job does. Same bytes.
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
+    self._codec = example_codec.ExampleCodec(spec, label_names)
+    self._columnar = ColumnarExampleEncoder(spec, label_names)
     self._label_names = tuple(label_names)
 
   def encode(self, batch: pa.RecordBatch) -> Tuple[List[bytes], List[Dict[str, Any]]]:
+    if batch.num_rows < COLUMNAR_MIN_ROWS:
+      return self.encode_rows(batch)
+    examples = self._columnar.encode(batch)
+    if examples is not None:
+      return examples, []
+    return self.encode_rows(batch)
+
+  def encode_rows(self, batch: pa.RecordBatch) -> Tuple[List[bytes], List[Dict[str, Any]]]:
+    """Row by row through `example_codec.ExampleCodec.encode`."""
     names = batch.schema.names
     feature_names = [n for n in names if n not in _META and n not in self._label_names]
     columns = {name: python_values(batch.column(i)) for i, name in enumerate(names)
