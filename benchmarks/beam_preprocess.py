@@ -412,7 +412,7 @@ def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
   examples, t_encode = _timed(columnar_encode)
   assert sorted(examples) == sorted(row_examples)
   add("split+encode", "row", len(row_labelled), t_row_encode)
-  add("split+encode", "columnar (row codec per row)", len(row_labelled), t_encode)
+  add("split+encode", "columnar (BatchEncoder)", len(row_labelled), t_encode)
   return rows
 
 
