@@ -135,7 +135,11 @@ class WriteExamples(beam.PTransform):
                  self._mix_buckets)
              | "GroupForMixing" >> beam.GroupByKey()
              | "EmitMixed" >> beam.FlatMap(_mixed))
-    return mixed | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+    return self._write(mixed)
+
+  def _write(self, mixed_examples):
+    """Mixed serialized Examples -> the gzip TFRecord shards."""
+    return mixed_examples | "WriteTFRecord" >> beam.io.WriteToTFRecord(
         self._file_path_prefix,
         file_name_suffix=outputs_lib.TFRECORD_SUFFIX,
         num_shards=self._num_shards,

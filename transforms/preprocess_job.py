@@ -142,12 +142,28 @@ def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.P
       _ = examples[split] | f"Statistics_{split}" >> stats_lib.GenerateExampleStatistics(
           spec, label_names, paths.stats(split))
 
-  _ = (splits[split_lib.TRAIN]
-       | "AnalyzeTransforms" >> analyze.AnalyzeTransforms(spec)
-       | "WriteTransformArtifacts" >> analyze.WriteTransformArtifacts(paths.transform_dir))
+  analysis = splits[split_lib.TRAIN] | "AnalyzeTransforms" >> analyze.AnalyzeTransforms(spec)
+  return write_artifacts_and_counts(analysis, examples, dead_letters, counts, paths,
+                                    label_names, sources)
+
+
+def write_artifacts_and_counts(analysis: beam.PCollection, examples: Dict[str, Any],
+                               dead_letters: List[beam.PCollection],
+                               counts: List[beam.PCollection],
+                               paths: outputs_lib.OutputPaths, label_names: Sequence[str],
+                               sources: Sequence[str]) -> Dict[str, Any]:
+  """The last steps of `write_outputs` (and of the columnar job's): transform artifacts
+  from `analysis` (AnalyzeTransforms' output), every dead letter, counts.json.
+
+  Returns:
+    {"train", "eval"}: `examples`, "dead_letter", "counts" (counts.json path).
+  """
+  _ = analysis | "WriteTransformArtifacts" >> analyze.WriteTransformArtifacts(
+      paths.transform_dir)
   all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
   _ = all_dead_letters | "WriteDeadLetters" >> dl.WriteDeadLetters(paths.dead_letter_prefix)
-  counts.append(all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters())
+  counts = list(counts) + [
+      all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters()]
   counts_path = (counts
                  | "FlattenCounts" >> beam.Flatten()
                  | "WriteCounts" >> accounting.WriteCounts(paths.counts, label_names, sources))

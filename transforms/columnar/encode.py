@@ -21,7 +21,6 @@ the row codec, row by row, for small batches and for the few values it does not 
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +29,6 @@ from features import example_codec
 from features import spec as spec_lib
 from transforms import dead_letter as dl
 from transforms import encode as encode_lib
-from transforms import outputs as outputs_lib
 from transforms import split as split_lib
 
 EXAMPLES = encode_lib.EXAMPLES
@@ -404,30 +402,13 @@ def _mixed(group: Tuple[int, Iterable[List[bytes]]]) -> List[bytes]:
                 key=lambda example: (encode_lib.mix_key(example), example))
 
 
-class WriteExampleLists(beam.PTransform):
+class WriteExampleLists(encode_lib.WriteExamples):
   """Lists of serialized Examples -> the TFRecord shards of `encode.WriteExamples` (same
-  mixing groups, same order inside a group), with one shuffle element per (batch,
-  group) instead of one per Example.
-
-  Args:
-    file_path_prefix, num_shards, mix_buckets: as `encode.WriteExamples`.
-  """
-
-  def __init__(self, file_path_prefix: str, num_shards: int,
-               mix_buckets: int = encode_lib.MIX_BUCKETS):
-    super().__init__()
-    self._file_path_prefix = file_path_prefix
-    self._num_shards = num_shards
-    self._mix_buckets = mix_buckets
+  mixing groups, same order inside a group, same arguments), with one shuffle element
+  per (batch, group) instead of one per Example."""
 
   def expand(self, example_lists):
-    mixed = (example_lists
-             | "KeyForMixing" >> beam.FlatMap(mixing_groups, self._mix_buckets)
-             | "GroupForMixing" >> beam.GroupByKey()
-             | "EmitMixed" >> beam.FlatMap(_mixed))
-    return mixed | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-        self._file_path_prefix,
-        file_name_suffix=outputs_lib.TFRECORD_SUFFIX,
-        num_shards=self._num_shards,
-        shard_name_template=outputs_lib.SHARD_TEMPLATE,
-        compression_type=CompressionTypes.GZIP)
+    return self._write(example_lists
+                       | "KeyForMixing" >> beam.FlatMap(mixing_groups, self._mix_buckets)
+                       | "GroupForMixing" >> beam.GroupByKey()
+                       | "EmitMixed" >> beam.FlatMap(_mixed))

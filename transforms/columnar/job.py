@@ -32,7 +32,6 @@ import pyarrow.compute as pc
 from configs import config as config_lib
 from features import spec as spec_lib
 from transforms import accounting
-from transforms import analyze as analyze_lib
 from transforms import dead_letter as dl
 from transforms import label as label_lib
 from transforms import outputs as outputs_lib
@@ -132,7 +131,7 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
                         spec: spec_lib.FeatureSpec, statistics: bool) -> Dict[str, Any]:
   """`preprocess_job.write_outputs` on labelled RecordBatches per split: the same files.
 
-  Encoding goes through `columnar.encode.EncodeBatches` (the row codec, byte-identical)
+  Encoding goes through `columnar.encode.EncodeBatches` (the row codec's bytes)
   and `WriteExampleLists` (the row job's mixing groups and order), the analyzers are
   `columnar.analyze.AnalyzeBatches`, label counts are column sums and TFDV statistics
   are computed on the batches (`columnar.stats`); dead letters and counts.json are the
@@ -167,15 +166,6 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
       _ = splits[split] | f"Statistics_{split}" >> cstats.GenerateBatchStatistics(
           spec, label_names, paths.stats(split))
 
-  _ = (splits[split_lib.TRAIN]
-       | "AnalyzeTransforms" >> canalyze.AnalyzeBatches(spec)
-       | "WriteTransformArtifacts" >> analyze_lib.WriteTransformArtifacts(paths.transform_dir))
-  all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-  _ = all_dead_letters | "WriteDeadLetters" >> dl.WriteDeadLetters(paths.dead_letter_prefix)
-  counts.append(all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters())
-  counts_path = (counts
-                 | "FlattenCounts" >> beam.Flatten()
-                 | "WriteCounts" >> accounting.WriteCounts(paths.counts, label_names,
-                                                           accounting.LOG_SOURCES))
-  return {split_lib.TRAIN: examples[split_lib.TRAIN], split_lib.EVAL: examples[split_lib.EVAL],
-          dl.DEAD_LETTER: all_dead_letters, "counts": counts_path}
+  analysis = splits[split_lib.TRAIN] | "AnalyzeTransforms" >> canalyze.AnalyzeBatches(spec)
+  return preprocess_job.write_artifacts_and_counts(analysis, examples, dead_letters, counts,
+                                                   paths, label_names, accounting.LOG_SOURCES)
