@@ -11,10 +11,15 @@ from transforms.columnar import progress
 
 
 def test_record_progress_logs_once_per_interval(caplog):
-  caplog.set_level(logging.INFO)
   stage = "test_stage_interval"
-  logged = [progress.record_progress(stage, 1000, 10.0, now=100.0 + t)
-            for t in (0.0, 4.0, 9.0, 10.0, 15.0, 20.5)]
+  logger = progress.progress_logger()
+  assert not logger.propagate and logger.level == logging.INFO  # Its own stderr handler.
+  logger.addHandler(caplog.handler)
+  try:
+    logged = [progress.record_progress(stage, 1000, 10.0, now=100.0 + t)
+              for t in (0.0, 4.0, 9.0, 10.0, 15.0, 20.5)]
+  finally:
+    logger.removeHandler(caplog.handler)
   assert logged == [False, False, False, True, False, True]
   lines = [r.getMessage() for r in caplog.records if stage in r.getMessage()]
   assert len(lines) == 2
