@@ -304,6 +304,10 @@ def test_parquet_rows_reads_back_rows_across_row_groups(tmp_path):
   reader = cparse.ParquetRows()
   for line in (25, 1, 8, 7, 15, 14, 22):
     assert reader.row(path, line) == expected[line - 1]
+  reader.MAX_OPEN_FILES = 1
+  other = str(tmp_path / "other.parquet")
+  pq.write_table(pa.Table.from_pylist(records[:3]), other)
+  assert reader.row(other, 2) == expected[1] and reader.row(path, 9) == expected[8]
   rows = [{"file": path, "line": 9, "record": None},
           {"file": "x.jsonl", "line": 2, "record": None},
           {"file": path, "line": 3, "record": "kept"}]

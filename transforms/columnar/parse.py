@@ -387,25 +387,32 @@ class ParquetRows:
   """Parquet rows read back by (file, 1-based row), as `read.read_parquet_rows` gives them.
 
   Parquet rows carry no raw record through the columnar job (`record` is null): the few
-  that become join dead letters or duplicate candidates are read back here. The file's
-  metadata and its last row group read are cached (memory: one row group per file).
+  that become join dead letters or duplicate candidates are read back here. The last
+  MAX_OPEN_FILES files stay open, each with its metadata and its last row group read
+  (memory: one row group per open file).
   """
 
+  MAX_OPEN_FILES = 8
+
   def __init__(self):
-    self._files: Dict[str, Tuple[Any, np.ndarray]] = {}
+    self._files: Dict[str, Tuple[Any, Any, np.ndarray]] = {}
     self._groups: Dict[str, Tuple[int, pa.Table]] = {}
 
   def row(self, path: str, row: int) -> Dict[str, Any]:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
     if path not in self._files:
+      if len(self._files) >= self.MAX_OPEN_FILES:  # Close the least recently opened.
+        oldest = next(iter(self._files))
+        self._files.pop(oldest)[0].close()
+        self._groups.pop(oldest, None)
       handle = FileSystems.open(path, mime_type="application/octet-stream",
                                 compression_type=CompressionTypes.UNCOMPRESSED)
       parquet = pq.ParquetFile(handle)
       sizes = [parquet.metadata.row_group(i).num_rows
                for i in range(parquet.metadata.num_row_groups)]
-      self._files[path] = parquet, np.cumsum([0] + sizes)
-    parquet, starts = self._files[path]
+      self._files[path] = handle, parquet, np.cumsum([0] + sizes)
+    _, parquet, starts = self._files[path]
     group = int(np.searchsorted(starts, row - 1, side="right")) - 1
     if self._groups.get(path, (None,))[0] != group:
       self._groups[path] = group, parquet.read_row_group(group)
