@@ -57,6 +57,7 @@ MODELS = {
     "esmm_mmoe": "esmm_mmoe.yaml",
     "esmm_ple": "esmm_ple.yaml",
     "esmm_lazy_adam": "esmm_lazy_adam.yaml",
+    "esmm_adam_eps": "esmm_adam_eps.yaml",  # tuned ESMM with adam_epsilon 5e-5
     "aitm": "aitm.yaml",
     "aitm_action": "aitm_action.yaml",
     "escm2_ips": "escm2_ips.yaml",
