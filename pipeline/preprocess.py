@@ -135,11 +135,11 @@ def _parser() -> argparse.ArgumentParser:
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
   parser.add_argument("--fail_on_anomalies", action="store_true",
                       help="With --schema: exit non-zero when a split has anomalies.")
-  parser.add_argument("--engine", default=ROW, choices=ENGINES,
-                      help="--source log only: 'row' (default, one element per record) or "
-                           "'columnar' (opt-in, issue 12: every stage on pyarrow "
-                           "RecordBatches; transforms/columnar/job.py). "
-                           "Same outputs.")
+  parser.add_argument("--engine", default=None, choices=ENGINES,
+                      help="'columnar' (the default for --source log: every stage on pyarrow "
+                           "RecordBatches, transforms/columnar/job.py) or 'row' (one element "
+                           "per record; the default, and the only engine, of the other "
+                           "sources). Same outputs (tests/test_columnar_golden.py).")
   parser.add_argument("--join_buckets", type=int, default=None,
                       help="--engine columnar: hash buckets of impression_id for the join's "
                            "shuffle (default transforms/columnar/label.DEFAULT_BUCKETS).")
@@ -163,6 +163,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
   args, beam_args = _parser().parse_known_args(argv)
   if args.config is None:
     args.config = DEFAULT_CONFIGS[args.source]
+  if args.engine is None:
+    args.engine = COLUMNAR if args.source == LOG else ROW
   if args.local_workers is not None:
     beam_args = beam_args + local_workers_options(args.local_workers, beam_args)
   return args, beam_args

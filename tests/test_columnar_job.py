@@ -48,8 +48,10 @@ def test_columnar_job_writes_what_the_row_job_writes(tmp_path, policy):
   assert results["columnar"] == results["row"]
 
 
-def test_engine_flag_defaults_to_the_row_job_and_columnar_is_log_only():
+def test_engine_flag_defaults_to_columnar_for_logs_and_columnar_is_log_only():
   args, _ = preprocess.parse_args(["--output", "out", "--impressions", "i", "--events", "e"])
+  assert args.engine == preprocess.COLUMNAR
+  args, _ = preprocess.parse_args(["--output", "out", "--source", "ali_ccp"])
   assert args.engine == preprocess.ROW
   args, _ = preprocess.parse_args(["--output", "out", "--source", "ali_ccp", "--engine",
                                    "columnar"])
