@@ -36,8 +36,8 @@ setuptools.setup(
     python_requires=">=3.10,<3.12",
     packages=setuptools.find_packages(include=[
         "configs", "features", "models", "models.*", "pipeline", "transforms",
-        "training", "evaluation", "serving", "simulation", "benchmarks"]),
-    package_data={"configs": ["*.yaml", "features/*.yaml"]},
+        "transforms.*", "training", "evaluation", "serving", "simulation", "benchmarks"]),
+    package_data={"configs": ["*.yaml", "features/*.yaml", "tuned/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # benchmarks/: the DeepCTR baseline (0.9.4 is the first release that imports on

@@ -41,6 +41,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from benchmarks import models as truth_benchmark
+from configs import config as config_lib
 
 RESULTS_DIR = truth_benchmark.RESULTS_DIR
 TUNED_DIR = os.path.join(truth_benchmark.PROJECT_ROOT, "configs", "tuned")
@@ -134,15 +135,6 @@ def render_markdown(model: str, rows: List[Dict[str, Any]], settings: Dict[str, 
   return "\n".join(lines) + "\n"
 
 
-def _merge(into: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-  for key, value in update.items():
-    if isinstance(value, dict) and isinstance(into.get(key), dict):
-      _merge(into[key], value)
-    else:
-      into[key] = value
-  return into
-
-
 def write_tuned_config(model: str, settings: Dict[str, Any], source: str) -> str:
   """configs/tuned/<model>.yaml: `base: ../<model's own config>` and the tuned settings,
   merged into the file's earlier ones (a second-stage search of the model's own knobs
@@ -157,7 +149,7 @@ def write_tuned_config(model: str, settings: Dict[str, Any], source: str) -> str
       text = f.read()
     document = yaml.safe_load(text) or {}
     sources = [line[2:] for line in text.splitlines() if line.startswith("# from ")]
-  document = _merge(document, to_overrides(settings))
+  document = config_lib.merge_dicts(document, to_overrides(settings))
   document["base"] = f"../{truth_benchmark.DEFAULTS[model]}"
   sources = sorted(set(sources) | {f"from {source}"})
   with open(path, "w") as f:
@@ -188,6 +180,12 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   if args.model not in truth_benchmark.MODELS:
     parser.error(f"unknown model {args.model!r}; known: {list(truth_benchmark.MODELS)}")
+  share_with = [m for m in args.share_with.split(",") if m]
+  unknown = sorted(set(share_with) - set(truth_benchmark.DEFAULTS))
+  if unknown:
+    parser.error(f"--share_with: unknown model(s) {unknown}")
+  if share_with and not args.write_config:
+    parser.error("--share_with writes configs: it needs --write_config")
   settings = dict(trials=args.trials, impressions=args.impressions, epochs=args.epochs,
                   search_seed=args.search_seed, cpus=os.cpu_count(),
                   load_before=truth_benchmark._load())  # pylint: disable=protected-access
@@ -209,7 +207,7 @@ def main(argv=None) -> None:
   reports = truth_benchmark.run_all(
       os.path.join(args.work_dir, args.model + ("_model" if args.space == "model" else "")),
       world, list(trials), seeds=1,
-      epochs=args.epochs, batch_size=1024, parallel=args.parallel,
+      epochs=args.epochs, batch_size=None, parallel=args.parallel,  # trial's / config's
       overrides={name: to_overrides(trial) for name, trial in trials.items()},
       configs={name: config_file for name in trials})
   rows = []
@@ -238,7 +236,7 @@ def main(argv=None) -> None:
     source = f"benchmarks/results/{results_name}.md"
     print("wrote", write_tuned_config(args.model, best["settings"], source))
     shared = {k: v for k, v in best["settings"].items() if k in SPACE}
-    for other in [m for m in args.share_with.split(",") if m]:
+    for other in share_with:
       print("wrote", write_tuned_config(other, shared, source))
 
 

@@ -114,8 +114,8 @@ class ModelConfig:
     dropout: dropout rate after each hidden tower layer.
     activation: hidden activation.
     l2: L2 penalty on tower kernels.
-    embedding_l2: L2 penalty on the embedding rows each batch uses, per example
-      (features.preprocessing.FeatureEncoder); the id embeddings' regulariser.
+    embedding_l2: L2 penalty on the (pooled) embedding vectors a batch uses, batch mean
+      of their squared norms (features.preprocessing.FeatureEncoder).
     loss_weights: per-task loss weight, keyed by task name (e.g. ctr, ctcvr); tasks not
       named keep the model's default weight.
     params: model-specific options, validated by the model itself.
@@ -144,7 +144,8 @@ class TrainConfig:
       (needed for exact resume and multi-worker runs); else one pass over the data.
     learning_rate, optimizer: "adam", "lazy_adam" (Adam updating only the embedding
       rows in the batch, training.optimizers.LazyAdam) or "adagrad".
-    adam_epsilon: the epsilon of "adam" / "lazy_adam" (update = lr * m / (sqrt(v) + eps)).
+    adam_epsilon: the epsilon of "adam" / "lazy_adam" (update ~ lr * m / (sqrt(v) + eps);
+      Keras adds it before the bias correction).
       Keras' 1e-7 makes the step of a rarely seen embedding row about lr whatever its
       gradient (sign-like), so the many negatives of a rare event push an id down as hard
       each as its rare positives push it up; an epsilon near the size of those gradients
@@ -228,11 +229,12 @@ class ExperimentConfig:
     return spec
 
 
-def _merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+def merge_dicts(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+  """base with override's keys, nested mappings merged key by key (a new dict)."""
   merged = dict(base)
   for key, value in override.items():
     if isinstance(value, dict) and isinstance(merged.get(key), dict):
-      merged[key] = _merge(merged[key], value)
+      merged[key] = merge_dicts(merged[key], value)
     else:
       merged[key] = value
   return merged
@@ -259,7 +261,7 @@ def _read_yaml_with_bases(path: str, seen: Tuple[str, ...] = ()) -> Dict[str, An
   if base is None:
     return data
   base_data = _read_yaml_with_bases(os.path.join(os.path.dirname(path), base), seen + (path,))
-  return _merge(base_data, data)
+  return merge_dicts(base_data, data)
 
 
 def _build(cls, values: Any, source: str, section: str):
@@ -318,10 +320,15 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
     raise ConfigError(f"{source}: data.eval_from must be YYYY-MM-DD: {e}") from e
   train_config = _build(TrainConfig, data.get("train"), source, "train")
   _check_train(train_config, data_config, source)
+  model_config = _build(ModelConfig, data.get("model"), source, "model")
+  for name in ("l2", "embedding_l2", "dropout"):
+    if getattr(model_config, name) < 0:
+      raise ConfigError(f"{source}: model.{name} must be >= 0, got "
+                        f"{getattr(model_config, name)!r}")
   return ExperimentConfig(
       feature_spec_path=data["feature_spec"],
       data=data_config,
-      model=_build(ModelConfig, data.get("model"), source, "model"),
+      model=model_config,
       train=train_config,
       source=source)
 
@@ -345,6 +352,8 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
                       f"{train.validation_fraction!r}")
   if train.early_stopping_patience < 0:
     raise ConfigError(f"{source}: train.early_stopping_patience must be >= 0")
+  if not train.adam_epsilon > 0:
+    raise ConfigError(f"{source}: train.adam_epsilon must be > 0, got {train.adam_epsilon!r}")
   if train.early_stopping_patience and not train.has_validation:
     raise ConfigError(f"{source}: train.early_stopping_patience needs a validation split "
                       f"(train.validation_from or train.validation_fraction)")
@@ -370,5 +379,5 @@ def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Experi
   """
   data = _read_yaml_with_bases(path)
   if overrides:
-    data = _merge(data, overrides)
+    data = merge_dicts(data, overrides)
   return config_from_dict(data, source=path)

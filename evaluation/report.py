@@ -26,7 +26,8 @@ rows that have a truth row:
   the same for gauc (bayes_gauc, model_gauc, gauc_gap) and log loss
   (log_loss_gap = model_log_loss - bayes_log_loss); bayes_calibration (sum truth / sum
   labels: the label noise of the observed rate); calibration_vs_truth (sum predicted /
-  sum truth: the model's calibration without that noise); pearson / spearman: prediction vs true probability on those rows.
+  sum truth: the model's calibration without that noise); pearson / spearman:
+  prediction vs true probability on those rows.
 and for cvr also "entire_space", over ALL exposures with a truth row (clicked or not),
 against the true P(buy | click, x) (the CVR the papers want on the entire space, which
 observed labels cannot give since purchases are seen only after clicks):

@@ -254,10 +254,10 @@ class FeatureEncoder(tf_keras.layers.Layer):
 
   embedding_l2 > 0 adds, on every call, the loss
     embedding_l2 * (1 / batch) * sum_rows sum_features ||v_f(row)||^2
-  over the embedding vectors (not the z-scores): an L2 penalty on the rows a batch
-  uses, weighted by how often it uses them (mini-batch aware, as in DIN), so an id seen
-  once is pulled toward 0 as hard per use as a frequent one, and rows a batch does not
-  touch get no (dense) gradient.
+  over each categorical feature's vector v_f (the embedding of its id, or the pooled
+  embedding of a list; not the z-scores): a penalty on the embeddings a batch uses,
+  weighted by how often it uses them (each use of an id costs the same), so rows a batch
+  does not touch get no (dense) gradient.
   """
 
   def __init__(self, features: Sequence[Mapping[str, Any]], return_dict: bool = False,

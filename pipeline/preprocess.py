@@ -4,8 +4,8 @@
       --events 'logs/events/*.jsonl.gz' --output runs/demo/data \
       [--config configs/esmm.yaml] [--eval_from 2026-01-08] \
       [--schema runs/demo/data/schema/schema.pbtxt --fail_on_anomalies] \
-      [--engine columnar [--join_buckets 64] [--progress_interval_s 30] \
-       (opt-in RecordBatch job, issue 12)] \
+      [--engine columnar (default: the RecordBatch job) | row (the per-record job)] \
+      [--join_buckets 64] [--progress_interval_s 30] \
       [--local_workers 0 (every core of this machine) |
        Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \
        --setup_file ./setup.py]

@@ -121,9 +121,22 @@ def test_tuned_config_merges_stages_and_loads(tmp_path, monkeypatch):
   (target / "esmc.yaml").write_text(text)
   for name in ("esmc.yaml", "base_simulated.yaml"):
     shutil.copy(f"{truth_benchmark.PROJECT_ROOT}/configs/{name}", tmp_path / "configs" / name)
-  shutil.copytree(f"{truth_benchmark.PROJECT_ROOT}/configs/features", tmp_path / "configs" / "features")
+  shutil.copytree(f"{truth_benchmark.PROJECT_ROOT}/configs/features",
+                  tmp_path / "configs" / "features")
   config = config_lib.load_config(str(target / "esmc.yaml"))
   assert config.train.learning_rate == 0.003 and config.model.embedding_dim == 8
   assert config.model.params["constraint_lambda"] == 0.01
   assert config.model.params["tie_layers"] == "all"  # from ../esmc.yaml
   assert os.path.exists(config.feature_spec_path)
+
+
+def test_learning_curves_leave_cells_that_were_not_run_empty():
+  cells = [{"size": 100_000, "ctr": 0.045, "train_clicks": 1, "train_purchases": 1,
+            "per_seed": {}, "summary": {"esmm": _summary(0.75, 0.65, 0.70)}},
+           {"size": 1_000_000, "ctr": 0.015, "train_clicks": 1, "train_purchases": 1,
+            "per_seed": {}, "summary": {"naive": _summary(0.78, 0.70, 0.75)}}]
+  lines = sweep.render_markdown(cells, dict(flag="", seeds=1, epochs=3, batch_size=None,
+                                            seconds=60, cpus=2, load_before="0",
+                                            load_after="0")).splitlines()
+  assert "| 0.045 | esmm | 0.0500 / 0.1400 / 0.1100 | - |" in lines
+  assert "| 0.015 | naive | - | 0.0200 / 0.0900 / 0.0600 |" in lines

@@ -16,6 +16,7 @@ import tf_keras
 
 from configs import config as config_lib
 from features import parsing
+from features import preprocessing
 from models import registry
 from tests.test_esmm import SPEC, make_artifacts, make_batch, randomize
 from training import export as export_lib
@@ -268,3 +269,27 @@ def test_experiment_configs_build(name, tmp_path):
   model = registry.build_model(config, spec, make_artifacts(str(tmp_path), spec))
   assert {"ctr", "cvr", "ctcvr"} <= set(model.output_names)
   assert model.required_labels <= set(config.data.label_names)
+
+
+@pytest.mark.parametrize("name", ["esmm", "naive"])
+def test_embedding_l2_is_counted_once_in_the_training_loss(name, tmp_path):
+  # The encoder's add_loss must reach MultiTaskModel.regularization_loss under
+  # tf.function (train_step / test_step), once per forward pass, and not accumulate.
+  model = build_zoo(name, tmp_path, embedding_l2=0.5)
+  model.compile(tf_keras.optimizers.SGD(0.0))  # lr 0: the weights stay as they are
+  features, labels = make_labelled_batch(64, seed=3)
+  encoders = [layer for layer in model.scorer.layers
+              if isinstance(layer, preprocessing.FeatureEncoder)]
+  assert len(encoders) == (2 if name == "naive" else 1)  # naive: one encoder per model
+  expected = 0.0
+  for encoder in encoders:
+    vectors = encoder.encode(features)
+    squares = sum(np.sum(vectors[n].numpy().astype(np.float64) ** 2, axis=-1)
+                  for n in encoder.embeddings)
+    expected += 0.5 * squares.mean()
+  for _ in range(2):
+    logs = model.train_on_batch(features, labels, return_dict=True)
+    np.testing.assert_allclose(logs["regularization_loss"], expected, rtol=1e-4)
+  logs = model.evaluate(tf.data.Dataset.from_tensors((features, labels)), verbose=0,
+                        return_dict=True)
+  np.testing.assert_allclose(logs["regularization_loss"], expected, rtol=1e-4)

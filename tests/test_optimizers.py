@@ -120,7 +120,7 @@ def test_make_optimizer_builds_lazy_adam():
 def test_adam_epsilon_sets_the_step_of_a_small_gradient():
   # Keras' Adam adds epsilon to sqrt(v) before the bias correction, so its first step is
   # lr * g * c / (c * |g| + eps) with c = sqrt(1 - beta_2): with the Keras epsilon a
-  # gradient of 1e-6 moves a weight by a quarter of lr, with eps = 1e-4 by ~lr/300.
+  # gradient of 1e-6 moves a weight by a quarter of lr, with eps = 1e-4 by ~lr/3000.
   c = np.sqrt(1 - 0.999)
   for epsilon in (1e-7, 1e-4):
     expected = 0.01 * 1e-6 * c / (c * 1e-6 + epsilon)

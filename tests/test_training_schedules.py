@@ -76,11 +76,18 @@ BASE = {"feature_spec": "features/simulated.yaml", "data": {"eval_from": "2026-0
     ({"lr_schedule": "step"}, "train.lr_schedule 'step'"),
     ({"lr_warmup_steps": -1}, "lr_warmup_steps must be >= 0"),
     ({"early_stopping_monitor": "auc"}, "train.early_stopping_monitor 'auc'"),
+    ({"adam_epsilon": 0.0}, "train.adam_epsilon must be > 0"),
 ])
 def test_train_section_errors_name_the_file_and_key(train, message):
   with pytest.raises(config_lib.ConfigError, match=message) as error:
     config_lib.config_from_dict({**BASE, "train": train}, source="exp.yaml")
   assert str(error.value).startswith("exp.yaml:")
+
+
+@pytest.mark.parametrize("name", ["embedding_l2", "l2", "dropout"])
+def test_negative_model_penalties_are_refused_at_load(name):
+  with pytest.raises(config_lib.ConfigError, match=rf"exp.yaml: model.{name} must be >= 0"):
+    config_lib.config_from_dict({**BASE, "model": {name: -0.1}}, source="exp.yaml")
 
 
 def test_unquoted_yaml_dates_are_read_as_strings(tmp_path):
