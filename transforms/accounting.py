@@ -21,7 +21,7 @@ a valid row no skeleton row references is unused, which is not an error).
 
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
@@ -57,19 +57,27 @@ class CountDeadLetters(beam.PTransform):
             | "Tag" >> beam.Map(lambda kv: ((kv[0][0], "dead_letter", kv[0][1]), kv[1])))
 
 
-class _SumLabelsFn(beam.CombineFn):
-  """Labelled records -> positives per label, in label order."""
+def record_positives(record: Dict[str, Any], label_names: Sequence[str]) -> List[int]:
+  """A labelled record's labels, in label order (one record: 0 or 1 each)."""
+  labels = record["labels"]
+  return [labels[name] for name in label_names]
 
-  def __init__(self, label_names: Sequence[str]):
+
+class _SumPositivesFn(beam.CombineFn):
+  """Elements -> positives per label, in label order: the element-wise sum of
+  `positives(element, label_names)` (exact integers, so any bundling gives the same)."""
+
+  def __init__(self, label_names: Sequence[str],
+               positives: Callable[[Any, Sequence[str]], List[int]]):
     self._label_names = tuple(label_names)
+    self._positives = positives
 
   def create_accumulator(self):
     return [0] * len(self._label_names)
 
-  def add_input(self, accumulator, record):
-    labels = record["labels"]
-    for index, name in enumerate(self._label_names):
-      accumulator[index] += labels[name]
+  def add_input(self, accumulator, element):
+    for index, value in enumerate(self._positives(element, self._label_names)):
+      accumulator[index] += value
     return accumulator
 
   def merge_accumulators(self, accumulators):
@@ -84,17 +92,26 @@ class _SumLabelsFn(beam.CombineFn):
 
 
 class CountLabels(beam.PTransform):
-  """Labelled records of a split -> (("labels", split, name), positives) per label."""
+  """Labelled elements of a split -> (("labels", split, name), positives) per label.
 
-  def __init__(self, split: str, label_names: Sequence[str]):
+  Args:
+    split, label_names: the split and its labels, in order.
+    positives: element, label_names -> positives per label of that element: a labelled
+      record's labels (default) or, in the columnar job, a labelled RecordBatch's column
+      sums (`transforms.columnar.job.label_sums`).
+  """
+
+  def __init__(self, split: str, label_names: Sequence[str],
+               positives: Callable[[Any, Sequence[str]], List[int]] = record_positives):
     super().__init__()
     self._split = split
     self._label_names = tuple(label_names)
+    self._positives = positives
 
-  def expand(self, records):
+  def expand(self, elements):
     split, names = self._split, self._label_names
-    return (records
-            | "Sum" >> beam.CombineGlobally(_SumLabelsFn(names))
+    return (elements
+            | "Sum" >> beam.CombineGlobally(_SumPositivesFn(names, self._positives))
             | "Tag" >> beam.FlatMap(lambda sums: [(("labels", split, name), n)
                                                   for name, n in zip(names, sums)]))
 

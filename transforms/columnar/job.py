@@ -103,28 +103,6 @@ def label_sums(batch: pa.RecordBatch, label_names: Sequence[str]) -> List[int]:
           for name in label_names]
 
 
-class _SumListsFn(beam.CombineFn):
-  """Equal-length lists of ints -> their element-wise sum (exact, order-free)."""
-
-  def __init__(self, length: int):
-    self._length = length
-
-  def create_accumulator(self):
-    return [0] * self._length
-
-  def add_input(self, accumulator, values):
-    return [a + v for a, v in zip(accumulator, values)]
-
-  def merge_accumulators(self, accumulators):
-    total = self.create_accumulator()
-    for accumulator in accumulators:
-      total = self.add_input(total, accumulator)
-    return total
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
 def write_batch_outputs(splits: Dict[str, beam.PCollection],
                         dead_letters: List[beam.PCollection], counts: List[beam.PCollection],
                         paths: outputs_lib.OutputPaths, config: config_lib.DataConfig,
@@ -155,13 +133,8 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
                   | f"CountWritten_{split}" >> beam.CombineGlobally(sum)
                   | f"TagWritten_{split}" >> beam.Map(
                       lambda n, split: ((dl.IMPRESSIONS, "written", split), n), split))
-    counts.append(
-        splits[split]
-        | f"LabelSums_{split}" >> beam.Map(label_sums, label_names)
-        | f"SumLabels_{split}" >> beam.CombineGlobally(_SumListsFn(len(label_names)))
-        | f"TagLabels_{split}" >> beam.FlatMap(
-            lambda sums, split: [(("labels", split, name), n)
-                                 for name, n in zip(label_names, sums)], split))
+    counts.append(splits[split] | f"CountLabels_{split}" >> accounting.CountLabels(
+        split, label_names, positives=label_sums))
     if statistics:
       _ = splits[split] | f"Statistics_{split}" >> cstats.GenerateBatchStatistics(
           spec, label_names, paths.stats(split))
