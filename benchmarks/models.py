@@ -367,6 +367,7 @@ def _calibration_table(summary: Dict[str, Dict[str, Any]]) -> List[str]:
   for name, tasks in summary.items():
     lines.append(f"| {name} | " + " | ".join(
         _cell(tasks.get(task, {}).get(metric), 3) for task, metric, _ in columns) + " |")
+
   def noise(task: str) -> str:  # the same rows for every model: one value
     stat = next((tasks[task]["bayes_calibration"] for tasks in summary.values()
                  if task in tasks), None)

@@ -123,8 +123,7 @@ def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> st
             "|---|---|" + "---|" * len(sizes)]
   for ctr in sorted({c["ctr"] for c in cells}, reverse=True):
     by_size = {c["size"]: c for c in cells if c["ctr"] == ctr}
-    names = list(dict.fromkeys(name for c in by_size.values() for name in c["summary"]))
-    for name in names:
+    for name in _model_names(by_size.values()):
       gaps = []
       for size in sizes:  # a (size, CTR) cell that was not run is "-"
         tasks = by_size[size]["summary"].get(name) if size in by_size else None
@@ -132,6 +131,11 @@ def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> st
                     if tasks else "-")
       lines.append(f"| {ctr:g} | {name} | " + " | ".join(gaps) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _model_names(cells) -> List[str]:
+  """Every model of these cells, in first-seen order (a cell may lack some)."""
+  return list(dict.fromkeys(name for c in cells for name in c["summary"]))
 
 
 # (task, model metric, Bayes metric) of the learning curves' gaps
@@ -187,7 +191,7 @@ def plot_learning_curves(cells: List[Dict[str, Any]], path: str) -> None:
   for axis, metric, title in zip(axes, GAPS, titles):
     for ctr in sorted({c["ctr"] for c in cells}, reverse=True):
       row = sorted((c for c in cells if c["ctr"] == ctr), key=lambda c: c["size"])
-      for name in (row[0]["summary"] if row else {}):
+      for name in _model_names(row):
         gaps = [_gap(c["summary"].get(name, {}), metric) for c in row]
         axis.errorbar([c["size"] for c in row], [g["mean"] for g in gaps],
                       yerr=[g["std"] for g in gaps], marker="o", capsize=3,

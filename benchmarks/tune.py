@@ -203,10 +203,10 @@ def main(argv=None) -> None:
   trials = {f"{args.model}_trial{k:02d}": sample(space, rng) for k in range(args.trials)}
   config_file = truth_benchmark.MODELS[args.model]  # the tuned one, when there is one
   settings.update(config=config_file)
-  results_name = f"tune_{args.model}" + ("_model" if args.space == "model" else "")
+  run_name = args.model + ("_model" if args.space == "model" else "")
+  results_name = f"tune_{run_name}"
   reports = truth_benchmark.run_all(
-      os.path.join(args.work_dir, args.model + ("_model" if args.space == "model" else "")),
-      world, list(trials), seeds=1,
+      os.path.join(args.work_dir, run_name), world, list(trials), seeds=1,
       epochs=args.epochs, batch_size=None, parallel=args.parallel,  # trial's / config's
       overrides={name: to_overrides(trial) for name, trial in trials.items()},
       configs={name: config_file for name in trials})
