@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "absl-py==1.4.0",
     "PyYAML==6.0.3",
     "numpy==1.26.4",
+    # transforms/shards.py: TFRecord CRC32C in C (already pulled in by apache-beam[gcp]).
+    "google-crc32c==1.9.0",
     # pipeline.evaluate --report draws its PNGs (Agg backend; also in "bench" below).
     "matplotlib==3.11.2",
 ]

@@ -2,6 +2,7 @@
 
   python -m benchmarks.beam_preprocess [--quick] [--impressions 1000000,10000000]
       [--workers 1,2] [--engines columnar,row] [--row_max_impressions 200000]
+      [--multi_worker_max_impressions 1000000]
 
 Flow position: raw logs (pipeline.simulate) -> **pipeline.preprocess** (the real CLI, in a
 subprocess) -> TFRecords. For each --impressions size, on the same simulated files:
@@ -56,6 +57,7 @@ POLL_SECONDS = 0.5
 PIPELINE_SECONDS = re.compile(r"Pipeline finished in ([0-9.]+) s")
 ENGINES = ("columnar", "row")
 ROW_MAX_IMPRESSIONS = 200_000  # The row engine (about 2k records/s) only up to this size.
+MULTI_WORKER_MAX_IMPRESSIONS = 1_000_000  # Larger sizes run with 1 worker only.
 FLOOR_SAMPLE = 20_000  # Examples of the job's output cycled by the floor's writer.
 
 
@@ -184,8 +186,14 @@ def floor(raw: str, examples: Sequence[bytes], records: int, scratch: str) -> Di
 
 def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
              workdir: str, keep_output: bool = False,
-             row_max_impressions: int = ROW_MAX_IMPRESSIONS) -> List[Dict[str, Any]]:
+             row_max_impressions: int = ROW_MAX_IMPRESSIONS,
+             multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS
+             ) -> List[Dict[str, Any]]:
   """Every run on one simulated world: the jobs, then the floor (written bytes known)."""
+  if impressions > multi_worker_max_impressions:
+    logging.info("Only 1 worker at %d impressions (> %d)", impressions,
+                 multi_worker_max_impressions)
+    workers = [count for count in workers if count == 1]
   raw = common.ensure_raw(workdir, impressions)
   rows: List[Dict[str, Any]] = []
   sample: List[bytes] = []
@@ -228,13 +236,16 @@ def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
 def run(impressions: Union[int, Sequence[int]], workers: Sequence[int] = (1, 2),
         workdir: str = common.DEFAULT_WORKDIR, results_dir: str = common.RESULTS_DIR,
         command: str = None, keep_output: bool = False, engines: Sequence[str] = ENGINES,
-        row_max_impressions: int = ROW_MAX_IMPRESSIONS) -> List[Dict[str, Any]]:
+        row_max_impressions: int = ROW_MAX_IMPRESSIONS,
+        multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS
+        ) -> List[Dict[str, Any]]:
   """Every size of `impressions`: floor and jobs (run_size); writes beam_preprocess.md."""
   sizes = [impressions] if isinstance(impressions, int) else list(impressions)
   load_start = _load_average()
   rows = []
   for size in sizes:
-    rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions)
+    rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions,
+                     multi_worker_max_impressions)
   write_table(rows, results_dir, command, load_start, _load_average())
   return rows
 
@@ -427,6 +438,9 @@ def main(argv=None):
                       help="Comma-separated pipeline.preprocess --engine values.")
   parser.add_argument("--row_max_impressions", type=int, default=ROW_MAX_IMPRESSIONS,
                       help="The row engine runs only at sizes up to this (it is ~25x slower).")
+  parser.add_argument("--multi_worker_max_impressions", type=int,
+                      default=MULTI_WORKER_MAX_IMPRESSIONS,
+                      help="Sizes above this run with 1 worker only.")
   parser.add_argument("--stages", action="store_true",
                       help="Per-stage row vs columnar throughput in one process (no runner, "
                            "no results file); default 200k impressions.")
@@ -445,7 +459,8 @@ def main(argv=None):
   argv_text = " ".join(sys.argv[1:] if argv is None else argv)
   run(sizes, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
       command=f"python -m benchmarks.beam_preprocess {argv_text}".strip(),
-      engines=args.engines.split(","), row_max_impressions=args.row_max_impressions)
+      engines=args.engines.split(","), row_max_impressions=args.row_max_impressions,
+      multi_worker_max_impressions=args.multi_worker_max_impressions)
 
 
 if __name__ == "__main__":

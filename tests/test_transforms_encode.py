@@ -45,8 +45,7 @@ def test_encode_and_write_shards(tmp_path):
 
 
 def test_shards_are_mixed_whatever_the_arrival_order(tmp_path):
-  # Arrival sorted by label (all clicks first), as the join emits them on DirectRunner;
-  # 8 mixing groups of ~250 Examples (the default 256 is for real split sizes).
+  # Arrival sorted by label (all clicks first), as the join emits them on DirectRunner.
   n = 2000
   examples = [tf.train.Example(features=tf.train.Features(feature={
       "impression_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"imp%d" % i])),
@@ -54,7 +53,7 @@ def test_shards_are_mixed_whatever_the_arrival_order(tmp_path):
   })).SerializeToString() for i in range(n)]
   prefix = str(tmp_path / "train" / "train")
   with test_pipeline.TestPipeline() as p:
-    _ = p | beam.Create(examples, reshuffle=False) | encode.WriteExamples(prefix, 2, mix_buckets=8)
+    _ = p | beam.Create(examples, reshuffle=False) | encode.WriteExamples(prefix, 2)
   files = sorted(glob.glob(prefix + "-*.tfrecord.gz"))
   assert len(files) == 2
   written = []

@@ -10,41 +10,25 @@ still goes to the dead-letter output rather than being lost.
 Order inside the shards: upstream of the writer, records arrive grouped by how the join
 met them (on DirectRunner every clicked impression, keyed first by its events, came
 before every unclicked one), and a trainer's bounded shuffle buffer cannot undo a shard
-whose first fifth holds all the clicks. WriteExamples therefore mixes before writing:
-each Example goes to one of MIX_BUCKETS groups by a hash of its bytes, and each group is
-emitted in hash order. A group is a hash-random sample of the split, so every stretch of
-a shard has the split's label mix, and the order is the same on every run of the same
-input, provided each group is large (split size >> MIX_BUCKETS). Memory: one group
-(split size / MIX_BUCKETS Examples) at a time per worker.
+whose first fifth holds all the clicks. WriteExamples therefore places and orders each
+Example by a hash of its bytes (`mix_key`; `transforms.shards`): the same files on every
+run of the same input, every stretch of a shard with the split's label mix.
 """
 
 import hashlib
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 
 from features import example_codec
 from features import spec as spec_lib
 from transforms import dead_letter as dl
-from transforms import outputs as outputs_lib
+from transforms import shards as shards_lib
 
 EXAMPLES = "examples"
-# Groups for mixing the write order (see the module docstring). A group must be large
-# (many Examples) for its emission order not to matter; 256 keeps one group of the full
-# Ali-CCP train split (~42M rows) near 170k Examples (~200 MB) on a worker.
-MIX_BUCKETS = 256
-
-
 def mix_key(serialized: bytes) -> int:
   """A deterministic, well-spread 64-bit hash of a serialized Example (BLAKE2b; not a CRC,
   whose linearity keeps Examples that differ in one label byte in correlated order)."""
   return int.from_bytes(hashlib.blake2b(serialized, digest_size=8).digest(), "little")
-
-
-def _mixed(group):
-  """A mixing group's Examples in hash order (ties broken by the bytes: deterministic)."""
-  _, examples = group
-  return sorted(examples, key=lambda example: (mix_key(example), example))
 
 
 def add_metadata(example, metadata) -> None:
@@ -114,34 +98,25 @@ class EncodeExamples(beam.PTransform):
 
 class WriteExamples(beam.PTransform):
   """Serialized Examples -> `<prefix>-SSSSS-of-NNNNN.tfrecord.gz` (GZIP), `num_shards` files,
-  mixed so that no stretch of a shard is sorted by label (module docstring).
+  each Example placed and ordered by `mix_key` (`transforms.shards.WriteShards`).
 
   Args:
     file_path_prefix: e.g. `OutputPaths(OUTPUT).examples_prefix("train")`.
     num_shards: data.train_shards or data.eval_shards.
-    mix_buckets: mixing groups (module docstring); fewer for tiny splits.
+    sort_bytes: Example bytes a shard writer sorts at once (shards.SORT_BYTES).
   """
 
-  def __init__(self, file_path_prefix: str, num_shards: int, mix_buckets: int = MIX_BUCKETS):
+  def __init__(self, file_path_prefix: str, num_shards: int,
+               sort_bytes: int = shards_lib.SORT_BYTES):
     super().__init__()
     self._file_path_prefix = file_path_prefix
     self._num_shards = num_shards
-    self._mix_buckets = mix_buckets
+    self._sort_bytes = sort_bytes
 
   def expand(self, serialized_examples):
-    mixed = (serialized_examples
-             | "KeyForMixing" >> beam.Map(
-                 lambda example, buckets: (mix_key(example) % buckets, example),
-                 self._mix_buckets)
-             | "GroupForMixing" >> beam.GroupByKey()
-             | "EmitMixed" >> beam.FlatMap(_mixed))
-    return self._write(mixed)
+    return self._write(serialized_examples | "AsLists" >> beam.Map(lambda example: [example]))
 
-  def _write(self, mixed_examples):
-    """Mixed serialized Examples -> the gzip TFRecord shards."""
-    return mixed_examples | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-        self._file_path_prefix,
-        file_name_suffix=outputs_lib.TFRECORD_SUFFIX,
-        num_shards=self._num_shards,
-        shard_name_template=outputs_lib.SHARD_TEMPLATE,
-        compression_type=CompressionTypes.GZIP)
+  def _write(self, example_lists):
+    """Lists of serialized Examples -> the gzip TFRecord shards."""
+    return example_lists | "WriteShards" >> shards_lib.WriteShards(
+        self._file_path_prefix, self._num_shards, mix_key, self._sort_bytes)

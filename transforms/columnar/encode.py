@@ -385,30 +385,10 @@ class EncodeBatches(beam.PTransform):
     return {EXAMPLES: outputs[EXAMPLES], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
 
 
-def mixing_groups(examples: Sequence[bytes], mix_buckets: int
-                  ) -> Iterator[Tuple[int, List[bytes]]]:
-  """(mixing group, its Examples) for each group a list of Examples touches
-  (`encode.WriteExamples`' groups: mix_key % mix_buckets)."""
-  groups: Dict[int, List[bytes]] = {}
-  for example in examples:
-    groups.setdefault(encode_lib.mix_key(example) % mix_buckets, []).append(example)
-  yield from groups.items()
-
-
-def _mixed(group: Tuple[int, Iterable[List[bytes]]]) -> List[bytes]:
-  """A mixing group's Examples in hash order (ties by the bytes), as `encode.WriteExamples`."""
-  _, lists = group
-  return sorted((example for examples in lists for example in examples),
-                key=lambda example: (encode_lib.mix_key(example), example))
-
-
 class WriteExampleLists(encode_lib.WriteExamples):
-  """Lists of serialized Examples -> the TFRecord shards of `encode.WriteExamples` (same
-  mixing groups, same order inside a group, same arguments), with one shuffle element
-  per (batch, group) instead of one per Example."""
+  """Lists of serialized Examples -> the TFRecord shards `encode.WriteExamples` writes for
+  the same Examples (same files, same order), with one shuffle element per (list, shard)
+  instead of one per Example."""
 
   def expand(self, example_lists):
-    return self._write(example_lists
-                       | "KeyForMixing" >> beam.FlatMap(mixing_groups, self._mix_buckets)
-                       | "GroupForMixing" >> beam.GroupByKey()
-                       | "EmitMixed" >> beam.FlatMap(_mixed))
+    return self._write(example_lists)

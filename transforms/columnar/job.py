@@ -14,9 +14,11 @@ Flow: **raw logs -> PreprocessColumnar** -> OUTPUT/ -> training.data, as `Prepro
 
 Every element is a RecordBatch up to the encoder, which turns a batch into a list of
 serialized Examples (the row codec, per row: byte-identical Examples; see
-columnar/encode.py for why not tfx_bsl's C++ encoder); the mixing shuffle moves one list
-per (batch, mixing group), and only the last step into the TFRecord sink is per Example.
-The analyzers, label counts and TFDV statistics read the batches.
+columnar/encode.py for why not tfx_bsl's C++ encoder). No step is per Example: the job
+has two shuffles, the join's (zstd-packed sub-batches per bucket) and the shard
+writer's (zstd-packed Example lists per (batch, shard), `transforms.shards`), and the
+writer frames and compresses a shard in blocks. The analyzers, label counts and TFDV
+statistics (sketch-based top values, `stats.stats_options`) read the batches.
 Parquet rows carry no raw record through the job; the few a join dead letter or a
 duplicate-id choice needs are read back from their file (`columnar.parse.ParquetRows`),
 so dead letters and choices are the row job's for Parquet as for JSON Lines
@@ -110,7 +112,7 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
   """`preprocess_job.write_outputs` on labelled RecordBatches per split: the same files.
 
   Encoding goes through `columnar.encode.EncodeBatches` (the row codec's bytes)
-  and `WriteExampleLists` (the row job's mixing groups and order), the analyzers are
+  and `WriteExampleLists` (the row job's shards: same files), the analyzers are
   `columnar.analyze.AnalyzeBatches`, label counts are column sums and TFDV statistics
   are computed on the batches (`columnar.stats`); dead letters and counts.json are the
   row job's transforms.

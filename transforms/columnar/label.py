@@ -3,7 +3,8 @@
 Flow: ReadParseImpressions + ReadParseEvents -> **BucketedJoinAndLabel** -> split -> ...
 The columnar counterpart of `transforms.label.JoinAndLabel`. The join stays a real Beam
 shuffle: every parsed batch is cut into sub-batches by a hash bucket of impression_id
-(`bucket_of`, num_buckets configurable), the sub-batches are co-grouped per bucket, and
+(`bucket_of`, num_buckets configurable), the sub-batches cross the shuffle packed
+(zstd Arrow IPC, `transforms.packing`) and are co-grouped per bucket, and
 `join_and_label` joins and labels one bucket's impressions and events in columns.
 
 The rules are `transforms.label.EventLabeler`'s, and its own code decides every case
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 from configs import config as config_lib
 from transforms import dead_letter as dl
 from transforms import label as label_lib
+from transforms import packing
 from transforms.columnar import parse as cparse
 
 RECORDS = label_lib.RECORDS
@@ -215,11 +217,13 @@ class _KeyByBucketFn(beam.DoFn):
     self._num_buckets = num_buckets
 
   def process(self, batch: pa.RecordBatch):
-    yield from split_by_bucket(batch, self._num_buckets)
+    for bucket, part in split_by_bucket(batch, self._num_buckets):
+      yield bucket, packing.pack_batch(part)
 
 
 class _LabelBucketFn(beam.DoFn):
-  """(bucket, {"impressions": [batches], "events": [batches]}) -> labelled batch."""
+  """(bucket, {"impressions": [packed batches], "events": [packed batches]}) -> labelled
+  batch (`transforms.packing`)."""
 
   def __init__(self, data_config: config_lib.DataConfig, impression_schema: pa.Schema):
     self._data_config = data_config
@@ -230,9 +234,12 @@ class _LabelBucketFn(beam.DoFn):
 
   def process(self, keyed):
     _, grouped = keyed
-    impressions = pa.Table.from_batches(list(grouped["impressions"]),
-                                        schema=self._impression_schema)
-    events = pa.Table.from_batches(list(grouped["events"]), schema=cparse.event_schema())
+    impressions = pa.Table.from_batches(
+        [packing.unpack_batch(packed) for packed in grouped["impressions"]],
+        schema=self._impression_schema)
+    events = pa.Table.from_batches(
+        [packing.unpack_batch(packed) for packed in grouped["events"]],
+        schema=cparse.event_schema())
     batch, dead, attributed = self._labeler.join_and_label(impressions, events)
     for letter in dead:
       yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)

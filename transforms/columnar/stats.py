@@ -19,6 +19,7 @@ import pyarrow as pa
 import tensorflow_data_validation as tfdv
 
 from features import spec as spec_lib
+from transforms import stats as stats_lib
 
 
 def _list_array(offsets: np.ndarray, values: pa.Array, null: np.ndarray) -> pa.Array:
@@ -78,5 +79,5 @@ class GenerateBatchStatistics(beam.PTransform):
   def expand(self, batches):
     return (batches
             | "ToStatsBatch" >> beam.Map(stats_batch, self._spec, self._label_names)
-            | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
+            | "Statistics" >> tfdv.GenerateStatistics(stats_lib.stats_options())
             | "Write" >> tfdv.WriteStatisticsToBinaryFile(self._output_path))

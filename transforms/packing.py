@@ -1,0 +1,74 @@
+"""Compact shuffle payloads: RecordBatches and lists of bytes as zstd-compressed bytes.
+
+Flow: used on both sides of the job's two shuffles, the join (columnar.label: batches of
+impressions and events keyed by bucket) and the shard writer (shards: lists of
+serialized Examples keyed by shard).
+
+What crosses a shuffle is held, encoded, by the runner: on DirectRunner every element of
+a GroupByKey's input sits in the runner process's memory at once, and on Dataflow it is
+the shuffle's bytes. Beam would pickle a RecordBatch (its Arrow buffers, uncompressed:
+about 590 B per simulated impression, the raw JSON line included) and code a list of
+Examples as it is (about 470 B each). An Arrow IPC stream compressed with zstd holds the join's
+sub-batches (about 128 rows) in about 127 B per row for about 1.4 microseconds per row,
+and zstd holds the Examples in about 46 B each for about 0.4 microseconds (measured on
+8,192 rows of the simulated world). The payload is plain
+bytes, which every runner's coders move without pickling.
+"""
+
+import io
+from typing import List, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+CODEC = "zstd"
+_HEADER = np.dtype("<i8")
+
+
+def _compress(raw: bytes) -> bytes:
+  """int64 uncompressed size, then zstd of `raw` (one call: a batch's IPC buffers
+  compressed one by one, as IpcWriteOptions(compression=...) does, cost 3.5x the time
+  on the join's small sub-batches)."""
+  return (np.array([len(raw)], dtype=_HEADER).tobytes()
+          + pa.compress(raw, codec=CODEC, asbytes=True))
+
+
+def _decompress(data: bytes) -> bytes:
+  size = int(np.frombuffer(data, dtype=_HEADER, count=1)[0])
+  return pa.decompress(memoryview(data)[_HEADER.itemsize:], size, codec=CODEC, asbytes=True)
+
+
+def unpacked_size(data: bytes) -> int:
+  """Bytes of a packed payload once decompressed."""
+  return int(np.frombuffer(data, dtype=_HEADER, count=1)[0])
+
+
+def pack_batch(batch: pa.RecordBatch) -> bytes:
+  """A RecordBatch as a zstd-compressed Arrow IPC stream."""
+  sink = io.BytesIO()
+  with pa.ipc.new_stream(sink, batch.schema) as writer:
+    writer.write_batch(batch)
+  return _compress(sink.getvalue())
+
+
+def unpack_batch(data: bytes) -> pa.RecordBatch:
+  """`pack_batch`'s inverse (same schema, same values)."""
+  return pa.ipc.open_stream(_decompress(data)).read_next_batch()
+
+
+def pack_bytes_list(items: Sequence[bytes]) -> bytes:
+  """A list of byte strings as zstd of (int64 count, int64 length of each item, the
+  items concatenated)."""
+  lengths = np.fromiter((len(item) for item in items), dtype=_HEADER, count=len(items))
+  return _compress(np.array([len(items)], dtype=_HEADER).tobytes() + lengths.tobytes()
+                   + b"".join(items))
+
+
+def unpack_bytes_list(data: bytes) -> List[bytes]:
+  """`pack_bytes_list`'s inverse."""
+  raw = _decompress(data)
+  count = int(np.frombuffer(raw, dtype=_HEADER, count=1)[0])
+  raw = raw[_HEADER.itemsize:]
+  ends = np.cumsum(np.frombuffer(raw, dtype=_HEADER, count=count)) + count * _HEADER.itemsize
+  starts = np.r_[count * _HEADER.itemsize, ends[:-1]].astype(np.int64)
+  return [raw[start:end] for start, end in zip(starts.tolist(), ends.tolist())]

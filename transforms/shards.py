@@ -1,0 +1,187 @@
+"""Write serialized Examples as mixed, deterministic GZIP TFRecord shards in one shuffle.
+
+Flow: EncodeExamples / EncodeBatches -> **WriteShards** -> OUTPUT/{train,eval}/*.tfrecord.gz
+-> training.data (tf.data).
+
+Each Example goes to shard `mix_key % num_shards` (`encode.mix_key`: a BLAKE2b hash of its
+bytes), and a shard is written in hash order (ties by the bytes). So:
+  * the files are the same on every run of the same input, whatever the runner, its
+    bundling or the number of workers (which Example lands in which shard included);
+  * every stretch of a shard is a hash-random sample of the split, with the split's label
+    mix, although upstream the join emits records grouped by label (a trainer's bounded
+    shuffle buffer could not undo that);
+  * the Examples cross the shuffle once, as zstd-packed lists (one element per upstream
+    batch and shard; `transforms.packing`), and are framed and compressed in blocks: no
+    per-Example Beam element, and no second shuffle inside a generic sink.
+
+Memory: a writer holds one shard's Examples (split / num_shards); beyond
+`sort_bytes` of them it writes the shard in several passes, each over a hash-random
+slice ((mix_key // num_shards) % passes) sorted on its own, so a pass holds about
+`sort_bytes`. Each file is written under a temporary name and renamed when complete;
+shards that receive no Example are written empty, so a split always has `num_shards` files.
+"""
+
+import struct
+import uuid
+from typing import Iterable, Iterator, List, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+import google_crc32c
+
+from transforms import outputs as outputs_lib
+from transforms import packing
+
+SORT_BYTES = 256 << 20  # Example bytes a shard writer sorts at once (module docstring).
+BLOCK_BYTES = 4 << 20  # Framed bytes handed to the compressor per write.
+
+
+def shard_path(file_path_prefix: str, shard: int, num_shards: int) -> str:
+  """`<prefix>-SSSSS-of-NNNNN.tfrecord.gz` (outputs.SHARD_TEMPLATE)."""
+  return f"{file_path_prefix}-{shard:05d}-of-{num_shards:05d}{outputs_lib.TFRECORD_SUFFIX}"
+
+
+def _masked_crc32c(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+  """One TFRecord: uint64 length, masked CRC32C of the length, the bytes, their masked
+  CRC32C (all little-endian), as TensorFlow's TFRecordWriter writes it."""
+  length = struct.pack("<Q", len(record))
+  return b"".join([length, struct.pack("<I", _masked_crc32c(length)), record,
+                   struct.pack("<I", _masked_crc32c(record))])
+
+
+def write_tfrecord_file(path: str, records: Iterable[bytes]) -> int:
+  """Writes `records` as one GZIP TFRecord file at `path` (any Beam filesystem) under a
+  temporary name, renamed to `path` when complete. Returns the number of records."""
+  temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+  count, block, block_bytes = 0, [], 0
+  with FileSystems.create(temporary, compression_type=CompressionTypes.GZIP) as handle:
+    for record in records:
+      frame = tfrecord_frame(record)
+      block.append(frame)
+      block_bytes += len(frame)
+      count += 1
+      if block_bytes >= BLOCK_BYTES:
+        handle.write(b"".join(block))
+        block, block_bytes = [], 0
+    if block:
+      handle.write(b"".join(block))
+  if FileSystems.exists(path):
+    FileSystems.delete([path])
+  FileSystems.rename([temporary], [path])
+  return count
+
+
+def shard_lists(examples: Sequence[bytes], num_shards: int, mix_key
+                ) -> Iterator[Tuple[int, Tuple[bytes, bytes]]]:
+  """(shard, (the mix keys as uint64 bytes, the Examples packed by
+  `packing.pack_bytes_list`)) for each shard the Examples of `examples` go to."""
+  keys = np.fromiter((mix_key(example) for example in examples), dtype=np.uint64,
+                     count=len(examples))
+  shards = keys % np.uint64(num_shards)
+  for shard in np.unique(shards).tolist():
+    rows = np.flatnonzero(shards == shard)
+    yield shard, (keys[rows].tobytes(),
+                  packing.pack_bytes_list([examples[row] for row in rows.tolist()]))
+
+
+def _hash_order(keys: np.ndarray, examples: List[bytes]) -> List[int]:
+  """Positions of `examples` by (key, bytes)."""
+  order = np.argsort(keys, kind="stable")
+  ordered_keys = keys[order]
+  ties = np.flatnonzero(ordered_keys[1:] == ordered_keys[:-1])
+  order = order.tolist()
+  if len(ties):  # Equal 64-bit keys (next to impossible for distinct bytes): by bytes.
+    starts = np.flatnonzero(np.r_[True, ordered_keys[1:] != ordered_keys[:-1]])
+    stops = np.r_[starts[1:], len(order)]
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+      if stop - start > 1:
+        order[start:stop] = sorted(order[start:stop], key=examples.__getitem__)
+  return order
+
+
+def mixed_order(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
+                sort_bytes: int = SORT_BYTES) -> Iterator[bytes]:
+  """A shard's Examples (`packed_lists`, from `shard_lists`, may be iterated more than
+  once) in the written order: by (mix key, bytes), in ceil(bytes / sort_bytes) passes
+  over hash-random slices ((key // num_shards) % passes)."""
+  total = sum(packing.unpacked_size(packed) for _, packed in packed_lists)
+  passes = max(1, -(-total // max(sort_bytes, 1)))
+  for part in range(passes):
+    keys, examples = [], []
+    for key_bytes, packed in packed_lists:
+      list_keys = np.frombuffer(key_bytes, dtype=np.uint64)
+      items = None
+      if passes > 1:
+        rows = np.flatnonzero((list_keys // np.uint64(num_shards)) % np.uint64(passes) == part)
+        if not len(rows):
+          continue
+        items = packing.unpack_bytes_list(packed)
+        list_keys, items = list_keys[rows], [items[row] for row in rows.tolist()]
+      keys.append(list_keys)
+      examples.extend(items if items is not None else packing.unpack_bytes_list(packed))
+    if examples:
+      for position in _hash_order(np.concatenate(keys), examples):
+        yield examples[position]
+
+
+class _WriteShardFn(beam.DoFn):
+
+  def __init__(self, file_path_prefix: str, num_shards: int, sort_bytes: int):
+    self._prefix = file_path_prefix
+    self._num_shards = num_shards
+    self._sort_bytes = sort_bytes
+    self._written = beam.metrics.Metrics.counter("write", "examples")
+
+  def process(self, shard_and_lists):
+    shard, packed_lists = shard_and_lists
+    count = write_tfrecord_file(
+        shard_path(self._prefix, shard, self._num_shards),
+        mixed_order(packed_lists, self._num_shards, self._sort_bytes))
+    self._written.inc(count)
+    yield shard
+
+
+def _write_empty_shards(written: List[int], file_path_prefix: str, num_shards: int) -> None:
+  for shard in sorted(set(range(num_shards)) - set(written)):
+    write_tfrecord_file(shard_path(file_path_prefix, shard, num_shards), [])
+
+
+class WriteShards(beam.PTransform):
+  """Lists of serialized Examples -> `num_shards` mixed GZIP TFRecord files (docstring).
+
+  Args:
+    file_path_prefix: e.g. `OutputPaths(OUTPUT).examples_prefix("train")`.
+    num_shards: data.train_shards or data.eval_shards.
+    mix_key: bytes -> int in [0, 2**64), the hash that places and orders an Example.
+    sort_bytes: Example bytes a writer sorts at once (more: several passes).
+
+  Returns: a PCollection of the shard indices written (one element per file).
+  """
+
+  def __init__(self, file_path_prefix: str, num_shards: int, mix_key,
+               sort_bytes: int = SORT_BYTES):
+    super().__init__()
+    if num_shards < 1:
+      raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    self._prefix = file_path_prefix
+    self._num_shards = num_shards
+    self._mix_key = mix_key
+    self._sort_bytes = sort_bytes
+
+  def expand(self, example_lists):
+    written = (example_lists
+               | "KeyByShard" >> beam.FlatMap(shard_lists, self._num_shards, self._mix_key)
+               | "GroupByShard" >> beam.GroupByKey()
+               | "WriteShard" >> beam.ParDo(_WriteShardFn(
+                   self._prefix, self._num_shards, self._sort_bytes)))
+    _ = (written
+         | "CollectWritten" >> beam.combiners.ToList()
+         | "WriteEmptyShards" >> beam.Map(_write_empty_shards, self._prefix, self._num_shards))
+    return written
