@@ -2,7 +2,7 @@
 
   python -m benchmarks.beam_preprocess [--quick] [--impressions 1000000,10000000]
       [--workers 1,2] [--engines columnar,row] [--row_max_impressions 200000]
-      [--multi_worker_max_impressions 1000000]
+      [--multi_worker_max_impressions 1000000] [--formats jsonl,parquet] [--name NAME]
 
 Flow position: raw logs (pipeline.simulate) -> **pipeline.preprocess** (the real CLI, in a
 subprocess) -> TFRecords. For each --impressions size, on the same simulated files:
@@ -77,11 +77,11 @@ def _load_average() -> str:
 
 
 def run_preprocess(raw: str, output: str, workers: int, log_path: str,
-                   engine: str = "columnar") -> Dict[str, Any]:
+                   engine: str = "columnar", fmt: str = "jsonl") -> Dict[str, Any]:
   """Runs pipeline.preprocess once (`--local_workers workers`); returns its row."""
   if os.path.exists(output):
     shutil.rmtree(output)
-  args = common.preprocess_args(raw, output) + ["--local_workers", str(workers),
+  args = common.preprocess_args(raw, output, fmt) + ["--local_workers", str(workers),
                                                 "--engine", engine]
   env = dict(os.environ, PYTHONPATH=common.REPO_ROOT)
   start = time.time()
@@ -113,8 +113,8 @@ def run_preprocess(raw: str, output: str, workers: int, log_path: str,
   # runner) is a result too: it is reported, with the check's message, not hidden.
   failure = next((line.split("failed: ", 1)[-1] for line in text.splitlines()
                   if line.startswith("pipeline.preprocess failed")), None)
-  return row(f"job --engine {engine}", workers, counts, pipeline_seconds, wall,
-             peak / 2**30, failure if proc.returncode != 0 else None)
+  return dict(row(f"job --engine {engine}", workers, counts, pipeline_seconds, wall,
+                  peak / 2**30, failure if proc.returncode != 0 else None), format=fmt)
 
 
 def row(run_name: str, workers: int, counts: Dict[str, Any], pipeline_seconds: float,
@@ -153,17 +153,23 @@ def output_size(output: str) -> Dict[str, int]:
   return {"records": records, "bytes": payload}
 
 
-def floor(raw: str, examples: Sequence[bytes], records: int, scratch: str) -> Dict[str, Any]:
-  """The floor (module docstring): pyarrow parses the raw files; `records` Examples
-  (cycling `examples`, a sample of the job's own) are written as gzipped TFRecords."""
+def floor(raw: str, examples: Sequence[bytes], records: int, scratch: str,
+          fmt: str = "jsonl") -> Dict[str, Any]:
+  """The floor (module docstring): pyarrow reads the raw files (the C++ JSON reader, or
+  the Parquet reader); `records` Examples (cycling `examples`, a sample of the job's
+  own) are written as gzipped TFRecords."""
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.json as pa_json  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  files = sorted(glob.glob(os.path.join(raw, "impressions", "*.jsonl.gz"))
-                 + glob.glob(os.path.join(raw, "events", "*.jsonl.gz")))
+  files = sorted(glob.glob(common.raw_files(raw, "impressions", fmt))
+                 + glob.glob(common.raw_files(raw, "events", fmt)))
   start = time.perf_counter()
   parsed = 0
   for path in files:
+    if fmt == "parquet":
+      parsed += pq.read_table(path).num_rows
+      continue
     with pa.input_stream(path, compression="gzip") as stream:
       parsed += pa_json.read_json(stream).num_rows
   parse_seconds = time.perf_counter() - start
@@ -187,14 +193,15 @@ def floor(raw: str, examples: Sequence[bytes], records: int, scratch: str) -> Di
 def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
              workdir: str, keep_output: bool = False,
              row_max_impressions: int = ROW_MAX_IMPRESSIONS,
-             multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS
-             ) -> List[Dict[str, Any]]:
-  """Every run on one simulated world: the jobs, then the floor (written bytes known)."""
+             multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS,
+             fmt: str = "jsonl") -> List[Dict[str, Any]]:
+  """Every run on one simulated world (files in `fmt`): the jobs, then the floor
+  (written bytes known)."""
   if impressions > multi_worker_max_impressions:
     logging.info("Only 1 worker at %d impressions (> %d)", impressions,
                  multi_worker_max_impressions)
     workers = [count for count in workers if count == 1]
-  raw = common.ensure_raw(workdir, impressions)
+  raw = common.ensure_raw(workdir, impressions, fmt=fmt)
   rows: List[Dict[str, Any]] = []
   sample: List[bytes] = []
   size: Optional[Dict[str, int]] = None
@@ -204,10 +211,10 @@ def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
                    row_max_impressions)
       continue
     for count in workers:
-      output = os.path.join(workdir, f"beam_bench_{impressions}_{engine}_w{count}")
-      logging.info("pipeline.preprocess --engine %s on %d impressions, %d worker(s)", engine,
-                   impressions, count)
-      rows.append(run_preprocess(raw, output, count, output + ".log", engine))
+      output = os.path.join(workdir, f"beam_bench_{impressions}_{fmt}_{engine}_w{count}")
+      logging.info("pipeline.preprocess --engine %s on %d impressions (%s), %d worker(s)",
+                   engine, impressions, fmt, count)
+      rows.append(run_preprocess(raw, output, count, output + ".log", engine, fmt))
       logging.info("%s", rows[-1])
       if size is None and not rows[-1]["failure"]:
         size = output_size(output)
@@ -217,13 +224,14 @@ def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
   if size is None:
     raise RuntimeError(f"no job run at {impressions} impressions succeeded: no floor")
   measured = floor(raw, sample, size["records"],
-                   os.path.join(workdir, f"beam_bench_{impressions}_floor"))
+                   os.path.join(workdir, f"beam_bench_{impressions}_floor"), fmt)
   measured["job_bytes"] = size["bytes"]
   logging.info("floor: %s", measured)
   counts = {"impressions": {"read": impressions},
             "events": {"read": measured["parsed"] - impressions}}
   floor_row = row("floor: pyarrow read+parse, TFRecord gzip write", 1, counts,
                   measured["seconds"], None, None)
+  floor_row["format"] = fmt
   floor_row.update(parse_seconds=measured["parse_seconds"],
                    write_seconds=measured["write_seconds"], written=measured["written"],
                    written_bytes=measured["written_bytes"], job_bytes=measured["job_bytes"])
@@ -237,16 +245,18 @@ def run(impressions: Union[int, Sequence[int]], workers: Sequence[int] = (1, 2),
         workdir: str = common.DEFAULT_WORKDIR, results_dir: str = common.RESULTS_DIR,
         command: str = None, keep_output: bool = False, engines: Sequence[str] = ENGINES,
         row_max_impressions: int = ROW_MAX_IMPRESSIONS,
-        multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS
-        ) -> List[Dict[str, Any]]:
-  """Every size of `impressions`: floor and jobs (run_size); writes beam_preprocess.md."""
+        multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS,
+        formats: Sequence[str] = ("jsonl",), name: str = NAME) -> List[Dict[str, Any]]:
+  """Every size of `impressions` and input format: floor and jobs (run_size); writes
+  <name>.md."""
   sizes = [impressions] if isinstance(impressions, int) else list(impressions)
   load_start = _load_average()
   rows = []
   for size in sizes:
-    rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions,
-                     multi_worker_max_impressions)
-  write_table(rows, results_dir, command, load_start, _load_average())
+    for fmt in formats:
+      rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions,
+                       multi_worker_max_impressions, fmt)
+  write_table(rows, results_dir, command, load_start, _load_average(), name)
   return rows
 
 
@@ -255,12 +265,14 @@ def _number(value, pattern: str) -> str:
 
 
 def write_table(rows: List[Dict[str, Any]], results_dir: str, command: str,
-                load_start: str = "", load_end: str = "") -> str:
-  """Writes (and prints) beam_preprocess.md from the rows of `run`; returns the body."""
+                load_start: str = "", load_end: str = "", name: str = NAME) -> str:
+  """Writes (and prints) <name>.md from the rows of `run`; returns the body."""
   table = common.markdown_table(
-      ["impressions", "events", "run", "worker processes", "seconds", "records/s",
+      ["impressions", "events", "input", "run", "worker processes", "seconds", "records/s",
        "records/s per worker", "x floor time", "peak RSS (tree)", "accounting"],
-      [[f"{r['impressions']:,}", f"{r['events']:,}", r["run"], r["workers"],
+      [[f"{r['impressions']:,}", f"{r['events']:,}",
+        {"jsonl": "JSON Lines (gzip)", "parquet": "Parquet"}[r.get("format", "jsonl")],
+        r["run"], r["workers"],
         f"{r['pipeline_seconds']:.2f}", f"{r['records_per_s']:,.0f}",
         f"{r['records_per_s_per_worker']:,.0f}", f"{r['floor_ratio']:.1f}x",
         _number(r["peak_rss_gib"], "{:.2f} GiB"),
@@ -271,7 +283,8 @@ def write_table(rows: List[Dict[str, Any]], results_dir: str, command: str,
                      f"impressions: the job's accounting check failed** (exit 1): "
                      f"{r['failure']}" for r in rows if r.get("failure"))
   floors = "".join(
-      f"\n- floor at {r['impressions']:,} impressions: parse {r['parse_seconds']:.1f} s, "
+      f"\n- floor at {r['impressions']:,} impressions ({r.get('format', 'jsonl')}): "
+      f"parse {r['parse_seconds']:.1f} s, "
       f"write {r['written']:,} Examples {r['write_seconds']:.1f} s "
       f"({r['written_bytes'] / 2**20:,.1f} MiB before gzip; the job wrote "
       f"{r['job_bytes'] / 2**20:,.1f} MiB)" for r in rows if r["run"].startswith("floor"))
@@ -283,12 +296,13 @@ def write_table(rows: List[Dict[str, Any]], results_dir: str, command: str,
           f"multi_processing with transforms/beam_compat.py's fix, docs/SCALING.md 2.1) on "
           f"simulated impressions (pipeline.simulate --seed 7). Seconds are pipeline time "
           f"(interpreter start-up, post-run checks and schema inference excluded); records "
-          f"are impressions + events read. The floor (first row of each size) is pyarrow's "
-          f"C++ JSON reader on the same gzipped files plus TensorFlow's C++ gzip TFRecord "
+          f"are impressions + events read. The floor (first row of each size and input) is "
+          f"pyarrow's C++ JSON (or Parquet) reader on the same files plus TensorFlow's C++ "
+          f"gzip TFRecord "
           f"writer writing as many Examples as the job wrote (a sample of its own, "
           f"cycled), in one process; \"x floor time\" is the run's seconds over the "
           f"floor's.\n\n{table}{failures}\n{floors}\n")
-  common.write_result(NAME, "Beam preprocess (DirectRunner) against the floor", body,
+  common.write_result(name, "Beam preprocess (DirectRunner) against the floor", body,
                       results_dir, command)
   print(body)
   return body
@@ -438,6 +452,10 @@ def main(argv=None):
                       help="Comma-separated pipeline.preprocess --engine values.")
   parser.add_argument("--row_max_impressions", type=int, default=ROW_MAX_IMPRESSIONS,
                       help="The row engine runs only at sizes up to this (it is ~25x slower).")
+  parser.add_argument("--formats", default="jsonl",
+                      help="Comma-separated input formats (pipeline.simulate --format): "
+                           "jsonl, parquet.")
+  parser.add_argument("--name", default=NAME, help="Results file name (<name>.md).")
   parser.add_argument("--multi_worker_max_impressions", type=int,
                       default=MULTI_WORKER_MAX_IMPRESSIONS,
                       help="Sizes above this run with 1 worker only.")
@@ -460,7 +478,8 @@ def main(argv=None):
   run(sizes, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
       command=f"python -m benchmarks.beam_preprocess {argv_text}".strip(),
       engines=args.engines.split(","), row_max_impressions=args.row_max_impressions,
-      multi_worker_max_impressions=args.multi_worker_max_impressions)
+      multi_worker_max_impressions=args.multi_worker_max_impressions,
+      formats=args.formats.split(","), name=args.name)
 
 
 if __name__ == "__main__":

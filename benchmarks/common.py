@@ -116,23 +116,33 @@ def run_module(module: str, args: Sequence[str], log_path: Optional[str] = None,
   return seconds
 
 
-def raw_dir(workdir: str, impressions: int, seed: int) -> str:
-  return os.path.join(workdir, f"raw_{impressions}_s{seed}")
+RAW_EXTENSIONS = {"jsonl": "jsonl.gz", "parquet": "parquet"}  # pipeline.simulate --format
 
 
-def ensure_raw(workdir: str, impressions: int, seed: int = 7) -> str:
-  """Simulated raw logs of `impressions` impressions (made once, then reused)."""
-  out = raw_dir(workdir, impressions, seed)
+def raw_dir(workdir: str, impressions: int, seed: int, fmt: str = "jsonl") -> str:
+  suffix = "" if fmt == "jsonl" else f"_{fmt}"
+  return os.path.join(workdir, f"raw_{impressions}_s{seed}{suffix}")
+
+
+def ensure_raw(workdir: str, impressions: int, seed: int = 7, fmt: str = "jsonl") -> str:
+  """Simulated raw logs of `impressions` impressions in `fmt` (pipeline.simulate
+  --format; made once, then reused)."""
+  out = raw_dir(workdir, impressions, seed, fmt)
   if not os.path.exists(os.path.join(out, "world.json")):
-    logging.info("Simulating %d impressions -> %s", impressions, out)
+    logging.info("Simulating %d impressions (%s) -> %s", impressions, fmt, out)
     run_module("pipeline.simulate", ["--output", out, "--impressions", str(impressions),
-                                     "--seed", str(seed)])
+                                     "--seed", str(seed), "--format", fmt])
   return out
 
 
-def preprocess_args(raw: str, output: str) -> List[str]:
-  return ["--impressions", os.path.join(raw, "impressions", "*.jsonl.gz"),
-          "--events", os.path.join(raw, "events", "*.jsonl.gz"), "--output", output,
+def raw_files(raw: str, source: str, fmt: str = "jsonl") -> str:
+  """Glob of one source's files ("impressions" or "events") in a raw directory."""
+  return os.path.join(raw, source, f"*.{RAW_EXTENSIONS[fmt]}")
+
+
+def preprocess_args(raw: str, output: str, fmt: str = "jsonl") -> List[str]:
+  return ["--impressions", raw_files(raw, "impressions", fmt),
+          "--events", raw_files(raw, "events", fmt), "--output", output,
           "--config", ESMM_CONFIG]
 
 

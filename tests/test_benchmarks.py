@@ -156,3 +156,14 @@ def test_beam_preprocess_counts_every_record(workdir, tmp_path):
     assert job["floor_ratio"] > 1.0
   text = open(tmp_path / "beam_preprocess.md").read()
   assert "records/s per worker" in text and "Load average 1/5/15 min at the start" in text
+
+
+@pytest.mark.slow
+def test_beam_preprocess_reads_parquet_worlds(workdir, tmp_path):
+  rows = beam_preprocess.run(1000, workers=(1,), workdir=workdir, results_dir=str(tmp_path),
+                             engines=("columnar",), formats=("parquet",), name="formats")
+  floor, job = rows
+  assert floor["format"] == job["format"] == "parquet"
+  assert floor["written"] == job["impressions"] == 1000 and not job["failure"]
+  assert job["events"] == floor["events"] > 0
+  assert "| Parquet |" in open(tmp_path / "formats.md").read()

@@ -312,3 +312,26 @@ def test_parquet_rows_reads_back_rows_across_row_groups(tmp_path):
           {"file": "x.jsonl", "line": 2, "record": None},
           {"file": path, "line": 3, "record": "kept"}]
   assert [row["record"] for row in reader.fill_records(rows)] == [expected[8], None, "kept"]
+
+
+def test_json_line_batches_fast_and_slow_paths_give_the_lines_read_json_lines_gives(
+    monkeypatch):
+  """Chunks that are valid utf-8 take a fast path; one with a bad byte the per-line one.
+  Both must number, decode, strip and skip blank lines as `read.read_json_lines`."""
+  import io  # pylint: disable=g-import-not-at-top
+  lines = [b'{"a": 1}', b"", b"  ", b'{"b": "\xc3\xa9"}\r', b"\t{}\t", b"x" * 50,
+           b'{"bad": "\xff"}', b"", b'{"c": 3}', b"last without newline"]
+  data = b"\n".join(lines * 7)
+  expected = [(number, text) for number, text in enumerate(
+      (line.decode("utf-8", errors="replace").strip() for line in data.split(b"\n")), 1)
+              if text]
+  for chunk_bytes in (16, 64, 1 << 20):
+    monkeypatch.setattr(cparse, "READ_CHUNK_BYTES", chunk_bytes)
+    for batch_rows in (1, 3, 1000):
+      found, last = [], 0
+      for numbers, texts, so_far in cparse.json_line_batches(io.BytesIO(data), batch_rows):
+        assert 0 < len(texts) <= batch_rows and len(numbers) == len(texts)
+        assert so_far >= numbers[-1] > last
+        last = numbers[-1]
+        found += list(zip(numbers, texts))
+      assert found == expected, (chunk_bytes, batch_rows)

@@ -114,7 +114,9 @@ class WriteExamples(beam.PTransform):
     self._sort_bytes = sort_bytes
 
   def expand(self, serialized_examples):
-    return self._write(serialized_examples | "AsLists" >> beam.Map(lambda example: [example]))
+    # Lists of Examples for the shard writer (any batching gives the same files).
+    return self._write(serialized_examples | "Batch" >> beam.BatchElements(
+        min_batch_size=256, max_batch_size=8192))
 
   def _write(self, example_lists):
     """Lists of serialized Examples -> the gzip TFRecord shards."""

@@ -447,6 +447,18 @@ def json_line_batches(handle, batch_rows: int = BATCH_ROWS
         rest = data
         continue
       data, rest = data[:cut + 1], data[cut + 1:]
+      try:  # Fast path: a chunk that is valid utf-8 decodes as its lines would.
+        stripped = [text.strip() for text in data.decode("utf-8").split("\n")[:-1]]
+      except UnicodeDecodeError:
+        stripped = None
+      if stripped is not None:
+        lines.extend(line_number + 1 + index for index, text in enumerate(stripped) if text)
+        texts.extend(text for text in stripped if text)
+        line_number += len(stripped)
+        while len(texts) >= batch_rows:
+          yield lines[:batch_rows], texts[:batch_rows], lines[batch_rows - 1]
+          lines, texts = lines[batch_rows:], texts[batch_rows:]
+        continue
       parts = data.split(b"\n")[:-1]
     else:
       parts = [rest] if rest else []
