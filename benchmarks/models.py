@@ -56,10 +56,8 @@ MODELS = {
     "hm3": "hm3.yaml",
     "esmm_mmoe": "esmm_mmoe.yaml",
     "esmm_ple": "esmm_ple.yaml",
-    # tuned ESMM with plain Adam / with the validation search's epsilon: the evidence for
-    # the two settings benchmarks.tune.BENCHMARK_CHOSEN puts in every tuned config
-    "esmm_adam": "esmm_adam.yaml",
-    "esmm_searched_eps": "esmm_searched_eps.yaml",
+    "esmm_lazy_adam": "esmm_lazy_adam.yaml",
+    "esmm_adam_eps": "esmm_adam_eps.yaml",  # tuned ESMM with adam_epsilon 5e-5
     "aitm": "aitm.yaml",
     "aitm_action": "aitm_action.yaml",
     "escm2_ips": "escm2_ips.yaml",
@@ -435,8 +433,7 @@ def main(argv=None) -> None:
                       help="Model runs at a time (each in its own subprocess).")
   parser.add_argument("--untuned", action="store_true",
                       help="Run every model's own config, not its configs/tuned/ one "
-                      "(results: models_untuned.*; esmm_adam and esmm_searched_eps are tuned "
-                      "ESMM by definition).")
+                      "(results: models_untuned.*; esmm_adam_eps is tuned ESMM by definition).")
   # Worker mode: one model, one seed (run in a subprocess by run_all).
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--config", help=argparse.SUPPRESS)

@@ -22,7 +22,7 @@ settings into configs/tuned/<model>.yaml (`base: ../<model>.yaml`), which the tr
 benchmark and the sweep then run for that model (benchmarks.models.MODELS).
 
 The zoo's procedure, within a budget the benchmark can afford (two stages):
-  1. shared settings (SPACE: embeddings, towers, learning rate, batch, regularisation) on
+  1. shared settings (SPACE: embeddings, towers, optimizer, batch, regularisation) on
      ESMM, written to every model that shares those blocks:
        python -m benchmarks.tune --model esmm --impressions 1000000 --write_config \
            --share_with naive,shared_bottom,esm2,...
@@ -53,19 +53,12 @@ SPACE = {
     "model.l2": ("choice", (0.0, 1e-6, 1e-5)),
     "train.learning_rate": ("log", (3e-4, 1e-2)),
     "train.batch_size": ("choice", (512, 1024, 2048)),
-    # The embedding L2 penalises the rows a batch uses (features.preprocessing.FeatureEncoder).
+    # Adam's epsilon sets how sign-like the steps of rare embedding rows are, and with it
+    # the calibration of rare events (docs/TRAINING.md, "Adam's epsilon"); the embedding
+    # L2 penalises the rows a batch uses (features.preprocessing.FeatureEncoder).
+    "train.adam_epsilon": ("log", (1e-7, 1e-4)),
     "model.embedding_l2": ("choice", (0.0, 1e-5, 1e-4, 1e-3)),
 }
-# Settings the truth benchmark chose, not the validation search: every trial trains with
-# them and every tuned config holds them. Adam's epsilon sets how sign-like the steps of
-# rare embedding rows are, and with it the calibration of rare events (docs/TRAINING.md,
-# "Adam's epsilon"): tune_esmm.md searched it (1e-7..1e-4; 8.7e-6 won on validation
-# log loss by less than the seed spread), and the truth benchmark then found 5e-5 better
-# calibrated and no worse in AUC on the eval day (models.md: esmm_searched_eps vs esmm).
-# LazyAdam (moments of the batch's embedding rows only: what large vocabularies need) is
-# AUC-neutral against Adam there (esmm_adam vs esmm), so it is the default, as issue 11
-# asks.
-BENCHMARK_CHOSEN = {"train.adam_epsilon": 5e-5, "train.optimizer": "lazy_adam"}
 MODEL_SPACE = {
     "esmc": {"model.params.constraint_lambda": ("log", (1e-5, 1e-1)),
              "model.params.init_cvr_from_buy_tower": ("choice", (False, True)),
@@ -157,14 +150,11 @@ def write_tuned_config(model: str, settings: Dict[str, Any], source: str) -> str
     document = yaml.safe_load(text) or {}
     sources = [line[2:] for line in text.splitlines() if line.startswith("# from ")]
   document = config_lib.merge_dicts(document, to_overrides(settings))
-  document = config_lib.merge_dicts(document, to_overrides(BENCHMARK_CHOSEN))
   document["base"] = f"../{truth_benchmark.DEFAULTS[model]}"
   sources = sorted(set(sources) | {f"from {source}"})
   with open(path, "w") as f:
     f.write("# Tuned by benchmarks.tune (random search on the validation split):\n")
     f.write("".join(f"# {line}\n" for line in sources))
-    f.write("# train.adam_epsilon, train.optimizer: chosen by the truth benchmark "
-            "(benchmarks.tune.BENCHMARK_CHOSEN)\n")
     yaml.safe_dump(document, f, default_flow_style=None, sort_keys=True)
   return path
 
@@ -210,8 +200,7 @@ def main(argv=None) -> None:
   else:
     space = dict(SPACE, **MODEL_SPACE.get(args.model, {}))
   settings.update(space_kind=args.space)
-  trials = {f"{args.model}_trial{k:02d}": dict(sample(space, rng), **BENCHMARK_CHOSEN)
-            for k in range(args.trials)}
+  trials = {f"{args.model}_trial{k:02d}": sample(space, rng) for k in range(args.trials)}
   config_file = truth_benchmark.MODELS[args.model]  # the tuned one, when there is one
   settings.update(config=config_file)
   run_name = args.model + ("_model" if args.space == "model" else "")

@@ -127,9 +127,6 @@ def test_tuned_config_merges_stages_and_loads(tmp_path, monkeypatch):
   assert config.train.learning_rate == 0.003 and config.model.embedding_dim == 8
   assert config.model.params["constraint_lambda"] == 0.01
   assert config.model.params["tie_layers"] == "all"  # from ../esmc.yaml
-  # the truth benchmark's choices, whatever the search found
-  assert (config.train.adam_epsilon, config.train.optimizer) == (
-      tune.BENCHMARK_CHOSEN["train.adam_epsilon"], tune.BENCHMARK_CHOSEN["train.optimizer"])
   assert os.path.exists(config.feature_spec_path)
 
 
