@@ -95,14 +95,13 @@ def _hash_order(keys: np.ndarray, examples: List[bytes]) -> List[int]:
   """Positions of `examples` by (key, bytes)."""
   order = np.argsort(keys, kind="stable")
   ordered_keys = keys[order]
-  ties = np.flatnonzero(ordered_keys[1:] == ordered_keys[:-1])
+  new_key = np.r_[True, ordered_keys[1:] != ordered_keys[:-1]]
   order = order.tolist()
-  if len(ties):  # Equal 64-bit keys (next to impossible for distinct bytes): by bytes.
-    starts = np.flatnonzero(np.r_[True, ordered_keys[1:] != ordered_keys[:-1]])
+  if not new_key.all():  # Equal 64-bit keys (next to impossible for distinct bytes).
+    starts = np.flatnonzero(new_key)
     stops = np.r_[starts[1:], len(order)]
     for start, stop in zip(starts.tolist(), stops.tolist()):
-      if stop - start > 1:
-        order[start:stop] = sorted(order[start:stop], key=examples.__getitem__)
+      order[start:stop] = sorted(order[start:stop], key=examples.__getitem__)
   return order
 
 
@@ -117,15 +116,12 @@ def mixed_order(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
     keys, examples = [], []
     for key_bytes, packed in packed_lists:
       list_keys = np.frombuffer(key_bytes, dtype=np.uint64)
-      items = None
+      items = packing.unpack_bytes_list(packed)
       if passes > 1:
         rows = np.flatnonzero((list_keys // np.uint64(num_shards)) % np.uint64(passes) == part)
-        if not len(rows):
-          continue
-        items = packing.unpack_bytes_list(packed)
         list_keys, items = list_keys[rows], [items[row] for row in rows.tolist()]
       keys.append(list_keys)
-      examples.extend(items if items is not None else packing.unpack_bytes_list(packed))
+      examples.extend(items)
     if examples:
       for position in _hash_order(np.concatenate(keys), examples):
         yield examples[position]

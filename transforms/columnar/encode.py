@@ -18,7 +18,7 @@ of present features from one Example the row codec builds; `BatchEncoder` falls 
 the row codec, row by row, for small batches and for the few values it does not cover.
 """
 
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np

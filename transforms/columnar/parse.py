@@ -429,10 +429,21 @@ class ParquetRows:
     return rows
 
 
+def _stripped_lines(data: bytes) -> List[str]:
+  """The lines of `data` (split on b"\\n"), each decoded (utf-8, errors replaced) and
+  stripped as `read.read_json_lines` does; valid utf-8 (the usual case) is decoded whole,
+  which gives the same lines, since b"\\n" is never inside a multi-byte character."""
+  try:
+    decoded = data.decode("utf-8").split("\n")
+  except UnicodeDecodeError:
+    decoded = [part.decode("utf-8", errors="replace") for part in data.split(b"\n")]
+  return [text.strip() for text in decoded]
+
+
 def json_line_batches(handle, batch_rows: int = BATCH_ROWS
                       ) -> Iterator[Tuple[List[int], List[str], int]]:
-  """(line numbers, stripped texts, lines so far) per batch of non-blank lines of a binary
-  stream; lines split on b"\\n" and decoded (utf-8, errors replaced) and stripped exactly
+  """(line numbers, stripped texts, lines so far) per batch of batch_rows non-blank lines
+  (fewer in the last) of a binary stream; lines split on b"\\n", decoded and stripped
   as `read.read_json_lines` does."""
   line_number = 0
   lines: List[int] = []
@@ -446,33 +457,18 @@ def json_line_batches(handle, batch_rows: int = BATCH_ROWS
       if cut < 0:
         rest = data
         continue
-      data, rest = data[:cut + 1], data[cut + 1:]
-      try:  # Fast path: a chunk that is valid utf-8 decodes as its lines would.
-        stripped = [text.strip() for text in data.decode("utf-8").split("\n")[:-1]]
-      except UnicodeDecodeError:
-        stripped = None
-      if stripped is not None:
-        lines.extend(line_number + 1 + index for index, text in enumerate(stripped) if text)
-        texts.extend(text for text in stripped if text)
-        line_number += len(stripped)
-        while len(texts) >= batch_rows:
-          yield lines[:batch_rows], texts[:batch_rows], lines[batch_rows - 1]
-          lines, texts = lines[batch_rows:], texts[batch_rows:]
-        continue
-      parts = data.split(b"\n")[:-1]
+      data, rest = data[:cut], data[cut + 1:]
+    elif rest:  # The last line, without its newline.
+      data, rest = rest, b""
     else:
-      parts = [rest] if rest else []
-    for part in parts:
-      line_number += 1
-      text = part.decode("utf-8", errors="replace").strip()
-      if text:
-        lines.append(line_number)
-        texts.append(text)
-        if len(texts) >= batch_rows:
-          yield lines, texts, line_number
-          lines, texts = [], []
-    if not chunk:
       break
+    stripped = _stripped_lines(data)
+    lines.extend(line_number + 1 + index for index, text in enumerate(stripped) if text)
+    texts.extend(text for text in stripped if text)
+    line_number += len(stripped)
+    while len(texts) >= batch_rows:
+      yield lines[:batch_rows], texts[:batch_rows], lines[batch_rows - 1]
+      lines, texts = lines[batch_rows:], texts[batch_rows:]
   if texts:
     yield lines, texts, line_number
 
