@@ -76,13 +76,15 @@ def _load_average() -> str:
   return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_preprocess(raw: str, output: str, workers: int, log_path: str,
-                   engine: str = "columnar", fmt: str = "jsonl") -> Dict[str, Any]:
-  """Runs pipeline.preprocess once (`--local_workers workers`); returns its row."""
+def run_job(args: Sequence[str], output: str, log_path: str) -> Dict[str, Any]:
+  """Runs `python -m pipeline.preprocess args` (writing `output`), polling its memory.
+
+  Returns:
+    {"counts": counts.json, "pipeline_seconds", "wall_seconds", "peak_rss_gib",
+     "failure": the accounting check's message, or None}.
+  """
   if os.path.exists(output):
     shutil.rmtree(output)
-  args = common.preprocess_args(raw, output, fmt) + ["--local_workers", str(workers),
-                                                "--engine", engine]
   env = dict(os.environ, PYTHONPATH=common.REPO_ROOT)
   start = time.time()
   with open(log_path, "w") as log:
@@ -104,7 +106,6 @@ def run_preprocess(raw: str, output: str, workers: int, log_path: str,
     raise RuntimeError(f"pipeline.preprocess failed ({proc.returncode}), see {log_path}:\n"
                        f"{text[-3000:]}")
   match = PIPELINE_SECONDS.search(text)
-  pipeline_seconds = float(match.group(1)) if match else wall
   with open(counts_path) as f:
     counts = json.load(f)
   if proc.returncode == 0:  # A run that exits 0 must have left a verifiable marker.
@@ -113,8 +114,20 @@ def run_preprocess(raw: str, output: str, workers: int, log_path: str,
   # runner) is a result too: it is reported, with the check's message, not hidden.
   failure = next((line.split("failed: ", 1)[-1] for line in text.splitlines()
                   if line.startswith("pipeline.preprocess failed")), None)
-  return dict(row(f"job --engine {engine}", workers, counts, pipeline_seconds, wall,
-                  peak / 2**30, failure if proc.returncode != 0 else None), format=fmt)
+  return {"counts": counts, "pipeline_seconds": float(match.group(1)) if match else wall,
+          "wall_seconds": wall, "peak_rss_gib": peak / 2**30,
+          "failure": failure if proc.returncode != 0 else None}
+
+
+def run_preprocess(raw: str, output: str, workers: int, log_path: str,
+                   engine: str = "columnar", fmt: str = "jsonl") -> Dict[str, Any]:
+  """Runs pipeline.preprocess once (`--local_workers workers`); returns its row."""
+  args = common.preprocess_args(raw, output, fmt) + ["--local_workers", str(workers),
+                                                "--engine", engine]
+  result = run_job(args, output, log_path)
+  return dict(row(f"job --engine {engine}", workers, result["counts"],
+                  result["pipeline_seconds"], result["wall_seconds"],
+                  result["peak_rss_gib"], result["failure"]), format=fmt)
 
 
 def row(run_name: str, workers: int, counts: Dict[str, Any], pipeline_seconds: float,

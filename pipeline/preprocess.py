@@ -23,8 +23,9 @@
   python -m pipeline.preprocess --source aliexpress --config configs/aliexpress.yaml \
       --train 'AliExpress_NL/train.csv' --eval 'AliExpress_NL/test.csv' --output DIR
 
-Flow: raw logs -> **this job** (transforms.preprocess_job.Preprocess, or PreprocessAliCcp /
-PreprocessDerived by --source; docs/ALI_CCP.md) -> OUTPUT/ ->
+Flow: raw logs -> **this job** (transforms.columnar.job.PreprocessColumnar, or
+PreprocessAliCcpColumnar / PreprocessDerivedColumnar by --source; with --engine row
+transforms.preprocess_job's per-record jobs; docs/ALI_CCP.md) -> OUTPUT/ ->
 pipeline.train. At the start the job removes an old success marker and its own old
 TFRecord and dead-letter shards (`remove_previous_shards`: a rerun with fewer shards
 must not leave the extra ones behind, for the marker would list them). Flags this
@@ -136,13 +137,14 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--fail_on_anomalies", action="store_true",
                       help="With --schema: exit non-zero when a split has anomalies.")
   parser.add_argument("--engine", default=None, choices=ENGINES,
-                      help="'columnar' (the default for --source log: every stage on pyarrow "
-                           "RecordBatches, transforms/columnar/job.py) or 'row' (one element "
-                           "per record; the default, and the only engine, of the other "
-                           "sources). Same outputs (tests/test_columnar_golden.py).")
+                      help="'columnar' (the default: every stage on pyarrow RecordBatches, "
+                           "transforms/columnar/job.py) or 'row' (one element per record). "
+                           "Same outputs (tests/test_columnar_golden.py, "
+                           "tests/test_file_sources_golden.py).")
   parser.add_argument("--join_buckets", type=int, default=None,
-                      help="--engine columnar: hash buckets of impression_id for the join's "
-                           "shuffle (default transforms/columnar/label.DEFAULT_BUCKETS).")
+                      help="--engine columnar: hash buckets of the join's shuffle (of "
+                           "impression_id; of md5 per split for --source ali_ccp) (default "
+                           "transforms/columnar/label.DEFAULT_BUCKETS).")
   parser.add_argument("--progress_interval_s", type=float, default=None,
                       help="--engine columnar: seconds between the progress lines (records "
                            "so far, records/s) each worker logs (default "
@@ -164,7 +166,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
   if args.config is None:
     args.config = DEFAULT_CONFIGS[args.source]
   if args.engine is None:
-    args.engine = COLUMNAR if args.source == LOG else ROW
+    args.engine = COLUMNAR
   if args.local_workers is not None:
     beam_args = beam_args + local_workers_options(args.local_workers, beam_args)
   return args, beam_args
@@ -248,15 +250,7 @@ def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
                     spec: spec_lib.FeatureSpec) -> beam.PTransform:
   """The job's root composite for `--source`."""
   if args.engine == COLUMNAR:
-    if args.source != LOG:
-      raise preprocess_job.PreprocessError(f"--engine {COLUMNAR} is for --source {LOG} only")
-    from transforms.columnar import job as columnar_job  # pylint: disable=g-import-not-at-top
-    from transforms.columnar import label as columnar_label  # pylint: disable=g-import-not-at-top
-    from transforms.columnar import progress  # pylint: disable=g-import-not-at-top
-    return columnar_job.PreprocessColumnar(
-        patterns["impressions"], patterns["events"], args.output, config.data, spec,
-        num_buckets=args.join_buckets or columnar_label.DEFAULT_BUCKETS,
-        progress_interval_s=args.progress_interval_s or progress.DEFAULT_INTERVAL_S)
+    return _columnar_transform(args, patterns, config, spec)
   if args.source == LOG:
     return preprocess_job.Preprocess(patterns["impressions"], patterns["events"], args.output,
                                      config.data, spec)
@@ -266,6 +260,29 @@ def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
         {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
         args.output, config.data, spec)
   return preprocess_job.PreprocessDerived(
+      {"train": patterns["train"], "eval": patterns["eval"]}, args.source, args.output,
+      config.data, spec)
+
+
+def _columnar_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
+                        config: config_lib.ExperimentConfig,
+                        spec: spec_lib.FeatureSpec) -> beam.PTransform:
+  """`build_transform` for --engine columnar (imported here: pyarrow-heavy modules)."""
+  from transforms.columnar import job as columnar_job  # pylint: disable=g-import-not-at-top
+  from transforms.columnar import label as columnar_label  # pylint: disable=g-import-not-at-top
+  from transforms.columnar import progress  # pylint: disable=g-import-not-at-top
+  num_buckets = args.join_buckets or columnar_label.DEFAULT_BUCKETS
+  if args.source == LOG:
+    return columnar_job.PreprocessColumnar(
+        patterns["impressions"], patterns["events"], args.output, config.data, spec,
+        num_buckets=num_buckets,
+        progress_interval_s=args.progress_interval_s or progress.DEFAULT_INTERVAL_S)
+  if args.source == ALI_CCP:
+    return columnar_job.PreprocessAliCcpColumnar(
+        {"train": patterns["skeleton"], "eval": patterns["eval_skeleton"]},
+        {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
+        args.output, config.data, spec, num_buckets=num_buckets)
+  return columnar_job.PreprocessDerivedColumnar(
       {"train": patterns["train"], "eval": patterns["eval"]}, args.source, args.output,
       config.data, spec)
 

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import beam_preprocess
 from benchmarks import common
+from benchmarks import file_sources
 from benchmarks import input_pipeline
 from benchmarks import serving_latency
 from benchmarks import training_throughput
@@ -167,3 +168,16 @@ def test_beam_preprocess_reads_parquet_worlds(workdir, tmp_path):
   assert floor["written"] == job["impressions"] == 1000 and not job["failure"]
   assert job["events"] == floor["events"] > 0
   assert "| Parquet |" in open(tmp_path / "formats.md").read()
+
+
+@pytest.mark.slow
+def test_file_sources_benchmark_runs_both_engines_with_the_same_counts(workdir, tmp_path):
+  rows = file_sources.run(600, engines=("columnar", "row"), workers=(1,), workdir=workdir,
+                          results_dir=str(tmp_path), command="test")
+  for source in file_sources.SOURCES:
+    columnar, row = [r for r in rows if r["source"] == source]
+    assert (columnar["engine"], row["engine"]) == ("columnar", "row")
+    assert columnar["lines"] == row["lines"] >= 790 and columnar["written"] == row["written"]
+    assert columnar["written"] < columnar["lines"]  # 2% bad lines are dead letters.
+    assert not columnar["failure"] and not row["failure"]
+  assert "lines/s per worker" in open(tmp_path / "file_sources.md").read()

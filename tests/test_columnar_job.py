@@ -8,10 +8,12 @@ the multiset of serialized Examples per split must be equal.
 
 import glob
 import json
+import os
 
 import pytest
 from apache_beam.testing import test_pipeline
 
+from configs import config as config_lib
 from pipeline import preprocess
 from tests import test_beam_golden as golden_test
 from tests import test_transforms_preprocess_job as row_job_test
@@ -19,6 +21,8 @@ from transforms import outputs as outputs_lib
 from transforms import preprocess_job
 from transforms import testing
 from transforms.columnar import job as columnar_job
+
+REPO = golden_test.REPO
 
 
 def _outputs(output):
@@ -48,15 +52,18 @@ def test_columnar_job_writes_what_the_row_job_writes(tmp_path, policy):
   assert results["columnar"] == results["row"]
 
 
-def test_engine_flag_defaults_to_columnar_for_logs_and_columnar_is_log_only():
+def test_engine_flag_defaults_to_columnar_for_every_source():
   args, _ = preprocess.parse_args(["--output", "out", "--impressions", "i", "--events", "e"])
   assert args.engine == preprocess.COLUMNAR
-  args, _ = preprocess.parse_args(["--output", "out", "--source", "ali_ccp"])
-  assert args.engine == preprocess.ROW
-  args, _ = preprocess.parse_args(["--output", "out", "--source", "ali_ccp", "--engine",
-                                   "columnar"])
-  with pytest.raises(preprocess_job.PreprocessError, match="--source log only"):
-    preprocess.build_transform(args, {}, None, None)
+  config = config_lib.load_config(os.path.join(REPO, "configs", "ali_ccp.yaml"))
+  patterns = {"skeleton": ["s"], "eval_skeleton": ["es"], "common_features": ["c"],
+              "eval_common_features": ["ec"]}
+  for engine, job in ((None, columnar_job.PreprocessAliCcpColumnar),
+                      ("row", preprocess_job.PreprocessAliCcp)):
+    args, _ = preprocess.parse_args(["--output", "out", "--source", "ali_ccp"]
+                                    + (["--engine", engine] if engine else []))
+    transform = preprocess.build_transform(args, patterns, config, config.load_feature_spec())
+    assert type(transform) is job  # pylint: disable=unidiomatic-typecheck
 
 
 def test_columnar_job_on_parquet_join_dead_letters(tmp_path):

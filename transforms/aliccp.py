@@ -237,6 +237,68 @@ class FieldFeatures:
     return merged
 
 
+def line_features(fields: FieldFeatures, feature_list: str, feature_num: str
+                  ) -> Tuple[Dict[str, Any], int]:
+  """A line's feature list -> (coerced features, items of fields the spec does not name).
+
+  Raises:
+    parse.FieldError / example_codec.RecordError: the line's dead-letter reason.
+  """
+  count = parse_feature_count(feature_num)
+  items = parse_feature_list(feature_list)
+  check_feature_count(items, count)
+  return fields.from_items(items)
+
+
+SkeletonRow = Tuple[str, str, Dict[str, int], Dict[str, Any], int]
+
+
+def parse_skeleton_line(text: str, fields: FieldFeatures, infer_click: bool) -> SkeletonRow:
+  """A sample_skeleton line -> (sample_id, md5, labels, features, ignored items).
+
+  Raises:
+    parse.FieldError / example_codec.RecordError: the line's dead-letter reason.
+  """
+  columns = text.split(",", SKELETON_COLUMNS - 1)
+  if len(columns) != SKELETON_COLUMNS:
+    raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns, expected "
+                               "sample_id,click,buy,md5,feature_num,feature_list")
+  sample_id, click, buy, md5, feature_num, feature_list = columns
+  if not sample_id.strip() or not md5.strip():
+    raise parse_lib.FieldError(dl.MALFORMED_LINE, "empty sample_id or md5")
+  labels = source_labels(parse_label(click, "click"), parse_label(buy, "buy"), infer_click)
+  features, ignored = line_features(fields, feature_list, feature_num)
+  return sample_id.strip(), md5.strip(), labels, features, ignored
+
+
+def common_md5(text: str) -> str:
+  """The md5 of a common_features line ("" when it has none)."""
+  return text.split(",", 1)[0].strip()
+
+
+def parse_common_line(text: str, fields: FieldFeatures) -> Tuple[str, Dict[str, Any], int]:
+  """A common_features line -> (md5, features, ignored items).
+
+  Raises:
+    parse.FieldError / example_codec.RecordError: the line's dead-letter reason (the
+      line's md5, if any, is `common_md5(text)`: a join tombstone).
+  """
+  columns = text.split(",", COMMON_COLUMNS - 1)
+  md5 = columns[0].strip()
+  if len(columns) != COMMON_COLUMNS or not md5:
+    raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns (or an empty "
+                               "md5), expected md5,feature_num,feature_list")
+  features, ignored = line_features(fields, columns[2], columns[1])
+  return md5, features, ignored
+
+
+def line_dead_letter(source: str, split: str, file: str, line: int, error, text: str
+                     ) -> Dict[str, Any]:
+  """The dead letter of a release line whose parse raised `error`."""
+  return dl.make_dead_letter(source, file, line, error.reason,
+                             f"{split} {source}: {error.detail}", text)
+
+
 class _ParseLineFn(beam.DoFn):
   """(file, line, text) of one split -> parsed rows, or dead letters."""
 
@@ -251,20 +313,10 @@ class _ParseLineFn(beam.DoFn):
   def setup(self):
     self._fields = FieldFeatures(self._spec)
 
-  def features(self, feature_list: str, feature_num: str) -> Dict[str, Any]:
-    count = parse_feature_count(feature_num)
-    items = parse_feature_list(feature_list)
-    check_feature_count(items, count)
-    features, ignored = self._fields.from_items(items)
-    if ignored:
-      self._ignored.inc(ignored)
-    return features
-
   def reject(self, file, line, error, text):
     self._rejected.inc()
-    return beam.pvalue.TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
-        self.source, file, line, error.reason, f"{self._split} {self.source}: {error.detail}",
-        text))
+    return beam.pvalue.TaggedOutput(dl.DEAD_LETTER, line_dead_letter(
+        self.source, self._split, file, line, error, text))
 
 
 class _ParseSkeletonFn(_ParseLineFn):
@@ -277,21 +329,15 @@ class _ParseSkeletonFn(_ParseLineFn):
   def process(self, raw):
     file, line, text = raw
     try:
-      columns = text.split(",", SKELETON_COLUMNS - 1)
-      if len(columns) != SKELETON_COLUMNS:
-        raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns, expected "
-                                   "sample_id,click,buy,md5,feature_num,feature_list")
-      sample_id, click, buy, md5, feature_num, feature_list = columns
-      if not sample_id.strip() or not md5.strip():
-        raise parse_lib.FieldError(dl.MALFORMED_LINE, "empty sample_id or md5")
-      labels = source_labels(parse_label(click, "click"), parse_label(buy, "buy"),
-                             self._infer_click)
-      features = self.features(feature_list, feature_num)
+      sample_id, md5, labels, features, ignored = parse_skeleton_line(
+          text, self._fields, self._infer_click)
     except (parse_lib.FieldError, example_codec.RecordError) as e:
       yield self.reject(file, line, e, text)
       return
-    yield ((self._split, md5.strip()),
-           {"impression_id": sample_id.strip(), "timestamp": TIMESTAMP, "features": features,
+    if ignored:
+      self._ignored.inc(ignored)
+    yield ((self._split, md5),
+           {"impression_id": sample_id, "timestamp": TIMESTAMP, "features": features,
             "labels": labels, "file": file, "line": line, "split": self._split,
             "record": text})
 
@@ -301,18 +347,16 @@ class _ParseCommonFn(_ParseLineFn):
 
   def process(self, raw):
     file, line, text = raw
-    columns = text.split(",", COMMON_COLUMNS - 1)
-    md5 = columns[0].strip()
     try:
-      if len(columns) != COMMON_COLUMNS or not md5:
-        raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns (or an empty "
-                                   "md5), expected md5,feature_num,feature_list")
-      features = self.features(columns[2], columns[1])
+      md5, features, ignored = parse_common_line(text, self._fields)
     except (parse_lib.FieldError, example_codec.RecordError) as e:
       yield self.reject(file, line, e, text)
-      if md5:
-        yield beam.pvalue.TaggedOutput(REJECTED, ((self._split, md5), (file, line, e.reason)))
+      if common_md5(text):
+        yield beam.pvalue.TaggedOutput(REJECTED, ((self._split, common_md5(text)),
+                                                  (file, line, e.reason)))
       return
+    if ignored:
+      self._ignored.inc(ignored)
     yield ((self._split, md5), {"features": features, "file": file, "line": line,
                                 "record": text})
 
@@ -357,6 +401,28 @@ def _skeleton_dead_letter(row: Dict[str, Any], reason: str, detail: str) -> Dict
                              row["record"])
 
 
+def duplicate_md5_letter(split: str, md5: str, kept: Mapping[str, Any],
+                         duplicate: Mapping[str, Any]) -> Dict[str, Any]:
+  """The dead letter of a common-features row whose (split, md5) was already kept."""
+  return dl.make_dead_letter(
+      dl.COMMON_FEATURES, duplicate["file"], duplicate["line"], dl.DUPLICATE_MD5,
+      f"{split} md5 {md5!r} already kept from {kept['file']} line {kept['line']}",
+      duplicate["record"])
+
+
+def unjoined_reason(split: str, md5: str, rejected: Sequence[Tuple[str, int, str]]
+                    ) -> Tuple[str, str]:
+  """(reason, detail) for skeleton rows whose md5 has no valid common-features row;
+  `rejected`: (file, line, reason) of its dead-lettered rows (the first is named)."""
+  if rejected:
+    file, line, reason = sorted(rejected)[0]
+    return (dl.COMMON_FEATURES_REJECTED,
+            f"{split} md5 {md5!r}: its common-features row ({file} line {line}) was "
+            f"dead-lettered ({reason})")
+  return (dl.MISSING_COMMON_FEATURES,
+          f"{split} md5 {md5!r} has no common-features row in the {split} files")
+
+
 class _JoinFn(beam.DoFn):
   """((split, md5), {"skeleton", "common", "rejected"}) -> labelled records + accounting."""
 
@@ -372,23 +438,13 @@ class _JoinFn(beam.DoFn):
     commons = sorted(grouped["common"], key=lambda row: (row["file"], row["line"]))
     kept = commons[0] if commons else None
     for duplicate in commons[1:]:
-      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
-          dl.COMMON_FEATURES, duplicate["file"], duplicate["line"], dl.DUPLICATE_MD5,
-          f"{split} md5 {md5!r} already kept from {kept['file']} line {kept['line']}",
-          duplicate["record"]))
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER,
+                                     duplicate_md5_letter(split, md5, kept, duplicate))
     if kept is None:
-      rejected = sorted(grouped["rejected"])
-      if rejected:
-        file, line, reason = rejected[0]
-        reason_out = dl.COMMON_FEATURES_REJECTED
-        detail = (f"{split} md5 {md5!r}: its common-features row ({file} line {line}) was "
-                  f"dead-lettered ({reason})")
-      else:
-        reason_out = dl.MISSING_COMMON_FEATURES
-        detail = f"{split} md5 {md5!r} has no common-features row in the {split} files"
+      reason, detail = unjoined_reason(split, md5, list(grouped["rejected"]))
       for row in grouped["skeleton"]:
         yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER,
-                                       _skeleton_dead_letter(row, reason_out, detail))
+                                       _skeleton_dead_letter(row, reason, detail))
       return
     used = False
     for row in grouped["skeleton"]:  # Streamed: a popular md5 may have many rows.

@@ -43,7 +43,7 @@ undone here. Our own statistics (vocabularies, mean/variance) use the train file
 """
 
 import math
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import apache_beam as beam
@@ -62,6 +62,7 @@ ALIEXPRESS = "aliexpress"
 LAYOUTS = (RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS)
 CSV_LAYOUTS = (RECHUB_CSV, ALIEXPRESS)  # A header line, then one row per line.
 READ = "read"  # Output tag: rows read per file.
+RECORDS = aliccp.RECORDS
 
 # Label -> its column, per CSV layout.
 RECHUB_LABEL_COLUMNS = {aliccp.CLICK_LABEL: "click", aliccp.PURCHASE_LABEL: "purchase"}
@@ -196,32 +197,48 @@ class _ReadDerivedFileFn(beam.DoFn):
                              ALIEXPRESS_LABEL_COLUMNS, id_column=SEARCH_ID)
     return CsvRowParser(self._fields, self._spec, header, path, self._infer_click)
 
-  def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
-    path = readable_file.metadata.path
+  def parse_lines(self, path: str, numbered_texts: Iterable[Tuple[int, str]]
+                  ) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """(line, text) of a file's non-blank lines -> (RECORDS, labelled record) or
+    (DEAD_LETTER, dead letter) per data row (a CSV's first line is its header)."""
     parser = None if self._layout in CSV_LAYOUTS else PaddleRowParser(self._fields,
                                                                       self._infer_click)
-    rows = 0
-    for _, line, text in read.read_json_lines(readable_file):
+    for line, text in numbered_texts:
       if parser is None:  # The first line of a CSV is its header, not a record.
         parser = self._csv_parser(text, path)
         continue
-      rows += 1
       try:
         labels, features, metadata = parser.parse(text)
       except (parse_lib.FieldError, example_codec.RecordError) as e:
         self._rejected.inc()
-        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
+        yield dl.DEAD_LETTER, dl.make_dead_letter(
             dl.IMPRESSIONS, path, line, e.reason, f"{self._split} {self._layout}: {e.detail}",
-            text))
+            text)
         continue
       record = {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
                 "features": features, "labels": labels, "file": path, "line": line,
                 "split": self._split}
       if metadata:
         record["metadata"] = metadata
-      yield record
+      yield RECORDS, record
+
+  def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+    path = readable_file.metadata.path
+    rows = 0
+    for tag, value in self.parse_lines(path, ((line, text) for _, line, text
+                                              in read.read_json_lines(readable_file))):
+      rows += 1
+      yield value if tag == RECORDS else beam.pvalue.TaggedOutput(tag, value)
     logging.info("Read %d %s rows from %s (%s)", rows, self._layout, path, self._split)
     yield beam.pvalue.TaggedOutput(READ, rows)
+
+
+def metadata_keys(layout: str, spec: spec_lib.FeatureSpec) -> Tuple[str, ...]:
+  """The Example metadata keys of a layout's records: AliExpress's search_id unless the
+  spec reads it as a feature."""
+  if layout == ALIEXPRESS and SEARCH_ID not in {feature.name for feature in spec}:
+    return (SEARCH_ID,)
+  return ()
 
 
 class ReadDerived(beam.PTransform):

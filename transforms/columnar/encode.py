@@ -144,16 +144,21 @@ class ColumnarExampleEncoder:
   present, and for each such pattern the order is read once from an Example the row
   codec itself builds with the same keys in the same order (`_key_order`).
 
+  Metadata keys (string columns outside the spec, e.g. AliExpress `search_id`) are
+  bytes keys after the labels, as `encode.add_metadata` writes them.
+
   `encode` returns None for a batch it does not cover (a label outside 0/1, a float
-  outside float32, a present weighted feature without weights): the caller then uses
-  the row codec, which words those errors.
+  outside float32, a present weighted feature without weights, a missing metadata
+  value): the caller then uses the row codec, which words those errors.
   """
 
-  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str],
+               metadata_keys: Sequence[str] = ()):
     self._codec = example_codec.ExampleCodec(spec, label_names)
     self._features = [(f.name, f.dtype, f.multivalent, f.weight_key if f.weighted else None)
                       for f in spec]
     self._label_names = tuple(label_names)
+    self._metadata_keys = tuple(metadata_keys)
     self._orders: Dict[Tuple[bool, ...], List[str]] = {}
 
   def _key_order(self, present: Tuple[bool, ...]) -> List[str]:
@@ -167,6 +172,7 @@ class ColumnarExampleEncoder:
           if weight_key is not None:
             features[weight_key] = [1.0]
       example = self._codec.encode(features, dict.fromkeys(self._label_names, 0), "x", 0)
+      encode_lib.add_metadata(example, dict.fromkeys(self._metadata_keys, "x"))
       self._orders[present] = [key for key, _ in _entry_keys(example.SerializeToString())]
     return self._orders[present]
 
@@ -235,6 +241,10 @@ class ColumnarExampleEncoder:
       if column(name).null_count:
         return None
       entries[name] = self._entry(name, self._feature_bytes(column(name), dtype, False))
+    for name in self._metadata_keys:
+      if column(name).null_count:
+        return None
+      entries[name] = self._entry(name, self._feature_bytes(column(name), "string", False))
     patterns, inverse = _presence_patterns(np.stack(present, axis=1))
     examples: List[Optional[bytes]] = [None] * n
     for index, pattern in enumerate(patterns):
@@ -293,10 +303,12 @@ class BatchEncoder:
   (`encode_rows`), which words any encoding error as the row job does. Same bytes.
   """
 
-  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str],
+               metadata_keys: Sequence[str] = ()):
     self._codec = example_codec.ExampleCodec(spec, label_names)
-    self._columnar = ColumnarExampleEncoder(spec, label_names)
+    self._columnar = ColumnarExampleEncoder(spec, label_names, metadata_keys)
     self._label_names = tuple(label_names)
+    self._metadata_keys = tuple(metadata_keys)
 
   def encode(self, batch: pa.RecordBatch) -> Tuple[List[bytes], List[Dict[str, Any]]]:
     if batch.num_rows < COLUMNAR_MIN_ROWS:
@@ -309,7 +321,8 @@ class BatchEncoder:
   def encode_rows(self, batch: pa.RecordBatch) -> Tuple[List[bytes], List[Dict[str, Any]]]:
     """Row by row through `example_codec.ExampleCodec.encode`."""
     names = batch.schema.names
-    feature_names = [n for n in names if n not in _META and n not in self._label_names]
+    feature_names = [n for n in names if n not in _META and n not in self._label_names
+                     and n not in self._metadata_keys]
     columns = {name: python_values(batch.column(i)) for i, name in enumerate(names)
                if name != "record"}
     examples, dead = [], []
@@ -319,8 +332,10 @@ class BatchEncoder:
       labels = {name: columns[name][row] for name in self._label_names}
       impression_id, timestamp = columns["impression_id"][row], columns["timestamp"][row]
       try:
-        examples.append(self._codec.encode(features, labels, impression_id,
-                                           timestamp).SerializeToString())
+        example = self._codec.encode(features, labels, impression_id, timestamp)
+        encode_lib.add_metadata(example, {key: columns[key][row] for key in self._metadata_keys
+                                          if columns[key][row] is not None})
+        examples.append(example.SerializeToString())
       except (example_codec.RecordError, TypeError, ValueError) as e:
         reason = getattr(e, "reason", dl.BAD_VALUE)
         dead.append(dl.make_dead_letter(
@@ -355,12 +370,13 @@ class SplitBatchesByTime(beam.PTransform):
 
 class _EncodeFn(beam.DoFn):
 
-  def __init__(self, spec, label_names):
+  def __init__(self, spec, label_names, metadata_keys):
     self._spec = spec
     self._label_names = tuple(label_names)
+    self._metadata_keys = tuple(metadata_keys)
 
   def setup(self):
-    self._encoder = BatchEncoder(self._spec, self._label_names)
+    self._encoder = BatchEncoder(self._spec, self._label_names, self._metadata_keys)
 
   def process(self, batch) -> Iterator[Any]:
     examples, dead = self._encoder.encode(batch)
@@ -372,16 +388,23 @@ class _EncodeFn(beam.DoFn):
 
 class EncodeBatches(beam.PTransform):
   """Labelled batches -> {"examples": lists of serialized tf.Examples (one list per
-  batch, the row job's bytes), "dead_letter"}."""
+  batch, the row job's bytes), "dead_letter"}.
 
-  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str]):
+  Args:
+    spec, label_names: the feature spec and the configured labels.
+    metadata_keys: string columns written as bytes keys (`encode.add_metadata`).
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str],
+               metadata_keys: Sequence[str] = ()):
     super().__init__()
     self._spec = spec
     self._label_names = tuple(label_names)
+    self._metadata_keys = tuple(metadata_keys)
 
   def expand(self, batches):
     outputs = batches | "Encode" >> beam.ParDo(_EncodeFn(
-        self._spec, self._label_names)).with_outputs(dl.DEAD_LETTER, main=EXAMPLES)
+        self._spec, self._label_names, self._metadata_keys)).with_outputs(dl.DEAD_LETTER, main=EXAMPLES)
     return {EXAMPLES: outputs[EXAMPLES], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
 
 

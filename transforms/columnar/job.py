@@ -35,12 +35,15 @@ from configs import config as config_lib
 from features import spec as spec_lib
 from transforms import accounting
 from transforms import dead_letter as dl
+from transforms import derived_sources
 from transforms import label as label_lib
 from transforms import outputs as outputs_lib
 from transforms import preprocess_job
 from transforms import split as split_lib
+from transforms.columnar import aliccp as caliccp
 from transforms.columnar import analyze as canalyze
 from transforms.columnar import encode as cencode
+from transforms.columnar import derived as cderived
 from transforms.columnar import label as clabel
 from transforms.columnar import parse as cparse
 from transforms.columnar import progress
@@ -108,14 +111,17 @@ def label_sums(batch: pa.RecordBatch, label_names: Sequence[str]) -> List[int]:
 def write_batch_outputs(splits: Dict[str, beam.PCollection],
                         dead_letters: List[beam.PCollection], counts: List[beam.PCollection],
                         paths: outputs_lib.OutputPaths, config: config_lib.DataConfig,
-                        spec: spec_lib.FeatureSpec, statistics: bool) -> Dict[str, Any]:
+                        spec: spec_lib.FeatureSpec, statistics: bool,
+                        sources: Sequence[str] = accounting.LOG_SOURCES,
+                        metadata_keys: Sequence[str] = ()) -> Dict[str, Any]:
   """`preprocess_job.write_outputs` on labelled RecordBatches per split: the same files.
 
   Encoding goes through `columnar.encode.EncodeBatches` (the row codec's bytes)
   and `WriteExampleLists` (the row job's shards: same files), the analyzers are
   `columnar.analyze.AnalyzeBatches`, label counts are column sums and TFDV statistics
   are computed on the batches (`columnar.stats`); dead letters and counts.json are the
-  row job's transforms.
+  row job's transforms. `sources`: the counts.json source sections; `metadata_keys`:
+  string columns written as Example bytes keys (`encode.add_metadata`).
 
   Returns: as `write_outputs`, but "train" / "eval" hold lists of serialized Examples
   (one per batch).
@@ -125,7 +131,8 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
   shards = {split_lib.TRAIN: config.train_shards, split_lib.EVAL: config.eval_shards}
   examples = {}
   for split in outputs_lib.SPLITS:
-    encoded = splits[split] | f"Encode_{split}" >> cencode.EncodeBatches(spec, label_names)
+    encoded = splits[split] | f"Encode_{split}" >> cencode.EncodeBatches(spec, label_names,
+                                                                          metadata_keys)
     examples[split] = encoded[cencode.EXAMPLES]
     dead_letters.append(encoded[dl.DEAD_LETTER])
     _ = examples[split] | f"Write_{split}" >> cencode.WriteExampleLists(
@@ -143,4 +150,58 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
 
   analysis = splits[split_lib.TRAIN] | "AnalyzeTransforms" >> canalyze.AnalyzeBatches(spec)
   return preprocess_job.write_artifacts_and_counts(analysis, examples, dead_letters, counts,
-                                                   paths, label_names, accounting.LOG_SOURCES)
+                                                   paths, label_names, sources)
+
+
+class PreprocessAliCcpColumnar(preprocess_job.PreprocessAliCcp):
+  """`preprocess_job.PreprocessAliCcp` on RecordBatches (columnar.aliccp): same outputs.
+
+  Args: as `PreprocessAliCcp`, plus num_buckets: hash buckets of md5 per split.
+  """
+
+  def __init__(self, *args, num_buckets: int = clabel.DEFAULT_BUCKETS, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._num_buckets = num_buckets
+
+  def expand(self, pbegin):
+    spec, infer_click = self._spec, self._infer_click
+    keyed = {caliccp.SKELETON: [], caliccp.COMMON: [], caliccp.REJECTED: []}
+    dead_letters, counts = [], []
+    for split in outputs_lib.SPLITS:
+      for kind, patterns in ((caliccp.SKELETON, self._skeleton[split]),
+                             (caliccp.COMMON, self._common[split])):
+        read = pbegin | f"ReadParse_{kind}_{split}" >> caliccp.ReadParseRelease(
+            patterns, kind, spec, split, infer_click, self._num_buckets)
+        keyed[kind].append(read[caliccp.RECORDS])
+        keyed[caliccp.REJECTED].append(read[caliccp.REJECTED])
+        dead_letters.append(read[dl.DEAD_LETTER])
+        counts.append(read[caliccp.READ])
+    joined = ({kind: parts | f"Flatten_{kind}" >> beam.Flatten()
+               for kind, parts in keyed.items()}
+              | "JoinCommonFeatures" >> caliccp.BucketedJoinCommonFeatures(spec))
+    dead_letters.append(joined[dl.DEAD_LETTER])
+    counts.append(joined[caliccp.COUNTS])
+    splits = {split: joined[split] for split in outputs_lib.SPLITS}
+    return write_batch_outputs(splits, dead_letters, counts, self._paths, self._data_config,
+                               spec, self._statistics,
+                               sources=(dl.IMPRESSIONS, dl.COMMON_FEATURES))
+
+
+class PreprocessDerivedColumnar(preprocess_job.PreprocessDerived):
+  """`preprocess_job.PreprocessDerived` on RecordBatches (columnar.derived): same outputs."""
+
+  def expand(self, pbegin):
+    config = self._data_config
+    splits, dead_letters, counts = {}, [], []
+    for split in outputs_lib.SPLITS:
+      rows = pbegin | f"Read_{split}" >> cderived.ReadDerivedBatches(
+          self._files[split], self._layout, self._spec, config.label_names, split,
+          self._infer_click)
+      splits[split] = rows[cderived.RECORDS]
+      dead_letters.append(rows[dl.DEAD_LETTER])
+      counts.append(rows[cderived.READ] | f"TagRead_{split}" >> beam.Map(
+          lambda n: ((dl.IMPRESSIONS, "read"), n)))
+    return write_batch_outputs(
+        splits, dead_letters, counts, self._paths, config, self._spec, self._statistics,
+        sources=(dl.IMPRESSIONS,),
+        metadata_keys=derived_sources.metadata_keys(self._layout, self._spec))

@@ -67,13 +67,13 @@ def bucket_of(impression_ids: pa.Array, num_buckets: int) -> np.ndarray:
   return (string_hash(impression_ids) % np.uint64(num_buckets)).astype(np.int64)
 
 
-def split_by_bucket(batch: pa.RecordBatch, num_buckets: int
+def split_by_bucket(batch: pa.RecordBatch, num_buckets: int, key: str = "impression_id"
                     ) -> Iterable[Tuple[int, pa.RecordBatch]]:
-  """(bucket, the batch's rows of that bucket) for each bucket the batch touches."""
+  """(bucket, the batch's rows of that bucket) for each bucket the batch touches; the
+  bucket is `bucket_of` the string column `key`."""
   if batch.num_rows == 0:
     return
-  buckets = bucket_of(batch.column(batch.schema.get_field_index("impression_id")),
-                      num_buckets)
+  buckets = bucket_of(batch.column(batch.schema.get_field_index(key)), num_buckets)
   order = np.argsort(buckets, kind="stable")
   sorted_buckets = buckets[order]
   starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])

@@ -1,0 +1,348 @@
+"""Read the raw Ali-CCP release and join it on md5 in hash buckets, on RecordBatches.
+
+Flow: sample_skeleton_*.csv + common_features_*.csv -> **ReadParseRelease** (per file:
+lines parsed by `transforms.aliccp`'s own code, kept rows gathered into RecordBatches and
+cut by a hash bucket of md5) -> **BucketedJoinCommonFeatures** (CoGroupByKey on (split,
+bucket); each bucket joined in columns) -> labelled RecordBatches per split ->
+columnar.job.write_batch_outputs.
+
+The columnar counterpart of `aliccp.ParseSkeleton / ParseCommonFeatures /
+JoinCommonFeatures`, with the same rules, dead letters and counts:
+  * parsing: the row functions `aliccp.parse_skeleton_line` / `parse_common_line` decide
+    (and word) every dead letter; a dead-lettered common-features row with an md5 leaves
+    a tombstone (md5, file, line, reason) in its bucket.
+  * the join is a real shuffle: skeleton and common-features sub-batches (zstd-packed
+    Arrow, `transforms.packing`) and tombstones are keyed by (split, bucket of md5), so
+    no side input holds a source. Inside a bucket (`BucketJoiner`): the common rows of
+    an md5 are ordered by (file, line), the first kept and the others duplicate_md5; a
+    skeleton row whose md5 has no kept row is missing_common_features or
+    common_features_rejected (`aliccp.unjoined_reason`); the others are merged in
+    columns: a scalar feature is the side that has it, a list feature (and its weights)
+    the skeleton's values then the common row's (`concat_lists`), as
+    `aliccp.FieldFeatures.merge` does. A row with a scalar on both sides goes through
+    `FieldFeatures.merge` itself, which words its dead letter.
+  * counts: common-features rows used (their md5 met by >= 1 skeleton row of the split)
+    and unused, per bucket.
+"""
+
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features import example_codec
+from features import spec as spec_lib
+from transforms import aliccp
+from transforms import dead_letter as dl
+from transforms import packing
+from transforms import parse as parse_lib
+from transforms.columnar import derived as cderived
+from transforms.columnar import label as clabel
+from transforms.columnar import records as crecords
+
+RECORDS = aliccp.RECORDS
+READ = "read"
+COUNTS = "counts"
+MD5 = "md5"
+SKELETON = "skeleton"
+COMMON = "common"
+REJECTED = aliccp.REJECTED
+BATCH_ROWS = cderived.BATCH_ROWS
+
+
+def skeleton_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
+  """Parsed skeleton rows: the labelled schema (record = the line) plus md5."""
+  return crecords.labelled_schema(spec, aliccp.SOURCE_LABELS, (MD5,))
+
+
+def common_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
+  """Parsed common-features rows: file, line, record, (unused) impression_id and
+  timestamp, the features, md5."""
+  return crecords.labelled_schema(spec, (), (MD5,))
+
+
+def concat_lists(first: pa.Array, second: pa.Array) -> pa.Array:
+  """Row-wise concatenation of two list arrays of one type: first's values then
+  second's; a null row counts as empty, and a row null in both stays null."""
+  n = len(first)
+  first_offsets = first.offsets.to_numpy().astype(np.int64)
+  second_offsets = second.offsets.to_numpy().astype(np.int64)
+  first_valid = first.is_valid().to_numpy(zero_copy_only=False)
+  second_valid = second.is_valid().to_numpy(zero_copy_only=False)
+  first_lengths = np.where(first_valid, np.diff(first_offsets), 0)
+  second_lengths = np.where(second_valid, np.diff(second_offsets), 0)
+  offsets = np.zeros(n + 1, dtype=np.int64)
+  np.cumsum(first_lengths + second_lengths, out=offsets[1:])
+  row = np.repeat(np.arange(n, dtype=np.int64), first_lengths + second_lengths)
+  k = np.arange(int(offsets[-1]), dtype=np.int64) - offsets[row]
+  from_first = k < first_lengths[row]
+  source = np.where(from_first, first_offsets[row] + k,
+                    len(first.values) + second_offsets[row] + k - first_lengths[row])
+  values = pa.concat_arrays([first.values, second.values]).take(pa.array(source, pa.int64()))
+  null = ~(first_valid | second_valid)
+  return pa.ListArray.from_arrays(
+      pa.array(offsets, pa.int32(), mask=np.r_[null, False] if null.any() else None), values)
+
+
+def _first_of_runs(values: pa.Array) -> np.ndarray:
+  """bool [n]: True where a sorted column's value differs from the previous row's."""
+  if not len(values):
+    return np.zeros(0, dtype=bool)
+  head = np.ones(len(values), dtype=bool)
+  head[1:] = ~pc.equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+  return head
+
+
+class BucketJoiner:
+  """One (split, bucket) of skeleton rows, common rows and tombstones -> labelled rows.
+
+  Args:
+    spec: the feature spec.
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec):
+    self._fields = aliccp.FieldFeatures(spec)
+    self.output_schema = crecords.labelled_schema(spec, aliccp.SOURCE_LABELS)
+    self._features = [(f.name, f.multivalent) for f in spec]
+    self._features += [(f.weight_key, True) for f in spec if f.weighted]
+    self._feature_order = [name for name in skeleton_schema(spec).names
+                           if name in dict(self._features)]
+
+  def _row_features(self, row: Dict[str, Any]) -> Dict[str, Any]:
+    return {name: row[name] for name in self._feature_order if row[name] is not None}
+
+  def _kept_commons(self, split: str, common: pa.Table, dead: List[Dict[str, Any]]
+                    ) -> pa.Table:
+    """The first common row of each md5 by (file, line); the others are dead letters."""
+    common = common.sort_by([(MD5, "ascending"), ("file", "ascending"), ("line", "ascending")])
+    head = _first_of_runs(common.column(MD5).combine_chunks())
+    if not head.all():
+      kept_index = np.maximum.accumulate(np.where(head, np.arange(len(head)), 0))
+      meta = common.select([MD5, "file", "line", "record"]).to_pylist()
+      for index in np.flatnonzero(~head).tolist():
+        kept = meta[kept_index[index]]
+        dead.append(aliccp.duplicate_md5_letter(split, meta[index][MD5], kept, meta[index]))
+    return common.filter(pa.array(head))
+
+  def join(self, split: str, skeleton: pa.Table, common: pa.Table,
+           rejected: Sequence[Tuple[str, str, int, str]]
+           ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]], int, int]:
+    """-> (labelled rows, dead letters, common rows used, common rows unused).
+
+    Args:
+      rejected: (md5, file, line, reason) of the bucket's dead-lettered common rows.
+    """
+    dead: List[Dict[str, Any]] = []
+    skeleton, common = skeleton.combine_chunks(), common.combine_chunks()
+    kept = self._kept_commons(split, common, dead).combine_chunks()
+    position = pc.index_in(skeleton.column(MD5).combine_chunks(),
+                           value_set=kept.column(MD5).combine_chunks())
+    matched = position.is_valid().to_numpy(zero_copy_only=False)
+    unmatched = np.flatnonzero(~matched)
+    if len(unmatched):
+      tombstones: Dict[str, List[Tuple[str, int, str]]] = {}
+      for md5, file, line, reason in rejected:
+        tombstones.setdefault(md5, []).append((file, line, reason))
+      for row in skeleton.take(pa.array(unmatched, pa.int64())).select(
+          ["file", "line", "record", MD5]).to_pylist():
+        reason, detail = aliccp.unjoined_reason(split, row[MD5], tombstones.get(row[MD5], []))
+        dead.append(dl.make_dead_letter(dl.IMPRESSIONS, row["file"], row["line"], reason,
+                                        detail, row["record"]))
+    rows = np.flatnonzero(matched)
+    position = pc.fill_null(position, 0).to_numpy(zero_copy_only=False)[rows].astype(np.int64)
+    used = len(np.unique(position))
+    skeleton = skeleton.take(pa.array(rows, pa.int64()))
+    common = kept.take(pa.array(position, pa.int64()))
+    merged, conflict = {}, np.zeros(len(rows), dtype=bool)
+    for name, multivalent in self._features:
+      own, shared = skeleton.column(name).combine_chunks(), common.column(name).combine_chunks()
+      if multivalent:
+        merged[name] = concat_lists(own, shared)
+      else:
+        conflict |= (own.is_valid().to_numpy(zero_copy_only=False)
+                     & shared.is_valid().to_numpy(zero_copy_only=False))
+        merged[name] = pc.coalesce(own, shared)
+    if conflict.any():
+      bad = np.flatnonzero(conflict)
+      own_rows = skeleton.take(pa.array(bad, pa.int64())).to_pylist()
+      shared_rows = common.take(pa.array(bad, pa.int64())).to_pylist()
+      for row, shared in zip(own_rows, shared_rows):
+        try:
+          self._fields.merge(self._row_features(row), self._row_features(shared))
+          raise AssertionError(f"{row['file']} line {row['line']}: no merge conflict")
+        except example_codec.RecordError as e:
+          dead.append(dl.make_dead_letter(dl.IMPRESSIONS, row["file"], row["line"],
+                                          e.reason, e.detail, row["record"]))
+    columns = []
+    for field in self.output_schema:
+      if field.name == "record":
+        columns.append(pa.nulls(len(rows), pa.string()))
+      elif field.name in merged:
+        columns.append(merged[field.name])
+      else:
+        columns.append(skeleton.column(field.name).combine_chunks())
+    batch = pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
+    if conflict.any():
+      batch = batch.filter(pa.array(~conflict))
+    return batch, dead, used, kept.num_rows - used
+
+
+class _ReadReleaseFileFn(beam.DoFn):
+  """One skeleton or common-features file -> ((split, bucket), packed sub-batch) (main),
+  tombstones ((split, bucket), (md5, file, line, reason)) (REJECTED), dead letters,
+  and its line count (READ)."""
+
+  def __init__(self, kind: str, spec: spec_lib.FeatureSpec, split: str, infer_click: bool,
+               num_buckets: int):
+    self._kind = kind
+    self._source = dl.IMPRESSIONS if kind == SKELETON else dl.COMMON_FEATURES
+    self._spec = spec
+    self._split = split
+    self._infer_click = infer_click
+    self._num_buckets = num_buckets
+    self._ignored = beam.metrics.Metrics.counter("aliccp", "ignored_items")
+    self._rejected = beam.metrics.Metrics.counter("aliccp", f"{self._source}_dead_letter")
+
+  def setup(self):
+    self._fields = aliccp.FieldFeatures(self._spec)
+    labels = aliccp.SOURCE_LABELS if self._kind == SKELETON else ()
+    self._batcher = crecords.RecordBatcher(self._spec, labels, (MD5,))
+
+  def _record(self, path: str, line: int, text: str) -> Dict[str, Any]:
+    if self._kind == SKELETON:
+      sample_id, md5, labels, features, ignored = aliccp.parse_skeleton_line(
+          text, self._fields, self._infer_click)
+    else:
+      md5, features, ignored = aliccp.parse_common_line(text, self._fields)
+      sample_id, labels = "", {}
+    if ignored:
+      self._ignored.inc(ignored)
+    return {"impression_id": sample_id, "timestamp": aliccp.TIMESTAMP, "features": features,
+            "labels": labels, "file": path, "line": line, "record": text,
+            "metadata": {MD5: md5}}
+
+  def _tombstone(self, md5: str, letter: Dict[str, Any]):
+    bucket = int(clabel.bucket_of(pa.array([md5]), self._num_buckets)[0])
+    return beam.pvalue.TaggedOutput(REJECTED, ((self._split, bucket), (
+        md5, letter["file"], letter["line"], letter["reason"])))
+
+  def _flush(self, records: List[Dict[str, Any]]) -> Iterator[Any]:
+    batch, dead = self._batcher.batch(records, self._source)
+    for letter in dead:
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+      if self._kind == COMMON:
+        md5 = next(r["metadata"][MD5] for r in records
+                   if (r["file"], r["line"]) == (letter["file"], letter["line"]))
+        yield self._tombstone(md5, letter)
+    for bucket, part in clabel.split_by_bucket(batch, self._num_buckets, key=MD5):
+      yield (self._split, bucket), packing.pack_batch(part)
+
+  def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+    path = readable_file.metadata.path
+    read, records = 0, []
+    with readable_file.open(compression_type=CompressionTypes.AUTO) as handle:
+      for line, text in cderived.numbered_lines(handle):
+        read += 1
+        try:
+          records.append(self._record(path, line, text))
+        except (parse_lib.FieldError, example_codec.RecordError) as e:
+          self._rejected.inc()
+          letter = aliccp.line_dead_letter(self._source, self._split, path, line, e, text)
+          yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+          if self._kind == COMMON and aliccp.common_md5(text):
+            yield self._tombstone(aliccp.common_md5(text), letter)
+          continue
+        if len(records) == BATCH_ROWS:
+          yield from self._flush(records)
+          records = []
+    if records:
+      yield from self._flush(records)
+    logging.info("Read %d %s lines from %s (%s, columnar)", read, self._kind, path,
+                 self._split)
+    yield beam.pvalue.TaggedOutput(READ, ((self._source, "read"), read))
+
+
+class ReadParseRelease(beam.PTransform):
+  """Skeleton or common-features files of one split -> {"records": ((split, bucket),
+  packed sub-batch), "rejected": tombstones, "dead_letter", "read": ((source, "read"),
+  lines) per file}.
+
+  Args:
+    file_patterns: globs (local or gs://); one matching no file fails the job.
+    kind: "skeleton" or "common".
+    spec: the feature spec.
+    split: "train" or "eval": the split of every row of these files.
+    infer_click: data.orphan_event_policy == "infer_click".
+    num_buckets: hash buckets of md5 (the join's shuffle keys, with the split).
+  """
+
+  def __init__(self, file_patterns: Union[str, Sequence[str]], kind: str,
+               spec: spec_lib.FeatureSpec, split: str, infer_click: bool = False,
+               num_buckets: int = clabel.DEFAULT_BUCKETS):
+    super().__init__()
+    if kind not in (SKELETON, COMMON):
+      raise ValueError(f"kind {kind!r} not in {(SKELETON, COMMON)}")
+    self._patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    self._fn = _ReadReleaseFileFn(kind, spec, split, infer_click, num_buckets)
+
+  def expand(self, pbegin):
+    outputs = (pbegin
+               | "Patterns" >> beam.Create(self._patterns)
+               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
+               | "Open" >> fileio.ReadMatches()
+               | "ReadParse" >> beam.ParDo(self._fn).with_outputs(
+                   dl.DEAD_LETTER, REJECTED, READ, main=RECORDS))
+    return {RECORDS: outputs[RECORDS], REJECTED: outputs[REJECTED],
+            dl.DEAD_LETTER: outputs[dl.DEAD_LETTER], READ: outputs[READ]}
+
+
+class _JoinBucketFn(beam.DoFn):
+  """((split, bucket), {"skeleton", "common", "rejected"}) -> labelled batches tagged by
+  split, dead letters, and ((common_features, used / unused), n) (COUNTS)."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec):
+    self._spec = spec
+    self._joined = beam.metrics.Metrics.counter("aliccp", "joined")
+
+  def setup(self):
+    self._joiner = BucketJoiner(self._spec)
+    self._schemas = {SKELETON: skeleton_schema(self._spec), COMMON: common_schema(self._spec)}
+
+  def _table(self, kind: str, packed: Sequence[bytes]) -> pa.Table:
+    return pa.Table.from_batches([packing.unpack_batch(data) for data in packed],
+                                 schema=self._schemas[kind])
+
+  def process(self, keyed):
+    (split, _), grouped = keyed
+    batch, dead, used, unused = self._joiner.join(
+        split, self._table(SKELETON, grouped[SKELETON]), self._table(COMMON, grouped[COMMON]),
+        list(grouped[REJECTED]))
+    for letter in dead:
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+    yield beam.pvalue.TaggedOutput(COUNTS, ((dl.COMMON_FEATURES, "used"), used))
+    yield beam.pvalue.TaggedOutput(COUNTS, ((dl.COMMON_FEATURES, "unused"), unused))
+    if batch.num_rows:
+      self._joined.inc(batch.num_rows)
+      yield beam.pvalue.TaggedOutput(split, batch)
+
+
+class BucketedJoinCommonFeatures(beam.PTransform):
+  """{"skeleton", "common", "rejected"} keyed by (split, bucket) -> {"train", "eval":
+  labelled batches, "dead_letter", "counts": ((common_features, used|unused), n)}."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec):
+    super().__init__()
+    self._spec = spec
+
+  def expand(self, inputs):
+    outputs = (inputs
+               | "CoGroup" >> beam.CoGroupByKey()
+               | "Join" >> beam.ParDo(_JoinBucketFn(self._spec)).with_outputs(
+                   dl.DEAD_LETTER, COUNTS, "train", "eval"))
+    return {"train": outputs["train"], "eval": outputs["eval"],
+            dl.DEAD_LETTER: outputs[dl.DEAD_LETTER], COUNTS: outputs[COUNTS]}
