@@ -11,12 +11,14 @@ import pyarrow as pa
 import pytest
 
 from configs import config as config_lib
+from simulation import release_layouts
 from tests import test_aliccp
 from transforms import aliccp
 from transforms import dead_letter as dl
 from transforms import parse as parse_lib
 from features import example_codec
 from transforms.columnar import aliccp as caliccp
+from transforms.columnar import aliccp_parse as caparse
 from transforms.columnar import records as crecords
 
 
@@ -110,3 +112,70 @@ def test_bucket_join_is_the_row_join(split, skeleton_lines, common_lines):
     assert {"click": got["click"], "purchase": got["purchase"]} == row["labels"]
     assert got["impression_id"] == row["impression_id"]
   assert np.all(np.asarray([r["line"] for r in found]) > 0)
+
+
+TRICKY_LINES = [
+    test_aliccp.skeleton(" 20", 0, 0, "mdA", [("205", "i1", "1.0")]),  # id with a space
+    test_aliccp.skeleton(21, 1, 0, "mdA", [("205", "i1", "1e-3"), ("210", "n", "2E+2")]),
+    test_aliccp.skeleton(22, 1, 0, "mdA", [("205", "i1", "1e999")]),  # not finite
+    test_aliccp.skeleton(23, 1, 0, "mdA", [("205", "i1", "+1")]),  # Python float() only
+    test_aliccp.skeleton(24, 1, 0, "mdA", [("205", "i1", "1.")]),
+    test_aliccp.skeleton(25, 1, 0, "mdA", [("205", "i\x031", "1")]),  # separator in id
+    test_aliccp.skeleton(26, 0, 0, "mdA", []),  # no items
+    test_aliccp.skeleton(27, 0, 0, "mdA", [("205", "i1", "1")], count="007"),
+    test_aliccp.skeleton(28, 0, 0, "mdA", [("205", "i1", "1")], count="1 "),
+    test_aliccp.skeleton(29, 0, 0, "mdA", [("205", "i1", "1"), ("f205", "i2", "1")]),
+    test_aliccp.skeleton(30, 0, 0, "md,A", [("205", "i1", "1")]),
+    test_aliccp.skeleton(31, 1, 1, "mdé", [("205", "i1", "1")]),  # non-ASCII md5
+    test_aliccp.skeleton(32, 0, 0, "mdA", [("999", "x", "1"), ("109_14", "c", "0.5"),
+                                           ("109_14", "d", "-2")]),
+    "33,1,0,mdA,1,205\x02i,1\x031",  # a comma inside an id
+]
+
+
+@pytest.mark.parametrize("kind", [caparse.SKELETON, caparse.COMMON])
+def test_columnar_line_parse_is_the_row_parse_on_plain_lines(kind, tmp_path):
+  """Every line the columnar parser takes gives exactly the row function's values; it
+  leaves the rest (every dead letter among them) to the row function; and it takes
+  almost all of a release's good lines."""
+  spec = config_lib.load_config(test_aliccp.CONFIG).load_feature_spec()
+  fields = aliccp.FieldFeatures(spec)
+  paths = release_layouts.write_aliccp_release(str(tmp_path), skeleton_rows=2000, seed=5,
+                                               bad_every=20)
+  with open(paths[f"{'sample_skeleton' if kind == caparse.SKELETON else 'common_features'}"
+                  "_train"]) as f:
+    texts = [line.strip() for line in f if line.strip()]
+  if kind == caparse.SKELETON:
+    texts += TRICKY_LINES + test_aliccp.TRAIN_SKELETON
+  else:
+    texts += [test_aliccp.common("mdT", [("101", "u", "1"), ("121", "-5", "1e2")]),
+              test_aliccp.common(" mdT", [("101", "u", "1")])] + test_aliccp.TRAIN_COMMON
+  texts = [t for t in texts if t]
+  table, plain, odd, ignored = caparse.ReleaseLineParser(spec, kind).parse(texts)
+  assert sorted(plain.tolist() + odd.tolist()) == list(range(len(texts)))
+  rows = table.to_pylist()
+  names = [n for n in table.column_names if n not in (
+      "impression_id", "md5", aliccp.CLICK_LABEL, aliccp.PURCHASE_LABEL)]
+  expected_ignored = 0
+  for index, row in zip(plain.tolist(), rows):
+    if kind == caparse.SKELETON:
+      sample_id, md5, labels, features, skipped = aliccp.parse_skeleton_line(
+          texts[index], fields, False)
+      assert (row["impression_id"], row["click"], row["purchase"]) == (
+          sample_id, labels["click"], labels["purchase"])
+    else:
+      md5, features, skipped = aliccp.parse_common_line(texts[index], fields)
+    expected_ignored += skipped
+    assert row["md5"] == md5
+    assert {n: row[n] for n in names if row[n] is not None} == features, texts[index]
+  assert ignored == expected_ignored > 0
+  rejected = 0
+  for index in odd.tolist():
+    try:
+      if kind == caparse.SKELETON:
+        aliccp.parse_skeleton_line(texts[index], fields, False)
+      else:
+        aliccp.parse_common_line(texts[index], fields)
+    except (parse_lib.FieldError, example_codec.RecordError):
+      rejected += 1
+  assert rejected > 0 and len(plain) > 0.9 * (len(texts) - rejected)

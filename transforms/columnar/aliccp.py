@@ -8,9 +8,11 @@ columnar.job.write_batch_outputs.
 
 The columnar counterpart of `aliccp.ParseSkeleton / ParseCommonFeatures /
 JoinCommonFeatures`, with the same rules, dead letters and counts:
-  * parsing: the row functions `aliccp.parse_skeleton_line` / `parse_common_line` decide
-    (and word) every dead letter; a dead-lettered common-features row with an md5 leaves
-    a tombstone (md5, file, line, reason) in its bucket.
+  * parsing: a batch of lines (BATCH_ROWS) is parsed in columns where the lines are plain
+    (`columnar.aliccp_parse`); the others go to the row functions
+    `aliccp.parse_skeleton_line` / `parse_common_line`, which decide (and word) every
+    dead letter; a dead-lettered common-features row with an md5 leaves a tombstone
+    (md5, file, line, reason) in its bucket.
   * the join is a real shuffle: skeleton and common-features sub-batches (zstd-packed
     Arrow, `transforms.packing`) and tombstones are keyed by (split, bucket of md5), so
     no side input holds a source. Inside a bucket (`BucketJoiner`): the common rows of
@@ -41,18 +43,19 @@ from transforms import aliccp
 from transforms import dead_letter as dl
 from transforms import packing
 from transforms import parse as parse_lib
-from transforms.columnar import derived as cderived
+from transforms.columnar import aliccp_parse as caparse
 from transforms.columnar import label as clabel
+from transforms.columnar import parse as cparse
 from transforms.columnar import records as crecords
 
 RECORDS = aliccp.RECORDS
 READ = "read"
 COUNTS = "counts"
 MD5 = "md5"
-SKELETON = "skeleton"
-COMMON = "common"
+SKELETON = caparse.SKELETON
+COMMON = caparse.COMMON
 REJECTED = aliccp.REJECTED
-BATCH_ROWS = cderived.BATCH_ROWS
+BATCH_ROWS = cparse.BATCH_ROWS
 
 
 def skeleton_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
@@ -212,6 +215,7 @@ class _ReadReleaseFileFn(beam.DoFn):
     self._fields = aliccp.FieldFeatures(self._spec)
     labels = aliccp.SOURCE_LABELS if self._kind == SKELETON else ()
     self._batcher = crecords.RecordBatcher(self._spec, labels, (MD5,))
+    self._parser = caparse.ReleaseLineParser(self._spec, self._kind)
 
   def _record(self, path: str, line: int, text: str) -> Dict[str, Any]:
     if self._kind == SKELETON:
@@ -231,37 +235,54 @@ class _ReadReleaseFileFn(beam.DoFn):
     return beam.pvalue.TaggedOutput(REJECTED, ((self._split, bucket), (
         md5, letter["file"], letter["line"], letter["reason"])))
 
-  def _flush(self, records: List[Dict[str, Any]]) -> Iterator[Any]:
-    batch, dead = self._batcher.batch(records, self._source)
-    for letter in dead:
-      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-      if self._kind == COMMON:
-        md5 = next(r["metadata"][MD5] for r in records
-                   if (r["file"], r["line"]) == (letter["file"], letter["line"]))
-        yield self._tombstone(md5, letter)
-    for bucket, part in clabel.split_by_bucket(batch, self._num_buckets, key=MD5):
-      yield (self._split, bucket), packing.pack_batch(part)
+  def _parse_batch(self, path: str, lines: Sequence[int], texts: Sequence[str]
+                   ) -> Iterator[Any]:
+    """A batch of lines -> dead letters, tombstones and packed sub-batches per bucket:
+    plain lines parsed in columns (`aliccp_parse`), the others by the row functions."""
+    table, plain, odd, ignored = self._parser.parse(texts)
+    if ignored:
+      self._ignored.inc(ignored)
+    line_numbers = np.asarray(lines, dtype=np.int64)
+    columns = {name: table.column(name) for name in table.column_names}
+    n = table.num_rows
+    columns.update({"file": pa.array([path] * n, pa.string()),
+                    "line": pa.array(line_numbers[plain], pa.int64()),
+                    "record": pa.array([texts[i] for i in plain.tolist()], pa.string()),
+                    spec_lib.TIMESTAMP_KEY: pa.array(np.full(n, aliccp.TIMESTAMP, np.int64))})
+    schema = self._batcher.schema
+    tables = [pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)]
+    records = []
+    for index in odd.tolist():
+      line, text = int(line_numbers[index]), texts[index]
+      try:
+        records.append(self._record(path, line, text))
+      except (parse_lib.FieldError, example_codec.RecordError) as e:
+        self._rejected.inc()
+        letter = aliccp.line_dead_letter(self._source, self._split, path, line, e, text)
+        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+        if self._kind == COMMON and aliccp.common_md5(text):
+          yield self._tombstone(aliccp.common_md5(text), letter)
+    if records:
+      batch, dead = self._batcher.batch(records, self._source)
+      for letter in dead:
+        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+        if self._kind == COMMON:
+          md5 = next(r["metadata"][MD5] for r in records
+                     if (r["file"], r["line"]) == (letter["file"], letter["line"]))
+          yield self._tombstone(md5, letter)
+      tables.append(pa.Table.from_batches([batch], schema=schema))
+    batches = pa.concat_tables(tables).combine_chunks().to_batches()
+    for batch in batches:
+      for bucket, part in clabel.split_by_bucket(batch, self._num_buckets, key=MD5):
+        yield (self._split, bucket), packing.pack_batch(part)
 
   def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
     path = readable_file.metadata.path
-    read, records = 0, []
+    read = 0
     with readable_file.open(compression_type=CompressionTypes.AUTO) as handle:
-      for line, text in cderived.numbered_lines(handle):
-        read += 1
-        try:
-          records.append(self._record(path, line, text))
-        except (parse_lib.FieldError, example_codec.RecordError) as e:
-          self._rejected.inc()
-          letter = aliccp.line_dead_letter(self._source, self._split, path, line, e, text)
-          yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-          if self._kind == COMMON and aliccp.common_md5(text):
-            yield self._tombstone(aliccp.common_md5(text), letter)
-          continue
-        if len(records) == BATCH_ROWS:
-          yield from self._flush(records)
-          records = []
-    if records:
-      yield from self._flush(records)
+      for lines, texts, _ in cparse.json_line_batches(handle):
+        read += len(texts)
+        yield from self._parse_batch(path, lines, texts)
     logging.info("Read %d %s lines from %s (%s, columnar)", read, self._kind, path,
                  self._split)
     yield beam.pvalue.TaggedOutput(READ, ((self._source, "read"), read))
