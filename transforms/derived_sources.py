@@ -102,15 +102,16 @@ class CsvRowParser:
       raise ValueError(f"{file}: no column for spec features {missing} (header {header!r}; "
                        "a feature named f<field> reads column <field>)")
     self._fields = fields
-    self._infer_click = infer_click
-    self._label_columns = [(label, column, self.columns.index(column))
-                           for label, column in label_columns.items()]
-    self._id = None  # (column, index) of a metadata id column.
+    # Public for the columnar parser (columnar.derived_parse), which reads the same layout.
+    self.infer_click = infer_click
+    self.label_columns = [(label, column, self.columns.index(column))
+                          for label, column in label_columns.items()]
+    self.id_column = None  # (column, index) of a metadata id column.
     if id_column and fields.feature_of(id_column) is None:
-      self._id = (id_column, self.columns.index(id_column))
-    self._features = [(index, column, fields.feature_of(column))
-                      for index, column in enumerate(self.columns)
-                      if fields.feature_of(column) is not None]
+      self.id_column = (id_column, self.columns.index(id_column))
+    self.feature_columns = [(index, column, fields.feature_of(column))
+                            for index, column in enumerate(self.columns)
+                            if fields.feature_of(column) is not None]
     ignored = [c for c in self.columns if fields.feature_of(c) is None
                and c not in label_columns.values() and c != id_column]
     if ignored:
@@ -122,17 +123,17 @@ class CsvRowParser:
       raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(cells)} cells, the header has "
                                  f"{len(self.columns)} columns")
     metadata = {}
-    if self._id is not None:
-      column, index = self._id
+    if self.id_column is not None:
+      column, index = self.id_column
       metadata[column] = cells[index].strip()
       if not metadata[column]:
         raise parse_lib.FieldError(dl.MALFORMED_LINE, f"empty {column!r}")
     values = {label: aliccp.parse_label(cells[index], column)
-              for label, column, index in self._label_columns}
+              for label, column, index in self.label_columns}
     labels = aliccp.source_labels(values[aliccp.CLICK_LABEL], values[aliccp.PURCHASE_LABEL],
-                                  self._infer_click)
+                                  self.infer_click)
     items = []
-    for index, column, feature in self._features:
+    for index, column, feature in self.feature_columns:
       cell = cells[index].strip()
       if not cell:
         continue
@@ -191,7 +192,8 @@ class _ReadDerivedFileFn(beam.DoFn):
   def setup(self):
     self._fields = aliccp.FieldFeatures(self._spec)
 
-  def _csv_parser(self, header: str, path: str) -> CsvRowParser:
+  def csv_parser(self, header: str, path: str) -> CsvRowParser:
+    """The row parser of a CSV file, from its header line."""
     if self._layout == ALIEXPRESS:
       return CsvRowParser(self._fields, self._spec, header, path, self._infer_click,
                              ALIEXPRESS_LABEL_COLUMNS, id_column=SEARCH_ID)
@@ -201,26 +203,32 @@ class _ReadDerivedFileFn(beam.DoFn):
                   ) -> Iterator[Tuple[str, Dict[str, Any]]]:
     """(line, text) of a file's non-blank lines -> (RECORDS, labelled record) or
     (DEAD_LETTER, dead letter) per data row (a CSV's first line is its header)."""
-    parser = None if self._layout in CSV_LAYOUTS else PaddleRowParser(self._fields,
-                                                                      self._infer_click)
+    parser = None if self._layout in CSV_LAYOUTS else self.paddle_parser()
     for line, text in numbered_texts:
       if parser is None:  # The first line of a CSV is its header, not a record.
-        parser = self._csv_parser(text, path)
+        parser = self.csv_parser(text, path)
         continue
-      try:
-        labels, features, metadata = parser.parse(text)
-      except (parse_lib.FieldError, example_codec.RecordError) as e:
-        self._rejected.inc()
-        yield dl.DEAD_LETTER, dl.make_dead_letter(
-            dl.IMPRESSIONS, path, line, e.reason, f"{self._split} {self._layout}: {e.detail}",
-            text)
-        continue
-      record = {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
-                "features": features, "labels": labels, "file": path, "line": line,
-                "split": self._split}
-      if metadata:
-        record["metadata"] = metadata
-      yield RECORDS, record
+      yield self.parse_line(parser, path, line, text)
+
+  def paddle_parser(self) -> "PaddleRowParser":
+    return PaddleRowParser(self._fields, self._infer_click)
+
+  def parse_line(self, parser: Union[CsvRowParser, "PaddleRowParser"], path: str, line: int,
+                 text: str) -> Tuple[str, Dict[str, Any]]:
+    """One data row -> (RECORDS, labelled record) or (DEAD_LETTER, dead letter)."""
+    try:
+      labels, features, metadata = parser.parse(text)
+    except (parse_lib.FieldError, example_codec.RecordError) as e:
+      self._rejected.inc()
+      return dl.DEAD_LETTER, dl.make_dead_letter(
+          dl.IMPRESSIONS, path, line, e.reason, f"{self._split} {self._layout}: {e.detail}",
+          text)
+    record = {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
+              "features": features, "labels": labels, "file": path, "line": line,
+              "split": self._split}
+    if metadata:
+      record["metadata"] = metadata
+    return RECORDS, record
 
   def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
     path = readable_file.metadata.path

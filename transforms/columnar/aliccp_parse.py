@@ -33,11 +33,13 @@ from transforms import aliccp
 SKELETON = "skeleton"
 COMMON = "common"
 _ID = r"[\x21-\x2b\x2d-\x7e]+"  # Printable ASCII, no comma, no space.
-_NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+# Printable ASCII without a comma or an edge space (Python's strip() leaves it as it is).
+TEXT = r"[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?"
+NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
 _ITEM = (r"^(?P<field>[^\x01\x02\x03]+)\x02(?P<id>[^\x01\x02\x03]+)\x03"
-         r"(?P<value>" + _NUMBER + r")$")
+         r"(?P<value>" + NUMBER + r")$")
 _COUNT = r"^[0-9]{1,18}$"
-_INT_ID = r"^-?[0-9]{1,18}$"
+INT_ID = r"^-?[0-9]{1,18}$"
 _LINE_COLUMNS = {SKELETON: aliccp.SKELETON_COLUMNS, COMMON: aliccp.COMMON_COLUMNS}
 
 
@@ -46,7 +48,8 @@ def _rows_with(item_rows: np.ndarray, item_mask: np.ndarray, n: int) -> np.ndarr
   return np.bincount(item_rows[item_mask], minlength=n)[:n] > 0
 
 
-def _bool(array) -> np.ndarray:
+def as_bool(array) -> np.ndarray:
+  """A boolean array (or ChunkedArray) as numpy, null as False."""
   return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
 
 
@@ -94,17 +97,17 @@ class ReleaseLineParser:
     cell = lambda index: pc.list_element(parts, index)
     if self._kind == SKELETON:
       sample_id, click, buy, md5, count, feature_list = (cell(i) for i in range(6))
-      ok = (_bool(pc.match_substring_regex(sample_id, "^" + _ID + "$"))
-            & _bool(pc.match_substring_regex(click, "^[01]$"))
-            & _bool(pc.match_substring_regex(buy, "^[01]$")))
+      ok = (as_bool(pc.match_substring_regex(sample_id, "^" + _ID + "$"))
+            & as_bool(pc.match_substring_regex(click, "^[01]$"))
+            & as_bool(pc.match_substring_regex(buy, "^[01]$")))
       ok &= ~(pc.equal(buy, "1").to_numpy(zero_copy_only=False)
               & pc.equal(click, "0").to_numpy(zero_copy_only=False))
     else:
       md5, count, feature_list = (cell(i) for i in range(3))
       sample_id = None
       ok = np.ones(len(keep), dtype=bool)
-    ok &= _bool(pc.match_substring_regex(md5, "^" + _ID + "$"))
-    ok &= _bool(pc.match_substring_regex(count, _COUNT))
+    ok &= as_bool(pc.match_substring_regex(md5, "^" + _ID + "$"))
+    ok &= as_bool(pc.match_substring_regex(count, _COUNT))
     items = pc.split_pattern(feature_list, "\x01")
     item_counts = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
     counts = pc.cast(pc.if_else(pa.array(ok), count, "0"), pa.int64()).to_numpy(
@@ -130,7 +133,7 @@ class ReleaseLineParser:
       if not mine.any():
         continue
       if feature.dtype == "int":
-        bad_int = mine & ~_bool(pc.match_substring_regex(feature_id, _INT_ID))
+        bad_int = mine & ~as_bool(pc.match_substring_regex(feature_id, INT_ID))
         ok &= ~_rows_with(item_rows, bad_int, len(keep))
       if not feature.multivalent:
         per_row = np.bincount(item_rows[mine], minlength=len(keep))

@@ -1,40 +1,38 @@
 """Read the derived layouts (rechub_csv, paddle_esmm, aliexpress) into labelled RecordBatches.
 
-Flow: derived files -> **ReadDerivedBatches** (per file: lines in 4 MiB chunks, parsed by
-`derived_sources`' row parsers, kept rows gathered into batches of BATCH_ROWS) ->
+Flow: derived files -> **ReadDerivedBatches** (per file: batches of BATCH_ROWS lines
+read in 4 MiB chunks; CSV rows parsed in columns where plain, `columnar.derived_parse`,
+every other row, and every paddle_esmm row, by `derived_sources`' row parsers) ->
 labelled RecordBatches of one split -> columnar.job.write_batch_outputs.
 
 The columnar counterpart of `derived_sources.ReadDerived`: the same records and dead
-letters (the same parsing code decides and words them), but the element is a batch of
-up to BATCH_ROWS rows (`columnar.records.labelled_schema`, with AliExpress's `search_id`
+letters (the row parsers decide and word every dead letter), but the element is a batch
+of up to BATCH_ROWS rows (`columnar.records.labelled_schema`, with AliExpress's `search_id`
 as a metadata column), so no later step is per record. Every row of a file goes to that
 file's split; a file is read by one worker (the files are the unit of parallelism, as
 for the row reader), and its batches are redistributed after reading.
 """
 
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from absl import logging
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+import numpy as np
+import pyarrow as pa
 
 from features import spec as spec_lib
+from transforms import aliccp
 from transforms import dead_letter as dl
 from transforms import derived_sources
+from transforms.columnar import derived_parse as cderived_parse
 from transforms.columnar import parse as cparse
 from transforms.columnar import records as crecords
 
 RECORDS = derived_sources.RECORDS
 READ = derived_sources.READ
 BATCH_ROWS = cparse.BATCH_ROWS
-
-
-def numbered_lines(handle) -> Iterator[Any]:
-  """(line, text) of each non-blank line of a binary stream, as `read.read_json_lines`
-  numbers, decodes and strips them (read in chunks: `columnar.parse.json_line_batches`)."""
-  for lines, texts, _ in cparse.json_line_batches(handle):
-    yield from zip(lines, texts)
 
 
 class _ReadDerivedBatchesFn(derived_sources._ReadDerivedFileFn):  # pylint: disable=protected-access
@@ -50,28 +48,64 @@ class _ReadDerivedBatchesFn(derived_sources._ReadDerivedFileFn):  # pylint: disa
     self._batcher = crecords.RecordBatcher(
         self._spec, self._label_names, derived_sources.metadata_keys(self._layout, self._spec))
 
-  def _flush(self, records):
-    batch, dead = self._batcher.batch(records)
-    for letter in dead:
-      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-    if batch.num_rows:
-      yield batch
+  def _batch(self, path: str, columns: Optional[pa.Table], lines: np.ndarray,
+             records: List[Dict[str, Any]]) -> Iterator[Any]:
+    """The columnar rows (their lines) and the row parser's records as one batch."""
+    schema = self._batcher.schema
+    tables = []
+    if columns is not None and columns.num_rows:
+      n = columns.num_rows
+      named = {name: columns.column(name) for name in columns.column_names}
+      named.update({
+          "file": pa.array([path] * n, pa.string()), "line": pa.array(lines, pa.int64()),
+          "record": pa.nulls(n, pa.string()),
+          spec_lib.IMPRESSION_ID_KEY: pa.array([f"{path}:{line}" for line in lines.tolist()],
+                                               pa.string()),
+          spec_lib.TIMESTAMP_KEY: pa.array(np.full(n, aliccp.TIMESTAMP, dtype=np.int64))})
+      tables.append(pa.Table.from_arrays([named[name] for name in schema.names],
+                                         schema=schema))
+    if records:
+      batch, dead = self._batcher.batch(records)
+      for letter in dead:
+        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+      tables.append(pa.Table.from_batches([batch], schema=schema))
+    if tables:
+      for batch in pa.concat_tables(tables).combine_chunks().to_batches():
+        if batch.num_rows:
+          yield batch
+
+  def _rows(self, parser, path: str, lines: Sequence[int], texts: Sequence[str],
+            records: List[Dict[str, Any]]) -> Iterator[Any]:
+    """Lines through the row parser: records appended, dead letters yielded."""
+    for line, text in zip(lines, texts):
+      tag, value = self.parse_line(parser, path, int(line), text)
+      if tag == RECORDS:
+        records.append(value)
+      else:
+        yield beam.pvalue.TaggedOutput(tag, value)
 
   def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
     path = readable_file.metadata.path
-    rows, records = 0, []
+    rows = 0
+    parser = None if self._layout in derived_sources.CSV_LAYOUTS else self.paddle_parser()
+    columnar = None
     with readable_file.open(compression_type=CompressionTypes.AUTO) as handle:
-      for tag, value in self.parse_lines(path, numbered_lines(handle)):
-        rows += 1
-        if tag != RECORDS:
-          yield beam.pvalue.TaggedOutput(tag, value)
+      for lines, texts, _ in cparse.json_line_batches(handle):
+        if parser is None:  # The first line of a CSV is its header, not a record.
+          parser = self.csv_parser(texts[0], path)
+          columnar = cderived_parse.CsvLineParser(parser, self._spec)
+          lines, texts = lines[1:], texts[1:]
+        rows += len(texts)
+        records: List[Dict[str, Any]] = []
+        if columnar is None:  # paddle_esmm: every line through the row parser.
+          yield from self._rows(parser, path, lines, texts, records)
+          yield from self._batch(path, None, np.zeros(0, dtype=np.int64), records)
           continue
-        records.append(value)
-        if len(records) == BATCH_ROWS:
-          yield from self._flush(records)
-          records = []
-    if records:
-      yield from self._flush(records)
+        columns, plain, odd = columnar.parse(texts)
+        numbers = np.asarray(lines, dtype=np.int64)
+        yield from self._rows(parser, path, numbers[odd].tolist(),
+                              [texts[i] for i in odd.tolist()], records)
+        yield from self._batch(path, columns, numbers[plain], records)
     logging.info("Read %d %s rows from %s (%s, columnar)", rows, self._layout, path,
                  self._split)
     yield beam.pvalue.TaggedOutput(READ, rows)
