@@ -9,6 +9,7 @@ writes from the records, whatever the batching and the order.
 import random
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.testing import test_pipeline
 
@@ -71,3 +72,31 @@ def test_moments_of_counts_is_the_row_accumulator():
     accumulator = fn.add_input(accumulator, value)
   assert canalyze.moments_of([(0.1, 2), (0.2, 1), (-3.0, 1), (5.0, 3)], False) == accumulator
   assert canalyze.distinct_counts(pa.array([["a", "b"], None, ["a"]])) == [("a", 2), ("b", 1)]
+
+
+def test_exact_moments_in_numpy_is_the_row_accumulator_to_the_bit():
+  """Subnormals, zeros of both signs, the extremes, integers near 2^53 and values over
+  the whole exponent range: the numpy sums equal `ExactMomentsCombineFn`'s integers."""
+  rng = np.random.default_rng(0)
+  cases = [
+      rng.normal(size=4096),
+      np.array([5e-324, -5e-324, 2.2e-308, 1e-310, 0.0, -0.0, 1.7976931348623157e308,
+                -1.7976931348623157e308, 0.1, 1.0 / 3.0]),
+      rng.integers(-2**53, 2**53, 2000).astype(np.float64),
+      np.ldexp(rng.random(4096), rng.integers(-1074, 1000, 4096)) * rng.choice([-1, 1], 4096),
+      np.array([]),
+  ]
+  fn = analyze.ExactMomentsCombineFn()
+  for values in cases:
+    accumulator = fn.create_accumulator()
+    for value in values.tolist():
+      accumulator = fn.add_input(accumulator, value)
+    assert canalyze.exact_moments(values) == accumulator
+  # Chunked beyond the int64-safe size gives the same integers.
+  values = rng.normal(size=1000)
+  canalyze._MAX_VALUES, saved = 64, canalyze._MAX_VALUES  # pylint: disable=protected-access
+  try:
+    chunked = canalyze.exact_moments(values)
+  finally:
+    canalyze._MAX_VALUES = saved  # pylint: disable=protected-access
+  assert chunked == canalyze.exact_moments(values)

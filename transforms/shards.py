@@ -30,12 +30,15 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 import google_crc32c
+from zlib_ng import zlib_ng
 
 from transforms import outputs as outputs_lib
 from transforms import packing
 
 SORT_BYTES = 256 << 20  # Example bytes a shard writer sorts at once (module docstring).
 BLOCK_BYTES = 4 << 20  # Framed bytes handed to the compressor per write.
+GZIP_LEVEL = 6  # zlib's default (Z_DEFAULT_COMPRESSION), as TensorFlow's GZIP writer.
+GZIP_WBITS = 31  # A gzip header and trailer around the deflate stream.
 
 
 def shard_path(file_path_prefix: str, shard: int, num_shards: int) -> str:
@@ -58,20 +61,25 @@ def tfrecord_frame(record: bytes) -> bytes:
 
 def write_tfrecord_file(path: str, records: Iterable[bytes]) -> int:
   """Writes `records` as one GZIP TFRecord file at `path` (any Beam filesystem) under a
-  temporary name, renamed to `path` when complete. Returns the number of records."""
+  temporary name, renamed to `path` when complete. Returns the number of records.
+
+  The gzip stream is zlib-ng's deflate at zlib's default level (GZIP_LEVEL): a standard
+  gzip file, which TensorFlow and every gzip reader read, about 1.5-1.7x faster to write
+  than with zlib at the same level and a little smaller (benchmarks in docs/SCALING.md 2.5).
+  """
   temporary = f"{path}.tmp-{uuid.uuid4().hex}"
   count, block, block_bytes = 0, [], 0
-  with FileSystems.create(temporary, compression_type=CompressionTypes.GZIP) as handle:
+  compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
+  with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
     for record in records:
       frame = tfrecord_frame(record)
       block.append(frame)
       block_bytes += len(frame)
       count += 1
       if block_bytes >= BLOCK_BYTES:
-        handle.write(b"".join(block))
+        handle.write(compressor.compress(b"".join(block)))
         block, block_bytes = [], 0
-    if block:
-      handle.write(b"".join(block))
+    handle.write(compressor.compress(b"".join(block)) + compressor.flush())
   if FileSystems.exists(path):
     FileSystems.delete([path])
   FileSystems.rename([temporary], [path])

@@ -19,9 +19,10 @@ feature, null = missing; list<...> when multivalent).
 
 import collections
 import math
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
@@ -40,6 +41,67 @@ def distinct_counts(column: pa.Array) -> List[Tuple[Any, int]]:
     return []
   counted = pc.value_counts(column)
   return list(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+
+
+def _grouped_sums(groups: np.ndarray, size: int, parts: Sequence[np.ndarray]) -> List[List[int]]:
+  """Per group, the int64 sum of each part (every |partial sum| stays below 2^63)."""
+  sums = []
+  for part in parts:
+    total = np.zeros(size, dtype=np.int64)
+    np.add.at(total, groups, part)
+    sums.append(total.tolist())
+  return sums
+
+
+_LIMB = 18  # Bits per limb of a mantissa (3 limbs hold its 53 bits).
+_LIMB_MASK = (1 << _LIMB) - 1
+_MAX_VALUES = 1 << 25
+
+
+def exact_moments(values: np.ndarray) -> Tuple[int, int, int]:
+  """`ExactMomentsCombineFn`'s accumulator (count, sum of x * 2^S, sum of x^2 * 2^2S,
+  S = analyze.SCALE_BITS: exact integers) of float64 values, in numpy.
+
+  Each x is m * 2^(e - 53) with an integer |m| < 2^53 (np.frexp), so x * 2^S is
+  m shifted by e - 53 + S bits (right only for subnormals, whose m ends in as many
+  zeros). Values are grouped by that shift; per group the sums of m and of m^2 are
+  taken exactly in int64 by cutting |m| into three 18-bit limbs a, b, c (m^2 = a^2 2^72
+  + 2ab 2^54 + (2ac + b^2) 2^36 + 2bc 2^18 + c^2: every product below 2^37, every sum
+  of up to 2^25 values below 2^63), then combined as Python integers.
+  """
+  values = np.asarray(values, dtype=np.float64)
+  if not len(values):
+    return 0, 0, 0
+  if len(values) > _MAX_VALUES:  # Keep every int64 partial sum below 2^63.
+    parts = [exact_moments(values[start:start + _MAX_VALUES])
+             for start in range(0, len(values), _MAX_VALUES)]
+    return tuple(sum(part[i] for part in parts) for i in range(3))
+  fraction, exponent = np.frexp(values)
+  mantissa = np.ldexp(fraction, 53).astype(np.int64)
+  shift = exponent.astype(np.int64) - 53 + analyze.SCALE_BITS
+  sign = np.sign(mantissa)
+  magnitude = np.abs(mantissa)
+  a, b, c = magnitude >> (2 * _LIMB), (magnitude >> _LIMB) & _LIMB_MASK, magnitude & _LIMB_MASK
+  shifts, groups = np.unique(shift, return_inverse=True)
+  groups = groups.reshape(-1)
+  sum_a, sum_b, sum_c, aa, ab, ac_bb, bc, cc = _grouped_sums(groups, len(shifts), [
+      sign * a, sign * b, sign * c, a * a, 2 * a * b, 2 * a * c + b * b, 2 * b * c, c * c])
+  scaled_sum = scaled_squares = 0
+  for index, bits in enumerate(shifts.tolist()):
+    plain = (sum_a[index] << (2 * _LIMB)) + (sum_b[index] << _LIMB) + sum_c[index]
+    squares = ((aa[index] << (4 * _LIMB)) + (ab[index] << (3 * _LIMB))
+               + (ac_bb[index] << (2 * _LIMB)) + (bc[index] << _LIMB) + cc[index])
+    scaled_sum += plain << bits if bits >= 0 else plain >> -bits
+    scaled_squares += squares << (2 * bits) if bits >= 0 else squares >> (-2 * bits)
+  return len(values), scaled_sum, scaled_squares
+
+
+def _present_values(column: pa.Array) -> np.ndarray:
+  """The present values of a column (list columns: their elements) as float64, as
+  `float(value)` makes them."""
+  if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+    column = column.flatten()
+  return column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def moments_of(value_counts: List[Tuple[Any, int]], log1p: bool) -> Tuple[int, int, int]:
@@ -88,7 +150,10 @@ class BatchAnalyzer:
         else:
           self.skipped_tokens += n
     for name, log1p in self._normalize:
-      partial = moments_of(distinct_counts(column(name)), log1p)
+      if log1p:  # math.log1p, as the row job applies it, per distinct value.
+        partial = moments_of(distinct_counts(column(name)), log1p)
+      else:
+        partial = exact_moments(_present_values(column(name)))
       self.moments[name] = self._moments_fn.merge_accumulators([self.moments[name], partial])
     for name in self._bucketize:
       for value, n in distinct_counts(column(name)):
