@@ -23,7 +23,10 @@ def test_frame_is_what_tensorflow_writes(tmp_path):
     for record in records:
       writer.write(record)
   with open(path, "rb") as f:
-    assert f.read() == b"".join(shards.tfrecord_frame(r) for r in records)
+    written = f.read()
+  assert written == b"".join(shards.tfrecord_frame(r) for r in records)
+  assert written == shards.tfrecord_frames(records) == shards.tfrecord_frames(records)
+  assert shards.tfrecord_frames([]) == b""
 
 
 def test_file_round_trip_leaves_no_temporary(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ shards that receive no Example are written empty, so a split always has `num_sha
 
 import struct
 import uuid
-from typing import Iterable, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -59,6 +59,36 @@ def tfrecord_frame(record: bytes) -> bytes:
                    struct.pack("<I", _masked_crc32c(record))])
 
 
+_HEADERS: Dict[int, bytes] = {}  # record length -> its 12-byte frame header
+_MAX_HEADERS = 1 << 16
+
+
+def _frame_header(length: int) -> bytes:
+  header = _HEADERS.get(length)
+  if header is None:
+    packed = struct.pack("<Q", length)
+    header = packed + struct.pack("<I", _masked_crc32c(packed))
+    if len(_HEADERS) < _MAX_HEADERS:
+      _HEADERS[length] = header
+  return header
+
+
+def tfrecord_frames(records: Sequence[bytes]) -> bytes:
+  """`tfrecord_frame` of each record, concatenated: the same bytes, with the length
+  headers cached per length (Examples of a split have few distinct lengths) and the
+  data CRCs masked in numpy."""
+  n = len(records)
+  crcs = np.fromiter(map(google_crc32c.value, records), dtype=np.uint64, count=n)
+  masked = (((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(0xA282EAD8)
+            ) & np.uint64(0xFFFFFFFF)
+  tails = masked.astype("<u4").tobytes()
+  parts: List[bytes] = [b""] * (3 * n)
+  parts[0::3] = [_frame_header(len(record)) for record in records]
+  parts[1::3] = records
+  parts[2::3] = [tails[i:i + 4] for i in range(0, 4 * n, 4)]
+  return b"".join(parts)
+
+
 def write_tfrecord_file(path: str, records: Iterable[bytes]) -> int:
   """Writes `records` as one GZIP TFRecord file at `path` (any Beam filesystem) under a
   temporary name, renamed to `path` when complete. Returns the number of records.
@@ -72,14 +102,14 @@ def write_tfrecord_file(path: str, records: Iterable[bytes]) -> int:
   compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
   with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
     for record in records:
-      frame = tfrecord_frame(record)
-      block.append(frame)
-      block_bytes += len(frame)
-      count += 1
+      block.append(record)
+      block_bytes += len(record) + 16
       if block_bytes >= BLOCK_BYTES:
-        handle.write(compressor.compress(b"".join(block)))
+        handle.write(compressor.compress(tfrecord_frames(block)))
+        count += len(block)
         block, block_bytes = [], 0
-    handle.write(compressor.compress(b"".join(block)) + compressor.flush())
+    handle.write(compressor.compress(tfrecord_frames(block)) + compressor.flush())
+    count += len(block)
   if FileSystems.exists(path):
     FileSystems.delete([path])
   FileSystems.rename([temporary], [path])

@@ -18,7 +18,7 @@ of present features from one Example the row codec builds; `BatchEncoder` falls 
 the row codec, row by row, for small batches and for the few values it does not cover.
 """
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -132,6 +132,82 @@ def _packed(tag: int, payload: pa.Array) -> pa.Array:
   return pc.if_else(pc.equal(pc.binary_length(payload), 0), _NO_BYTES, wrapped)
 
 
+_CONST, _VARINT, _RAW = "const", "varint", "raw"
+_Piece = Tuple[str, Any, Optional[np.ndarray]]  # (kind, bytes / uint64 [n] / uint8 [n, w], rows mask)
+_LIST_TAGS = {"string": 0x0A, "float": 0x12, "int": 0x1A}  # Feature's list fields.
+
+
+class _Entry(NamedTuple):
+  """A map entry of every row: `pieces` (its bytes before the payload, `_build`),
+  `payload` (large_binary [n] bytes after them, or None) and `size` (int64 [n]: the
+  entry's bytes in all, as Features' field 1)."""
+  pieces: List[_Piece]
+  payload: Optional[pa.Array]
+  size: np.ndarray
+
+
+def _varint_sizes(values: np.ndarray) -> np.ndarray:
+  """int64 [n]: bytes of the protobuf varint of each uint64 (or non-negative int)."""
+  unsigned = np.asarray(values).astype(np.uint64)
+  sizes = np.ones(len(unsigned), dtype=np.int64)
+  for k in range(1, 10):
+    more = unsigned >= np.uint64(1 << (7 * k))
+    if not more.any():
+      break
+    sizes += more
+  return sizes
+
+
+def _varint_bytes(value: int) -> bytes:
+  return _build([(_VARINT, np.array([value], dtype=np.uint64), None)], 1)[0].as_py()
+
+
+def _binary_lengths(array: pa.Array) -> np.ndarray:
+  """int64 [n]: bytes of each value of a large_binary array (0 for a null)."""
+  offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:
+                                                               array.offset + len(array) + 1]
+  return np.diff(offsets)
+
+
+def _build(pieces: Sequence[_Piece], n: int) -> pa.Array:
+  """large_binary [n]: per row, the concatenation of the pieces, in numpy: a constant
+  (bytes), a varint of a uint64 [n], raw bytes (uint8 [n, w]); a piece with a rows mask
+  is written only where it is True."""
+  matrices, valid, masked = [], [], False
+  for kind, value, mask in pieces:
+    if kind == _CONST:
+      matrix = np.broadcast_to(np.frombuffer(value, dtype=np.uint8), (n, len(value)))
+      here = None if mask is None else np.broadcast_to(mask[:, None], matrix.shape)
+    elif kind == _VARINT:
+      sizes = _varint_sizes(value)
+      width = int(sizes.max()) if n else 1
+      matrix = np.empty((n, width), dtype=np.uint8)
+      for k in range(width):
+        matrix[:, k] = (((value >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+                        | ((sizes > k + 1).astype(np.uint8) << np.uint8(7)))
+      here = np.arange(width)[None, :] < sizes[:, None] if width > 1 else None
+      if mask is not None:
+        here = (np.broadcast_to(mask[:, None], matrix.shape) if here is None
+                else here & mask[:, None])
+    else:
+      matrix, here = value, None
+    matrices.append(matrix)
+    valid.append(here)
+    masked |= here is not None
+  matrix = np.concatenate(matrices, axis=1) if len(matrices) > 1 else np.asarray(matrices[0])
+  if not masked:
+    lengths = np.full(n, matrix.shape[1], dtype=np.int64)
+    data = np.ascontiguousarray(matrix).reshape(-1)
+  else:
+    here = np.concatenate([np.ones(m.shape, dtype=bool) if v is None else v
+                           for m, v in zip(matrices, valid)], axis=1)
+    lengths = here.sum(axis=1)
+    data = matrix[here]
+  offsets = np.zeros(n + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  return _binary_array(offsets, data)
+
+
 class ColumnarExampleEncoder:
   """Labelled batches -> serialized tf.Examples, byte for byte the row codec's, in columns.
 
@@ -176,82 +252,132 @@ class ColumnarExampleEncoder:
       self._orders[present] = [key for key, _ in _entry_keys(example.SerializeToString())]
     return self._orders[present]
 
-  def _feature_bytes(self, column: pa.Array, dtype: str, multivalent: bool
-                     ) -> Optional[pa.Array]:
-    """The serialized Feature message of each row (garbage where the value is null)."""
+  def _entry(self, key: str, column: pa.Array, dtype: str, multivalent: bool
+             ) -> Optional[_Entry]:
+    """The map entry (field 1 of Features) of key -> each row's value (garbage where the
+    value is null), as prefix pieces and a payload; None for a value not covered."""
     n = len(column)
-    if multivalent:
+    key_bytes = key.encode("utf-8")
+    key_part = b"\x0a" + _varint_bytes(len(key_bytes)) + key_bytes
+    tail: List[_Piece] = []  # The Feature's list field, inside out: built below.
+    payload = None
+    if not multivalent:
+      if column.null_count:
+        column = pc.fill_null(column, {"string": "", "int": 0, "float": 0.0}[dtype])
+      if dtype == "string":
+        payload = column.cast(_BINARY)
+        length = _binary_lengths(payload)
+        tail = [(_CONST, b"\x0a", None), (_VARINT, length.astype(np.uint64), None)]
+        list_length = 1 + _varint_sizes(length) + length
+      elif dtype == "int":
+        unsigned = np.ascontiguousarray(column.to_numpy(zero_copy_only=False),
+                                        dtype=np.int64).view(np.uint64)
+        packed_length = _varint_sizes(unsigned)
+        tail = [(_CONST, b"\x0a", None), (_VARINT, packed_length.astype(np.uint64), None),
+                (_VARINT, unsigned, None)]
+        list_length = 1 + _varint_sizes(packed_length) + packed_length
+      else:
+        values = column.to_numpy(zero_copy_only=False)
+        if n and np.abs(values).max() > _FLOAT32_MAX:
+          return None
+        tail = [(_CONST, b"\x0a\x04", None),
+                (_RAW, values.astype(np.float32).view(np.uint8).reshape(n, 4), None)]
+        list_length = np.full(n, 6, dtype=np.int64)
+    else:
       offsets = column.offsets.to_numpy().astype(np.int64)
       flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
       offsets = offsets - offsets[0]
-    else:
-      offsets = np.arange(n + 1, dtype=np.int64)
-      flat = column
-      if column.null_count:
-        flat = pc.fill_null(column, {"string": "", "int": 0, "float": 0.0}[dtype])
-    if dtype == "string":
-      elements = _length_delimited(0x0A, flat.cast(_BINARY))
-      return _length_delimited(0x0A, _per_row(offsets, elements))
-    if dtype == "int":
-      packed = _per_row(offsets, varints(flat.to_numpy(zero_copy_only=False)))
-      return _length_delimited(0x1A, _packed(0x0A, packed))
-    values = flat.to_numpy(zero_copy_only=False)
-    if len(values) and np.abs(values).max() > _FLOAT32_MAX:
-      return None
-    packed = _binary_array(offsets * 4, values.astype(np.float32).view(np.uint8))
-    return _length_delimited(0x12, _packed(0x0A, packed))
-
-  def _entry(self, key: str, feature: pa.Array) -> pa.Array:
-    """The map entry (field 1 of Features) of key -> each row's Feature."""
-    key_bytes = key.encode("utf-8")
-    prefix = pa.scalar(b"\x0a" + bytes(varints(np.array([len(key_bytes)]))[0].as_py())
-                       + key_bytes, _BINARY)
-    return _length_delimited(0x0A, _join(prefix, _length_delimited(0x12, feature)))
+      if dtype == "string":
+        elements = flat.cast(_BINARY)
+        prefixes = _build([(_CONST, b"\x0a", None),
+                           (_VARINT, _binary_lengths(elements).astype(np.uint64), None)],
+                          len(elements))
+        payload = _per_row(offsets, _concat_rows([prefixes, elements]))
+        list_length = _binary_lengths(payload)
+      else:
+        if dtype == "int":
+          payload = _per_row(offsets, varints(flat.to_numpy(zero_copy_only=False)))
+        else:
+          values = flat.to_numpy(zero_copy_only=False)
+          if len(values) and np.abs(values).max() > _FLOAT32_MAX:
+            return None
+          payload = _binary_array(offsets * 4, values.astype(np.float32).view(np.uint8))
+        packed_length = _binary_lengths(payload)
+        has_values = packed_length > 0  # An empty packed field is left out.
+        tail = [(_CONST, b"\x0a", has_values),
+                (_VARINT, packed_length.astype(np.uint64), has_values)]
+        list_length = np.where(has_values, 1 + _varint_sizes(packed_length) + packed_length, 0)
+    feature_length = 1 + _varint_sizes(list_length) + list_length
+    entry_length = len(key_part) + 1 + _varint_sizes(feature_length) + feature_length
+    pieces = [(_CONST, b"\x0a", None), (_VARINT, entry_length.astype(np.uint64), None),
+              (_CONST, key_part + b"\x12", None),
+              (_VARINT, feature_length.astype(np.uint64), None),
+              (_CONST, bytes([_LIST_TAGS[dtype]]), None),
+              (_VARINT, list_length.astype(np.uint64), None)] + tail
+    return _Entry(pieces, payload, 1 + _varint_sizes(entry_length) + entry_length)
 
   def encode(self, batch: pa.RecordBatch) -> Optional[List[bytes]]:
     column = lambda name: batch.column(batch.schema.get_field_index(name))
     n = batch.num_rows
     if not n:
       return []
-    entries: Dict[str, pa.Array] = {}
+    entries: Dict[str, _Entry] = {}
     present = []
     for name, dtype, multivalent, weight_key in self._features:
       values = column(name)
       here = values.is_valid().to_numpy(zero_copy_only=False)
       present.append(here)
-      feature = self._feature_bytes(values, dtype, multivalent)
-      if feature is None:
+      entry = self._entry(name, values, dtype, multivalent)
+      if entry is None:
         return None
-      entries[name] = self._entry(name, feature)
+      entries[name] = entry
       if weight_key is not None:
         weights = column(weight_key)
         if (weights.is_null().to_numpy(zero_copy_only=False) & here).any():
           return None
-        weight_bytes = self._feature_bytes(weights, "float", True)
-        if weight_bytes is None:
+        entry = self._entry(weight_key, weights, "float", True)
+        if entry is None:
           return None
-        entries[weight_key] = self._entry(weight_key, weight_bytes)
+        entries[weight_key] = entry
     for name in self._label_names:
       labels = column(name)
       if labels.null_count or not pc.all(pc.is_in(labels, pa.array([0, 1]))).as_py():
         return None
-      entries[name] = self._entry(name, self._feature_bytes(labels, "int", False))
+      entries[name] = self._entry(name, labels, "int", False)
     for name, dtype in ((spec_lib.IMPRESSION_ID_KEY, "string"),
                         (spec_lib.TIMESTAMP_KEY, "int")):
       if column(name).null_count:
         return None
-      entries[name] = self._entry(name, self._feature_bytes(column(name), dtype, False))
+      entries[name] = self._entry(name, column(name), dtype, False)
     for name in self._metadata_keys:
       if column(name).null_count:
         return None
-      entries[name] = self._entry(name, self._feature_bytes(column(name), "string", False))
+      entries[name] = self._entry(name, column(name), "string", False)
     patterns, inverse = _presence_patterns(np.stack(present, axis=1))
     examples: List[Optional[bytes]] = [None] * n
     for index, pattern in enumerate(patterns):
-      rows = np.flatnonzero(inverse == index)
-      taken = pa.array(rows, pa.int64())
-      items = [entries[key].take(taken) for key in self._key_order(tuple(pattern.tolist()))]
-      serialized = _length_delimited(0x0A, _concat_rows(items)).to_pylist()
+      rows = None if len(patterns) == 1 else np.flatnonzero(inverse == index)
+      keys = self._key_order(tuple(pattern.tolist()))
+      count = n if rows is None else len(rows)
+      size = sum(entries[key].size for key in keys)
+      size = size if rows is None else size[rows]
+      pieces: List[_Piece] = [(_CONST, b"\x0a", None), (_VARINT, size.astype(np.uint64), None)]
+      arrays = []
+      for key in keys:
+        entry = entries[key]
+        pieces += [(kind, value if rows is None or kind == _CONST else value[rows],
+                    mask if mask is None or rows is None else mask[rows])
+                   for kind, value, mask in entry.pieces]
+        if entry.payload is not None:
+          arrays.append(_build(pieces, count))
+          arrays.append(entry.payload if rows is None else entry.payload.take(
+              pa.array(rows, pa.int64())))
+          pieces = []
+      if pieces:
+        arrays.append(_build(pieces, count))
+      serialized = _concat_rows(arrays).to_pylist() if len(arrays) > 1 else arrays[0].to_pylist()
+      if rows is None:
+        return serialized
       for row, example in zip(rows.tolist(), serialized):
         examples[row] = example
     return examples
