@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "google-crc32c==1.9.0",
     # transforms/shards.py: the TFRecord shards' gzip, 1.5-1.7x zlib's speed at its level.
     "zlib-ng==1.1.0",
+    # transforms/encode.py: the shards' mix key (XXH3-64), a tenth of BLAKE2b's cost.
+    "xxhash==4.1.0",
     # pipeline.evaluate --report draws its PNGs (Agg backend; also in "bench" below).
     "matplotlib==3.11.2",
 ]

@@ -15,9 +15,8 @@ Example by a hash of its bytes (`mix_key`; `transforms.shards`): the same files 
 run of the same input, every stretch of a shard with the split's label mix.
 """
 
-import hashlib
-
 import apache_beam as beam
+import xxhash
 
 from features import example_codec
 from features import spec as spec_lib
@@ -26,9 +25,10 @@ from transforms import shards as shards_lib
 
 EXAMPLES = "examples"
 def mix_key(serialized: bytes) -> int:
-  """A deterministic, well-spread 64-bit hash of a serialized Example (BLAKE2b; not a CRC,
-  whose linearity keeps Examples that differ in one label byte in correlated order)."""
-  return int.from_bytes(hashlib.blake2b(serialized, digest_size=8).digest(), "little")
+  """A deterministic, well-spread 64-bit hash of a serialized Example (XXH3-64, seed 0:
+  the same on every machine and run; not a CRC, whose linearity keeps Examples that
+  differ in one label byte in correlated order). A tenth of BLAKE2b's cost per call."""
+  return xxhash.xxh3_64_intdigest(serialized)
 
 
 def add_metadata(example, metadata) -> None:

@@ -3,7 +3,7 @@
 Flow: EncodeExamples / EncodeBatches -> **WriteShards** -> OUTPUT/{train,eval}/*.tfrecord.gz
 -> training.data (tf.data).
 
-Each Example goes to shard `mix_key % num_shards` (`encode.mix_key`: a BLAKE2b hash of its
+Each Example goes to shard `mix_key % num_shards` (`encode.mix_key`: an XXH3 hash of its
 bytes), and a shard is written in hash order (ties by the bytes). So:
   * the files are the same on every run of the same input, whatever the runner, its
     bundling or the number of workers (which Example lands in which shard included);
@@ -120,7 +120,7 @@ def shard_lists(examples: Sequence[bytes], num_shards: int, mix_key
                 ) -> Iterator[Tuple[int, Tuple[bytes, bytes]]]:
   """(shard, (the mix keys as uint64 bytes, the Examples packed by
   `packing.pack_bytes_list`)) for each shard the Examples of `examples` go to."""
-  keys = np.fromiter((mix_key(example) for example in examples), dtype=np.uint64,
+  keys = np.fromiter(map(mix_key, examples), dtype=np.uint64,
                      count=len(examples))
   shards = keys % np.uint64(num_shards)
   for shard in np.unique(shards).tolist():
