@@ -90,26 +90,33 @@ def tfrecord_frames(records: Sequence[bytes]) -> bytes:
 
 
 def write_tfrecord_file(path: str, records: Iterable[bytes]) -> int:
-  """Writes `records` as one GZIP TFRecord file at `path` (any Beam filesystem) under a
-  temporary name, renamed to `path` when complete. Returns the number of records.
+  """Writes `records` as one GZIP TFRecord file at `path` (`write_tfrecord_chunks`)."""
+  return write_tfrecord_chunks(path, [list(records)])
+
+
+def write_tfrecord_chunks(path: str, chunks: Iterable[Sequence[bytes]]) -> int:
+  """Writes the records of `chunks` (lists of records, in order) as one GZIP TFRecord
+  file at `path` (any Beam filesystem) under a temporary name, renamed to `path` when
+  complete, framing and compressing BLOCK_BYTES at a time. Returns the number of records.
 
   The gzip stream is zlib-ng's deflate at zlib's default level (GZIP_LEVEL): a standard
   gzip file, which TensorFlow and every gzip reader read, about 1.5-1.7x faster to write
   than with zlib at the same level and a little smaller (benchmarks in docs/SCALING.md 2.5).
   """
   temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-  count, block, block_bytes = 0, [], 0
+  count = 0
   compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
   with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-    for record in records:
-      block.append(record)
-      block_bytes += len(record) + 16
-      if block_bytes >= BLOCK_BYTES:
-        handle.write(compressor.compress(tfrecord_frames(block)))
-        count += len(block)
-        block, block_bytes = [], 0
-    handle.write(compressor.compress(tfrecord_frames(block)) + compressor.flush())
-    count += len(block)
+    for chunk in chunks:
+      sizes = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk)) + 16
+      # Cut the chunk where the framed bytes pass a multiple of BLOCK_BYTES.
+      block_of = np.cumsum(sizes) // BLOCK_BYTES
+      cuts = np.flatnonzero(np.diff(block_of)) + 1
+      for start, stop in zip([0] + cuts.tolist(), cuts.tolist() + [len(chunk)]):
+        if stop > start:
+          handle.write(compressor.compress(tfrecord_frames(chunk[start:stop])))
+      count += len(chunk)
+    handle.write(compressor.flush())
   if FileSystems.exists(path):
     FileSystems.delete([path])
   FileSystems.rename([temporary], [path])
@@ -148,6 +155,13 @@ def mixed_order(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
   """A shard's Examples (`packed_lists`, from `shard_lists`, may be iterated more than
   once) in the written order: by (mix key, bytes), in ceil(bytes / sort_bytes) passes
   over hash-random slices ((key // num_shards) % passes)."""
+  for ordered in ordered_passes(packed_lists, num_shards, sort_bytes):
+    yield from ordered
+
+
+def ordered_passes(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
+                   sort_bytes: int = SORT_BYTES) -> Iterator[List[bytes]]:
+  """`mixed_order`, one list per pass."""
   total = sum(packing.unpacked_size(packed) for _, packed in packed_lists)
   passes = max(1, -(-total // max(sort_bytes, 1)))
   for part in range(passes):
@@ -161,8 +175,7 @@ def mixed_order(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
       keys.append(list_keys)
       examples.extend(items)
     if examples:
-      for position in _hash_order(np.concatenate(keys), examples):
-        yield examples[position]
+      yield [examples[position] for position in _hash_order(np.concatenate(keys), examples)]
 
 
 class _WriteShardFn(beam.DoFn):
@@ -175,9 +188,9 @@ class _WriteShardFn(beam.DoFn):
 
   def process(self, shard_and_lists):
     shard, packed_lists = shard_and_lists
-    count = write_tfrecord_file(
+    count = write_tfrecord_chunks(
         shard_path(self._prefix, shard, self._num_shards),
-        mixed_order(packed_lists, self._num_shards, self._sort_bytes))
+        ordered_passes(packed_lists, self._num_shards, self._sort_bytes))
     self._written.inc(count)
     yield shard
 
