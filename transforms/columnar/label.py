@@ -78,8 +78,9 @@ def split_by_bucket(batch: pa.RecordBatch, num_buckets: int, key: str = "impress
   sorted_buckets = buckets[order]
   starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
   stops = np.r_[starts[1:], len(order)]
-  for start, stop in zip(starts, stops):
-    yield int(sorted_buckets[start]), batch.take(pa.array(order[start:stop]))
+  ordered = batch.take(pa.array(order))  # One take; each bucket is then a slice of it.
+  for start, stop in zip(starts.tolist(), stops.tolist()):
+    yield int(sorted_buckets[start]), ordered.slice(start, stop - start)
 
 
 def _rows(table: pa.Table, indices: np.ndarray) -> List[Dict[str, Any]]:
