@@ -136,3 +136,15 @@ def test_columnar_encoder_leaves_what_it_does_not_cover_to_the_row_codec():
   examples, dead = encoder.encode(bad_label)
   assert not examples and len(dead) == batch.num_rows
   assert dead[0]["reason"] == "bad_value" and "click" in dead[0]["detail"]
+
+
+def test_key_orders_are_grouped_under_one_total_order_each():
+  orders = [["a", "b", "c"], ["a", "c"], ["b", "a"], ["d", "b"], ["c", "b"]]
+  groups = cencode._order_groups(orders)  # pylint: disable=protected-access
+  covered = sorted(index for _, members in groups for index in members)
+  assert covered == list(range(len(orders)))
+  for total, members in groups:
+    for index in members:  # Each member's order is a subsequence of its group's order.
+      assert [key for key in total if key in orders[index]] == orders[index]
+  assert len(groups) == 2  # "b" before "a" (and "c" before "b") cannot join the first.
+  assert cencode._topological({"x": {"y"}, "y": {"x"}}) is None  # pylint: disable=protected-access

@@ -353,34 +353,106 @@ class ColumnarExampleEncoder:
       if column(name).null_count:
         return None
       entries[name] = self._entry(name, column(name), "string", False)
-    patterns, inverse = _presence_patterns(np.stack(present, axis=1))
+    present_matrix = np.stack(present, axis=1)
+    patterns, inverse = _presence_patterns(present_matrix)
+    if len(patterns) == 1:
+      return self._one_pattern(entries, self._key_order(tuple(patterns[0].tolist())), n)
+    return self._many_patterns(entries, patterns, inverse, present_matrix, n)
+
+  @staticmethod
+  def _one_pattern(entries: Dict[str, _Entry], keys: Sequence[str], n: int) -> List[bytes]:
+    """Every row has the same keys: each run of framing pieces between two payloads is
+    one numpy build, and a payload is copied once."""
+    size = sum(entries[key].size for key in keys)
+    pieces: List[_Piece] = [(_CONST, b"\x0a", None), (_VARINT, size.astype(np.uint64), None)]
+    arrays = []
+    for key in keys:
+      entry = entries[key]
+      pieces += entry.pieces
+      if entry.payload is not None:
+        arrays += [_build(pieces, n), entry.payload]
+        pieces = []
+    if pieces:
+      arrays.append(_build(pieces, n))
+    return (_concat_rows(arrays) if len(arrays) > 1 else arrays[0]).to_pylist()
+
+  def _many_patterns(self, entries: Dict[str, _Entry], patterns: np.ndarray,
+                     inverse: np.ndarray, present: np.ndarray, n: int) -> List[bytes]:
+    """Rows with different keys: each entry's bytes are built once for all rows, then
+    the patterns whose key orders fit one total order (`_order_groups`; usually all)
+    are written together, an absent entry as no bytes."""
+    whole = {}
+    for key, entry in entries.items():
+      framing = _build(entry.pieces, n)
+      whole[key] = framing if entry.payload is None else _concat_rows([framing, entry.payload])
+    index_of = {name: i for i, (name, _, _, _) in enumerate(self._features)}
+    for name, _, _, weight_key in self._features:
+      if weight_key is not None:
+        index_of[weight_key] = index_of[name]
+    orders = [self._key_order(tuple(pattern.tolist())) for pattern in patterns]
     examples: List[Optional[bytes]] = [None] * n
-    for index, pattern in enumerate(patterns):
-      rows = None if len(patterns) == 1 else np.flatnonzero(inverse == index)
-      keys = self._key_order(tuple(pattern.tolist()))
-      count = n if rows is None else len(rows)
-      size = sum(entries[key].size for key in keys)
-      size = size if rows is None else size[rows]
-      pieces: List[_Piece] = [(_CONST, b"\x0a", None), (_VARINT, size.astype(np.uint64), None)]
-      arrays = []
-      for key in keys:
-        entry = entries[key]
-        pieces += [(kind, value if rows is None or kind == _CONST else value[rows],
-                    mask if mask is None or rows is None else mask[rows])
-                   for kind, value, mask in entry.pieces]
-        if entry.payload is not None:
-          arrays.append(_build(pieces, count))
-          arrays.append(entry.payload if rows is None else entry.payload.take(
-              pa.array(rows, pa.int64())))
-          pieces = []
-      if pieces:
-        arrays.append(_build(pieces, count))
-      serialized = _concat_rows(arrays).to_pylist() if len(arrays) > 1 else arrays[0].to_pylist()
-      if rows is None:
-        return serialized
-      for row, example in zip(rows.tolist(), serialized):
+    for order, members in _order_groups(orders):
+      rows = np.flatnonzero(np.isin(inverse, members))
+      taken = pa.array(rows, pa.int64())
+      items, size = [], np.zeros(len(rows), dtype=np.int64)
+      for key in order:
+        column = index_of.get(key)
+        here = None if column is None else present[rows, column]
+        entry = whole[key].take(taken)
+        if here is not None and not here.all():
+          entry = pc.if_else(pa.array(here), entry, _NO_BYTES)
+          size += np.where(here, entries[key].size[rows], 0)
+        else:
+          size += entries[key].size[rows]
+        items.append(entry)
+      header = _build([(_CONST, b"\x0a", None), (_VARINT, size.astype(np.uint64), None)],
+                      len(rows))
+      for row, example in zip(rows.tolist(), _concat_rows([header] + items).to_pylist()):
         examples[row] = example
     return examples
+
+
+def _order_groups(orders: Sequence[Sequence[str]]) -> List[Tuple[List[str], List[int]]]:
+  """Groups of key orders (by pattern index) that are all subsequences of one total
+  order, with that order: each order joins the first group it keeps acyclic."""
+  groups: List[Tuple[Dict[str, set], List[int]]] = []
+  for index, order in enumerate(orders):
+    edges = list(zip(order[:-1], order[1:]))
+    for graph, members in groups:
+      trial = {key: set(after) for key, after in graph.items()}
+      for key in order:
+        trial.setdefault(key, set())
+      for before, after in edges:
+        trial[before].add(after)
+      if _topological(trial) is not None:
+        graph.clear()
+        graph.update(trial)
+        members.append(index)
+        break
+    else:
+      graph = {key: set() for key in order}
+      for before, after in edges:
+        graph[before].add(after)
+      groups.append((graph, [index]))
+  return [(_topological(graph), members) for graph, members in groups]
+
+
+def _topological(graph: Dict[str, set]) -> Optional[List[str]]:
+  """A total order of the keys respecting every edge (Kahn), or None on a cycle."""
+  incoming = {key: 0 for key in graph}
+  for after in graph.values():
+    for key in after:
+      incoming[key] += 1
+  ready = sorted(key for key, count in incoming.items() if count == 0)
+  order = []
+  while ready:
+    key = ready.pop()
+    order.append(key)
+    for after in sorted(graph[key]):
+      incoming[after] -= 1
+      if incoming[after] == 0:
+        ready.append(after)
+  return order if len(order) == len(graph) else None
 
 
 def _presence_patterns(present: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
