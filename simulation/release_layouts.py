@@ -21,7 +21,7 @@ No claim about realism beyond the layout: the values are uniform random ids.
 
 import os
 import random
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 ALICCP_USER_SCALARS = ("101", "121", "122", "124", "125", "126", "127", "128", "129")
 ALICCP_USER_LISTS = ("109_14", "110_14", "127_14", "150_14")
@@ -139,16 +139,25 @@ def write_aliccp_release(directory: str, skeleton_rows: int, seed: int = 0,
   return paths
 
 
-def _aliexpress_rows(rng: random.Random, name: str, rows: int, bad_every: int) -> List[str]:
-  lines, search, left = [], 0, 0
-  for index in range(rows):
+def aliexpress_cells(rng: random.Random, name: str, rows: int, click_rate: float = 0.3,
+                     conversion_rate: float = 0.3) -> Iterator[List[str]]:
+  """The cells of `rows` good AliExpress rows of file `name`: searches of 1-5 rows
+  (search_id `<name>-s<k>`), 16 small categorical ids, 63 gaussian floats, click and
+  conversion (conversion only after a click)."""
+  search, left = 0, 0
+  for _ in range(rows):
     if left == 0:
       search, left = search + 1, rng.randint(1, 5)
     left -= 1
-    click = int(rng.random() < 0.3)
-    conversion = int(click and rng.random() < 0.3)
-    cells = ([f"{name}-s{search}"] + [str(rng.randint(0, 3 + 2 * i)) for i in range(16)]
-             + [f"{rng.gauss(0.0, 1.0):.6f}" for _ in range(63)] + [str(click), str(conversion)])
+    click = int(rng.random() < click_rate)
+    conversion = int(click and rng.random() < conversion_rate)
+    yield ([f"{name}-s{search}"] + [str(rng.randint(0, 3 + 2 * i)) for i in range(16)]
+           + [f"{rng.gauss(0.0, 1.0):.6f}" for _ in range(63)] + [str(click), str(conversion)])
+
+
+def _aliexpress_rows(rng: random.Random, name: str, rows: int, bad_every: int) -> List[str]:
+  lines = []
+  for index, cells in enumerate(aliexpress_cells(rng, name, rows)):
     if bad_every and index % bad_every == bad_every - 1:
       kind = (index // bad_every) % 6
       if kind == 0:

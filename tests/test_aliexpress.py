@@ -21,6 +21,7 @@ from features import example_codec
 from features import spec as spec_lib
 from features import success_marker
 from pipeline import preprocess
+from simulation import release_layouts
 from tests import test_real_samples
 from transforms import aliccp
 from transforms import derived_sources
@@ -56,15 +57,9 @@ def sample_rows(name):
   """
   rng = random.Random(f"aliexpress-{name}")
   rows, outcomes = [], []
-  search, left_in_search = 0, 0
-  for index in range(ROWS[name]):
-    if left_in_search == 0:
-      search, left_in_search = search + 1, rng.randint(1, 5)
-    left_in_search -= 1
-    click = int(rng.random() < 0.35)
-    conversion = int(click and rng.random() < 0.4)
-    cells = ([f"{name}-s{search}"] + [str(rng.randint(0, 3 + 2 * i)) for i in range(16)]
-             + [f"{rng.gauss(0.0, 1.0):.6f}" for _ in range(63)] + [str(click), str(conversion)])
+  for index, cells in enumerate(release_layouts.aliexpress_cells(rng, name, ROWS[name],
+                                                                 0.35, 0.4)):
+    click, conversion = int(cells[-2]), int(cells[-1])
     reason = BAD_ROWS[name].get(index)
     if reason == dl.MALFORMED_LINE and index == 3:
       del cells[20]

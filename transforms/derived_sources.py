@@ -265,14 +265,12 @@ class ReadDerived(beam.PTransform):
   def __init__(self, file_patterns: Union[str, Sequence[str]], layout: str,
                spec: spec_lib.FeatureSpec, split: str, infer_click: bool = False):
     super().__init__()
-    self._patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    self._patterns = read.glob_list(file_patterns)
     self._fn = _ReadDerivedFileFn(layout, spec, split, infer_click)
 
   def expand(self, pbegin):
     outputs = (pbegin
-               | "Patterns" >> beam.Create(self._patterns)
-               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-               | "Open" >> fileio.ReadMatches()
+               | "MatchFiles" >> read.MatchFiles(self._patterns)
                | "ReadFile" >> beam.ParDo(self._fn).with_outputs(
                    dl.DEAD_LETTER, READ, main=aliccp.RECORDS))
     return {aliccp.RECORDS: outputs[aliccp.RECORDS] | "Reshuffle" >> beam.Reshuffle(),

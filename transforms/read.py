@@ -7,7 +7,7 @@ JSON Lines, a dict for a Parquet row), so any later dead letter can say where it
 from. Blank lines are not records and are skipped.
 """
 
-from typing import Iterator, Sequence, Tuple, Union
+from typing import Iterator, List, Sequence, Tuple, Union
 
 from absl import logging
 import apache_beam as beam
@@ -70,6 +70,26 @@ class _ReadFileFn(beam.DoFn):
     logging.info("Read %d %s records from %s", count, self._source, path)
 
 
+def glob_list(file_patterns: Union[str, Sequence[str]]) -> List[str]:
+  """One glob or several, as a list."""
+  return [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+
+
+class MatchFiles(beam.PTransform):
+  """Pipeline root -> a `fileio.ReadableFile` per file the globs match (local or gs://);
+  a glob matching no file fails the job."""
+
+  def __init__(self, file_patterns: Union[str, Sequence[str]]):
+    super().__init__()
+    self._patterns = glob_list(file_patterns)
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
+            | "Open" >> fileio.ReadMatches())
+
+
 class ReadRecords(beam.PTransform):
   """Reads every file matched by the globs -> PCollection[(file, line, payload)].
 
@@ -83,15 +103,13 @@ class ReadRecords(beam.PTransform):
   def __init__(self, file_patterns: Union[str, Sequence[str]], source: str,
                reshuffle: bool = True):
     super().__init__()
-    self._patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    self._patterns = glob_list(file_patterns)
     self._source = source
     self._reshuffle = reshuffle
 
   def expand(self, pbegin):
     records = (pbegin
-               | "Patterns" >> beam.Create(self._patterns)
-               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-               | "Open" >> fileio.ReadMatches()
+               | "MatchFiles" >> MatchFiles(self._patterns)
                | "ReadFile" >> beam.ParDo(_ReadFileFn(self._source)))
     if self._reshuffle:
       records = records | "Reshuffle" >> beam.Reshuffle()

@@ -43,6 +43,7 @@ from transforms import aliccp
 from transforms import dead_letter as dl
 from transforms import packing
 from transforms import parse as parse_lib
+from transforms import read as read_lib
 from transforms.columnar import aliccp_parse as caparse
 from transforms.columnar import label as clabel
 from transforms.columnar import parse as cparse
@@ -308,14 +309,12 @@ class ReadParseRelease(beam.PTransform):
     super().__init__()
     if kind not in (SKELETON, COMMON):
       raise ValueError(f"kind {kind!r} not in {(SKELETON, COMMON)}")
-    self._patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    self._patterns = read_lib.glob_list(file_patterns)
     self._fn = _ReadReleaseFileFn(kind, spec, split, infer_click, num_buckets)
 
   def expand(self, pbegin):
     outputs = (pbegin
-               | "Patterns" >> beam.Create(self._patterns)
-               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-               | "Open" >> fileio.ReadMatches()
+               | "MatchFiles" >> read_lib.MatchFiles(self._patterns)
                | "ReadParse" >> beam.ParDo(self._fn).with_outputs(
                    dl.DEAD_LETTER, REJECTED, READ, main=RECORDS))
     return {RECORDS: outputs[RECORDS], REJECTED: outputs[REJECTED],

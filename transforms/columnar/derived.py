@@ -26,6 +26,7 @@ from features import spec as spec_lib
 from transforms import aliccp
 from transforms import dead_letter as dl
 from transforms import derived_sources
+from transforms import read as read_lib
 from transforms.columnar import derived_parse as cderived_parse
 from transforms.columnar import parse as cparse
 from transforms.columnar import records as crecords
@@ -127,14 +128,12 @@ class ReadDerivedBatches(beam.PTransform):
                spec: spec_lib.FeatureSpec, label_names: Sequence[str], split: str,
                infer_click: bool = False):
     super().__init__()
-    self._patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    self._patterns = read_lib.glob_list(file_patterns)
     self._fn = _ReadDerivedBatchesFn(layout, spec, split, infer_click, label_names)
 
   def expand(self, pbegin):
     outputs = (pbegin
-               | "Patterns" >> beam.Create(self._patterns)
-               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-               | "Open" >> fileio.ReadMatches()
+               | "MatchFiles" >> read_lib.MatchFiles(self._patterns)
                | "ReadParse" >> beam.ParDo(self._fn).with_outputs(
                    dl.DEAD_LETTER, READ, main=RECORDS))
     return {RECORDS: outputs[RECORDS] | "Reshuffle" >> beam.Reshuffle(),

@@ -515,16 +515,13 @@ class _ReadParse(beam.PTransform):
 
   def __init__(self, file_patterns, make_parser, source: str):
     super().__init__()
-    self._patterns = ([file_patterns] if isinstance(file_patterns, str)
-                      else list(file_patterns))
+    self._patterns = read_lib.glob_list(file_patterns)
     self._make_parser = make_parser
     self._source = source
 
   def expand(self, pbegin):
     outputs = (pbegin
-               | "Patterns" >> beam.Create(self._patterns)
-               | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-               | "Open" >> fileio.ReadMatches()
+               | "MatchFiles" >> read_lib.MatchFiles(self._patterns)
                | "ReadParse" >> beam.ParDo(_ReadParseFileFn(
                    self._make_parser, self._source)).with_outputs(dl.DEAD_LETTER, READ,
                                                                   main=RECORDS))
