@@ -272,19 +272,19 @@ def _columnar_transform(args: argparse.Namespace, patterns: Dict[str, List[str]]
   from transforms.columnar import label as columnar_label  # pylint: disable=g-import-not-at-top
   from transforms.columnar import progress  # pylint: disable=g-import-not-at-top
   num_buckets = args.join_buckets or columnar_label.DEFAULT_BUCKETS
+  interval = args.progress_interval_s or progress.DEFAULT_INTERVAL_S
   if args.source == LOG:
     return columnar_job.PreprocessColumnar(
         patterns["impressions"], patterns["events"], args.output, config.data, spec,
-        num_buckets=num_buckets,
-        progress_interval_s=args.progress_interval_s or progress.DEFAULT_INTERVAL_S)
+        num_buckets=num_buckets, progress_interval_s=interval)
   if args.source == ALI_CCP:
     return columnar_job.PreprocessAliCcpColumnar(
         {"train": patterns["skeleton"], "eval": patterns["eval_skeleton"]},
         {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
-        args.output, config.data, spec, num_buckets=num_buckets)
+        args.output, config.data, spec, num_buckets=num_buckets, progress_interval_s=interval)
   return columnar_job.PreprocessDerivedColumnar(
       {"train": patterns["train"], "eval": patterns["eval"]}, args.source, args.output,
-      config.data, spec)
+      config.data, spec, progress_interval_s=interval)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

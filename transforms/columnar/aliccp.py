@@ -47,6 +47,7 @@ from transforms import read as read_lib
 from transforms.columnar import aliccp_parse as caparse
 from transforms.columnar import label as clabel
 from transforms.columnar import parse as cparse
+from transforms.columnar import progress
 from transforms.columnar import records as crecords
 
 RECORDS = aliccp.RECORDS
@@ -202,8 +203,9 @@ class _ReadReleaseFileFn(beam.DoFn):
   and its line count (READ)."""
 
   def __init__(self, kind: str, spec: spec_lib.FeatureSpec, split: str, infer_click: bool,
-               num_buckets: int):
+               num_buckets: int, progress_interval_s: float):
     self._kind = kind
+    self._progress_interval_s = progress_interval_s
     self._source = dl.IMPRESSIONS if kind == SKELETON else dl.COMMON_FEATURES
     self._spec = spec
     self._split = split
@@ -284,6 +286,7 @@ class _ReadReleaseFileFn(beam.DoFn):
       for lines, texts, _ in cparse.json_line_batches(handle):
         read += len(texts)
         yield from self._parse_batch(path, lines, texts)
+        progress.record_progress(f"{self._kind}_parsed", len(texts), self._progress_interval_s)
     logging.info("Read %d %s lines from %s (%s, columnar)", read, self._kind, path,
                  self._split)
     yield beam.pvalue.TaggedOutput(READ, ((self._source, "read"), read))
@@ -301,16 +304,19 @@ class ReadParseRelease(beam.PTransform):
     split: "train" or "eval": the split of every row of these files.
     infer_click: data.orphan_event_policy == "infer_click".
     num_buckets: hash buckets of md5 (the join's shuffle keys, with the split).
+    progress_interval_s: seconds between a worker's "<kind>_parsed" progress lines.
   """
 
   def __init__(self, file_patterns: Union[str, Sequence[str]], kind: str,
                spec: spec_lib.FeatureSpec, split: str, infer_click: bool = False,
-               num_buckets: int = clabel.DEFAULT_BUCKETS):
+               num_buckets: int = clabel.DEFAULT_BUCKETS,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
     super().__init__()
     if kind not in (SKELETON, COMMON):
       raise ValueError(f"kind {kind!r} not in {(SKELETON, COMMON)}")
     self._patterns = read_lib.glob_list(file_patterns)
-    self._fn = _ReadReleaseFileFn(kind, spec, split, infer_click, num_buckets)
+    self._fn = _ReadReleaseFileFn(kind, spec, split, infer_click, num_buckets,
+                                  progress_interval_s)
 
   def expand(self, pbegin):
     outputs = (pbegin

@@ -156,12 +156,17 @@ def write_batch_outputs(splits: Dict[str, beam.PCollection],
 class PreprocessAliCcpColumnar(preprocess_job.PreprocessAliCcp):
   """`preprocess_job.PreprocessAliCcp` on RecordBatches (columnar.aliccp): same outputs.
 
-  Args: as `PreprocessAliCcp`, plus num_buckets: hash buckets of md5 per split.
+  Args: as `PreprocessAliCcp`, plus
+    num_buckets: hash buckets of md5 per split.
+    progress_interval_s: seconds between the progress lines of a worker (lines parsed
+      per source, rows joined per split; columnar.progress).
   """
 
-  def __init__(self, *args, num_buckets: int = clabel.DEFAULT_BUCKETS, **kwargs):
+  def __init__(self, *args, num_buckets: int = clabel.DEFAULT_BUCKETS,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S, **kwargs):
     super().__init__(*args, **kwargs)
     self._num_buckets = num_buckets
+    self._progress_interval_s = progress_interval_s
 
   def expand(self, pbegin):
     spec, infer_click = self._spec, self._infer_click
@@ -171,7 +176,8 @@ class PreprocessAliCcpColumnar(preprocess_job.PreprocessAliCcp):
       for kind, patterns in ((caliccp.SKELETON, self._skeleton[split]),
                              (caliccp.COMMON, self._common[split])):
         read = pbegin | f"ReadParse_{kind}_{split}" >> caliccp.ReadParseRelease(
-            patterns, kind, spec, split, infer_click, self._num_buckets)
+            patterns, kind, spec, split, infer_click, self._num_buckets,
+            self._progress_interval_s)
         keyed[kind].append(read[caliccp.RECORDS])
         keyed[caliccp.REJECTED].append(read[caliccp.REJECTED])
         dead_letters.append(read[dl.DEAD_LETTER])
@@ -181,14 +187,24 @@ class PreprocessAliCcpColumnar(preprocess_job.PreprocessAliCcp):
               | "JoinCommonFeatures" >> caliccp.BucketedJoinCommonFeatures(spec))
     dead_letters.append(joined[dl.DEAD_LETTER])
     counts.append(joined[caliccp.COUNTS])
-    splits = {split: joined[split] for split in outputs_lib.SPLITS}
+    splits = {split: joined[split] | f"Progress_{split}" >> progress.LogProgress(
+        f"{split}_joined", self._progress_interval_s) for split in outputs_lib.SPLITS}
     return write_batch_outputs(splits, dead_letters, counts, self._paths, self._data_config,
                                spec, self._statistics,
                                sources=(dl.IMPRESSIONS, dl.COMMON_FEATURES))
 
 
 class PreprocessDerivedColumnar(preprocess_job.PreprocessDerived):
-  """`preprocess_job.PreprocessDerived` on RecordBatches (columnar.derived): same outputs."""
+  """`preprocess_job.PreprocessDerived` on RecordBatches (columnar.derived): same outputs.
+
+  Args: as `PreprocessDerived`, plus progress_interval_s: seconds between the progress
+    lines of a worker (rows parsed per split; columnar.progress).
+  """
+
+  def __init__(self, *args, progress_interval_s: float = progress.DEFAULT_INTERVAL_S,
+               **kwargs):
+    super().__init__(*args, **kwargs)
+    self._progress_interval_s = progress_interval_s
 
   def expand(self, pbegin):
     config = self._data_config
@@ -197,7 +213,8 @@ class PreprocessDerivedColumnar(preprocess_job.PreprocessDerived):
       rows = pbegin | f"Read_{split}" >> cderived.ReadDerivedBatches(
           self._files[split], self._layout, self._spec, config.label_names, split,
           self._infer_click)
-      splits[split] = rows[cderived.RECORDS]
+      splits[split] = rows[cderived.RECORDS] | f"Progress_{split}" >> progress.LogProgress(
+          f"{split}_parsed", self._progress_interval_s)
       dead_letters.append(rows[dl.DEAD_LETTER])
       counts.append(rows[cderived.READ] | f"TagRead_{split}" >> beam.Map(
           lambda n: ((dl.IMPRESSIONS, "read"), n)))
