@@ -35,24 +35,30 @@ def test_log_progress_passes_batches_through():
     assert_that(rows, equal_to([3, 5]))
 
 
-def test_file_split_sources_log_their_progress(tmp_path, capfd):
+def test_file_split_sources_log_their_progress(tmp_path, caplog):
   """--source ali_ccp logs lines parsed per file kind and rows joined per split;
   --source aliexpress rows parsed per split (every batch, with a tiny interval)."""
   from pipeline import preprocess  # pylint: disable=g-import-not-at-top
   from simulation import release_layouts  # pylint: disable=g-import-not-at-top
-  release = release_layouts.write_aliccp_release(str(tmp_path / "aliccp"), skeleton_rows=300)
-  preprocess.run(["--source", "ali_ccp", "--output", str(tmp_path / "out_aliccp"),
-                  "--skeleton", release["sample_skeleton_train"],
-                  "--common_features", release["common_features_train"],
-                  "--eval_skeleton", release["sample_skeleton_test"],
-                  "--eval_common_features", release["common_features_test"],
-                  "--progress_interval_s", "1e-9"])
-  files = release_layouts.write_aliexpress(  # 2 batches of eval rows: a line at the second.
-      str(tmp_path / "aliexpress"), train_rows=3 * 8200)
-  preprocess.run(["--source", "aliexpress", "--output", str(tmp_path / "out_aliexpress"),
-                  "--train", files["train"], "--eval", files["test"],
-                  "--progress_interval_s", "1e-9"])
-  err = capfd.readouterr().err
-  for stage in ("skeleton_parsed", "common_parsed", "train_joined", "eval_joined",
-                "train_parsed", "eval_parsed"):
-    assert f"INFO:progress:{stage}: " in err, stage
+  logger = progress.progress_logger()  # Its handler holds the stderr of its first use.
+  logger.addHandler(caplog.handler)
+  try:
+    release = release_layouts.write_aliccp_release(str(tmp_path / "aliccp"),
+                                                   skeleton_rows=300)
+    preprocess.run(["--source", "ali_ccp", "--output", str(tmp_path / "out_aliccp"),
+                    "--skeleton", release["sample_skeleton_train"],
+                    "--common_features", release["common_features_train"],
+                    "--eval_skeleton", release["sample_skeleton_test"],
+                    "--eval_common_features", release["common_features_test"],
+                    "--progress_interval_s", "1e-9"])
+    files = release_layouts.write_aliexpress(  # 2 batches of eval rows: a line at the 2nd.
+        str(tmp_path / "aliexpress"), train_rows=3 * 8200)
+    preprocess.run(["--source", "aliexpress", "--output", str(tmp_path / "out_aliexpress"),
+                    "--train", files["train"], "--eval", files["test"],
+                    "--progress_interval_s", "1e-9"])
+  finally:
+    logger.removeHandler(caplog.handler)
+  stages = {record.getMessage().split(":")[0] for record in caplog.records
+            if record.name == "progress"}
+  assert {"skeleton_parsed", "common_parsed", "train_joined", "eval_joined", "train_parsed",
+          "eval_parsed"} <= stages
