@@ -63,7 +63,7 @@ JOIN_CASES = [  # Beyond test_aliccp's release: the two merge cases of the join.
 @pytest.mark.parametrize("split, skeleton_lines, common_lines", [
     ("train", test_aliccp.TRAIN_SKELETON + JOIN_CASES, test_aliccp.TRAIN_COMMON),
     ("eval", test_aliccp.EVAL_SKELETON, test_aliccp.EVAL_COMMON)])
-def test_bucket_join_is_the_row_join(split, skeleton_lines, common_lines):
+def test_bucket_join_is_the_row_join(split, skeleton_lines, common_lines, monkeypatch):
   spec = config_lib.load_config(test_aliccp.CONFIG).load_feature_spec()
   fields = aliccp.FieldFeatures(spec)
   skeleton, skeleton_rows, _ = _parsed(
@@ -72,8 +72,11 @@ def test_bucket_join_is_the_row_join(split, skeleton_lines, common_lines):
   common, common_rows, tombstones = _parsed(
       common_lines, split, caliccp.COMMON, fields,
       crecords.RecordBatcher(spec, (), (caliccp.MD5,)))
-  batch, dead, used, unused = caliccp.BucketJoiner(spec).join(
+  monkeypatch.setattr(caliccp, "JOIN_CHUNK_ROWS", 3)  # Merged a few rows at a time.
+  batches, dead, used, unused = caliccp.BucketJoiner(spec).join(
       split, skeleton, common, tombstones)
+  assert all(0 < b.num_rows <= 3 for b in batches)
+  batch = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
   # The row join, md5 by md5.
   row_fn = aliccp._JoinFn(spec)  # pylint: disable=protected-access

@@ -58,6 +58,7 @@ SKELETON = caparse.SKELETON
 COMMON = caparse.COMMON
 REJECTED = aliccp.REJECTED
 BATCH_ROWS = cparse.BATCH_ROWS
+JOIN_CHUNK_ROWS = cparse.BATCH_ROWS  # Skeleton rows merged (and emitted) at a time.
 
 
 def skeleton_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
@@ -136,8 +137,13 @@ class BucketJoiner:
 
   def join(self, split: str, skeleton: pa.Table, common: pa.Table,
            rejected: Sequence[Tuple[str, str, int, str]]
-           ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]], int, int]:
-    """-> (labelled rows, dead letters, common rows used, common rows unused).
+           ) -> Tuple[List[pa.RecordBatch], List[Dict[str, Any]], int, int]:
+    """-> (labelled rows in batches of up to JOIN_CHUNK_ROWS, dead letters, common rows
+    used, common rows unused).
+
+    The merge copies a user's common features into each of its skeleton rows, so it
+    runs JOIN_CHUNK_ROWS skeleton rows at a time: a large bucket of a popular release
+    never builds one array past Arrow's 2 GiB offsets.
 
     Args:
       rejected: (md5, file, line, reason) of the bucket's dead-lettered common rows.
@@ -161,9 +167,17 @@ class BucketJoiner:
     rows = np.flatnonzero(matched)
     position = pc.fill_null(position, 0).to_numpy(zero_copy_only=False)[rows].astype(np.int64)
     used = len(np.unique(position))
-    skeleton = skeleton.take(pa.array(rows, pa.int64()))
-    common = kept.take(pa.array(position, pa.int64()))
-    merged, conflict = {}, np.zeros(len(rows), dtype=bool)
+    batches = [self._merge(skeleton.take(pa.array(rows[start:start + JOIN_CHUNK_ROWS])),
+                           kept.take(pa.array(position[start:start + JOIN_CHUNK_ROWS])), dead)
+               for start in range(0, len(rows), JOIN_CHUNK_ROWS)]
+    return [batch for batch in batches if batch.num_rows], dead, used, kept.num_rows - used
+
+  def _merge(self, skeleton: pa.Table, common: pa.Table, dead: List[Dict[str, Any]]
+             ) -> pa.RecordBatch:
+    """Skeleton rows and their kept common rows (row for row) -> labelled rows; rows with
+    a scalar on both sides are dead letters (worded by `FieldFeatures.merge`)."""
+    n = skeleton.num_rows
+    merged, conflict = {}, np.zeros(n, dtype=bool)
     for name, multivalent in self._features:
       own, shared = skeleton.column(name).combine_chunks(), common.column(name).combine_chunks()
       if multivalent:
@@ -186,7 +200,7 @@ class BucketJoiner:
     columns = []
     for field in self.output_schema:
       if field.name == "record":
-        columns.append(pa.nulls(len(rows), pa.string()))
+        columns.append(pa.nulls(n, pa.string()))
       elif field.name in merged:
         columns.append(merged[field.name])
       else:
@@ -194,7 +208,7 @@ class BucketJoiner:
     batch = pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
     if conflict.any():
       batch = batch.filter(pa.array(~conflict))
-    return batch, dead, used, kept.num_rows - used
+    return batch
 
 
 class _ReadReleaseFileFn(beam.DoFn):
@@ -345,14 +359,14 @@ class _JoinBucketFn(beam.DoFn):
 
   def process(self, keyed):
     (split, _), grouped = keyed
-    batch, dead, used, unused = self._joiner.join(
+    batches, dead, used, unused = self._joiner.join(
         split, self._table(SKELETON, grouped[SKELETON]), self._table(COMMON, grouped[COMMON]),
         list(grouped[REJECTED]))
     for letter in dead:
       yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
     yield beam.pvalue.TaggedOutput(COUNTS, ((dl.COMMON_FEATURES, "used"), used))
     yield beam.pvalue.TaggedOutput(COUNTS, ((dl.COMMON_FEATURES, "unused"), unused))
-    if batch.num_rows:
+    for batch in batches:
       self._joined.inc(batch.num_rows)
       yield beam.pvalue.TaggedOutput(split, batch)
 
