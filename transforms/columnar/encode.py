@@ -13,9 +13,10 @@ missing features (it writes a null as a present, empty Feature; the row job leav
 key out) but in another map order, so its bytes differ, and re-serializing them in Python
 does not restore the row order either (tests/test_columnar_encode.py pins both facts).
 So `ColumnarExampleEncoder` writes the protobuf wire format itself, column by column
-(varints in numpy, concatenations in pyarrow), and takes the map order of each pattern
-of present features from one Example the row codec builds; `BatchEncoder` falls back to
-the row codec, row by row, for small batches and for the few values it does not cover.
+(framing bytes in numpy, `_build`; concatenations in pyarrow), and takes the map order
+of each pattern of present features from one Example the row codec builds; `BatchEncoder`
+falls back to the row codec, row by row, for small batches and for the few values it
+does not cover.
 """
 
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -79,31 +80,6 @@ def _binary_array(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
       pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8))])
 
 
-def varints(values: np.ndarray) -> pa.Array:
-  """The protobuf varint of each int64 (negatives as 10-byte two's complement), as a
-  large_binary array."""
-  unsigned = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
-  sizes = np.ones(len(unsigned), dtype=np.int64)
-  for k in range(1, 10):
-    sizes += unsigned >= np.uint64(1 << (7 * k))
-  offsets = np.zeros(len(unsigned) + 1, dtype=np.int64)
-  np.cumsum(sizes, out=offsets[1:])
-  data = np.empty(int(offsets[-1]), dtype=np.uint8)
-  for k in range(10):
-    active = np.flatnonzero(sizes > k)
-    if not len(active):
-      break
-    byte = ((unsigned[active] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-    byte |= (sizes[active] > k + 1).astype(np.uint8) << np.uint8(7)
-    data[offsets[active] + k] = byte
-  return _binary_array(offsets, data)
-
-
-def _join(*pieces) -> pa.Array:
-  """Row-wise concatenation of large_binary arrays (or scalars)."""
-  return pc.binary_join_element_wise(*pieces, _NO_BYTES)
-
-
 def _concat_rows(arrays: Sequence[pa.Array]) -> pa.Array:
   """Row-wise concatenation of many equal-length large_binary arrays: interleaved into
   one list per row (a take), then joined (faster than an element-wise join of many)."""
@@ -114,26 +90,15 @@ def _concat_rows(arrays: Sequence[pa.Array]) -> pa.Array:
   return _per_row(np.arange(0, n * k + 1, k, dtype=np.int64), interleaved)
 
 
-def _length_delimited(tag: int, payload: pa.Array) -> pa.Array:
-  """tag, varint(len(payload)), payload per row: a protobuf length-delimited field."""
-  return _join(pa.scalar(bytes([tag]), _BINARY),
-               varints(pc.binary_length(payload).to_numpy(zero_copy_only=False)), payload)
-
-
 def _per_row(offsets: np.ndarray, elements: pa.Array) -> pa.Array:
   """The concatenation of elements[offsets[i]:offsets[i + 1]] per row."""
   lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), elements)
   return pc.binary_join(lists, _NO_BYTES)
 
 
-def _packed(tag: int, payload: pa.Array) -> pa.Array:
-  """A packed repeated field (tag 0x0a) inside a list message: omitted when empty."""
-  wrapped = _length_delimited(tag, payload)
-  return pc.if_else(pc.equal(pc.binary_length(payload), 0), _NO_BYTES, wrapped)
-
-
 _CONST, _VARINT, _RAW = "const", "varint", "raw"
-_Piece = Tuple[str, Any, Optional[np.ndarray]]  # (kind, bytes / uint64 [n] / uint8 [n, w], rows mask)
+# (kind, bytes / uint64 [n] / uint8 [n, w], rows mask or None)
+_Piece = Tuple[str, Any, Optional[np.ndarray]]
 _LIST_TAGS = {"string": 0x0A, "float": 0x12, "int": 0x1A}  # Feature's list fields.
 
 
@@ -236,6 +201,10 @@ class ColumnarExampleEncoder:
     self._label_names = tuple(label_names)
     self._metadata_keys = tuple(metadata_keys)
     self._orders: Dict[Tuple[bool, ...], List[str]] = {}
+    # Key -> its column of the presence matrix (a weight goes with its feature).
+    self._presence_column = {name: i for i, (name, _, _, _) in enumerate(self._features)}
+    self._presence_column.update({weight_key: i for i, (_, _, _, weight_key)
+                                  in enumerate(self._features) if weight_key is not None})
 
   def _key_order(self, present: Tuple[bool, ...]) -> List[str]:
     """Map-entry order of the row codec's Examples with these features present."""
@@ -296,7 +265,9 @@ class ColumnarExampleEncoder:
         list_length = _binary_lengths(payload)
       else:
         if dtype == "int":
-          payload = _per_row(offsets, varints(flat.to_numpy(zero_copy_only=False)))
+          unsigned = np.ascontiguousarray(flat.to_numpy(zero_copy_only=False),
+                                          dtype=np.int64).view(np.uint64)
+          payload = _per_row(offsets, _build([(_VARINT, unsigned, None)], len(unsigned)))
         else:
           values = flat.to_numpy(zero_copy_only=False)
           if len(values) and np.abs(values).max() > _FLOAT32_MAX:
@@ -385,10 +356,6 @@ class ColumnarExampleEncoder:
     for key, entry in entries.items():
       framing = _build(entry.pieces, n)
       whole[key] = framing if entry.payload is None else _concat_rows([framing, entry.payload])
-    index_of = {name: i for i, (name, _, _, _) in enumerate(self._features)}
-    for name, _, _, weight_key in self._features:
-      if weight_key is not None:
-        index_of[weight_key] = index_of[name]
     orders = [self._key_order(tuple(pattern.tolist())) for pattern in patterns]
     examples: List[Optional[bytes]] = [None] * n
     for order, members in _order_groups(orders):
@@ -396,7 +363,7 @@ class ColumnarExampleEncoder:
       taken = pa.array(rows, pa.int64())
       items, size = [], np.zeros(len(rows), dtype=np.int64)
       for key in order:
-        column = index_of.get(key)
+        column = self._presence_column.get(key)
         here = None if column is None else present[rows, column]
         entry = whole[key].take(taken)
         if here is not None and not here.all():
@@ -602,7 +569,8 @@ class EncodeBatches(beam.PTransform):
 
   def expand(self, batches):
     outputs = batches | "Encode" >> beam.ParDo(_EncodeFn(
-        self._spec, self._label_names, self._metadata_keys)).with_outputs(dl.DEAD_LETTER, main=EXAMPLES)
+        self._spec, self._label_names, self._metadata_keys)).with_outputs(
+            dl.DEAD_LETTER, main=EXAMPLES)
     return {EXAMPLES: outputs[EXAMPLES], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
 
 
