@@ -8,7 +8,7 @@ columnar.job.write_batch_outputs.
 
 The columnar counterpart of `aliccp.ParseSkeleton / ParseCommonFeatures /
 JoinCommonFeatures`, with the same rules, dead letters and counts:
-  * parsing: a batch of lines (BATCH_ROWS) is parsed in columns where the lines are plain
+  * parsing: a batch of lines (columnar.parse.BATCH_ROWS) is parsed in columns where the lines are plain
     (`columnar.aliccp_parse`); the others go to the row functions
     `aliccp.parse_skeleton_line` / `parse_common_line`, which decide (and word) every
     dead letter; a dead-lettered common-features row with an md5 leaves a tombstone
@@ -57,7 +57,6 @@ MD5 = "md5"
 SKELETON = caparse.SKELETON
 COMMON = caparse.COMMON
 REJECTED = aliccp.REJECTED
-BATCH_ROWS = cparse.BATCH_ROWS
 JOIN_CHUNK_ROWS = cparse.BATCH_ROWS  # Skeleton rows merged (and emitted) at a time.
 
 
@@ -260,14 +259,6 @@ class _ReadReleaseFileFn(beam.DoFn):
     if ignored:
       self._ignored.inc(ignored)
     line_numbers = np.asarray(lines, dtype=np.int64)
-    columns = {name: table.column(name) for name in table.column_names}
-    n = table.num_rows
-    columns.update({"file": pa.array([path] * n, pa.string()),
-                    "line": pa.array(line_numbers[plain], pa.int64()),
-                    "record": pa.array([texts[i] for i in plain.tolist()], pa.string()),
-                    spec_lib.TIMESTAMP_KEY: pa.array(np.full(n, aliccp.TIMESTAMP, np.int64))})
-    schema = self._batcher.schema
-    tables = [pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)]
     records = []
     for index in odd.tolist():
       line, text = int(line_numbers[index]), texts[index]
@@ -279,16 +270,16 @@ class _ReadReleaseFileFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
         if self._kind == COMMON and aliccp.common_md5(text):
           yield self._tombstone(aliccp.common_md5(text), letter)
-    if records:
-      batch, dead = self._batcher.batch(records, self._source)
-      for letter in dead:
-        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-        if self._kind == COMMON:
-          md5 = next(r["metadata"][MD5] for r in records
-                     if (r["file"], r["line"]) == (letter["file"], letter["line"]))
-          yield self._tombstone(md5, letter)
-      tables.append(pa.Table.from_batches([batch], schema=schema))
-    batches = pa.concat_tables(tables).combine_chunks().to_batches()
+    columns = {name: table.column(name) for name in table.column_names}
+    columns["record"] = pa.array([texts[i] for i in plain.tolist()], pa.string())
+    batches, dead = self._batcher.with_records(path, line_numbers[plain], columns, records,
+                                               aliccp.TIMESTAMP, self._source)
+    for letter in dead:
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+      if self._kind == COMMON:
+        md5 = next(r["metadata"][MD5] for r in records
+                   if (r["file"], r["line"]) == (letter["file"], letter["line"]))
+        yield self._tombstone(md5, letter)
     for batch in batches:
       for bucket, part in clabel.split_by_bucket(batch, self._num_buckets, key=MD5):
         yield (self._split, bucket), packing.pack_batch(part)

@@ -1,13 +1,13 @@
 """Read the derived layouts (rechub_csv, paddle_esmm, aliexpress) into labelled RecordBatches.
 
-Flow: derived files -> **ReadDerivedBatches** (per file: batches of BATCH_ROWS lines
-read in 4 MiB chunks; CSV rows parsed in columns where plain, `columnar.derived_parse`,
+Flow: derived files -> **ReadDerivedBatches** (per file: batches of
+`columnar.parse.BATCH_ROWS` lines read in 4 MiB chunks; CSV rows parsed in columns where plain, `columnar.derived_parse`,
 every other row, and every paddle_esmm row, by `derived_sources`' row parsers) ->
 labelled RecordBatches of one split -> columnar.job.write_batch_outputs.
 
 The columnar counterpart of `derived_sources.ReadDerived`: the same records and dead
 letters (the row parsers decide and word every dead letter), but the element is a batch
-of up to BATCH_ROWS rows (`columnar.records.labelled_schema`, with AliExpress's `search_id`
+of up to that many rows (`columnar.records.labelled_schema`, with AliExpress's `search_id`
 as a metadata column), so no later step is per record. Every row of a file goes to that
 file's split; a file is read by one worker (the files are the unit of parallelism, as
 for the row reader), and its batches are redistributed after reading.
@@ -33,7 +33,6 @@ from transforms.columnar import records as crecords
 
 RECORDS = derived_sources.RECORDS
 READ = derived_sources.READ
-BATCH_ROWS = cparse.BATCH_ROWS
 
 
 class _ReadDerivedBatchesFn(derived_sources._ReadDerivedFileFn):  # pylint: disable=protected-access
@@ -51,29 +50,15 @@ class _ReadDerivedBatchesFn(derived_sources._ReadDerivedFileFn):  # pylint: disa
 
   def _batch(self, path: str, columns: Optional[pa.Table], lines: np.ndarray,
              records: List[Dict[str, Any]]) -> Iterator[Any]:
-    """The columnar rows (their lines) and the row parser's records as one batch."""
-    schema = self._batcher.schema
-    tables = []
-    if columns is not None and columns.num_rows:
-      n = columns.num_rows
-      named = {name: columns.column(name) for name in columns.column_names}
-      named.update({
-          "file": pa.array([path] * n, pa.string()), "line": pa.array(lines, pa.int64()),
-          "record": pa.nulls(n, pa.string()),
-          spec_lib.IMPRESSION_ID_KEY: pa.array([f"{path}:{line}" for line in lines.tolist()],
-                                               pa.string()),
-          spec_lib.TIMESTAMP_KEY: pa.array(np.full(n, aliccp.TIMESTAMP, dtype=np.int64))})
-      tables.append(pa.Table.from_arrays([named[name] for name in schema.names],
-                                         schema=schema))
-    if records:
-      batch, dead = self._batcher.batch(records)
-      for letter in dead:
-        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-      tables.append(pa.Table.from_batches([batch], schema=schema))
-    if tables:
-      for batch in pa.concat_tables(tables).combine_chunks().to_batches():
-        if batch.num_rows:
-          yield batch
+    """The columnar rows (their lines) and the row parser's records as batches."""
+    named = {} if columns is None else {name: columns.column(name)
+                                        for name in columns.column_names}
+    named[spec_lib.IMPRESSION_ID_KEY] = pa.array(
+        [f"{path}:{line}" for line in lines.tolist()], pa.string())
+    batches, dead = self._batcher.with_records(path, lines, named, records, aliccp.TIMESTAMP)
+    for letter in dead:
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+    yield from batches
 
   def _rows(self, parser, path: str, lines: Sequence[int], texts: Sequence[str],
             records: List[Dict[str, Any]]) -> Iterator[Any]:

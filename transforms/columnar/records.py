@@ -13,6 +13,7 @@ bytes keys outside the spec, e.g. AliExpress `search_id`).
 
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
 
 from features import spec as spec_lib
@@ -76,6 +77,35 @@ class RecordBatcher:
         continue
       kept.append(record)
     return self._batch(kept), dead
+
+  def with_records(self, path: str, lines: np.ndarray, columns: Mapping[str, pa.Array],
+                   records: Sequence[Mapping[str, Any]], timestamp: int,
+                   source: str = dl.IMPRESSIONS
+                   ) -> Tuple[List[pa.RecordBatch], List[Dict[str, Any]]]:
+    """Rows a columnar parser took and records a row parser made, as batches of `schema`
+    (+ dead letters of the records no column holds).
+
+    Args:
+      path, lines: the file and line of each columnar row.
+      columns: the columnar rows' other values by name ("record" null unless given).
+      records, source: as for `batch`.
+      timestamp: the columnar rows' timestamp.
+    """
+    tables, dead = [], []
+    n = len(lines)
+    if n:
+      named = {"record": pa.nulls(n, pa.string()), **columns,
+               "file": pa.array([path] * n, pa.string()), "line": pa.array(lines, pa.int64()),
+               spec_lib.TIMESTAMP_KEY: pa.array(np.full(n, timestamp, dtype=np.int64))}
+      tables.append(pa.Table.from_arrays([named[name] for name in self.schema.names],
+                                         schema=self.schema))
+    if records:
+      batch, dead = self.batch(records, source)
+      tables.append(pa.Table.from_batches([batch], schema=self.schema))
+    if not tables:
+      return [], dead
+    return [batch for batch in pa.concat_tables(tables).combine_chunks().to_batches()
+            if batch.num_rows], dead
 
   def _batch(self, records: Sequence[Mapping[str, Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(
