@@ -248,43 +248,31 @@ def remove_previous_shards(paths: outputs_lib.OutputPaths) -> List[str]:
 def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
                     config: config_lib.ExperimentConfig,
                     spec: spec_lib.FeatureSpec) -> beam.PTransform:
-  """The job's root composite for `--source`."""
+  """The job's root composite for `--source` and `--engine`."""
   if args.engine == COLUMNAR:
-    return _columnar_transform(args, patterns, config, spec)
+    # pylint: disable=g-import-not-at-top  (pyarrow-heavy modules, for this engine only)
+    from transforms.columnar import job as columnar_job
+    from transforms.columnar import label as columnar_label
+    from transforms.columnar import progress
+    # pylint: enable=g-import-not-at-top
+    log_job, ali_ccp_job = columnar_job.PreprocessColumnar, columnar_job.PreprocessAliCcpColumnar
+    derived_job = columnar_job.PreprocessDerivedColumnar
+    options = {"progress_interval_s": args.progress_interval_s or progress.DEFAULT_INTERVAL_S}
+    joined = dict(options, num_buckets=args.join_buckets or columnar_label.DEFAULT_BUCKETS)
+  else:
+    log_job, ali_ccp_job = preprocess_job.Preprocess, preprocess_job.PreprocessAliCcp
+    derived_job = preprocess_job.PreprocessDerived
+    options, joined = {}, {}
   if args.source == LOG:
-    return preprocess_job.Preprocess(patterns["impressions"], patterns["events"], args.output,
-                                     config.data, spec)
+    return log_job(patterns["impressions"], patterns["events"], args.output, config.data,
+                   spec, **joined)
   if args.source == ALI_CCP:
-    return preprocess_job.PreprocessAliCcp(
+    return ali_ccp_job(
         {"train": patterns["skeleton"], "eval": patterns["eval_skeleton"]},
         {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
-        args.output, config.data, spec)
-  return preprocess_job.PreprocessDerived(
-      {"train": patterns["train"], "eval": patterns["eval"]}, args.source, args.output,
-      config.data, spec)
-
-
-def _columnar_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
-                        config: config_lib.ExperimentConfig,
-                        spec: spec_lib.FeatureSpec) -> beam.PTransform:
-  """`build_transform` for --engine columnar (imported here: pyarrow-heavy modules)."""
-  from transforms.columnar import job as columnar_job  # pylint: disable=g-import-not-at-top
-  from transforms.columnar import label as columnar_label  # pylint: disable=g-import-not-at-top
-  from transforms.columnar import progress  # pylint: disable=g-import-not-at-top
-  num_buckets = args.join_buckets or columnar_label.DEFAULT_BUCKETS
-  interval = args.progress_interval_s or progress.DEFAULT_INTERVAL_S
-  if args.source == LOG:
-    return columnar_job.PreprocessColumnar(
-        patterns["impressions"], patterns["events"], args.output, config.data, spec,
-        num_buckets=num_buckets, progress_interval_s=interval)
-  if args.source == ALI_CCP:
-    return columnar_job.PreprocessAliCcpColumnar(
-        {"train": patterns["skeleton"], "eval": patterns["eval_skeleton"]},
-        {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
-        args.output, config.data, spec, num_buckets=num_buckets, progress_interval_s=interval)
-  return columnar_job.PreprocessDerivedColumnar(
-      {"train": patterns["train"], "eval": patterns["eval"]}, args.source, args.output,
-      config.data, spec, progress_interval_s=interval)
+        args.output, config.data, spec, **joined)
+  return derived_job({"train": patterns["train"], "eval": patterns["eval"]}, args.source,
+                     args.output, config.data, spec, **options)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

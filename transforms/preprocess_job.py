@@ -261,17 +261,25 @@ class PreprocessDerived(_FileSplitPreprocess):
     self._layout = layout
 
   def expand(self, pbegin):
-    config = self._data_config
     splits, dead_letters, counts = {}, [], []
     for split in outputs_lib.SPLITS:
-      rows = pbegin | f"Read_{split}" >> derived_sources.ReadDerived(
-          self._files[split], self._layout, self._spec, split, self._infer_click)
+      rows = pbegin | f"Read_{split}" >> self.read_split(split)
       splits[split] = rows[aliccp.RECORDS]
       dead_letters.append(rows[dl.DEAD_LETTER])
       counts.append(rows[derived_sources.READ] | f"TagRead_{split}" >> beam.Map(
           lambda n: ((dl.IMPRESSIONS, "read"), n)))
-    return write_outputs(splits, dead_letters, counts, self._paths, config, self._spec,
-                         self._statistics, sources=(dl.IMPRESSIONS,))
+    return self.write(splits, dead_letters, counts)
+
+  # The engine's steps (the columnar job overrides them).
+  def read_split(self, split: str) -> beam.PTransform:
+    """Root -> {"records", "dead_letter", "read"} of the split's files."""
+    return derived_sources.ReadDerived(self._files[split], self._layout, self._spec, split,
+                                       self._infer_click)
+
+  def write(self, splits: Dict[str, beam.PCollection], dead_letters: List[beam.PCollection],
+            counts: List[beam.PCollection]) -> Dict[str, Any]:
+    return write_outputs(splits, dead_letters, counts, self._paths, self._data_config,
+                         self._spec, self._statistics, sources=(dl.IMPRESSIONS,))
 
 
 def write_run_inputs(paths: outputs_lib.OutputPaths, config: config_lib.ExperimentConfig) -> None:

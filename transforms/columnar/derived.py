@@ -1,9 +1,10 @@
 """Read the derived layouts (rechub_csv, paddle_esmm, aliexpress) into labelled RecordBatches.
 
 Flow: derived files -> **ReadDerivedBatches** (per file: batches of
-`columnar.parse.BATCH_ROWS` lines read in 4 MiB chunks; CSV rows parsed in columns where plain, `columnar.derived_parse`,
-every other row, and every paddle_esmm row, by `derived_sources`' row parsers) ->
-labelled RecordBatches of one split -> columnar.job.write_batch_outputs.
+`columnar.parse.BATCH_ROWS` lines read in 4 MiB chunks; CSV rows parsed in columns where
+plain, `columnar.derived_parse`, every other row, and every paddle_esmm row, by
+`derived_sources`' row parsers) -> labelled RecordBatches of one split ->
+columnar.job.write_batch_outputs.
 
 The columnar counterpart of `derived_sources.ReadDerived`: the same records and dead
 letters (the row parsers decide and word every dead letter), but the element is a batch
@@ -29,6 +30,7 @@ from transforms import derived_sources
 from transforms import read as read_lib
 from transforms.columnar import derived_parse as cderived_parse
 from transforms.columnar import parse as cparse
+from transforms.columnar import progress
 from transforms.columnar import records as crecords
 
 RECORDS = derived_sources.RECORDS
@@ -107,19 +109,25 @@ class ReadDerivedBatches(beam.PTransform):
     spec, label_names: the feature spec and the labels (click, purchase).
     split: "train" or "eval", the split of every row of these files.
     infer_click: data.orphan_event_policy == "infer_click".
+    progress_interval_s: seconds between a worker's "<split>_parsed" progress lines.
   """
 
   def __init__(self, file_patterns: Union[str, Sequence[str]], layout: str,
                spec: spec_lib.FeatureSpec, label_names: Sequence[str], split: str,
-               infer_click: bool = False):
+               infer_click: bool = False,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
     super().__init__()
     self._patterns = read_lib.glob_list(file_patterns)
     self._fn = _ReadDerivedBatchesFn(layout, spec, split, infer_click, label_names)
+    self._stage = f"{split}_parsed"
+    self._progress_interval_s = progress_interval_s
 
   def expand(self, pbegin):
     outputs = (pbegin
                | "MatchFiles" >> read_lib.MatchFiles(self._patterns)
                | "ReadParse" >> beam.ParDo(self._fn).with_outputs(
                    dl.DEAD_LETTER, READ, main=RECORDS))
-    return {RECORDS: outputs[RECORDS] | "Reshuffle" >> beam.Reshuffle(),
+    records = outputs[RECORDS] | "Progress" >> progress.LogProgress(
+        self._stage, self._progress_interval_s)
+    return {RECORDS: records | "Reshuffle" >> beam.Reshuffle(),
             dl.DEAD_LETTER: outputs[dl.DEAD_LETTER], READ: outputs[READ]}

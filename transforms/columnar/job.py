@@ -206,19 +206,13 @@ class PreprocessDerivedColumnar(preprocess_job.PreprocessDerived):
     super().__init__(*args, **kwargs)
     self._progress_interval_s = progress_interval_s
 
-  def expand(self, pbegin):
-    config = self._data_config
-    splits, dead_letters, counts = {}, [], []
-    for split in outputs_lib.SPLITS:
-      rows = pbegin | f"Read_{split}" >> cderived.ReadDerivedBatches(
-          self._files[split], self._layout, self._spec, config.label_names, split,
-          self._infer_click)
-      splits[split] = rows[cderived.RECORDS] | f"Progress_{split}" >> progress.LogProgress(
-          f"{split}_parsed", self._progress_interval_s)
-      dead_letters.append(rows[dl.DEAD_LETTER])
-      counts.append(rows[cderived.READ] | f"TagRead_{split}" >> beam.Map(
-          lambda n: ((dl.IMPRESSIONS, "read"), n)))
+  def read_split(self, split: str) -> beam.PTransform:
+    return cderived.ReadDerivedBatches(
+        self._files[split], self._layout, self._spec, self._data_config.label_names, split,
+        self._infer_click, self._progress_interval_s)
+
+  def write(self, splits, dead_letters, counts):
     return write_batch_outputs(
-        splits, dead_letters, counts, self._paths, config, self._spec, self._statistics,
-        sources=(dl.IMPRESSIONS,),
+        splits, dead_letters, counts, self._paths, self._data_config, self._spec,
+        self._statistics, sources=(dl.IMPRESSIONS,),
         metadata_keys=derived_sources.metadata_keys(self._layout, self._spec))
