@@ -72,10 +72,6 @@ def _tree_rss(process: psutil.Process) -> int:
   return total
 
 
-def _load_average() -> str:
-  return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def run_job(args: Sequence[str], output: str, log_path: str) -> Dict[str, Any]:
   """Runs `python -m pipeline.preprocess args` (writing `output`), polling its memory.
 
@@ -263,13 +259,13 @@ def run(impressions: Union[int, Sequence[int]], workers: Sequence[int] = (1, 2),
   """Every size of `impressions` and input format: floor and jobs (run_size); writes
   <name>.md."""
   sizes = [impressions] if isinstance(impressions, int) else list(impressions)
-  load_start = _load_average()
+  load_start = common.load_average()
   rows = []
   for size in sizes:
     for fmt in formats:
       rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions,
                        multi_worker_max_impressions, fmt)
-  write_table(rows, results_dir, command, load_start, _load_average(), name)
+  write_table(rows, results_dir, command, load_start, common.load_average(), name)
   return rows
 
 

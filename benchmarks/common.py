@@ -69,6 +69,11 @@ def machine_description() -> Dict[str, str]:
   }
 
 
+def load_average() -> str:
+  """The 1, 5 and 15 minute load averages, for a results header ("0.84 / 1.02 / 1.10")."""
+  return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """A GitHub markdown table; floats keep the precision they were formatted with."""
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

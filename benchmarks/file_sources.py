@@ -60,7 +60,7 @@ def lines_read(counts: Dict[str, Any]) -> int:
 
 def run(rows: int, engines: Sequence[str], workers: Sequence[int], workdir: str,
         results_dir: str, command: str) -> List[Dict[str, Any]]:
-  load_start = beam_preprocess._load_average()  # pylint: disable=protected-access
+  load_start = common.load_average()
   results = []
   for source in SOURCES:
     flags = write_inputs(source, rows, workdir)
@@ -87,7 +87,7 @@ def run(rows: int, engines: Sequence[str], workers: Sequence[int], workdir: str,
         f"{r['seconds']:.1f}", f"{r['lines_per_s_per_worker']:,.0f}",
         f"{r['peak_rss_gib']:.2f}", r["failure"] or "ok"] for r in results])
   body = (f"Load average (1/5/15 min) at the start: {load_start}; at the end: "
-          f"{beam_preprocess._load_average()}.\n\n{table}\n")  # pylint: disable=protected-access
+          f"{common.load_average()}.\n\n{table}\n")
   common.write_result(NAME, "File-split sources: columnar vs per-record engine", body,
                       results_dir, command)
   print(table)

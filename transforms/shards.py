@@ -51,14 +51,6 @@ def _masked_crc32c(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def tfrecord_frame(record: bytes) -> bytes:
-  """One TFRecord: uint64 length, masked CRC32C of the length, the bytes, their masked
-  CRC32C (all little-endian), as TensorFlow's TFRecordWriter writes it."""
-  length = struct.pack("<Q", len(record))
-  return b"".join([length, struct.pack("<I", _masked_crc32c(length)), record,
-                   struct.pack("<I", _masked_crc32c(record))])
-
-
 _HEADERS: Dict[int, bytes] = {}  # record length -> its 12-byte frame header
 _MAX_HEADERS = 1 << 16
 
@@ -74,9 +66,10 @@ def _frame_header(length: int) -> bytes:
 
 
 def tfrecord_frames(records: Sequence[bytes]) -> bytes:
-  """`tfrecord_frame` of each record, concatenated: the same bytes, with the length
-  headers cached per length (Examples of a split have few distinct lengths) and the
-  data CRCs masked in numpy."""
+  """The records framed as TensorFlow's TFRecordWriter writes them, concatenated: per
+  record uint64 length, masked CRC32C of the length, the bytes, their masked CRC32C (all
+  little-endian). Length headers are cached per length (Examples of a split have few
+  distinct lengths); the data CRCs are masked in numpy."""
   n = len(records)
   crcs = np.fromiter(map(google_crc32c.value, records), dtype=np.uint64, count=n)
   masked = (((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(0xA282EAD8)
@@ -150,18 +143,11 @@ def _hash_order(keys: np.ndarray, examples: List[bytes]) -> List[int]:
   return order
 
 
-def mixed_order(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
-                sort_bytes: int = SORT_BYTES) -> Iterator[bytes]:
-  """A shard's Examples (`packed_lists`, from `shard_lists`, may be iterated more than
-  once) in the written order: by (mix key, bytes), in ceil(bytes / sort_bytes) passes
-  over hash-random slices ((key // num_shards) % passes)."""
-  for ordered in ordered_passes(packed_lists, num_shards, sort_bytes):
-    yield from ordered
-
-
 def ordered_passes(packed_lists: Iterable[Tuple[bytes, bytes]], num_shards: int,
                    sort_bytes: int = SORT_BYTES) -> Iterator[List[bytes]]:
-  """`mixed_order`, one list per pass."""
+  """A shard's Examples (`packed_lists`, from `shard_lists`, may be iterated more than
+  once) in the written order, one list per pass: by (mix key, bytes), in
+  ceil(bytes / sort_bytes) passes over hash-random slices ((key // num_shards) % passes)."""
   total = sum(packing.unpacked_size(packed) for _, packed in packed_lists)
   passes = max(1, -(-total // max(sort_bytes, 1)))
   for part in range(passes):
