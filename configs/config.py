@@ -29,6 +29,8 @@ class ConfigError(ValueError):
 
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+# train.calibration's methods (models.calibration fits them).
+CALIBRATIONS = ("none", "bias", "platt", "platt_ctr", "ips_ctr")
 
 
 def _utc_midnight(date: str) -> int:
@@ -179,6 +181,10 @@ class TrainConfig:
       rate in the train split (counts.json), e.g. the CTR tower at logit(clicks /
       exposures), instead of 0 (p = 0.5): the intercept is then right from the first
       step instead of after hundreds (MultiTaskModel.initialize_output_biases).
+    calibration: after training, fit a calibration of the exported probabilities on
+      the validation split and export it as part of the model: "none", "bias", "platt",
+      "platt_ctr" or "ips_ctr" (models.calibration; docs/TRAINING.md, "Calibration"). Needs a
+      validation split.
   """
 
   batch_size: int = 1024
@@ -202,6 +208,7 @@ class TrainConfig:
   lr_min_ratio: float = 0.0
   deterministic_ops: bool = False
   init_output_bias: bool = True
+  calibration: str = "none"
 
   @property
   def validation_from_timestamp(self) -> Optional[int]:
@@ -364,6 +371,13 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
   if train.lr_schedule not in LR_SCHEDULES:
     raise ConfigError(f"{source}: train.lr_schedule {train.lr_schedule!r}: use one of "
                       f"{LR_SCHEDULES}")
+  if train.calibration not in CALIBRATIONS:
+    raise ConfigError(f"{source}: train.calibration {train.calibration!r}: use one of "
+                      f"{CALIBRATIONS}")
+  if train.calibration != "none" and not train.has_validation:
+    raise ConfigError(f"{source}: train.calibration {train.calibration!r} is fitted on the "
+                      f"validation split: set train.validation_from or "
+                      f"train.validation_fraction (or calibration: none)")
   if train.lr_warmup_steps < 0 or not 0.0 < train.lr_decay_rate <= 1.0 or not (
       0.0 <= train.lr_min_ratio <= 1.0):
     raise ConfigError(f"{source}: train.lr_warmup_steps must be >= 0, lr_decay_rate in "

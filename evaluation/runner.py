@@ -5,14 +5,16 @@ directory (TFRecords, feature_spec.yaml, labels.json; refused without a valid
 _SUCCESS.json, features/success_marker.py) and a SavedModel (the newest complete
 version, serving/versions.py), scores the split
 through `serving_default` (evaluation.scoring), joins the truth by impression_id and
-builds the per-task table (evaluation.report).
+builds the per-task table (evaluation.report). The truth is the labels' (simulation.truth
+.label_truth: purchases after the attribution window are not labelled, so a purchase
+probability is the generative one times 1 - late_purchase_fraction).
 
 Report (the metrics JSON; NaN is written as null):
   {"saved_model": dir, "data": dir, "split": "eval", "file_pattern": glob,
    "feature_spec": path, "labels": [...], "outputs": [...], "examples": n,
    "label_rates": {label: mean},
    "user_ids": "feature" | "truth" | null,       # where GAUC's user ids came from
-   "truth": {"path": p, "rows": m, "matched": k} | null,
+   "truth": {"path": p, "rows": m, "matched": k, "late_purchase_fraction": f} | null,
    "tasks": {task: {...}},                       # see evaluation/report.py
    "curves": {task: {...}},                      # reliability bins, histograms: curves.py
    "slices": {feature: {...}},                   # with slice_by: evaluation/slices.py
@@ -179,10 +181,13 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
   aligned, matched, truth_info = None, None, None
   if truth_path:
     from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
-    truth = truth_lib.load_truth(truth_path)
+    # The labels' probabilities: purchases after the attribution window are unlabelled.
+    late_fraction = truth_lib.late_purchase_fraction(truth_path)
+    truth = truth_lib.label_truth(truth_lib.load_truth(truth_path), late_fraction)
     aligned, matched = report.align_truth(scores["impression_id"], truth)
     truth_info = {"path": truth_lib.truth_file_path(truth_path),
-                  "rows": int(len(truth["impression_id"])), "matched": int(matched.sum())}
+                  "rows": int(len(truth["impression_id"])), "matched": int(matched.sum()),
+                  "late_purchase_fraction": late_fraction}
     if not matched.all():
       logging.warning("%d scored rows have no truth row; truth metrics use the %d matched",
                       int((~matched).sum()), int(matched.sum()))

@@ -9,7 +9,7 @@ features.parsing; nothing else is parsed outside the model.
 """
 
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -56,8 +56,9 @@ def _column(chunks: List[np.ndarray], dtype=None) -> np.ndarray:
 def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.FeatureSpec,
                       label_names: Sequence[str], batch_size: int = 4096,
                       signature: str = SERVING_SIGNATURE,
-                      extra_features: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-  """Runs every record of `file_pattern` through the SavedModel's signature.
+                      extra_features: Sequence[str] = (),
+                      keep: Optional[data.RecordPredicate] = None) -> Dict[str, np.ndarray]:
+  """Runs every record of `file_pattern` (that `keep` accepts) through the signature.
 
   Args:
     saved_model_dir: an exported SavedModel version directory.
@@ -68,6 +69,8 @@ def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.Fe
     batch_size: records per signature call.
     signature: the signature to call; it must take one tf.string [batch] input.
     extra_features: scalar features to return too (e.g. the slices of the report).
+    keep: optional predicate tf.string [n] -> tf.bool [n] over serialized records; only
+      records it accepts are scored (e.g. `ValidationSplit.is_validation`).
 
   Returns:
     column -> [n] numpy array in file order (sorted files, records in file order):
@@ -95,8 +98,11 @@ def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.Fe
     raise ValueError(f"{saved_model_dir}: outputs {clash} clash with label/metadata names")
 
   files = data.list_files(file_pattern)
-  dataset = (tf.data.TFRecordDataset(files, compression_type=data.COMPRESSION)
-             .batch(batch_size)
+  dataset = tf.data.TFRecordDataset(files, compression_type=data.COMPRESSION)
+  if keep is not None:
+    dataset = dataset.batch(batch_size).map(
+        lambda serialized: tf.boolean_mask(serialized, keep(serialized))).unbatch()
+  dataset = (dataset.batch(batch_size)
              .map(lambda serialized: (serialized, tf.io.parse_example(serialized, side_spec)))
              .prefetch(tf.data.AUTOTUNE))
   chunks = {name: [] for name in list(side_spec) + sorted(serve.structured_outputs)}

@@ -56,12 +56,16 @@ flags.DEFINE_bool("deterministic_ops", None,
 flags.DEFINE_string("validation_from", None, "Override train.validation_from (YYYY-MM-DD).")
 flags.DEFINE_integer("early_stopping_patience", None,
                      "Override train.early_stopping_patience (0 = never stop early).")
+flags.DEFINE_enum("calibration", None, list(config_lib.CALIBRATIONS),
+                  "Override train.calibration: the output calibration fitted on the "
+                  "validation split and exported with the model (docs/TRAINING.md).")
 
 
 def _overrides() -> dict:
   train = {key: getattr(FLAGS, key)
            for key in ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "seed",
-                       "deterministic_ops", "validation_from", "early_stopping_patience")
+                       "deterministic_ops", "validation_from", "early_stopping_patience",
+                       "calibration")
            if getattr(FLAGS, key) is not None}
   return {"train": train} if train else {}
 

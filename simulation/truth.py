@@ -26,6 +26,10 @@ action: cart / favorite) -> purchase:
 
 These are the generative probabilities: they count every purchase, including the ~2% the
 simulator makes land after the attribution window, which the Beam labels miss.
+`label_truth` turns them into the probabilities of the labels as pipeline.preprocess
+defines them (a purchase is labelled only when it lands inside the window: each
+purchase column times 1 - late_purchase_fraction), which is what a model trained on the
+labels is calibrated against (evaluation.runner).
 Values are written with Python's shortest round-trip repr, so a loaded file holds the
 exact float64 values and the identities above hold to the last bit.
 """
@@ -48,6 +52,12 @@ DERIVED_PROBABILITIES = (
     "p_action_given_click", "p_purchase_given_click", "p_purchase_given_click_action",
     "p_purchase_given_click_no_action", "p_ctmicro", "p_ctavr", "p_ctcvr")
 PROBABILITY_COLUMNS = BASE_PROBABILITIES + DERIVED_PROBABILITIES
+# The probabilities of a purchase: the ones the late purchases (outside the attribution
+# window, unlabelled) scale down.
+PURCHASE_COLUMNS = ("p_purchase_given_macro", "p_purchase_given_no_macro",
+                    "p_purchase_given_click", "p_purchase_given_click_action",
+                    "p_purchase_given_click_no_action", "p_ctcvr")
+WORLD_FILE = "world.json"
 TRUTH_COLUMNS = ("impression_id", "user_id") + PROBABILITY_COLUMNS
 
 
@@ -137,3 +147,40 @@ def load_truth(path: str) -> Dict[str, np.ndarray]:
     columns[name] = values.astype(np.float64 if name.startswith("p_") else object)
   logging.info("Loaded %d truth rows from %s", table.num_rows, file_path)
   return columns
+
+
+def late_purchase_fraction(path: str) -> float:
+  """The world's `late_purchase_fraction` from the world.json beside the truth file
+  (OUTPUT/world.json for OUTPUT/truth/truth.jsonl.gz); 0 with a warning when absent."""
+  truth_dir = os.path.dirname(os.path.abspath(truth_file_path(path)))
+  world_path = os.path.join(os.path.dirname(truth_dir), WORLD_FILE)
+  if not os.path.isfile(world_path):
+    logging.warning("%s not found: the truth is taken as the labels' (no late purchases)",
+                    world_path)
+    return 0.0
+  with open(world_path) as f:
+    return float(json.load(f)["config"].get("late_purchase_fraction", 0.0))
+
+
+def label_truth(columns: Mapping[str, np.ndarray], late_fraction: float
+                ) -> Dict[str, np.ndarray]:
+  """The probabilities of the labels: every PURCHASE_COLUMNS times 1 - late_fraction.
+
+  A purchase is late (after the attribution window, so not labelled) with probability
+  late_fraction independently of everything else (simulation.behaviour), so
+  P(purchase label | ...) = (1 - late_fraction) P(buy | ...); the other columns are the
+  labels' already. Returns a new dict (the input is not changed).
+  """
+  if not 0.0 <= late_fraction < 1.0:
+    raise ValueError(f"late_fraction must be in [0, 1), got {late_fraction}")
+  result = dict(columns)
+  for name in PURCHASE_COLUMNS:
+    if name in result:
+      result[name] = np.asarray(result[name], np.float64) * (1.0 - late_fraction)
+  return result
+
+
+def load_label_truth(path: str) -> Dict[str, np.ndarray]:
+  """load_truth(path) as the labels' probabilities (label_truth with the world's late
+  purchase fraction)."""
+  return label_truth(load_truth(path), late_purchase_fraction(path))

@@ -1,4 +1,4 @@
-"""Tests of the tuning and sweep harness' pure parts (benchmarks.tune, benchmarks.sweep)."""
+"""Tests of the benchmark harness' pure parts (benchmarks.models, tune, sweep, calibration)."""
 
 import math
 import os
@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from benchmarks import calibration as calibration_benchmark
 from benchmarks import models as truth_benchmark
 from benchmarks import sweep
 from benchmarks import tune
@@ -140,3 +141,30 @@ def test_learning_curves_leave_cells_that_were_not_run_empty():
                                             load_after="0")).splitlines()
   assert "| 0.045 | esmm | 0.0500 / 0.1400 / 0.1100 | - |" in lines
   assert "| 0.015 | naive | - | 0.0200 / 0.0900 / 0.0600 |" in lines
+
+
+def _calibration_run(values):
+  """One run's benchmarks.calibration result: method -> the four calibrations."""
+  aucs = {key: 0.7 for key in calibration_benchmark.AUCS}
+  return {"methods": {
+      method: dict(zip(calibration_benchmark.CALIBRATIONS, values.get(method, (1, 1, 1, 1))),
+                   **aucs)
+      for method in calibration_benchmark.METHODS}}
+
+
+def test_calibration_benchmark_counts_models_whose_every_mean_is_within_the_goal():
+  runs = {"esmm": [_calibration_run({"none": (1.0, 0.9, 0.8, 1.2)}),
+                   _calibration_run({"none": (1.0, 1.0, 0.9, 1.0)})],
+          "esmc": [_calibration_run({"ips_ctr": (1.0, 1.0, 0.94, 1.0)})]}
+  summary = calibration_benchmark.aggregate(runs)
+  assert summary["esmm"]["none"]["cvr_all"]["mean"] == pytest.approx(0.85)
+  assert summary["esmm"]["none"]["ctcvr"]["std"] == pytest.approx(math.sqrt(0.02))
+  page = calibration_benchmark.render(summary, {
+      "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 3,
+      "seconds": 60, "load_before": "0", "load_after": "0"})
+  counts = dict(part.split(" ") for part in page.split(
+      "within 1.00 ± 0.05: ")[1].split(".\n")[0].split(", "))
+  # esmm misses with none (0.85 / 0.95 means; 1.10 ctcvr), esmc with ips_ctr (0.94)
+  assert counts == {"none": "1/2", "bias": "2/2", "platt": "2/2", "platt_ctr": "2/2",
+                    "ips_ctr": "1/2"}
+  assert "| esmm | none | 1.000 ± 0.000 | 0.950 ± 0.071 | 0.850 ± 0.071 |" in page

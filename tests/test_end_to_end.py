@@ -3,7 +3,8 @@
 One module-scoped run feeds every test here; together they check that the same raw record
 gets the same numbers through every path (Beam+tf.data into the in-memory model, the
 SavedModel's serving_default on the Beam-written Examples, predict_raw on dense tensors,
-and the predict CLI's library on the raw JSON), and that the model learned something
+and the predict CLI's library on the raw JSON), that the served graph holds the
+validation-fitted output calibration, and that the model learned something
 real relative to the simulator's Bayes-optimal AUC.
 """
 
@@ -21,6 +22,7 @@ from configs import config as config_lib
 from evaluation import runner
 from features import example_codec
 from features import parsing
+from models import calibration
 from serving import predictor
 from training import data
 from training import trainer
@@ -57,13 +59,36 @@ def _eval_records(run, limit=512):
 def test_reloaded_savedmodel_matches_in_memory_model(run):
   serialized = _eval_records(run)
   features, _ = parsing.parse_examples(tf.constant(serialized), run["spec"], [])
-  in_memory = run["result"].model.scorer(features, training=False)
+  in_memory = run["result"].scorer(features, training=False)
   loaded = tf.saved_model.load(run["result"].export_dir)
   served = loaded.signatures["serving_default"](examples=tf.constant(serialized))
   assert set(served) == {"ctr", "cvr", "ctcvr"}
   for name, values in served.items():
     np.testing.assert_allclose(values.numpy(), in_memory[name].numpy().reshape(-1),
                                rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(served["ctcvr"].numpy(),
+                             served["ctr"].numpy() * served["cvr"].numpy(), rtol=1e-5)
+
+
+def test_the_export_serves_the_validation_fitted_calibration(run):
+  """The config's ips_ctr calibration, fitted on the validation day, is in the served
+  graph: served = Calibration.apply(the uncalibrated scorer), and it is recorded."""
+  assert run["config"].train.calibration == "ips_ctr"
+  fitted = calibration.Calibration.from_dict(run["result"].metrics["calibration"])
+  with open(os.path.join(run["result"].export_dir, "assets.extra",
+                         "export_metadata.json")) as f:
+    assert json.load(f)["calibration"] == fitted.to_dict()
+  assert fitted.ctr.rows == run["result"].metrics["validation_examples"]
+  assert fitted.ctr.method == "platt" and fitted.rates["cvr"].method in ("ips_ctr", "bias")
+  serialized = _eval_records(run)
+  features, _ = parsing.parse_examples(tf.constant(serialized), run["spec"], [])
+  raw = {k: v.numpy() for k, v in run["result"].model.scorer(features, training=False).items()}
+  served = tf.saved_model.load(run["result"].export_dir).signatures["serving_default"](
+      examples=tf.constant(serialized))
+  expected = fitted.apply(raw)
+  for name, values in served.items():
+    np.testing.assert_allclose(values.numpy(), expected[name], rtol=2e-4, atol=1e-7)
+  assert not np.allclose(expected["ctr"], raw["ctr"].reshape(-1))  # it does something
 
 
 def test_predict_raw_signature_matches_serving_default(run):

@@ -413,6 +413,14 @@ def test_load_truth_round_trips_from_every_path(clean):
   assert set(loaded[0]["impression_id"]) == {r["impression_id"] for r in clean["impressions"]}
   with pytest.raises(FileNotFoundError):
     truth_lib.load_truth(os.path.join(output_dir, "impressions"))
+  # The labels' truth: the world's late purchases (unlabelled) scale the purchase columns.
+  fraction = world.config.late_purchase_fraction
+  assert fraction > 0
+  for path in (output_dir, os.path.join(output_dir, "truth", "truth.jsonl.gz")):
+    assert truth_lib.late_purchase_fraction(path) == fraction
+    labelled = truth_lib.load_label_truth(path)
+    np.testing.assert_allclose(labelled["p_ctcvr"], world.truth["p_ctcvr"] * (1 - fraction))
+    np.testing.assert_array_equal(labelled["p_ctavr"], world.truth["p_ctavr"])
 
 
 def test_parquet_holds_the_same_records_as_jsonl(tmp_path):

@@ -10,7 +10,8 @@ Flow position: called by `pipeline.train`; reads the Beam job's output directory
   MODEL_DIR/metrics.json final Keras metrics on the eval split ("eval") and on the
                          validation split ("validation"), the best epoch, throughput,
                          steps (`final_step` = optimizer.iterations at the end,
-                         `initial_step` = where this process started: > 0 after a resume)
+                         `initial_step` = where this process started: > 0 after a resume),
+                         and the fitted output calibration ("calibration")
 
 Before training: the data directory must carry the Beam job's success marker
 (features.success_marker), and every train/eval shard is read once
@@ -23,6 +24,11 @@ pass over the counted train records), so resume and multi-worker runs see the sa
 counts as single-process runs. The input stream is a deterministic function of the seed
 and a resumed run skips the batches its checkpoint's steps consumed, so it continues at
 the batch where the checkpoint was taken (docs/TRAINING.md).
+
+After training, with `train.calibration` other than "none", a calibration of the
+probabilities is fitted on the validation split (models.calibration) and exported as a
+layer after the scorer (models.layers.calibration): the served outputs are calibrated;
+metrics.json "eval" / "validation" are the uncalibrated Keras metrics.
 """
 
 import dataclasses
@@ -34,6 +40,7 @@ import time
 from typing import Any, Dict, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -41,7 +48,9 @@ from configs import config as config_lib
 from features import artifacts as artifacts_lib
 from features import spec as spec_lib
 from features import success_marker
+from models import calibration as calibration_lib
 from models import registry
+from models.layers import calibration as calibration_layers
 from training import data
 from training import early_stopping
 from training import export as export_lib
@@ -59,11 +68,20 @@ BEST_DIR = "best"
 
 @dataclasses.dataclass
 class TrainResult:
-  """What a training run produced."""
+  """What a training run produced.
+
+  Attributes:
+    model: the trained MultiTaskModel (its `scorer` uncalibrated).
+    export_dir: the SavedModel version directory (chief), else None.
+    metrics: what metrics.json holds.
+    scorer: the exported scorer: model.scorer followed by the fitted output calibration
+      (models.layers.calibration) when train.calibration is not "none", else model.scorer.
+  """
 
   model: Any
   export_dir: Optional[str]
   metrics: Dict[str, Any]
+  scorer: Any = None
 
 
 class ThroughputLogger(tf_keras.callbacks.Callback):
@@ -279,6 +297,30 @@ def _validate_skipped_epoch_end(model, stopper, backup_dir, start_step, steps_pe
   stopper.record(epoch, value)
 
 
+def fit_output_calibration(model, train_pattern: str, spec: spec_lib.FeatureSpec,
+                           label_names, train_config: config_lib.TrainConfig,
+                           plan: "InputPlan") -> calibration_lib.Calibration:
+  """Scores the validation split with the trained scorer and fits train.calibration
+  on it (models.calibration); logs the coefficients."""
+  dataset = data.make_dataset(train_pattern, spec, label_names, train_config.eval_batch_size,
+                              shuffle=False, repeat=False, keep=plan.validation.is_validation,
+                              record_limits=plan.train_report.record_limits)
+  score = tf.function(lambda features: model.scorer(features, training=False))
+  outputs, labels = {}, {}
+  for features, batch_labels in dataset:
+    for name, value in score(features).items():
+      outputs.setdefault(name, []).append(value.numpy().reshape(-1))
+    for name, value in batch_labels.items():
+      labels.setdefault(name, []).append(value.numpy().reshape(-1))
+  outputs = {name: np.concatenate(values) for name, values in outputs.items()}
+  labels = {name: np.concatenate(values) for name, values in labels.items()}
+  fitted = calibration_lib.fit_calibration(outputs, labels, train_config.calibration)
+  logging.info("Calibration (%s) fitted on %d validation exposures: %s",
+               train_config.calibration, len(labels[calibration_lib.CLICK]),
+               calibration_lib.summary(fitted))
+  return fitted
+
+
 def _steps(examples: int, batch_size: int) -> int:
   return max(1, math.ceil(examples / batch_size)) if examples else 0
 
@@ -452,6 +494,12 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                     "their error: %s", len(corrupt),
                     "; ".join(f"{s.path} ({s.records} records kept, offset {s.offset})"
                               for s in corrupt))
+  scorer = model.scorer
+  if train_config.calibration != "none" and plan.validation:
+    fitted = fit_output_calibration(model, train_pattern, spec, label_names, train_config,
+                                    plan)
+    metrics["calibration"] = fitted.to_dict()
+    scorer = calibration_layers.calibrated_scorer(model.scorer, fitted)
   export_dir = None
   is_chief = strategy_lib.is_chief()
   if export:
@@ -461,9 +509,10 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
       task_type, task_id = strategy_lib.task_identity()
       export_base = os.path.join(model_dir, f"scratch_{task_type}_{task_id}")
     export_dir = export_lib.export_saved_model(
-        model.scorer, spec, export_base, warmup_examples=_warmup_examples(data_dir),
+        scorer, spec, export_base, warmup_examples=_warmup_examples(data_dir),
         metadata={"model": config.model.name, "config": config.source,
-                  "labels": label_names, "eval": metrics["eval"]})
+                  "labels": label_names, "eval": metrics["eval"],
+                  "calibration": metrics.get("calibration", {"method": "none"})})
     if not is_chief:
       tf.io.gfile.rmtree(export_base)
       export_dir = None
@@ -475,4 +524,4 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
     if "validation" in metrics:
       logging.info("Validation metrics (best epoch %s): %s", metrics["best_epoch"],
                    json.dumps(metrics["validation"], sort_keys=True))
-  return TrainResult(model=model, export_dir=export_dir, metrics=metrics)
+  return TrainResult(model=model, export_dir=export_dir, metrics=metrics, scorer=scorer)

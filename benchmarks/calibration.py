@@ -1,0 +1,194 @@
+"""Which output calibration: every method on every trained model of the truth benchmark.
+
+  python -m benchmarks.calibration [--runs_dir /tmp/cvr_bench/full/runs_calibration_none]
+
+Reads the runs of `python -m benchmarks.models --calibration none` (uncalibrated
+exports; a calibrated export is refused). For each model and seed, in a subprocess
+(2 at a time): score the validation split (metrics.json "validation_from") and the
+eval split with the exported SavedModel (evaluation.scoring, the served graph), fit each
+method of models.calibration on the validation rows, apply it to the eval rows and score
+it against the simulator's truth: calibration (sum predicted / sum true probability) of
+ctr, cvr over clicked and over all exposures, ctcvr; CTR and CTCVR AUC against the
+labels; the expected AUC (metrics.expected_auc: free of the label noise of 412 eval
+purchases) of ctcvr against the true P(click & buy | x) and of the entire-space cvr
+against the true P(buy | click, x).
+Per-run results are cached in RUN/calibration_methods.json (a rerun only aggregates).
+Writes benchmarks/results/calibration.md and calibration.json (mean +- std over seeds).
+"""
+
+import argparse
+import concurrent.futures
+import glob
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any, Dict, List
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import models as models_bench  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+METHODS = config_lib.CALIBRATIONS
+CACHE = "calibration_methods.json"
+CALIBRATIONS = ("ctr", "cvr_clicked", "cvr_all", "ctcvr")
+AUCS = ("ctr_auc", "ctcvr_auc", "ctcvr_expected_auc", "cvr_all_expected_auc")
+TOLERANCE = 0.05
+
+
+def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
+  """Every method's eval metrics for one run (the body of a worker process)."""
+  from evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from evaluation import report  # pylint: disable=g-import-not-at-top
+  from evaluation import runner  # pylint: disable=g-import-not-at-top
+  from evaluation import scoring  # pylint: disable=g-import-not-at-top
+  from models import calibration  # pylint: disable=g-import-not-at-top
+  from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
+  from training import data  # pylint: disable=g-import-not-at-top
+  from training import export  # pylint: disable=g-import-not-at-top
+
+  export_dir = runner.resolve_saved_model(run_dir)
+  with open(os.path.join(export_dir, "assets.extra", export.METADATA_FILE)) as f:
+    metadata = json.load(f)
+  if metadata.get("calibration", {"method": "none"})["method"] != "none":
+    raise ValueError(f"{export_dir} is calibrated ({metadata['calibration']['method']}); "
+                     f"this benchmark needs `benchmarks.models --calibration none` runs")
+  with open(os.path.join(run_dir, "metrics.json")) as f:
+    validation_from = json.load(f)["validation_from"]
+  split = data.ValidationSplit(from_timestamp=config_lib.TrainConfig(
+      validation_from=validation_from).validation_from_timestamp)
+  spec, labels = runner.load_spec_and_labels(data_dir, runner.DEFAULT_CONFIG)
+  pattern = data.split_pattern(data_dir, "train")
+  validation = scoring.score_saved_model(export_dir, pattern, spec, labels,
+                                         keep=split.is_validation)
+  evaluation = scoring.score_saved_model(export_dir, data.split_pattern(data_dir, "eval"),
+                                         spec, labels)
+  outputs = metadata["outputs"]
+  truth, _ = report.align_truth(evaluation["impression_id"],
+                                truth_lib.load_label_truth(truth_dir))
+  clicked = evaluation["click"] > 0
+  bought = evaluation["click"] * evaluation["purchase"]
+  p_cvr = truth["p_purchase_given_click"]
+  result = {"validation_rows": int(len(validation["click"])),
+            "validation_clicks": int(validation["click"].sum()),
+            "validation_purchases": int(validation["purchase"].sum()), "methods": {}}
+  for method in METHODS:
+    fitted = calibration.fit_calibration({k: validation[k] for k in outputs},
+                                         {k: validation[k] for k in labels}, method)
+    p = fitted.apply({k: evaluation[k] for k in outputs})
+    result["methods"][method] = {
+        "ctr": float(p["ctr"].sum() / truth["p_click"].sum()),
+        "cvr_clicked": float(p["cvr"][clicked].sum() / p_cvr[clicked].sum()),
+        "cvr_all": float(p["cvr"].sum() / p_cvr.sum()),
+        "ctcvr": float(p["ctcvr"].sum() / truth["p_ctcvr"].sum()),
+        "ctr_auc": float(metrics.auc(evaluation["click"], p["ctr"])),
+        "ctcvr_auc": float(metrics.auc(bought, p["ctcvr"])),
+        "ctcvr_expected_auc": float(metrics.expected_auc(truth["p_ctcvr"], p["ctcvr"])),
+        "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p["cvr"])),
+        "coefficients": fitted.to_dict(),
+    }
+  return result
+
+
+def _worker(run_dir: str, data_dir: str, truth_dir: str) -> str:
+  cache = os.path.join(run_dir, CACHE)
+  if not os.path.exists(cache):
+    result = score_run(run_dir, data_dir, truth_dir)
+    with open(cache + ".tmp", "w") as f:
+      json.dump(result, f, indent=1)
+    os.replace(cache + ".tmp", cache)
+  return cache
+
+
+def aggregate(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
+  """model -> method -> metric -> {mean, std, n}."""
+  summary = {}
+  for model, results in runs.items():
+    summary[model] = {}
+    for method in METHODS:
+      summary[model][method] = {
+          key: models_bench._stat([r["methods"][method][key] for r in results])  # pylint: disable=protected-access
+          for key in CALIBRATIONS + AUCS}
+  return summary
+
+
+def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]) -> str:
+  cell = models_bench._cell  # pylint: disable=protected-access
+  header = ["model", "method", "ctr calib.", "cvr calib. (clicked)",
+            "cvr calib. (all exposures)", "ctcvr calib.", "CTR AUC", "CTCVR AUC",
+            "CTCVR expected AUC", "CVR AUC (entire space)"]
+  rows = []
+  within = {method: 0 for method in METHODS}
+  for model, methods in summary.items():
+    for method, stats in methods.items():
+      rows.append([model, method] + [cell(stats[k], 3) for k in CALIBRATIONS]
+                  + [cell(stats[k]) for k in AUCS])
+      if all(abs(stats[k]["mean"] - 1.0) <= TOLERANCE for k in CALIBRATIONS):
+        within[method] += 1
+  lines = [
+      f"Generated by `{settings['command']}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+      f"Runs: `{settings['runs_dir']}` ({settings['runs']} runs of {len(summary)} models; "
+      f"uncalibrated exports). Wall time {settings['seconds'] / 60:.1f} min; load average "
+      f"(1/5/15 min) {settings['load_before']} before and {settings['load_after']} after.",
+      "",
+      "Each method (models.calibration) is fitted on the validation day's rows and applied "
+      "to the eval day; calibration = sum predicted / sum of the true probability on the "
+      "eval rows (1 = calibrated); AUCs against the labels as in models.md, expected AUCs "
+      "against the true probabilities (no label noise). Mean ± std over seeds.",
+      "",
+      "Models with every calibration within 1.00 ± 0.05: " + ", ".join(
+          f"{method} {count}/{len(summary)}" for method, count in within.items()) + ".",
+      "",
+      common.markdown_table(header, rows),
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--work_dir", default="/tmp/cvr_bench/full",
+                      help="The benchmarks.models mode directory (data/, raw/).")
+  parser.add_argument("--runs_dir", help="Default: WORK_DIR/runs_calibration_none.")
+  parser.add_argument("--results_dir", default=models_bench.RESULTS_DIR)
+  parser.add_argument("--parallel", type=int, default=2)
+  args = parser.parse_args(argv)
+  runs_dir = args.runs_dir or os.path.join(args.work_dir, "runs_calibration_none")
+  data_dir = os.path.join(args.work_dir, "data")
+  truth_dir = os.path.join(args.work_dir, "raw")
+  run_dirs = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs_dir, "*", "seed*",
+                                                                      "metrics.json")))
+  if not run_dirs:
+    parser.error(f"no runs (*/seed*/metrics.json) under {runs_dir}")
+  start = time.time()
+  settings = {"runs_dir": runs_dir, "runs": len(run_dirs), "load_before": common.load_average(),
+              "command": " ".join(["python -m benchmarks.calibration"]
+                                  + list(sys.argv[1:] if argv is None else argv))}
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=context,
+                                              max_tasks_per_child=1) as pool:
+    futures = {pool.submit(_worker, run, data_dir, truth_dir): run for run in run_dirs}
+    for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+      future.result()
+      print(f"[{time.strftime('%H:%M:%S')}] {done}/{len(run_dirs)} {futures[future]}",
+            flush=True)
+  runs: Dict[str, List[Dict[str, Any]]] = {}
+  for run in run_dirs:
+    with open(os.path.join(run, CACHE)) as f:
+      runs.setdefault(os.path.basename(os.path.dirname(run)), []).append(json.load(f))
+  settings.update(seconds=time.time() - start, load_after=common.load_average())
+  summary = aggregate(runs)
+  os.makedirs(args.results_dir, exist_ok=True)
+  with open(os.path.join(args.results_dir, "calibration.json"), "w") as f:
+    json.dump({"settings": settings, "summary": summary, "runs": runs}, f, indent=1)
+  markdown = "# Output calibration: every method on the truth benchmark's runs\n\n" + render(
+      summary, settings)
+  with open(os.path.join(args.results_dir, "calibration.md"), "w") as f:
+    f.write(markdown)
+  print(markdown)
+
+
+if __name__ == "__main__":
+  main()
