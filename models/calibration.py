@@ -43,7 +43,7 @@ to `bias`; with none at all it stays as trained. Deterministic: no randomness.
 
 import dataclasses
 import json
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -104,10 +104,36 @@ class Coefficients:
   rows: int = 0
   positives: int = 0
 
-  def transform(self, z: np.ndarray, z_ctr: np.ndarray) -> np.ndarray:
-    """float64 [n] calibrated log-odds."""
-    c = np.clip(z_ctr, self.ctr_low, self.ctr_high)
+  def transform(self, z, z_ctr, ops: "ArrayOps" = None):
+    """Calibrated log-odds of log-odds z, given the ctr's z_ctr (arrays of `ops`)."""
+    c = (ops or NUMPY).clip(z_ctr, self.ctr_low, self.ctr_high)
     return self.slope * z + self.ctr_slope * c + self.ctr_quadratic * c * c + self.intercept
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayOps:
+  """The array functions Calibration.apply needs: numpy (float64, fitting and
+  benchmarks) or TensorFlow (float32, the served graph: models.layers.calibration)."""
+
+  as_array: Callable[[Any], Any]  # a scorer output -> an array of this namespace
+  clip: Callable[[Any, float, float], Any]
+  log: Callable[[Any], Any]
+  log1p: Callable[[Any], Any]
+  sigmoid: Callable[[Any], Any]
+
+  def logit(self, p):
+    """Log-odds of probabilities clipped to [EPSILON, 1 - EPSILON]."""
+    p = self.clip(p, EPSILON, 1.0 - EPSILON)
+    return self.log(p) - self.log1p(-p)
+
+  def probability(self, z):
+    """sigmoid(z) clipped to [EPSILON, 1 - EPSILON], as the heads clip."""
+    return self.clip(self.sigmoid(z), EPSILON, 1.0 - EPSILON)
+
+
+NUMPY = ArrayOps(as_array=lambda value: np.asarray(value, np.float64).reshape(-1),
+                 clip=np.clip, log=np.log, log1p=np.log1p,
+                 sigmoid=lambda z: 1.0 / (1.0 + np.exp(-z)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,53 +162,47 @@ class Calibration:
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), sort_keys=True)
 
-  def apply(self, outputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The calibrated outputs (float64 [n] each), the others passed through.
+  def apply(self, outputs: Mapping[str, Any], ops: ArrayOps = NUMPY) -> Dict[str, Any]:
+    """The calibrated outputs, the others passed through (as ops.as_array).
 
-    `outputs` maps output name -> [n] (or [n, 1]) probabilities from the scorer.
+    `outputs` maps output name -> probabilities from the scorer ([n] or [n, 1]); with
+    NUMPY every value comes back float64 [n].
     """
-    result = {name: np.asarray(value, np.float64).reshape(-1)
-              for name, value in outputs.items()}
+    result = {name: ops.as_array(value) for name, value in outputs.items()}
     if CTR not in result:
       return result
-    z_ctr = logit(result[CTR])
-    ctr = _clipped_sigmoid(self.ctr.transform(z_ctr, z_ctr))
-    result[CTR] = ctr
+    z_ctr = ops.logit(result[CTR])
+    ctr = ops.probability(self.ctr.transform(z_ctr, z_ctr, ops))
     for rate in RATES:
-      value = rate_probability(outputs, rate)
+      value = rate_probability(result, rate, ops)
       if value is None:
         continue
       coefficients = self.rates.get(rate.name, Coefficients())
-      calibrated = _clipped_sigmoid(coefficients.transform(logit(value), z_ctr))
+      calibrated = ops.probability(coefficients.transform(ops.logit(value), z_ctr, ops))
       if rate.output in result:
         result[rate.output] = calibrated
       for product in rate.products:
         if product in result:
-          result[product] = np.clip(ctr * calibrated, EPSILON, 1.0 - EPSILON)
+          result[product] = ops.clip(ctr * calibrated, EPSILON, 1.0 - EPSILON)
+    result[CTR] = ctr
     return result
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-  """float64 log-odds of probabilities clipped to [EPSILON, 1 - EPSILON]."""
-  p = np.clip(np.asarray(p, np.float64).reshape(-1), EPSILON, 1.0 - EPSILON)
-  return np.log(p) - np.log1p(-p)
+  """float64 [n] log-odds of probabilities clipped to [EPSILON, 1 - EPSILON]."""
+  return NUMPY.logit(NUMPY.as_array(p))
 
 
-def _clipped_sigmoid(z: np.ndarray) -> np.ndarray:
-  return np.clip(1.0 / (1.0 + np.exp(-z)), EPSILON, 1.0 - EPSILON)
-
-
-def rate_probability(outputs: Mapping[str, np.ndarray], rate: Rate) -> Optional[np.ndarray]:
-  """The rate's probability float64 [n]: its output, else product / ctr, else None."""
+def rate_probability(outputs: Mapping[str, Any], rate: Rate, ops: ArrayOps = NUMPY):
+  """The rate's probability: its output, else product / ctr (clipped), else None."""
   if rate.output in outputs:
-    return np.asarray(outputs[rate.output], np.float64).reshape(-1)
+    return ops.as_array(outputs[rate.output])
   if CTR not in outputs:
     return None
-  ctr = np.asarray(outputs[CTR], np.float64).reshape(-1)
   for product in rate.products:
     if product in outputs:
-      ratio = np.asarray(outputs[product], np.float64).reshape(-1) / ctr
-      return np.clip(ratio, EPSILON, 1.0 - EPSILON)
+      ratio = ops.as_array(outputs[product]) / ops.as_array(outputs[CTR])
+      return ops.clip(ratio, EPSILON, 1.0 - EPSILON)
   return None
 
 
@@ -282,7 +302,7 @@ def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
   ctr = fit_coefficients(z_ctr, None, labels[CLICK], method, min_positives)
   weights = None
   if method == "ips_ctr" and clicked.any():
-    weights = propensity_weights(_clipped_sigmoid(ctr.transform(z_ctr, z_ctr))[clicked])
+    weights = propensity_weights(NUMPY.probability(ctr.transform(z_ctr, z_ctr))[clicked])
   rates = {}
   for rate in RATES:
     value = rate_probability(outputs, rate)
