@@ -8,7 +8,8 @@
     calibrated over ALL exposures where the click-space platt fit is not;
   * products are recomposed (ctcvr = ctr' * cvr', ctavr = ctr' * action' also when the
     rate is read as ctavr / ctr), untouched outputs pass through;
-  * too few positives fall back to `bias`, none at all leave the probability as trained;
+  * too few positives fall back to simpler forms (ips_ctr -> platt -> bias -> none);
+  * Newton's steps are damped: it converges where a plain Newton step diverges;
   * the Keras layer computes what the numpy apply computes, and survives get_config;
   * a config asking for calibration without a validation split is refused.
 """
@@ -116,13 +117,16 @@ def test_a_rate_read_as_product_over_ctr_is_recomposed_and_others_pass_through()
   assert action_rate[click].sum() == pytest.approx(action.sum(), rel=1e-3)
 
 
-def test_few_positives_fall_back_to_bias_and_none_leave_the_probability_alone():
+def test_few_positives_fall_back_to_simpler_forms_and_none_leave_it_alone():
   outputs, labels = _world(20_000, seed=3)
-  clicked = np.flatnonzero(labels["purchase"])
-  few = dict(labels, purchase=np.zeros_like(labels["purchase"]))
-  few["purchase"][clicked[:5]] = 1.0
-  fitted = calibration.fit_calibration(outputs, few, "platt_ctr")
-  assert fitted.rates["cvr"].method == "bias" and fitted.rates["cvr"].slope == 1.0
+  bought = np.flatnonzero(labels["purchase"])
+  assert len(bought) > 100
+  for kept, form in ((60, "platt"), (20, "bias"), (5, "none")):
+    few = dict(labels, purchase=np.zeros_like(labels["purchase"]))
+    few["purchase"][bought[:kept]] = 1.0
+    cvr = calibration.fit_calibration(outputs, few, "ips_ctr").rates["cvr"]
+    assert cvr.method == form and cvr.positives == kept
+    assert cvr.ctr_slope == 0.0 and (form == "platt" or cvr.slope == 1.0)
   no_positive = dict(labels, purchase=np.zeros_like(labels["purchase"]))
   fitted = calibration.fit_calibration(outputs, no_positive, "platt_ctr")
   assert fitted.rates["cvr"] == calibration.Coefficients(
@@ -131,6 +135,17 @@ def test_few_positives_fall_back_to_bias_and_none_leave_the_probability_alone():
     calibration.fit_calibration(outputs, labels, "isotonic")
   with pytest.raises(ValueError, match="'ctr' output"):
     calibration.fit_calibration({"cvr": outputs["cvr"]}, labels, "bias")
+
+
+def test_damped_newton_converges_from_a_start_where_plain_newton_diverges():
+  # The model says p = 3e-7 where half the rows are positive: at delta = 0 the Hessian
+  # is ~0, so a plain Newton step jumps to |delta| ~ 1e5 and never returns (it ends at
+  # -500000 here); halving the step until the likelihood does not fall reaches
+  # logit(0.5) + 15 = 15.
+  n = 1000
+  target = (np.arange(n) % 2).astype(np.float64)
+  delta = calibration.fit_logistic_offset(np.full(n, -15.0), np.ones((n, 1)), target)
+  assert delta[0] == pytest.approx(15.0, abs=1e-3)
 
 
 def test_the_layer_computes_what_numpy_computes_and_round_trips_its_config():
