@@ -49,6 +49,7 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
   from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
   from training import data  # pylint: disable=g-import-not-at-top
   from training import export  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
 
   export_dir = runner.resolve_saved_model(run_dir)
   with open(os.path.join(export_dir, "assets.extra", export.METADATA_FILE)) as f:
@@ -57,9 +58,10 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
     raise ValueError(f"{export_dir} is calibrated ({metadata['calibration']['method']}); "
                      f"this benchmark needs `benchmarks.models --calibration none` runs")
   with open(os.path.join(run_dir, "metrics.json")) as f:
-    validation_from = json.load(f)["validation_from"]
-  split = data.ValidationSplit(from_timestamp=config_lib.TrainConfig(
-      validation_from=validation_from).validation_from_timestamp)
+    run_metrics = json.load(f)
+  split = trainer.validation_split(config_lib.TrainConfig(
+      validation_from=run_metrics["validation_from"],
+      validation_fraction=run_metrics["validation_fraction"]))
   spec, labels = runner.load_spec_and_labels(data_dir, runner.DEFAULT_CONFIG)
   pattern = data.split_pattern(data_dir, "train")
   validation = scoring.score_saved_model(export_dir, pattern, spec, labels,

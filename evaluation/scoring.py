@@ -100,8 +100,7 @@ def score_saved_model(saved_model_dir: str, file_pattern: str, spec: spec_lib.Fe
   files = data.list_files(file_pattern)
   dataset = tf.data.TFRecordDataset(files, compression_type=data.COMPRESSION)
   if keep is not None:
-    dataset = dataset.batch(batch_size).map(
-        lambda serialized: tf.boolean_mask(serialized, keep(serialized))).unbatch()
+    dataset = data.keep_records(dataset, keep)
   dataset = (dataset.batch(batch_size)
              .map(lambda serialized: (serialized, tf.io.parse_example(serialized, side_spec)))
              .prefetch(tf.data.AUTOTUNE))

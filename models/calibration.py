@@ -45,18 +45,18 @@ world at 1.5% CTR, benchmarks/results/sweep.md). Deterministic: no randomness.
 """
 
 import dataclasses
-import json
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from configs import config as config_lib
+from models.layers import probability
 
 METHODS = config_lib.CALIBRATIONS  # ("none", "bias", "platt", "platt_ctr", "ips_ctr")
 CTR = "ctr"
 CLICK = "click"
-# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the logit (as the heads are).
-EPSILON = 1e-7
+# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the logit, as the heads clip.
+EPSILON = probability.EPSILON
 LOGIT_LIMIT = float(np.log(1.0 - EPSILON) - np.log(EPSILON))  # |logit| of a clipped p
 MAX_PROPENSITY_WEIGHT = 100.0  # ips_ctr: 1 / ctr' is capped here (ctr' >= 1%)
 # Positives (and negatives) a form needs: about 25 per fitted coefficient.
@@ -92,31 +92,6 @@ RATES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Coefficients:
-  """logit p' = slope z + ctr_slope c + ctr_quadratic c^2 + intercept, with
-  c = clip(z_ctr, ctr_low, ctr_high); and what it was fitted on.
-
-  `method` is the form actually fitted (a fallback to "bias" or "none" says so);
-  rows / positives count the validation exposures it was fitted on.
-  """
-
-  slope: float = 1.0
-  ctr_slope: float = 0.0
-  ctr_quadratic: float = 0.0
-  intercept: float = 0.0
-  ctr_low: float = -LOGIT_LIMIT
-  ctr_high: float = LOGIT_LIMIT
-  method: str = "none"
-  rows: int = 0
-  positives: int = 0
-
-  def transform(self, z, z_ctr, ops: "ArrayOps" = None):
-    """Calibrated log-odds of log-odds z, given the ctr's z_ctr (arrays of `ops`)."""
-    c = (ops or NUMPY).clip(z_ctr, self.ctr_low, self.ctr_high)
-    return self.slope * z + self.ctr_slope * c + self.ctr_quadratic * c * c + self.intercept
-
-
-@dataclasses.dataclass(frozen=True)
 class ArrayOps:
   """The array functions Calibration.apply needs: numpy (float64, fitting and
   benchmarks) or TensorFlow (float32, the served graph: models.layers.calibration)."""
@@ -143,6 +118,31 @@ NUMPY = ArrayOps(as_array=lambda value: np.asarray(value, np.float64).reshape(-1
 
 
 @dataclasses.dataclass(frozen=True)
+class Coefficients:
+  """logit p' = slope z + ctr_slope c + ctr_quadratic c^2 + intercept, with
+  c = clip(z_ctr, ctr_low, ctr_high); and what it was fitted on.
+
+  `method` is the form actually fitted (a fallback to "bias" or "none" says so);
+  rows / positives count the validation exposures it was fitted on.
+  """
+
+  slope: float = 1.0
+  ctr_slope: float = 0.0
+  ctr_quadratic: float = 0.0
+  intercept: float = 0.0
+  ctr_low: float = -LOGIT_LIMIT
+  ctr_high: float = LOGIT_LIMIT
+  method: str = "none"
+  rows: int = 0
+  positives: int = 0
+
+  def transform(self, z, z_ctr, ops: ArrayOps = NUMPY):
+    """Calibrated log-odds of log-odds z, given the ctr's z_ctr (arrays of `ops`)."""
+    c = ops.clip(z_ctr, self.ctr_low, self.ctr_high)
+    return self.slope * z + self.ctr_slope * c + self.ctr_quadratic * c * c + self.intercept
+
+
+@dataclasses.dataclass(frozen=True)
 class Calibration:
   """The fitted calibration of one model: ctr and its click-conditional rates.
 
@@ -164,9 +164,6 @@ class Calibration:
   def from_dict(cls, value: Mapping[str, Any]) -> "Calibration":
     return cls(method=value["method"], ctr=Coefficients(**value["ctr"]),
                rates={name: Coefficients(**c) for name, c in value["rates"].items()})
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), sort_keys=True)
 
   def apply(self, outputs: Mapping[str, Any], ops: ArrayOps = NUMPY) -> Dict[str, Any]:
     """The calibrated outputs, the others passed through (as ops.as_array).

@@ -152,6 +152,14 @@ def count_examples(file_pattern: str) -> int:
   return shard_check.verify_shards(file_pattern).records
 
 
+def keep_records(records: tf.data.Dataset, keep: RecordPredicate) -> tf.data.Dataset:
+  """The serialized records (tf.string scalars) that `keep` accepts, in order; `keep`
+  runs on batches of FILTER_BATCH records."""
+  return records.batch(FILTER_BATCH).map(
+      lambda serialized: tf.boolean_mask(serialized, keep(serialized)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
 def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Sequence[str],
                  batch_size: int, *, shuffle: bool = True, shuffle_buffer: int = 10000,
                  seed: Optional[int] = None, repeat: bool = False,
@@ -211,9 +219,7 @@ def make_dataset(file_pattern: str, spec: spec_lib.FeatureSpec, label_names: Seq
       cycle_length=min(len(files), MAX_CYCLE_LENGTH), num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=deterministic or shard_records)
   if keep is not None:
-    dataset = dataset.batch(FILTER_BATCH).map(
-        lambda serialized: tf.boolean_mask(serialized, keep(serialized)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    dataset = keep_records(dataset, keep)
   if shard_records:
     dataset = dataset.shard(num_pipelines, pipeline_id)
   if shuffle:

@@ -495,7 +495,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                     "; ".join(f"{s.path} ({s.records} records kept, offset {s.offset})"
                               for s in corrupt))
   scorer = model.scorer
-  if train_config.calibration != "none" and plan.validation:
+  if train_config.calibration != "none":  # the config ensures a validation split
     fitted = fit_output_calibration(model, train_pattern, spec, label_names, train_config,
                                     plan)
     metrics["calibration"] = fitted.to_dict()

@@ -14,7 +14,6 @@ Every output is clipped to [EPSILON, 1 - EPSILON] like the heads; outputs the
 calibration does not touch pass through unchanged.
 """
 
-import json
 from typing import Dict
 
 import tensorflow as tf
@@ -48,7 +47,7 @@ class OutputCalibration(tf_keras.layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(calibration=json.loads(self.calibration.to_json()))
+    config.update(calibration=self.calibration.to_dict())
     return config
 
 
