@@ -1,7 +1,8 @@
 """Where entire-space modelling wins: a sweep over data size and click sparsity.
 
   python -m benchmarks.sweep [--quick] [--sizes 100000,300000,1000000] \
-      [--ctrs 0.045,0.015] [--models naive,esmm,esm2,esmc,esms] [--seeds 2]
+      [--ctrs 0.045,0.015] [--models naive,esmm,esm2,esmc,esms] [--seeds 2] \
+      [--catalog_of 1000000]
 
 For every (impressions, target CTR) cell: a simulated world (pipeline.simulate
 --impressions N --target_ctr C, seed benchmarks.models.WORLD_SEED) preprocessed once,
@@ -17,6 +18,13 @@ over the naive baseline per cell with the seeds' spread, and a plot of entire-sp
 AUC against the number of training clicks, one panel per CTR. Every step is skipped
 when its output exists, so a killed sweep resumes.
 
+Two kinds of size axis. By default the catalog grows with the world (the simulator's
+users = impressions / 40, items = impressions / 100): a bigger platform with the same
+data per user and item, so the id embeddings see no more data as the size grows. With
+`--catalog_of M` every world has the catalog (users, items, brands) of the M-impression
+world, so more impressions are more data per id: that is the learning curve that says
+how much of a gap is data (run as `--name learning_curve`).
+
 The ESMM paper's claim to compare with: on the public and production data sets, ESMM
 beats the click-space BASE on entire-space CVR AUC, and the gain grows as the training
 set shrinks (its Figure: sparser data -> larger gain).
@@ -28,9 +36,10 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import models as truth_benchmark
+from simulation import world_config
 
 RESULTS_DIR = truth_benchmark.RESULTS_DIR
 ENTIRE_SPACE_MODELS = ("esmm", "esm2", "esmc", "esms")
@@ -43,15 +52,31 @@ MODES = {
 DEFAULT_MODELS = ("naive",) + ENTIRE_SPACE_MODELS
 
 
-def cell_name(size: int, ctr: float) -> str:
-  return f"n{size}_ctr{ctr:g}"
+def cell_name(size: int, ctr: float, catalog_of: Optional[int] = None) -> str:
+  return f"n{size}_ctr{ctr:g}" + (f"_catalog{catalog_of}" if catalog_of else "")
+
+
+def catalog(impressions: int) -> Dict[str, int]:
+  """The simulator's default catalog of an `impressions` world: users, items, brands."""
+  world = world_config.WorldConfig(num_impressions=impressions)
+  return {"users": world.users, "items": world.items, "brands": world.brands}
+
+
+def simulate_flags(ctr: float, catalog_of: Optional[int] = None) -> Tuple[str, ...]:
+  """pipeline.simulate flags of a cell: the target CTR and, with catalog_of, the catalog
+  of the catalog_of-impression world (else the simulator sizes it by the impressions)."""
+  flags = ("--target_ctr", str(ctr))
+  for key, value in (catalog(catalog_of) if catalog_of else {}).items():
+    flags += (f"--{key}", str(value))
+  return flags
 
 
 def run_cell(work_dir: str, size: int, ctr: float, models: Sequence[str], settings
              ) -> Dict[str, Any]:
   """One (size, ctr) cell: world, runs, the aggregate and the world's training clicks."""
-  mode_dir = os.path.join(work_dir, cell_name(size, ctr))
-  world = truth_benchmark.make_world(mode_dir, size, ("--target_ctr", str(ctr)))
+  catalog_of = settings.get("catalog_of")
+  mode_dir = os.path.join(work_dir, cell_name(size, ctr, catalog_of))
+  world = truth_benchmark.make_world(mode_dir, size, simulate_flags(ctr, catalog_of))
   reports = truth_benchmark.run_all(mode_dir, world, models, settings["seeds"],
                                     settings["epochs"], settings["batch_size"],
                                     parallel=settings["parallel"])
@@ -90,6 +115,8 @@ def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> st
       f"{settings['batch_size'] or 'from each config'}. "
       f"Wall time {settings['seconds'] / 60:.1f} min, {settings['cpus']} CPUs, load average "
       f"{settings['load_before']} before and {settings['load_after']} after.",
+      "",
+      _catalog_text(settings.get("catalog_of")),
       "",
       "ES AUC = expected AUC of the predicted cvr against the true P(buy | click, x) over all "
       "eval exposures; ES calib. = sum of predicted cvr / sum of true cvr over them.",
@@ -131,6 +158,17 @@ def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> st
                     if tasks else "-")
       lines.append(f"| {ctr:g} | {name} | " + " | ".join(gaps) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _catalog_text(catalog_of: Optional[int]) -> str:
+  if catalog_of:
+    sizes = catalog(catalog_of)
+    return (f"Catalog fixed at the {catalog_of}-impression world's ({sizes['users']} users, "
+            f"{sizes['items']} items, {sizes['brands']} brands) in every cell: more "
+            "impressions are more data per user and item.")
+  return ("Catalog grows with the world (users = impressions / 40, items = impressions / "
+          "100): every size has about the same data per user and item, so the sizes are "
+          "bigger platforms, not more data per id (`--catalog_of` holds the catalog fixed).")
 
 
 def _model_names(cells) -> List[str]:
@@ -218,11 +256,15 @@ def main(argv=None) -> None:
   parser.add_argument("--epochs", type=int)
   parser.add_argument("--batch_size", type=int)
   parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--catalog_of", type=int, help="Give every world the catalog "
+                      "(users, items, brands) of a world of this many impressions "
+                      "(default: the catalog grows with the impressions).")
   parser.add_argument("--name", help="Results base name (default sweep / sweep_quick), "
                       "e.g. learning_curve for a one-CTR run over sizes.")
   args = parser.parse_args(argv)
   mode = "quick" if args.quick else "full"
   settings = dict(MODES[mode], mode=mode, parallel=args.parallel, cpus=os.cpu_count(),
+                  catalog_of=args.catalog_of,
                   flag="".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])))
   if args.sizes:
     settings["sizes"] = tuple(int(v) for v in args.sizes.split(","))
@@ -240,7 +282,7 @@ def main(argv=None) -> None:
   cells = []
   for ctr in settings["ctrs"]:
     for size in settings["sizes"]:
-      truth_benchmark._log(f"cell {cell_name(size, ctr)}")  # pylint: disable=protected-access
+      truth_benchmark._log(f"cell {cell_name(size, ctr, args.catalog_of)}")  # pylint: disable=protected-access
       cells.append(run_cell(os.path.join(args.work_dir, mode), size, ctr, models, settings))
   settings["seconds"] = time.time() - start
   settings["load_after"] = truth_benchmark._load()  # pylint: disable=protected-access

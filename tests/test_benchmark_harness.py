@@ -168,3 +168,12 @@ def test_calibration_benchmark_counts_models_whose_every_mean_is_within_the_goal
   assert counts == {"none": "1/2", "bias": "2/2", "platt": "2/2", "platt_ctr": "2/2",
                     "ips_ctr": "1/2"}
   assert "| esmm | none | 1.000 ± 0.000 | 0.950 ± 0.071 | 0.850 ± 0.071 |" in page
+
+
+def test_sweep_holds_the_catalog_fixed_only_when_asked():
+  assert sweep.simulate_flags(0.045) == ("--target_ctr", "0.045")
+  # the 1M world's default catalog, whatever the cell's size
+  assert sweep.simulate_flags(0.015, 1_000_000) == (
+      "--target_ctr", "0.015", "--users", "25000", "--items", "10000", "--brands", "1000")
+  assert sweep.cell_name(300_000, 0.045) == "n300000_ctr0.045"
+  assert sweep.cell_name(300_000, 0.045, 1_000_000) == "n300000_ctr0.045_catalog1000000"
