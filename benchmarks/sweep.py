@@ -2,7 +2,7 @@
 
   python -m benchmarks.sweep [--quick] [--sizes 100000,300000,1000000] \
       [--ctrs 0.045,0.015] [--models naive,esmm,esm2,esmc,esms] [--seeds 2] \
-      [--catalog_of 1000000]
+      [--catalog_of 1000000] [--calibration none] [--name learning_curve]
 
 For every (impressions, target CTR) cell: a simulated world (pipeline.simulate
 --impressions N --target_ctr C, seed benchmarks.models.WORLD_SEED) preprocessed once,
@@ -39,6 +39,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import models as truth_benchmark
+from configs import config as config_lib
 from simulation import world_config
 
 RESULTS_DIR = truth_benchmark.RESULTS_DIR
@@ -77,9 +78,13 @@ def run_cell(work_dir: str, size: int, ctr: float, models: Sequence[str], settin
   catalog_of = settings.get("catalog_of")
   mode_dir = os.path.join(work_dir, cell_name(size, ctr, catalog_of))
   world = truth_benchmark.make_world(mode_dir, size, simulate_flags(ctr, catalog_of))
-  reports = truth_benchmark.run_all(mode_dir, world, models, settings["seeds"],
-                                    settings["epochs"], settings["batch_size"],
-                                    parallel=settings["parallel"])
+  calibration = settings.get("calibration")
+  reports = truth_benchmark.run_all(
+      mode_dir, world, models, settings["seeds"], settings["epochs"], settings["batch_size"],
+      parallel=settings["parallel"],
+      overrides=({name: {"train": {"calibration": calibration}} for name in models}
+                 if calibration else None),
+      runs_dir="runs" + (f"_calibration_{calibration}" if calibration else ""))
   with open(os.path.join(world["data"], "counts.json")) as f:
     counts = json.load(f)
   return {"size": size, "ctr": ctr, "train_clicks": counts["labels"]["train"]["click"],
@@ -112,7 +117,8 @@ def render_markdown(cells: List[Dict[str, Any]], settings: Dict[str, Any]) -> st
       f" on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
       f"{settings['seeds']} seed(s) per model and cell, at most {settings['epochs']} epochs "
       f"(early stopping on the last training day), batch "
-      f"{settings['batch_size'] or 'from each config'}. "
+      f"{settings['batch_size'] or 'from each config'}, output calibration "
+      f"{settings.get('calibration') or 'from each config'}. "
       f"Wall time {settings['seconds'] / 60:.1f} min, {settings['cpus']} CPUs, load average "
       f"{settings['load_before']} before and {settings['load_after']} after.",
       "",
@@ -259,12 +265,16 @@ def main(argv=None) -> None:
   parser.add_argument("--catalog_of", type=int, help="Give every world the catalog "
                       "(users, items, brands) of a world of this many impressions "
                       "(default: the catalog grows with the impressions).")
+  parser.add_argument("--calibration", choices=config_lib.CALIBRATIONS,
+                      help="Override every config's train.calibration (runs: "
+                      "runs_calibration_<method>/; `none` compares the models as trained, "
+                      "the ESMM paper's setting).")
   parser.add_argument("--name", help="Results base name (default sweep / sweep_quick), "
                       "e.g. learning_curve for a one-CTR run over sizes.")
   args = parser.parse_args(argv)
   mode = "quick" if args.quick else "full"
   settings = dict(MODES[mode], mode=mode, parallel=args.parallel, cpus=os.cpu_count(),
-                  catalog_of=args.catalog_of,
+                  catalog_of=args.catalog_of, calibration=args.calibration,
                   flag="".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])))
   if args.sizes:
     settings["sizes"] = tuple(int(v) for v in args.sizes.split(","))

@@ -292,6 +292,12 @@ class MultiTaskModel(tfrs.models.Model):
         *(t.required_labels for t in tasks), *(set(a.reads) for a in auxiliary_losses))
     # The tied variables are the scorer's own (trainable_variables holds each once).
     self._parameter_ties = tuple(parameter_ties)
+    # The logged losses are means over the epoch's (evaluation's) batches, each batch
+    # weighted by its exposures, as Keras' compiled loss tracker does: a step's own value
+    # would make `val_loss`, which early stopping reads, the last (partial) batch's loss.
+    self.loss_trackers = [tf_keras.metrics.Mean(name=name) for name in (
+        ["loss", "regularization_loss"] + (["constraint_loss"] if self._parameter_ties else [])
+        + aux_names)]
     self.log_odds_model = log_odds_model
     self.loss_normalization = loss_normalization
 
@@ -409,10 +415,10 @@ class MultiTaskModel(tfrs.models.Model):
     return (self._weighted_task_loss(inputs, training)[0] + self.regularization_loss()
             + self.constraint_loss())
 
-  def _logs(self, task_loss, regularization_loss, constraint_loss, auxiliary):
-    """The step's logs: metric results (already global) and the losses, each the mean
-    over replicas (every replica logs the same numbers, so any reduction is right)."""
-    logs = {metric.name: metric.result() for metric in self.metrics}
+  def _logs(self, inputs, task_loss, regularization_loss, constraint_loss, auxiliary):
+    """The step's logs: metric results (already global) and the losses' running means
+    (`loss_trackers`: this step's losses, each the mean over replicas, weighted by the
+    batch's exposures), so an epoch's or an evaluation's logs cover all its batches."""
     losses = dict(loss=task_loss + regularization_loss + constraint_loss,
                   regularization_loss=regularization_loss)
     if self._parameter_ties:
@@ -422,8 +428,11 @@ class MultiTaskModel(tfrs.models.Model):
     if context is not None and context.num_replicas_in_sync > 1:
       losses = dict(zip(losses, context.all_reduce(tf.distribute.ReduceOp.MEAN,
                                                    list(losses.values()))))
-    logs.update(losses)
-    return logs
+    _, labels = inputs
+    exposures = tf.cast(tf.shape(next(iter(labels.values())))[0], tf.float32)
+    for tracker in self.loss_trackers:
+      tracker.update_state(losses[tracker.name], sample_weight=exposures)
+    return {metric.name: metric.result() for metric in self.metrics}
 
   # tfrs.models.Model adds sum(self.losses) on top of compute_loss; ours already holds
   # the regularizers, so the steps are overridden to count them once. Under a
@@ -440,11 +449,11 @@ class MultiTaskModel(tfrs.models.Model):
     gradients = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, variables) if g is not None)
-    return self._logs(task_loss, regularization_loss, constraint_loss, auxiliary)
+    return self._logs(inputs, task_loss, regularization_loss, constraint_loss, auxiliary)
 
   def test_step(self, inputs):
     task_loss, auxiliary = self._weighted_task_loss(inputs, training=False)
-    return self._logs(task_loss, self.regularization_loss(), self.constraint_loss(),
+    return self._logs(inputs, task_loss, self.regularization_loss(), self.constraint_loss(),
                       auxiliary)
 
 

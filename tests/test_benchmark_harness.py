@@ -177,3 +177,39 @@ def test_sweep_holds_the_catalog_fixed_only_when_asked():
       "--target_ctr", "0.015", "--users", "25000", "--items", "10000", "--brands", "1000")
   assert sweep.cell_name(300_000, 0.045) == "n300000_ctr0.045"
   assert sweep.cell_name(300_000, 0.045, 1_000_000) == "n300000_ctr0.045_catalog1000000"
+
+
+def test_sweep_cell_passes_the_catalog_and_the_calibration_to_its_runs(tmp_path, monkeypatch):
+  calls = {}
+
+  def make_world(mode_dir, size, flags):
+    calls["world"] = (mode_dir, size, flags)
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "counts.json").write_text(
+        '{"labels": {"train": {"click": 40, "purchase": 3}}}')
+    return {"raw": str(tmp_path / "raw"), "data": str(data)}
+
+  def run_all(mode_dir, world, models, seeds, epochs, batch_size, parallel=1,
+              overrides=None, runs_dir="runs"):
+    calls["runs"] = (overrides, runs_dir)
+    report = {"tasks": {"cvr": {"entire_space": {"expected_auc": 0.7}}}}
+    return {name: [report] * seeds for name in models}
+
+  monkeypatch.setattr(sweep.truth_benchmark, "make_world", make_world)
+  monkeypatch.setattr(sweep.truth_benchmark, "run_all", run_all)
+  monkeypatch.setattr(sweep.truth_benchmark, "aggregate", lambda reports: {})
+  settings = dict(seeds=2, epochs=3, batch_size=None, parallel=2,
+                  catalog_of=1_000_000, calibration="none")
+  cell = sweep.run_cell(str(tmp_path), 300_000, 0.045, ["naive", "esmm"], settings)
+  mode_dir, size, flags = calls["world"]
+  assert mode_dir.endswith("n300000_ctr0.045_catalog1000000") and size == 300_000
+  assert flags[flags.index("--users") + 1] == "25000"
+  assert calls["runs"] == ({"naive": {"train": {"calibration": "none"}},
+                            "esmm": {"train": {"calibration": "none"}}},
+                           "runs_calibration_none")
+  assert cell["train_clicks"] == 40 and cell["per_seed"]["esmm"] == [0.7, 0.7]
+  # without them: the config's own calibration in runs/, the simulator's catalog
+  cell = sweep.run_cell(str(tmp_path), 300_000, 0.045, ["naive"], dict(settings,
+                        catalog_of=None, calibration=None))
+  assert calls["runs"] == (None, "runs") and "--users" not in calls["world"][2]

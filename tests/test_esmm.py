@@ -190,6 +190,28 @@ def test_loss_is_the_weighted_task_sum_plus_regularization_once(tmp_path):
   np.testing.assert_allclose(logs["regularization_loss"], regularization, rtol=1e-5)
 
 
+def test_evaluate_logs_the_loss_over_every_batch_not_the_last(tmp_path):
+  """val_loss (what early stopping reads) is the exposure-weighted mean of the batches'
+  losses, over a fresh evaluation each time; the last partial batch alone differs."""
+  model = build("esmm", tmp_path, l2=0.01)
+  randomize(model, seed=2)
+  model.compile(tf_keras.optimizers.Adam(0.01))
+  features, labels = make_batch(300, seed=9)
+  dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(128)
+  batches = list(dataset)  # 128, 128, 44 exposures
+  values = [model.compute_loss(batch).numpy() for batch in batches]
+  sizes = [int(batch[1]["click"].shape[0]) for batch in batches]
+  expected = np.average(values, weights=sizes)
+  assert abs(values[-1] - expected) > 1e-3  # the bug this guards against
+  for _ in range(2):  # the trackers restart with each evaluation
+    logs = model.evaluate(dataset, return_dict=True, verbose=0)
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(logs["regularization_loss"],
+                               model.regularization_loss().numpy(), rtol=1e-5)
+  history = model.fit(dataset, epochs=1, verbose=0)  # training logs: every step's mean
+  assert np.isfinite(history.history["loss"][0])
+
+
 def test_fit_reduces_the_loss_and_learns_ctr(tmp_path):
   """Click depends on item_category only (Bayes CTR AUC about 0.86): CTR AUC > 0.75."""
   model = build("esmm", tmp_path)
