@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -221,6 +221,16 @@ def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: 
   for (name, _), report in zip(jobs, results):
     reports[name].append(report)
   return reports
+
+
+def calibration_override(models: Sequence[str], calibration: Optional[str]
+                         ) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
+  """(run_all overrides, runs/results name suffix) that give every model's config
+  `train.calibration: calibration`; (None, "") without one (each config's own)."""
+  if not calibration:
+    return None, ""
+  return ({name: {"train": {"calibration": calibration}} for name in models},
+          f"_calibration_{calibration}")
 
 
 def _load() -> str:
@@ -472,10 +482,8 @@ def main(argv=None) -> None:
   world = make_world(mode_dir, settings["impressions"])
   configs = DEFAULTS if args.untuned else MODELS
   settings["configs"] = {name: configs[name] for name in models}
-  variant = ("_untuned" if args.untuned else "") + (
-      f"_calibration_{args.calibration}" if args.calibration else "")
-  overrides = ({name: {"train": {"calibration": args.calibration}} for name in models}
-               if args.calibration else {})
+  overrides, calibration_suffix = calibration_override(models, args.calibration)
+  variant = ("_untuned" if args.untuned else "") + calibration_suffix
   settings["calibration"] = args.calibration or "each config's"
   reports = run_all(mode_dir, world, models, settings["seeds"], settings["epochs"],
                     settings["batch_size"], parallel=args.parallel, configs=configs,

@@ -78,13 +78,11 @@ def run_cell(work_dir: str, size: int, ctr: float, models: Sequence[str], settin
   catalog_of = settings.get("catalog_of")
   mode_dir = os.path.join(work_dir, cell_name(size, ctr, catalog_of))
   world = truth_benchmark.make_world(mode_dir, size, simulate_flags(ctr, catalog_of))
-  calibration = settings.get("calibration")
+  overrides, runs_suffix = truth_benchmark.calibration_override(
+      models, settings.get("calibration"))
   reports = truth_benchmark.run_all(
       mode_dir, world, models, settings["seeds"], settings["epochs"], settings["batch_size"],
-      parallel=settings["parallel"],
-      overrides=({name: {"train": {"calibration": calibration}} for name in models}
-                 if calibration else None),
-      runs_dir="runs" + (f"_calibration_{calibration}" if calibration else ""))
+      parallel=settings["parallel"], overrides=overrides, runs_dir="runs" + runs_suffix)
   with open(os.path.join(world["data"], "counts.json")) as f:
     counts = json.load(f)
   return {"size": size, "ctr": ctr, "train_clicks": counts["labels"]["train"]["click"],

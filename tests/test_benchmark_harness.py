@@ -213,3 +213,10 @@ def test_sweep_cell_passes_the_catalog_and_the_calibration_to_its_runs(tmp_path,
   cell = sweep.run_cell(str(tmp_path), 300_000, 0.045, ["naive"], dict(settings,
                         catalog_of=None, calibration=None))
   assert calls["runs"] == (None, "runs") and "--users" not in calls["world"][2]
+
+
+def test_calibration_override_names_its_runs_and_sets_every_config():
+  assert truth_benchmark.calibration_override(["naive", "esmm"], None) == (None, "")
+  assert truth_benchmark.calibration_override(["naive", "esmm"], "none") == (
+      {"naive": {"train": {"calibration": "none"}},
+       "esmm": {"train": {"calibration": "none"}}}, "_calibration_none")
