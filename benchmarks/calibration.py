@@ -11,7 +11,9 @@ it against the simulator's truth: calibration (sum predicted / sum true probabil
 ctr, cvr over clicked and over all exposures, ctcvr; CTR and CTCVR AUC against the
 labels; the expected AUC (metrics.expected_auc: free of the label noise of 412 eval
 purchases) of ctcvr against the true P(click & buy | x) and of the entire-space cvr
-against the true P(buy | click, x).
+against the true P(buy | click, x). The page also states the validation day's observed
+labels over their true expectation (the level any fit to that one day inherits) and the
+Bayes expected AUCs.
 Per-run results are cached in RUN/calibration_methods.json (a rerun only aggregates).
 Writes benchmarks/results/calibration.md and calibration.json (mean +- std over seeds).
 """
@@ -20,11 +22,14 @@ import argparse
 import concurrent.futures
 import glob
 import json
+import math
 import multiprocessing
 import os
 import sys
 import time
 from typing import Any, Dict, List
+
+import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -69,14 +74,21 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
   evaluation = scoring.score_saved_model(export_dir, data.split_pattern(data_dir, "eval"),
                                          spec, labels)
   outputs = metadata["outputs"]
-  truth, _ = report.align_truth(evaluation["impression_id"],
-                                truth_lib.load_label_truth(truth_dir))
+  label_truth = truth_lib.load_label_truth(truth_dir)
+  truth, _ = report.align_truth(evaluation["impression_id"], label_truth)
   clicked = evaluation["click"] > 0
   bought = evaluation["click"] * evaluation["purchase"]
   p_cvr = truth["p_purchase_given_click"]
+  validation_truth, _ = report.align_truth(validation["impression_id"], label_truth)
   result = {"validation_rows": int(len(validation["click"])),
             "validation_clicks": int(validation["click"].sum()),
-            "validation_purchases": int(validation["purchase"].sum()), "methods": {}}
+            "validation_purchases": int(validation["purchase"].sum()),
+            "validation_observed_vs_truth": observed_vs_truth(
+                validation["click"], validation["purchase"], validation_truth),
+            "bayes": {"ctcvr_expected_auc": float(metrics.expected_auc(truth["p_ctcvr"],
+                                                                       truth["p_ctcvr"])),
+                      "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p_cvr))},
+            "methods": {}}
   for method in METHODS:
     fitted = calibration.fit_calibration({k: validation[k] for k in outputs},
                                          {k: validation[k] for k in labels}, method)
@@ -93,6 +105,32 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
         "coefficients": fitted.to_dict(),
     }
   return result
+
+
+def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,
+                      truth: Dict[str, np.ndarray]) -> Dict[str, float]:
+  """Observed label counts / their true expectations on the same rows.
+
+  What a calibration fitted to these rows' labels reaches when it is perfect: a ratio
+  of 0.97 means the rows drew 3% fewer events than their probabilities say, and every
+  method fitted on them is pulled 3% low (the same for every model and seed, since they
+  share the rows).
+
+  Args:
+    click: [n] 0/1 labels.
+    purchase: [n] 0/1 labels (counted on clicked rows, as the labels' truth is).
+    truth: the rows' aligned label truth (report.align_truth): p_click,
+      p_purchase_given_click, p_ctcvr, each [n].
+
+  Returns:
+    {"ctr": clicks / sum p_click, "cvr_clicked": purchases on clicked rows / sum of
+    p_purchase_given_click over them, "ctcvr": clicked purchases / sum p_ctcvr}.
+  """
+  clicked = click > 0
+  bought = clicked & (purchase > 0)
+  return {"ctr": float(clicked.sum() / truth["p_click"].sum()),
+          "cvr_clicked": float(bought.sum() / truth["p_purchase_given_click"][clicked].sum()),
+          "ctcvr": float(bought.sum() / truth["p_ctcvr"].sum())}
 
 
 def _worker(run_dir: str, data_dir: str, truth_dir: str) -> str:
@@ -144,6 +182,30 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]) -> str:
       "Models with every calibration within 1.00 ± 0.05: " + ", ".join(
           f"{method} {count}/{len(summary)}" for method, count in within.items()) + ".",
       "",
+  ]
+  validation = settings.get("validation")
+  if validation:
+    purchases = validation["validation_purchases"]
+    ratios = validation["validation_observed_vs_truth"]
+    lines += [
+        f"The validation day every method is fitted on ({validation['validation_rows']} "
+        f"rows, {validation['validation_clicks']} clicks, {purchases} purchases; the same "
+        f"rows for every run), observed / true: clicks {ratios['ctr']:.3f}, purchases over "
+        f"clicks {ratios['cvr_clicked']:.3f}, purchases {ratios['ctcvr']:.3f}. A fit to its "
+        f"labels inherits that draw (a count of {purchases} events is off its expectation "
+        f"by about 1 / sqrt({purchases}) = {1 / math.sqrt(purchases):.3f} relative, one "
+        f"standard deviation), the same for every model.",
+        "",
+    ]
+  bayes = settings.get("bayes")
+  if bayes:
+    lines += [
+        f"Bayes (the truth scored against itself) on the eval rows: CTCVR expected AUC "
+        f"{bayes['ctcvr_expected_auc']:.4f}, CVR AUC (entire space) "
+        f"{bayes['cvr_all_expected_auc']:.4f}.",
+        "",
+    ]
+  lines += [
       common.markdown_table(header, rows),
   ]
   return "\n".join(lines) + "\n"
@@ -181,6 +243,12 @@ def main(argv=None) -> None:
     with open(os.path.join(run, CACHE)) as f:
       runs.setdefault(os.path.basename(os.path.dirname(run)), []).append(json.load(f))
   settings.update(seconds=time.time() - start, load_after=common.load_average())
+  first = next(iter(runs.values()))[0]
+  if "validation_observed_vs_truth" in first:
+    settings["validation"] = {key: first[key] for key in (
+        "validation_rows", "validation_clicks", "validation_purchases",
+        "validation_observed_vs_truth")}
+    settings["bayes"] = first["bayes"]
   summary = aggregate(runs)
   os.makedirs(args.results_dir, exist_ok=True)
   with open(os.path.join(args.results_dir, "calibration.json"), "w") as f:

@@ -170,6 +170,28 @@ def test_calibration_benchmark_counts_models_whose_every_mean_is_within_the_goal
   assert "| esmm | none | 1.000 ± 0.000 | 0.950 ± 0.071 | 0.850 ± 0.071 |" in page
 
 
+def test_calibration_benchmark_states_the_validation_days_draw_against_its_truth():
+  click = np.array([1, 1, 0, 0, 1, 0])
+  purchase = np.array([1, 0, 0, 1, 0, 0])  # row 3 bought without a click: not counted
+  truth = {"p_click": np.array([0.5, 0.5, 0.25, 0.25, 0.5, 0.5]),
+           "p_purchase_given_click": np.array([0.5, 0.25, 0.5, 0.5, 0.25, 0.1]),
+           "p_ctcvr": np.array([0.25, 0.125, 0.125, 0.125, 0.125, 0.05])}
+  ratios = calibration_benchmark.observed_vs_truth(click, purchase, truth)
+  # 3 clicks / 2.5 expected; 1 purchase over clicks / (0.5 + 0.25 + 0.25); 1 / 0.8
+  assert ratios == pytest.approx({"ctr": 1.2, "cvr_clicked": 1.0, "ctcvr": 1.25})
+  runs = {"esmm": [_calibration_run({})]}
+  page = calibration_benchmark.render(calibration_benchmark.aggregate(runs), {
+      "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 1,
+      "seconds": 60, "load_before": "0", "load_after": "0",
+      "validation": {"validation_rows": 6, "validation_clicks": 3, "validation_purchases": 400,
+                     "validation_observed_vs_truth": {"ctr": 1.0, "cvr_clicked": 0.97,
+                                                      "ctcvr": 0.96}},
+      "bayes": {"ctcvr_expected_auc": 0.78, "cvr_all_expected_auc": 0.81}})
+  assert "purchases over clicks 0.970, purchases 0.960" in page
+  assert "1 / sqrt(400) = 0.050 relative" in page
+  assert "CTCVR expected AUC 0.7800, CVR AUC (entire space) 0.8100" in page
+
+
 def test_sweep_holds_the_catalog_fixed_only_when_asked():
   assert sweep.simulate_flags(0.045) == ("--target_ctr", "0.045")
   # the 1M world's default catalog, whatever the cell's size
