@@ -12,8 +12,11 @@ ctr, cvr over clicked and over all exposures, ctcvr; CTR and CTCVR AUC against t
 labels; the expected AUC (metrics.expected_auc: free of the label noise of 412 eval
 purchases) of ctcvr against the true P(click & buy | x) and of the entire-space cvr
 against the true P(buy | click, x). The page also states the validation day's observed
-labels over their true expectation (the level any fit to that one day inherits) and the
-Bayes expected AUCs.
+labels over their true expectation (the level any fit to that one day inherits; also
+weighted by 1 / the true click probability, as an entire-space fit weights them, with
+the weights' effective number of purchases), the Bayes expected AUCs, and for the
+exported method (ips_ctr) the cvr calibration on the validation rows it was fitted on
+beside the eval day's.
 Per-run results are cached in RUN/calibration_methods.json (a rerun only aggregates).
 Writes benchmarks/results/calibration.md and calibration.json (mean +- std over seeds).
 """
@@ -41,6 +44,10 @@ METHODS = config_lib.CALIBRATIONS
 CACHE = "calibration_methods.json"
 CALIBRATIONS = ("ctr", "cvr_clicked", "cvr_all", "ctcvr")
 AUCS = ("ctr_auc", "ctcvr_auc", "ctcvr_expected_auc", "cvr_all_expected_auc")
+# The cvr calibrations on the validation rows the method was fitted on (beside the eval
+# day's): what the fit reaches on its own day, and what the next day adds.
+VALIDATION_CALIBRATIONS = ("cvr_clicked_validation", "cvr_all_validation")
+EXPORTED_METHOD = "ips_ctr"  # configs/base_simulated.yaml's train.calibration
 TOLERANCE = 0.05
 
 
@@ -89,11 +96,17 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
                                                                        truth["p_ctcvr"])),
                       "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p_cvr))},
             "methods": {}}
+  validation_clicked = validation["click"] > 0
+  validation_p_cvr = validation_truth["p_purchase_given_click"]
   for method in METHODS:
     fitted = calibration.fit_calibration({k: validation[k] for k in outputs},
                                          {k: validation[k] for k in labels}, method)
     p = fitted.apply({k: evaluation[k] for k in outputs})
+    p_validation = fitted.apply({k: validation[k] for k in outputs})
     result["methods"][method] = {
+        "cvr_clicked_validation": float(p_validation["cvr"][validation_clicked].sum()
+                                        / validation_p_cvr[validation_clicked].sum()),
+        "cvr_all_validation": float(p_validation["cvr"].sum() / validation_p_cvr.sum()),
         "ctr": float(p["ctr"].sum() / truth["p_click"].sum()),
         "cvr_clicked": float(p["cvr"][clicked].sum() / p_cvr[clicked].sum()),
         "cvr_all": float(p["cvr"].sum() / p_cvr.sum()),
@@ -122,15 +135,29 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,
     truth: the rows' aligned label truth (report.align_truth): p_click,
       p_purchase_given_click, p_ctcvr, each [n].
 
+  An entire-space fit (ips_ctr) weights each clicked row by 1 / its click propensity,
+  so the rows stand for every exposure; with the true propensities the weighted purchases
+  estimate the sum of P(buy | click, x) over all rows without bias, but few purchases
+  with large weights carry it: "cvr_all_ips" is that estimate over its truth, and
+  "cvr_all_ips_ess" the weights' effective number of purchases, (sum w)^2 / sum w^2 (its
+  relative standard error is about 1 / sqrt(ESS)).
+
   Returns:
     {"ctr": clicks / sum p_click, "cvr_clicked": purchases on clicked rows / sum of
-    p_purchase_given_click over them, "ctcvr": clicked purchases / sum p_ctcvr}.
+    p_purchase_given_click over them, "ctcvr": clicked purchases / sum p_ctcvr,
+    "cvr_all_ips": sum over clicked purchases of 1 / p_click / sum of
+    p_purchase_given_click over all rows, "cvr_all_ips_ess": the effective number of
+    purchases of those weights}.
   """
   clicked = click > 0
   bought = clicked & (purchase > 0)
+  weights = 1.0 / np.asarray(truth["p_click"], np.float64)[bought]
   return {"ctr": float(clicked.sum() / truth["p_click"].sum()),
           "cvr_clicked": float(bought.sum() / truth["p_purchase_given_click"][clicked].sum()),
-          "ctcvr": float(bought.sum() / truth["p_ctcvr"].sum())}
+          "ctcvr": float(bought.sum() / truth["p_ctcvr"].sum()),
+          "cvr_all_ips": float(weights.sum() / truth["p_purchase_given_click"].sum()),
+          "cvr_all_ips_ess": float(weights.sum() ** 2 / (weights ** 2).sum())
+                             if len(weights) else 0.0}
 
 
 def _worker(run_dir: str, data_dir: str, truth_dir: str) -> str:
@@ -150,8 +177,8 @@ def aggregate(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]
     summary[model] = {}
     for method in METHODS:
       summary[model][method] = {
-          key: models_bench._stat([r["methods"][method][key] for r in results])  # pylint: disable=protected-access
-          for key in CALIBRATIONS + AUCS}
+          key: models_bench._stat([r["methods"][method].get(key) for r in results])  # pylint: disable=protected-access
+          for key in CALIBRATIONS + AUCS + VALIDATION_CALIBRATIONS}
   return summary
 
 
@@ -197,6 +224,17 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]) -> str:
         f"standard deviation), the same for every model.",
         "",
     ]
+    if "cvr_all_ips" in ratios:
+      ess = ratios["cvr_all_ips_ess"]
+      lines += [
+          f"Weighted as an entire-space fit weights them (each purchase by 1 / its true "
+          f"click probability), the day's purchases estimate the entire-space purchase "
+          f"rate at {ratios['cvr_all_ips']:.3f} of its truth; the weights leave an "
+          f"effective {ess:.0f} of the {purchases} purchases (1 / sqrt({ess:.0f}) = "
+          f"{1 / math.sqrt(max(ess, 1.0)):.3f} relative). So an entire-space level fitted "
+          f"to this one day is uncertain by about that much, shared by every model.",
+          "",
+      ]
   bayes = settings.get("bayes")
   if bayes:
     lines += [
@@ -208,6 +246,29 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]) -> str:
   lines += [
       common.markdown_table(header, rows),
   ]
+  day_rows = []
+  for model, methods in summary.items():
+    stats = methods.get(EXPORTED_METHOD, {})
+    if not stats.get(VALIDATION_CALIBRATIONS[0], {}).get("n"):
+      continue
+    day_rows.append([model, cell(stats["cvr_clicked_validation"], 3),
+                     cell(stats["cvr_clicked"], 3), cell(stats["cvr_all_validation"], 3),
+                     cell(stats["cvr_all"], 3)])
+  if day_rows:
+    lines += [
+        "",
+        f"## The fit's own day and the next: `{EXPORTED_METHOD}` (the exported method)",
+        "",
+        "The cvr calibration against the truth on the validation rows the method was "
+        "fitted on, beside the eval day's. On its own day a fit matches that day's labels; "
+        "what changes on the eval day is the next day's rows; the entire-space column "
+        "shows what the clicked rows' labels could not pin.",
+        "",
+        common.markdown_table(["model", "cvr calib. (clicked), validation",
+                               "cvr calib. (clicked), eval",
+                               "cvr calib. (all exposures), validation",
+                               "cvr calib. (all exposures), eval"], day_rows),
+    ]
   return "\n".join(lines) + "\n"
 
 

@@ -84,6 +84,7 @@ MODES = {
     "full": {"impressions": 1_000_000, "seeds": 3, "epochs": 3, "batch_size": None},
 }
 WORLD_SEED = 7
+REUSED = "reused"  # a report's key: True when run_all found the run already done
 
 
 def _log(message: str) -> None:
@@ -191,7 +192,8 @@ def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: 
 
   `models` are run names: keys of `configs` (run name -> config file under configs/,
   default MODELS); `overrides` maps a run name to its config overrides; runs go to
-  MODE_DIR/<runs_dir>/<name>/seed<k>/.
+  MODE_DIR/<runs_dir>/<name>/seed<k>/. A run whose evaluation.json exists is not trained
+  again; its report says so (report[REUSED] = True).
   """
   configs = configs or MODELS
   overrides = overrides or {}
@@ -199,7 +201,8 @@ def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: 
   def one(name: str, seed: int) -> Dict[str, Any]:
     model_dir = os.path.join(mode_dir, runs_dir, name, f"seed{seed}")
     path = os.path.join(model_dir, "evaluation.json")
-    if not os.path.exists(path):
+    reused = os.path.exists(path)
+    if not reused:
       _log(f"{name} seed {seed}: training and evaluating in {model_dir}")
       os.makedirs(model_dir, exist_ok=True)
       start = time.time()
@@ -212,7 +215,9 @@ def run_all(mode_dir: str, world: Dict[str, str], models: Sequence[str], seeds: 
               log_path=os.path.join(model_dir, "run.log"))
       _log(f"{name} seed {seed}: done in {time.time() - start:.0f}s")
     with open(path) as f:
-      return json.load(f)
+      report = json.load(f)
+    report[REUSED] = reused
+    return report
 
   jobs = [(name, seed) for seed in range(1, seeds + 1) for name in models]
   with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
@@ -269,6 +274,12 @@ def _get(block: Dict[str, Any], path: Sequence[str]):
   return block
 
 
+def reused_runs(reports: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+  """"<name>/seed<k>" of every run run_all reused rather than trained (seeds from 1)."""
+  return [f"{name}/seed{seed}" for name, runs in reports.items()
+          for seed, report in enumerate(runs, 1) if report.get(REUSED)]
+
+
 def aggregate(reports: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
   """model -> task -> metric -> {mean, std, n} over seeds."""
   summary = {}
@@ -291,6 +302,22 @@ def _cell(stat: Optional[Dict[str, float]], digits: int = 4) -> str:
   return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _reuse_sentence(settings: Dict[str, Any]) -> str:
+  """Which runs an earlier invocation trained (their time is not in the wall time)."""
+  reused = settings.get("reused_runs")
+  if not reused:
+    return ""
+  seeds: Dict[str, List[str]] = {}
+  for run in reused:
+    name, seed = run.rsplit("/seed", 1)
+    seeds.setdefault(name, []).append(seed)
+  named = "; ".join(f"{name} (seed {', '.join(values)})" for name, values in seeds.items())
+  return (f" {len(reused)} run(s) were reused from an earlier invocation's run directory, "
+          f"not trained again, so the wall time above excludes them: "
+          f"{named}. The training time of every run, summed: "
+          f"{settings.get('train_seconds_all_runs', 0.0) / 60:.1f} min.")
+
+
 def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
                     world: Dict[str, Any]) -> str:
   """The results page: headline table, then one table per task."""
@@ -307,7 +334,8 @@ def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]
       f"{settings['seeds']} seed(s) per model (mean ± std over seeds when > 1). "
       f"Total wall time {settings['seconds'] / 60:.1f} min ({settings['parallel']} runs at a "
       f"time, {settings.get('cpus', '?')} CPUs; load average (1/5/15 min) "
-      f"{settings.get('load_before', '?')} before and {settings.get('load_after', '?')} after).",
+      f"{settings.get('load_before', '?')} before and {settings.get('load_after', '?')} after)."
+      + _reuse_sentence(settings),
       "Configs (under configs/): " + ", ".join(
           f"{name} `{path}`" for name, path in settings.get("configs", {}).items()) + ".",
       f"Output calibration (train.calibration, fitted on the validation day and exported "
@@ -490,6 +518,9 @@ def main(argv=None) -> None:
                     overrides=overrides, runs_dir="runs" + variant)
   settings["seconds"] = time.time() - start
   settings["load_after"] = _load()
+  settings["reused_runs"] = reused_runs(reports)
+  settings["train_seconds_all_runs"] = sum(report.get("train_seconds") or 0.0
+                                           for runs in reports.values() for report in runs)
   with open(os.path.join(world["data"], "counts.json")) as f:
     counts = json.load(f)
   world_facts = {"train": counts["impressions"]["written"]["train"],

@@ -178,7 +178,8 @@ def test_calibration_benchmark_states_the_validation_days_draw_against_its_truth
            "p_ctcvr": np.array([0.25, 0.125, 0.125, 0.125, 0.125, 0.05])}
   ratios = calibration_benchmark.observed_vs_truth(click, purchase, truth)
   # 3 clicks / 2.5 expected; 1 purchase over clicks / (0.5 + 0.25 + 0.25); 1 / 0.8
-  assert ratios == pytest.approx({"ctr": 1.2, "cvr_clicked": 1.0, "ctcvr": 1.25})
+  assert {k: ratios[k] for k in ("ctr", "cvr_clicked", "ctcvr")} == pytest.approx(
+      {"ctr": 1.2, "cvr_clicked": 1.0, "ctcvr": 1.25})
   runs = {"esmm": [_calibration_run({})]}
   page = calibration_benchmark.render(calibration_benchmark.aggregate(runs), {
       "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 1,
@@ -242,3 +243,74 @@ def test_calibration_override_names_its_runs_and_sets_every_config():
   assert truth_benchmark.calibration_override(["naive", "esmm"], "none") == (
       {"naive": {"train": {"calibration": "none"}},
        "esmm": {"train": {"calibration": "none"}}}, "_calibration_none")
+
+
+def test_run_all_trains_only_missing_runs_and_the_page_names_the_reused_ones(tmp_path,
+                                                                            monkeypatch):
+  done = tmp_path / "runs" / "esmm" / "seed1"
+  done.mkdir(parents=True)
+  (done / "evaluation.json").write_text('{"tasks": {}, "train_seconds": 60.0}')
+  trained = []
+
+  def fake_python(*args, log_path=None):
+    model_dir = args[args.index("--model_dir") + 1]
+    trained.append(os.path.relpath(model_dir, tmp_path))
+    with open(os.path.join(model_dir, "evaluation.json"), "w") as f:
+      f.write('{"tasks": {}, "train_seconds": 30.0}')
+
+  monkeypatch.setattr(truth_benchmark, "_python", fake_python)
+  reports = truth_benchmark.run_all(str(tmp_path), {"data": "d", "raw": "r"},
+                                    ["esmm", "naive"], 2, 3, None)
+  assert sorted(trained) == ["runs/esmm/seed2", "runs/naive/seed1", "runs/naive/seed2"]
+  assert [r[truth_benchmark.REUSED] for r in reports["esmm"]] == [True, False]
+  assert truth_benchmark.reused_runs(reports) == ["esmm/seed1"]
+  settings = dict(impressions=10, seeds=2, epochs=3, batch_size=None, seconds=120.0,
+                  parallel=1, reused_runs=["esmm/seed1"], train_seconds_all_runs=150.0)
+  page = truth_benchmark.render_markdown(truth_benchmark.aggregate(reports), settings,
+                                         {"train": 8, "eval": 2, "eval_labels": {}})
+  assert ("1 run(s) were reused from an earlier invocation's run directory, not trained "
+          "again, so the wall time above excludes them: esmm (seed 1). The training time of "
+          "every run, summed: 2.5 min.") in page
+  settings["reused_runs"] = []
+  assert "reused" not in truth_benchmark.render_markdown(
+      truth_benchmark.aggregate(reports), settings, {"train": 8, "eval": 2, "eval_labels": {}})
+
+
+def test_calibration_benchmark_weighs_the_validation_purchases_as_an_entire_space_fit():
+  click = np.array([1, 1, 0, 1, 0])
+  purchase = np.array([1, 0, 1, 1, 0])  # row 2 bought without a click: not counted
+  truth = {"p_click": np.array([0.5, 0.5, 0.5, 0.25, 0.1]),
+           "p_purchase_given_click": np.array([0.5, 0.5, 0.4, 0.4, 0.2]),
+           "p_ctcvr": np.array([0.25, 0.25, 0.2, 0.1, 0.02])}
+  ratios = calibration_benchmark.observed_vs_truth(click, purchase, truth)
+  # weights 1 / p_click of the two clicked purchases: 2 and 4; sum of truth 2.0
+  assert ratios["cvr_all_ips"] == pytest.approx(6.0 / 2.0)
+  assert ratios["cvr_all_ips_ess"] == pytest.approx(36.0 / 20.0)
+  page = calibration_benchmark.render(calibration_benchmark.aggregate(
+      {"esmm": [_calibration_run({})]}), {
+          "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 1,
+          "seconds": 60, "load_before": "0", "load_after": "0",
+          "validation": {"validation_rows": 5, "validation_clicks": 3,
+                         "validation_purchases": 400,
+                         "validation_observed_vs_truth": dict(
+                             ratios, cvr_all_ips=0.889, cvr_all_ips_ess=215.0)}})
+  assert "purchase rate at 0.889 of its truth" in page
+  assert "effective 215 of the 400 purchases (1 / sqrt(215) = 0.068 relative)" in page
+
+
+def test_calibration_benchmark_shows_the_exported_methods_fit_day_beside_the_eval_day():
+  run = _calibration_run({"ips_ctr": (1.0, 0.98, 0.95, 1.0)})
+  run["methods"]["ips_ctr"].update(cvr_clicked_validation=1.0, cvr_all_validation=0.96)
+  page = calibration_benchmark.render(calibration_benchmark.aggregate({"hm3": [run]}), {
+      "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 1,
+      "seconds": 60, "load_before": "0", "load_after": "0"})
+  assert "| hm3 | 1.000 | 0.980 | 0.960 | 0.950 |" in page
+  # a cache written before these columns existed renders without the table
+  old = calibration_benchmark.render(calibration_benchmark.aggregate(
+      {"hm3": [_calibration_run({})]}), {
+          "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 1,
+          "seconds": 60, "load_before": "0", "load_after": "0"})
+  assert "The fit's own day" not in old
+  assert config_lib.load_config(os.path.join(
+      truth_benchmark.PROJECT_ROOT, "configs", "esmm.yaml")).train.calibration == (
+          calibration_benchmark.EXPORTED_METHOD)
