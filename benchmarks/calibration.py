@@ -96,20 +96,17 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
                                                                        truth["p_ctcvr"])),
                       "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p_cvr))},
             "methods": {}}
-  validation_clicked = validation["click"] > 0
-  validation_p_cvr = validation_truth["p_purchase_given_click"]
   for method in METHODS:
     fitted = calibration.fit_calibration({k: validation[k] for k in outputs},
                                          {k: validation[k] for k in labels}, method)
     p = fitted.apply({k: evaluation[k] for k in outputs})
-    p_validation = fitted.apply({k: validation[k] for k in outputs})
+    on_validation = cvr_calibration(fitted.apply({k: validation[k] for k in outputs})["cvr"],
+                                    validation_truth["p_purchase_given_click"],
+                                    validation["click"] > 0)
     result["methods"][method] = {
-        "cvr_clicked_validation": float(p_validation["cvr"][validation_clicked].sum()
-                                        / validation_p_cvr[validation_clicked].sum()),
-        "cvr_all_validation": float(p_validation["cvr"].sum() / validation_p_cvr.sum()),
+        **{f"{key}_validation": value for key, value in on_validation.items()},
+        **cvr_calibration(p["cvr"], p_cvr, clicked),
         "ctr": float(p["ctr"].sum() / truth["p_click"].sum()),
-        "cvr_clicked": float(p["cvr"][clicked].sum() / p_cvr[clicked].sum()),
-        "cvr_all": float(p["cvr"].sum() / p_cvr.sum()),
         "ctcvr": float(p["ctcvr"].sum() / truth["p_ctcvr"].sum()),
         "ctr_auc": float(metrics.auc(evaluation["click"], p["ctr"])),
         "ctcvr_auc": float(metrics.auc(bought, p["ctcvr"])),
@@ -118,6 +115,14 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
         "coefficients": fitted.to_dict(),
     }
   return result
+
+
+def cvr_calibration(cvr: np.ndarray, p_cvr: np.ndarray, clicked: np.ndarray
+                    ) -> Dict[str, float]:
+  """{"cvr_clicked", "cvr_all"}: sum of the predicted cvr / sum of the true
+  P(buy | click, x) over the clicked rows and over all rows ([n] arrays; clicked bool)."""
+  return {"cvr_clicked": float(cvr[clicked].sum() / p_cvr[clicked].sum()),
+          "cvr_all": float(cvr.sum() / p_cvr.sum())}
 
 
 def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,

@@ -274,10 +274,11 @@ def _get(block: Dict[str, Any], path: Sequence[str]):
   return block
 
 
-def reused_runs(reports: Dict[str, List[Dict[str, Any]]]) -> List[str]:
-  """"<name>/seed<k>" of every run run_all reused rather than trained (seeds from 1)."""
-  return [f"{name}/seed{seed}" for name, runs in reports.items()
-          for seed, report in enumerate(runs, 1) if report.get(REUSED)]
+def reused_runs(reports: Dict[str, List[Dict[str, Any]]]) -> Dict[str, List[int]]:
+  """name -> the seeds (from 1) of its runs run_all reused rather than trained."""
+  reused = {name: [seed for seed, report in enumerate(runs, 1) if report.get(REUSED)]
+            for name, runs in reports.items()}
+  return {name: seeds for name, seeds in reused.items() if seeds}
 
 
 def aggregate(reports: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
@@ -307,12 +308,10 @@ def _reuse_sentence(settings: Dict[str, Any]) -> str:
   reused = settings.get("reused_runs")
   if not reused:
     return ""
-  seeds: Dict[str, List[str]] = {}
-  for run in reused:
-    name, seed = run.rsplit("/seed", 1)
-    seeds.setdefault(name, []).append(seed)
-  named = "; ".join(f"{name} (seed {', '.join(values)})" for name, values in seeds.items())
-  return (f" {len(reused)} run(s) were reused from an earlier invocation's run directory, "
+  named = "; ".join(f"{name} (seed {', '.join(map(str, seeds))})"
+                    for name, seeds in reused.items())
+  count = sum(len(seeds) for seeds in reused.values())
+  return (f" {count} run(s) were reused from an earlier invocation's run directory, "
           f"not trained again, so the wall time above excludes them: "
           f"{named}. The training time of every run, summed: "
           f"{settings.get('train_seconds_all_runs', 0.0) / 60:.1f} min.")

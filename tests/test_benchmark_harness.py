@@ -263,15 +263,15 @@ def test_run_all_trains_only_missing_runs_and_the_page_names_the_reused_ones(tmp
                                     ["esmm", "naive"], 2, 3, None)
   assert sorted(trained) == ["runs/esmm/seed2", "runs/naive/seed1", "runs/naive/seed2"]
   assert [r[truth_benchmark.REUSED] for r in reports["esmm"]] == [True, False]
-  assert truth_benchmark.reused_runs(reports) == ["esmm/seed1"]
+  assert truth_benchmark.reused_runs(reports) == {"esmm": [1]}
   settings = dict(impressions=10, seeds=2, epochs=3, batch_size=None, seconds=120.0,
-                  parallel=1, reused_runs=["esmm/seed1"], train_seconds_all_runs=150.0)
+                  parallel=1, reused_runs={"esmm": [1]}, train_seconds_all_runs=150.0)
   page = truth_benchmark.render_markdown(truth_benchmark.aggregate(reports), settings,
                                          {"train": 8, "eval": 2, "eval_labels": {}})
   assert ("1 run(s) were reused from an earlier invocation's run directory, not trained "
           "again, so the wall time above excludes them: esmm (seed 1). The training time of "
           "every run, summed: 2.5 min.") in page
-  settings["reused_runs"] = []
+  settings["reused_runs"] = {}
   assert "reused" not in truth_benchmark.render_markdown(
       truth_benchmark.aggregate(reports), settings, {"train": 8, "eval": 2, "eval_labels": {}})
 
