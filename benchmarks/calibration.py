@@ -16,7 +16,10 @@ labels over their true expectation (the level any fit to that one day inherits; 
 weighted by 1 / the true click probability, as an entire-space fit weights them, with
 the weights' effective number of purchases), the Bayes expected AUCs, and for the
 exported method (ips_ctr) the cvr calibration on the validation rows it was fitted on
-beside the eval day's.
+beside the eval day's, and what another validation day would give: the method refitted
+on --redraws redraws of the validation day's labels from the truth (redraw_calibrations;
+the same exposures, the labels' own noise), with the eval day's cvr calibration's mean,
+spread and share of draws within 1.00 +- 0.05 over those draws.
 Per-run results are cached in RUN/calibration_methods.json (a rerun only aggregates).
 Writes benchmarks/results/calibration.md and calibration.json (mean +- std over seeds).
 """
@@ -30,7 +33,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -49,9 +52,12 @@ AUCS = ("ctr_auc", "ctcvr_auc", "ctcvr_expected_auc", "cvr_all_expected_auc")
 VALIDATION_CALIBRATIONS = ("cvr_clicked_validation", "cvr_all_validation")
 EXPORTED_METHOD = "ips_ctr"  # configs/base_simulated.yaml's train.calibration
 TOLERANCE = 0.05
+REDRAWS = 40  # label redraws of the validation day per run (--redraws)
+REDRAW_SEED = 0
 
 
-def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
+def score_run(run_dir: str, data_dir: str, truth_dir: str,
+              redraws: int = REDRAWS) -> Dict[str, Any]:
   """Every method's eval metrics for one run (the body of a worker process)."""
   from evaluation import metrics  # pylint: disable=g-import-not-at-top
   from evaluation import report  # pylint: disable=g-import-not-at-top
@@ -114,7 +120,71 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
         "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p["cvr"])),
         "coefficients": fitted.to_dict(),
     }
+  result["redraws"] = redraw_calibrations(
+      {k: validation[k] for k in outputs}, validation_truth,
+      {k: evaluation[k] for k in outputs}, p_cvr, clicked, redraws)
   return result
+
+
+def redraw_calibrations(validation_outputs: Dict[str, np.ndarray],
+                        validation_truth: Dict[str, np.ndarray],
+                        evaluation_outputs: Dict[str, np.ndarray], p_cvr: np.ndarray,
+                        clicked: np.ndarray, draws: int, seed: int = REDRAW_SEED,
+                        method: str = EXPORTED_METHOD) -> Dict[str, List[float]]:
+  """The eval day's cvr calibrations of `method` fitted on redrawn validation labels.
+
+  How much of a calibration is the one validation day's draw: each draw replaces the
+  validation rows' labels by new ones from their truth (click ~ Bernoulli(p_click), then
+  purchase ~ Bernoulli(p_purchase_given_click) on a click), refits the method on them
+  and scores the eval rows as score_run does. The exposures and the model stay; a
+  different day would also bring different exposures, whose spread adds to the one
+  measured here. Deterministic given the seed.
+
+  Args:
+    validation_outputs: output name -> [n] probabilities of the validation rows.
+    validation_truth: the rows' aligned label truth (p_click, p_purchase_given_click).
+    evaluation_outputs: output name -> [m] probabilities of the eval rows.
+    p_cvr: [m] the eval rows' true P(buy | click, x).
+    clicked: [m] bool, the eval rows' observed clicks.
+    draws: how many redraws.
+    seed: of the draws' generator.
+    method: the calibration method refitted (models.calibration.METHODS).
+
+  Returns:
+    {"cvr_clicked": [draws], "cvr_all": [draws]} as cvr_calibration computes them.
+  """
+  from models import calibration  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  p_click = np.asarray(validation_truth["p_click"], np.float64).reshape(-1)
+  p_buy = np.asarray(validation_truth["p_purchase_given_click"], np.float64).reshape(-1)
+  result: Dict[str, List[float]] = {"cvr_clicked": [], "cvr_all": []}
+  for _ in range(draws):
+    click = (rng.random(len(p_click)) < p_click).astype(np.float64)
+    purchase = click * (rng.random(len(p_buy)) < p_buy)
+    fitted = calibration.fit_calibration(validation_outputs,
+                                         {"click": click, "purchase": purchase}, method)
+    for key, value in cvr_calibration(fitted.apply(evaluation_outputs)["cvr"], p_cvr,
+                                      clicked).items():
+      result[key].append(value)
+  return result
+
+
+def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+  """One model's redraws over its seeds: per cvr calibration (cvr_clicked, cvr_all) the
+  mean over every draw, the spread over a seed's draws (the std, averaged over seeds)
+  and the share of draws within 1.00 +- TOLERANCE; {} when no run has redraws."""
+  summary = {}
+  runs = [r["redraws"] for r in runs if r.get("redraws", {}).get("cvr_all")]
+  for key in ("cvr_clicked", "cvr_all"):
+    if not runs:
+      break
+    values = [np.asarray(r[key], np.float64) for r in runs]
+    pooled = np.concatenate(values)
+    summary[key] = {"mean": float(pooled.mean()),
+                    "std": float(np.mean([v.std() for v in values])),
+                    "within": float(np.mean(np.abs(pooled - 1.0) <= TOLERANCE)),
+                    "draws": int(len(pooled))}
+  return summary
 
 
 def cvr_calibration(cvr: np.ndarray, p_cvr: np.ndarray, clicked: np.ndarray
@@ -165,10 +235,18 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,
                              if len(weights) else 0.0}
 
 
-def _worker(run_dir: str, data_dir: str, truth_dir: str) -> str:
-  cache = os.path.join(run_dir, CACHE)
+def _cached(cache: str, redraws: int) -> bool:
+  """Whether a run's cache exists with `redraws` redraws."""
   if not os.path.exists(cache):
-    result = score_run(run_dir, data_dir, truth_dir)
+    return False
+  with open(cache) as f:
+    return len(json.load(f).get("redraws", {}).get("cvr_all", ())) == redraws
+
+
+def _worker(run_dir: str, data_dir: str, truth_dir: str, redraws: int = REDRAWS) -> str:
+  cache = os.path.join(run_dir, CACHE)
+  if not _cached(cache, redraws):
+    result = score_run(run_dir, data_dir, truth_dir, redraws)
     with open(cache + ".tmp", "w") as f:
       json.dump(result, f, indent=1)
     os.replace(cache + ".tmp", cache)
@@ -187,7 +265,8 @@ def aggregate(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]
   return summary
 
 
-def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]) -> str:
+def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
+           redraws: Optional[Dict[str, Dict[str, Dict[str, float]]]] = None) -> str:
   cell = models_bench._cell  # pylint: disable=protected-access
   header = ["model", "method", "ctr calib.", "cvr calib. (clicked)",
             "cvr calib. (all exposures)", "ctcvr calib.", "CTR AUC", "CTCVR AUC",
@@ -274,7 +353,49 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]) -> str:
                                "cvr calib. (all exposures), validation",
                                "cvr calib. (all exposures), eval"], day_rows),
     ]
+  lines += render_redraws(summary, redraws or {}, settings.get("redraws"))
   return "\n".join(lines) + "\n"
+
+
+def render_redraws(summary: Dict[str, Dict[str, Any]],
+                   redraws: Dict[str, Dict[str, Dict[str, float]]],
+                   draws: Optional[int]) -> List[str]:
+  """The page's section on redrawn validation labels ([] when none were drawn)."""
+  rows = []
+  for model, stats in redraws.items():
+    if not stats:
+      continue
+    observed = summary[model][EXPORTED_METHOD]
+    rows.append([model, f"{observed['cvr_all']['mean']:.3f}",
+                 f"{stats['cvr_all']['mean']:.3f}", f"{stats['cvr_all']['std']:.3f}",
+                 f"{stats['cvr_all']['within']:.2f}", f"{observed['cvr_clicked']['mean']:.3f}",
+                 f"{stats['cvr_clicked']['mean']:.3f}", f"{stats['cvr_clicked']['std']:.3f}"])
+  if not rows:
+    return []
+  spreads = [stats["cvr_all"]["std"] for stats in redraws.values() if stats]
+  centred = sum(abs(stats["cvr_all"]["mean"] - 1.0) <= TOLERANCE
+                for stats in redraws.values() if stats)
+  return [
+      "",
+      f"## Another validation day: `{EXPORTED_METHOD}` refitted on redrawn labels",
+      "",
+      f"Each run's validation rows get {draws} new sets of labels drawn from their truth "
+      f"(clicks, then purchases on the clicks; the same exposures and model), the method "
+      f"is refitted on each and scored on the eval day. The observed columns are the "
+      f"table above (the day's actual labels, mean over seeds); the redraw mean is over "
+      f"every draw of every seed (what the method gives this model in expectation over "
+      f"the labels), the spread the std over a seed's draws (what one validation day's "
+      f"labels alone move it by; a new day's exposures would add to it) and the share "
+      f"the fraction of draws within 1.00 ± {TOLERANCE:.2f}. The entire-space spread is "
+      f"{min(spreads):.3f}-{max(spreads):.3f} for every model: one day's labels cannot "
+      f"pin the entire-space level to ± {TOLERANCE:.2f}. Entire-space redraw mean within "
+      f"1.00 ± {TOLERANCE:.2f}: {centred} of {len(rows)} models.",
+      "",
+      common.markdown_table(
+          ["model", "cvr calib. (all exposures), observed", "redraw mean", "redraw spread",
+           f"share within ± {TOLERANCE:.2f}", "cvr calib. (clicked), observed",
+           "redraw mean", "redraw spread"], rows),
+  ]
 
 
 def main(argv=None) -> None:
@@ -284,6 +405,8 @@ def main(argv=None) -> None:
   parser.add_argument("--runs_dir", help="Default: WORK_DIR/runs_calibration_none.")
   parser.add_argument("--results_dir", default=models_bench.RESULTS_DIR)
   parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--redraws", type=int, default=REDRAWS,
+                      help="Redraws of the validation day's labels per run (0: none).")
   args = parser.parse_args(argv)
   runs_dir = args.runs_dir or os.path.join(args.work_dir, "runs_calibration_none")
   data_dir = os.path.join(args.work_dir, "data")
@@ -299,7 +422,8 @@ def main(argv=None) -> None:
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=context,
                                               max_tasks_per_child=1) as pool:
-    futures = {pool.submit(_worker, run, data_dir, truth_dir): run for run in run_dirs}
+    futures = {pool.submit(_worker, run, data_dir, truth_dir, args.redraws): run
+               for run in run_dirs}
     for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
       future.result()
       print(f"[{time.strftime('%H:%M:%S')}] {done}/{len(run_dirs)} {futures[future]}",
@@ -316,11 +440,14 @@ def main(argv=None) -> None:
         "validation_observed_vs_truth")}
     settings["bayes"] = first["bayes"]
   summary = aggregate(runs)
+  redraws = {model: redraw_summary(results) for model, results in runs.items()}
+  settings["redraws"] = args.redraws
   os.makedirs(args.results_dir, exist_ok=True)
   with open(os.path.join(args.results_dir, "calibration.json"), "w") as f:
-    json.dump({"settings": settings, "summary": summary, "runs": runs}, f, indent=1)
+    json.dump({"settings": settings, "summary": summary, "redraws": redraws, "runs": runs},
+              f, indent=1)
   markdown = "# Output calibration: every method on the truth benchmark's runs\n\n" + render(
-      summary, settings)
+      summary, settings, redraws)
   with open(os.path.join(args.results_dir, "calibration.md"), "w") as f:
     f.write(markdown)
   print(markdown)
