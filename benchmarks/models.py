@@ -232,10 +232,20 @@ def calibration_override(models: Sequence[str], calibration: Optional[str]
                          ) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
   """(run_all overrides, runs/results name suffix) that give every model's config
   `train.calibration: calibration`; (None, "") without one (each config's own)."""
-  if not calibration:
-    return None, ""
-  return ({name: {"train": {"calibration": calibration}} for name in models},
-          f"_calibration_{calibration}")
+  return train_override(models, "calibration", calibration)
+
+
+def train_override(models: Sequence[str], key: str, value: Optional[str],
+                   overrides: Optional[Dict[str, Dict[str, Any]]] = None
+                   ) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
+  """(run_all overrides, runs/results name suffix "_<key>_<value>") that set every
+  model's `train.<key>: value` on top of `overrides`; (overrides, "") without a value."""
+  if not value:
+    return overrides, ""
+  merged = json.loads(json.dumps(overrides or {}))  # a deep copy
+  for name in models:
+    merged.setdefault(name, {}).setdefault("train", {})[key] = value
+  return merged, f"_{key}_{value}"
 
 
 def _load() -> str:
@@ -338,7 +348,9 @@ def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]
       "Configs (under configs/): " + ", ".join(
           f"{name} `{path}`" for name, path in settings.get("configs", {}).items()) + ".",
       f"Output calibration (train.calibration, fitted on the validation day and exported "
-      f"with the model): {settings.get('calibration', 'none')}.",
+      f"with the model): {settings.get('calibration', 'none')}."
+      + (f" Optimizer (train.optimizer): {settings['optimizer']}."
+         if settings.get("optimizer", "each config's") != "each config's" else ""),
       "",
       "CVR AUC (clicked) is over clicked eval exposures against observed purchases; "
       "CVR AUC (entire space) is the expected AUC of the predicted cvr against the true "
@@ -477,6 +489,9 @@ def main(argv=None) -> None:
                       help="Override every config's train.calibration (results: "
                       "models_calibration_<method>.*, runs: runs_calibration_<method>/; "
                       "`--calibration none` makes the runs benchmarks.calibration reads).")
+  parser.add_argument("--optimizer", choices=("adam", "lazy_adam"),
+                      help="Override every config's train.optimizer (results: "
+                      "models_optimizer_<name>.*, runs: runs_optimizer_<name>/).")
   parser.add_argument("--untuned", action="store_true",
                       help="Run every model's own config, not its configs/tuned/ one "
                       "(results: models_untuned.*; esmm_adam_eps is tuned ESMM by definition).")
@@ -510,8 +525,11 @@ def main(argv=None) -> None:
   configs = DEFAULTS if args.untuned else MODELS
   settings["configs"] = {name: configs[name] for name in models}
   overrides, calibration_suffix = calibration_override(models, args.calibration)
-  variant = ("_untuned" if args.untuned else "") + calibration_suffix
+  overrides, optimizer_suffix = train_override(models, "optimizer", args.optimizer,
+                                               overrides)
+  variant = ("_untuned" if args.untuned else "") + calibration_suffix + optimizer_suffix
   settings["calibration"] = args.calibration or "each config's"
+  settings["optimizer"] = args.optimizer or "each config's"
   reports = run_all(mode_dir, world, models, settings["seeds"], settings["epochs"],
                     settings["batch_size"], parallel=args.parallel, configs=configs,
                     overrides=overrides, runs_dir="runs" + variant)

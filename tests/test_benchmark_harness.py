@@ -238,6 +238,18 @@ def test_sweep_cell_passes_the_catalog_and_the_calibration_to_its_runs(tmp_path,
   assert calls["runs"] == (None, "runs") and "--users" not in calls["world"][2]
 
 
+def test_optimizer_override_adds_to_the_calibration_override_and_names_both():
+  overrides, suffix = truth_benchmark.calibration_override(["naive", "esmm"], "none")
+  merged, optimizer_suffix = truth_benchmark.train_override(
+      ["naive", "esmm"], "optimizer", "lazy_adam", overrides)
+  assert merged == {"naive": {"train": {"calibration": "none", "optimizer": "lazy_adam"}},
+                    "esmm": {"train": {"calibration": "none", "optimizer": "lazy_adam"}}}
+  assert suffix + optimizer_suffix == "_calibration_none_optimizer_lazy_adam"
+  assert overrides["esmm"]["train"] == {"calibration": "none"}  # not modified in place
+  assert truth_benchmark.train_override(["esmm"], "optimizer", None, overrides) == (
+      overrides, "")
+
+
 def test_calibration_override_names_its_runs_and_sets_every_config():
   assert truth_benchmark.calibration_override(["naive", "esmm"], None) == (None, "")
   assert truth_benchmark.calibration_override(["naive", "esmm"], "none") == (
