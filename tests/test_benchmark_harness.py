@@ -12,6 +12,7 @@ from benchmarks import models as truth_benchmark
 from benchmarks import sweep
 from benchmarks import tune
 from configs import config as config_lib
+from models import calibration as calibration_lib
 
 
 def test_sampling_is_deterministic_and_inside_the_space():
@@ -361,15 +362,55 @@ def test_redraw_section_pools_the_seeds_draws_and_counts_those_within_the_goal()
                   dict(_calibration_run({"ips_ctr": (1.0, 1.0, 0.94, 1.0)}),
                        redraws={"cvr_all": [0.96, 0.98], "cvr_clicked": [0.98, 1.02]})]}
   redraws = {"hm3": calibration_benchmark.redraw_summary(runs["hm3"])}
+  # the seeds' average draws 0.93, 0.99: std 0.0424, over sqrt(2) draws 0.03
   assert redraws["hm3"]["cvr_all"] == pytest.approx(
-      {"mean": 0.96, "std": (0.05 + 0.01) / 2, "within": 0.75, "draws": 4})
+      {"mean": 0.96, "mean_error": 0.03, "std": (0.05 + 0.01) / 2, "within": 0.75,
+       "draws": 4})
   page = calibration_benchmark.render(calibration_benchmark.aggregate(runs), {
       "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 2,
       "seconds": 60, "load_before": "0", "load_after": "0", "redraws": 2}, redraws)
-  assert "| hm3 | 0.940 | 0.960 | 0.030 | 0.75 | 1.000 | 1.000 | 0.010 |" in page
-  assert "The entire-space spread is 0.030-0.030 for every model" in page
-  assert "redraw mean within 1.00 ± 0.05: 1 of 1 models" in page
+  assert "| hm3 | 0.940 | 0.960 ± 0.030 | 0.030 | 0.75 | 1.000 | 1.000 | 0.010 |" in page
+  assert ("spread is 0.030-0.030 for every model: one day's labels move the entire-space "
+          "level by up to ± 0.030") in page
+  assert "redraw mean within 1.00 ± 0.05: 1 of 1 models (1 of them within two" in page
   assert "## Another validation day" not in calibration_benchmark.render(
       calibration_benchmark.aggregate(runs), {
           "command": "c", "runs_dir": "/r", "runs": 2, "seconds": 60, "load_before": "0",
           "load_after": "0"})
+
+
+def test_redraws_draw_purchases_only_on_drawn_clicks_and_move_with_the_seed(monkeypatch):
+  rng = np.random.default_rng(5)
+  truth = _world(20_000, rng)
+  outputs = {"ctr": truth["p_click"], "cvr": truth["p_purchase_given_click"]}
+  seen = []
+  real_fit = calibration_lib.fit_calibration
+
+  def fit(outputs_, labels, method):
+    seen.append({k: np.array(v) for k, v in labels.items()})
+    return real_fit(outputs_, labels, method)
+
+  monkeypatch.setattr(calibration_lib, "fit_calibration", fit)
+  clicked = np.ones(20_000, bool)
+  first = calibration_benchmark.redraw_calibrations(
+      outputs, truth, outputs, truth["p_purchase_given_click"], clicked, draws=3)
+  other = calibration_benchmark.redraw_calibrations(
+      outputs, truth, outputs, truth["p_purchase_given_click"], clicked, draws=3, seed=1)
+  assert len(seen) == 6 and first["cvr_all"] != other["cvr_all"]
+  for labels in seen:
+    assert np.all(labels["purchase"] <= labels["click"])  # a purchase needs a click
+    assert labels["click"].mean() == pytest.approx(truth["p_click"].mean(), abs=0.01)
+    bought = labels["purchase"][labels["click"] > 0].mean()
+    expected = np.average(truth["p_purchase_given_click"], weights=truth["p_click"])
+    assert bought == pytest.approx(expected, abs=0.02)
+  assert not np.array_equal(seen[0]["click"], seen[1]["click"])
+
+
+def test_a_calibration_cache_is_reused_only_with_the_same_redraws(tmp_path):
+  cache = tmp_path / "calibration_methods.json"
+  assert not calibration_benchmark._cached(str(cache), 40)  # pylint: disable=protected-access
+  cache.write_text('{"redraws": {"cvr_all": [1.0, 0.9]}}')  # before the seed was stored
+  assert calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
+  assert not calibration_benchmark._cached(str(cache), 40)  # pylint: disable=protected-access
+  cache.write_text('{"redraws": {"cvr_all": [1.0, 0.9]}, "redraw_seed": 7}')
+  assert not calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
