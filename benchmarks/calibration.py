@@ -102,11 +102,13 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str,
                                                                        truth["p_ctcvr"])),
                       "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p_cvr))},
             "methods": {}}
+  validation_outputs = {k: validation[k] for k in outputs}
+  evaluation_outputs = {k: evaluation[k] for k in outputs}
   for method in METHODS:
-    fitted = calibration.fit_calibration({k: validation[k] for k in outputs},
+    fitted = calibration.fit_calibration(validation_outputs,
                                          {k: validation[k] for k in labels}, method)
-    p = fitted.apply({k: evaluation[k] for k in outputs})
-    on_validation = cvr_calibration(fitted.apply({k: validation[k] for k in outputs})["cvr"],
+    p = fitted.apply(evaluation_outputs)
+    on_validation = cvr_calibration(fitted.apply(validation_outputs)["cvr"],
                                     validation_truth["p_purchase_given_click"],
                                     validation["click"] > 0)
     result["methods"][method] = {
@@ -121,9 +123,8 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str,
         "coefficients": fitted.to_dict(),
     }
   result["redraw_seed"], result["redraw_method"] = REDRAW_SEED, EXPORTED_METHOD
-  result["redraws"] = redraw_calibrations(
-      {k: validation[k] for k in outputs}, validation_truth,
-      {k: evaluation[k] for k in outputs}, p_cvr, clicked, redraws)
+  result["redraws"] = redraw_calibrations(validation_outputs, validation_truth,
+                                          evaluation_outputs, p_cvr, clicked, redraws)
   return result
 
 
@@ -185,8 +186,9 @@ def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     pooled = np.concatenate(values)
     # every run draws with the same seed on the same rows (common random numbers), so
     # the seeds' k-th draws are alike: the mean's Monte Carlo error is that of the
-    # seeds' average draw sequence, not of all draws pooled
-    common = np.mean([v for v in values if len(v) == len(values[0])], axis=0)
+    # seeds' average draw sequence, not of all draws pooled (_cached gives every run of
+    # an invocation the same number of draws)
+    common = np.mean(values, axis=0)
     summary[key] = {"mean": float(pooled.mean()),
                     "mean_error": float(common.std(ddof=1) / math.sqrt(len(common)))
                                   if len(common) > 1 else math.nan,
@@ -374,23 +376,22 @@ def render_redraws(summary: Dict[str, Dict[str, Any]],
                    redraws: Dict[str, Dict[str, Dict[str, float]]],
                    draws: Optional[int]) -> List[str]:
   """The page's section on redrawn validation labels ([] when none were drawn)."""
+  redraws = {model: stats for model, stats in redraws.items() if stats}
+  if not redraws:
+    return []
   rows = []
   for model, stats in redraws.items():
-    if not stats:
-      continue
     observed = summary[model][EXPORTED_METHOD]
     rows.append([model, f"{observed['cvr_all']['mean']:.3f}",
                  f"{stats['cvr_all']['mean']:.3f} ± {stats['cvr_all']['mean_error']:.3f}",
                  f"{stats['cvr_all']['std']:.3f}",
                  f"{stats['cvr_all']['within']:.2f}", f"{observed['cvr_clicked']['mean']:.3f}",
                  f"{stats['cvr_clicked']['mean']:.3f}", f"{stats['cvr_clicked']['std']:.3f}"])
-  if not rows:
-    return []
-  spreads = [stats["cvr_all"]["std"] for stats in redraws.values() if stats]
-  centred = sum(abs(stats["cvr_all"]["mean"] - 1.0) <= TOLERANCE + 1e-12
-                for stats in redraws.values() if stats)
-  close = sum(abs(abs(stats["cvr_all"]["mean"] - 1.0) - TOLERANCE)
-              <= 2 * stats["cvr_all"]["mean_error"] for stats in redraws.values() if stats)
+  entire_space = [stats["cvr_all"] for stats in redraws.values()]
+  spreads = [stats["std"] for stats in entire_space]
+  centred = sum(abs(stats["mean"] - 1.0) <= TOLERANCE + 1e-12 for stats in entire_space)
+  close = sum(abs(abs(stats["mean"] - 1.0) - TOLERANCE) <= 2 * stats["mean_error"]
+              for stats in entire_space)
   pinned = (f"one day's labels cannot pin the entire-space level to ± {TOLERANCE:.2f}"
             if min(spreads) > TOLERANCE else
             f"one day's labels move the entire-space level by up to ± {max(spreads):.3f}")

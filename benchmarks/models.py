@@ -350,7 +350,7 @@ def render_markdown(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any]
       f"Output calibration (train.calibration, fitted on the validation day and exported "
       f"with the model): {settings.get('calibration', 'none')}."
       + (f" Optimizer (train.optimizer): {settings['optimizer']}."
-         if settings.get("optimizer", "each config's") != "each config's" else ""),
+         if settings.get("optimizer") else ""),
       "",
       "CVR AUC (clicked) is over clicked eval exposures against observed purchases; "
       "CVR AUC (entire space) is the expected AUC of the predicted cvr against the true "
@@ -529,7 +529,8 @@ def main(argv=None) -> None:
                                                overrides)
   variant = ("_untuned" if args.untuned else "") + calibration_suffix + optimizer_suffix
   settings["calibration"] = args.calibration or "each config's"
-  settings["optimizer"] = args.optimizer or "each config's"
+  if args.optimizer:
+    settings["optimizer"] = args.optimizer
   reports = run_all(mode_dir, world, models, settings["seeds"], settings["epochs"],
                     settings["batch_size"], parallel=args.parallel, configs=configs,
                     overrides=overrides, runs_dir="runs" + variant)
