@@ -19,7 +19,11 @@ exported method (ips_ctr) the cvr calibration on the validation rows it was fitt
 beside the eval day's, and what another validation day would give: the method refitted
 on --redraws redraws of the validation day's labels from the truth (redraw_calibrations;
 the same exposures, the labels' own noise), with the eval day's cvr calibration's mean,
-spread and share of draws within 1.00 +- 0.05 over those draws.
+spread and share of draws within 1.00 +- 0.05 over those draws; and, on the same draws,
+the same fit with the world's true click probabilities as its propensities (capped as
+exported and uncapped): what the method reaches on each model when only the
+propensity is made right, beside the share of exposures clicked less often than 1 in
+100 and their share of the entire-space cvr.
 Per-run results are cached in RUN/calibration_methods.json (a rerun only aggregates).
 Writes benchmarks/results/calibration.md and calibration.json (mean +- std over seeds).
 """
@@ -54,6 +58,10 @@ EXPORTED_METHOD = "ips_ctr"  # configs/base_simulated.yaml's train.calibration
 TOLERANCE = 0.05
 REDRAWS = 200  # label redraws of the validation day per run (--redraws)
 REDRAW_SEED = 0
+# The redraws' diagnostic refits with the true click propensities: key -> cap on 1 / p.
+TRUE_PROPENSITY = {"cvr_all_true_propensity": True,  # capped as exported
+                   "cvr_all_true_propensity_uncapped": False}  # key -> capped
+REDRAW_KEYS = ("cvr_clicked", "cvr_all", *TRUE_PROPENSITY)
 
 
 def score_run(run_dir: str, data_dir: str, truth_dir: str,
@@ -97,7 +105,8 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str,
             "validation_clicks": int(validation["click"].sum()),
             "validation_purchases": int(validation["purchase"].sum()),
             "validation_observed_vs_truth": observed_vs_truth(
-                validation["click"], validation["purchase"], validation_truth),
+                validation["click"], validation["purchase"], validation_truth,
+                calibration.MAX_PROPENSITY_WEIGHT),
             "bayes": {"ctcvr_expected_auc": float(metrics.expected_auc(truth["p_ctcvr"],
                                                                        truth["p_ctcvr"])),
                       "cvr_all_expected_auc": float(metrics.expected_auc(p_cvr, p_cvr))},
@@ -153,21 +162,33 @@ def redraw_calibrations(validation_outputs: Dict[str, np.ndarray],
     method: the calibration method refitted (models.calibration.METHODS).
 
   Returns:
-    {"cvr_clicked": [draws], "cvr_all": [draws]} as cvr_calibration computes them.
+    {"cvr_clicked": [draws], "cvr_all": [draws]} as cvr_calibration computes them and,
+    when the method is ips_ctr, the entire-space one of the same fit with the world's
+    true click probabilities as its propensities (the model's outputs unchanged), with
+    the exported cap on 1 / p ("cvr_all_true_propensity") and without it
+    ("cvr_all_true_propensity_uncapped"): what the method reaches on this model when
+    the propensity is right.
   """
   from models import calibration  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   p_click = np.asarray(validation_truth["p_click"], np.float64).reshape(-1)
   p_buy = np.asarray(validation_truth["p_purchase_given_click"], np.float64).reshape(-1)
-  result: Dict[str, List[float]] = {"cvr_clicked": [], "cvr_all": []}
+  variants = {key: {"propensity": p_click,
+                    "max_weight": calibration.MAX_PROPENSITY_WEIGHT if capped else None}
+              for key, capped in TRUE_PROPENSITY.items()} if method == "ips_ctr" else {}
+  result: Dict[str, List[float]] = {key: [] for key in ("cvr_clicked", "cvr_all", *variants)}
   for _ in range(draws):
     click = (rng.random(len(p_click)) < p_click).astype(np.float64)
     purchase = click * (rng.random(len(p_buy)) < p_buy)
-    fitted = calibration.fit_calibration(validation_outputs,
-                                         {"click": click, "purchase": purchase}, method)
+    labels = {"click": click, "purchase": purchase}
+    fitted = calibration.fit_calibration(validation_outputs, labels, method)
     for key, value in cvr_calibration(fitted.apply(evaluation_outputs)["cvr"], p_cvr,
                                       clicked).items():
       result[key].append(value)
+    for key, kwargs in variants.items():
+      fitted = calibration.fit_calibration(validation_outputs, labels, method, **kwargs)
+      result[key].append(cvr_calibration(fitted.apply(evaluation_outputs)["cvr"], p_cvr,
+                                         clicked)["cvr_all"])
   return result
 
 
@@ -179,9 +200,9 @@ def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
   {} when no run has redraws."""
   summary = {}
   runs = [r["redraws"] for r in runs if r.get("redraws", {}).get("cvr_all")]
-  for key in ("cvr_clicked", "cvr_all"):
-    if not runs:
-      break
+  for key in REDRAW_KEYS:
+    if not runs or not all(r.get(key) for r in runs):
+      continue
     values = [np.asarray(r[key], np.float64) for r in runs]
     pooled = np.concatenate(values)
     # every run draws with the same seed on the same rows (common random numbers), so
@@ -206,8 +227,8 @@ def cvr_calibration(cvr: np.ndarray, p_cvr: np.ndarray, clicked: np.ndarray
           "cvr_all": float(cvr.sum() / p_cvr.sum())}
 
 
-def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,
-                      truth: Dict[str, np.ndarray]) -> Dict[str, float]:
+def observed_vs_truth(click: np.ndarray, purchase: np.ndarray, truth: Dict[str, np.ndarray],
+                      max_weight: float = 100.0) -> Dict[str, float]:
   """Observed label counts / their true expectations on the same rows.
 
   What a calibration fitted to these rows' labels reaches when it is perfect: a ratio
@@ -220,6 +241,7 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,
     purchase: [n] 0/1 labels (counted on clicked rows, as the labels' truth is).
     truth: the rows' aligned label truth (report.align_truth): p_click,
       p_purchase_given_click, p_ctcvr, each [n].
+    max_weight: ips_ctr's cap on 1 / propensity (models.calibration.MAX_PROPENSITY_WEIGHT).
 
   An entire-space fit (ips_ctr) weights each clicked row by 1 / its click propensity,
   so the rows stand for every exposure; with the true propensities the weighted purchases
@@ -233,17 +255,24 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray,
     p_purchase_given_click over them, "ctcvr": clicked purchases / sum p_ctcvr,
     "cvr_all_ips": sum over clicked purchases of 1 / p_click / sum of
     p_purchase_given_click over all rows, "cvr_all_ips_ess": the effective number of
-    purchases of those weights}.
+    purchases of those weights, "low_propensity_share": the share of rows whose
+    p_click is below 1 / max_weight (ips_ctr's cap binds there), "low_propensity_cvr_share":
+    their share of the sum of p_purchase_given_click}.
   """
   clicked = click > 0
   bought = clicked & (purchase > 0)
-  weights = 1.0 / np.asarray(truth["p_click"], np.float64)[bought]
-  return {"ctr": float(clicked.sum() / truth["p_click"].sum()),
-          "cvr_clicked": float(bought.sum() / truth["p_purchase_given_click"][clicked].sum()),
+  p_click = np.asarray(truth["p_click"], np.float64)
+  p_buy = np.asarray(truth["p_purchase_given_click"], np.float64)
+  weights = 1.0 / p_click[bought]
+  low = p_click < 1.0 / max_weight
+  return {"ctr": float(clicked.sum() / p_click.sum()),
+          "cvr_clicked": float(bought.sum() / p_buy[clicked].sum()),
           "ctcvr": float(bought.sum() / truth["p_ctcvr"].sum()),
-          "cvr_all_ips": float(weights.sum() / truth["p_purchase_given_click"].sum()),
+          "cvr_all_ips": float(weights.sum() / p_buy.sum()),
           "cvr_all_ips_ess": float(weights.sum() ** 2 / (weights ** 2).sum())
-                             if len(weights) else 0.0}
+                             if len(weights) else 0.0,
+          "low_propensity_share": float(low.mean()),
+          "low_propensity_cvr_share": float(p_buy[low].sum() / p_buy.sum())}
 
 
 def _cached(cache: str, redraws: int) -> bool:
@@ -253,7 +282,9 @@ def _cached(cache: str, redraws: int) -> bool:
     return False
   with open(cache) as f:
     result = json.load(f)
-  return (len(result.get("redraws", {}).get("cvr_all", ())) == redraws
+  drawn = result.get("redraws", {})
+  return (all(len(drawn.get(key, ())) == redraws for key in REDRAW_KEYS)
+          and "low_propensity_share" in result.get("validation_observed_vs_truth", {})
           and result.get("redraw_seed", REDRAW_SEED) == REDRAW_SEED
           and result.get("redraw_method", EXPORTED_METHOD) == EXPORTED_METHOD)
 
@@ -368,25 +399,32 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
                                "cvr calib. (all exposures), validation",
                                "cvr calib. (all exposures), eval"], day_rows),
     ]
-  lines += render_redraws(summary, redraws or {}, settings.get("redraws"))
+  lines += render_redraws(summary, redraws or {}, settings.get("redraws"),
+                          (validation or {}).get("validation_observed_vs_truth", {}))
   return "\n".join(lines) + "\n"
 
 
 def render_redraws(summary: Dict[str, Dict[str, Any]],
                    redraws: Dict[str, Dict[str, Dict[str, float]]],
-                   draws: Optional[int]) -> List[str]:
-  """The page's section on redrawn validation labels ([] when none were drawn)."""
+                   draws: Optional[int],
+                   observed_vs_truth: Optional[Dict[str, float]] = None) -> List[str]:
+  """The page's section on redrawn validation labels ([] when none were drawn); the
+  true-propensity columns and paragraph when every model has those refits."""
   redraws = {model: stats for model, stats in redraws.items() if stats}
   if not redraws:
     return []
+  true_keys = [key for key in TRUE_PROPENSITY
+               if all(key in stats for stats in redraws.values())]
   rows = []
   for model, stats in redraws.items():
     observed = summary[model][EXPORTED_METHOD]
     rows.append([model, f"{observed['cvr_all']['mean']:.3f}",
                  f"{stats['cvr_all']['mean']:.3f} ± {stats['cvr_all']['mean_error']:.3f}",
                  f"{stats['cvr_all']['std']:.3f}",
-                 f"{stats['cvr_all']['within']:.2f}", f"{observed['cvr_clicked']['mean']:.3f}",
-                 f"{stats['cvr_clicked']['mean']:.3f}", f"{stats['cvr_clicked']['std']:.3f}"])
+                 f"{stats['cvr_all']['within']:.2f}"]
+                + [f"{stats[key]['mean']:.3f}" for key in true_keys]
+                + [f"{observed['cvr_clicked']['mean']:.3f}",
+                   f"{stats['cvr_clicked']['mean']:.3f}", f"{stats['cvr_clicked']['std']:.3f}"])
   entire_space = [stats["cvr_all"] for stats in redraws.values()]
   spreads = [stats["std"] for stats in entire_space]
   centred = sum(abs(stats["mean"] - 1.0) <= TOLERANCE + 1e-12 for stats in entire_space)
@@ -413,11 +451,54 @@ def render_redraws(summary: Dict[str, Dict[str, Any]],
       f"is {min(spreads):.3f}-{max(spreads):.3f} for every model: {pinned}. "
       f"Entire-space redraw mean within 1.00 ± {TOLERANCE:.2f}: {centred} of {len(rows)} "
       f"models ({close} of them within two Monte Carlo errors of the edge).",
+      *_true_propensity_paragraph(redraws, true_keys, observed_vs_truth or {}),
       "",
       common.markdown_table(
           ["model", "cvr calib. (all exposures), observed", "redraw mean", "redraw spread",
-           f"share within ± {TOLERANCE:.2f}", "cvr calib. (clicked), observed",
-           "redraw mean", "redraw spread"], rows),
+           f"share within ± {TOLERANCE:.2f}"]
+          + [TRUE_PROPENSITY_COLUMNS[key] for key in true_keys]
+          + ["cvr calib. (clicked), observed", "redraw mean", "redraw spread"], rows),
+  ]
+
+
+TRUE_PROPENSITY_COLUMNS = {
+    "cvr_all_true_propensity": "redraw mean, true propensity (capped)",
+    "cvr_all_true_propensity_uncapped": "redraw mean, true propensity (uncapped)"}
+
+
+def _true_propensity_paragraph(redraws: Dict[str, Dict[str, Dict[str, float]]],
+                               true_keys: List[str],
+                               observed_vs_truth: Dict[str, float]) -> List[str]:
+  """What the exported fit reaches with the right propensities ([] without those refits)."""
+  if not true_keys:
+    return []
+  parts, every = [], False
+  for key in true_keys:
+    means = [stats[key]["mean"] for stats in redraws.values()]
+    shifts = [stats[key]["mean"] - stats["cvr_all"]["mean"] for stats in redraws.values()]
+    centred = sum(abs(m - 1.0) <= TOLERANCE + 1e-12 for m in means)
+    if not TRUE_PROPENSITY[key]:  # the verdict rests on the uncapped refits
+      every = centred == len(means)
+    how = ("with the exported cap on 1 / p" if TRUE_PROPENSITY[key] else "uncapped")
+    parts.append(f"{min(means):.3f}-{max(means):.3f} {how} ({centred} of {len(means)} "
+                 f"within 1.00 ± {TOLERANCE:.2f}; {min(shifts):+.3f} to {max(shifts):+.3f} "
+                 f"from the exported fit's on the same draws)")
+  verdict = (" What keeps the exported fit low is its propensity, the model's own ctr: it "
+             "cannot single out the exposures that are rarely clicked, where the cvr is "
+             "highest." if every else "")
+  low = ""
+  if "low_propensity_share" in observed_vs_truth:
+    low = (f" Exposures clicked less often than 1 in 100 (where the cap binds) are "
+           f"{observed_vs_truth['low_propensity_share']:.0%} of the validation rows and "
+           f"hold {observed_vs_truth['low_propensity_cvr_share']:.0%} of their summed true "
+           f"cvr: the entire-space level rests on them, and on the few purchases their "
+           f"rare clicks bring.")
+  return [
+      "",
+      "The same refits with the world's true click probabilities as the propensities "
+      "(the model's outputs, its ctr in the rate's form and the labels unchanged: a "
+      "diagnostic only a simulation can run) give entire-space redraw means of "
+      + " and ".join(parts) + "." + verdict + low,
   ]
 
 

@@ -318,6 +318,12 @@ def _reuse_sentence(settings: Dict[str, Any]) -> str:
   reused = settings.get("reused_runs")
   if not reused:
     return ""
+  if isinstance(reused, list):  # results written before 2026-11-27: ["name/seedK", ...]
+    by_name: Dict[str, List[int]] = {}
+    for run in reused:
+      name, seed = run.rsplit("/seed", 1)
+      by_name.setdefault(name, []).append(int(seed))
+    reused = by_name
   named = "; ".join(f"{name} (seed {', '.join(map(str, seeds))})"
                     for name, seeds in reused.items())
   count = sum(len(seeds) for seeds in reused.values())

@@ -287,14 +287,19 @@ def fit_coefficients(z: np.ndarray, z_ctr: Optional[np.ndarray], target: np.ndar
                       method=method, rows=rows, positives=positives)
 
 
-def propensity_weights(ctr: np.ndarray) -> np.ndarray:
-  """float64 [n] min(1 / ctr, MAX_PROPENSITY_WEIGHT), scaled to mean 1."""
-  weights = np.minimum(1.0 / np.asarray(ctr, np.float64), MAX_PROPENSITY_WEIGHT)
+def propensity_weights(ctr: np.ndarray,
+                       max_weight: Optional[float] = MAX_PROPENSITY_WEIGHT) -> np.ndarray:
+  """float64 [n] min(1 / ctr, max_weight) (uncapped when max_weight is None), scaled to
+  mean 1."""
+  weights = 1.0 / np.asarray(ctr, np.float64)
+  if max_weight is not None:
+    weights = np.minimum(weights, max_weight)
   return weights / weights.mean()
 
 
 def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-                    method: str) -> Calibration:
+                    method: str, propensity: Optional[np.ndarray] = None,
+                    max_weight: Optional[float] = MAX_PROPENSITY_WEIGHT) -> Calibration:
   """Fits the calibration of a model's outputs on validation rows.
 
   Args:
@@ -303,9 +308,15 @@ def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
     labels: label name -> [n] 0/1 (must hold `click`; a rate whose label is missing is
       left as trained).
     method: one of METHODS.
+    propensity: ips_ctr only: [n] click propensities to weight the clicked rows by
+      instead of the calibrated ctr (a diagnostic: with a simulated world's true
+      P(click | x) it separates the propensity's error from the rest,
+      benchmarks.calibration); None (the exported fit) uses the calibrated ctr.
+    max_weight: ips_ctr only: the cap on 1 / propensity (None: uncapped).
 
   Raises:
-    ValueError: unknown method, or no ctr output / click label.
+    ValueError: unknown method, no ctr output / click label, or a propensity of
+      another length or outside (0, 1].
   """
   if method not in METHODS:
     raise ValueError(f"calibration method {method!r}: use one of {list(METHODS)}")
@@ -317,8 +328,16 @@ def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
   clicked = np.asarray(labels[CLICK]).reshape(-1) > 0
   ctr = fit_coefficients(z_ctr, None, labels[CLICK], method)
   weights = None
+  if propensity is not None:
+    propensity = np.asarray(propensity, np.float64).reshape(-1)
+    if propensity.shape != clicked.shape or not np.all((propensity > 0) & (propensity <= 1)):
+      raise ValueError(f"propensity: {clicked.size} click probabilities in (0, 1] expected, "
+                       f"got shape {propensity.shape} with range "
+                       f"[{propensity.min(initial=np.inf)}, {propensity.max(initial=-np.inf)}]")
   if method == "ips_ctr" and clicked.any():
-    weights = propensity_weights(NUMPY.probability(ctr.transform(z_ctr, z_ctr))[clicked])
+    if propensity is None:
+      propensity = NUMPY.probability(ctr.transform(z_ctr, z_ctr))
+    weights = propensity_weights(propensity[clicked], max_weight)
   rates = {}
   for rate in RATES:
     value = rate_probability(outputs, rate)

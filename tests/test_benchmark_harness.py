@@ -1,5 +1,6 @@
 """Tests of the benchmark harness' pure parts (benchmarks.models, tune, sweep, calibration)."""
 
+import json
 import math
 import os
 import shutil
@@ -284,6 +285,10 @@ def test_run_all_trains_only_missing_runs_and_the_page_names_the_reused_ones(tmp
   assert ("1 run(s) were reused from an earlier invocation's run directory, not trained "
           "again, so the wall time above excludes them: esmm (seed 1). The training time of "
           "every run, summed: 2.5 min.") in page
+  # a results file from before the dict form (a list of "name/seedK") renders the same
+  settings["reused_runs"] = ["esmm/seed1"]
+  assert page == truth_benchmark.render_markdown(
+      truth_benchmark.aggregate(reports), settings, {"train": 8, "eval": 2, "eval_labels": {}})
   settings["reused_runs"] = {}
   assert "reused" not in truth_benchmark.render_markdown(
       truth_benchmark.aggregate(reports), settings, {"train": 8, "eval": 2, "eval_labels": {}})
@@ -299,6 +304,11 @@ def test_calibration_benchmark_weighs_the_validation_purchases_as_an_entire_spac
   # weights 1 / p_click of the two clicked purchases: 2 and 4; sum of truth 2.0
   assert ratios["cvr_all_ips"] == pytest.approx(6.0 / 2.0)
   assert ratios["cvr_all_ips_ess"] == pytest.approx(36.0 / 20.0)
+  # p_click below 1 / 5 (a cap of 5 on 1 / p): row 4 only, 0.2 of the 2.0 summed cvr
+  low = calibration_benchmark.observed_vs_truth(click, purchase, truth, max_weight=5.0)
+  assert (low["low_propensity_share"], low["low_propensity_cvr_share"]) == pytest.approx(
+      (0.2, 0.1))
+  assert ratios["low_propensity_share"] == 0.0  # none below 1% at the default cap
   page = calibration_benchmark.render(calibration_benchmark.aggregate(
       {"esmm": [_calibration_run({})]}), {
           "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 1,
@@ -350,6 +360,15 @@ def test_redrawn_labels_leave_a_true_model_calibrated_and_rescale_a_halved_one()
     # unbiased over the draws (the fit restores a halved cvr), yet each draw moves
     assert abs(es.mean() - 1.0) < 0.02 and 0.005 < es.std() < 0.1
     assert abs(np.mean(draws["cvr_clicked"]) - 1.0) < 0.02
+    # the model's ctr is the truth, so the true propensities change little; no p_click
+    # is below 1%, so the cap never binds
+    true = np.asarray(draws["cvr_all_true_propensity"])
+    assert np.abs(true - es).max() < 0.01 and abs(true.mean() - 1.0) < 0.02
+    assert draws["cvr_all_true_propensity_uncapped"] == draws["cvr_all_true_propensity"]
+  clicks_only = calibration_benchmark.redraw_calibrations(
+      outputs(validation, 1.0), validation, outputs(evaluation, 1.0),
+      evaluation["p_purchase_given_click"], clicked, draws=2, method="platt")
+  assert sorted(clicks_only) == ["cvr_all", "cvr_clicked"]  # no propensity to swap
   again = calibration_benchmark.redraw_calibrations(
       outputs(validation, 0.5), validation, outputs(evaluation, 0.5),
       evaluation["p_purchase_given_click"], clicked, draws=20)
@@ -373,6 +392,35 @@ def test_redraw_section_pools_the_seeds_draws_and_counts_those_within_the_goal()
   assert ("spread is 0.030-0.030 for every model: one day's labels move the entire-space "
           "level by up to ± 0.030") in page
   assert "redraw mean within 1.00 ± 0.05: 1 of 1 models (1 of them within two" in page
+  # with the true-propensity refits: their columns, and the verdict only when every
+  # model is within the goal with them
+  for run, capped, uncapped in zip(runs["hm3"], ([0.93, 0.99], [0.99, 1.01]),
+                                   ([0.97, 1.01], [1.0, 1.02])):
+    run["redraws"].update(cvr_all_true_propensity=capped,
+                          cvr_all_true_propensity_uncapped=uncapped)
+  redraws = {"hm3": calibration_benchmark.redraw_summary(runs["hm3"])}
+  assert redraws["hm3"]["cvr_all_true_propensity_uncapped"]["mean"] == pytest.approx(1.0)
+  page = calibration_benchmark.render(calibration_benchmark.aggregate(runs), {
+      "command": "python -m benchmarks.calibration", "runs_dir": "/r", "runs": 2,
+      "seconds": 60, "load_before": "0", "load_after": "0", "redraws": 2,
+      "validation": {"validation_rows": 6, "validation_clicks": 3, "validation_purchases": 400,
+                     "validation_observed_vs_truth": {
+                         "ctr": 1.0, "cvr_clicked": 1.0, "ctcvr": 1.0,
+                         "low_propensity_share": 0.27, "low_propensity_cvr_share": 0.47}}},
+      redraws)
+  assert ("| hm3 | 0.940 | 0.960 ± 0.030 | 0.030 | 0.75 | 0.980 | 1.000 | 1.000 | 1.000 | "
+          "0.010 |") in page
+  assert ("redraw means of 0.980-0.980 with the exported cap on 1 / p (1 of 1 within 1.00 ± "
+          "0.05; +0.020 to +0.020 from the exported fit's on the same draws) and 1.000-1.000 "
+          "uncapped (1 of 1 within 1.00 ± 0.05; +0.040 to +0.040") in page
+  assert "What keeps the exported fit low is its propensity" in page
+  assert "27% of the validation rows and hold 47% of their summed true cvr" in page
+  runs["hm3"][0]["redraws"]["cvr_all_true_propensity_uncapped"] = [0.8, 0.8]
+  redraws = {"hm3": calibration_benchmark.redraw_summary(runs["hm3"])}
+  assert "keeps the exported fit low" not in calibration_benchmark.render(
+      calibration_benchmark.aggregate(runs), {
+          "command": "c", "runs_dir": "/r", "runs": 2, "seconds": 60, "load_before": "0",
+          "load_after": "0", "redraws": 2}, redraws)
   assert "## Another validation day" not in calibration_benchmark.render(
       calibration_benchmark.aggregate(runs), {
           "command": "c", "runs_dir": "/r", "runs": 2, "seconds": 60, "load_before": "0",
@@ -386,9 +434,16 @@ def test_redraws_draw_purchases_only_on_drawn_clicks_and_move_with_the_seed(monk
   seen = []
   real_fit = calibration_lib.fit_calibration
 
-  def fit(outputs_, labels, method):
-    seen.append({k: np.array(v) for k, v in labels.items()})
-    return real_fit(outputs_, labels, method)
+  propensities = []
+
+  def fit(outputs_, labels, method, **kwargs):
+    if kwargs:  # a true-propensity refit, on the same draw's labels
+      assert labels is seen[-1]["labels"]
+      propensities.append(kwargs)
+    else:
+      seen.append({k: np.array(v) for k, v in labels.items()})
+      seen[-1]["labels"] = labels
+    return real_fit(outputs_, labels, method, **kwargs)
 
   monkeypatch.setattr(calibration_lib, "fit_calibration", fit)
   clicked = np.ones(20_000, bool)
@@ -397,6 +452,11 @@ def test_redraws_draw_purchases_only_on_drawn_clicks_and_move_with_the_seed(monk
   other = calibration_benchmark.redraw_calibrations(
       outputs, truth, outputs, truth["p_purchase_given_click"], clicked, draws=3, seed=1)
   assert len(seen) == 6 and first["cvr_all"] != other["cvr_all"]
+  assert len(propensities) == 12 and all(
+      p["propensity"] is not None and np.array_equal(p["propensity"], truth["p_click"])
+      for p in propensities)
+  assert [p["max_weight"] for p in propensities[:2]] == [
+      calibration_lib.MAX_PROPENSITY_WEIGHT, None]
   for labels in seen:
     assert np.all(labels["purchase"] <= labels["click"])  # a purchase needs a click
     assert labels["click"].mean() == pytest.approx(truth["p_click"].mean(), abs=0.01)
@@ -409,8 +469,16 @@ def test_redraws_draw_purchases_only_on_drawn_clicks_and_move_with_the_seed(monk
 def test_a_calibration_cache_is_reused_only_with_the_same_redraws(tmp_path):
   cache = tmp_path / "calibration_methods.json"
   assert not calibration_benchmark._cached(str(cache), 40)  # pylint: disable=protected-access
-  cache.write_text('{"redraws": {"cvr_all": [1.0, 0.9]}}')  # before the seed was stored
+  drawn = {key: [1.0, 0.9] for key in calibration_benchmark.REDRAW_KEYS}
+  day = {"validation_observed_vs_truth": {"low_propensity_share": 0.27}}
+  cache.write_text(json.dumps({"redraws": drawn, **day}))  # before the seed was stored
   assert calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
   assert not calibration_benchmark._cached(str(cache), 40)  # pylint: disable=protected-access
-  cache.write_text('{"redraws": {"cvr_all": [1.0, 0.9]}, "redraw_seed": 7}')
+  cache.write_text(json.dumps({"redraws": drawn, **day, "redraw_seed": 7}))
+  assert not calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
+  # a cache from before the true-propensity refits (or the low-propensity share) is redone
+  cache.write_text(json.dumps({"redraws": {"cvr_all": [1.0, 0.9], "cvr_clicked": [1.0, 1.0]},
+                               **day}))
+  assert not calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
+  cache.write_text(json.dumps({"redraws": drawn}))
   assert not calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
