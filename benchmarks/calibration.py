@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,10 +58,21 @@ EXPORTED_METHOD = "ips_ctr"  # configs/base_simulated.yaml's train.calibration
 TOLERANCE = 0.05
 REDRAWS = 200  # label redraws of the validation day per run (--redraws)
 REDRAW_SEED = 0
-# The redraws' diagnostic refits with the true click propensities: key -> cap on 1 / p.
-TRUE_PROPENSITY = {"cvr_all_true_propensity": True,  # capped as exported
-                   "cvr_all_true_propensity_uncapped": False}  # key -> capped
-REDRAW_KEYS = ("cvr_clicked", "cvr_all", *TRUE_PROPENSITY)
+# ips_ctr's cap on 1 / propensity (= models.calibration.MAX_PROPENSITY_WEIGHT, tested;
+# kept here so that this module does not import TensorFlow outside its workers).
+EXPORTED_MAX_WEIGHT = 100.0
+# The redraws' diagnostic refits of ips_ctr with the true click propensities:
+# key -> whether 1 / p is capped as exported.
+TRUE_PROPENSITY = {"cvr_all_true_propensity": True, "cvr_all_true_propensity_uncapped": False}
+TRUE_PROPENSITY_COLUMNS = {
+    "cvr_all_true_propensity": "redraw mean, true propensity (capped)",
+    "cvr_all_true_propensity_uncapped": "redraw mean, true propensity (uncapped)"}
+
+
+def redraw_keys(method: str) -> Tuple[str, ...]:
+  """The lists redraw_calibrations returns for `method` (the true-propensity refits only
+  for ips_ctr, the one method with a propensity)."""
+  return ("cvr_clicked", "cvr_all", *(TRUE_PROPENSITY if method == "ips_ctr" else ()))
 
 
 def score_run(run_dir: str, data_dir: str, truth_dir: str,
@@ -173,10 +184,12 @@ def redraw_calibrations(validation_outputs: Dict[str, np.ndarray],
   rng = np.random.default_rng(seed)
   p_click = np.asarray(validation_truth["p_click"], np.float64).reshape(-1)
   p_buy = np.asarray(validation_truth["p_purchase_given_click"], np.float64).reshape(-1)
-  variants = {key: {"propensity": p_click,
-                    "max_weight": calibration.MAX_PROPENSITY_WEIGHT if capped else None}
-              for key, capped in TRUE_PROPENSITY.items()} if method == "ips_ctr" else {}
-  result: Dict[str, List[float]] = {key: [] for key in ("cvr_clicked", "cvr_all", *variants)}
+  variants = {}
+  if method == "ips_ctr":
+    for key, capped in TRUE_PROPENSITY.items():
+      variants[key] = {"propensity": p_click,
+                       "max_weight": calibration.MAX_PROPENSITY_WEIGHT if capped else None}
+  result: Dict[str, List[float]] = {key: [] for key in redraw_keys(method)}
   for _ in range(draws):
     click = (rng.random(len(p_click)) < p_click).astype(np.float64)
     purchase = click * (rng.random(len(p_buy)) < p_buy)
@@ -193,14 +206,15 @@ def redraw_calibrations(validation_outputs: Dict[str, np.ndarray],
 
 
 def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-  """One model's redraws over its seeds: per cvr calibration (cvr_clicked, cvr_all) the
+  """One model's redraws over its seeds: per cvr calibration (cvr_clicked, cvr_all and,
+  when every run has them, the true-propensity refits of TRUE_PROPENSITY) the
   mean over every draw, its Monte Carlo standard error (mean_error: of the seeds'
   average draw sequence, since the runs share their draws), the spread over a seed's
   draws (the std, averaged over seeds) and the share of draws within 1.00 +- TOLERANCE;
   {} when no run has redraws."""
   summary = {}
   runs = [r["redraws"] for r in runs if r.get("redraws", {}).get("cvr_all")]
-  for key in REDRAW_KEYS:
+  for key in redraw_keys("ips_ctr"):
     if not runs or not all(r.get(key) for r in runs):
       continue
     values = [np.asarray(r[key], np.float64) for r in runs]
@@ -228,7 +242,7 @@ def cvr_calibration(cvr: np.ndarray, p_cvr: np.ndarray, clicked: np.ndarray
 
 
 def observed_vs_truth(click: np.ndarray, purchase: np.ndarray, truth: Dict[str, np.ndarray],
-                      max_weight: float = 100.0) -> Dict[str, float]:
+                      max_weight: float = EXPORTED_MAX_WEIGHT) -> Dict[str, float]:
   """Observed label counts / their true expectations on the same rows.
 
   What a calibration fitted to these rows' labels reaches when it is perfect: a ratio
@@ -241,7 +255,7 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray, truth: Dict[str, 
     purchase: [n] 0/1 labels (counted on clicked rows, as the labels' truth is).
     truth: the rows' aligned label truth (report.align_truth): p_click,
       p_purchase_given_click, p_ctcvr, each [n].
-    max_weight: ips_ctr's cap on 1 / propensity (models.calibration.MAX_PROPENSITY_WEIGHT).
+    max_weight: ips_ctr's cap on 1 / propensity.
 
   An entire-space fit (ips_ctr) weights each clicked row by 1 / its click propensity,
   so the rows stand for every exposure; with the true propensities the weighted purchases
@@ -257,7 +271,7 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray, truth: Dict[str, 
     p_purchase_given_click over all rows, "cvr_all_ips_ess": the effective number of
     purchases of those weights, "low_propensity_share": the share of rows whose
     p_click is below 1 / max_weight (ips_ctr's cap binds there), "low_propensity_cvr_share":
-    their share of the sum of p_purchase_given_click}.
+    their share of the sum of p_purchase_given_click, "low_propensity_cap": max_weight}.
   """
   clicked = click > 0
   bought = clicked & (purchase > 0)
@@ -267,12 +281,13 @@ def observed_vs_truth(click: np.ndarray, purchase: np.ndarray, truth: Dict[str, 
   low = p_click < 1.0 / max_weight
   return {"ctr": float(clicked.sum() / p_click.sum()),
           "cvr_clicked": float(bought.sum() / p_buy[clicked].sum()),
-          "ctcvr": float(bought.sum() / truth["p_ctcvr"].sum()),
+          "ctcvr": float(bought.sum() / np.asarray(truth["p_ctcvr"], np.float64).sum()),
           "cvr_all_ips": float(weights.sum() / p_buy.sum()),
           "cvr_all_ips_ess": float(weights.sum() ** 2 / (weights ** 2).sum())
                              if len(weights) else 0.0,
           "low_propensity_share": float(low.mean()),
-          "low_propensity_cvr_share": float(p_buy[low].sum() / p_buy.sum())}
+          "low_propensity_cvr_share": float(p_buy[low].sum() / p_buy.sum()),
+          "low_propensity_cap": float(max_weight)}
 
 
 def _cached(cache: str, redraws: int) -> bool:
@@ -283,8 +298,8 @@ def _cached(cache: str, redraws: int) -> bool:
   with open(cache) as f:
     result = json.load(f)
   drawn = result.get("redraws", {})
-  return (all(len(drawn.get(key, ())) == redraws for key in REDRAW_KEYS)
-          and "low_propensity_share" in result.get("validation_observed_vs_truth", {})
+  return (all(len(drawn.get(key, ())) == redraws for key in redraw_keys(EXPORTED_METHOD))
+          and "low_propensity_cap" in result.get("validation_observed_vs_truth", {})
           and result.get("redraw_seed", REDRAW_SEED) == REDRAW_SEED
           and result.get("redraw_method", EXPORTED_METHOD) == EXPORTED_METHOD)
 
@@ -461,17 +476,14 @@ def render_redraws(summary: Dict[str, Dict[str, Any]],
   ]
 
 
-TRUE_PROPENSITY_COLUMNS = {
-    "cvr_all_true_propensity": "redraw mean, true propensity (capped)",
-    "cvr_all_true_propensity_uncapped": "redraw mean, true propensity (uncapped)"}
-
-
 def _true_propensity_paragraph(redraws: Dict[str, Dict[str, Dict[str, float]]],
                                true_keys: List[str],
                                observed_vs_truth: Dict[str, float]) -> List[str]:
   """What the exported fit reaches with the right propensities ([] without those refits)."""
   if not true_keys:
     return []
+  low_models = sum(stats["cvr_all"]["mean"] < 1.0 - TOLERANCE - 1e-12
+                   for stats in redraws.values())
   parts, every = [], False
   for key in true_keys:
     means = [stats[key]["mean"] for stats in redraws.values()]
@@ -483,16 +495,23 @@ def _true_propensity_paragraph(redraws: Dict[str, Dict[str, Dict[str, float]]],
     parts.append(f"{min(means):.3f}-{max(means):.3f} {how} ({centred} of {len(means)} "
                  f"within 1.00 ± {TOLERANCE:.2f}; {min(shifts):+.3f} to {max(shifts):+.3f} "
                  f"from the exported fit's on the same draws)")
-  verdict = (" What keeps the exported fit low is its propensity, the model's own ctr: it "
-             "cannot single out the exposures that are rarely clicked, where the cvr is "
-             "highest." if every else "")
+  verdict = ""
+  if every and low_models:  # a shortfall, and the right propensity alone removes it
+    verdict = (f" What keeps the exported fit below 1.00 - {TOLERANCE:.2f} for the "
+               f"{low_models} model(s) there is its propensity, the model's own ctr: it "
+               f"cannot single out the exposures that are rarely clicked.")
   low = ""
-  if "low_propensity_share" in observed_vs_truth:
-    low = (f" Exposures clicked less often than 1 in 100 (where the cap binds) are "
-           f"{observed_vs_truth['low_propensity_share']:.0%} of the validation rows and "
-           f"hold {observed_vs_truth['low_propensity_cvr_share']:.0%} of their summed true "
-           f"cvr: the entire-space level rests on them, and on the few purchases their "
-           f"rare clicks bring.")
+  if all(key in observed_vs_truth for key in ("low_propensity_share",
+                                              "low_propensity_cvr_share",
+                                              "low_propensity_cap")):
+    share, cvr_share = (observed_vs_truth["low_propensity_share"],
+                        observed_vs_truth["low_propensity_cvr_share"])
+    low = (f" Exposures clicked less often than 1 in "
+           f"{observed_vs_truth['low_propensity_cap']:.0f} (where the cap binds) are "
+           f"{share:.0%} of the validation rows and hold {cvr_share:.0%} of their summed "
+           f"true cvr" + (": the rarely clicked exposures are the often bought ones, and the "
+                          "entire-space level rests on them and on the few purchases their "
+                          "rare clicks bring." if cvr_share > share else "."))
   return [
       "",
       "The same refits with the world's true click probabilities as the propensities "

@@ -321,7 +321,9 @@ def _reuse_sentence(settings: Dict[str, Any]) -> str:
   if isinstance(reused, list):  # results written before 2026-11-27: ["name/seedK", ...]
     by_name: Dict[str, List[int]] = {}
     for run in reused:
-      name, seed = run.rsplit("/seed", 1)
+      name, _, seed = str(run).rpartition("/seed")
+      if not name or not seed.isdigit():
+        raise ValueError(f"settings reused_runs: {run!r} is not NAME/seedK")
       by_name.setdefault(name, []).append(int(seed))
     reused = by_name
   named = "; ".join(f"{name} (seed {', '.join(map(str, seeds))})"

@@ -311,12 +311,14 @@ def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
     propensity: ips_ctr only: [n] click propensities to weight the clicked rows by
       instead of the calibrated ctr (a diagnostic: with a simulated world's true
       P(click | x) it separates the propensity's error from the rest,
-      benchmarks.calibration); None (the exported fit) uses the calibrated ctr.
+      benchmarks.calibration); None (the exported fit) uses the calibrated ctr. Unused
+      when too few positives make ips_ctr fall back to platt.
     max_weight: ips_ctr only: the cap on 1 / propensity (None: uncapped).
 
   Raises:
-    ValueError: unknown method, no ctr output / click label, or a propensity of
-      another length or outside (0, 1].
+    ValueError: unknown method, no ctr output / click label, a propensity or
+      max_weight given to a method other than ips_ctr, a propensity of another length or
+      outside (0, 1] (NaN included), or a max_weight <= 0.
   """
   if method not in METHODS:
     raise ValueError(f"calibration method {method!r}: use one of {list(METHODS)}")
@@ -327,6 +329,10 @@ def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
   z_ctr = logit(outputs[CTR])
   clicked = np.asarray(labels[CLICK]).reshape(-1) > 0
   ctr = fit_coefficients(z_ctr, None, labels[CLICK], method)
+  if (propensity is not None or max_weight != MAX_PROPENSITY_WEIGHT) and method != "ips_ctr":
+    raise ValueError(f"propensity and max_weight apply to ips_ctr only, not {method!r}")
+  if max_weight is not None and not max_weight > 0:
+    raise ValueError(f"max_weight: a cap on 1 / propensity > 0 or None, got {max_weight}")
   weights = None
   if propensity is not None:
     propensity = np.asarray(propensity, np.float64).reshape(-1)

@@ -289,6 +289,10 @@ def test_run_all_trains_only_missing_runs_and_the_page_names_the_reused_ones(tmp
   settings["reused_runs"] = ["esmm/seed1"]
   assert page == truth_benchmark.render_markdown(
       truth_benchmark.aggregate(reports), settings, {"train": 8, "eval": 2, "eval_labels": {}})
+  settings["reused_runs"] = ["esmm-1"]
+  with pytest.raises(ValueError, match="reused_runs: 'esmm-1' is not NAME/seedK"):
+    truth_benchmark.render_markdown(truth_benchmark.aggregate(reports), settings,
+                                    {"train": 8, "eval": 2, "eval_labels": {}})
   settings["reused_runs"] = {}
   assert "reused" not in truth_benchmark.render_markdown(
       truth_benchmark.aggregate(reports), settings, {"train": 8, "eval": 2, "eval_labels": {}})
@@ -306,8 +310,8 @@ def test_calibration_benchmark_weighs_the_validation_purchases_as_an_entire_spac
   assert ratios["cvr_all_ips_ess"] == pytest.approx(36.0 / 20.0)
   # p_click below 1 / 5 (a cap of 5 on 1 / p): row 4 only, 0.2 of the 2.0 summed cvr
   low = calibration_benchmark.observed_vs_truth(click, purchase, truth, max_weight=5.0)
-  assert (low["low_propensity_share"], low["low_propensity_cvr_share"]) == pytest.approx(
-      (0.2, 0.1))
+  assert (low["low_propensity_share"], low["low_propensity_cvr_share"],
+          low["low_propensity_cap"]) == pytest.approx((0.2, 0.1, 5.0))
   assert ratios["low_propensity_share"] == 0.0  # none below 1% at the default cap
   page = calibration_benchmark.render(calibration_benchmark.aggregate(
       {"esmm": [_calibration_run({})]}), {
@@ -337,6 +341,7 @@ def test_calibration_benchmark_shows_the_exported_methods_fit_day_beside_the_eva
   assert config_lib.load_config(os.path.join(
       truth_benchmark.PROJECT_ROOT, "configs", "esmm.yaml")).train.calibration == (
           calibration_benchmark.EXPORTED_METHOD)
+  assert calibration_benchmark.EXPORTED_MAX_WEIGHT == calibration_lib.MAX_PROPENSITY_WEIGHT
 
 
 def _world(rows, rng):
@@ -406,21 +411,38 @@ def test_redraw_section_pools_the_seeds_draws_and_counts_those_within_the_goal()
       "validation": {"validation_rows": 6, "validation_clicks": 3, "validation_purchases": 400,
                      "validation_observed_vs_truth": {
                          "ctr": 1.0, "cvr_clicked": 1.0, "ctcvr": 1.0,
-                         "low_propensity_share": 0.27, "low_propensity_cvr_share": 0.47}}},
+                         "low_propensity_share": 0.27, "low_propensity_cvr_share": 0.47,
+                         "low_propensity_cap": 100.0}}},
       redraws)
   assert ("| hm3 | 0.940 | 0.960 ± 0.030 | 0.030 | 0.75 | 0.980 | 1.000 | 1.000 | 1.000 | "
           "0.010 |") in page
   assert ("redraw means of 0.980-0.980 with the exported cap on 1 / p (1 of 1 within 1.00 ± "
           "0.05; +0.020 to +0.020 from the exported fit's on the same draws) and 1.000-1.000 "
           "uncapped (1 of 1 within 1.00 ± 0.05; +0.040 to +0.040") in page
-  assert "What keeps the exported fit low is its propensity" in page
-  assert "27% of the validation rows and hold 47% of their summed true cvr" in page
-  runs["hm3"][0]["redraws"]["cvr_all_true_propensity_uncapped"] = [0.8, 0.8]
-  redraws = {"hm3": calibration_benchmark.redraw_summary(runs["hm3"])}
-  assert "keeps the exported fit low" not in calibration_benchmark.render(
-      calibration_benchmark.aggregate(runs), {
-          "command": "c", "runs_dir": "/r", "runs": 2, "seconds": 60, "load_before": "0",
-          "load_after": "0", "redraws": 2}, redraws)
+  # hm3's exported mean 0.960 is within the goal: nothing to explain, no verdict
+  assert "What keeps the exported fit" not in page
+  assert ("Exposures clicked less often than 1 in 100 (where the cap binds) are 27% of the "
+          "validation rows and hold 47% of their summed true cvr: the rarely clicked") in page
+
+  def page_for(exported, uncapped, capped_only=False):
+    for run in runs["hm3"]:
+      run["redraws"].update(cvr_all=exported, cvr_all_true_propensity_uncapped=uncapped)
+      if capped_only:
+        del run["redraws"]["cvr_all_true_propensity_uncapped"]
+    return calibration_benchmark.render(calibration_benchmark.aggregate(runs), {
+        "command": "c", "runs_dir": "/r", "runs": 2, "seconds": 60, "load_before": "0",
+        "load_after": "0", "redraws": 2},
+        {"hm3": calibration_benchmark.redraw_summary(runs["hm3"])})
+
+  # 0.90 exported, 1.00 with the true propensity: the verdict
+  assert ("What keeps the exported fit below 1.00 - 0.05 for the 1 model(s) there is its "
+          "propensity") in page_for([0.9, 0.9], [1.0, 1.0])
+  # 0.90 exported, still 0.85 with it: the propensity does not explain it
+  assert "What keeps" not in page_for([0.9, 0.9], [0.85, 0.85])
+  # only the capped refits: their column and numbers, no verdict
+  page = page_for([0.9, 0.9], [1.0, 1.0], capped_only=True)
+  assert "redraw mean, true propensity (capped)" in page and "(uncapped)" not in page
+  assert "What keeps" not in page
   assert "## Another validation day" not in calibration_benchmark.render(
       calibration_benchmark.aggregate(runs), {
           "command": "c", "runs_dir": "/r", "runs": 2, "seconds": 60, "load_before": "0",
@@ -469,8 +491,8 @@ def test_redraws_draw_purchases_only_on_drawn_clicks_and_move_with_the_seed(monk
 def test_a_calibration_cache_is_reused_only_with_the_same_redraws(tmp_path):
   cache = tmp_path / "calibration_methods.json"
   assert not calibration_benchmark._cached(str(cache), 40)  # pylint: disable=protected-access
-  drawn = {key: [1.0, 0.9] for key in calibration_benchmark.REDRAW_KEYS}
-  day = {"validation_observed_vs_truth": {"low_propensity_share": 0.27}}
+  drawn = {key: [1.0, 0.9] for key in calibration_benchmark.redraw_keys("ips_ctr")}
+  day = {"validation_observed_vs_truth": {"low_propensity_cap": 100.0}}
   cache.write_text(json.dumps({"redraws": drawn, **day}))  # before the seed was stored
   assert calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
   assert not calibration_benchmark._cached(str(cache), 40)  # pylint: disable=protected-access

@@ -115,8 +115,16 @@ def test_a_propensity_blind_to_the_selection_leaves_ips_low_and_the_true_one_doe
   assert level(propensity=fitted.apply(outputs)["ctr"]) == pytest.approx(blind, rel=1e-9)
   with pytest.raises(ValueError, match=r"propensity: 600000 click probabilities in \(0, 1\]"):
     calibration.fit_calibration(outputs, labels, "ips_ctr", propensity=p_click[:10])
-  with pytest.raises(ValueError, match="propensity"):
-    calibration.fit_calibration(outputs, labels, "ips_ctr", propensity=p_click * 0.0)
+  for bad in (p_click * 0.0, p_click + 1.0, np.where(click, np.nan, p_click)):
+    with pytest.raises(ValueError, match="propensity: 600000 click probabilities"):
+      calibration.fit_calibration(outputs, labels, "ips_ctr", propensity=bad)
+  with pytest.raises(ValueError, match="apply to ips_ctr only, not 'platt_ctr'"):
+    calibration.fit_calibration(outputs, labels, "platt_ctr", propensity=p_click)
+  with pytest.raises(ValueError, match="apply to ips_ctr only"):
+    calibration.fit_calibration(outputs, labels, "platt", max_weight=None)
+  for cap in (0.0, -1.0):
+    with pytest.raises(ValueError, match="max_weight: a cap on 1 / propensity > 0 or None"):
+      calibration.fit_calibration(outputs, labels, "ips_ctr", max_weight=cap)
 
 
 @pytest.mark.parametrize("method", ["bias", "platt", "platt_ctr"])
