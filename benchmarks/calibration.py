@@ -25,7 +25,10 @@ exported and uncapped): what the method reaches on each model when only the
 propensity is made right, beside the share of exposures clicked less often than 1 in
 100 and their share of the entire-space cvr.
 Per-run results are cached in RUN/calibration_methods.json (a rerun only aggregates).
-Writes benchmarks/results/calibration.md and calibration.json (mean +- std over seeds).
+Writes benchmarks/results/NAME.md and NAME.json (--name, default calibration; mean +- std
+over seeds). Any runs of `benchmarks.models` or `benchmarks.sweep` with `--calibration
+none` work: --work_dir is then the sweep's cell directory (data/, raw/,
+runs_calibration_none/).
 """
 
 import argparse
@@ -54,6 +57,7 @@ AUCS = ("ctr_auc", "ctcvr_auc", "ctcvr_expected_auc", "cvr_all_expected_auc")
 # The cvr calibrations on the validation rows the method was fitted on (beside the eval
 # day's): what the fit reaches on its own day, and what the next day adds.
 VALIDATION_CALIBRATIONS = ("cvr_clicked_validation", "cvr_all_validation")
+TITLE = "Output calibration: every method on a benchmark's uncalibrated runs"
 EXPORTED_METHOD = "ips_ctr"  # configs/base_simulated.yaml's train.calibration
 TOLERANCE = 0.05
 REDRAWS = 200  # label redraws of the validation day per run (--redraws)
@@ -527,6 +531,8 @@ def main(argv=None) -> None:
                       help="The benchmarks.models mode directory (data/, raw/).")
   parser.add_argument("--runs_dir", help="Default: WORK_DIR/runs_calibration_none.")
   parser.add_argument("--results_dir", default=models_bench.RESULTS_DIR)
+  parser.add_argument("--name", default="calibration",
+                      help="Results base name: RESULTS_DIR/NAME.md and NAME.json.")
   parser.add_argument("--parallel", type=int, default=2)
   parser.add_argument("--redraws", type=int, default=REDRAWS,
                       help="Redraws of the validation day's labels per run (0: none).")
@@ -566,12 +572,12 @@ def main(argv=None) -> None:
   redraws = {model: redraw_summary(results) for model, results in runs.items()}
   settings["redraws"] = args.redraws
   os.makedirs(args.results_dir, exist_ok=True)
-  with open(os.path.join(args.results_dir, "calibration.json"), "w") as f:
+  with open(os.path.join(args.results_dir, f"{args.name}.json"), "w") as f:
     json.dump({"settings": settings, "summary": summary, "redraws": redraws, "runs": runs},
               f, indent=1)
-  markdown = "# Output calibration: every method on the truth benchmark's runs\n\n" + render(
+  markdown = f"# {TITLE}\n\n" + render(
       summary, settings, redraws)
-  with open(os.path.join(args.results_dir, "calibration.md"), "w") as f:
+  with open(os.path.join(args.results_dir, f"{args.name}.md"), "w") as f:
     f.write(markdown)
   print(markdown)
 
