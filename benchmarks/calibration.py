@@ -68,9 +68,12 @@ EXPORTED_MAX_WEIGHT = 100.0
 # The redraws' diagnostic refits of ips_ctr with the true click propensities:
 # key -> whether 1 / p is capped as exported.
 TRUE_PROPENSITY = {"cvr_all_true_propensity": True, "cvr_all_true_propensity_uncapped": False}
-TRUE_PROPENSITY_COLUMNS = {
-    "cvr_all_true_propensity": "redraw mean, true propensity (capped)",
-    "cvr_all_true_propensity_uncapped": "redraw mean, true propensity (uncapped)"}
+
+
+def _within_goal(calibration):
+  """Whether a calibration (a float, or elementwise an array) is within 1.00 +-
+  TOLERANCE (a float guard on the edge)."""
+  return np.abs(np.asarray(calibration) - 1.0) <= TOLERANCE + 1e-12
 
 
 def redraw_keys(method: str) -> Tuple[str, ...]:
@@ -218,7 +221,7 @@ def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
   {} when no run has redraws."""
   summary = {}
   runs = [r["redraws"] for r in runs if r.get("redraws", {}).get("cvr_all")]
-  for key in redraw_keys("ips_ctr"):
+  for key in redraw_keys(EXPORTED_METHOD):
     if not runs or not all(r.get(key) for r in runs):
       continue
     values = [np.asarray(r[key], np.float64) for r in runs]
@@ -232,7 +235,7 @@ def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
                     "mean_error": float(common.std(ddof=1) / math.sqrt(len(common)))
                                   if len(common) > 1 else math.nan,
                     "std": float(np.mean([v.std() for v in values])),
-                    "within": float(np.mean(np.abs(pooled - 1.0) <= TOLERANCE + 1e-12)),
+                    "within": float(np.mean(_within_goal(pooled))),
                     "draws": int(len(pooled))}
   return summary
 
@@ -446,7 +449,7 @@ def render_redraws(summary: Dict[str, Dict[str, Any]],
                    f"{stats['cvr_clicked']['mean']:.3f}", f"{stats['cvr_clicked']['std']:.3f}"])
   entire_space = [stats["cvr_all"] for stats in redraws.values()]
   spreads = [stats["std"] for stats in entire_space]
-  centred = sum(abs(stats["mean"] - 1.0) <= TOLERANCE + 1e-12 for stats in entire_space)
+  centred = int(sum(_within_goal(stats["mean"]) for stats in entire_space))
   close = sum(abs(abs(stats["mean"] - 1.0) - TOLERANCE) <= 2 * stats["mean_error"]
               for stats in entire_space)
   pinned = (f"one day's labels cannot pin the entire-space level to ± {TOLERANCE:.2f}"
@@ -475,7 +478,8 @@ def render_redraws(summary: Dict[str, Dict[str, Any]],
       common.markdown_table(
           ["model", "cvr calib. (all exposures), observed", "redraw mean", "redraw spread",
            f"share within ± {TOLERANCE:.2f}"]
-          + [TRUE_PROPENSITY_COLUMNS[key] for key in true_keys]
+          + [f"redraw mean, true propensity "
+             f"({'capped' if TRUE_PROPENSITY[key] else 'uncapped'})" for key in true_keys]
           + ["cvr calib. (clicked), observed", "redraw mean", "redraw spread"], rows),
   ]
 
@@ -492,7 +496,7 @@ def _true_propensity_paragraph(redraws: Dict[str, Dict[str, Dict[str, float]]],
   for key in true_keys:
     means = [stats[key]["mean"] for stats in redraws.values()]
     shifts = [stats[key]["mean"] - stats["cvr_all"]["mean"] for stats in redraws.values()]
-    centred = sum(abs(m - 1.0) <= TOLERANCE + 1e-12 for m in means)
+    centred = int(sum(_within_goal(m) for m in means))
     if not TRUE_PROPENSITY[key]:  # the verdict rests on the uncapped refits
       every = centred == len(means)
     how = ("with the exported cap on 1 / p" if TRUE_PROPENSITY[key] else "uncapped")

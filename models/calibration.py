@@ -326,20 +326,20 @@ def fit_calibration(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.n
     raise ValueError(f"calibration needs a {CTR!r} output; the model has {sorted(outputs)}")
   if CLICK not in labels:
     raise ValueError(f"calibration needs the {CLICK!r} label; have {sorted(labels)}")
-  z_ctr = logit(outputs[CTR])
-  clicked = np.asarray(labels[CLICK]).reshape(-1) > 0
-  ctr = fit_coefficients(z_ctr, None, labels[CLICK], method)
   if (propensity is not None or max_weight != MAX_PROPENSITY_WEIGHT) and method != "ips_ctr":
     raise ValueError(f"propensity and max_weight apply to ips_ctr only, not {method!r}")
   if max_weight is not None and not max_weight > 0:
     raise ValueError(f"max_weight: a cap on 1 / propensity > 0 or None, got {max_weight}")
-  weights = None
+  z_ctr = logit(outputs[CTR])
+  clicked = np.asarray(labels[CLICK]).reshape(-1) > 0
   if propensity is not None:
     propensity = np.asarray(propensity, np.float64).reshape(-1)
     if propensity.shape != clicked.shape or not np.all((propensity > 0) & (propensity <= 1)):
       raise ValueError(f"propensity: {clicked.size} click probabilities in (0, 1] expected, "
                        f"got shape {propensity.shape} with range "
                        f"[{propensity.min(initial=np.inf)}, {propensity.max(initial=-np.inf)}]")
+  ctr = fit_coefficients(z_ctr, None, labels[CLICK], method)
+  weights = None
   if method == "ips_ctr" and clicked.any():
     if propensity is None:
       propensity = NUMPY.probability(ctr.transform(z_ctr, z_ctr))
