@@ -191,11 +191,10 @@ def redraw_calibrations(validation_outputs: Dict[str, np.ndarray],
   rng = np.random.default_rng(seed)
   p_click = np.asarray(validation_truth["p_click"], np.float64).reshape(-1)
   p_buy = np.asarray(validation_truth["p_purchase_given_click"], np.float64).reshape(-1)
-  variants = {}
-  if method == "ips_ctr":
-    for key, capped in TRUE_PROPENSITY.items():
-      variants[key] = {"propensity": p_click,
-                       "max_weight": calibration.MAX_PROPENSITY_WEIGHT if capped else None}
+  variants = {key: {"propensity": p_click,
+                     "max_weight": calibration.MAX_PROPENSITY_WEIGHT
+                                   if TRUE_PROPENSITY[key] else None}
+              for key in redraw_keys(method) if key in TRUE_PROPENSITY}
   result: Dict[str, List[float]] = {key: [] for key in redraw_keys(method)}
   for _ in range(draws):
     click = (rng.random(len(p_click)) < p_click).astype(np.float64)
@@ -490,7 +489,7 @@ def _true_propensity_paragraph(redraws: Dict[str, Dict[str, Dict[str, float]]],
   """What the exported fit reaches with the right propensities ([] without those refits)."""
   if not true_keys:
     return []
-  low_models = sum(stats["cvr_all"]["mean"] < 1.0 - TOLERANCE - 1e-12
+  low_models = sum(stats["cvr_all"]["mean"] < 1.0 and not _within_goal(stats["cvr_all"]["mean"])
                    for stats in redraws.values())
   parts, every = [], False
   for key in true_keys:
