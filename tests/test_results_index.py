@@ -1,0 +1,116 @@
+"""The benchmark results index (benchmarks/results/README.md) against the folder and the docs.
+
+benchmarks/results/ holds one current page per benchmark setting; its README.md lists every
+file there (each page with its .json / .png companions, the command that regenerates it, its
+date, machine and load). These checks keep that true as pages are added or deleted: the index
+lists exactly the folder's files, every page has a row with its command, and every results
+page the README or docs/*.md mention (as a `benchmarks/results/...` path, or by its bare file
+name) exists. A path after a colon (`git show COMMIT:benchmarks/results/old.md`) names a file
+in git history and is not checked.
+"""
+
+import fnmatch
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+INDEX = os.path.join(RESULTS, "README.md")
+# The benchmarks whose pages live in benchmarks/results/: a bare file name in the docs that
+# starts with one of these names a results page.
+PAGE_FAMILIES = ("models", "calibration", "sweep", "learning_curve", "tune_", "beam_preprocess",
+                 "file_sources", "training_throughput", "input_pipeline", "serving_latency")
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+RESULTS_PATH = re.compile(r"(?<![:\w/.])(?:\.\./)*benchmarks/results/([^\s)\]`'\"|,;]*)")
+BARE_NAME = re.compile(r"(?<![:\w/.<>*-])([a-z0-9_]+\*?(?:_[a-z0-9_]+)?\.(?:md|png|json))\b")
+
+
+def results_files():
+  return sorted(name for name in os.listdir(RESULTS)
+                if os.path.isfile(os.path.join(RESULTS, name)) and name != "README.md")
+
+
+def index_text():
+  with open(INDEX, encoding="utf-8") as f:
+    return f.read()
+
+
+def doc_files():
+  docs = os.path.join(ROOT, "docs")
+  return [os.path.join(ROOT, "README.md")] + sorted(
+      os.path.join(docs, name) for name in os.listdir(docs) if name.endswith(".md"))
+
+
+def exists_in_results(name):
+  """True when `name` (a file name, `*` allowed) matches a file in benchmarks/results/."""
+  if "*" in name:
+    return bool(fnmatch.filter(os.listdir(RESULTS), name))
+  return os.path.isfile(os.path.join(RESULTS, name))
+
+
+def results_mentions(text):
+  """(line number, name) of each results page a markdown text mentions, path or bare name."""
+  mentions = []
+  for number, line in enumerate(text.splitlines(), 1):
+    for match in RESULTS_PATH.finditer(line):
+      name = match.group(1).rstrip(".")
+      if name and "<" not in name:
+        mentions.append((number, name))
+    for match in BARE_NAME.finditer(line):
+      if match.group(1).startswith(PAGE_FAMILIES):
+        mentions.append((number, match.group(1)))
+  return mentions
+
+
+def test_index_lists_every_file_in_the_folder_and_nothing_else():
+  linked = {target for target in LINK.findall(index_text()) if "/" not in target}
+  files = set(results_files())
+  assert sorted(files - linked) == [], "files in benchmarks/results/ without an index entry"
+  assert sorted(linked - files) == [], "index entries without a file in benchmarks/results/"
+
+
+def test_every_index_link_resolves():
+  for target in LINK.findall(index_text()):
+    path = os.path.normpath(os.path.join(RESULTS, target.split("#")[0]))
+    assert os.path.exists(path), f"benchmarks/results/README.md links {target}, which is missing"
+
+
+def test_every_page_has_a_row_with_its_command_date_and_load():
+  rows = {}
+  for line in index_text().splitlines():
+    first_link = LINK.search(line)
+    if line.startswith("| [") and first_link:
+      rows[first_link.group(1)] = line
+  pages = [name for name in results_files() if name.endswith(".md")]
+  assert sorted(rows) == pages, "every .md page must start its own row of the index"
+  for page, row in rows.items():
+    cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+    assert len(cells) == 5, f"{page}: expected 5 cells (page, command, date, load, shows)"
+    assert "`python -m benchmarks." in cells[1], f"{page}: no regenerating command"
+    assert re.match(r"\d\d-\d\d \d\d:\d\d$", cells[2]), f"{page}: date {cells[2]!r}"
+    assert re.search(r"\d\.\d|not recorded", cells[3]), f"{page}: no load in {cells[3]!r}"
+    assert cells[4], f"{page}: says nothing about what it shows"
+
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_docs_mention_only_pages_that_exist(doc):
+  with open(doc, encoding="utf-8") as f:
+    mentions = results_mentions(f.read())
+  missing = [f"{os.path.relpath(doc, ROOT)}:{number}: {name}"
+             for number, name in mentions if not exists_in_results(name)]
+  assert not missing, ("results pages mentioned but not in benchmarks/results/ (a deleted "
+                       "page: quote the current page, or cite git history as `git show "
+                       "COMMIT:path`):\n" + "\n".join(missing))
+
+
+def test_mentions_are_found_in_paths_bare_names_and_globs_but_not_git_history():
+  text = ("see [models.md](benchmarks/results/models.md) and ../benchmarks/results/gone.png;\n"
+          "`learning_curve_3m*.md`, `tune_<model>_model.md`, `counts.json`, sweep_old.md.\n"
+          "git show abc:benchmarks/results/models_lazy_eps.md\n")
+  assert results_mentions(text) == [(1, "models.md"), (1, "gone.png"), (1, "models.md"),
+                                    (2, "learning_curve_3m*.md"), (2, "sweep_old.md")]
+  assert exists_in_results("learning_curve_3m*.md")
+  assert not exists_in_results("sweep_old.md")
