@@ -35,7 +35,7 @@ _TMP_PREFIX = MARKER_FILE + ".tmp-"
 # (apache_beam/io/filebasedsink.py: "beam-temp-<prefix>-<uuid>"; io/fileio.py: ".temp<uid>").
 _BEAM_TEMP_PREFIXES = ("beam-temp-", ".temp")
 RERUN = ("python -m pipeline.preprocess --impressions ... --events ... --output {data_dir} "
-         "(or the --source/--config of the original run; README: pipeline.preprocess)")
+         "(or the --source/--config of the original run; docs/COMMANDS.md: pipeline.preprocess)")
 
 
 class IncompleteOutputError(ValueError):

@@ -34,7 +34,7 @@ def make_strategy(name: str, tpu: Optional[str] = None) -> tf.distribute.Strateg
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable "
-                       "(cluster and task); see README 'Scaling out'")
+                       "(cluster and task); see docs/COMMANDS.md 'Scaling out'")
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
