@@ -40,7 +40,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,9 +54,11 @@ METHODS = config_lib.CALIBRATIONS
 CACHE = "calibration_methods.json"
 CALIBRATIONS = ("ctr", "cvr_clicked", "cvr_all", "ctcvr")
 AUCS = ("ctr_auc", "ctcvr_auc", "ctcvr_expected_auc", "cvr_all_expected_auc")
-# The cvr calibrations on the validation rows the method was fitted on (beside the eval
-# day's): what the fit reaches on its own day, and what the next day adds.
-VALIDATION_CALIBRATIONS = ("cvr_clicked_validation", "cvr_all_validation")
+# The calibrations on the validation rows the method was fitted on (beside the eval
+# day's): what the fit reaches on its own day, and what the next day adds. They are the
+# criterion choose_method picks the exported method by (the eval day is reported only);
+# runs scored before 2026-12-06 hold the two cvr ones only.
+VALIDATION_CALIBRATIONS = tuple(f"{key}_validation" for key in CALIBRATIONS)
 TITLE = "Output calibration: every method on a benchmark's uncalibrated runs"
 EXPORTED_METHOD = "ips_ctr"  # configs/base_simulated.yaml's train.calibration
 TOLERANCE = 0.05
@@ -82,14 +84,26 @@ def redraw_keys(method: str) -> Tuple[str, ...]:
   return ("cvr_clicked", "cvr_all", *(TRUE_PROPENSITY if method == "ips_ctr" else ()))
 
 
-def score_run(run_dir: str, data_dir: str, truth_dir: str,
-              redraws: int = REDRAWS) -> Dict[str, Any]:
-  """Every method's eval metrics for one run (the body of a worker process)."""
-  from evaluation import metrics  # pylint: disable=g-import-not-at-top
+def score_days(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
+  """A run's uncalibrated export scored on the validation day and on the eval day.
+
+  The validation rows are the train split's at or after the run's validation_from
+  (metrics.json, what its early stopping read), scored with the served graph as the
+  eval rows are (evaluation.scoring).
+
+  Returns:
+    {"outputs": the export's output names, "labels": the label names, "validation" /
+    "evaluation": column -> [n] array (scoring.score_saved_model), "validation_truth" /
+    "truth": the rows' aligned label truth (p_click, p_purchase_given_click, p_ctcvr,
+    each [n])}.
+
+  Raises:
+    ValueError: the export is calibrated (a method fitted on the validation day would
+      be scored on the day it was fitted on).
+  """
   from evaluation import report  # pylint: disable=g-import-not-at-top
   from evaluation import runner  # pylint: disable=g-import-not-at-top
   from evaluation import scoring  # pylint: disable=g-import-not-at-top
-  from models import calibration  # pylint: disable=g-import-not-at-top
   from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
   from training import data  # pylint: disable=g-import-not-at-top
   from training import export  # pylint: disable=g-import-not-at-top
@@ -107,18 +121,30 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str,
       validation_from=run_metrics["validation_from"],
       validation_fraction=run_metrics["validation_fraction"]))
   spec, labels = runner.load_spec_and_labels(data_dir, runner.DEFAULT_CONFIG)
-  pattern = data.split_pattern(data_dir, "train")
-  validation = scoring.score_saved_model(export_dir, pattern, spec, labels,
-                                         keep=split.is_validation)
+  validation = scoring.score_saved_model(export_dir, data.split_pattern(data_dir, "train"),
+                                         spec, labels, keep=split.is_validation)
   evaluation = scoring.score_saved_model(export_dir, data.split_pattern(data_dir, "eval"),
                                          spec, labels)
-  outputs = metadata["outputs"]
   label_truth = truth_lib.load_label_truth(truth_dir)
-  truth, _ = report.align_truth(evaluation["impression_id"], label_truth)
+  return {"outputs": metadata["outputs"], "labels": labels,
+          "validation": validation, "evaluation": evaluation,
+          "validation_truth": report.align_truth(validation["impression_id"], label_truth)[0],
+          "truth": report.align_truth(evaluation["impression_id"], label_truth)[0]}
+
+
+def score_run(run_dir: str, data_dir: str, truth_dir: str,
+              redraws: int = REDRAWS) -> Dict[str, Any]:
+  """Every method's eval metrics for one run (the body of a worker process)."""
+  from evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from models import calibration  # pylint: disable=g-import-not-at-top
+
+  days = score_days(run_dir, data_dir, truth_dir)
+  validation, evaluation = days["validation"], days["evaluation"]
+  truth, validation_truth, labels = days["truth"], days["validation_truth"], days["labels"]
+  outputs = days["outputs"]
   clicked = evaluation["click"] > 0
   bought = evaluation["click"] * evaluation["purchase"]
   p_cvr = truth["p_purchase_given_click"]
-  validation_truth, _ = report.align_truth(validation["impression_id"], label_truth)
   result = {"validation_rows": int(len(validation["click"])),
             "validation_clicks": int(validation["click"].sum()),
             "validation_purchases": int(validation["purchase"].sum()),
@@ -135,14 +161,11 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str,
     fitted = calibration.fit_calibration(validation_outputs,
                                          {k: validation[k] for k in labels}, method)
     p = fitted.apply(evaluation_outputs)
-    on_validation = cvr_calibration(fitted.apply(validation_outputs)["cvr"],
-                                    validation_truth["p_purchase_given_click"],
-                                    validation["click"] > 0)
+    on_validation = calibrations(fitted.apply(validation_outputs), validation_truth,
+                                 validation["click"] > 0)
     result["methods"][method] = {
         **{f"{key}_validation": value for key, value in on_validation.items()},
-        **cvr_calibration(p["cvr"], p_cvr, clicked),
-        "ctr": float(p["ctr"].sum() / truth["p_click"].sum()),
-        "ctcvr": float(p["ctcvr"].sum() / truth["p_ctcvr"].sum()),
+        **calibrations(p, truth, clicked),
         "ctr_auc": float(metrics.auc(evaluation["click"], p["ctr"])),
         "ctcvr_auc": float(metrics.auc(bought, p["ctcvr"])),
         "ctcvr_expected_auc": float(metrics.expected_auc(truth["p_ctcvr"], p["ctcvr"])),
@@ -239,6 +262,16 @@ def redraw_summary(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
   return summary
 
 
+def calibrations(outputs: Dict[str, np.ndarray], truth: Dict[str, np.ndarray],
+                 clicked: np.ndarray) -> Dict[str, float]:
+  """CALIBRATIONS of one day's outputs (ctr, cvr, ctcvr: [n] probabilities) against
+  its rows' aligned truth (p_click, p_purchase_given_click, p_ctcvr: [n]): sum
+  predicted / sum true, the cvr over the clicked rows (clicked: [n] bool) and over all."""
+  return {"ctr": float(outputs["ctr"].sum() / truth["p_click"].sum()),
+          **cvr_calibration(outputs["cvr"], truth["p_purchase_given_click"], clicked),
+          "ctcvr": float(outputs["ctcvr"].sum() / truth["p_ctcvr"].sum())}
+
+
 def cvr_calibration(cvr: np.ndarray, p_cvr: np.ndarray, clicked: np.ndarray
                     ) -> Dict[str, float]:
   """{"cvr_clicked", "cvr_all"}: sum of the predicted cvr / sum of the true
@@ -332,22 +365,101 @@ def aggregate(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]
   return summary
 
 
+def within_counts(summary: Dict[str, Dict[str, Any]], keys: Sequence[str]
+                  ) -> Dict[str, int]:
+  """method -> how many models have the mean of every one of `keys` within 1.00 +-
+  TOLERANCE (summary: model -> method -> key -> {mean, std, n})."""
+  return {method: sum(all(_within_goal(methods[method][key]["mean"]) for key in keys)
+                      for methods in summary.values())
+          for method in METHODS}
+
+
+def validation_keys(summary: Dict[str, Dict[str, Any]]) -> List[str]:
+  """The VALIDATION_CALIBRATIONS every model and method of `summary` holds."""
+  return [key for key in VALIDATION_CALIBRATIONS
+          if all(methods[method].get(key, {}).get("n") for methods in summary.values()
+                 for method in METHODS)]
+
+
+def choose_method(summary: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+  """The output calibration the validation day picks; the eval day plays no part.
+
+  The criterion: the most models whose every validation-day calibration (the
+  VALIDATION_CALIBRATIONS all runs hold: the fit's own rows against their truth, not
+  their labels) is within 1.00 +- TOLERANCE; a tie goes to the smaller mean over
+  models of the largest |calibration - 1|. Only the "*_validation" entries are read.
+
+  Args:
+    summary: model -> method -> key -> {mean, std, n} (aggregate's).
+
+  Returns:
+    {"method": the chosen one, "keys": the criterion's keys, "within": method -> count,
+    "worst": method -> the mean largest deviation}.
+
+  Raises:
+    ValueError: no validation-day calibration is held by every model and method.
+  """
+  keys = validation_keys(summary)
+  if not keys:
+    raise ValueError(f"no validation-day calibration ({VALIDATION_CALIBRATIONS}) is held "
+                     f"by every model and method: score the runs again")
+  within = within_counts(summary, keys)
+  worst = {method: float(np.mean([max(abs(methods[method][key]["mean"] - 1.0)
+                                      for key in keys)
+                                  for methods in summary.values()]))
+           for method in METHODS}
+  chosen = min(METHODS, key=lambda method: (-within[method], worst[method]))
+  return {"method": chosen, "keys": keys, "within": within, "worst": worst}
+
+
+def render_choice(summary: Dict[str, Dict[str, Any]],
+                  heading: str = "## The choice, made on the validation day") -> List[str]:
+  """The page's section (under `heading`) on the method the validation day picks,
+  beside the eval day's count (reported, not used); [] when the runs hold no
+  validation-day calibration."""
+  if not validation_keys(summary):
+    return []
+  choice = choose_method(summary)
+  on_eval = within_counts(summary, CALIBRATIONS)
+  rows = [[method + (" (chosen)" if method == choice["method"] else ""),
+           f"{choice['within'][method]}/{len(summary)}", f"{choice['worst'][method]:.3f}",
+           f"{on_eval[method]}/{len(summary)}"] for method in METHODS]
+  days = ", ".join(key.removesuffix("_validation") for key in choice["keys"])
+  exported = ("the method the simulated configs export (configs/base_simulated.yaml)"
+              if choice["method"] == EXPORTED_METHOD else
+              f"not the method the simulated configs export ({EXPORTED_METHOD})")
+  return [
+      "",
+      heading,
+      "",
+      f"Each method fitted on the validation day and scored against that day's truth "
+      f"({days}; the truth, not the labels it was fitted to, so a fit that follows the "
+      f"day's label noise is not rewarded). Picked by code (benchmarks.calibration."
+      f"choose_method): the most models with every one within 1.00 ± {TOLERANCE:.2f}, "
+      f"ties to the smaller mean largest deviation. The eval-day count (every "
+      f"calibration of the table above) is reported only. The validation day picks "
+      f"`{choice['method']}`, {exported}.",
+      "",
+      common.markdown_table(
+          ["method", f"models within ± {TOLERANCE:.2f}, validation day (criterion)",
+           "mean largest deviation, validation day",
+           f"models within ± {TOLERANCE:.2f}, eval day (reported only)"], rows),
+  ]
+
+
 def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
            redraws: Optional[Dict[str, Dict[str, Dict[str, float]]]] = None) -> str:
   cell = models_bench._cell  # pylint: disable=protected-access
   header = ["model", "method", "ctr calib.", "cvr calib. (clicked)",
             "cvr calib. (all exposures)", "ctcvr calib.", "CTR AUC", "CTCVR AUC",
             "CTCVR expected AUC", "CVR AUC (entire space)"]
-  rows = []
-  within = {method: 0 for method in METHODS}
-  for model, methods in summary.items():
-    for method, stats in methods.items():
-      rows.append([model, method] + [cell(stats[k], 3) for k in CALIBRATIONS]
-                  + [cell(stats[k]) for k in AUCS])
-      if all(abs(stats[k]["mean"] - 1.0) <= TOLERANCE for k in CALIBRATIONS):
-        within[method] += 1
+  rows = [[model, method] + [cell(stats[k], 3) for k in CALIBRATIONS]
+          + [cell(stats[k]) for k in AUCS]
+          for model, methods in summary.items() for method, stats in methods.items()]
+  within = within_counts(summary, CALIBRATIONS)
   lines = [
-      f"Generated by `{settings['command']}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+      f"Generated by `{settings['command']}` on "
+      f"{settings.get('date') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
       f"Runs: `{settings['runs_dir']}` ({settings['runs']} runs of {len(summary)} models; "
       f"uncalibrated exports). Wall time {settings['seconds'] / 60:.1f} min; load average "
       f"(1/5/15 min) {settings['load_before']} before and {settings['load_after']} after.",
@@ -400,7 +512,7 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
   day_rows = []
   for model, methods in summary.items():
     stats = methods.get(EXPORTED_METHOD, {})
-    if not stats.get(VALIDATION_CALIBRATIONS[0], {}).get("n"):
+    if not stats.get("cvr_clicked_validation", {}).get("n"):
       continue
     day_rows.append([model, cell(stats["cvr_clicked_validation"], 3),
                      cell(stats["cvr_clicked"], 3), cell(stats["cvr_all_validation"], 3),
@@ -420,6 +532,7 @@ def render(summary: Dict[str, Dict[str, Any]], settings: Dict[str, Any],
                                "cvr calib. (all exposures), validation",
                                "cvr calib. (all exposures), eval"], day_rows),
     ]
+  lines += render_choice(summary)
   lines += render_redraws(summary, redraws or {}, settings.get("redraws"),
                           (validation or {}).get("validation_observed_vs_truth", {}))
   return "\n".join(lines) + "\n"
@@ -539,7 +652,12 @@ def main(argv=None) -> None:
   parser.add_argument("--parallel", type=int, default=2)
   parser.add_argument("--redraws", type=int, default=REDRAWS,
                       help="Redraws of the validation day's labels per run (0: none).")
+  parser.add_argument("--render_only", action="store_true",
+                      help="Re-render RESULTS_DIR/NAME.md from NAME.json (no runs read).")
   args = parser.parse_args(argv)
+  if args.render_only:
+    write_page(args.results_dir, args.name, **load_results(args.results_dir, args.name))
+    return
   runs_dir = args.runs_dir or os.path.join(args.work_dir, "runs_calibration_none")
   data_dir = os.path.join(args.work_dir, "data")
   truth_dir = os.path.join(args.work_dir, "raw")
@@ -574,15 +692,29 @@ def main(argv=None) -> None:
   summary = aggregate(runs)
   redraws = {model: redraw_summary(results) for model, results in runs.items()}
   settings["redraws"] = args.redraws
+  settings["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
   os.makedirs(args.results_dir, exist_ok=True)
   with open(os.path.join(args.results_dir, f"{args.name}.json"), "w") as f:
     json.dump({"settings": settings, "summary": summary, "redraws": redraws, "runs": runs},
               f, indent=1)
-  markdown = f"# {TITLE}\n\n" + render(
-      summary, settings, redraws)
-  with open(os.path.join(args.results_dir, f"{args.name}.md"), "w") as f:
+  print(write_page(args.results_dir, args.name, summary, settings, redraws))
+
+
+def load_results(results_dir: str, name: str) -> Dict[str, Any]:
+  """{summary, settings, redraws} of RESULTS_DIR/NAME.json (main's output)."""
+  with open(os.path.join(results_dir, f"{name}.json")) as f:
+    results = json.load(f)
+  return {key: results[key] for key in ("summary", "settings", "redraws")}
+
+
+def write_page(results_dir: str, name: str, summary: Dict[str, Dict[str, Any]],
+               settings: Dict[str, Any],
+               redraws: Dict[str, Dict[str, Dict[str, float]]]) -> str:
+  """Writes RESULTS_DIR/NAME.md; returns its text."""
+  markdown = f"# {TITLE}\n\n" + render(summary, settings, redraws)
+  with open(os.path.join(results_dir, f"{name}.md"), "w") as f:
     f.write(markdown)
-  print(markdown)
+  return markdown
 
 
 if __name__ == "__main__":
