@@ -4,7 +4,6 @@
       --events 'logs/events/*.jsonl.gz' --output runs/demo/data \
       [--config configs/esmm.yaml] [--eval_from 2026-01-08] \
       [--schema runs/demo/data/schema/schema.pbtxt --fail_on_anomalies] \
-      [--engine columnar (default: the RecordBatch job) | row (the per-record job)] \
       [--join_buckets 64] [--progress_interval_s 30] \
       [--local_workers 0 (every core of this machine) |
        Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \
@@ -23,10 +22,9 @@
   python -m pipeline.preprocess --source aliexpress --config configs/aliexpress.yaml \
       --train 'AliExpress_NL/train.csv' --eval 'AliExpress_NL/test.csv' --output DIR
 
-Flow: raw logs -> **this job** (transforms.columnar.job.PreprocessColumnar, or
-PreprocessAliCcpColumnar / PreprocessDerivedColumnar by --source; with --engine row
-transforms.preprocess_job's per-record jobs; docs/ALI_CCP.md) -> OUTPUT/ ->
-pipeline.train. At the start the job removes an old success marker and its own old
+Flow: raw logs -> **this job** (transforms.job.Preprocess, or PreprocessAliCcp /
+PreprocessDerived by --source: one engine, every stage on pyarrow RecordBatches;
+docs/ALI_CCP.md) -> OUTPUT/ -> pipeline.train. At the start the job removes an old success marker and its own old
 TFRecord and dead-letter shards (`remove_previous_shards`: a rerun with fewer shards
 must not leave the extra ones behind, for the marker would list them). Flags this
 module does not know are Beam pipeline options, passed to `PipelineOptions` untouched,
@@ -55,9 +53,9 @@ from configs import config as config_lib
 from features import spec as spec_lib
 from features import success_marker
 from transforms import beam_compat
-from transforms import derived_sources
+from transforms import derived
+from transforms import job
 from transforms import outputs as outputs_lib
-from transforms import preprocess_job
 from transforms import read
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
@@ -66,24 +64,23 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "esmm.yaml")
 
 LOG = "log"
 ALI_CCP = "ali_ccp"
-SOURCES = (LOG, ALI_CCP) + derived_sources.LAYOUTS
-ROW = "row"
-COLUMNAR = "columnar"
-ENGINES = (ROW, COLUMNAR)
+SOURCES = (LOG, ALI_CCP) + derived.LAYOUTS
+ENGINE_REMOVED = ("--engine was removed: pipeline.preprocess has one engine, the columnar "
+                  "RecordBatch job")
 DEFAULT_CONFIGS = {
     LOG: DEFAULT_CONFIG,
     ALI_CCP: os.path.join(CONFIG_DIR, "ali_ccp.yaml"),
-    derived_sources.RECHUB_CSV: os.path.join(CONFIG_DIR, "rechub_aliccp.yaml"),
-    derived_sources.PADDLE_ESMM: os.path.join(CONFIG_DIR, "paddle_esmm.yaml"),
-    derived_sources.ALIEXPRESS: os.path.join(CONFIG_DIR, "aliexpress.yaml"),
+    derived.RECHUB_CSV: os.path.join(CONFIG_DIR, "rechub_aliccp.yaml"),
+    derived.PADDLE_ESMM: os.path.join(CONFIG_DIR, "paddle_esmm.yaml"),
+    derived.ALIEXPRESS: os.path.join(CONFIG_DIR, "aliexpress.yaml"),
 }
 # The input flags each source needs.
 SOURCE_FLAGS = {
     LOG: ("impressions", "events"),
     ALI_CCP: ("skeleton", "common_features", "eval_skeleton", "eval_common_features"),
-    derived_sources.RECHUB_CSV: ("train", "eval"),
-    derived_sources.PADDLE_ESMM: ("train", "eval"),
-    derived_sources.ALIEXPRESS: ("train", "eval"),
+    derived.RECHUB_CSV: ("train", "eval"),
+    derived.PADDLE_ESMM: ("train", "eval"),
+    derived.ALIEXPRESS: ("train", "eval"),
 }
 
 
@@ -136,19 +133,14 @@ def _parser() -> argparse.ArgumentParser:
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
   parser.add_argument("--fail_on_anomalies", action="store_true",
                       help="With --schema: exit non-zero when a split has anomalies.")
-  parser.add_argument("--engine", default=None, choices=ENGINES,
-                      help="'columnar' (the default: every stage on pyarrow RecordBatches, "
-                           "transforms/columnar/job.py) or 'row' (one element per record). "
-                           "Same outputs (tests/test_columnar_golden.py, "
-                           "tests/test_file_sources_golden.py).")
   parser.add_argument("--join_buckets", type=int, default=None,
-                      help="--engine columnar: hash buckets of the join's shuffle (of "
-                           "impression_id; of md5 per split for --source ali_ccp) (default "
-                           "transforms/columnar/label.DEFAULT_BUCKETS).")
+                      help="Hash buckets of the join's shuffle (of impression_id; of md5 per "
+                           "split for --source ali_ccp) (default "
+                           "transforms/join.DEFAULT_BUCKETS).")
   parser.add_argument("--progress_interval_s", type=float, default=None,
-                      help="--engine columnar: seconds between the progress lines (records "
-                           "so far, records/s) each worker logs (default "
-                           "transforms/columnar/progress.DEFAULT_INTERVAL_S).")
+                      help="Seconds between the progress lines (records so far, "
+                           "records/s) each worker logs (default "
+                           "transforms/progress.DEFAULT_INTERVAL_S).")
   parser.add_argument("--local_workers", type=int, default=None,
                       help="Run on this machine with N worker processes (DirectRunner "
                            "--direct_running_mode multi_processing; 0 = one per core, 1 = "
@@ -162,11 +154,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and not argv[0].startswith("-"):
     argv = argv[1:]
+  if any(arg == "--engine" or arg.startswith("--engine=") for arg in argv):
+    raise job.PreprocessError(ENGINE_REMOVED)
   args, beam_args = _parser().parse_known_args(argv)
   if args.config is None:
     args.config = DEFAULT_CONFIGS[args.source]
-  if args.engine is None:
-    args.engine = COLUMNAR
   if args.local_workers is not None:
     beam_args = beam_args + local_workers_options(args.local_workers, beam_args)
   return args, beam_args
@@ -176,20 +168,20 @@ def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
   """The DirectRunner options `--local_workers N` stands for.
 
   Raises:
-    preprocess_job.PreprocessError: N < 0, or the options it sets are also given.
+    job.PreprocessError: N < 0, or the options it sets are also given.
   """
   if workers < 0:
-    raise preprocess_job.PreprocessError(f"--local_workers {workers}: must be >= 0 "
+    raise job.PreprocessError(f"--local_workers {workers}: must be >= 0 "
                                          f"(0 = one worker process per core)")
   clashes = [arg for arg in beam_args if arg.split("=")[0] in (
       "--direct_num_workers", "--direct_running_mode")]
   if clashes:
-    raise preprocess_job.PreprocessError(f"--local_workers sets the DirectRunner's worker "
+    raise job.PreprocessError(f"--local_workers sets the DirectRunner's worker "
                                          f"options itself; drop {clashes}")
   runner = PipelineOptions(list(beam_args)).view_as(
       beam.options.pipeline_options.StandardOptions).runner
   if runner not in beam_compat.DIRECT_RUNNERS:
-    raise preprocess_job.PreprocessError(f"--local_workers runs on this machine "
+    raise job.PreprocessError(f"--local_workers runs on this machine "
                                          f"(DirectRunner); it cannot be used with --runner "
                                          f"{runner}")
   mode = "in_memory" if workers == 1 else "multi_processing"
@@ -200,26 +192,26 @@ def _check_inputs_exist(patterns: Sequence[str], flag: str) -> None:
   for pattern in patterns:
     matched = FileSystems.match([pattern])[0].metadata_list
     if not matched:
-      raise preprocess_job.PreprocessError(f"{flag} {pattern!r} matches no file")
+      raise job.PreprocessError(f"{flag} {pattern!r} matches no file")
 
 
 def input_patterns(args: argparse.Namespace) -> Dict[str, List[str]]:
   """flag -> its globs, for the flags of `--source`; fails on missing or extra flags.
 
   Raises:
-    preprocess_job.PreprocessError: a needed flag is missing, another source's flag is
+    job.PreprocessError: a needed flag is missing, another source's flag is
       given, or a glob matches no file.
   """
   needed = SOURCE_FLAGS[args.source]
   others = sorted({flag for flags in SOURCE_FLAGS.values() for flag in flags} - set(needed))
   given = [f"--{flag}" for flag in others if getattr(args, flag) is not None]
   if given:
-    raise preprocess_job.PreprocessError(f"--source {args.source} does not use {given}; it "
+    raise job.PreprocessError(f"--source {args.source} does not use {given}; it "
                                          f"reads {['--' + flag for flag in needed]}")
   patterns = {}
   for flag in needed:
     if not getattr(args, flag):
-      raise preprocess_job.PreprocessError(f"--source {args.source} needs --{flag}")
+      raise job.PreprocessError(f"--source {args.source} needs --{flag}")
     patterns[flag] = read.split_patterns(getattr(args, flag))
     _check_inputs_exist(patterns[flag], f"--{flag}")
   return patterns
@@ -248,31 +240,23 @@ def remove_previous_shards(paths: outputs_lib.OutputPaths) -> List[str]:
 def build_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
                     config: config_lib.ExperimentConfig,
                     spec: spec_lib.FeatureSpec) -> beam.PTransform:
-  """The job's root composite for `--source` and `--engine`."""
-  if args.engine == COLUMNAR:
-    # pylint: disable=g-import-not-at-top  (pyarrow-heavy modules, for this engine only)
-    from transforms.columnar import job as columnar_job
-    from transforms.columnar import label as columnar_label
-    from transforms.columnar import progress
-    # pylint: enable=g-import-not-at-top
-    log_job, ali_ccp_job = columnar_job.PreprocessColumnar, columnar_job.PreprocessAliCcpColumnar
-    derived_job = columnar_job.PreprocessDerivedColumnar
-    options = {"progress_interval_s": args.progress_interval_s or progress.DEFAULT_INTERVAL_S}
-    joined = dict(options, num_buckets=args.join_buckets or columnar_label.DEFAULT_BUCKETS)
-  else:
-    log_job, ali_ccp_job = preprocess_job.Preprocess, preprocess_job.PreprocessAliCcp
-    derived_job = preprocess_job.PreprocessDerived
-    options, joined = {}, {}
+  """The job's root composite for `--source` (transforms/job.py)."""
+  options = {}  # Flags not given keep the job's defaults.
+  if args.progress_interval_s is not None:
+    options["progress_interval_s"] = args.progress_interval_s
+  joined = dict(options)
+  if args.join_buckets is not None:
+    joined["num_buckets"] = args.join_buckets
   if args.source == LOG:
-    return log_job(patterns["impressions"], patterns["events"], args.output, config.data,
-                   spec, **joined)
+    return job.Preprocess(patterns["impressions"], patterns["events"], args.output,
+                          config.data, spec, **joined)
   if args.source == ALI_CCP:
-    return ali_ccp_job(
+    return job.PreprocessAliCcp(
         {"train": patterns["skeleton"], "eval": patterns["eval_skeleton"]},
         {"train": patterns["common_features"], "eval": patterns["eval_common_features"]},
         args.output, config.data, spec, **joined)
-  return derived_job({"train": patterns["train"], "eval": patterns["eval"]}, args.source,
-                     args.output, config.data, spec, **options)
+  return job.PreprocessDerived({"train": patterns["train"], "eval": patterns["eval"]},
+                               args.source, args.output, config.data, spec, **options)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -286,12 +270,12 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     path, "anomalies": split -> anomaly lines}.
 
   Raises:
-    preprocess_job.PreprocessError: inputs missing, records unaccounted for, or (with
+    job.PreprocessError: inputs missing, records unaccounted for, or (with
       --fail_on_anomalies) anomalies against --schema.
   """
   args, pipeline_args = parse_args(argv)
   if args.eval_from and args.source != LOG:
-    raise preprocess_job.PreprocessError(f"--eval_from is for --source log; --source "
+    raise job.PreprocessError(f"--eval_from is for --source log; --source "
                                          f"{args.source} takes train and eval from separate files")
   overrides = {"data": {"eval_from": args.eval_from}} if args.eval_from else None
   config = config_lib.load_config(args.config, overrides=overrides)
@@ -300,9 +284,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   try:
     transform = build_transform(args, patterns, config, spec)
   except ValueError as e:
-    raise preprocess_job.PreprocessError(f"{args.config}: {e}") from e
+    raise job.PreprocessError(f"{args.config}: {e}") from e
   if args.schema and not FileSystems.exists(args.schema):
-    raise preprocess_job.PreprocessError(f"--schema {args.schema!r}: file not found")
+    raise job.PreprocessError(f"--schema {args.schema!r}: file not found")
   if args.fail_on_anomalies and not args.schema:
     logging.warning("--fail_on_anomalies has no effect without --schema")
 
@@ -310,7 +294,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   try:  # Before anything is written: an unchecked Beam version is refused here.
     mode = beam_compat.prepare_local_parallelism(options)
   except beam_compat.UnsupportedBeamModeError as e:
-    raise preprocess_job.PreprocessError(str(e)) from e
+    raise job.PreprocessError(str(e)) from e
   if mode:
     workers = options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers
     logging.info(
@@ -327,7 +311,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   remove_previous_shards(paths)
   if FileSystems.exists(paths.counts):
     logging.warning("%s holds a previous run; its files are overwritten", args.output)
-  preprocess_job.write_run_inputs(paths, config)
+  job.write_run_inputs(paths, config)
   logging.info("Preprocessing --source %s %s -> %s (config %s, labels %s%s)", args.source,
                patterns, args.output, args.config, config.data.label_names,
                f", eval from {config.data.eval_from}" if args.source == LOG else
@@ -341,8 +325,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   seconds = time.time() - start
   logging.info("Pipeline finished in %.1f s with state %s", seconds, state)
 
-  counts = preprocess_job.check_run(paths, seconds)
-  checked = preprocess_job.check_schema(paths, spec, config.data.label_names,
+  counts = job.check_run(paths, seconds)
+  checked = job.check_schema(paths, spec, config.data.label_names,
                                         schema_path=args.schema,
                                         fail_on_anomalies=args.fail_on_anomalies)
   marker = success_marker.write_success_marker(args.output, counts)
@@ -354,7 +338,7 @@ def main() -> None:
   logging.set_verbosity(logging.INFO)
   try:
     run(sys.argv)
-  except (preprocess_job.PreprocessError, config_lib.ConfigError, spec_lib.SpecError) as e:
+  except (job.PreprocessError, config_lib.ConfigError, spec_lib.SpecError) as e:
     logging.error("%s", e)
     sys.exit(f"pipeline.preprocess failed: {e}")
 

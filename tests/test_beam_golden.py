@@ -1,4 +1,4 @@
-"""Golden digest of today's Beam job outputs, for rewrites that must not change them.
+"""Golden digest of the Beam job's outputs, for rewrites that must not change them.
 
 Two fixed simulated worlds (pipeline.simulate, same flags + seed -> identical files): a
 JSON Lines world with corrupt lines (corrupt_fraction 0.01) and a Parquet world. Each is
@@ -12,9 +12,11 @@ preprocessed by the real CLI and digested (`digest_output`) into sha256s of:
   dead_letters                    the sorted (file basename, line, reason) of every dead
                                   letter (basenames: independent of where the run was)
 
-and compared with tests/data/golden/beam_golden.json. The Parquet world runs with
-`--local_workers 2`, the JSONL world with one in-memory worker; the digests are the same
-either way (see docs/SCALING.md 2.1), which is what a columnar rewrite must also meet.
+and compared with tests/data/golden/beam_golden.json (recorded by the retired
+per-record job; the RecordBatch job reproduces it exactly). The Parquet world runs with
+`--local_workers 2` and 7 join buckets (so a bucket holds many ids), the JSONL world
+with one in-memory worker and the default buckets; the digests are the same either way
+(see docs/SCALING.md 2.1).
 
 Regenerate (only when an output change is intended, and say why in the commit):
 
@@ -43,7 +45,7 @@ WORLDS = {
     },
     "parquet": {
         "simulate": ["--impressions=5000", "--format=parquet", "--seed=12"],
-        "preprocess": ["--local_workers=2"],
+        "preprocess": ["--local_workers=2", "--join_buckets=7"],
     },
 }
 

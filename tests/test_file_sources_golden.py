@@ -1,13 +1,12 @@
-"""Golden digests of the file-split sources (Ali-CCP release, derived layouts), both engines.
+"""Golden digests of the file-split sources (Ali-CCP release, derived layouts).
 
 Four fixed inputs, each preprocessed by the real CLI and digested as tests/test_beam_golden.py
 does (Examples per split, counts.json, transform.json, vocabularies, dead letters by
 (file, line, reason)), plus every dead letter whole (reason, detail with the input folder
-left out, record): the row engine's outputs recorded before the columnar readers existed
-(tests/data/golden/file_sources_golden.json), which both `--engine row` and
-`--engine columnar` must reproduce exactly (the columnar Ali-CCP run with 2 join buckets,
-so a bucket holds many md5s and its batches take the columnar encoder's path, on 2
-local worker processes).
+left out, record). The reference is tests/data/golden/file_sources_golden.json, recorded
+by the retired per-record job before the RecordBatch readers existed; the job must
+reproduce it exactly (the Ali-CCP run with 2 join buckets, so a bucket holds many md5s
+and its batches take the columnar encoder's path, on 2 local worker processes).
 
   aliccp       simulation.release_layouts: 6,000 train + 2,000 test skeleton rows, every
                dead-letter case of the release, duplicate / unused / rejected md5s, list
@@ -66,7 +65,7 @@ def _inputs(name: str, raw: str) -> List[str]:
           f"--eval={raw}/paddle_esmm_test.txt"]
 
 
-def make_world(name: str, engine: str) -> str:
+def make_world(name: str) -> str:
   """Writes and preprocesses world `name` in WORKDIR/name; returns the output dir.
 
   Impression ids of the derived layouts hold the input's path, so every run uses the
@@ -75,10 +74,10 @@ def make_world(name: str, engine: str) -> str:
   shutil.rmtree(os.path.join(WORKDIR, name), ignore_errors=True)
   raw, output = os.path.join(WORKDIR, name, "raw"), os.path.join(WORKDIR, name, "data")
   flags = []
-  if engine == "columnar" and name == "aliccp":  # Many md5s per bucket, 2 processes.
+  if name == "aliccp":  # Many md5s per bucket, 2 processes.
     flags = ["--join_buckets=2", "--local_workers=2"]
   beam_golden._run("pipeline.preprocess", [  # pylint: disable=protected-access
-      *_inputs(name, raw), f"--output={output}", f"--engine={engine}", *flags])
+      *_inputs(name, raw), f"--output={output}", *flags])
   return output
 
 
@@ -109,11 +108,10 @@ def golden():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["columnar", "row"])
 @pytest.mark.parametrize("name", WORLDS)
-def test_engine_reproduces_the_golden_digest(name, engine, golden):
+def test_job_reproduces_the_golden_digest(name, golden):
   expected = golden["worlds"][name]
-  found = digest_output(make_world(name, engine))
+  found = digest_output(make_world(name))
   assert found["sizes"] == expected["sizes"]
   assert found["digests"] == expected["digests"]
 
@@ -144,12 +142,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   worlds = {}
   for name in WORLDS:
-    output = make_world(name, "row")
+    output = make_world(name)
     worlds[name] = dict(digest_output(output), reasons=_reasons(output))
     print(name, json.dumps(worlds[name]["sizes"]))
   if args.write:
     with open(GOLDEN, "w") as f:
-      json.dump({"engine": "row", "worlds": worlds}, f, indent=2, sort_keys=True)
+      json.dump({"engine": "columnar", "worlds": worlds}, f, indent=2, sort_keys=True)
       f.write("\n")
     print(f"wrote {GOLDEN}")
   return 0

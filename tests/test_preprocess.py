@@ -11,7 +11,7 @@ import tensorflow as tf
 from features import example_codec
 from pipeline import preprocess
 from transforms import outputs as outputs_lib
-from transforms import preprocess_job
+from transforms import job
 from transforms import testing
 
 T0 = testing.START
@@ -30,6 +30,22 @@ def test_flags_and_beam_options_are_split():
                                                                            "esmm.yaml"))
 
 
+@pytest.mark.parametrize("flag", [["--engine", "row"], ["--engine=columnar"]])
+def test_the_removed_engine_flag_fails_with_one_line_naming_the_one_engine(flag, monkeypatch,
+                                                                          tmp_path):
+  argv = ["--impressions", "i/*", "--events", "e/*", "--output", str(tmp_path / "out"), *flag]
+  with pytest.raises(job.PreprocessError) as raised:
+    preprocess.parse_args(argv)
+  assert str(raised.value) == ("--engine was removed: pipeline.preprocess has one engine, "
+                               "the columnar RecordBatch job")
+  monkeypatch.setattr(sys, "argv", ["preprocess", *argv])
+  with pytest.raises(SystemExit) as exited:
+    preprocess.main()
+  message = str(exited.value.code)
+  assert "\n" not in message and "one engine, the columnar RecordBatch job" in message
+  assert not (tmp_path / "out").exists()
+
+
 def test_local_workers_stands_for_the_direct_runner_options():
   base = ["--impressions", "i/*", "--events", "e/*", "--output", "out"]
   _, beam_args = preprocess.parse_args(base + ["--local_workers", "4", "--save_main_session"])
@@ -37,11 +53,11 @@ def test_local_workers_stands_for_the_direct_runner_options():
                        "--direct_running_mode=multi_processing"]
   _, beam_args = preprocess.parse_args(base + ["--local_workers=1"])
   assert beam_args == ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
-  with pytest.raises(preprocess_job.PreprocessError, match="drop.*--direct_num_workers"):
+  with pytest.raises(job.PreprocessError, match="drop.*--direct_num_workers"):
     preprocess.parse_args(base + ["--local_workers=2", "--direct_num_workers=3"])
-  with pytest.raises(preprocess_job.PreprocessError, match="DataflowRunner"):
+  with pytest.raises(job.PreprocessError, match="DataflowRunner"):
     preprocess.parse_args(base + ["--local_workers=2", "--runner", "DataflowRunner"])
-  with pytest.raises(preprocess_job.PreprocessError, match=">= 0"):
+  with pytest.raises(job.PreprocessError, match=">= 0"):
     preprocess.parse_args(base + ["--local_workers=-1"])
 
 
@@ -51,7 +67,7 @@ def test_local_workers_on_an_unchecked_beam_version_fails_before_writing(tmp_pat
   impressions, events = _write_logs(str(tmp_path / "logs"))
   monkeypatch.setattr(apache_beam, "__version__", "2.99.0")
   output = tmp_path / "out"
-  with pytest.raises(preprocess_job.PreprocessError, match="apache_beam 2.99.0"):
+  with pytest.raises(job.PreprocessError, match="apache_beam 2.99.0"):
     preprocess.run(_argv(impressions, events, str(output),
                          testing.write_experiment(str(tmp_path / "config")),
                          "--local_workers", "2"))
@@ -59,7 +75,7 @@ def test_local_workers_on_an_unchecked_beam_version_fails_before_writing(tmp_pat
 
 
 def test_a_glob_matching_nothing_fails_before_the_pipeline(tmp_path):
-  with pytest.raises(preprocess_job.PreprocessError, match="--events"):
+  with pytest.raises(job.PreprocessError, match="--events"):
     preprocess.run(["--impressions", __file__, "--events", str(tmp_path / "none*.jsonl"),
                     "--output", str(tmp_path / "out"),
                     "--config", testing.write_experiment(str(tmp_path))])

@@ -1,8 +1,10 @@
 """Read the raw Ali-CCP release (ESMM paper's data set) into labelled impressions.
 
-Flow: sample_skeleton_*.csv + common_features_*.csv -> **ParseSkeleton /
-ParseCommonFeatures -> JoinCommonFeatures** -> labelled records (the shape
-`transforms.label.JoinAndLabel` emits) -> EncodeExamples -> ... (transforms/preprocess_job.py).
+Flow: sample_skeleton_*.csv + common_features_*.csv -> aliccp_join.ReadParseRelease
+(lines parsed by **this module's rules**: `ReleaseLineParser` in columns where a line is
+plain, `parse_skeleton_line` / `parse_common_line` for every other line, which decide
+and word every dead letter) -> aliccp_join.BucketedJoinCommonFeatures -> labelled
+batches -> job.write_outputs (transforms/job.py).
 
 The raw layout (lines of comma-separated columns; no header):
 
@@ -45,25 +47,48 @@ Accounting: every skeleton row is written or dead-lettered; every common-feature
 used (joined to >= 1 skeleton row), unused (valid but referenced by no skeleton row of its
 split: counted, not an error) or dead-lettered.
 
-The join is a CoGroupByKey on (split, md5): the common-features side is never held in
-memory as a side input, and a key's skeleton rows are streamed, not listed.
+The join is a CoGroupByKey on (split, hash bucket of md5) (transforms/aliccp_join.py):
+the common-features side is never held in memory as a side input.
+
+A line is parsed in columns (`ReleaseLineParser`) only when it is plain, so that the
+columns are exactly what the line functions would return (tests/test_aliccp.py compares
+them line by line):
+  * ids (sample_id, md5) are printable ASCII without commas (Python's strip() is then a
+    no-op), click and buy are "0" / "1" and not (buy and not click), feature_num is
+    1-18 ASCII digits equal to the number of items;
+  * every item is `field \\x02 id \\x03 value` with no separator inside field or id and
+    value a plain decimal (an optional sign, digits, optional fraction and exponent)
+    whose float64 is finite: Arrow's cast and Python's float() both round correctly, so
+    they agree;
+  * a field the spec names as an int feature has a 1-18 digit id (fits int64), and a
+    scalar feature has at most one item.
+Items are then grouped per spec feature in columns, as `FieldFeatures.from_items` does.
 """
 
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features import example_codec
 from features import spec as spec_lib
 from transforms import dead_letter as dl
-from transforms import parse as parse_lib
-from transforms import split as split_lib
+from transforms import parse
 
-RECORDS = parse_lib.RECORDS
-REJECTED = "rejected"  # md5s of dead-lettered common-features rows (join tombstones).
-USED = "used"
-UNUSED = "unused"
+SKELETON = "skeleton"
+COMMON = "common"
+_ID = r"[\x21-\x2b\x2d-\x7e]+"  # Printable ASCII, no comma, no space.
+# Printable ASCII without a comma or an edge space (Python's strip() leaves it as it is).
+TEXT = r"[\x21-\x2b\x2d-\x7e](?:[\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?"
+NUMBER = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_ITEM = (r"^(?P<field>[^\x01\x02\x03]+)\x02(?P<id>[^\x01\x02\x03]+)\x03"
+         r"(?P<value>" + NUMBER + r")$")
+_COUNT = r"^[0-9]{1,18}$"
+INT_ID = r"^-?[0-9]{1,18}$"
+
+
 
 ITEM_SEPARATOR = "\x01"
 ID_SEPARATOR = "\x02"
@@ -104,7 +129,7 @@ def source_labels(click: int, purchase: int, infer_click: bool) -> Dict[str, int
   """
   if purchase and not click:
     if not infer_click:
-      raise parse_lib.FieldError(dl.PURCHASE_WITHOUT_CLICK,
+      raise parse.FieldError(dl.PURCHASE_WITHOUT_CLICK,
                                  "purchase is 1 but click is 0 (orphan_event_policy: "
                                  "dead_letter)")
     click = 1
@@ -113,7 +138,7 @@ def source_labels(click: int, purchase: int, infer_click: bool) -> Dict[str, int
 
 def parse_label(text: str, column: str) -> int:
   if text.strip() not in ("0", "1"):
-    raise parse_lib.FieldError(dl.BAD_LABEL, f"column {column!r}: expected 0 or 1, got "
+    raise parse.FieldError(dl.BAD_LABEL, f"column {column!r}: expected 0 or 1, got "
                                f"{text!r}")
   return int(text)
 
@@ -131,18 +156,18 @@ def parse_feature_list(text: str) -> List[Item]:
     field, has_id, rest = item.partition(ID_SEPARATOR)
     feature_id, has_value, value_text = rest.partition(VALUE_SEPARATOR)
     if not has_id or not has_value:
-      raise parse_lib.FieldError(dl.MALFORMED_ITEM, f"item {index} {item!r}: expected "
+      raise parse.FieldError(dl.MALFORMED_ITEM, f"item {index} {item!r}: expected "
                                  "field\\x02feature_id\\x03value")
     if not field or not feature_id or VALUE_SEPARATOR in value_text or ID_SEPARATOR in (
         feature_id + value_text):
-      raise parse_lib.FieldError(dl.MALFORMED_ITEM, f"item {index} {item!r}: empty field or "
+      raise parse.FieldError(dl.MALFORMED_ITEM, f"item {index} {item!r}: empty field or "
                                  "feature id, or a separator too many")
     try:
       value = float(value_text)
     except ValueError:
       value = float("nan")
     if not math.isfinite(value):
-      raise parse_lib.FieldError(dl.MALFORMED_ITEM, f"item {index} {item!r}: value "
+      raise parse.FieldError(dl.MALFORMED_ITEM, f"item {index} {item!r}: value "
                                  f"{value_text!r} is not a finite number")
     items.append((field, feature_id, value))
   return items
@@ -154,13 +179,13 @@ def parse_feature_count(text: str) -> int:
   except ValueError:
     count = -1
   if count < 0:
-    raise parse_lib.FieldError(dl.MALFORMED_LINE, f"feature_num {text!r} is not a count")
+    raise parse.FieldError(dl.MALFORMED_LINE, f"feature_num {text!r} is not a count")
   return count
 
 
 def check_feature_count(items: Sequence[Item], count: int) -> None:
   if len(items) != count:
-    raise parse_lib.FieldError(dl.FEATURE_COUNT_MISMATCH, f"feature_num says {count} items, "
+    raise parse.FieldError(dl.FEATURE_COUNT_MISMATCH, f"feature_num says {count} items, "
                                f"the feature list holds {len(items)}")
 
 
@@ -261,11 +286,11 @@ def parse_skeleton_line(text: str, fields: FieldFeatures, infer_click: bool) -> 
   """
   columns = text.split(",", SKELETON_COLUMNS - 1)
   if len(columns) != SKELETON_COLUMNS:
-    raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns, expected "
+    raise parse.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns, expected "
                                "sample_id,click,buy,md5,feature_num,feature_list")
   sample_id, click, buy, md5, feature_num, feature_list = columns
   if not sample_id.strip() or not md5.strip():
-    raise parse_lib.FieldError(dl.MALFORMED_LINE, "empty sample_id or md5")
+    raise parse.FieldError(dl.MALFORMED_LINE, "empty sample_id or md5")
   labels = source_labels(parse_label(click, "click"), parse_label(buy, "buy"), infer_click)
   features, ignored = line_features(fields, feature_list, feature_num)
   return sample_id.strip(), md5.strip(), labels, features, ignored
@@ -286,7 +311,7 @@ def parse_common_line(text: str, fields: FieldFeatures) -> Tuple[str, Dict[str, 
   columns = text.split(",", COMMON_COLUMNS - 1)
   md5 = columns[0].strip()
   if len(columns) != COMMON_COLUMNS or not md5:
-    raise parse_lib.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns (or an empty "
+    raise parse.FieldError(dl.MALFORMED_LINE, f"{len(columns)} columns (or an empty "
                                "md5), expected md5,feature_num,feature_list")
   features, ignored = line_features(fields, columns[2], columns[1])
   return md5, features, ignored
@@ -297,108 +322,6 @@ def line_dead_letter(source: str, split: str, file: str, line: int, error, text:
   """The dead letter of a release line whose parse raised `error`."""
   return dl.make_dead_letter(source, file, line, error.reason,
                              f"{split} {source}: {error.detail}", text)
-
-
-class _ParseLineFn(beam.DoFn):
-  """(file, line, text) of one split -> parsed rows, or dead letters."""
-
-  source = ""
-
-  def __init__(self, spec: spec_lib.FeatureSpec, split: str):
-    self._spec = spec
-    self._split = split
-    self._ignored = beam.metrics.Metrics.counter("aliccp", "ignored_items")
-    self._rejected = beam.metrics.Metrics.counter("aliccp", f"{self.source}_dead_letter")
-
-  def setup(self):
-    self._fields = FieldFeatures(self._spec)
-
-  def reject(self, file, line, error, text):
-    self._rejected.inc()
-    return beam.pvalue.TaggedOutput(dl.DEAD_LETTER, line_dead_letter(
-        self.source, self._split, file, line, error, text))
-
-
-class _ParseSkeletonFn(_ParseLineFn):
-  source = dl.IMPRESSIONS
-
-  def __init__(self, spec: spec_lib.FeatureSpec, split: str, infer_click: bool):
-    super().__init__(spec, split)
-    self._infer_click = infer_click
-
-  def process(self, raw):
-    file, line, text = raw
-    try:
-      sample_id, md5, labels, features, ignored = parse_skeleton_line(
-          text, self._fields, self._infer_click)
-    except (parse_lib.FieldError, example_codec.RecordError) as e:
-      yield self.reject(file, line, e, text)
-      return
-    if ignored:
-      self._ignored.inc(ignored)
-    yield ((self._split, md5),
-           {"impression_id": sample_id, "timestamp": TIMESTAMP, "features": features,
-            "labels": labels, "file": file, "line": line, "split": self._split,
-            "record": text})
-
-
-class _ParseCommonFn(_ParseLineFn):
-  source = dl.COMMON_FEATURES
-
-  def process(self, raw):
-    file, line, text = raw
-    try:
-      md5, features, ignored = parse_common_line(text, self._fields)
-    except (parse_lib.FieldError, example_codec.RecordError) as e:
-      yield self.reject(file, line, e, text)
-      if common_md5(text):
-        yield beam.pvalue.TaggedOutput(REJECTED, ((self._split, common_md5(text)),
-                                                  (file, line, e.reason)))
-      return
-    if ignored:
-      self._ignored.inc(ignored)
-    yield ((self._split, md5), {"features": features, "file": file, "line": line,
-                                "record": text})
-
-
-class ParseSkeleton(beam.PTransform):
-  """(file, line, text) of skeleton files -> {"records": ((split, md5), row), "dead_letter"}.
-
-  Args:
-    spec: the feature spec.
-    split: "train" or "eval": the split every row of these files goes to.
-    infer_click: data.orphan_event_policy == "infer_click".
-  """
-
-  def __init__(self, spec: spec_lib.FeatureSpec, split: str, infer_click: bool = False):
-    super().__init__()
-    self._spec, self._split, self._infer_click = spec, split, infer_click
-
-  def expand(self, lines):
-    outputs = lines | "Parse" >> beam.ParDo(
-        _ParseSkeletonFn(self._spec, self._split, self._infer_click)).with_outputs(
-            dl.DEAD_LETTER, main=RECORDS)
-    return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
-
-
-class ParseCommonFeatures(beam.PTransform):
-  """(file, line, text) of common-features files -> {"records": ((split, md5), row),
-  "rejected": ((split, md5), (file, line, reason)), "dead_letter"}."""
-
-  def __init__(self, spec: spec_lib.FeatureSpec, split: str):
-    super().__init__()
-    self._spec, self._split = spec, split
-
-  def expand(self, lines):
-    outputs = lines | "Parse" >> beam.ParDo(_ParseCommonFn(self._spec, self._split)).with_outputs(
-        dl.DEAD_LETTER, REJECTED, main=RECORDS)
-    return {RECORDS: outputs[RECORDS], REJECTED: outputs[REJECTED],
-            dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
-
-
-def _skeleton_dead_letter(row: Dict[str, Any], reason: str, detail: str) -> Dict[str, Any]:
-  return dl.make_dead_letter(dl.IMPRESSIONS, row["file"], row["line"], reason, detail,
-                             row["record"])
 
 
 def duplicate_md5_letter(split: str, md5: str, kept: Mapping[str, Any],
@@ -423,74 +346,151 @@ def unjoined_reason(split: str, md5: str, rejected: Sequence[Tuple[str, int, str
           f"{split} md5 {md5!r} has no common-features row in the {split} files")
 
 
-class _JoinFn(beam.DoFn):
-  """((split, md5), {"skeleton", "common", "rejected"}) -> labelled records + accounting."""
+_LINE_COLUMNS = {SKELETON: SKELETON_COLUMNS, COMMON: COMMON_COLUMNS}
 
-  def __init__(self, spec: spec_lib.FeatureSpec):
-    self._spec = spec
-    self._joined = beam.metrics.Metrics.counter("aliccp", "joined")
 
-  def setup(self):
-    self._fields = FieldFeatures(self._spec)
+def _rows_with(item_rows: np.ndarray, item_mask: np.ndarray, n: int) -> np.ndarray:
+  """bool [n]: rows with at least one item where item_mask."""
+  return np.bincount(item_rows[item_mask], minlength=n)[:n] > 0
 
-  def process(self, keyed):
-    (split, md5), grouped = keyed
-    commons = sorted(grouped["common"], key=lambda row: (row["file"], row["line"]))
-    kept = commons[0] if commons else None
-    for duplicate in commons[1:]:
-      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER,
-                                     duplicate_md5_letter(split, md5, kept, duplicate))
-    if kept is None:
-      reason, detail = unjoined_reason(split, md5, list(grouped["rejected"]))
-      for row in grouped["skeleton"]:
-        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER,
-                                       _skeleton_dead_letter(row, reason, detail))
-      return
-    used = False
-    for row in grouped["skeleton"]:  # Streamed: a popular md5 may have many rows.
-      used = True
-      try:
-        features = self._fields.merge(row["features"], kept["features"])
-      except example_codec.RecordError as e:
-        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER,
-                                       _skeleton_dead_letter(row, e.reason, e.detail))
+
+def as_bool(array) -> np.ndarray:
+  """A boolean array (or ChunkedArray) as numpy, null as False."""
+  return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+
+
+class ReleaseLineParser:
+  """Stripped lines of one kind ("skeleton" or "common") -> columns + odd lines.
+
+  Args:
+    spec: the feature spec.
+    kind: "skeleton" or "common". (A purchase without a click is always left to the
+      row function, which applies data.orphan_event_policy.)
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec, kind: str):
+    if kind not in _LINE_COLUMNS:
+      raise ValueError(f"kind {kind!r} not in {tuple(_LINE_COLUMNS)}")
+    self._kind = kind
+    self._fields = FieldFeatures(spec)
+    self._features = list(spec)
+    self._feature_index = {}  # raw field -> index in self._features, or -1.
+
+  def _index_of(self, field: str) -> int:
+    if field not in self._feature_index:
+      feature = self._fields.feature_of(field)
+      self._feature_index[field] = -1 if feature is None else next(
+          i for i, f in enumerate(self._features) if f.name == feature.name)
+    return self._feature_index[field]
+
+  def parse(self, texts: Sequence[str]
+            ) -> Tuple[pa.Table, np.ndarray, np.ndarray, int]:
+    """-> (columns of the plain lines, their indices in texts, the other lines' indices,
+    items of fields the spec does not name on the plain lines).
+
+    Columns: impression_id (sample_id; "" for common lines), then the spec's features
+    in `parse.impression_schema` order (weights after their feature), then
+    click and purchase (skeleton only), then md5.
+    """
+    n = len(texts)
+    lines = pa.array(texts, pa.string())
+    columns = _LINE_COLUMNS[self._kind]
+    parts = pc.split_pattern(lines, ",", max_splits=columns - 1)
+    plain = pc.equal(pc.list_value_length(parts), columns).to_numpy(zero_copy_only=False)
+    # Only lines with the layout's column count go on (list_element needs every cell).
+    keep = np.flatnonzero(plain)
+    parts = parts.take(pa.array(keep, pa.int64()))
+    cell = lambda index: pc.list_element(parts, index)
+    if self._kind == SKELETON:
+      sample_id, click, buy, md5, count, feature_list = (cell(i) for i in range(6))
+      ok = (as_bool(pc.match_substring_regex(sample_id, "^" + _ID + "$"))
+            & as_bool(pc.match_substring_regex(click, "^[01]$"))
+            & as_bool(pc.match_substring_regex(buy, "^[01]$")))
+      ok &= ~(pc.equal(buy, "1").to_numpy(zero_copy_only=False)
+              & pc.equal(click, "0").to_numpy(zero_copy_only=False))
+    else:
+      md5, count, feature_list = (cell(i) for i in range(3))
+      sample_id = None
+      ok = np.ones(len(keep), dtype=bool)
+    ok &= as_bool(pc.match_substring_regex(md5, "^" + _ID + "$"))
+    ok &= as_bool(pc.match_substring_regex(count, _COUNT))
+    items = pc.split_pattern(feature_list, "\x01")
+    item_counts = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = pc.cast(pc.if_else(pa.array(ok), count, "0"), pa.int64()).to_numpy(
+        zero_copy_only=False)
+    ok &= counts == item_counts
+    item_rows = np.repeat(np.arange(len(keep), dtype=np.int64), item_counts)
+    parsed = pc.extract_regex(items.flatten(), _ITEM)
+    item_ok = parsed.is_valid().to_numpy(zero_copy_only=False)
+    field = pc.struct_field(parsed, [0])
+    feature_id = pc.struct_field(parsed, [1])
+    value_text = pc.fill_null(pc.struct_field(parsed, [2]), "0")
+    value = pc.cast(value_text, pa.float64()).to_numpy(zero_copy_only=False)
+    item_ok &= np.isfinite(value)
+    ok &= ~_rows_with(item_rows, ~item_ok, len(keep))
+    unique_fields = pc.unique(field)
+    codes = pc.index_in(field, value_set=unique_fields)
+    mapping = np.array([self._index_of(f) if f is not None else -1
+                        for f in unique_fields.to_pylist()] + [-1], dtype=np.int64)
+    feature_of_item = mapping[pc.fill_null(codes, len(mapping) - 1).to_numpy(
+        zero_copy_only=False)]
+    for index, feature in enumerate(self._features):
+      mine = feature_of_item == index
+      if not mine.any():
         continue
-      self._joined.inc()
-      yield {"impression_id": row["impression_id"], "timestamp": row["timestamp"],
-             "features": features, "labels": row["labels"], "file": row["file"],
-             "line": row["line"], "split": split}
-    yield beam.pvalue.TaggedOutput(USED if used else UNUSED, md5)
-
-
-class JoinCommonFeatures(beam.PTransform):
-  """(skeleton rows, common rows, rejected md5s), each keyed by (split, md5) ->
-  {"records": labelled records with a "split" key, "dead_letter", "used", "unused"}."""
-
-  def __init__(self, spec: spec_lib.FeatureSpec):
-    super().__init__()
-    self._spec = spec
-
-  def expand(self, inputs):
-    skeleton, common, rejected = inputs
-    outputs = ({"skeleton": skeleton, "common": common, "rejected": rejected}
-               | "CoGroup" >> beam.CoGroupByKey()
-               | "Join" >> beam.ParDo(_JoinFn(self._spec)).with_outputs(
-                   dl.DEAD_LETTER, USED, UNUSED, main=RECORDS))
-    return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER],
-            USED: outputs[USED], UNUSED: outputs[UNUSED]}
-
-
-class _BySplitFn(beam.DoFn):
-
-  def process(self, record):
-    yield beam.pvalue.TaggedOutput(record["split"], record)
-
-
-class SplitByFile(beam.PTransform):
-  """Records carrying a "split" key (from the files they were read from) ->
-  {"train": ..., "eval": ...}."""
-
-  def expand(self, records):
-    outputs = records | "Split" >> beam.ParDo(_BySplitFn()).with_outputs(
-        split_lib.TRAIN, split_lib.EVAL)
-    return {split_lib.TRAIN: outputs[split_lib.TRAIN], split_lib.EVAL: outputs[split_lib.EVAL]}
+      if feature.dtype == "int":
+        bad_int = mine & ~as_bool(pc.match_substring_regex(feature_id, INT_ID))
+        ok &= ~_rows_with(item_rows, bad_int, len(keep))
+      if not feature.multivalent:
+        per_row = np.bincount(item_rows[mine], minlength=len(keep))
+        ok &= per_row <= 1
+    # The plain rows and their items.
+    plain_rows = keep[ok]
+    item_keep = ok[item_rows]
+    row_of_item = (np.cumsum(ok) - 1)[item_rows[item_keep]]
+    feature_of_item = feature_of_item[item_keep]
+    feature_id = feature_id.filter(pa.array(item_keep))
+    value = value[item_keep]
+    m = len(plain_rows)
+    arrays, names = [], []
+    if sample_id is not None:
+      arrays.append(sample_id.filter(pa.array(ok)))
+    else:
+      arrays.append(pa.array([""] * m, pa.string()))
+    names.append(spec_lib.IMPRESSION_ID_KEY)
+    for index, feature in enumerate(self._features):
+      mine = np.flatnonzero(feature_of_item == index)
+      rows = row_of_item[mine]
+      if feature.dtype == "string":
+        values = feature_id.take(pa.array(mine, pa.int64()))
+      elif feature.dtype == "int":
+        values = pc.cast(feature_id.take(pa.array(mine, pa.int64())), pa.int64())
+      else:
+        values = pa.array(value[mine], pa.float64())
+      if feature.multivalent:
+        per_row = np.bincount(rows, minlength=m)[:m] if m else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(per_row, out=offsets[1:])
+        null = per_row == 0
+        mask = np.r_[null, False] if null.any() else None
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32(), mask=mask),
+                                               values))
+        names.append(feature.name)
+        if feature.weighted:
+          arrays.append(pa.ListArray.from_arrays(
+              pa.array(offsets, pa.int32(), mask=mask), pa.array(value[mine], pa.float64())))
+          names.append(feature.weight_key)
+      else:
+        position = np.full(m, -1, dtype=np.int64)
+        position[rows] = np.arange(len(mine), dtype=np.int64)
+        arrays.append(values.take(pa.array(position, pa.int64(), mask=position < 0)))
+        names.append(feature.name)
+    if self._kind == SKELETON:
+      arrays.append(pc.cast(click.filter(pa.array(ok)), pa.int64()))
+      arrays.append(pc.cast(buy.filter(pa.array(ok)), pa.int64()))
+      names += [CLICK_LABEL, PURCHASE_LABEL]
+    arrays.append(md5.filter(pa.array(ok)))
+    names.append("md5")
+    ignored = int((feature_of_item < 0).sum())
+    odd = np.setdiff1d(np.arange(n, dtype=np.int64), plain_rows, assume_unique=True)
+    return pa.Table.from_arrays(arrays, names=names), plain_rows, odd, ignored

@@ -1,6 +1,6 @@
 """Compute the transform artifacts (vocabularies, mean/variance, bucket boundaries) on train.
 
-Flow: SplitByTime -> train records -> **AnalyzeTransforms -> WriteTransformArtifacts** ->
+Flow: SplitBatchesByTime -> train batches -> **AnalyzeBatches -> WriteTransformArtifacts** ->
 OUTPUT/transform/ -> `features.artifacts.load_artifacts` -> the model's preprocessing
 layers. The layout is documented in `features/artifacts.py`:
 
@@ -25,18 +25,27 @@ layers. The layout is documented in `features/artifacts.py`:
 Only present values count (a missing feature adds nothing). Every statistic is a sum of
 integers (token and value counts, scaled sums) followed by one computation, so the
 artifacts are byte-for-byte the same however the input is ordered and split into
-bundles or workers (tests/test_beam_parallel.py). Work per record is a few dict updates:
-a DoFn pre-aggregates per bundle (token counts, value counts, exact sums) and the
-combiners merge bundles, so the job scales to Dataflow.
+bundles or workers (tests/test_beam_parallel.py). Per batch, each analysed column is
+reduced to its distinct values with their counts (`pyarrow.compute.value_counts`, in
+C++; list columns flattened first), and only the distinct values go through the Python
+rules (`vocabulary_token`, `is_writable_token`, `math.log1p(max(x, 0.0))`,
+`histogram_value`); plain normalize sums are taken in numpy (`exact_moments`). A DoFn
+pre-aggregates per bundle and the combiners merge bundles, so the job scales to Dataflow.
+
+Input: labelled batches (`records.labelled_schema`: one column per spec feature, null =
+missing; list<...> when multivalent).
 """
 
 import collections
 import math
 import os
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 from apache_beam.transforms.window import GlobalWindows
 
@@ -152,75 +161,6 @@ class _MergeMomentsCombineFn(ExactMomentsCombineFn):
     return self.merge_accumulators([accumulator, partial])
 
 
-class _AnalyzerInputsFn(beam.DoFn):
-  """Train records -> per-bundle partial statistics on three tagged outputs.
-
-  vocabulary: ((feature, token), count); normalize: (feature, ExactMomentsCombineFn
-  accumulator); bucketize: ((feature, histogram_value), count).
-  """
-
-  def __init__(self, spec: spec_lib.FeatureSpec):
-    self._spec = spec
-    self._skipped = beam.metrics.Metrics.counter("analyze", "vocabulary_tokens_skipped")
-    self._moments_fn = ExactMomentsCombineFn()
-
-  def setup(self):
-    self._vocab = [(f.name, f.dtype, f.multivalent) for f in self._spec
-                   if f.transform == VOCABULARY]
-    self._normalize = [(f.name, f.log1p) for f in self._spec if f.transform == NORMALIZE]
-    self._bucketize = [(f.name, f.multivalent) for f in self._spec if f.transform == BUCKETIZE]
-
-  def start_bundle(self):
-    self._counts = collections.Counter()
-    self._moments = {name: self._moments_fn.create_accumulator() for name, _ in self._normalize}
-    self._histogram = collections.Counter()
-
-  def process(self, record):
-    features = record["features"]
-    counts = self._counts
-    for name, dtype, multivalent in self._vocab:
-      value = features.get(name)
-      if value is None:
-        continue
-      for item in (value if multivalent else (value,)):
-        token = vocabulary_token(dtype, item)
-        if is_writable_token(token):
-          counts[(name, token)] += 1
-        else:
-          self._skipped.inc()
-    for name, log1p in self._normalize:
-      value = features.get(name)
-      if value is None:
-        continue
-      if log1p:
-        value = math.log1p(max(value, 0.0))
-      self._moments[name] = self._moments_fn.add_input(self._moments[name], value)
-    histogram = self._histogram
-    for name, multivalent in self._bucketize:
-      value = features.get(name)
-      if value is None:
-        continue
-      for item in (value if multivalent else (value,)):
-        histogram[(name, histogram_value(item))] += 1
-    if len(counts) >= MAX_BUFFERED_TOKENS:
-      for key_count in counts.items():
-        yield beam.pvalue.TaggedOutput(VOCABULARY, key_count)
-      counts.clear()
-    if len(histogram) >= MAX_BUFFERED_VALUES:
-      for key_count in histogram.items():
-        yield beam.pvalue.TaggedOutput(BUCKETIZE, key_count)
-      histogram.clear()
-
-  def finish_bundle(self):
-    for key_count in self._counts.items():
-      yield beam.pvalue.TaggedOutput(VOCABULARY, GlobalWindows.windowed_value(key_count))
-    for name, moments in self._moments.items():
-      if moments[0]:
-        yield beam.pvalue.TaggedOutput(NORMALIZE, GlobalWindows.windowed_value((name, moments)))
-    for key_count in self._histogram.items():
-      yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value(key_count))
-
-
 def assemble_artifacts(pieces: List[Tuple[str, Any, Any]],
                        spec: spec_lib.FeatureSpec) -> Dict[str, Any]:
   """Joins the computed pieces into {"train_examples", "features", "vocabularies"}.
@@ -260,35 +200,202 @@ def assemble_artifacts(pieces: List[Tuple[str, Any, Any]],
           "vocabularies": vocabularies}
 
 
-class AnalyzeTransforms(beam.PTransform):
-  """Train records -> a single dict {"train_examples", "features", "vocabularies"}.
+def distinct_counts(column: pa.Array) -> List[Tuple[Any, int]]:
+  """(value, count) of each distinct present value of a column (list columns: of their
+  elements); nulls are left out. Values are Python values (str, int, float)."""
+  if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+    column = column.flatten()
+  column = column.drop_null()
+  if not len(column):
+    return []
+  counted = pc.value_counts(column)
+  return list(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
 
-  `features` is the `transform.json` mapping of `features/artifacts.py`; `vocabularies`
-  maps each vocabulary feature to its tokens, most frequent first.
 
-  Args:
-    spec: the feature spec.
+def _grouped_sums(groups: np.ndarray, size: int, parts: Sequence[np.ndarray]) -> List[List[int]]:
+  """Per group, the int64 sum of each part (every |partial sum| stays below 2^63)."""
+  sums = []
+  for part in parts:
+    total = np.zeros(size, dtype=np.int64)
+    np.add.at(total, groups, part)
+    sums.append(total.tolist())
+  return sums
+
+
+_LIMB = 18  # Bits per limb of a mantissa (3 limbs hold its 53 bits).
+_LIMB_MASK = (1 << _LIMB) - 1
+_MAX_VALUES = 1 << 25
+
+
+def exact_moments(values: np.ndarray) -> Tuple[int, int, int]:
+  """`ExactMomentsCombineFn`'s accumulator (count, sum of x * 2^S, sum of x^2 * 2^2S,
+  S = SCALE_BITS: exact integers) of float64 values, in numpy.
+
+  Each x is m * 2^(e - 53) with an integer |m| < 2^53 (np.frexp), so x * 2^S is
+  m shifted by e - 53 + S bits (right only for subnormals, whose m ends in as many
+  zeros). Values are grouped by that shift; per group the sums of m and of m^2 are
+  taken exactly in int64 by cutting |m| into three 18-bit limbs a, b, c (m^2 = a^2 2^72
+  + 2ab 2^54 + (2ac + b^2) 2^36 + 2bc 2^18 + c^2: every product below 2^37, every sum
+  of up to 2^25 values below 2^63), then combined as Python integers.
   """
+  values = np.asarray(values, dtype=np.float64)
+  if not len(values):
+    return 0, 0, 0
+  if len(values) > _MAX_VALUES:  # Keep every int64 partial sum below 2^63.
+    parts = [exact_moments(values[start:start + _MAX_VALUES])
+             for start in range(0, len(values), _MAX_VALUES)]
+    return tuple(sum(part[i] for part in parts) for i in range(3))
+  fraction, exponent = np.frexp(values)
+  mantissa = np.ldexp(fraction, 53).astype(np.int64)
+  shift = exponent.astype(np.int64) - 53 + SCALE_BITS
+  sign = np.sign(mantissa)
+  magnitude = np.abs(mantissa)
+  a, b, c = magnitude >> (2 * _LIMB), (magnitude >> _LIMB) & _LIMB_MASK, magnitude & _LIMB_MASK
+  shifts, groups = np.unique(shift, return_inverse=True)
+  groups = groups.reshape(-1)
+  sum_a, sum_b, sum_c, aa, ab, ac_bb, bc, cc = _grouped_sums(groups, len(shifts), [
+      sign * a, sign * b, sign * c, a * a, 2 * a * b, 2 * a * c + b * b, 2 * b * c, c * c])
+  scaled_sum = scaled_squares = 0
+  for index, bits in enumerate(shifts.tolist()):
+    plain = (sum_a[index] << (2 * _LIMB)) + (sum_b[index] << _LIMB) + sum_c[index]
+    squares = ((aa[index] << (4 * _LIMB)) + (ab[index] << (3 * _LIMB))
+               + (ac_bb[index] << (2 * _LIMB)) + (bc[index] << _LIMB) + cc[index])
+    scaled_sum += plain << bits if bits >= 0 else plain >> -bits
+    scaled_squares += squares << (2 * bits) if bits >= 0 else squares >> (-2 * bits)
+  return len(values), scaled_sum, scaled_squares
+
+
+def _present_values(column: pa.Array) -> np.ndarray:
+  """The present values of a column (list columns: their elements) as float64, as
+  `float(value)` makes them."""
+  if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+    column = column.flatten()
+  return column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def moments_of(value_counts: List[Tuple[Any, int]], log1p: bool) -> Tuple[int, int, int]:
+  """The `ExactMomentsCombineFn` accumulator of the values (each repeated count times),
+  with the normalize transform (`math.log1p(max(x, 0.0))` when log1p)."""
+  count = scaled_sum = scaled_squares = 0
+  for value, n in value_counts:
+    if log1p:
+      value = math.log1p(max(value, 0.0))
+    numerator, denominator = float(value).as_integer_ratio()
+    shift = SCALE_BITS + 1 - denominator.bit_length()
+    count += n
+    scaled_sum += n * (numerator << shift)
+    scaled_squares += n * ((numerator * numerator) << (2 * shift))
+  return count, scaled_sum, scaled_squares
+
+
+class BatchAnalyzer:
+  """Partial statistics of labelled batches.
+
+  `add(batch)` accumulates; `token_counts`, `moments`, `histogram` hold the partials
+  ({(feature, token): n}, {feature: accumulator}, {(feature, histogram_value): n}) and
+  `skipped_tokens` the tokens a vocabulary file cannot hold.
+  """
+
+  def __init__(self, spec: spec_lib.FeatureSpec):
+    self._vocab = [(f.name, f.dtype) for f in spec if f.transform == VOCABULARY]
+    self._normalize = [(f.name, f.log1p) for f in spec if f.transform == NORMALIZE]
+    self._bucketize = [f.name for f in spec if f.transform == BUCKETIZE]
+    self._moments_fn = ExactMomentsCombineFn()
+    self.clear()
+
+  def clear(self) -> None:
+    self.token_counts: Dict[Tuple[str, str], int] = collections.Counter()
+    self.moments = {name: self._moments_fn.create_accumulator() for name, _ in self._normalize}
+    self.histogram: Dict[Tuple[str, float], int] = collections.Counter()
+    self.skipped_tokens = 0
+
+  def add(self, batch: pa.RecordBatch) -> None:
+    column = lambda name: batch.column(batch.schema.get_field_index(name))
+    for name, dtype in self._vocab:
+      for value, n in distinct_counts(column(name)):
+        token = vocabulary_token(dtype, value)
+        if is_writable_token(token):
+          self.token_counts[(name, token)] += n
+        else:
+          self.skipped_tokens += n
+    for name, log1p in self._normalize:
+      if log1p:  # math.log1p per distinct value.
+        partial = moments_of(distinct_counts(column(name)), log1p)
+      else:
+        partial = exact_moments(_present_values(column(name)))
+      self.moments[name] = self._moments_fn.merge_accumulators([self.moments[name], partial])
+    for name in self._bucketize:
+      for value, n in distinct_counts(column(name)):
+        self.histogram[(name, histogram_value(value))] += n
+
+
+class _BatchAnalyzerInputsFn(beam.DoFn):
+  """Train batches -> per-bundle partials on the tagged outputs of
+  (vocabulary, normalize, bucketize), as `combine_partials` reads them."""
+
+  def __init__(self, spec: spec_lib.FeatureSpec):
+    self._spec = spec
+    self._skipped = beam.metrics.Metrics.counter("analyze", "vocabulary_tokens_skipped")
+
+  def setup(self):
+    self._analyzer = BatchAnalyzer(self._spec)
+
+  def start_bundle(self):
+    self._analyzer.clear()
+
+  def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+    analyzer = self._analyzer
+    analyzer.add(batch)
+    if len(analyzer.token_counts) >= MAX_BUFFERED_TOKENS:
+      for key_count in analyzer.token_counts.items():
+        yield beam.pvalue.TaggedOutput(VOCABULARY, key_count)
+      analyzer.token_counts.clear()
+    if len(analyzer.histogram) >= MAX_BUFFERED_VALUES:
+      for key_count in analyzer.histogram.items():
+        yield beam.pvalue.TaggedOutput(BUCKETIZE, key_count)
+      analyzer.histogram.clear()
+
+  def finish_bundle(self):
+    analyzer = self._analyzer
+    if analyzer.skipped_tokens:
+      self._skipped.inc(analyzer.skipped_tokens)
+    for key_count in analyzer.token_counts.items():
+      yield beam.pvalue.TaggedOutput(VOCABULARY, GlobalWindows.windowed_value(key_count))
+    for name, moments in analyzer.moments.items():
+      if moments[0]:
+        yield beam.pvalue.TaggedOutput(NORMALIZE,
+                                       GlobalWindows.windowed_value((name, moments)))
+    for key_count in analyzer.histogram.items():
+      yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value(key_count))
+    analyzer.clear()
+
+
+class AnalyzeBatches(beam.PTransform):
+  """Labelled train batches -> the single dict {"train_examples", "features",
+  "vocabularies"}: `features` is the `transform.json` mapping of `features/artifacts.py`;
+  `vocabularies` maps each vocabulary feature to its tokens, most frequent first."""
 
   def __init__(self, spec: spec_lib.FeatureSpec):
     super().__init__()
     self._spec = spec
 
-  def expand(self, records):
-    partial = records | "Partial" >> beam.ParDo(_AnalyzerInputsFn(self._spec)).with_outputs(
+  def expand(self, batches):
+    partial = batches | "Partial" >> beam.ParDo(_BatchAnalyzerInputsFn(self._spec)).with_outputs(
         VOCABULARY, NORMALIZE, BUCKETIZE)
-    examples = records | "CountExamples" >> beam.combiners.Count.Globally()
+    examples = (batches
+                | "Rows" >> beam.Map(lambda batch: batch.num_rows)
+                | "CountExamples" >> beam.CombineGlobally(sum))
     return combine_partials(partial, examples, self._spec)
 
 
 def combine_partials(partial, train_examples: beam.PCollection,
                      spec: spec_lib.FeatureSpec) -> beam.PCollection:
-  """Per-bundle partial statistics -> the single dict of `AnalyzeTransforms`.
+  """Per-bundle partial statistics -> the single dict of `AnalyzeBatches`.
 
   Args:
     partial: {"vocabulary": ((feature, token), count), "normalize": (feature,
       ExactMomentsCombineFn accumulator), "bucketize": ((feature, histogram_value),
-      count)}, as `_AnalyzerInputsFn` emits them (any bundling: every merge is exact).
+      count)}, as `_BatchAnalyzerInputsFn` emits them (any bundling: every merge is exact).
     train_examples: one int, the number of train records.
   """
   pieces = [train_examples | "CountPiece" >> beam.Map(lambda n: (COUNT, None, n))]
@@ -343,7 +450,7 @@ def write_artifacts(analysis: Dict[str, Any], directory: str) -> str:
 
 
 class WriteTransformArtifacts(beam.PTransform):
-  """The output of AnalyzeTransforms -> files under `directory` (OUTPUT/transform)."""
+  """The output of AnalyzeBatches -> files under `directory` (OUTPUT/transform)."""
 
   def __init__(self, directory: str):
     super().__init__()

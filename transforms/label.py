@@ -1,7 +1,7 @@
-"""Join impressions with their behaviour events and derive the 0/1 labels.
+"""Label impressions from their behaviour events: the rules, and their columnar use per bucket.
 
-Flow: ParseImpressions + ParseEvents -> **JoinAndLabel** -> SplitByTime -> EncodeExamples.
-Both inputs are keyed by impression_id and co-grouped. Per impression id:
+Flow: join.BucketedJoinAndLabel -> **BucketLabeler.join_and_label** (one hash bucket's
+impressions and events) -> labelled batches -> split -> ... The rules, per impression id:
 
   * several impressions: the earliest is kept (by timestamp, then canonical JSON of the
     raw record, then file and line, so the choice is deterministic); the others are
@@ -18,22 +18,32 @@ Both inputs are keyed by impression_id and co-grouped. Per impression id:
                                              (attributed, and click = 1)
     every other event is attributed and sets its label(s) to 1.
 
-Outputs: "records" (labelled impressions: {"impression_id", "timestamp", "features",
-"labels": {name: 0/1 for every configured label}, "file", "line"}), "dead_letter", and
-"attributed" (one element, the event type, per attributed event, for the accounting).
+`EventLabeler` states the rules as plain functions over dicts (tests call it without
+Beam), and its own code decides every case that is not plain: duplicate impression ids
+go through `EventLabeler.choose_impression`, and an impression with any event before
+it, outside the window, repeated, or an orphan goes through `EventLabeler.attribute`
+(with its events as dicts). Impressions whose events are all valid (the vast majority)
+are labelled in columns by `BucketLabeler`: label = 1 when any of its events has one of
+the label's event types.
+
+Output (per bucket): labelled impressions as a RecordBatch with the impression columns of
+`parse.impression_schema` (file, line, record, impression_id, timestamp, features)
+followed by one int64 0/1 column per configured label; dead letters; the number of
+attributed events (for the accounting).
 """
 
 import json
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from configs import config as config_lib
 from transforms import dead_letter as dl
-from transforms import parse as parse_lib
+from transforms import read
 
-RECORDS = parse_lib.RECORDS
-ATTRIBUTED = "attributed"
+_ROW = "__row"
 
 
 def canonical_json(record: Any) -> str:
@@ -141,62 +151,130 @@ class EventLabeler:
     return labels, attributed, dead
 
 
-class _LabelFn(beam.DoFn):
-  """(impression_id, {"impressions": [...], "events": [...]}) -> labelled impression."""
-
-  def __init__(self, data_config: config_lib.DataConfig):
-    self._data_config = data_config
-    self._labelled = beam.metrics.Metrics.counter("label", "impressions_labelled")
-    self._attributed = beam.metrics.Metrics.counter("label", "events_attributed")
-    self._rejected = beam.metrics.Metrics.counter("label", "dead_letter")
-
-  def setup(self):
-    self._labeler = EventLabeler(self._data_config)
-
-  def process(self, keyed: Tuple[str, Dict[str, Iterable[Dict[str, Any]]]]):
-    _, grouped = keyed
-    impressions = list(grouped["impressions"])
-    events = list(grouped["events"])
-    if not impressions:
-      self._rejected.inc(len(events))
-      for event in events:
-        yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, _event_dead_letter(
-            event, dl.EVENT_WITHOUT_IMPRESSION,
-            f"no impression with impression_id {event['impression_id']!r}"))
-      return
-    impression, dead = self._labeler.choose_impression(impressions)
-    labels, attributed, dead_events = self._labeler.attribute(impression, events)
-    self._rejected.inc(len(dead) + len(dead_events))
-    for letter in dead + dead_events:
-      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
-    self._attributed.inc(len(attributed))
-    for event in attributed:
-      yield beam.pvalue.TaggedOutput(ATTRIBUTED, event["event"])
-    self._labelled.inc()
-    yield {"impression_id": impression["impression_id"], "timestamp": impression["timestamp"],
-           "features": impression["features"], "labels": labels,
-           "file": impression["file"], "line": impression["line"]}
+def _rows(table: pa.Table, indices: np.ndarray) -> List[Dict[str, Any]]:
+  return table.take(pa.array(indices, pa.int64())).to_pylist() if len(indices) else []
 
 
-class JoinAndLabel(beam.PTransform):
-  """(impressions, events) -> {"records", "dead_letter", "attributed"}.
+def _impression_dict(row: Dict[str, Any], feature_names: Sequence[str]) -> Dict[str, Any]:
+  """A parsed impression row as the dict `EventLabeler` reads (features without nulls)."""
+  return {"impression_id": row["impression_id"], "timestamp": row["timestamp"],
+          "features": {k: row[k] for k in feature_names if row[k] is not None},
+          "file": row["file"], "line": row["line"], "record": row["record"], _ROW: row[_ROW]}
+
+
+def _with_row_index(table: pa.Table) -> pa.Table:
+  return table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+class BucketLabeler:
+  """Joins and labels one bucket's impressions and events (module docstring).
 
   Args:
     data_config: labels, attribution window and orphan policy.
+    impression_schema: `parse.impression_schema(spec)`.
   """
 
-  def __init__(self, data_config: config_lib.DataConfig):
-    super().__init__()
-    self._data_config = data_config
+  def __init__(self, data_config: config_lib.DataConfig, impression_schema: pa.Schema):
+    self.labeler = EventLabeler(data_config)
+    self.impression_schema = impression_schema
+    meta = {"file", "line", "record", "impression_id", "timestamp"}
+    self.feature_names = [name for name in impression_schema.names if name not in meta]
+    self.output_schema = pa.schema(list(impression_schema) + [
+        pa.field(name, pa.int64()) for name in self.labeler.label_names])
+    self._click_events = pa.array(sorted(self.labeler.click_events), pa.string())
+    self._after_click_events = pa.array(sorted(
+        event for event, (_, needs_click) in self.labeler.rules.items() if needs_click),
+                                        pa.string())
+    self._parquet = read.ParquetRows()
+    self._label_events = [pa.array(sorted(e for e, (names, _) in self.labeler.rules.items()
+                                          if name in names), pa.string())
+                          for name in self.labeler.label_names]
 
-  def expand(self, impressions_and_events):
-    impressions, events = impressions_and_events
-    keyed_impressions = impressions | "KeyImpressions" >> beam.Map(
-        lambda imp: (imp["impression_id"], imp))
-    keyed_events = events | "KeyEvents" >> beam.Map(lambda event: (event["impression_id"], event))
-    outputs = ({"impressions": keyed_impressions, "events": keyed_events}
-               | "CoGroup" >> beam.CoGroupByKey()
-               | "Label" >> beam.ParDo(_LabelFn(self._data_config)).with_outputs(
-                   dl.DEAD_LETTER, ATTRIBUTED, main=RECORDS))
-    return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER],
-            ATTRIBUTED: outputs[ATTRIBUTED]}
+  def _choose(self, impressions: pa.Table, dead: List[Dict[str, Any]]) -> pa.Table:
+    """One impression per id: duplicates through `EventLabeler.choose_impression`."""
+    impressions = _with_row_index(impressions)
+    ids = impressions.column("impression_id")
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+      return impressions
+    is_repeated = pc.is_in(ids, value_set=repeated).to_numpy()
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for row in self._parquet.fill_records(_rows(impressions, np.flatnonzero(is_repeated))):
+      groups.setdefault(row["impression_id"], []).append(
+          _impression_dict(row, self.feature_names))
+    chosen = []
+    for group in groups.values():
+      kept, letters = self.labeler.choose_impression(group)
+      dead.extend(letters)
+      chosen.append(kept[_ROW])
+    keep = np.flatnonzero(~is_repeated).tolist() + chosen
+    return impressions.take(pa.array(sorted(keep), pa.int64()))
+
+  def join_and_label(self, impressions: pa.Table, events: pa.Table
+                     ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]], int]:
+    """One bucket -> (labelled impressions, dead letters, attributed events)."""
+    dead: List[Dict[str, Any]] = []
+    # One chunk per column, so .to_numpy() of a ChunkedArray is one copy-free array.
+    impressions, events = impressions.combine_chunks(), events.combine_chunks()
+    kept = self._choose(impressions, dead)
+    n = kept.num_rows
+    position = pc.index_in(events.column("impression_id"), value_set=kept.column(
+        "impression_id")).to_numpy()
+    position = np.where(np.isnan(position), -1, position).astype(np.int64) if (
+        position.dtype.kind == "f") else position.astype(np.int64)
+    orphans = np.flatnonzero(position < 0)
+    for event in self._parquet.fill_records(_rows(events, orphans)):
+      dead.append(dl.make_dead_letter(
+          dl.EVENTS, event["file"], event["line"], dl.EVENT_WITHOUT_IMPRESSION,
+          f"no impression with impression_id {event['impression_id']!r}", event["record"]))
+    matched = np.flatnonzero(position >= 0)
+    events = events.take(pa.array(matched, pa.int64()))
+    position = position[matched]
+    timestamp = events.column("timestamp").to_numpy()
+    event_type = events.column("event")
+    start = kept.column("timestamp").to_numpy()[position]
+    window = self.labeler.window_s
+    problem = (timestamp < start) | (timestamp > start + window)
+    # Repeats of (impression, timestamp, type): flag every member of such a group (the
+    # row code then decides which one is the repeat).
+    type_code = pc.index_in(event_type, value_set=pc.unique(event_type)).to_numpy()
+    type_code = type_code.astype(np.int64)
+    key = np.stack([position, timestamp, type_code], axis=1)
+    if len(key):
+      _, inverse, group_sizes = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+      problem |= group_sizes[inverse.reshape(-1)] > 1
+    # Orphans: an after-click event with no click at or before it.
+    is_click = pc.is_in(event_type, value_set=self._click_events).to_numpy()
+    first_click = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_click, position[is_click], timestamp[is_click])
+    needs_click = pc.is_in(event_type, value_set=self._after_click_events).to_numpy()
+    problem |= needs_click & (first_click[position] > timestamp)
+    # Impressions with any problem event: the row code labels them.
+    hard = np.zeros(n, dtype=bool)
+    hard[position[problem]] = True
+    labels = np.zeros((len(self.labeler.label_names), n), dtype=np.int64)
+    easy_events = ~hard[position]
+    attributed = int(easy_events.sum())
+    for index, label_events in enumerate(self._label_events):
+      sets = pc.is_in(event_type, value_set=label_events).to_numpy() & easy_events
+      labels[index, position[sets]] = 1
+    hard_positions = np.flatnonzero(hard)
+    if len(hard_positions):
+      event_rows = self._parquet.fill_records(_rows(events, np.flatnonzero(~easy_events)))
+      by_position: Dict[int, List[Dict[str, Any]]] = {}
+      for row, pos in zip(event_rows, position[~easy_events].tolist()):
+        by_position.setdefault(pos, []).append(row)
+      for pos, impression in zip(hard_positions.tolist(), _rows(kept, hard_positions)):
+        found, attributed_events, letters = self.labeler.attribute(
+            impression, by_position.get(pos, []))
+        dead.extend(letters)
+        attributed += len(attributed_events)
+        for index, name in enumerate(self.labeler.label_names):
+          labels[index, pos] = found[name]
+    columns = [kept.column(name) for name in self.impression_schema.names]
+    table = pa.Table.from_arrays(columns + [pa.array(row) for row in labels],
+                                 schema=self.output_schema).combine_chunks()
+    batches = table.to_batches()
+    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=self.output_schema)
+    return batch, dead, attributed

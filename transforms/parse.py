@@ -1,36 +1,103 @@
-"""Parse and validate raw records against the raw log contract (DESIGN.md section 2).
+"""Parse and validate raw log records into RecordBatches, against the raw log contract.
 
-Flow: ReadRecords -> **ParseImpressions / ParseEvents** -> JoinAndLabel -> ...
-Input elements are `(file, line, payload)` from `transforms.read`. Valid records leave as
-dicts; anything else goes to the `dead_letter` output with a reason and a detail naming
-the field:
+Flow: raw logs -> read.py -> **ReadParseImpressions / ReadParseEvents** -> join.py -> ...
+(DESIGN.md section 2). Valid records leave as RecordBatches of up to read.BATCH_ROWS
+records; anything else goes to the `dead_letter` output with a reason and a detail
+naming the field (`dead_letter.make_dead_letter`).
 
-  impression: {"impression_id": str, "timestamp": int, "features": {coerced spec
-               features}, "file": str, "line": int, "record": raw payload}
-  event:      {"impression_id": str, "timestamp": int, "event": str,
-               "file": str, "line": int, "record": raw payload}
+The line rules are plain functions over one record (`ImpressionParser.validate`,
+`EventParser.validate`, with `load_object` and `required_*`; feature values coerced and
+validated by `features.example_codec`): they decide and word every dead letter. A batch
+is parsed in columns only where that gives the same result:
+  * JSON Lines: the non-blank stripped lines go to pyarrow's C++ JSON reader with an
+    explicit, strict schema (a string field given a number, an int given 2.0, a list
+    given a scalar... fail the read). A failing batch is retried in pieces of
+    FALLBACK_PIECE lines; a piece that still fails goes line by line through the line
+    rules. Rows the reader accepts are then checked in columns for what the reader does
+    not enforce (nulls, empty ids, non-finite floats, null list elements, weights,
+    unknown event types); a row failing a check also goes through the line rules.
+  * Parquet: a batch whose columns all have types the line rules would accept unchanged
+    (strings as strings, integers as int64, floats as float64, lists thereof) is cast in
+    columns and checked as above; any other batch goes row by row through the line
+    rules, with `batch.to_pylist()` payloads.
+  * Values an Arrow column cannot hold are `bad_value` dead letters: a timestamp outside
+    int64, a string with a lone surrogate (JSON "\\ud800").
 
-The raw payload (a JSON line's text, a Parquet row's dict) travels with the record so a
-later dead letter can show exactly what was read; text is also cheaper to shuffle than
-the parsed object.
-
-Feature values are coerced and validated by `features.example_codec`.
+Output schemas (one row per kept record, in file order within a batch):
+  impressions: file: string, line: int64, record: string (the JSON line's text; null
+    for Parquet rows, read back by `read.ParquetRows` when a join dead letter needs
+    them), impression_id: string, timestamp: int64, then one column per spec feature in
+    spec order (string / int64 / float64, or list<...> when multivalent; null = missing)
+    and list<float64> `<name>__weight` after each weighted feature (filled with 1.0
+    when the raw record has no weights).
+  events: file, line, record, impression_id: string, timestamp: int64, event: string.
 """
 
+import io
 import json
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
+from apache_beam.io import fileio
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from features import example_codec
 from features import spec as spec_lib
 from transforms import dead_letter as dl
+from transforms import read as read_lib
 
-RECORDS = "records"  # Main output tag of the parse transforms.
+FALLBACK_PIECE = 32  # Lines per retry when a batch fails the strict JSON reader.
+RECORDS = "records"  # Main output tag of the readers / parsers.
+READ = "read"  # Tag of the per-file count of records read (non-blank lines, rows).
 EVENT_KEY = "event"
 USER_ID_KEY = "user_id"
 ITEM_ID_KEY = "item_id"
+
+_ARROW_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
+_META_FIELDS = [pa.field("file", pa.string()), pa.field("line", pa.int64()),
+                pa.field("record", pa.string())]
+
+
+def _feature_fields(spec: spec_lib.FeatureSpec) -> List[pa.Field]:
+  fields = []
+  for feature in spec:
+    arrow_type = _ARROW_TYPES[feature.dtype]
+    fields.append(pa.field(feature.name, pa.list_(arrow_type) if feature.multivalent
+                           else arrow_type))
+    if feature.weighted:
+      fields.append(pa.field(feature.weight_key, pa.list_(pa.float64())))
+  return fields
+
+
+def impression_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
+  """The schema of parsed impression batches (module docstring)."""
+  return pa.schema(_META_FIELDS + [pa.field(spec_lib.IMPRESSION_ID_KEY, pa.string()),
+                                   pa.field(spec_lib.TIMESTAMP_KEY, pa.int64())]
+                   + _feature_fields(spec))
+
+
+def event_schema() -> pa.Schema:
+  """The schema of parsed event batches (module docstring)."""
+  return pa.schema(_META_FIELDS + [pa.field(spec_lib.IMPRESSION_ID_KEY, pa.string()),
+                                   pa.field(spec_lib.TIMESTAMP_KEY, pa.int64()),
+                                   pa.field(EVENT_KEY, pa.string())])
+
+
+def _list_rows_with(list_array: pa.Array, element_mask: np.ndarray, n: int) -> np.ndarray:
+  """Bool [n]: rows of a list array holding at least one element where element_mask."""
+  rows = np.zeros(n, dtype=bool)
+  if element_mask.any():
+    parents = pc.list_parent_indices(list_array).to_numpy(zero_copy_only=False)
+    rows[parents[element_mask]] = True
+  return rows
+
+
+def _null_mask(array: pa.Array) -> np.ndarray:
+  return array.is_null().to_numpy(zero_copy_only=False)
 
 
 class FieldError(ValueError):
@@ -85,58 +152,206 @@ def required_present(record: Dict[str, Any], key: str) -> None:
     raise FieldError(dl.MISSING_FIELD, f"field {key!r} is missing")
 
 
-class _ParseFn(beam.DoFn):
-  """Shared shape of the two parsers: parse, validate, route, count, log per bundle."""
+class _Parser:
+  """Shared batch logic: strict columnar parse, checks, row-parser fallback."""
 
   source = ""
 
-  def __init__(self):
-    self._parsed = beam.metrics.Metrics.counter("parse", f"{self.source}_parsed")
-    self._rejected = beam.metrics.Metrics.counter("parse", f"{self.source}_dead_letter")
+  def __init__(self, schema: pa.Schema):
+    self.schema = schema
+    self._value_schema = pa.schema(list(schema)[len(_META_FIELDS):])
+    self._json_options = pa_json.ParseOptions(explicit_schema=self._value_schema,
+                                              unexpected_field_behavior="ignore")
 
-  def start_bundle(self):
-    self._bundle_parsed = 0
-    self._bundle_rejected = 0
-
-  def finish_bundle(self):
-    if self._bundle_parsed or self._bundle_rejected:
-      logging.info("Parsed %d %s (%d dead-lettered) in this bundle", self._bundle_parsed,
-                   self.source, self._bundle_rejected)
-
+  # Subclasses: the line rules of one record (a dict -> its parsed values, or raises
+  # FieldError / example_codec.RecordError), columnar checks (bool [rows], True = let
+  # `validate` decide), weights filled in, and the column values of one parsed record.
   def validate(self, obj: Dict[str, Any]) -> Dict[str, Any]:
     raise NotImplementedError
 
-  def process(self, raw: Tuple[str, int, Any]) -> Iterable[Any]:
-    file, line, payload = raw
+  def suspicious_rows(self, table: pa.RecordBatch) -> np.ndarray:
+    raise NotImplementedError
+
+  def fill_missing(self, table: pa.Table) -> pa.Table:
+    return table
+
+  def row_values(self, parsed: Dict[str, Any]) -> Dict[str, Any]:
+    raise NotImplementedError
+
+  # Row-parser fallback.
+  def _row_parse(self, file: str, lines: Sequence[int], payloads: Sequence[Any],
+                 rows: List[Dict[str, Any]], dead: List[Dict[str, Any]]) -> None:
+    for line, payload in zip(lines, payloads):
+      try:
+        parsed = self.validate(load_object(payload))
+      except (FieldError, example_codec.RecordError) as e:
+        dead.append(dl.make_dead_letter(self.source, file, line, e.reason, e.detail, payload))
+        continue
+      timestamp = parsed["timestamp"]
+      if not example_codec.INT64_MIN <= timestamp <= example_codec.INT64_MAX:
+        dead.append(dl.make_dead_letter(
+            self.source, file, line, dl.BAD_VALUE,
+            f"field 'timestamp': {timestamp} does not fit in int64", payload))
+        continue
+      values = self.row_values(parsed)
+      unencodable = _unencodable_key(values)
+      if unencodable is not None:
+        # A lone surrogate ("\ud800" in JSON) cannot be an Arrow string.
+        dead.append(dl.make_dead_letter(
+            self.source, file, line, dl.BAD_VALUE,
+            f"field {unencodable!r}: not encodable as utf-8 (a lone surrogate)", payload))
+        continue
+      values["line"] = line
+      values["record"] = payload if isinstance(payload, str) else None
+      rows.append(values)
+
+  def parse_line_by_line(self, file: str, lines: Sequence[int], payloads: Sequence[Any]
+                         ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]]]:
+    """Records of one file through the line rules alone, one by one (the columnar paths'
+    fallback): (kept rows as one batch, dead letters)."""
+    rows: List[Dict[str, Any]] = []
+    dead: List[Dict[str, Any]] = []
+    self._row_parse(file, lines, payloads, rows, dead)
+    return _one_batch([self._rows_table(file, rows)], self.schema), dead
+
+  def _rows_table(self, file: str, rows: List[Dict[str, Any]]) -> pa.Table:
+    columns = {name: [row.get(name) for row in rows] for name in self.schema.names}
+    columns["file"] = [file] * len(rows)
+    return pa.Table.from_pydict(columns, schema=self.schema)
+
+  def _checked(self, file: str, lines: np.ndarray, records: Optional[Sequence[Any]],
+               payloads: Callable[[np.ndarray], Sequence[Any]], values: pa.Table,
+               dead: List[Dict[str, Any]]) -> pa.Table:
+    """Columnar-read rows -> kept rows; suspicious ones re-parsed line by line."""
+    batches = values.combine_chunks().to_batches()
+    suspicious = (self.suspicious_rows(batches[0]) if batches
+                  else np.zeros(values.num_rows, dtype=bool))
+    values = self.fill_missing(values)
+    n = values.num_rows
+    table = pa.Table.from_arrays(
+        [pa.array([file] * n, pa.string()) if n else pa.array([], pa.string()),
+         pa.array(lines, pa.int64()),
+         pa.array(records, pa.string()) if records is not None else pa.nulls(n, pa.string())]
+        + values.columns, schema=self.schema)
+    if not suspicious.any():
+      return table
+    bad = np.flatnonzero(suspicious)
+    rows: List[Dict[str, Any]] = []
+    self._row_parse(file, lines[bad].tolist(), payloads(bad), rows, dead)
+    kept = table.filter(pa.array(~suspicious))
+    return pa.concat_tables([kept, self._rows_table(file, rows)])
+
+  # JSON Lines.
+  def _read_json(self, texts: Sequence[str]) -> Optional[pa.Table]:
+    data = "\n".join(texts).encode("utf-8")
     try:
-      parsed = self.validate(load_object(payload))
-    except (FieldError, example_codec.RecordError) as e:
-      yield self._reject(file, line, e.reason, e.detail, payload)
-      return
-    parsed["file"] = file
-    parsed["line"] = line
-    parsed["record"] = payload
-    self._parsed.inc()
-    self._bundle_parsed += 1
-    yield parsed
+      return pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(
+          use_threads=False, block_size=max(len(data) + 1, 1 << 16)),
+                               parse_options=self._json_options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      return None
 
-  def _reject(self, file, line, reason, detail, record):
-    self._rejected.inc()
-    self._bundle_rejected += 1
-    return beam.pvalue.TaggedOutput(
-        dl.DEAD_LETTER, dl.make_dead_letter(self.source, file, line, reason, detail, record))
+  def parse_json_lines(self, file: str, lines: Sequence[int], texts: Sequence[str]
+                       ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]]]:
+    """Non-blank stripped lines of one file -> (kept rows as one batch, dead letters)."""
+    dead: List[Dict[str, Any]] = []
+    tables = []
+    pieces = [(0, len(texts))]
+    values = self._read_json(texts)
+    if values is None or values.num_rows != len(texts):
+      pieces = [(start, min(start + FALLBACK_PIECE, len(texts)))
+                for start in range(0, len(texts), FALLBACK_PIECE)]
+    for start, stop in pieces:
+      piece_texts = texts[start:stop]
+      piece_lines = np.asarray(lines[start:stop], dtype=np.int64)
+      if len(pieces) > 1:
+        values = self._read_json(piece_texts)
+      if values is not None and values.num_rows == len(piece_texts):
+        tables.append(self._checked(file, piece_lines, piece_texts,
+                                    lambda rows, t=piece_texts: [t[i] for i in rows],
+                                    values, dead))
+      else:
+        rows: List[Dict[str, Any]] = []
+        self._row_parse(file, piece_lines.tolist(), piece_texts, rows, dead)
+        tables.append(self._rows_table(file, rows))
+    return _one_batch(tables, self.schema), dead
+
+  # Parquet.
+  def _cast_parquet(self, batch: pa.RecordBatch) -> Optional[pa.Table]:
+    """The value columns cast from a Parquet batch, or None when a column's type is one
+    the line rules might treat differently (then the batch goes row by row)."""
+    arrays = []
+    for field in self._value_schema:
+      index = batch.schema.get_field_index(field.name)
+      if index < 0:
+        arrays.append(pa.nulls(batch.num_rows, field.type))
+        continue
+      column = batch.column(index)
+      if not _same_python_values(column.type, field.type):
+        return None
+      arrays.append(column.cast(field.type) if column.type != field.type else column)
+    return pa.Table.from_arrays(arrays, schema=self._value_schema)
+
+  def parse_parquet_batch(self, file: str, first_row: int, batch: pa.RecordBatch
+                          ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]]]:
+    """One Parquet batch whose first row is row `first_row` (1-based) of the file."""
+    dead: List[Dict[str, Any]] = []
+    lines = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
+    values = self._cast_parquet(batch)
+    if values is None:
+      return self.parse_line_by_line(file, lines.tolist(), batch.to_pylist())
+    table = self._checked(file, lines, None,
+                          lambda rows: batch.take(pa.array(rows)).to_pylist(), values, dead)
+    return _one_batch([table], self.schema), dead
 
 
-class _ParseImpressionFn(_ParseFn):
+def _unencodable_key(values: Dict[str, Any]) -> Optional[str]:
+  """The first key whose string (or list of strings) value is not valid utf-8, or None."""
+  for key, value in values.items():
+    for item in (value if isinstance(value, list) else (value,)):
+      if isinstance(item, str):
+        try:
+          item.encode("utf-8")
+        except UnicodeEncodeError:
+          return key
+  return None
+
+
+def _same_python_values(source: pa.DataType, target: pa.DataType) -> bool:
+  """Whether `to_pylist` of a `source` column gives values the line rules map to what a
+  cast to `target` gives (and accepts exactly when the cast's values are valid)."""
+  if pa.types.is_list(target):
+    return ((pa.types.is_list(source) or pa.types.is_large_list(source))
+            and _same_python_values(source.value_type, target.value_type))
+  if pa.types.is_string(target):
+    return pa.types.is_string(source) or pa.types.is_large_string(source)
+  if pa.types.is_int64(target):
+    return pa.types.is_signed_integer(source) or source in (pa.uint8(), pa.uint16(),
+                                                            pa.uint32())
+  if pa.types.is_float64(target):
+    return pa.types.is_floating(source) and source != pa.float16()
+  return False
+
+
+def _one_batch(tables: List[pa.Table], schema: pa.Schema) -> pa.RecordBatch:
+  table = pa.concat_tables(tables) if tables else schema.empty_table()
+  table = table.sort_by([("line", "ascending")]).combine_chunks()
+  batches = table.to_batches()
+  return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)
+
+
+class ImpressionParser(_Parser):
+  """Impression batches for one feature spec (the rules of `parse._ParseImpressionFn`)."""
+
   source = dl.IMPRESSIONS
 
   def __init__(self, spec: spec_lib.FeatureSpec):
-    super().__init__()
+    super().__init__(impression_schema(spec))
     self._spec = spec
-    self._codec: Optional[example_codec.ExampleCodec] = None
-
-  def setup(self):
-    self._codec = example_codec.ExampleCodec(self._spec)
+    self._codec = example_codec.ExampleCodec(spec)
+    names = {f.name for f in spec}
+    # Presence-only fields outside the spec would need a type for the strict reader.
+    self._columnar = {USER_ID_KEY, ITEM_ID_KEY} <= names
 
   def validate(self, obj):
     impression_id = required_string(obj, spec_lib.IMPRESSION_ID_KEY)
@@ -146,54 +361,167 @@ class _ParseImpressionFn(_ParseFn):
     return {"impression_id": impression_id, "timestamp": timestamp,
             "features": self._codec.coerce(obj)}
 
+  def _read_json(self, texts):
+    return super()._read_json(texts) if self._columnar else None
 
-class _ParseEventFn(_ParseFn):
+  def _cast_parquet(self, batch):
+    return super()._cast_parquet(batch) if self._columnar else None
+
+  def suspicious_rows(self, table: pa.RecordBatch) -> np.ndarray:
+    n = table.num_rows
+    ids = table.column(spec_lib.IMPRESSION_ID_KEY)
+    bad = _null_mask(ids) | (pc.binary_length(ids).fill_null(0).to_numpy(
+        zero_copy_only=False) == 0)
+    for key in (spec_lib.TIMESTAMP_KEY, USER_ID_KEY, ITEM_ID_KEY):
+      bad |= _null_mask(table.column(key))
+    for feature in self._spec:
+      column = table.column(feature.name)
+      if feature.multivalent:
+        elements = pc.list_flatten(column)
+        element_bad = _null_mask(elements)
+        if feature.dtype == "float":
+          element_bad |= ~pc.is_finite(elements).fill_null(True).to_numpy(zero_copy_only=False)
+        bad |= _list_rows_with(column, element_bad, n)
+        if feature.weighted:
+          weights = table.column(feature.weight_key)
+          weight_elements = pc.list_flatten(weights)
+          weight_bad = _null_mask(weight_elements) | ~pc.is_finite(weight_elements).fill_null(
+              True).to_numpy(zero_copy_only=False)
+          bad |= _list_rows_with(weights, weight_bad, n)
+          has_values, has_weights = ~_null_mask(column), ~_null_mask(weights)
+          bad |= has_weights & ~has_values
+          both = has_values & has_weights
+          lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+          weight_lengths = pc.list_value_length(weights).fill_null(0).to_numpy(
+              zero_copy_only=False)
+          bad |= both & (lengths != weight_lengths)
+      elif feature.dtype == "float":
+        bad |= ~pc.is_finite(column).fill_null(True).to_numpy(zero_copy_only=False)
+    return bad
+
+  def fill_missing(self, table: pa.Table) -> pa.Table:
+    """Weights of weighted features given without weights: 1.0 per value."""
+    for feature in self._spec:
+      if not feature.weighted:
+        continue
+      values = table.column(feature.name).combine_chunks()
+      weights = table.column(feature.weight_key).combine_chunks()
+      missing = pc.and_(weights.is_null(), values.is_valid())
+      if not pc.any(missing).as_py():
+        continue
+      # Rows where `missing` is false keep their weights, so the ones of null rows are moot.
+      ones = pa.ListArray.from_arrays(values.offsets, pa.array(
+          np.ones(int(values.offsets[-1].as_py()), np.float64)))
+      filled = pc.if_else(missing, ones, weights)
+      table = table.set_column(table.schema.get_field_index(feature.weight_key),
+                               feature.weight_key, filled)
+    return table
+
+  def row_values(self, parsed):
+    values = dict(parsed["features"])
+    values[spec_lib.IMPRESSION_ID_KEY] = parsed["impression_id"]
+    values[spec_lib.TIMESTAMP_KEY] = parsed["timestamp"]
+    return values
+
+
+class EventParser(_Parser):
+  """Event batches (the rules of `parse._ParseEventFn`)."""
+
   source = dl.EVENTS
 
   def __init__(self, event_types: Sequence[str]):
-    super().__init__()
-    self._event_types = frozenset(event_types)
+    super().__init__(event_schema())
+    self._event_type_set = frozenset(event_types)
+    self._event_types = pa.array(sorted(self._event_type_set), pa.string())
 
   def validate(self, obj):
     impression_id = required_string(obj, spec_lib.IMPRESSION_ID_KEY)
     timestamp = required_int(obj, spec_lib.TIMESTAMP_KEY)
     event = required_string(obj, EVENT_KEY)
-    if event not in self._event_types:
+    if event not in self._event_type_set:
       raise FieldError(dl.UNKNOWN_EVENT_TYPE, f"field 'event': {event!r} is not one of the "
-                       f"configured event types {sorted(self._event_types)}")
+                       f"configured event types {sorted(self._event_type_set)}")
     return {"impression_id": impression_id, "timestamp": timestamp, "event": event}
 
+  def suspicious_rows(self, table: pa.RecordBatch) -> np.ndarray:
+    bad = _null_mask(table.column(spec_lib.TIMESTAMP_KEY))
+    for key in (spec_lib.IMPRESSION_ID_KEY, EVENT_KEY):
+      column = table.column(key)
+      bad |= _null_mask(column) | (pc.binary_length(column).fill_null(0).to_numpy(
+          zero_copy_only=False) == 0)
+    known = pc.is_in(table.column(EVENT_KEY), value_set=self._event_types)
+    bad |= ~known.fill_null(False).to_numpy(zero_copy_only=False)
+    return bad
 
-class ParseImpressions(beam.PTransform):
-  """(file, line, payload) -> {"records": impressions, "dead_letter": dead letters}.
+  def row_values(self, parsed):
+    return {key: parsed[key] for key in (spec_lib.IMPRESSION_ID_KEY, spec_lib.TIMESTAMP_KEY,
+                                         EVENT_KEY)}
 
-  Args:
-    spec: the feature spec whose features are validated and coerced.
-  """
 
-  def __init__(self, spec: spec_lib.FeatureSpec):
+class _ReadParseFileFn(beam.DoFn):
+  """One matched file -> parsed RecordBatches, dead letters (tagged) and its read count."""
+
+  def __init__(self, make_parser: Callable[[], _Parser], source: str):
+    self._make_parser = make_parser
+    self._source = source
+
+  def setup(self):
+    self._parser = self._make_parser()
+
+  def process(self, readable_file: fileio.ReadableFile):
+    path = readable_file.metadata.path
+    read = 0
+    if read_lib.is_parquet(path):
+      for batch in read_lib.parquet_batches(readable_file):
+        parsed, dead = self._parser.parse_parquet_batch(path, read + 1, batch)
+        read += batch.num_rows
+        yield from self._emit(parsed, dead)
+    else:
+      with read_lib.open_text(readable_file) as handle:
+        for lines, texts, _ in read_lib.json_line_batches(handle):
+          parsed, dead = self._parser.parse_json_lines(path, lines, texts)
+          read += len(texts)
+          yield from self._emit(parsed, dead)
+    logging.info("Read %d %s records from %s (columnar)", read, self._source, path)
+    yield beam.pvalue.TaggedOutput(READ, read)
+
+  @staticmethod
+  def _emit(parsed, dead):
+    if parsed.num_rows:
+      yield parsed
+    for letter in dead:
+      yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
+
+
+class _ReadParse(beam.PTransform):
+
+  def __init__(self, file_patterns, make_parser, source: str):
     super().__init__()
-    self._spec = spec
+    self._patterns = read_lib.glob_list(file_patterns)
+    self._make_parser = make_parser
+    self._source = source
 
-  def expand(self, raw_records):
-    outputs = raw_records | "Parse" >> beam.ParDo(_ParseImpressionFn(self._spec)).with_outputs(
-        dl.DEAD_LETTER, main=RECORDS)
-    return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
+  def expand(self, pbegin):
+    outputs = (pbegin
+               | "MatchFiles" >> read_lib.MatchFiles(self._patterns)
+               | "ReadParse" >> beam.ParDo(_ReadParseFileFn(
+                   self._make_parser, self._source)).with_outputs(dl.DEAD_LETTER, READ,
+                                                                  main=RECORDS))
+    return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER],
+            READ: outputs[READ] | "SumRead" >> beam.CombineGlobally(sum)}
 
 
-class ParseEvents(beam.PTransform):
-  """(file, line, payload) -> {"records": events, "dead_letter": dead letters}.
+class ReadParseImpressions(_ReadParse):
+  """Globs -> {"records": impression RecordBatches (`impression_schema`), "dead_letter":
+  dead letters as `parse.ParseImpressions` makes them, "read": one int, records read}."""
 
-  Args:
-    event_types: the event types the configured labels use; others are dead-lettered
-      with reason `unknown_event_type`.
-  """
+  def __init__(self, file_patterns, spec: spec_lib.FeatureSpec):
+    super().__init__(file_patterns, lambda: ImpressionParser(spec), dl.IMPRESSIONS)
 
-  def __init__(self, event_types: Sequence[str]):
-    super().__init__()
-    self._event_types = tuple(event_types)
 
-  def expand(self, raw_records):
-    outputs = raw_records | "Parse" >> beam.ParDo(_ParseEventFn(self._event_types)).with_outputs(
-        dl.DEAD_LETTER, main=RECORDS)
-    return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER]}
+class ReadParseEvents(_ReadParse):
+  """Globs -> {"records": event RecordBatches (`event_schema`), "dead_letter", "read"}."""
+
+  def __init__(self, file_patterns, event_types: Sequence[str]):
+    event_types = tuple(event_types)
+    super().__init__(file_patterns, lambda: EventParser(event_types), dl.EVENTS)

@@ -1,12 +1,16 @@
 """TFDV statistics of the written Examples, and schema inference / validation after the run.
 
-Flow: EncodeExamples -> **GenerateExampleStatistics** -> OUTPUT/stats/{split}_stats.pb;
-after the pipeline: **infer_schema** (first run, -> OUTPUT/schema/schema.pbtxt) or
-**validate_statistics** against `--schema` (-> OUTPUT/anomalies/{split}_anomalies.pbtxt).
+Flow: SplitBatchesByTime -> batches of a split -> **GenerateBatchStatistics** ->
+OUTPUT/stats/{split}_stats.pb; after the pipeline: **infer_schema** (first run, ->
+OUTPUT/schema/schema.pbtxt) or **validate_statistics** against `--schema` (->
+OUTPUT/anomalies/{split}_anomalies.pbtxt).
 
-Statistics run inside the job: serialized Examples are batched, decoded to Arrow
-RecordBatches by tfx_bsl (with a schema built from the feature spec, so every batch has
-the same columns and types) and fed to `tfdv.GenerateStatistics`.
+Statistics run inside the job, on the labelled batches: each is reshaped once
+(`stats_batch`) into what the split's serialized Examples decode to with tfx_bsl's
+`ExamplesToRecordBatchDecoder` and `example_schema`: one list column per Example key, in
+`example_schema` order (features, weights, labels, impression_id, timestamp), null where
+the Example has no such key (a missing feature and its weights), floats as float32 (the
+Example's float_list). `tfdv.GenerateStatistics` takes those batches directly.
 
 The Examples hold labels and metadata besides the features, so the inferred schema is
 adjusted with what the spec knows and statistics cannot: `impression_id` is unique and
@@ -17,26 +21,25 @@ train is worth an anomaly, as the model maps it to OOV.
 """
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
-from tfx_bsl.coders import example_coder
 
 from features import spec as spec_lib
 
 _SCHEMA_TYPES = {"string": schema_pb2.BYTES, "int": schema_pb2.INT, "float": schema_pb2.FLOAT}
-MIN_BATCH = 100
-MAX_BATCH = 1000
 
 
 def stats_options() -> tfdv.StatsOptions:
-  """The statistics both engines compute. Top values and unique counts come from TFDV's
+  """The statistics the job computes. Top values and unique counts come from TFDV's
   sketches (Misra-Gries, HyperLogLog) rather than an exact count per distinct value,
   which made one Beam element per (batch, feature, value) and was the job's largest
   per-record cost (issue 12). Exact for a feature with fewer distinct values than the
@@ -60,36 +63,63 @@ def example_schema(spec: spec_lib.FeatureSpec, label_names: Sequence[str]) -> sc
   return schema
 
 
-class _DecodeBatchFn(beam.DoFn):
-  """A list of serialized Examples -> one pa.RecordBatch."""
-
-  def __init__(self, serialized_schema: bytes):
-    self._serialized_schema = serialized_schema
-
-  def setup(self):
-    self._decoder = example_coder.ExamplesToRecordBatchDecoder(self._serialized_schema)
-
-  def process(self, serialized_examples: List[bytes]):
-    yield self._decoder.DecodeBatch(serialized_examples)
+def _list_array(offsets: np.ndarray, values: pa.Array, null: np.ndarray) -> pa.Array:
+  """list<values> with rows [offsets[i], offsets[i + 1]) of values, null where `null`."""
+  mask = np.r_[null, False] if null.any() else None
+  return pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32(), mask=mask),
+                                  values)
 
 
-class GenerateExampleStatistics(beam.PTransform):
-  """Serialized Examples -> TFDV DatasetFeatureStatisticsList written to `output_path`.
+def _as_list(column: pa.Array, missing: Optional[np.ndarray] = None) -> pa.Array:
+  """A list array with one element per present value (list columns: their lists), null
+  where the value is null or `missing`; float64 values become float32."""
+  null = column.is_null().to_numpy(zero_copy_only=False)
+  if missing is not None:
+    null = null | missing
+  if pa.types.is_list(column.type):
+    offsets = column.offsets.to_numpy()
+    values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+  else:
+    offsets = np.r_[0, np.cumsum(~null)].astype(np.int32)
+    values = column.filter(pa.array(~null))
+  if pa.types.is_float64(values.type):
+    values = values.cast(pa.float32())
+  return _list_array(offsets, values, null)
 
-  Args:
-    spec, label_names: the Example layout (see `example_schema`).
-    output_path: binary DatasetFeatureStatisticsList, e.g. OUTPUT/stats/train_stats.pb.
-  """
+
+def stats_batch(batch: pa.RecordBatch, spec: spec_lib.FeatureSpec,
+                label_names: Sequence[str]) -> pa.RecordBatch:
+  """A labelled batch as the RecordBatch its serialized Examples decode to (docstring)."""
+  column = lambda name: batch.column(batch.schema.get_field_index(name))
+  arrays: List[pa.Array] = []
+  names: List[str] = []
+  for feature in spec:
+    values = column(feature.name)
+    arrays.append(_as_list(values))
+    names.append(feature.name)
+    if feature.weighted:
+      missing = values.is_null().to_numpy(zero_copy_only=False)
+      arrays.append(_as_list(column(feature.weight_key), missing))
+      names.append(feature.weight_key)
+  for name in list(label_names) + [spec_lib.IMPRESSION_ID_KEY, spec_lib.TIMESTAMP_KEY]:
+    arrays.append(_as_list(column(name)))
+    names.append(name)
+  return pa.RecordBatch.from_arrays(arrays, names)
+
+
+class GenerateBatchStatistics(beam.PTransform):
+  """Labelled batches of one split -> TFDV DatasetFeatureStatisticsList at `output_path`
+  (binary, e.g. OUTPUT/stats/train_stats.pb): the statistics of the split's Examples."""
 
   def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str], output_path: str):
     super().__init__()
-    self._serialized_schema = example_schema(spec, label_names).SerializeToString()
+    self._spec = spec
+    self._label_names = tuple(label_names)
     self._output_path = output_path
 
-  def expand(self, serialized_examples):
-    return (serialized_examples
-            | "Batch" >> beam.BatchElements(min_batch_size=MIN_BATCH, max_batch_size=MAX_BATCH)
-            | "Decode" >> beam.ParDo(_DecodeBatchFn(self._serialized_schema))
+  def expand(self, batches):
+    return (batches
+            | "ToStatsBatch" >> beam.Map(stats_batch, self._spec, self._label_names)
             | "Statistics" >> tfdv.GenerateStatistics(stats_options())
             | "Write" >> tfdv.WriteStatisticsToBinaryFile(self._output_path))
 

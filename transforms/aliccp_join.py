@@ -1,15 +1,12 @@
 """Read the raw Ali-CCP release and join it on md5 in hash buckets, on RecordBatches.
 
 Flow: sample_skeleton_*.csv + common_features_*.csv -> **ReadParseRelease** (per file:
-lines parsed by `transforms.aliccp`'s own code, kept rows gathered into RecordBatches and
+lines parsed by `transforms.aliccp`'s rules, kept rows gathered into RecordBatches and
 cut by a hash bucket of md5) -> **BucketedJoinCommonFeatures** (CoGroupByKey on (split,
 bucket); each bucket joined in columns) -> labelled RecordBatches per split ->
-columnar.job.write_batch_outputs.
-
-The columnar counterpart of `aliccp.ParseSkeleton / ParseCommonFeatures /
-JoinCommonFeatures`, with the same rules, dead letters and counts:
-  * parsing: a batch of lines (columnar.parse.BATCH_ROWS) is parsed in columns where the lines are plain
-    (`columnar.aliccp_parse`); the others go to the row functions
+job.write_outputs. Rules, dead letters and counts (transforms/aliccp.py):
+  * parsing: a batch of lines (read.BATCH_ROWS) is parsed in columns where the lines
+    are plain (`aliccp.ReleaseLineParser`); the others go to the line functions
     `aliccp.parse_skeleton_line` / `parse_common_line`, which decide (and word) every
     dead letter; a dead-lettered common-features row with an md5 leaves a tombstone
     (md5, file, line, reason) in its bucket.
@@ -32,7 +29,6 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 from absl import logging
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,34 +37,32 @@ from features import example_codec
 from features import spec as spec_lib
 from transforms import aliccp
 from transforms import dead_letter as dl
+from transforms import join
 from transforms import packing
-from transforms import parse as parse_lib
+from transforms import parse
+from transforms import progress
 from transforms import read as read_lib
-from transforms.columnar import aliccp_parse as caparse
-from transforms.columnar import label as clabel
-from transforms.columnar import parse as cparse
-from transforms.columnar import progress
-from transforms.columnar import records as crecords
+from transforms import records as records_lib
 
-RECORDS = aliccp.RECORDS
-READ = "read"
+RECORDS = parse.RECORDS
+READ = parse.READ
 COUNTS = "counts"
 MD5 = "md5"
-SKELETON = caparse.SKELETON
-COMMON = caparse.COMMON
-REJECTED = aliccp.REJECTED
-JOIN_CHUNK_ROWS = cparse.BATCH_ROWS  # Skeleton rows merged (and emitted) at a time.
+SKELETON = aliccp.SKELETON
+COMMON = aliccp.COMMON
+REJECTED = "rejected"  # Tombstones of dead-lettered common-features rows.
+JOIN_CHUNK_ROWS = read_lib.BATCH_ROWS  # Skeleton rows merged (and emitted) at a time.
 
 
 def skeleton_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
   """Parsed skeleton rows: the labelled schema (record = the line) plus md5."""
-  return crecords.labelled_schema(spec, aliccp.SOURCE_LABELS, (MD5,))
+  return records_lib.labelled_schema(spec, aliccp.SOURCE_LABELS, (MD5,))
 
 
 def common_schema(spec: spec_lib.FeatureSpec) -> pa.Schema:
   """Parsed common-features rows: file, line, record, (unused) impression_id and
   timestamp, the features, md5."""
-  return crecords.labelled_schema(spec, (), (MD5,))
+  return records_lib.labelled_schema(spec, (), (MD5,))
 
 
 def concat_lists(first: pa.Array, second: pa.Array) -> pa.Array:
@@ -112,7 +106,7 @@ class BucketJoiner:
 
   def __init__(self, spec: spec_lib.FeatureSpec):
     self._fields = aliccp.FieldFeatures(spec)
-    self.output_schema = crecords.labelled_schema(spec, aliccp.SOURCE_LABELS)
+    self.output_schema = records_lib.labelled_schema(spec, aliccp.SOURCE_LABELS)
     self._features = [(f.name, f.multivalent) for f in spec]
     self._features += [(f.weight_key, True) for f in spec if f.weighted]
     self._feature_order = [name for name in skeleton_schema(spec).names
@@ -230,8 +224,8 @@ class _ReadReleaseFileFn(beam.DoFn):
   def setup(self):
     self._fields = aliccp.FieldFeatures(self._spec)
     labels = aliccp.SOURCE_LABELS if self._kind == SKELETON else ()
-    self._batcher = crecords.RecordBatcher(self._spec, labels, (MD5,))
-    self._parser = caparse.ReleaseLineParser(self._spec, self._kind)
+    self._batcher = records_lib.RecordBatcher(self._spec, labels, (MD5,))
+    self._parser = aliccp.ReleaseLineParser(self._spec, self._kind)
 
   def _record(self, path: str, line: int, text: str) -> Dict[str, Any]:
     if self._kind == SKELETON:
@@ -247,14 +241,15 @@ class _ReadReleaseFileFn(beam.DoFn):
             "metadata": {MD5: md5}}
 
   def _tombstone(self, md5: str, letter: Dict[str, Any]):
-    bucket = int(clabel.bucket_of(pa.array([md5]), self._num_buckets)[0])
+    bucket = int(join.bucket_of(pa.array([md5]), self._num_buckets)[0])
     return beam.pvalue.TaggedOutput(REJECTED, ((self._split, bucket), (
         md5, letter["file"], letter["line"], letter["reason"])))
 
   def _parse_batch(self, path: str, lines: Sequence[int], texts: Sequence[str]
                    ) -> Iterator[Any]:
     """A batch of lines -> dead letters, tombstones and packed sub-batches per bucket:
-    plain lines parsed in columns (`aliccp_parse`), the others by the row functions."""
+    plain lines parsed in columns (`aliccp.ReleaseLineParser`), the others by the line
+    functions."""
     table, plain, odd, ignored = self._parser.parse(texts)
     if ignored:
       self._ignored.inc(ignored)
@@ -264,7 +259,7 @@ class _ReadReleaseFileFn(beam.DoFn):
       line, text = int(line_numbers[index]), texts[index]
       try:
         records.append(self._record(path, line, text))
-      except (parse_lib.FieldError, example_codec.RecordError) as e:
+      except (parse.FieldError, example_codec.RecordError) as e:
         self._rejected.inc()
         letter = aliccp.line_dead_letter(self._source, self._split, path, line, e, text)
         yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
@@ -281,14 +276,14 @@ class _ReadReleaseFileFn(beam.DoFn):
                    if (r["file"], r["line"]) == (letter["file"], letter["line"]))
         yield self._tombstone(md5, letter)
     for batch in batches:
-      for bucket, part in clabel.split_by_bucket(batch, self._num_buckets, key=MD5):
+      for bucket, part in join.split_by_bucket(batch, self._num_buckets, key=MD5):
         yield (self._split, bucket), packing.pack_batch(part)
 
   def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
     path = readable_file.metadata.path
     read = 0
-    with readable_file.open(compression_type=CompressionTypes.AUTO) as handle:
-      for lines, texts, _ in cparse.json_line_batches(handle):
+    with read_lib.open_text(readable_file) as handle:
+      for lines, texts, _ in read_lib.json_line_batches(handle):
         read += len(texts)
         yield from self._parse_batch(path, lines, texts)
         progress.record_progress(f"{self._kind}_parsed", len(texts), self._progress_interval_s)
@@ -314,7 +309,7 @@ class ReadParseRelease(beam.PTransform):
 
   def __init__(self, file_patterns: Union[str, Sequence[str]], kind: str,
                spec: spec_lib.FeatureSpec, split: str, infer_click: bool = False,
-               num_buckets: int = clabel.DEFAULT_BUCKETS,
+               num_buckets: int = join.DEFAULT_BUCKETS,
                progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
     super().__init__()
     if kind not in (SKELETON, COMMON):

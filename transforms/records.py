@@ -5,7 +5,7 @@ Flow: columnar.derived / columnar.aliccp parse lines with the row parsers' own c
 gather the kept rows here into RecordBatches, the element the rest of the columnar job
 (encode, statistics, analyzers, shard writer) reads.
 
-Labelled schema: `columnar.parse.impression_schema(spec)` (file, line, record,
+Labelled schema: `parse.impression_schema(spec)` (file, line, record,
 impression_id, timestamp, the spec's features with `<name>__weight` after each weighted
 one), one int64 0/1 column per label, then one string column per metadata key (Example
 bytes keys outside the spec, e.g. AliExpress `search_id`).
@@ -18,13 +18,13 @@ import pyarrow as pa
 
 from features import spec as spec_lib
 from transforms import dead_letter as dl
-from transforms.columnar import parse as cparse
+from transforms import parse
 
 
 def labelled_schema(spec: spec_lib.FeatureSpec, label_names: Sequence[str],
                     metadata_keys: Sequence[str] = ()) -> pa.Schema:
   """The schema of labelled batches (module docstring)."""
-  return pa.schema(list(cparse.impression_schema(spec))
+  return pa.schema(list(parse.impression_schema(spec))
                    + [pa.field(name, pa.int64()) for name in label_names]
                    + [pa.field(key, pa.string()) for key in metadata_keys])
 
@@ -52,7 +52,7 @@ class RecordBatcher:
                metadata_keys: Sequence[str] = ()):
     self.schema = labelled_schema(spec, label_names, metadata_keys)
     labels, metadata = set(label_names), set(metadata_keys)
-    features = set(cparse.impression_schema(spec).names) - {
+    features = set(parse.impression_schema(spec).names) - {
         "file", "line", "record", spec_lib.IMPRESSION_ID_KEY, spec_lib.TIMESTAMP_KEY}
     self._columns: List[Tuple[str, str]] = [
         (name, "labels" if name in labels else "metadata" if name in metadata

@@ -1,0 +1,351 @@
+"""The preprocessing job: raw logs -> labelled, split TFRecords + artifacts + stats + counts.
+
+Flow: raw logs -> **Preprocess** (this chain of composites) -> OUTPUT/ -> training.data.
+Every element is a pyarrow RecordBatch (thousands of records) up to the encoder:
+
+    read + parse    ReadParseImpressions / ReadParseEvents   batches, dead letters, reads
+      -> LogProgress (records so far and records/s per worker, every 30 s)
+    join + label    BucketedJoinAndLabel     CoGroupByKey on hash buckets of impression_id
+    split           SplitBatchesByTime       labelled batches per split
+    write_outputs, per split:
+      encode -> write   EncodeBatches -> WriteExamples   OUTPUT/{train,eval}/*.tfrecord.gz
+      stats             GenerateBatchStatistics          OUTPUT/stats/{split}_stats.pb
+      analyze (train)   AnalyzeBatches -> WriteTransformArtifacts   OUTPUT/transform/
+    every dead-letter output -> WriteDeadLetters        OUTPUT/dead_letter/*.jsonl
+    every count -> WriteCounts                          OUTPUT/counts.json
+
+The file-split sources replace read/parse/join/label/split and share write_outputs:
+  * PreprocessAliCcp: the raw Ali-CCP release, ReadParseRelease -> BucketedJoinCommonFeatures
+    (CoGroupByKey on (split, hash bucket of md5); transforms/aliccp_join.py,
+    docs/ALI_CCP.md).
+  * PreprocessDerived: torch-rechub CSV, PaddleRec ESMM text or AliExpress CSV,
+    ReadDerivedBatches per split (transforms/derived.py).
+
+The job has two shuffles, the join's (zstd-packed sub-batches per bucket,
+`transforms.packing`) and the shard writer's (`transforms.write`). Parquet rows carry
+no raw record through the job; the few a join dead letter or a duplicate-id choice
+needs are read back from their file (`parse.ParquetRows`).
+
+`pipeline.preprocess.run` builds a pipeline with one of the three, runs it, then calls
+`check_run` (the accounting identities) and `check_schema` (TFDV schema inference or
+validation), which raise `PreprocessError`s with readable messages.
+"""
+
+import json
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from absl import logging
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import tensorflow as tf
+
+from configs import config as config_lib
+from features import spec as spec_lib
+from transforms import accounting
+from transforms import aliccp
+from transforms import aliccp_join
+from transforms import analyze
+from transforms import dead_letter as dl
+from transforms import derived
+from transforms import encode
+from transforms import join
+from transforms import label as label_lib
+from transforms import outputs as outputs_lib
+from transforms import parse
+from transforms import progress
+from transforms import split as split_lib
+from transforms import stats as stats_lib
+from transforms import write
+
+
+class PreprocessError(RuntimeError):
+  """The job ran but its output fails a check; the message says which and why."""
+
+
+class AccountingError(PreprocessError):
+  """Some input records are neither written nor dead-lettered (or counted twice)."""
+
+
+class AnomaliesError(PreprocessError):
+  """The statistics do not match the given schema (with --fail_on_anomalies)."""
+
+
+class Preprocess(beam.PTransform):
+  """Pipeline root -> every output of DESIGN.md section 3 but the schema/anomalies files.
+
+  Args:
+    impressions, events: globs (or lists of globs) of raw log files.
+    output_dir: OUTPUT (local or gs://).
+    data_config: labels, attribution window, orphan policy, eval_from, shard counts.
+    spec: the feature spec.
+    statistics: also compute TFDV statistics of both splits.
+    num_buckets: hash buckets of impression_id for the join's shuffle.
+    progress_interval_s: seconds between progress lines of a worker (transforms.progress).
+
+  Returns (from expand): {"train", "eval"} lists of serialized Examples, "dead_letter"
+  and "counts" (the path of counts.json, once written).
+  """
+
+  def __init__(self, impressions: Union[str, Sequence[str]], events: Union[str, Sequence[str]],
+               output_dir: str, data_config: config_lib.DataConfig,
+               spec: spec_lib.FeatureSpec, statistics: bool = True,
+               num_buckets: int = join.DEFAULT_BUCKETS,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
+    super().__init__()
+    self._impressions = impressions
+    self._events = events
+    self._paths = outputs_lib.OutputPaths(output_dir)
+    self._data_config = data_config
+    self._spec = spec
+    self._statistics = statistics
+    self._num_buckets = num_buckets
+    self._progress_interval_s = progress_interval_s
+
+  def expand(self, pbegin):
+    config, spec = self._data_config, self._spec
+    event_types = label_lib.EventLabeler(config).event_types
+    impressions = pbegin | "ReadParseImpressions" >> parse.ReadParseImpressions(
+        self._impressions, spec)
+    events = pbegin | "ReadParseEvents" >> parse.ReadParseEvents(self._events, event_types)
+    interval = self._progress_interval_s
+    parsed_impressions = impressions[parse.RECORDS] | "ProgressImpressions" >> (
+        progress.LogProgress("impressions_parsed", interval))
+    parsed_events = events[parse.RECORDS] | "ProgressEvents" >> progress.LogProgress(
+        "events_parsed", interval)
+    labelled = ((parsed_impressions, parsed_events)
+                | "JoinAndLabel" >> join.BucketedJoinAndLabel(
+                    config, parse.impression_schema(spec), self._num_buckets))
+    labelled_batches = labelled[join.RECORDS] | "ProgressLabelled" >> progress.LogProgress(
+        "impressions_labelled", interval)
+    split_batches = labelled_batches | "SplitByTime" >> split_lib.SplitBatchesByTime(
+        config.eval_from_timestamp)
+
+    def tagged(path):
+      return beam.Map(lambda n: (path, n))
+
+    counts = [
+        impressions[parse.READ] | "TagImpressionsRead" >> tagged((dl.IMPRESSIONS, "read")),
+        events[parse.READ] | "TagEventsRead" >> tagged((dl.EVENTS, "read")),
+        (labelled[join.ATTRIBUTED]
+         | "SumAttributed" >> beam.CombineGlobally(sum)
+         | "TagAttributed" >> tagged((dl.EVENTS, "attributed"))),
+    ]
+    dead_letters = [impressions[dl.DEAD_LETTER], events[dl.DEAD_LETTER],
+                    labelled[dl.DEAD_LETTER]]
+    return write_outputs(split_batches, dead_letters, counts, self._paths, config, spec,
+                         self._statistics)
+
+
+def label_sums(batch: pa.RecordBatch, label_names: Sequence[str]) -> List[int]:
+  """Positives per label of a labelled batch, in label order."""
+  return [int(pc.sum(batch.column(batch.schema.get_field_index(name))).as_py() or 0)
+          for name in label_names]
+
+
+def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.PCollection],
+                  counts: List[beam.PCollection], paths: outputs_lib.OutputPaths,
+                  config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
+                  statistics: bool, sources: Sequence[str] = accounting.LOG_SOURCES,
+                  metadata_keys: Sequence[str] = ()) -> Dict[str, Any]:
+  """The tail every source shares: labelled batches per split -> every output file.
+
+  Args:
+    splits: {"train", "eval"} labelled RecordBatches (`records.labelled_schema`).
+    dead_letters: the dead-letter PCollections of the stages so far.
+    counts: (path, n) PCollections of the stages so far (reads, joins, ...).
+    sources: the counts.json source sections (accounting.SOURCE_SECTIONS keys).
+    metadata_keys: string columns written as Example bytes keys (`encode.add_metadata`).
+
+  Returns:
+    {"train", "eval"} lists of serialized Examples (one per batch), "dead_letter",
+    "counts" (counts.json path).
+  """
+  label_names = tuple(config.label_names)
+  dead_letters, counts = list(dead_letters), list(counts)
+  shards = {split_lib.TRAIN: config.train_shards, split_lib.EVAL: config.eval_shards}
+  examples = {}
+  for split in outputs_lib.SPLITS:
+    encoded = splits[split] | f"Encode_{split}" >> encode.EncodeBatches(spec, label_names,
+                                                                         metadata_keys)
+    examples[split] = encoded[encode.EXAMPLES]
+    dead_letters.append(encoded[dl.DEAD_LETTER])
+    _ = examples[split] | f"Write_{split}" >> write.WriteExamples(
+        paths.examples_prefix(split), shards[split])
+    counts.append(examples[split]
+                  | f"ListLengths_{split}" >> beam.Map(len)
+                  | f"CountWritten_{split}" >> beam.CombineGlobally(sum)
+                  | f"TagWritten_{split}" >> beam.Map(
+                      lambda n, split: ((dl.IMPRESSIONS, "written", split), n), split))
+    counts.append(splits[split] | f"CountLabels_{split}" >> accounting.CountLabels(
+        split, label_names, positives=label_sums))
+    if statistics:
+      _ = splits[split] | f"Statistics_{split}" >> stats_lib.GenerateBatchStatistics(
+          spec, label_names, paths.stats(split))
+
+  analysis = splits[split_lib.TRAIN] | "AnalyzeTransforms" >> analyze.AnalyzeBatches(spec)
+  _ = analysis | "WriteTransformArtifacts" >> analyze.WriteTransformArtifacts(
+      paths.transform_dir)
+  all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+  _ = all_dead_letters | "WriteDeadLetters" >> dl.WriteDeadLetters(paths.dead_letter_prefix)
+  counts.append(all_dead_letters | "CountDeadLetters" >> accounting.CountDeadLetters())
+  counts_path = (counts
+                 | "FlattenCounts" >> beam.Flatten()
+                 | "WriteCounts" >> accounting.WriteCounts(paths.counts, label_names, sources))
+  return {split_lib.TRAIN: examples[split_lib.TRAIN], split_lib.EVAL: examples[split_lib.EVAL],
+          dl.DEAD_LETTER: all_dead_letters, "counts": counts_path}
+
+
+class _FileSplitPreprocess(beam.PTransform):
+  """Shared set-up of the sources whose train/eval split comes from the files read."""
+
+  def __init__(self, source: str, output_dir: str, data_config: config_lib.DataConfig,
+               spec: spec_lib.FeatureSpec, statistics: bool, progress_interval_s: float):
+    super().__init__()
+    aliccp.check_source_labels(data_config.label_names, source)
+    self._paths = outputs_lib.OutputPaths(output_dir)
+    self._data_config = data_config
+    self._spec = spec
+    self._statistics = statistics
+    self._infer_click = data_config.orphan_event_policy == "infer_click"
+    self._progress_interval_s = progress_interval_s
+
+
+class PreprocessAliCcp(_FileSplitPreprocess):
+  """Pipeline root -> the outputs of `Preprocess`, from the raw Ali-CCP release.
+
+  Reads skeleton and common-features files of each split (train and eval come from
+  separate files), joins them on (split, md5) in hash buckets and labels click and
+  purchase (transforms/aliccp_join.py). counts.json has an "impressions" section (skeleton
+  rows) and a "common_features" section (read == used + unused + dead-lettered).
+
+  Args:
+    skeleton, common_features: {"train": globs, "eval": globs}.
+    output_dir, data_config, spec, statistics: as for `Preprocess`; data.labels must be
+      [click, purchase].
+    num_buckets: hash buckets of md5 per split.
+    progress_interval_s: seconds between the progress lines of a worker (lines parsed
+      per source, rows joined per split).
+  """
+
+  def __init__(self, skeleton: Dict[str, Sequence[str]],
+               common_features: Dict[str, Sequence[str]], output_dir: str,
+               data_config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
+               statistics: bool = True, num_buckets: int = join.DEFAULT_BUCKETS,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
+    super().__init__("ali_ccp", output_dir, data_config, spec, statistics,
+                     progress_interval_s)
+    self._skeleton = skeleton
+    self._common = common_features
+    self._num_buckets = num_buckets
+
+  def expand(self, pbegin):
+    spec = self._spec
+    keyed = {aliccp_join.SKELETON: [], aliccp_join.COMMON: [], aliccp_join.REJECTED: []}
+    dead_letters, counts = [], []
+    for split in outputs_lib.SPLITS:
+      for kind, patterns in ((aliccp_join.SKELETON, self._skeleton[split]),
+                             (aliccp_join.COMMON, self._common[split])):
+        read = pbegin | f"ReadParse_{kind}_{split}" >> aliccp_join.ReadParseRelease(
+            patterns, kind, spec, split, self._infer_click, self._num_buckets,
+            self._progress_interval_s)
+        keyed[kind].append(read[aliccp_join.RECORDS])
+        keyed[aliccp_join.REJECTED].append(read[aliccp_join.REJECTED])
+        dead_letters.append(read[dl.DEAD_LETTER])
+        counts.append(read[aliccp_join.READ])
+    joined = ({kind: parts | f"Flatten_{kind}" >> beam.Flatten()
+               for kind, parts in keyed.items()}
+              | "JoinCommonFeatures" >> aliccp_join.BucketedJoinCommonFeatures(spec))
+    dead_letters.append(joined[dl.DEAD_LETTER])
+    counts.append(joined[aliccp_join.COUNTS])
+    splits = {split: joined[split] | f"Progress_{split}" >> progress.LogProgress(
+        f"{split}_joined", self._progress_interval_s) for split in outputs_lib.SPLITS}
+    return write_outputs(splits, dead_letters, counts, self._paths, self._data_config, spec,
+                         self._statistics, sources=(dl.IMPRESSIONS, dl.COMMON_FEATURES))
+
+
+class PreprocessDerived(_FileSplitPreprocess):
+  """Pipeline root -> the outputs of `Preprocess`, from a derived Ali-CCP layout.
+
+  Args:
+    files: {"train": globs, "eval": globs} (e.g. train vs val/test files).
+    layout: "rechub_csv", "paddle_esmm" or "aliexpress" (transforms/derived.py).
+    output_dir, data_config, spec, statistics: as for `PreprocessAliCcp`.
+    progress_interval_s: seconds between the progress lines of a worker (rows parsed
+      per split).
+  """
+
+  def __init__(self, files: Dict[str, Sequence[str]], layout: str, output_dir: str,
+               data_config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
+               statistics: bool = True,
+               progress_interval_s: float = progress.DEFAULT_INTERVAL_S):
+    super().__init__(layout, output_dir, data_config, spec, statistics, progress_interval_s)
+    self._files = files
+    self._layout = layout
+
+  def expand(self, pbegin):
+    splits, dead_letters, counts = {}, [], []
+    for split in outputs_lib.SPLITS:
+      rows = pbegin | f"Read_{split}" >> derived.ReadDerivedBatches(
+          self._files[split], self._layout, self._spec, self._data_config.label_names, split,
+          self._infer_click, self._progress_interval_s)
+      splits[split] = rows[derived.RECORDS]
+      dead_letters.append(rows[dl.DEAD_LETTER])
+      counts.append(rows[derived.READ] | f"TagRead_{split}" >> beam.Map(
+          lambda n: ((dl.IMPRESSIONS, "read"), n)))
+    return write_outputs(splits, dead_letters, counts, self._paths, self._data_config,
+                         self._spec, self._statistics, sources=(dl.IMPRESSIONS,),
+                         metadata_keys=derived.metadata_keys(self._layout, self._spec))
+
+
+def write_run_inputs(paths: outputs_lib.OutputPaths, config: config_lib.ExperimentConfig) -> None:
+  """Copies the feature spec YAML and the label names beside the data, for training."""
+  tf.io.gfile.makedirs(paths.root)
+  tf.io.gfile.copy(config.feature_spec_path, paths.feature_spec, overwrite=True)
+  with tf.io.gfile.GFile(paths.labels, "w") as f:
+    json.dump(list(config.data.label_names), f)
+
+
+def check_run(paths: outputs_lib.OutputPaths, seconds: float) -> Dict[str, Any]:
+  """Reads counts.json, logs the table and checks the identities.
+
+  Raises:
+    AccountingError: when some records are unaccounted for.
+  """
+  counts = accounting.load_counts(paths.counts)
+  accounting.log_counts(counts, seconds)
+  problems = accounting.check_counts(counts)
+  if problems:
+    raise AccountingError(f"{paths.counts}: records lost or double-counted: "
+                          + "; ".join(problems))
+  return counts
+
+
+def check_schema(paths: outputs_lib.OutputPaths, spec: spec_lib.FeatureSpec,
+                 label_names: Sequence[str], schema_path: Optional[str] = None,
+                 fail_on_anomalies: bool = False) -> Dict[str, Any]:
+  """Infers the schema (no `schema_path`) or validates both splits against it.
+
+  Returns:
+    {"schema": path written or read, "anomalies": split -> readable lines}.
+
+  Raises:
+    AnomaliesError: with `fail_on_anomalies`, naming every feature and anomaly.
+  """
+  if schema_path is None:
+    schema = stats_lib.infer_schema(stats_lib.load_statistics(paths.stats(split_lib.TRAIN)),
+                                    spec, label_names)
+    stats_lib.write_schema(schema, paths.schema)
+    logging.info("Inferred a schema of %d features from train statistics: %s",
+                 len(schema.feature), paths.schema)
+    return {"schema": paths.schema, "anomalies": {}}
+  schema = stats_lib.load_schema(schema_path)
+  found = stats_lib.check_splits(
+      schema, {split: paths.stats(split) for split in outputs_lib.SPLITS},
+      {split: paths.anomalies(split) for split in outputs_lib.SPLITS})
+  if fail_on_anomalies and any(found.values()):
+    lines = [f"{split}: {line}" for split, split_lines in found.items() for line in split_lines]
+    raise AnomaliesError(f"statistics do not match the schema {schema_path} "
+                         f"({len(lines)} anomalies; see {paths.anomalies('*')}):\n  "
+                         + "\n  ".join(lines))
+  return {"schema": schema_path, "anomalies": found}
