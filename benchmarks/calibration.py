@@ -425,6 +425,10 @@ def render_choice(summary: Dict[str, Dict[str, Any]],
            f"{choice['within'][method]}/{len(summary)}", f"{choice['worst'][method]:.3f}",
            f"{on_eval[method]}/{len(summary)}"] for method in METHODS]
   days = ", ".join(key.removesuffix("_validation") for key in choice["keys"])
+  missing = [key.removesuffix("_validation") for key in VALIDATION_CALIBRATIONS
+             if key not in choice["keys"]]
+  if missing:
+    days += f"; {', '.join(missing)} not kept when these runs were scored"
   exported = ("the method the simulated configs export (configs/base_simulated.yaml)"
               if choice["method"] == EXPORTED_METHOD else
               f"not the method the simulated configs export ({EXPORTED_METHOD})")
@@ -436,8 +440,8 @@ def render_choice(summary: Dict[str, Dict[str, Any]],
       f"({days}; the truth, not the labels it was fitted to, so a fit that follows the "
       f"day's label noise is not rewarded). Picked by code (benchmarks.calibration."
       f"choose_method): the most models with every one within 1.00 ± {TOLERANCE:.2f}, "
-      f"ties to the smaller mean largest deviation. The eval-day count (every "
-      f"calibration of the table above) is reported only. The validation day picks "
+      f"ties to the smaller mean largest deviation. The eval-day count (ctr, cvr over "
+      f"clicks and over all exposures, ctcvr on the eval day) is reported only. The validation day picks "
       f"`{choice['method']}`, {exported}.",
       "",
       common.markdown_table(

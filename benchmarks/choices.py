@@ -1,20 +1,23 @@
 """Choices made on the validation day: the settings picked by code from the day before
 the eval day; the truth benchmark's eval day is reported beside them, never used.
 
-  python -m benchmarks.choices [--work_dir /tmp/cvr_bench] [--seeds 3] [--parallel 2]
+  python -m benchmarks.choices [--work_dir /tmp/cvr_bench] [--seeds 3] [--screen_seeds 1]
+      [--finalists 3] [--parallel 2]
 
 Flow position: beside the truth benchmark (benchmarks.models), on its world. Two choices:
 
 1. The factors-only oracle's training schedule (configs/esmm_oracle_factors.yaml). Every
    candidate of SCHEDULE_CANDIDATES (overrides of that config, uncalibrated) is trained
    with benchmarks.models.run_all on the 1M world (WORK_DIR/full; made there when
-   absent), --seeds seeds each (runs: WORK_DIR/full/runs_choices/<candidate>/seed<k>/).
-   Each run's export scores the validation day (the train split from its
-   validation_from, the rows its early stopping read) and the eval day
+   absent) with --screen_seeds seeds, the --finalists best on the validation day then
+   with --seeds seeds (runs: WORK_DIR/full/runs_choices/<candidate>/seed<k>/; a
+   successive halving that spends the seeds where the validation day cannot yet
+   separate the candidates). Each run's export scores the validation day (the train
+   split from its validation_from, the rows its early stopping read) and the eval day
    (benchmarks.calibration.score_days), and each day's expected CTCVR AUC against the
    true P(click & buy | x) (metrics.expected_auc, free of the few purchases' label
-   noise) is cached in RUN/choice_scores.json. choose reads the validation day's
-   mean over seeds only.
+   noise) is cached in RUN/choice_scores.json. shortlist and choose read the
+   validation day's mean over seeds only.
 2. The output calibration every simulated config exports (configs/base_simulated.yaml,
    train.calibration): re-read from benchmarks/results/calibration.json (the runs of
    `benchmarks.calibration`) with benchmarks.calibration.choose_method, which reads the
@@ -29,13 +32,14 @@ aggregates.
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import math
 import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -109,11 +113,41 @@ def _worker(run_dir: str, data_dir: str, truth_dir: str) -> str:
   return cache
 
 
+def train_and_score(mode_dir: str, world: Mapping[str, str], candidates: Sequence[str],
+                    seeds: int, parallel: int = 2
+                    ) -> Tuple[Dict[str, List[Dict[str, Any]]],
+                               Dict[str, List[Dict[str, Dict[str, float]]]]]:
+  """Trains (models_bench.run_all: a run already there is reused) and scores (cached in
+  RUN/CACHE) seeds 1..seeds of every candidate; returns (candidate -> run_all's
+  reports, candidate -> [score_run's result per seed])."""
+  reports = models_bench.run_all(
+      mode_dir, world, candidates, seeds, models_bench.MODES["full"]["epochs"],
+      models_bench.MODES["full"]["batch_size"], parallel=parallel,
+      overrides=candidate_overrides({c: SCHEDULE_CANDIDATES[c] for c in candidates}),
+      configs={c: ORACLE_CONFIG for c in candidates}, runs_dir=RUNS_DIR)
+  run_dirs = {c: [os.path.join(mode_dir, RUNS_DIR, c, f"seed{seed}")
+                  for seed in range(1, seeds + 1)] for c in candidates}
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(parallel, mp_context=context,
+                                              max_tasks_per_child=1) as pool:
+    for future in [pool.submit(_worker, run, world["data"], world["raw"])
+                   for runs in run_dirs.values() for run in runs]:
+      future.result()
+  scores = {}
+  for candidate, runs in run_dirs.items():
+    scores[candidate] = []
+    for run in runs:
+      with open(os.path.join(run, CACHE)) as f:
+        scores[candidate].append(json.load(f))
+  return reports, scores
+
+
 def aggregate(scores: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]]
               ) -> Dict[str, Dict[str, Dict[str, Dict[str, float]]]]:
   """candidate -> day -> metric -> {mean, std, n} over its runs (scores: candidate ->
   [one run's day -> metric -> value])."""
-  return {candidate: {day: {metric: models_bench._stat([run[day][metric] for run in runs])  # pylint: disable=protected-access
+  stat = models_bench._stat  # pylint: disable=protected-access
+  return {candidate: {day: {metric: stat([run[day][metric] for run in runs])
                             for metric in METRICS}
                       for day in DAYS}
           for candidate, runs in scores.items()}
@@ -136,27 +170,43 @@ def choose(table: Mapping[str, Mapping[str, Any]], value: Callable[[Any], float]
   return best
 
 
+def shortlist(table: Mapping[str, Mapping[str, Any]], value: Callable[[Any], float],
+              count: int, day: str = SELECTION_DAY) -> List[str]:
+  """The `count` candidates whose `day` entry scores highest, best first (ties in table
+  order); only table[candidate][day] is read."""
+  order = {candidate: i for i, candidate in enumerate(table)}
+  return sorted(table, key=lambda c: (-value(table[c][day]), order[c]))[:max(1, count)]
+
+
 def _criterion(entry: Mapping[str, Mapping[str, float]]) -> float:
   return entry[CRITERION]["mean"]
 
 
 def render_schedule(summary: Mapping[str, Mapping[str, Any]], chosen: str,
-                    bayes: Mapping[str, float]) -> List[str]:
-  """The schedule section: per candidate the validation day's criterion and the eval
-  day's value, the chosen one marked."""
+                    bayes: Mapping[str, float],
+                    finalists: Optional[Sequence[str]] = None) -> List[str]:
+  """The schedule section: per candidate the seeds it got, the validation day's
+  criterion and the eval day's value, the finalists and the chosen one marked
+  (finalists: the candidates chosen among, default every one)."""
   cell = models_bench._cell  # pylint: disable=protected-access
+  finalists = list(finalists or summary)
   rows = []
   for candidate, days in summary.items():
-    rows.append([candidate + (" (chosen)" if candidate == chosen else "")
-                 + (" (configured)" if candidate == CONFIGURED_SCHEDULE else ""),
+    marks = [mark for mark, holds in (("finalist", len(finalists) < len(summary)
+                                       and candidate in finalists),
+                                      ("chosen", candidate == chosen),
+                                      ("configured", candidate == CONFIGURED_SCHEDULE))
+             if holds]
+    rows.append([candidate + "".join(f" ({mark})" for mark in marks),
                  f"`{json.dumps(SCHEDULE_CANDIDATES.get(candidate, {}))}`",
+                 days["validation"][CRITERION]["n"],
                  cell(days["validation"][CRITERION]), cell(days["eval"][CRITERION]),
                  cell(days["validation"]["cvr_all_expected_auc"]),
                  cell(days["eval"]["cvr_all_expected_auc"])])
-  ranked = sorted(summary, key=lambda c: -_criterion(summary[c]["validation"]))
-  runner_up = ranked[1] if len(ranked) > 1 else None
+  ranked = shortlist({c: summary[c] for c in finalists}, _criterion, len(finalists))
   margin = ""
-  if runner_up:
+  if len(ranked) > 1:
+    runner_up = ranked[1]
     gap = (_criterion(summary[chosen]["validation"])
            - _criterion(summary[runner_up]["validation"]))
     margin = (f" It leads the next, {runner_up}, by {gap:.4f} on the validation day "
@@ -165,6 +215,11 @@ def render_schedule(summary: Mapping[str, Mapping[str, Any]], chosen: str,
   verdict = ("the schedule configs/esmm_oracle_factors.yaml trains"
              if chosen == CONFIGURED_SCHEDULE else
              f"not the configured {CONFIGURED_SCHEDULE}: the config must change")
+  screen = ""
+  if len(finalists) < len(summary):
+    screen = (f" Every candidate was first trained with the fewer seeds of its row; the "
+              f"{len(finalists)} best on the validation day ({', '.join(finalists)}) "
+              f"then with every seed, and the choice is among them.")
   return [
       "## The factors-only oracle's training schedule",
       "",
@@ -172,11 +227,11 @@ def render_schedule(summary: Mapping[str, Mapping[str, Any]], chosen: str,
       f"expected CTCVR AUC against the true P(click & buy | x) on the validation day "
       f"(mean over seeds; Bayes there {bayes.get('validation', math.nan):.4f}); the eval "
       f"day's (Bayes {bayes.get('eval', math.nan):.4f}) is reported only. The entire-space "
-      f"CVR expected AUC of both days is shown beside it (not a criterion). The "
+      f"CVR expected AUC of both days is shown beside it (not a criterion).{screen} The "
       f"validation day picks {chosen}, {verdict}.{margin}",
       "",
       common.markdown_table(
-          ["candidate", "overrides", "CTCVR expected AUC, validation day (criterion)",
+          ["candidate", "overrides", "seeds", "CTCVR expected AUC, validation day (criterion)",
            "CTCVR expected AUC, eval day (reported only)",
            "CVR AUC (entire space), validation day", "CVR AUC (entire space), eval day"],
           rows),
@@ -193,6 +248,11 @@ def main(argv=None) -> None:
   parser.add_argument("--seeds", type=int, default=models_bench.MODES["full"]["seeds"])
   parser.add_argument("--candidates", default=",".join(SCHEDULE_CANDIDATES),
                       help=f"Comma-separated subset of {list(SCHEDULE_CANDIDATES)}.")
+  parser.add_argument("--screen_seeds", type=int, default=1,
+                      help="Seeds every candidate is trained with first; the --finalists "
+                      "best on the validation day then get all --seeds (>= --seeds: "
+                      "every candidate gets every seed).")
+  parser.add_argument("--finalists", type=int, default=3)
   parser.add_argument("--parallel", type=int, default=2)
   parser.add_argument("--calibration_results", default="calibration",
                       help="The benchmarks.calibration results (RESULTS_DIR/NAME.json) "
@@ -205,31 +265,24 @@ def main(argv=None) -> None:
   start = time.time()
   settings = {"command": " ".join(["python -m benchmarks.choices"]
                                   + list(sys.argv[1:] if argv is None else argv)),
-              "load_before": common.load_average(), "seeds": args.seeds}
+              "load_before": common.load_average(), "seeds": args.seeds,
+              "screen_seeds": min(args.screen_seeds, args.seeds)}
   mode = models_bench.MODES["full"]
   mode_dir = os.path.join(args.work_dir, "full")
   world = models_bench.make_world(mode_dir, mode["impressions"])
-  reports = models_bench.run_all(
-      mode_dir, world, candidates, args.seeds, mode["epochs"], mode["batch_size"],
-      parallel=args.parallel, overrides=candidate_overrides(
-          {c: SCHEDULE_CANDIDATES[c] for c in candidates}),
-      configs={c: ORACLE_CONFIG for c in candidates}, runs_dir=RUNS_DIR)
-  run_dirs = {c: [os.path.join(mode_dir, RUNS_DIR, c, f"seed{seed}")
-                  for seed in range(1, args.seeds + 1)] for c in candidates}
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=context,
-                                              max_tasks_per_child=1) as pool:
-    for future in [pool.submit(_worker, run, world["data"], world["raw"])
-                   for runs in run_dirs.values() for run in runs]:
-      future.result()
-  scores = {}
-  for candidate, runs in run_dirs.items():
-    scores[candidate] = []
-    for run in runs:
-      with open(os.path.join(run, CACHE)) as f:
-        scores[candidate].append(json.load(f))
+  trained = functools.partial(train_and_score, mode_dir, world, parallel=args.parallel)
+  # every candidate on the screen's seeds; the best on the validation day on all seeds
+  reports, scores = trained(candidates, settings["screen_seeds"])
+  finalists = candidates
+  if settings["screen_seeds"] < args.seeds:
+    finalists = shortlist(aggregate(scores), _criterion, args.finalists)
+    final_reports, final_scores = trained(finalists, args.seeds)
+    for candidate in finalists:  # the screen's runs keep their own report (reused or not)
+      final_reports[candidate][:settings["screen_seeds"]] = reports[candidate]
+    reports.update(final_reports)
+    scores.update(final_scores)
   summary = aggregate(scores)
-  chosen = choose(summary, _criterion)
+  chosen = choose({c: summary[c] for c in finalists}, _criterion)
   first = next(iter(scores.values()))[0]  # every run scores the same rows
   bayes = {day: first[day][BAYES] for day in DAYS}
   calibration_results = calibration_bench.load_results(args.results_dir,
@@ -244,7 +297,8 @@ def main(argv=None) -> None:
       best_epochs={c: [r.get("training", {}).get("best_epoch") for r in runs]
                    for c, runs in reports.items()})
   results = {"settings": settings, "schedule": {"summary": summary, "chosen": chosen,
-                                                "bayes": bayes, "runs": scores},
+                                                "finalists": finalists, "bayes": bayes,
+                                                "runs": scores},
              "calibration": {"results": f"{args.calibration_results}.json",
                              **calibration_choice}}
   os.makedirs(args.results_dir, exist_ok=True)
@@ -264,13 +318,14 @@ def render(results: Mapping[str, Any], calibration_summary: Mapping[str, Any],
   lines = [
       f"Generated on {settings['date']}. World: benchmarks.models' full mode "
       f"({models_bench.MODES['full']['impressions']} impressions, seed "
-      f"{models_bench.WORLD_SEED}; `{world['data']}`); {settings['seeds']} seed(s) per "
-      f"candidate, at most {models_bench.MODES['full']['epochs']} epochs unless a "
-      f"candidate sets them. Wall time {settings['seconds'] / 60:.1f} min, training "
-      f"summed {settings['train_seconds'] / 60:.1f} min; load average (1/5/15 min) "
+      f"{models_bench.WORLD_SEED}; `{world['data']}`); {settings['screen_seeds']} seed(s) "
+      f"per candidate, {settings['seeds']} for the finalists, at most "
+      f"{models_bench.MODES['full']['epochs']} epochs unless a candidate sets them. Wall "
+      f"time {settings['seconds'] / 60:.1f} min, the training of every run summed "
+      f"{settings['train_seconds'] / 60:.1f} min; load average (1/5/15 min) "
       f"{settings['load_before']} before and {settings['load_after']} after (2 cores "
-      f"shared with other jobs: the times are not benchmarks; the AUCs are deterministic "
-      f"given the seed)."
+      f"shared with other jobs: the times are not benchmarks; the AUCs do not depend on "
+      f"the load, though TensorFlow's threading can make a re-run differ slightly)."
       + (f" Runs reused from an earlier invocation: {sum(map(len, reused.values()))}."
          if reused else ""),
       "",
@@ -279,7 +334,8 @@ def render(results: Mapping[str, Any], calibration_summary: Mapping[str, Any],
       "the one early stopping reads), and the eval-day columns play no part in it.",
       "",
   ]
-  lines += render_schedule(schedule["summary"], schedule["chosen"], schedule["bayes"])
+  lines += render_schedule(schedule["summary"], schedule["chosen"], schedule["bayes"],
+                           schedule.get("finalists"))
   best_epochs = settings.get("best_epochs") or {}
   if best_epochs:
     lines += ["", "Best epoch per seed (early stopping on the validation loss unless the "

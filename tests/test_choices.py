@@ -177,3 +177,30 @@ def test_schedule_section_marks_the_chosen_and_the_configured_candidate():
   assert f"| {chosen} (chosen) (configured) |" in text
   assert "the schedule configs/esmm_oracle_factors.yaml trains" in text
   assert f"leads the next, {names[1]}, by 0.0010" in text
+
+
+def test_shortlist_keeps_the_best_on_the_validation_day_and_never_reads_the_eval_day():
+  validation = {"a": 0.770, "b": 0.778, "c": 0.775, "d": 0.778}
+  table = {name: _Unreadable({"validation": {choices.CRITERION: _stat(value)},
+                              "eval": {choices.CRITERION: _stat(1.0 - value)}}, ["eval"])
+           for name, value in validation.items()}
+  # b and d tie: table order; the eval day (reversed) would have kept a and c
+  assert choices.shortlist(table, choices._criterion, 3) == ["b", "d", "c"]
+  assert choices.shortlist(table, choices._criterion, 0) == ["b"]
+
+
+def test_schedule_section_names_the_finalists_and_the_seeds_of_each_row():
+  names = list(choices.SCHEDULE_CANDIDATES)[:3]
+  summary = {name: {day: {metric: {"mean": 0.77 + 0.001 * i, "std": 0.0, "n": 3 if i else 1}
+                          for metric in choices.METRICS}
+                    for day in choices.DAYS}
+             for i, name in enumerate(names)}
+  finalists = names[1:]
+  chosen = choices.choose({c: summary[c] for c in finalists}, choices._criterion)
+  text = "\n".join(choices.render_schedule(summary, chosen, {}, finalists))
+  assert f"| {names[2]} (finalist) (chosen) | " in text
+  assert f"| {names[0]} | `" in text and f"| {names[0]} (finalist)" not in text
+  assert f"the 2 best on the validation day ({names[1]}, {names[2]})" in text
+  assert f"leads the next, {names[1]}, by 0.0010" in text
+  row = next(line for line in text.splitlines() if line.startswith(f"| {names[0]} |"))
+  assert row.split(" | ")[2] == "1"  # the screened-out candidate's one seed
