@@ -164,15 +164,12 @@ class _BottomK:
     return [self.items[i] for i in np.argsort(self.keys, kind="stable")]
 
 
-def _python_key_values(records: Iterable[Any], key: str, arrow_type: pa.DataType) -> pa.Array:
-  """The key's values of parsed records (dict rows), null where missing or mistyped."""
+def _typed_values(values: Iterable[Any], arrow_type: pa.DataType) -> pa.Array:
+  """Python values as an int64 / string array, null where missing or of another type
+  (what pipeline.preprocess dead-letters)."""
   wanted = int if pa.types.is_integer(arrow_type) else str
-  values = []
-  for record in records:
-    value = record.get(key) if isinstance(record, dict) else None
-    ok = isinstance(value, wanted) and not isinstance(value, bool)
-    values.append(value if ok else None)
-  return pa.array(values, type=arrow_type)
+  return pa.array([value if isinstance(value, wanted) and not isinstance(value, bool)
+                   else None for value in values], type=arrow_type)
 
 
 def _json_key_column(texts: List[str], key: str, arrow_type: pa.DataType
@@ -196,7 +193,8 @@ def _json_key_column(texts: List[str], key: str, arrow_type: pa.DataType
     except ValueError:
       records.append(None)
   unreadable = sum(1 for record in records if not isinstance(record, dict))
-  return _python_key_values(records, key, arrow_type), unreadable
+  return _typed_values([record.get(key) if isinstance(record, dict) else None
+                       for record in records], arrow_type), unreadable
 
 
 def scan_log(patterns: Sequence[str], key: str, arrow_type: pa.DataType,
@@ -225,10 +223,10 @@ def scan_log(patterns: Sequence[str], key: str, arrow_type: pa.DataType,
           first_row += batch.num_rows
           scan.rows += batch.num_rows
           index = batch.schema.get_field_index(key)
-          column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows)
+          column = (batch.column(index) if index >= 0
+                    else pa.nulls(batch.num_rows, arrow_type))
           if column.type != arrow_type:
-            column = _python_key_values(batch.select([index]).to_pylist() if index >= 0
-                                        else [{}] * batch.num_rows, key, arrow_type)
+            column = _typed_values(column.to_pylist(), arrow_type)
           tally(column, scan.key_counts)
           sample.offer(_row_keys(file_index, rows, seed),
                        lambda picked, b=batch: b.take(pa.array(picked)).to_pylist())
@@ -877,8 +875,8 @@ def infer_starter(impression_patterns: Sequence[str], event_patterns: Sequence[s
   if not impressions.key_counts:
     raise InferenceError(f"{impressions.files[0]}: no impression has an int 'timestamp' "
                          f"(unix seconds, the raw log contract)")
-  events = scan_log(event_patterns, EVENT_KEY, pa.string(), tally_values, sample_rows,
-                    seed, flag="--events")
+  events = scan_log(event_patterns, EVENT_KEY, pa.string(), tally_values, 0, seed,
+                    flag="--events")  # Only the names are needed: no sample.
   if not events.key_counts:
     raise InferenceError(f"{events.files[0]}: no event has a string 'event' field (the raw "
                          f"log contract: impression_id, timestamp, event)")

@@ -258,6 +258,27 @@ def test_parquet_logs_give_the_same_spec(shop_log, starter, tmp_path):
   assert body(from_parquet.config_yaml) == body(starter.config_yaml)
 
 
+def test_parquet_int32_timestamps_count_and_events_without_names_are_refused(tmp_path):
+  """A Parquet writer may store the timestamp as int32: its days still count. Events with
+  no `event` column cannot give labels: the error names the file and the contract."""
+  impressions, events, truth = make_log(impressions=500)
+  table = pa.Table.from_pylist(impressions)
+  index = table.schema.get_field_index("timestamp")
+  table = table.set_column(index, "timestamp", table.column(index).cast(pa.int32()))
+  os.makedirs(tmp_path / "imp")
+  pq.write_table(table, str(tmp_path / "imp" / "part-0.parquet"))
+  imp_glob = str(tmp_path / "imp" / "*.parquet")
+  starter = spec_inference.infer_starter([imp_glob], [write_parquet(events, str(tmp_path / "ev"))])
+  assert [day for day, _ in starter.dates.days] == truth["days"]
+  assert sum(count for _, count in starter.dates.days) == 500
+  os.makedirs(tmp_path / "nameless")
+  pq.write_table(pa.Table.from_pylist(events).drop(["event"]),
+                 str(tmp_path / "nameless" / "part-0.parquet"))
+  with pytest.raises(spec_inference.InferenceError,
+                     match=r"nameless/part-0.parquet: no event has a string 'event' field"):
+    spec_inference.infer_starter([imp_glob], [str(tmp_path / "nameless" / "*.parquet")])
+
+
 def test_chao1_estimates_the_distinct_ids_of_the_whole_log():
   rng = np.random.default_rng(3)
   population = 5000
