@@ -2,8 +2,14 @@
 
 The oracle computes every probability and its gradient in float64 from the logits with
 plain numpy formulas (log p = sum of log-sigmoids; log(1 - p) by log1p/expm1), not with
-the code under test.
+the code under test. Where p is within float64's rounding of 1 (a composite head whose
+factors' logits are all >= 16, so 1 - p < 1e-13), the oracle is the plain formula
+(p = ctr * cvr, 1 - p by subtraction) in 150-digit decimal arithmetic, its gradient a
+central difference there.
 """
+
+import decimal
+import math
 
 import numpy as np
 import pytest
@@ -34,15 +40,85 @@ def _bce_of_product(y, logits):
   return loss, grad
 
 
-def _layer_bce_and_grad(y, logits):
+def _layer_bce_and_grad(y, logits, compose=None):
+  """float32 BCE(y, p) from the layers (p = compose(the logits' log pairs)) and its
+  gradient w.r.t. each logit. compose: log pairs -> log pair (default: their product)."""
+  compose = compose or log_space.LogPairProduct()
   z = [tf.Variable([[v]], dtype=tf.float32) for v in logits]
   with tf.GradientTape() as tape:
     pairs = [log_space.SigmoidLogPair()(v) for v in z]
-    pair = log_space.LogPairProduct()(pairs)
-    log_odds = log_space.LogPairLogit()(pair)
+    log_odds = log_space.LogPairLogit()(compose(pairs))
     loss = tf.nn.sigmoid_cross_entropy_with_logits(tf.constant([[float(y)]]), log_odds)
   grads = tape.gradient(loss, z)
   return float(loss.numpy()), np.array([float(g.numpy()) for g in grads])
+
+
+def _mixture(b, a, c):
+  return b * a + (1 - b) * c
+
+
+# Composite heads: (the probability from the factors' sigmoids, in Decimal; the same
+# composition of the layers on the factors' log pairs). ESM2's ctcvr = ctr * cvr with
+# cvr = mixture(action, buy | action, buy | no action) has HM3's ctmacro's shape.
+COMPOSITES = {
+    "esmm_ctcvr": (2, math.prod, lambda q: log_space.LogPairProduct()(q)),
+    "esm2_ctcvr": (4, lambda s: s[0] * _mixture(*s[1:4]),
+                   lambda q: log_space.LogPairProduct()([q[0],
+                                                         log_space.LogPairMixture()(q[1:4])])),
+    "hm3_ctcvr": (6, lambda s: s[0] * _mixture(_mixture(*s[1:4]), *s[4:6]),
+                  lambda q: log_space.LogPairProduct()([q[0], log_space.LogPairMixture()(
+                      [log_space.LogPairMixture()(q[1:4]), *q[4:6]])])),
+}
+
+
+def _exact_bce_and_grad(y, logits, probability):
+  """BCE(y, probability(sigmoids of logits)) and its gradient, in 150-digit decimals:
+  p by the plain formula, 1 - p by subtraction, the gradient by central differences."""
+  with decimal.localcontext() as context:
+    context.prec = 150
+
+    def bce(zs):
+      p = probability([1 / (1 + (-z).exp()) for z in zs])
+      return -(p.ln() if y else (1 - p).ln())
+
+    zs = [decimal.Decimal(float(z)) for z in logits]
+    step = decimal.Decimal("1e-20")
+    grad = []
+    for i in range(len(zs)):
+      up, down = list(zs), list(zs)
+      up[i] += step
+      down[i] -= step
+      grad.append(float((bce(up) - bce(down)) / (2 * step)))
+    return float(bce(zs)), np.array(grad)
+
+
+@pytest.mark.parametrize("composite", sorted(COMPOSITES))
+@pytest.mark.parametrize("logit", [16.0, 20.0, 40.0])
+@pytest.mark.parametrize("y", [0, 1])
+def test_composite_heads_near_one_match_the_exact_loss(composite, logit, y):
+  """Every factor's logit large (p -> 1): a negative's loss is -log(1 - p), which the
+  old log-sum-exp mixture inside a product lost (ESM2's ctcvr at four logits of 20:
+  loss 18.901 for 19.307, gradient 0.333 for 0.500 on ctr)."""
+  count, probability, compose = COMPOSITES[composite]
+  logits = [logit] * count
+  expected_loss, expected_grad = _exact_bce_and_grad(y, logits, probability)
+  loss, grad = _layer_bce_and_grad(y, logits, compose)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-4)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-4,
+                             atol=1e-4 * np.max(np.abs(expected_grad)))
+
+
+@pytest.mark.parametrize("logits", [(50.0, 50.0), (80.0, 80.0), (100.0, 100.0),
+                                    (100.0, 60.0), (80.0, 40.0, 90.0)])
+def test_a_negative_at_huge_logits_keeps_its_loss_and_gradient(logits):
+  """A negative's loss -log(1 - p) ~ min logit grows without bound, with gradient summing
+  to ~1 over the factors (it was clamped at 69.08, gradient 0, from logits ~69)."""
+  expected_loss, expected_grad = _exact_bce_and_grad(0, logits, math.prod)
+  loss, grad = _layer_bce_and_grad(0, logits)
+  assert np.isfinite(loss) and np.all(np.isfinite(grad))
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(grad.sum(), 1.0, rtol=1e-4)
 
 
 RARE = float(np.log(1e-4) - np.log1p(-1e-4))  # logit of 1e-4
