@@ -16,10 +16,13 @@ expected AUC of the predicted cvr against the true P(buy | click, x) over all ex
 and the truth's own expected AUC). Every step is skipped when its output exists, so a
 killed run resumes.
 
-Modes: full (default: 1M impressions, 3 seeds, at most 3 epochs at batch 2048) and
---quick (100k impressions, 1 seed, at most 4 epochs at batch 1024); each run stops early
-on its validation loss (train.validation_from, the last training day) and keeps the best
-epoch. `esmm_oracle` also gets the simulator's hidden factors (pipeline.simulate
+Modes: full (default: 1M impressions, 3 seeds, at most 3 epochs) and --quick (100k
+impressions, 1 seed, at most 4 epochs); in both every model trains at its own config's
+batch size (MODES sets none; --batch_size overrides them all): 2048 for the tuned configs
+(configs/tuned/, and esmm_adam_eps, whose base is tuned ESMM), 1024 (base_simulated.yaml)
+for esmm_oracle, esmm_oracle_factors and every model under --untuned. Each run stops
+early on its validation loss (train.validation_from, the last training day) and keeps the
+best epoch. `esmm_oracle` also gets the simulator's hidden factors (pipeline.simulate
 --oracle_features): its gap to Bayes measures the training and evaluation machinery.
 The results header records the machine's load average before and after the run:
 benchmarks belong on an otherwise idle machine.

@@ -3,14 +3,20 @@
 Flow position: towers -> **probability layers** -> the scorer's output dict
 (`ctr`, `cvr`, `ctcvr`, ...). A head turns one tower's logit into a probability; a
 composition multiplies probabilities along a behaviour path, e.g. ESMM's
-pCTCVR = pCTR * pCVR. Name each layer after the probability it outputs.
+pCTCVR = pCTR * pCVR. Name each layer after the probability it outputs. These are what
+the scorer exports; the losses read their log-space twins (models.layers.heads).
 """
 
 import tensorflow as tf
 import tf_keras
 
 # Heads clip to [EPSILON, 1 - EPSILON], the range Keras' binary cross-entropy clips to,
-# so every output is strictly inside (0, 1) and the loss sees the same values.
+# so every exported output is strictly inside (0, 1) and a log loss computed on it is
+# finite. The training losses do not read these clipped values: they are computed from
+# the unclipped log-odds (models.layers.log_space), so a loss agrees with a BCE on the
+# exported probabilities (to float32 rounding) only while no clipped probability
+# (a head's sigmoid, a ratio) is within EPSILON of 0 or 1; beyond that the loss keeps
+# its value and gradient and the exported probability stays clipped.
 EPSILON = 1e-7
 
 
