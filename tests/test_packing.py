@@ -2,10 +2,10 @@
 
 import pickle
 
-from tests import test_columnar_label as label_test
+from tests import test_transforms_label as label_test
 from transforms import packing
 from transforms import testing
-from transforms.columnar import parse as cparse
+from transforms import parse
 
 
 def test_bytes_lists_round_trip():
@@ -18,7 +18,7 @@ def test_parsed_batches_round_trip():
   records.append(testing.impression(200, testing.START, device=None, item_price=None,
                                     tags=None, tags__weight=None))
   batch = label_test._parse(  # pylint: disable=protected-access
-      cparse.ImpressionParser(testing.small_spec()), records, "imps.jsonl")
+      parse.ImpressionParser(testing.small_spec()), records, "imps.jsonl")
   assert batch.num_rows == 201 and batch.column(batch.schema.get_field_index("device")
                                                 ).null_count == 1
   for part in (batch, batch.slice(7, 50), batch.slice(0, 0)):

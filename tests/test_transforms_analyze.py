@@ -1,7 +1,9 @@
 """transforms.analyze: vocabularies, mean/variance and bucket boundaries on known data.
 
-Also checks that the artifacts do not depend on input order or bundling: exact moments
-for any split and merge order, exact histogram quantiles, identical transform.json files.
+Also checks that the artifacts do not depend on input order, batching or bundling: exact
+moments for any split and merge order (the numpy sums equal `ExactMomentsCombineFn`'s
+integers to the bit), exact histogram quantiles, identical transform.json and vocabulary
+files.
 """
 
 import fractions
@@ -11,6 +13,7 @@ import random
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
@@ -78,9 +81,21 @@ def _check_analysis(analyses):
   assert features["user_id"] == {"transform": "hash"}
 
 
+_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
+
+
+def _batches(records, rows_per_batch):
+  """Records as labelled-like batches: one column per SPEC feature (null = missing)."""
+  schema = pa.schema([pa.field(f.name, pa.list_(_TYPES[f.dtype]) if f.multivalent
+                               else _TYPES[f.dtype]) for f in SPEC])
+  rows = [{f.name: record["features"].get(f.name) for f in SPEC} for record in records]
+  return [pa.RecordBatch.from_pylist(rows[start:start + rows_per_batch], schema=schema)
+          for start in range(0, len(rows), rows_per_batch)]
+
+
 def test_analyze_known_data():
   with test_pipeline.TestPipeline() as p:
-    analysis = p | beam.Create(_records()) | analyze.AnalyzeTransforms(SPEC)
+    analysis = p | beam.Create(_batches(_records(), 10)) | analyze.AnalyzeBatches(SPEC)
     assert_that(analysis, _check_analysis)
 
 
@@ -182,7 +197,7 @@ def test_histogram_value_folds_equal_keys():
 
 
 def _bundling_records(seed=3):
-  """Records with order-sensitive prices and ratings and many distinct ages."""
+  """Records with order-sensitive prices and ratings, many distinct ages, and extremes."""
   rng = np.random.default_rng(seed)
   values = _order_sensitive_values(600, seed)
   records = []
@@ -192,33 +207,47 @@ def _bundling_records(seed=3):
     if index % 3:
       features["tags"] = ["x", "y"][: 1 + index % 2]
     records.append({"features": features})
+  records += [{"features": {"price": -0.0, "rating": -0.0, "age": 2**60 + 1,
+                            "position": 2**62, "tags": []}},
+              {"features": {"price": 1e-300, "rating": -1e150, "age": -(2**60)}}]
   return records
 
 
-def _transform_json(records, directory, pipeline_args):
+def _artifact_files(batches, directory, pipeline_args):
+  """transform.json and the vocabulary files the job writes from these batches."""
   # As pipeline.preprocess does: multi_threading needs Beam's data-loss fix.
   beam_compat.prepare_local_parallelism(PipelineOptions(pipeline_args))
   with test_pipeline.TestPipeline(argv=pipeline_args) as p:
-    _ = (p | beam.Create(records) | analyze.AnalyzeTransforms(SPEC)
+    _ = (p | beam.Create(batches) | analyze.AnalyzeBatches(SPEC)
          | analyze.WriteTransformArtifacts(directory))
-  with open(f"{directory}/{artifacts_lib.TRANSFORM_FILE}", "rb") as f:
-    return f.read()
+  contents = {}
+  for name in [artifacts_lib.TRANSFORM_FILE] + [f"vocab/{feature}.txt" for feature in
+                                                 ("device", "tags", "position")]:
+    with open(f"{directory}/{name}", "rb") as f:
+      contents[name] = f.read()
+  return contents
 
 
-def test_artifacts_independent_of_order_and_bundling(tmp_path):
-  records = _bundling_records()
-  runs = {"in_order": (records, []),
-          "shuffled": (random.Random(1).sample(records, len(records)), []),
-          "reversed_two_threads": (records[::-1], ["--direct_num_workers=2",
-                                                   "--direct_running_mode=multi_threading"])}
-  outputs = {name: _transform_json(run_records, str(tmp_path / name), args)
-             for name, (run_records, args) in runs.items()}
-  assert outputs["in_order"] == outputs["shuffled"] == outputs["reversed_two_threads"]
-  features = json.loads(outputs["in_order"])["features"]
-  ratings = [record["features"]["rating"] for record in records]
+def test_artifacts_independent_of_order_batching_and_bundling(tmp_path):
+  records = _bundling_records() + _records()
+  shuffled = random.Random(1).sample(records, len(records))
+  runs = {"in_order_one_batch": (_batches(records, len(records)), []),
+          "shuffled_batches_of_7": (_batches(shuffled, 7), []),
+          "reversed_rows_two_threads": (_batches(records[::-1], 1), [
+              "--direct_num_workers=2", "--direct_running_mode=multi_threading"])}
+  outputs = {name: _artifact_files(batches, str(tmp_path / name), args)
+             for name, (batches, args) in runs.items()}
+  assert (outputs["in_order_one_batch"] == outputs["shuffled_batches_of_7"]
+          == outputs["reversed_rows_two_threads"])
+  features = json.loads(outputs["in_order_one_batch"][artifacts_lib.TRANSFORM_FILE])["features"]
+  ratings = [r["features"]["rating"] for r in records if "rating" in r["features"]]
   assert (features["rating"]["mean"], features["rating"]["variance"]) == _exact_mean_variance(
       ratings)
-  ages = [record["features"]["age"] for record in records]
+  prices = [math.log1p(max(r["features"]["price"], 0.0)) for r in records
+            if "price" in r["features"]]
+  assert (features["price"]["mean"], features["price"]["variance"]) == _exact_mean_variance(
+      prices)
+  ages = [r["features"]["age"] for r in records if "age" in r["features"]]
   expected = np.quantile(ages, [0.25, 0.5, 0.75], method="inverted_cdf")
   assert features["age"]["boundaries"] == sorted({float(q) for q in expected})
 
@@ -227,3 +256,41 @@ def test_sort_vocabulary_and_tokens():
   assert analyze.sort_vocabulary([(2, "b"), (5, "z"), (2, "a"), (1, "c")], 3) == ["z", "a", "b"]
   assert analyze.vocabulary_token("int", 12) == "12"
   assert not analyze.is_writable_token("") and not analyze.is_writable_token("a\r")
+
+
+def test_moments_of_counts_is_the_accumulator_of_the_values():
+  values = [0.1, 0.1, 0.2, -3.0, 5.0, 5.0, 5.0]
+  fn = analyze.ExactMomentsCombineFn()
+  accumulator = fn.create_accumulator()
+  for value in values:
+    accumulator = fn.add_input(accumulator, value)
+  assert analyze.moments_of([(0.1, 2), (0.2, 1), (-3.0, 1), (5.0, 3)], False) == accumulator
+  assert analyze.distinct_counts(pa.array([["a", "b"], None, ["a"]])) == [("a", 2), ("b", 1)]
+
+
+def test_exact_moments_in_numpy_is_the_accumulator_to_the_bit():
+  """Subnormals, zeros of both signs, the extremes, integers near 2^53 and values over
+  the whole exponent range: the numpy sums equal `ExactMomentsCombineFn`'s integers."""
+  rng = np.random.default_rng(0)
+  cases = [
+      rng.normal(size=4096),
+      np.array([5e-324, -5e-324, 2.2e-308, 1e-310, 0.0, -0.0, 1.7976931348623157e308,
+                -1.7976931348623157e308, 0.1, 1.0 / 3.0]),
+      rng.integers(-2**53, 2**53, 2000).astype(np.float64),
+      np.ldexp(rng.random(4096), rng.integers(-1074, 1000, 4096)) * rng.choice([-1, 1], 4096),
+      np.array([]),
+  ]
+  fn = analyze.ExactMomentsCombineFn()
+  for values in cases:
+    accumulator = fn.create_accumulator()
+    for value in values.tolist():
+      accumulator = fn.add_input(accumulator, value)
+    assert analyze.exact_moments(values) == accumulator
+  # Chunked beyond the int64-safe size gives the same integers.
+  values = rng.normal(size=1000)
+  analyze._MAX_VALUES, saved = 64, analyze._MAX_VALUES  # pylint: disable=protected-access
+  try:
+    chunked = analyze.exact_moments(values)
+  finally:
+    analyze._MAX_VALUES = saved  # pylint: disable=protected-access
+  assert chunked == analyze.exact_moments(values)

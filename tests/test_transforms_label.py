@@ -1,14 +1,22 @@
-"""transforms.label: labels and dead letters from hand-written event sequences."""
+"""transforms.label and transforms.join: labels and dead letters from hand-written event
+sequences (`EventLabeler`, the rules as plain functions), and the bucketed columnar join
+(`BucketLabeler`, `BucketedJoinAndLabel`) against those rules applied per impression id,
+for every labelling case (duplicates, events before the impression, outside the window,
+repeated, orphans, events without impression), any bucket count, both orphan policies."""
 
 import json
 
 import apache_beam as beam
-import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+import numpy as np
+import pyarrow as pa
+import pytest
 
 from transforms import dead_letter as dl
+from transforms import join
 from transforms import label
+from transforms import parse
 from transforms import testing
 
 T0 = testing.START
@@ -110,27 +118,198 @@ def test_canonical_json_ignores_key_order_and_spacing():
   assert label.canonical_json('{"b": 1, "a": 2}') == label.canonical_json({"a": 2, "b": 1})
 
 
+H = 3600
+
+
+def _world():
+  start = testing.START
+  impressions, events = [], []
+  for index in range(120):
+    impressions.append(testing.impression(index, start + index * 60))
+  # Duplicates: a later copy, an identical-timestamp copy with other content, a copy in
+  # key order differing only by spacing.
+  impressions.append(testing.impression(3, start + 3 * 60 + 5))
+  impressions.append(testing.impression(4, start + 4 * 60, device="web", user_age=99))
+  impressions.append(testing.impression(5, start + 5 * 60))
+  for index in range(120):
+    t = start + index * 60
+    kind = index % 10
+    if kind in (0, 1, 2):  # click then follow-ups
+      events += [testing.event(f"imp{index}", t + 10, "click"),
+                 testing.event(f"imp{index}", t + 20, "view_reviews"),
+                 testing.event(f"imp{index}", t + 30 + index, "purchase")]
+    elif kind == 3:  # purchase without click (orphan)
+      events.append(testing.event(f"imp{index}", t + 50, "purchase"))
+    elif kind == 4:  # purchase before the click (orphan), then the click
+      events += [testing.event(f"imp{index}", t + 5, "cart"),
+                 testing.event(f"imp{index}", t + 9, "click")]
+    elif kind == 5:  # before the impression and outside the window
+      events += [testing.event(f"imp{index}", t - 1, "click"),
+                 testing.event(f"imp{index}", t + testing.DAY_S + 1, "click"),
+                 testing.event(f"imp{index}", t + testing.DAY_S, "click")]
+    elif kind == 6:  # repeated event
+      events += [testing.event(f"imp{index}", t + 7, "click"),
+                 testing.event(f"imp{index}", t + 7, "click"),
+                 testing.event(f"imp{index}", t + 7, "favorite")]
+    elif kind == 7:  # only micro events
+      events.append(testing.event(f"imp{index}", t + H, "view_reviews"))
+  events += [testing.event("nobody", start, "click"), testing.event("ghost", start, "cart")]
+  return impressions, events
+
+
+def _parse(parser, records, file):
+  texts = [json.dumps(r) for r in records]
+  batch, dead = parser.parse_json_lines(file, list(range(1, len(texts) + 1)), texts)
+  assert not dead
+  return batch
+
+
+def _rules_join(config, impression_batch, event_batch, feature_names):
+  """The labelling rules applied per impression id on dicts, without buckets or columns:
+  `EventLabeler.choose_impression` then `attribute` (or every event dead-lettered when
+  the id has no impression). -> (labelled records, dead letters, attributed events)."""
+  labeler = label.EventLabeler(config)
+  groups = {}
+  for row in impression_batch.to_pylist():
+    groups.setdefault(row["impression_id"], ([], []))[0].append(
+        {"impression_id": row["impression_id"], "timestamp": row["timestamp"],
+         "file": row["file"], "line": row["line"], "record": row["record"],
+         "features": {k: row[k] for k in feature_names if row[k] is not None}})
+  for row in event_batch.to_pylist():
+    groups.setdefault(row["impression_id"], ([], []))[1].append(row)
+  records, dead, attributed = [], [], 0
+  for key in sorted(groups):
+    impressions, events = groups[key]
+    if not impressions:
+      dead += [dl.make_dead_letter(dl.EVENTS, e["file"], e["line"], dl.EVENT_WITHOUT_IMPRESSION,
+                                   f"no impression with impression_id {key!r}", e["record"])
+               for e in events]
+      continue
+    kept, letters = labeler.choose_impression(impressions)
+    labels, attributed_events, event_letters = labeler.attribute(kept, events)
+    dead += letters + event_letters
+    attributed += len(attributed_events)
+    records.append({"impression_id": kept["impression_id"], "timestamp": kept["timestamp"],
+                    "features": kept["features"], "labels": labels, "file": kept["file"],
+                    "line": kept["line"]})
+  return records, dead, attributed
+
+
+def parsed_world(config):
+  """(impression batch, event batch, BucketLabeler, `_rules_join`'s (records, dead
+  letters, attributed count)) of `_world` under config."""
+  spec = testing.small_spec()
+  impressions, events = _world()
+  event_types = label.EventLabeler(config).event_types
+  impression_batch = _parse(parse.ImpressionParser(spec), impressions, "imps.jsonl")
+  event_batch = _parse(parse.EventParser(event_types), events, "events.jsonl")
+  labeler = label.BucketLabeler(config, impression_batch.schema)
+  return impression_batch, event_batch, labeler, _rules_join(
+      config, impression_batch, event_batch, labeler.feature_names)
+
+
+def _as_records(batch, labeler):
+  out = []
+  for row in batch.to_pylist():
+    out.append({"impression_id": row["impression_id"], "timestamp": row["timestamp"],
+                "features": {k: row[k] for k in labeler.feature_names if row[k] is not None},
+                "labels": {name: row[name] for name in labeler.labeler.label_names},
+                "file": row["file"], "line": row["line"]})
+  return out
+
+
+def _sorted_letters(letters):
+  return sorted(letters, key=lambda d: (d["source"], d["file"], d["line"], d["reason"]))
+
+
 @pytest.mark.parametrize("policy", ["dead_letter", "infer_click"])
-def test_join_and_label_pipeline(policy):
-  impressions = [_impression("a"), _impression("b"), _impression("b", line=2, extra=1)]
-  events = (_events((5, "click"), (9, "purchase"), impression_id="a")
-            + _events((7, "purchase"), impression_id="b")
-            + _events((1, "click"), impression_id="ghost"))
-  expected_labels = {"a": {"click": 1, "micro": 0, "action": 0, "purchase": 1},
-                     "b": {"click": int(policy == "infer_click"), "micro": 0, "action": 0,
-                           "purchase": int(policy == "infer_click")}}
-  expected_dead = [("impressions", dl.DUPLICATE_IMPRESSION_ID),
-                   ("events", dl.EVENT_WITHOUT_IMPRESSION)]
-  if policy == "dead_letter":
-    expected_dead.append(("events", dl.EVENT_WITHOUT_CLICK))
+@pytest.mark.parametrize("num_buckets", [1, 3, 16])
+def test_bucketed_join_matches_the_rules_join(policy, num_buckets):
+  config = testing.data_config(orphan_event_policy=policy)
+  impression_batch, event_batch, labeler, (rules_records, rules_dead, rules_attributed) = (
+      parsed_world(config))
+
+  imp_buckets = dict(join.split_by_bucket(impression_batch, num_buckets))
+  event_buckets = dict(join.split_by_bucket(event_batch, num_buckets))
+  records, dead, attributed = [], [], 0
+  for bucket in sorted(set(imp_buckets) | set(event_buckets)):
+    batch, letters, count = labeler.join_and_label(
+        pa.Table.from_batches([imp_buckets[bucket]] if bucket in imp_buckets else [],
+                              schema=impression_batch.schema),
+        pa.Table.from_batches([event_buckets[bucket]] if bucket in event_buckets else [],
+                              schema=event_batch.schema))
+    records += _as_records(batch, labeler)
+    dead += letters
+    attributed += count
+  reasons = {d["reason"] for d in rules_dead}
+  assert {dl.DUPLICATE_IMPRESSION_ID, dl.EVENT_BEFORE_IMPRESSION, dl.DUPLICATE_EVENT,
+          dl.OUTSIDE_ATTRIBUTION_WINDOW, dl.EVENT_WITHOUT_IMPRESSION} <= reasons
+  assert (dl.EVENT_WITHOUT_CLICK in reasons) == (policy == "dead_letter")
+  assert sorted(records, key=lambda r: r["impression_id"]) == rules_records
+  assert _sorted_letters(dead) == _sorted_letters(rules_dead)
+  assert attributed == rules_attributed
+
+
+def test_bucket_hash_is_fixed_and_spread():
+  ids = pa.array([f"imp{i:09d}" for i in range(5000)])
+  buckets = join.bucket_of(ids, 8)
+  assert buckets.min() >= 0 and buckets.max() < 8
+  assert np.bincount(buckets).min() > 450
+  # FNV-1a 64 of "a" is a published constant.
+  assert int(join.string_hash(pa.array(["a"]))[0]) == 0xaf63dc4c8601ec8c
+  assert join.bucket_of(ids.slice(10, 5), 8).tolist() == buckets[10:15].tolist()
+
+
+def test_bucketed_join_and_label_in_a_pipeline():
+  """One pipeline: a known sequence under both orphan policies (hand-derived labels and
+  dead letters), and the labelling world (split in two batches) against the rules."""
+  world_config = testing.data_config()
+  world_impressions, world_events, _, (rules_records, rules_dead, rules_attributed) = (
+      parsed_world(world_config))
+  impressions = [testing.impression(0, T0), testing.impression(1, T0),
+                 testing.impression(1, T0, device="web")]
+  events = [testing.event("imp0", T0 + 5, "click"), testing.event("imp0", T0 + 9, "purchase"),
+            testing.event("imp1", T0 + 7, "purchase"), testing.event("ghost", T0 + 1, "click")]
+  impression_batch = _parse(parse.ImpressionParser(testing.small_spec()), impressions,
+                            "imps.jsonl")
+  event_batch = _parse(parse.EventParser(label.EventLabeler(world_config).event_types),
+                       events, "events.jsonl")
+
+  def labels_of(batches, name):
+    return batches | f"Labels_{name}" >> beam.FlatMap(lambda b: [
+        (r["impression_id"], r["click"], r["micro"], r["action"], r["purchase"])
+        for r in b.to_pylist()])
+
   with test_pipeline.TestPipeline() as p:
-    outputs = ((p | "Impressions" >> beam.Create(impressions),
-                p | "Events" >> beam.Create(events))
-               | label.JoinAndLabel(testing.data_config(orphan_event_policy=policy)))
-    assert_that(outputs[label.RECORDS] | beam.Map(lambda r: (r["impression_id"], r["labels"])),
-                equal_to(list(expected_labels.items())), label="CheckLabels")
-    assert_that(outputs[dl.DEAD_LETTER] | beam.Map(lambda d: (d["source"], d["reason"])),
-                equal_to(expected_dead), label="CheckDeadLetters")
-    assert_that(outputs[label.ATTRIBUTED],
-                equal_to(["click", "purchase"] + (["purchase"] if policy == "infer_click" else [])),
-                label="CheckAttributed")
+    for policy in ("dead_letter", "infer_click"):
+      config = testing.data_config(orphan_event_policy=policy)
+      inferred = int(policy == "infer_click")
+      expected_dead = [("impressions", dl.DUPLICATE_IMPRESSION_ID),
+                       ("events", dl.EVENT_WITHOUT_IMPRESSION)]
+      if policy == "dead_letter":
+        expected_dead.append(("events", dl.EVENT_WITHOUT_CLICK))
+      out = ((p | f"Imps_{policy}" >> beam.Create([impression_batch]),
+              p | f"Events_{policy}" >> beam.Create([event_batch]))
+             | f"Join_{policy}" >> join.BucketedJoinAndLabel(config, impression_batch.schema,
+                                                             num_buckets=3))
+      assert_that(labels_of(out[join.RECORDS], policy),
+                  equal_to([("imp0", 1, 0, 0, 1), ("imp1", inferred, 0, 0, inferred)]),
+                  label=f"CheckLabels_{policy}")
+      assert_that(out[dl.DEAD_LETTER] | f"Reasons_{policy}" >> beam.Map(
+          lambda d: (d["source"], d["reason"])), equal_to(expected_dead), label=f"Dead_{policy}")
+      assert_that(out[join.ATTRIBUTED] | f"Sum_{policy}" >> beam.CombineGlobally(sum),
+                  equal_to([2 + inferred]), label=f"Attributed_{policy}")
+
+    halves = [world_impressions.slice(0, 50), world_impressions.slice(50)]
+    out = ((p | "WorldImps" >> beam.Create(halves),
+            p | "WorldEvents" >> beam.Create([world_events]))
+           | "WorldJoin" >> join.BucketedJoinAndLabel(world_config, world_impressions.schema,
+                                                      num_buckets=5))
+    assert_that(labels_of(out[join.RECORDS], "world"), equal_to(
+        [(r["impression_id"], *(r["labels"][name] for name in testing.LABEL_NAMES))
+         for r in rules_records]), label="WorldLabels")
+    assert_that(out[dl.DEAD_LETTER] | "WorldReasons" >> beam.Map(
+        lambda d: (d["line"], d["reason"])),
+                equal_to([(d["line"], d["reason"]) for d in rules_dead]), label="WorldDead")
+    assert_that(out[join.ATTRIBUTED] | "WorldSum" >> beam.CombineGlobally(sum),
+                equal_to([rules_attributed]), label="WorldAttributed")

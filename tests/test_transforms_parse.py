@@ -1,26 +1,78 @@
-"""transforms.parse: valid records are coerced; every malformed one is a dead letter."""
+"""transforms.parse: valid records are coerced; every malformed one is a dead letter.
 
+Hand-written bad records check each dead letter's reason and the field its detail names;
+files mixing valid, bad and unusual lines check that the columnar paths (pyarrow's
+strict JSON reader, Parquet casts, checks in columns) keep and dead-letter exactly what
+the line rules alone do (`parse_line_by_line`, the fallback every dead letter comes from).
+"""
+
+import gzip
 import json
+import math
+import os
 
 import apache_beam as beam
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 from transforms import dead_letter as dl
 from transforms import parse
+from transforms import read
 from transforms import testing
 
-
-def _run(transform, raw_records, check_records, check_dead_letters):
-  """Runs a parse transform; the checks get the lists of records and dead letters."""
-  with test_pipeline.TestPipeline() as p:
-    outputs = p | beam.Create(raw_records) | transform
-    assert_that(outputs[parse.RECORDS], check_records, label="CheckRecords")
-    assert_that(outputs[dl.DEAD_LETTER], check_dead_letters, label="CheckDeadLetters")
+EVENT_TYPES = ("click", "view_reviews", "cart", "favorite", "purchase")
 
 
-def _is_empty(actual):
-  assert actual == []
+def _text_lines(path):
+  """(1-based line, stripped text) of the non-blank lines, in plain Python."""
+  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+    data = f.read()
+  texts = (line.decode("utf-8", errors="replace").strip() for line in data.split(b"\n"))
+  return [(number, text) for number, text in enumerate(texts, start=1) if text]
+
+
+def _columnar(path, parser, batch_rows):
+  """(kept rows, dead letters) of a file through the job's batch paths."""
+  batches, dead = [], []
+  if read.is_parquet(path):
+    row = 1
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+      parsed, letters = parser.parse_parquet_batch(path, row, batch)
+      row += batch.num_rows
+      batches.append(parsed)
+      dead += letters
+  else:
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as handle:
+      for lines, texts, _ in read.json_line_batches(handle, batch_rows):
+        parsed, letters = parser.parse_json_lines(path, lines, texts)
+        batches.append(parsed)
+        dead += letters
+  for batch in batches:
+    assert batch.schema == parser.schema
+  return pa.Table.from_batches(batches, schema=parser.schema).to_pylist(), dead
+
+
+def _line_by_line(path, parser):
+  """(kept rows, dead letters) of a file through the line rules alone."""
+  if read.is_parquet(path):
+    payloads = pq.read_table(path).to_pylist()
+    numbers = list(range(1, len(payloads) + 1))
+  else:
+    numbers, payloads = zip(*_text_lines(path)) if _text_lines(path) else ((), ())
+  batch, dead = parser.parse_line_by_line(path, list(numbers), list(payloads))
+  return batch.to_pylist(), dead
+
+
+def _key(letter):
+  return (letter["file"], letter["line"])
+
+
+def _letters(dead):
+  """Dead letters in file order, as JSON lines (NaN payloads compare equal that way)."""
+  return [dl.to_json_line(d) for d in sorted(dead, key=_key)]
 
 
 BAD_IMPRESSIONS = [
@@ -42,69 +94,242 @@ BAD_IMPRESSIONS = [
 ]
 
 
+@pytest.mark.parametrize("path", ["columnar", "line_by_line"])
+def test_malformed_impressions_are_dead_letters_naming_the_field(path):
+  texts = [p if isinstance(p, str) else json.dumps(p) for p, _, _ in BAD_IMPRESSIONS]
+  numbers = list(range(1, len(texts) + 1))
+  parser = parse.ImpressionParser(testing.small_spec())
+  parse_lines = parser.parse_json_lines if path == "columnar" else parser.parse_line_by_line
+  batch, dead = parse_lines("f.jsonl", numbers, texts)
+  assert batch.num_rows == 0 and len(dead) == len(BAD_IMPRESSIONS)
+  for letter in dead:
+    _, reason, named = BAD_IMPRESSIONS[letter["line"] - 1]
+    assert letter["source"] == "impressions" and letter["file"] == "f.jsonl"
+    assert letter["reason"] == reason and named in letter["detail"]
+    assert letter["record"] == texts[letter["line"] - 1]
+
+
 def test_impressions_are_coerced_and_keep_their_raw_text():
   line = json.dumps(testing.impression(1, 100, user_id=12, item_price=3))
-
-  def check(records):
-    [record] = records
-    assert (record["impression_id"], record["timestamp"], record["file"], record["line"]) == (
-        "imp1", 100, "f.jsonl", 4)
-    assert record["record"] == line
-    assert record["features"]["user_id"] == "12"
-    assert record["features"]["item_price"] == 3.0
-    assert record["features"]["tags__weight"] == [0.5, 1.5]
-
-  _run(parse.ParseImpressions(testing.small_spec()), [("f.jsonl", 4, line)], check, _is_empty)
-
-
-def test_parquet_rows_parse_like_json():
-  row = testing.impression(2, 200)
-
-  def check(records):
-    assert [r["record"] for r in records] == [row]
-
-  _run(parse.ParseImpressions(testing.small_spec()), [("f.parquet", 1, row)], check, _is_empty)
-
-
-def test_malformed_impressions_are_dead_letters():
-  raw = [("f.jsonl", line, payload if isinstance(payload, str) else json.dumps(payload))
-         for line, (payload, _, _) in enumerate(BAD_IMPRESSIONS, start=1)]
-
-  def check(dead_letters):
-    assert len(dead_letters) == len(BAD_IMPRESSIONS)
-    for letter in dead_letters:
-      _, reason, named = BAD_IMPRESSIONS[letter["line"] - 1]
-      assert letter["source"] == "impressions" and letter["file"] == "f.jsonl"
-      assert letter["reason"] == reason and named in letter["detail"]
-      assert letter["record"] == raw[letter["line"] - 1][2]
-
-  _run(parse.ParseImpressions(testing.small_spec()), raw, _is_empty, check)
+  batch, dead = parse.ImpressionParser(testing.small_spec()).parse_json_lines(
+      "f.jsonl", [4], [line])
+  [row] = batch.to_pylist()
+  assert not dead
+  assert (row["impression_id"], row["timestamp"], row["file"], row["line"]) == (
+      "imp1", 100, "f.jsonl", 4)
+  assert row["record"] == line
+  assert row["user_id"] == "12" and row["item_price"] == 3.0
+  assert row["tags__weight"] == [0.5, 1.5]
 
 
 def test_events_check_type_and_event_field():
   event_types = testing.data_config().labels[0].events + ("purchase",)
-  raw = [("e", 1, json.dumps(testing.event("a", 10, "click"))),
-         ("e", 2, json.dumps(testing.event("a", 10, "teleport"))),
-         ("e", 3, json.dumps(testing.event("a", 10, None))),
-         ("e", 4, json.dumps({"impression_id": "a", "timestamp": 10, "event": 3}))]
-
-  def check_records(records):
-    assert [(r["impression_id"], r["timestamp"], r["event"], r["line"]) for r in records] == [
-        ("a", 10, "click", 1)]
-
-  def check_dead_letters(dead):
-    assert sorted((d["line"], d["reason"]) for d in dead) == [
-        (2, dl.UNKNOWN_EVENT_TYPE), (3, dl.MISSING_FIELD), (4, dl.BAD_TYPE)]
-    assert all("'event'" in d["detail"] for d in dead)
-
-  _run(parse.ParseEvents(event_types), raw, check_records, check_dead_letters)
+  texts = [json.dumps(testing.event("a", 10, "click")),
+           json.dumps(testing.event("a", 10, "teleport")),
+           json.dumps(testing.event("a", 10, None)),
+           json.dumps({"impression_id": "a", "timestamp": 10, "event": 3})]
+  batch, dead = parse.EventParser(event_types).parse_json_lines("e", [1, 2, 3, 4], texts)
+  assert [(r["impression_id"], r["timestamp"], r["event"], r["line"])
+          for r in batch.to_pylist()] == [("a", 10, "click", 1)]
+  assert sorted((d["line"], d["reason"]) for d in dead) == [
+      (2, dl.UNKNOWN_EVENT_TYPE), (3, dl.MISSING_FIELD), (4, dl.BAD_TYPE)]
+  assert all("'event'" in d["detail"] for d in dead)
 
 
-def test_parse_events_with_equal_to():
-  raw = [("f", 1, json.dumps(testing.event("a", 1, "cart"))), ("f", 2, "oops")]
+def _valid(index):
+  return testing.impression(index, testing.START + index)
+
+
+BAD_IMPRESSION_LINES = [
+    "{not json", "[1, 2]", '"x"', "5", "null",
+    json.dumps({"timestamp": 5, "user_id": "u", "item_id": "i"}),
+    json.dumps(_valid(1) | {"impression_id": ""}),
+    json.dumps(_valid(2) | {"impression_id": 7}),
+    json.dumps(_valid(3) | {"timestamp": "5"}),
+    json.dumps(_valid(4) | {"timestamp": 5.0}),
+    json.dumps(_valid(5) | {"timestamp": True}),
+    json.dumps({k: v for k, v in _valid(7).items() if k != "user_id"}),
+    json.dumps(_valid(8) | {"item_id": None}),
+    json.dumps(_valid(9) | {"user_id": 3.5}),
+    json.dumps(_valid(10) | {"user_age": 2.0}),
+    json.dumps(_valid(11) | {"user_age": "3"}),
+    json.dumps(_valid(12) | {"user_age": False}),
+    json.dumps(_valid(13) | {"user_age": 2**64}),
+    json.dumps(_valid(14) | {"item_price": "x"}),
+    '{"impression_id": "nan1", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '"item_price": NaN}',
+    '{"impression_id": "inf1", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '"item_price": Infinity}',
+    '{"impression_id": "big1", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '"item_price": 1e400}',
+    json.dumps(_valid(15) | {"tags": ["a", None], "tags__weight": [1.0, 2.0]}),
+    json.dumps(_valid(16) | {"device": ["ios"]}),
+    json.dumps(_valid(17) | {"tags__weight": [1.0]}),
+    json.dumps(_valid(18) | {"tags": None}),
+    json.dumps(_valid(19) | {"tags__weight": [1.0, None]}),
+    json.dumps(_valid(20) | {"tags__weight": ["a", "b"]}),
+    '{"impression_id": "nanw", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '"tags": ["a"], "tags__weight": [NaN]}',
+    '{"impression_id": "dup", "impression_id": "dup2", "timestamp": 5, "user_id": "u", '
+    '"item_id": "i"}',
+    json.dumps(_valid(21) | {"device": {"a": 1}}),
+    json.dumps(_valid(22) | {"position": 1.5}),
+]
+# Valid but unusual: coerced by the row parser, so the strict reader must fall back.
+ODD_VALID_LINES = [
+    json.dumps(_valid(30) | {"user_id": 12345}),
+    json.dumps(_valid(31) | {"tags": "solo", "tags__weight": 2.0}),
+    json.dumps(_valid(32) | {"tags": "solo"}),
+    json.dumps(_valid(33) | {"tags": [], "tags__weight": []}),
+    json.dumps(_valid(34) | {"tags": []}),
+    json.dumps(_valid(35) | {"item_price": 7}),
+    json.dumps(_valid(36) | {"device": None, "extra": {"nested": [1, "x"]}}),
+    json.dumps({k: v for k, v in _valid(37).items() if k not in ("tags", "tags__weight")}),
+    json.dumps(_valid(38) | {"device": "t\u00e9l\u00e9"}, ensure_ascii=False),
+    json.dumps(_valid(39)) + "\u00a0",
+    json.dumps(_valid(40)) + "\r",
+    json.dumps(_valid(41) | {"item_price": 0.1 + 0.2, "tags__weight": [1e-310, 3.3]}),
+]
+
+
+def _impression_lines():
+  lines = []
+  for index in range(400):
+    lines.append(json.dumps(_valid(100 + index)))
+    if index % 9 == 0:
+      lines.append("")
+    if index % 13 == 0:
+      lines.append("   ")
+  for offset, bad in enumerate(BAD_IMPRESSION_LINES + ODD_VALID_LINES):
+    lines.insert(7 + offset * 11, bad)
+  return lines
+
+
+@pytest.mark.parametrize("batch_rows", [50, 8192])
+@pytest.mark.parametrize("name", ["imps.jsonl", "imps.jsonl.gz"])
+def test_json_impressions_in_columns_match_the_line_rules(tmp_path, name, batch_rows):
+  path = str(tmp_path / name)
+  testing.write_jsonl(path, _impression_lines())
+  with open(path if not name.endswith(".gz") else os.devnull, "ab") as f:
+    f.write(b'{"impression_id": "\xff\xfe bad utf8", "timestamp": 1}\n')
+  parser = parse.ImpressionParser(testing.small_spec())
+  rows, dead = _columnar(path, parser, batch_rows)
+  line_rows, line_dead = _line_by_line(path, parser)
+  assert len(line_dead) >= len(BAD_IMPRESSION_LINES) and len(line_rows) >= 400
+  assert _letters(dead) == _letters(line_dead)
+  assert rows == line_rows
+
+
+def test_json_with_no_newline_at_end_and_blank_file(tmp_path):
+  path = str(tmp_path / "a.jsonl")
+  with open(path, "w") as f:
+    f.write("\n\n" + json.dumps(_valid(1)) + "\n{bad\n" + json.dumps(_valid(2)))
+  parser = parse.ImpressionParser(testing.small_spec())
+  rows, dead = _columnar(path, parser, 8192)
+  assert [r["line"] for r in rows] == [3, 5]
+  assert [(d["line"], d["reason"]) for d in dead] == [(4, dl.UNPARSEABLE_JSON)]
+  assert (rows, dead) == _line_by_line(path, parser)
+  empty = str(tmp_path / "empty.jsonl")
+  open(empty, "w").close()
+  assert _columnar(empty, parser, 8192) == ([], [])
+
+
+def _event_lines():
+  lines = []
+  for index in range(300):
+    lines.append(json.dumps(testing.event(f"imp{index}", testing.START + index,
+                                          EVENT_TYPES[index % len(EVENT_TYPES)])))
+  bad = ["{", "[]", json.dumps({"timestamp": 1, "event": "click"}),
+         json.dumps(testing.event("", 1, "click")), json.dumps(testing.event("a", 1, "")),
+         json.dumps(testing.event("a", 1, "teleport")),
+         json.dumps(testing.event("a", 1.0, "click")),
+         json.dumps(testing.event("a", 1, 5)), json.dumps(testing.event(5, 1, "click")),
+         json.dumps({"impression_id": "a", "timestamp": 1})]
+  for offset, line in enumerate(bad):
+    lines.insert(3 + offset * 17, line)
+  return lines
+
+
+@pytest.mark.parametrize("batch_rows", [40, 8192])
+def test_json_events_in_columns_match_the_line_rules(tmp_path, batch_rows):
+  path = testing.write_jsonl(str(tmp_path / "events.jsonl"), _event_lines())
+  parser = parse.EventParser(EVENT_TYPES)
+  rows, dead = _columnar(path, parser, batch_rows)
+  line_rows, line_dead = _line_by_line(path, parser)
+  assert len(dead) == 10 and len(rows) == 300
+  assert _letters(dead) == _letters(line_dead)
+  assert rows == line_rows
+
+
+def test_parquet_impressions_in_columns_match_the_line_rules(tmp_path):
+  records = [_valid(index) for index in range(300)]
+  records[5]["item_price"] = float("nan")
+  records[9]["impression_id"] = ""
+  records[11].pop("user_id")
+  records[20]["tags__weight"] = [1.0]
+  records[21]["tags"] = ["x", None]
+  records[22].pop("tags")
+  records[23].pop("tags__weight")
+  path = testing.write_parquet(str(tmp_path / "imps.parquet"), records)
+  # An int column for a string feature and a float32 column: cast, or row by row.
+  odd = [dict(r, user_id=index, item_price=None) for index, r in enumerate(records[:50])]
+  odd_path = testing.write_parquet(str(tmp_path / "odd.parquet"), odd)
+  parser = parse.ImpressionParser(testing.small_spec())
+  for file, batch_rows in ((path, 64), (odd_path, 16)):
+    rows, dead = _columnar(file, parser, batch_rows)
+    line_rows, line_dead = _line_by_line(file, parser)
+    assert _letters(dead) == _letters(line_dead)
+    assert rows == line_rows and all(row["record"] is None for row in rows)
+  rows, dead = _columnar(path, parser, 64)
+  assert sorted((d["line"], d["reason"]) for d in dead) == [
+      (6, dl.BAD_VALUE), (10, dl.BAD_VALUE), (12, dl.MISSING_FIELD), (21, dl.BAD_VALUE),
+      (22, dl.BAD_TYPE), (23, dl.BAD_VALUE)]
+  assert len(rows) == 294 and dead[0]["record"]["impression_id"] == "imp5"
+
+
+def test_read_parse_transform_emits_batches_dead_letters_and_read_count(tmp_path):
+  lines = [json.dumps(_valid(i)) for i in range(10)] + ["{bad", ""]
+  testing.write_jsonl(str(tmp_path / "a.jsonl"), lines)
+  testing.write_jsonl(str(tmp_path / "b.jsonl.gz"), lines[:3])
   with test_pipeline.TestPipeline() as p:
-    outputs = p | beam.Create(raw) | parse.ParseEvents(["cart"])
-    assert_that(outputs[parse.RECORDS] | beam.Map(lambda r: r["event"]), equal_to(["cart"]),
-                label="records")
-    assert_that(outputs[dl.DEAD_LETTER] | beam.Map(lambda d: d["reason"]),
-                equal_to([dl.UNPARSEABLE_JSON]), label="dead")
+    out = p | parse.ReadParseImpressions(str(tmp_path / "*"), testing.small_spec())
+    assert_that(out[parse.RECORDS] | beam.Map(lambda b: b.num_rows)
+                | beam.CombineGlobally(sum), equal_to([13]), label="Rows")
+    assert_that(out[dl.DEAD_LETTER] | beam.Map(lambda d: (d["line"], d["reason"])),
+                equal_to([(11, dl.UNPARSEABLE_JSON)]), label="Dead")
+    assert_that(out[parse.READ], equal_to([14]), label="Read")
+
+
+def test_timestamp_outside_int64_is_a_bad_value():
+  text = json.dumps(_valid(6) | {"timestamp": 2**70})
+  batch, dead = parse.ImpressionParser(testing.small_spec()).parse_json_lines("f", [4], [text])
+  assert batch.num_rows == 0
+  assert [(d["line"], d["reason"]) for d in dead] == [(4, dl.BAD_VALUE)]
+  assert "'timestamp'" in dead[0]["detail"]
+
+
+def test_a_lone_surrogate_is_a_bad_value():
+  """Arrow strings must be valid utf-8."""
+  text = json.dumps(_valid(7) | {"device": "\ud800x"})
+  assert "\\ud800" in text
+  batch, dead = parse.ImpressionParser(testing.small_spec()).parse_json_lines("f", [2], [text])
+  assert batch.num_rows == 0
+  assert [(d["line"], d["reason"]) for d in dead] == [(2, dl.BAD_VALUE)]
+  assert "'device'" in dead[0]["detail"]
+
+
+def test_floats_parse_like_python_json():
+  """pyarrow's JSON number parsing gives the same doubles as json.loads."""
+  import random  # pylint: disable=g-import-not-at-top
+  rng = random.Random(0)
+  values = [rng.uniform(0, 1000) for _ in range(2000)] + [rng.lognormvariate(0, 3)
+                                                          for _ in range(2000)]
+  texts = [json.dumps(testing.impression(i, 5, item_price=round(v, rng.randint(0, 17))))
+           for i, v in enumerate(values)]
+  parser = parse.ImpressionParser(testing.small_spec())
+  batch, dead = parser.parse_json_lines("f", list(range(1, len(texts) + 1)), texts)
+  assert not dead
+  expected = [json.loads(t)["item_price"] for t in texts]
+  found = batch.column(batch.schema.get_field_index("item_price")).to_pylist()
+  assert all(math.isfinite(v) for v in found)
+  assert found == [float(v) for v in expected]

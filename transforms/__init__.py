@@ -1,4 +1,5 @@
-"""Beam PTransforms of the preprocessing job: read, parse, join, label, split, encode, write, stats."""
+"""The preprocessing job, one module per step: read, parse, join, label, split, encode, write,
+analyze, stats; job.py chains them (the module docstrings give the flow)."""
 import os as _os
 
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

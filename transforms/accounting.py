@@ -1,6 +1,7 @@
 """Accounting as data: every input record is counted in, and out exactly once.
 
-Flow: each stage of the preprocessing job -> **Count* transforms -> WriteCounts** ->
+Flow: each stage of the preprocessing job -> (path, n) counts, **CountDeadLetters,
+CountLabels -> WriteCounts** ->
 OUTPUT/counts.json -> `check_counts` after the run. Counts are PCollections, not Beam
 metrics, because metrics cannot be read back on every runner (DaskRunner raises). The
 layout (DESIGN.md section 3):
@@ -21,30 +22,18 @@ a valid row no skeleton row references is unused, which is not an error).
 
 import json
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from absl import logging
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 
 from transforms import dead_letter as dl
 from transforms import outputs as outputs_lib
 
 CountPath = Tuple[str, ...]  # e.g. ("impressions", "written", "train")
-
-
-class CountAs(beam.PTransform):
-  """PCollection -> a single (path, number of elements); 0 on an empty input."""
-
-  def __init__(self, path: CountPath):
-    super().__init__()
-    self._path = tuple(path)
-
-  def expand(self, pcoll):
-    path = self._path
-    return (pcoll
-            | "Count" >> beam.combiners.Count.Globally()
-            | "Tag" >> beam.Map(lambda n: (path, n)))
 
 
 class CountDeadLetters(beam.PTransform):
@@ -57,26 +46,24 @@ class CountDeadLetters(beam.PTransform):
             | "Tag" >> beam.Map(lambda kv: ((kv[0][0], "dead_letter", kv[0][1]), kv[1])))
 
 
-def record_positives(record: Dict[str, Any], label_names: Sequence[str]) -> List[int]:
-  """A labelled record's labels, in label order (one record: 0 or 1 each)."""
-  labels = record["labels"]
-  return [labels[name] for name in label_names]
+def label_sums(batch: pa.RecordBatch, label_names: Sequence[str]) -> List[int]:
+  """Positives per label of a labelled batch (int64 0/1 columns), in label order."""
+  return [int(pc.sum(batch.column(batch.schema.get_field_index(name))).as_py() or 0)
+          for name in label_names]
 
 
 class _SumPositivesFn(beam.CombineFn):
-  """Elements -> positives per label, in label order: the element-wise sum of
-  `positives(element, label_names)` (exact integers, so any bundling gives the same)."""
+  """Labelled batches -> positives per label, in label order: the sum of their
+  `label_sums` (exact integers, so any bundling gives the same)."""
 
-  def __init__(self, label_names: Sequence[str],
-               positives: Callable[[Any, Sequence[str]], List[int]]):
+  def __init__(self, label_names: Sequence[str]):
     self._label_names = tuple(label_names)
-    self._positives = positives
 
   def create_accumulator(self):
     return [0] * len(self._label_names)
 
   def add_input(self, accumulator, element):
-    for index, value in enumerate(self._positives(element, self._label_names)):
+    for index, value in enumerate(label_sums(element, self._label_names)):
       accumulator[index] += value
     return accumulator
 
@@ -92,26 +79,21 @@ class _SumPositivesFn(beam.CombineFn):
 
 
 class CountLabels(beam.PTransform):
-  """Labelled elements of a split -> (("labels", split, name), positives) per label.
+  """Labelled batches of a split -> (("labels", split, name), positives) per label.
 
   Args:
     split, label_names: the split and its labels, in order.
-    positives: element, label_names -> positives per label of that element: a labelled
-      record's labels (default) or, in the columnar job, a labelled RecordBatch's column
-      sums (`transforms.columnar.job.label_sums`).
   """
 
-  def __init__(self, split: str, label_names: Sequence[str],
-               positives: Callable[[Any, Sequence[str]], List[int]] = record_positives):
+  def __init__(self, split: str, label_names: Sequence[str]):
     super().__init__()
     self._split = split
     self._label_names = tuple(label_names)
-    self._positives = positives
 
-  def expand(self, elements):
+  def expand(self, batches):
     split, names = self._split, self._label_names
-    return (elements
-            | "Sum" >> beam.CombineGlobally(_SumPositivesFn(names, self._positives))
+    return (batches
+            | "Sum" >> beam.CombineGlobally(_SumPositivesFn(names))
             | "Tag" >> beam.FlatMap(lambda sums: [(("labels", split, name), n)
                                                   for name, n in zip(names, sums)]))
 

@@ -32,23 +32,13 @@ Labels: `click` <- click, `purchase` <- buy. buy=1 with click=0 is a dead letter
 (infer_click). The Example keeps `sample_id` as `impression_id` and timestamp 0 (the
 release has no time; train/eval come from separate files, not from time).
 
-Dead letters (checked in this order, the first failure wins):
-  both sources: malformed_line (column count, empty md5/sample_id, feature_num not an
-    integer), [skeleton: bad_label (click/buy not 0/1), purchase_without_click],
-    malformed_item (no \\x02 or \\x03, empty field or id, value not a finite number),
-    feature_count_mismatch (feature_num != number of items), then the spec's coercion:
-    repeated_single_valued_field, bad_type / bad_value (e.g. an int field's id not an int).
-  join (per split and md5): skeleton rows whose md5 has no common-features row in the same
-    split -> missing_common_features, or whose row was dead-lettered ->
-    common_features_rejected; several valid common-features rows with one md5 -> the first
-    (file, line) is kept, the others are duplicate_md5; a scalar field set on both sides ->
-    repeated_single_valued_field (the skeleton row is dead-lettered).
-Accounting: every skeleton row is written or dead-lettered; every common-features row is
-used (joined to >= 1 skeleton row), unused (valid but referenced by no skeleton row of its
-split: counted, not an error) or dead-lettered.
-
-The join is a CoGroupByKey on (split, hash bucket of md5) (transforms/aliccp_join.py):
-the common-features side is never held in memory as a side input.
+Dead letters of a line (checked in this order, the first failure wins): malformed_line
+(column count, empty md5/sample_id, feature_num not an integer), [skeleton: bad_label
+(click/buy not 0/1), purchase_without_click], malformed_item (no \\x02 or \\x03, empty
+field or id, value not a finite number), feature_count_mismatch (feature_num != number of
+items), then the spec's coercion: repeated_single_valued_field, bad_type / bad_value (e.g.
+an int field's id not an int). The join's dead letters and the accounting of
+common-features rows (used, unused, dead-lettered): transforms/aliccp_join.py.
 
 A line is parsed in columns (`ReleaseLineParser`) only when it is plain, so that the
 columns are exactly what the line functions would return (tests/test_aliccp.py compares

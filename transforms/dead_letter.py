@@ -32,7 +32,7 @@ EVENT_BEFORE_IMPRESSION = "event_before_impression"
 OUTSIDE_ATTRIBUTION_WINDOW = "outside_attribution_window"
 DUPLICATE_EVENT = "duplicate_event"
 EVENT_WITHOUT_CLICK = "event_without_click"
-# Reasons of the Ali-CCP readers (transforms/aliccp.py, transforms/derived_sources.py).
+# Reasons of the Ali-CCP readers (transforms/aliccp.py, aliccp_join.py, derived.py).
 MALFORMED_LINE = "malformed_line"
 BAD_LABEL = "bad_label"
 MALFORMED_ITEM = "malformed_item"

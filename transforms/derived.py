@@ -40,15 +40,14 @@ search_id), bad_label (not 0/1), malformed_item (paddle token
 without `field:id`), repeated_single_valued_field, bad_type / bad_value (a cell the
 feature's dtype cannot hold).
 
-A CSV row is parsed in columns only when it is plain, so that its columns are exactly the row
-parser's values (tests/test_aliexpress.py compares them row by row): as many
-cells as the header has columns (split on every comma, as the row parser does); labels
-"0" / "1" and not a purchase without a click; an id column (AliExpress search_id) of
-printable ASCII without edge spaces; every feature cell either empty (a missing
-feature) or, by the feature's dtype, printable ASCII without edge spaces (string), 1-18
-digits with an optional minus (int), or a plain decimal with a finite float64 (float;
-Arrow's cast and Python's float() both round correctly). A file whose header feeds one
-feature from two columns is left to the row parser whole.
+A CSV row is parsed in columns only when it is plain, so that its columns are exactly
+`CsvRowParser`'s values (tests/test_transforms_derived.py compares them row by row): as
+many cells as the header has columns; labels "0" / "1" and not a purchase without a
+click; an id column (AliExpress search_id) of printable ASCII without edge spaces; every
+feature cell empty (a missing feature) or, by the feature's dtype, printable ASCII
+without edge spaces (string), 1-18 digits with an optional minus (int), or a plain
+decimal with a finite float64 (float; Arrow's cast and Python's float() both round
+correctly). A file whose header feeds one feature from two columns goes line by line.
 
 Note: torch-rechub's label encoding and min-max scaling were fit on all of its data
 (train, val and test together) before we see it; that leak is in the files and cannot be
@@ -316,7 +315,7 @@ class _ReadDerivedFileFn(beam.DoFn):
                                           metadata_keys(self._layout, self._spec))
 
   def csv_parser(self, header: str, path: str) -> CsvRowParser:
-    """The row parser of a CSV file, from its header line."""
+    """The line parser of a CSV file, from its header line."""
     if self._layout == ALIEXPRESS:
       return CsvRowParser(self._fields, self._spec, header, path, self._infer_click,
                              ALIEXPRESS_LABEL_COLUMNS, id_column=SEARCH_ID)
@@ -344,7 +343,7 @@ class _ReadDerivedFileFn(beam.DoFn):
 
   def _batch(self, path: str, columns: Optional[pa.Table], lines: np.ndarray,
              records: List[Dict[str, Any]]) -> Iterator[Any]:
-    """The columnar rows (their lines) and the row parser's records as batches."""
+    """The columnar rows (their lines) and the line parser's records as batches."""
     named = {} if columns is None else {name: columns.column(name)
                                         for name in columns.column_names}
     named[spec_lib.IMPRESSION_ID_KEY] = pa.array(
@@ -356,7 +355,7 @@ class _ReadDerivedFileFn(beam.DoFn):
 
   def _rows(self, parser, path: str, lines: Sequence[int], texts: Sequence[str],
             records: List[Dict[str, Any]]) -> Iterator[Any]:
-    """Lines through the row parser: records appended, dead letters yielded."""
+    """Lines through the line parser: records appended, dead letters yielded."""
     for line, text in zip(lines, texts):
       tag, value = self.parse_line(parser, path, int(line), text)
       if tag == RECORDS:
@@ -377,7 +376,7 @@ class _ReadDerivedFileFn(beam.DoFn):
           lines, texts = lines[1:], texts[1:]
         rows += len(texts)
         records: List[Dict[str, Any]] = []
-        if columnar is None:  # paddle_esmm: every line through the row parser.
+        if columnar is None:  # paddle_esmm: every line through the line parser.
           yield from self._rows(parser, path, lines, texts, records)
           yield from self._batch(path, None, np.zeros(0, dtype=np.int64), records)
           continue

@@ -36,8 +36,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from absl import logging
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.compute as pc
 import tensorflow as tf
 
 from configs import config as config_lib
@@ -137,12 +135,6 @@ class Preprocess(beam.PTransform):
                          self._statistics)
 
 
-def label_sums(batch: pa.RecordBatch, label_names: Sequence[str]) -> List[int]:
-  """Positives per label of a labelled batch, in label order."""
-  return [int(pc.sum(batch.column(batch.schema.get_field_index(name))).as_py() or 0)
-          for name in label_names]
-
-
 def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.PCollection],
                   counts: List[beam.PCollection], paths: outputs_lib.OutputPaths,
                   config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
@@ -178,7 +170,7 @@ def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.P
                   | f"TagWritten_{split}" >> beam.Map(
                       lambda n, split: ((dl.IMPRESSIONS, "written", split), n), split))
     counts.append(splits[split] | f"CountLabels_{split}" >> accounting.CountLabels(
-        split, label_names, positives=label_sums))
+        split, label_names))
     if statistics:
       _ = splits[split] | f"Statistics_{split}" >> stats_lib.GenerateBatchStatistics(
           spec, label_names, paths.stats(split))

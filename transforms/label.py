@@ -237,7 +237,7 @@ class BucketLabeler:
     window = self.labeler.window_s
     problem = (timestamp < start) | (timestamp > start + window)
     # Repeats of (impression, timestamp, type): flag every member of such a group (the
-    # row code then decides which one is the repeat).
+    # `EventLabeler` then decides which one is the repeat).
     type_code = pc.index_in(event_type, value_set=pc.unique(event_type)).to_numpy()
     type_code = type_code.astype(np.int64)
     key = np.stack([position, timestamp, type_code], axis=1)
@@ -250,7 +250,7 @@ class BucketLabeler:
     np.minimum.at(first_click, position[is_click], timestamp[is_click])
     needs_click = pc.is_in(event_type, value_set=self._after_click_events).to_numpy()
     problem |= needs_click & (first_click[position] > timestamp)
-    # Impressions with any problem event: the row code labels them.
+    # Impressions with any problem event: `EventLabeler.attribute` labels them.
     hard = np.zeros(n, dtype=bool)
     hard[position[problem]] = True
     labels = np.zeros((len(self.labeler.label_names), n), dtype=np.int64)

@@ -1,8 +1,8 @@
 """Compact shuffle payloads: RecordBatches and lists of bytes as zstd-compressed bytes.
 
-Flow: used on both sides of the job's two shuffles, the join (columnar.label: batches of
-impressions and events keyed by bucket) and the shard writer (shards: lists of
-serialized Examples keyed by shard).
+Flow: used on both sides of the job's two shuffles, the join (join.py, aliccp_join.py:
+batches keyed by bucket) and the shard writer (write.py: lists of serialized Examples
+keyed by shard).
 
 What crosses a shuffle is held, encoded, by the runner: on DirectRunner every element of
 a GroupByKey's input sits in the runner process's memory at once, and on Dataflow it is

@@ -513,7 +513,7 @@ class _ReadParse(beam.PTransform):
 
 class ReadParseImpressions(_ReadParse):
   """Globs -> {"records": impression RecordBatches (`impression_schema`), "dead_letter":
-  dead letters as `parse.ParseImpressions` makes them, "read": one int, records read}."""
+  dead letters, "read": one int, records read}."""
 
   def __init__(self, file_patterns, spec: spec_lib.FeatureSpec):
     super().__init__(file_patterns, lambda: ImpressionParser(spec), dl.IMPRESSIONS)

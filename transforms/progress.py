@@ -1,7 +1,7 @@
-"""Progress of a long columnar run: records so far and records/s, logged at a steady interval.
+"""Progress of a long run: records so far and records/s, logged at a steady interval.
 
 Flow: any PCollection of RecordBatches -> **LogProgress(stage)** -> the same batches.
-The columnar job puts one after parsing (impressions, events) and one after labelling.
+The job puts one after parsing (impressions, events) and one after labelling.
 
 Each worker process keeps one running total per stage (shared by the DoFn instances of
 its threads) and logs, at most every `interval_s` seconds of wall time:

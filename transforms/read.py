@@ -7,7 +7,7 @@ transforms/aliccp.py, transforms/derived.py) -> ... Every record keeps its file 
 Blank lines are not records and are skipped (but counted in the line numbers).
 """
 
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -56,9 +56,11 @@ def open_text(readable_file: fileio.ReadableFile):
   return readable_file.open(compression_type=CompressionTypes.AUTO)
 
 
-def parquet_batches(readable_file: fileio.ReadableFile, batch_rows: int = BATCH_ROWS
+def parquet_batches(readable_file: fileio.ReadableFile, batch_rows: Optional[int] = None
                     ) -> Iterator[pa.RecordBatch]:
-  """The RecordBatches (of up to batch_rows rows, in row order) of a matched Parquet file."""
+  """The RecordBatches (of up to batch_rows rows, default BATCH_ROWS, in row order) of a
+  matched Parquet file."""
+  batch_rows = batch_rows or BATCH_ROWS
   with readable_file.open(mime_type="application/octet-stream",
                           compression_type=CompressionTypes.UNCOMPRESSED) as handle:
     yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
@@ -75,11 +77,13 @@ def _stripped_lines(data: bytes) -> List[str]:
   return [text.strip() for text in decoded]
 
 
-def json_line_batches(handle, batch_rows: int = BATCH_ROWS
+def json_line_batches(handle, batch_rows: Optional[int] = None
                       ) -> Iterator[Tuple[List[int], List[str], int]]:
-  """(line numbers, stripped texts, lines so far) per batch of batch_rows non-blank lines
-  (fewer in the last) of a binary stream; lines split on b"\\n", decoded and stripped
-  (`_stripped_lines`). Line numbers count blank lines too, so they are the file's."""
+  """(line numbers, stripped texts, lines so far) per batch of batch_rows (default
+  BATCH_ROWS) non-blank lines (fewer in the last) of a binary stream; lines split on
+  b"\\n", decoded and stripped (`_stripped_lines`). Line numbers count blank lines too,
+  so they are the file's."""
+  batch_rows = batch_rows or BATCH_ROWS
   line_number = 0
   lines: List[int] = []
   texts: List[str] = []

@@ -1,9 +1,9 @@
-"""Labelled records (the file-split sources' row parsers' dicts) -> labelled RecordBatches.
+"""Labelled records (the file-split sources' line parsers' dicts) -> labelled RecordBatches.
 
-Flow: columnar.derived / columnar.aliccp parse lines with the row parsers' own code
-(`transforms.derived_sources`, `transforms.aliccp`: every dead letter worded there) and
-gather the kept rows here into RecordBatches, the element the rest of the columnar job
-(encode, statistics, analyzers, shard writer) reads.
+Flow: aliccp_join / derived parse lines in columns, or with the line parsers' own code
+(`transforms.aliccp`, `transforms.derived`: every dead letter worded there), and gather
+the kept rows here into RecordBatches, the element the rest of the job (encode,
+statistics, analyzers, shard writer) reads.
 
 Labelled schema: `parse.impression_schema(spec)` (file, line, record,
 impression_id, timestamp, the spec's features with `<name>__weight` after each weighted
@@ -44,8 +44,7 @@ class RecordBatcher:
   "line", optional "record" and "metadata"}) -> one RecordBatch of `labelled_schema`.
 
   A record whose values an Arrow column cannot hold (an int outside int64, a lone
-  surrogate) becomes a bad_value dead letter here; the row job would dead-letter it
-  when encoding (same source, file, line and reason).
+  surrogate) becomes a bad_value dead letter here.
   """
 
   def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str],
@@ -82,7 +81,7 @@ class RecordBatcher:
                    records: Sequence[Mapping[str, Any]], timestamp: int,
                    source: str = dl.IMPRESSIONS
                    ) -> Tuple[List[pa.RecordBatch], List[Dict[str, Any]]]:
-    """Rows a columnar parser took and records a row parser made, as batches of `schema`
+    """Rows a columnar parser took and records a line parser made, as batches of `schema`
     (+ dead letters of the records no column holds).
 
     Args:

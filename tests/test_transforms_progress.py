@@ -1,4 +1,4 @@
-"""transforms.columnar.progress: a progress line per interval with the records so far and the rate."""
+"""transforms.progress: a progress line per interval with the records so far and the rate."""
 
 import logging
 
@@ -7,7 +7,7 @@ import pyarrow as pa
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.columnar import progress
+from transforms import progress
 
 
 def test_record_progress_logs_once_per_interval(caplog):
@@ -35,11 +35,13 @@ def test_log_progress_passes_batches_through():
     assert_that(rows, equal_to([3, 5]))
 
 
-def test_file_split_sources_log_their_progress(tmp_path, caplog):
+def test_file_split_sources_log_their_progress(tmp_path, caplog, monkeypatch):
   """--source ali_ccp logs lines parsed per file kind and rows joined per split;
   --source aliexpress rows parsed per split (every batch, with a tiny interval)."""
   from pipeline import preprocess  # pylint: disable=g-import-not-at-top
   from simulation import release_layouts  # pylint: disable=g-import-not-at-top
+  from transforms import read  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(read, "BATCH_ROWS", 40)  # Several batches of small files.
   logger = progress.progress_logger()  # Its handler holds the stderr of its first use.
   logger.addHandler(caplog.handler)
   try:
@@ -51,8 +53,8 @@ def test_file_split_sources_log_their_progress(tmp_path, caplog):
                     "--eval_skeleton", release["sample_skeleton_test"],
                     "--eval_common_features", release["common_features_test"],
                     "--progress_interval_s", "1e-9"])
-    files = release_layouts.write_aliexpress(  # 2 batches of eval rows: a line at the 2nd.
-        str(tmp_path / "aliexpress"), train_rows=3 * 8200)
+    files = release_layouts.write_aliexpress(  # 3 batches of eval rows: lines from the 2nd.
+        str(tmp_path / "aliexpress"), train_rows=300)
     preprocess.run(["--source", "aliexpress", "--output", str(tmp_path / "out_aliexpress"),
                     "--train", files["train"], "--eval", files["test"],
                     "--progress_interval_s", "1e-9"])
