@@ -12,10 +12,13 @@ export PYTHONHASHSEED := 0
 
 install: $(STAMP)
 
+# editable_mode=compat: the project root goes on sys.path (a .pth path entry), so its
+# regular packages beat a same-named folder in the working directory (issue 33); the
+# console scripts cvr-simulate ... cvr-demo come from setup.py.
 $(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==24.3.1" "setuptools==75.6.0" "wheel==0.45.1"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 ## test: the whole suite, end-to-end (slow) tests included, as CI runs it.

@@ -45,6 +45,12 @@ setuptools.setup(
         "transforms.*", "training", "evaluation", "serving", "simulation", "benchmarks"]),
     package_data={"configs": ["*.yaml", "features/*.yaml", "tuned/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
+    # One command per step, the same as `python -m pipeline.<step>` (pipeline/cli.py runs
+    # the module as __main__); the script's sys.path[0] is the venv's bin/, so folders in
+    # the working directory named like the project's packages never shadow them.
+    entry_points={"console_scripts": [
+        f"cvr-{step}=pipeline.cli:{step}"
+        for step in ("simulate", "preprocess", "train", "evaluate", "predict", "demo")]},
     extras_require={
         # benchmarks/: the DeepCTR baseline (0.9.4 is the first release that imports on
         # TF 2.16 under TF_USE_LEGACY_KERAS=1), peak memory, the truth benchmark's plot.

@@ -10,12 +10,17 @@ and feature settings are written once (`configs/base_simulated.yaml`). Sections:
     model:  {...}  -> ModelConfig  (used by models.build_model)
     train:  {...}  -> TrainConfig  (used by pipeline.train)
 
-Unknown keys are errors that name the file and the key, so a typo never silently falls
-back to a default.
+Unknown keys are errors that name the file and the key (with the nearest allowed key,
+`did you mean train.learning_rate?`), so a typo never silently falls back to a default.
+
+A config path given on a command line resolves the same way in every entry point
+(`resolve_path`): as given (absolute, or relative to the working directory) if it exists,
+else relative to the project root, so `--config configs/esmm.yaml` works from any folder.
 """
 
 import dataclasses
 import datetime
+import difflib
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,6 +31,50 @@ from features import spec as spec_lib
 
 class ConfigError(ValueError):
   """A config file is invalid; the message names the file and the key."""
+
+
+# The folder holding the `configs` package: the project root (a source checkout or an
+# editable install), or site-packages, where the YAML files are installed beside the code.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(path: str, what: str = "config file") -> str:
+  """A config / feature-spec path as given if it exists, else relative to the project root.
+
+  Absolute paths are returned as they are. E.g. "configs/esmm.yaml" from any working
+  directory -> PROJECT_ROOT/configs/esmm.yaml (unless ./configs/esmm.yaml exists).
+
+  Raises:
+    ConfigError: neither exists; the message names both places looked in.
+  """
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  in_project = os.path.join(PROJECT_ROOT, path)
+  if os.path.exists(in_project):
+    return in_project
+  raise ConfigError(f"{path}: {what} not found (looked in the working directory "
+                    f"{os.getcwd()} and the project root {PROJECT_ROOT})")
+
+
+def _nearest(name: str, allowed, prefix: str = "") -> str:
+  """' (did you mean <prefix><closest>?)' or '' when nothing is close."""
+  close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+  return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def unknown_keys_message(unknown, allowed, section: str = "") -> str:
+  """'unknown key train.lerning_rate (did you mean train.learning_rate?)'.
+
+  Several unknown keys are joined with '; '; a key with no close match lists the
+  allowed ones.
+  """
+  prefix = f"{section}." if section else ""
+  parts = []
+  for key in sorted(unknown, key=str):
+    hint = _nearest(str(key), allowed, prefix)
+    parts.append(f"unknown key {prefix}{key}" + (
+        hint or f" (allowed in {section or 'the top level'}: {sorted(allowed)})"))
+  return "; ".join(parts)
 
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -277,10 +326,9 @@ def _build(cls, values: Any, source: str, section: str):
   if not isinstance(values, dict):
     raise ConfigError(f"{source}: section {section!r} must be a mapping")
   fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - set(fields))
+  unknown = sorted(set(values) - set(fields), key=str)
   if unknown:
-    raise ConfigError(f"{source}: unknown key(s) {unknown} in section {section!r}; "
-                      f"allowed: {sorted(fields)}")
+    raise ConfigError(f"{source}: {unknown_keys_message(unknown, fields, section)}")
   kwargs = {}
   for key, value in values.items():
     if isinstance(value, list) and key != "labels":
@@ -310,9 +358,9 @@ def _build_labels(entries: Any, source: str) -> Tuple[LabelConfig, ...]:
 def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> ExperimentConfig:
   """Builds and validates an ExperimentConfig from merged YAML data."""
   allowed = {"feature_spec", "data", "model", "train"}
-  unknown = sorted(set(data) - allowed)
+  unknown = sorted(set(data) - allowed, key=str)
   if unknown:
-    raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; allowed: {sorted(allowed)}")
+    raise ConfigError(f"{source}: {unknown_keys_message(unknown, allowed)}")
   if "feature_spec" not in data:
     raise ConfigError(f"{source}: missing 'feature_spec' (path to a feature spec YAML)")
   data_section = dict(data.get("data") or {})
@@ -388,9 +436,11 @@ def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Experi
   """Loads an experiment YAML (following `base:`), applying optional overrides.
 
   Args:
-    path: the experiment YAML file.
+    path: the experiment YAML file, as given or relative to the project root
+      (`resolve_path`).
     overrides: nested mapping merged over the file, e.g. {"train": {"epochs": 1}}.
   """
+  path = resolve_path(path)
   data = _read_yaml_with_bases(path)
   if overrides:
     data = merge_dicts(data, overrides)

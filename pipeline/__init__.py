@@ -1,4 +1,10 @@
-"""Entry points (simulate, preprocess, train, evaluate, predict). Keras 2 (tf_keras) for TFRS."""
-import os as _os
+"""Entry points (simulate, preprocess, train, evaluate, predict, demo) and what they share.
 
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+Importing this package prepares the process before any entry point imports TensorFlow
+(pipeline/cli.py, `prepare_process`): Keras 2 (tf_keras) for TFRS, the working directory
+off sys.path, TensorFlow's C++ start-up lines and google.api_core's FutureWarning off
+unless --verbose.
+"""
+from pipeline import cli as _cli
+
+_cli.prepare_process()

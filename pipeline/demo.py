@@ -22,8 +22,9 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
+
+from pipeline import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Directory for every artifact of the demo.")
@@ -41,9 +42,9 @@ flags.DEFINE_integer("epochs", None, "pipeline.train --epochs (default: the conf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_TAIL_LINES = 40
-# Children log everything to their files, but not TensorFlow's C++ INFO/WARNING chatter.
-CHILD_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONHASHSEED": "0",
-             "PYTHONWARNINGS": "ignore::FutureWarning"}
+# Children log everything to their files; each silences TensorFlow's C++ start-up lines
+# and google.api_core's FutureWarning itself (pipeline/cli.py), unless --verbose.
+CHILD_ENV = {"TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0"}
 
 
 class StepFailed(RuntimeError):
@@ -172,6 +173,17 @@ def summary_table(metrics_by_model: dict) -> str:
   return "\n".join(lines)
 
 
+def check_models(models) -> None:
+  """A --models name without REPO/configs/<name>.yaml fails now, not after the Beam job."""
+  config_dir = os.path.join(REPO, "configs")
+  for name in models:
+    if not os.path.exists(os.path.join(config_dir, f"{name}.yaml")):
+      known = sorted(file[:-len(".yaml")] for file in os.listdir(config_dir)
+                     if file.endswith(".yaml") and not file.startswith("base_"))
+      raise cli.UserError(f"--models {name}: no {config_dir}/{name}.yaml (known: "
+                          f"{', '.join(known)})")
+
+
 def main(argv):
   del argv
   start = time.time()
@@ -179,6 +191,7 @@ def main(argv):
   raw, data = os.path.join(workdir, "raw"), os.path.join(workdir, "data")
   logs = os.path.join(workdir, "logs")
   models = list(FLAGS.models)
+  check_models(models)
   total = 3 + len(models) + 1
   step = iter(f"{i}/{total}" for i in range(1, total + 1))
   print(f"Demo: {FLAGS.impressions} simulated impressions, models {models}; every artifact "
@@ -252,4 +265,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_main(main)

@@ -1,4 +1,4 @@
-"""Entry point: raw impression/event logs -> labelled TFRecords, artifacts, stats, counts.
+r"""Entry point: raw impression/event logs -> labelled TFRecords, artifacts, stats, counts.
 
   python -m pipeline.preprocess --impressions 'logs/impressions/*.jsonl.gz' \
       --events 'logs/events/*.jsonl.gz' --output runs/demo/data \
@@ -27,24 +27,29 @@ PreprocessDerived by --source: one engine, every stage on pyarrow RecordBatches;
 docs/ALI_CCP.md) -> OUTPUT/ -> pipeline.train. At the start the job removes an old success marker and its own old
 TFRecord and dead-letter shards (`remove_previous_shards`: a rerun with fewer shards
 must not leave the extra ones behind, for the marker would list them). Flags this
-module does not know are Beam pipeline options, passed to `PipelineOptions` untouched,
-so the same command runs on DirectRunner and Dataflow.
+module does not know must be Beam pipeline options (an option of a registered
+`PipelineOptions` class: --runner, --project, --temp_location, --direct_num_workers,
+...), passed to `PipelineOptions` untouched, so the same command runs on DirectRunner and
+Dataflow; any other flag is refused (a near miss of ours: `did you mean --eval_from?`).
 After the pipeline, the run checks that every input record was written or
-dead-lettered (OUTPUT/counts.json) and infers or validates the TFDV schema; only then
-does it write OUTPUT/_SUCCESS.json (features/success_marker.py), which readers check.
+dead-lettered (OUTPUT/counts.json), that neither split is empty (else one line naming
+data.eval_from / --eval_from, or the split's input flag), and infers or validates the TFDV
+schema; only then does it write OUTPUT/_SUCCESS.json (features/success_marker.py), which
+readers check. A user error ends with one line `error: ...`, exit status 2
+(pipeline/cli.py; --verbose adds the traceback).
 """
 
 import argparse
+import difflib
 import os
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from absl import logging  # pylint: disable=g-import-not-at-top
+from absl import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options import pipeline_options as beam_options
 from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow as tf
 
@@ -52,11 +57,18 @@ import configs
 from configs import config as config_lib
 from features import spec as spec_lib
 from features import success_marker
+from pipeline import cli
+
+cli.import_quietly("tensorflow_data_validation")  # before transforms.stats imports it
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from transforms import beam_compat
 from transforms import derived
 from transforms import job
 from transforms import outputs as outputs_lib
 from transforms import read
+from transforms import stats as stats_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "esmm.yaml")
@@ -85,7 +97,7 @@ SOURCE_FLAGS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m pipeline.preprocess",
       description="Raw logs (or Ali-CCP files) -> labelled, split TFRecords + transform "
                   "artifacts + TFDV statistics. Unknown flags are Beam pipeline options.")
@@ -156,12 +168,56 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
     argv = argv[1:]
   if any(arg == "--engine" or arg.startswith("--engine=") for arg in argv):
     raise job.PreprocessError(ENGINE_REMOVED)
-  args, beam_args = _parser().parse_known_args(argv)
+  parser = _parser()
+  args, beam_args = parser.parse_known_args(argv)
+  check_beam_args(beam_args, parser)
   if args.config is None:
     args.config = DEFAULT_CONFIGS[args.source]
   if args.local_workers is not None:
     beam_args = beam_args + local_workers_options(args.local_workers, beam_args)
   return args, beam_args
+
+
+def beam_option_flags() -> List[str]:
+  """Every flag a registered `PipelineOptions` class defines (--runner, --project, ...).
+
+  The classes are found as `PipelineOptions.get_all_options` finds them (its direct
+  subclasses, the last one of each name), so an options class a runner or an import
+  registers counts too.
+  """
+  parser = beam_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return sorted(flag for flag in parser._option_string_actions  # pylint: disable=protected-access
+                if flag.startswith("--"))
+
+
+def check_beam_args(beam_args: Sequence[str], parser: argparse.ArgumentParser) -> None:
+  """Refuses a flag that is neither ours nor a Beam pipeline option.
+
+  Beam would drop it with a warning and the job would run without it (`--eval_form
+  2026-03-02` split on the config's date); a near miss of one of our flags or of a Beam
+  option is named (difflib).
+
+  Raises:
+    cli.UserError: naming the first unknown flag.
+  """
+  known_beam = set(beam_option_flags())
+  ours = sorted(flag for flag in parser._option_string_actions  # pylint: disable=protected-access
+                if flag.startswith("--"))
+  for arg in beam_args:
+    if not arg.startswith("-"):
+      continue  # a value
+    flag = arg.split("=", 1)[0]
+    if flag in known_beam:
+      continue
+    close = (difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
+             or difflib.get_close_matches(flag, sorted(known_beam), n=1, cutoff=0.75))
+    hint = (f"did you mean {close[0]}?" if close else
+            "see --help for this job's flags; Beam's are its PipelineOptions")
+    raise cli.UserError(f"unknown flag {flag}: neither a pipeline.preprocess flag nor a Beam "
+                        f"pipeline option ({hint})")
 
 
 def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
@@ -326,21 +382,62 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   logging.info("Pipeline finished in %.1f s with state %s", seconds, state)
 
   counts = job.check_run(paths, seconds)
+  check_splits_not_empty(counts, args, config)
   checked = job.check_schema(paths, spec, config.data.label_names,
                                         schema_path=args.schema,
                                         fail_on_anomalies=args.fail_on_anomalies)
+  if not args.schema:
+    check_schema_has_features(checked["schema"], spec)
   marker = success_marker.write_success_marker(args.output, counts)
   logging.info("Every check passed; wrote %s", marker)
   return {"counts": counts, "seconds": seconds, "marker": marker, **checked}
 
 
-def main() -> None:
+def split_setting(args: argparse.Namespace, config: config_lib.ExperimentConfig,
+                  split: str) -> str:
+  """The setting that decides what goes into `split`, for an error message."""
+  if args.source == LOG:
+    side = "at or after" if split == "eval" else "before"
+    return (f"it holds the impressions {side} data.eval_from {config.data.eval_from} "
+            f"(config {args.config}): set --eval_from (or data.eval_from) to a day inside "
+            f"the logs")
+  flags = [f"--{flag}" for flag in SOURCE_FLAGS[args.source]
+           if flag.startswith("eval") == (split == "eval")]
+  return f"its rows come from {' '.join(flags)} (--source {args.source}): check those files"
+
+
+def check_splits_not_empty(counts: Dict[str, Any], args: argparse.Namespace,
+                           config: config_lib.ExperimentConfig) -> None:
+  """An empty train or eval split fails the job (before the success marker).
+
+  Raises:
+    job.PreprocessError: naming the split and the setting to change.
+  """
+  written = counts["impressions"]["written"]
+  for split in outputs_lib.SPLITS:
+    if not written.get(split):
+      others = ", ".join(f"{name} {written.get(name, 0)}" for name in outputs_lib.SPLITS)
+      raise job.PreprocessError(f"the {split} split is empty ({others} examples written); "
+                                f"{split_setting(args, config, split)}")
+
+
+def check_schema_has_features(schema_path: str, spec: spec_lib.FeatureSpec) -> None:
+  """An inferred schema without any of the spec's features fails the job.
+
+  Raises:
+    job.PreprocessError: naming the schema and the feature spec.
+  """
+  schema = stats_lib.load_schema(schema_path)
+  if not {feature.name for feature in schema.feature} & set(spec.names):
+    raise job.PreprocessError(f"{schema_path}: the schema inferred from the train split has "
+                              f"none of the features of {spec.source} ({len(spec.names)} "
+                              f"declared); check the feature spec against the input files")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line: one-line user errors, exit status 2 (pipeline/cli.py)."""
   logging.set_verbosity(logging.INFO)
-  try:
-    run(sys.argv)
-  except (job.PreprocessError, config_lib.ConfigError, spec_lib.SpecError) as e:
-    logging.error("%s", e)
-    sys.exit(f"pipeline.preprocess failed: {e}")
+  cli.run_argv_main(lambda args: run(args) and None, argv)
 
 
 if __name__ == "__main__":

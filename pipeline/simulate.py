@@ -1,4 +1,4 @@
-"""Entry point: simulate an e-commerce world and write its raw logs and truth.
+r"""Entry point: simulate an e-commerce world and write its raw logs and truth.
 
   python -m pipeline.simulate --output runs/demo/raw --impressions 200000 --seed 42 \
       [--format jsonl|parquet] [--shards 4] [--corrupt_fraction 0.0]
@@ -6,16 +6,18 @@
 Flow: **pipeline.simulate** -> OUTPUT/{impressions,events}/ (raw log contract,
 docs/DESIGN.md section 2) -> pipeline.preprocess (Beam); OUTPUT/truth/ and
 OUTPUT/world.json -> evaluation (Bayes-optimal AUCs). The world itself is
-simulation.world (library); this file only maps flags to a WorldConfig.
+simulation.world (library); this file only maps flags to a WorldConfig. A bad flag
+value or an existing --output ends with one line `error: ...`, exit status 2
+(pipeline/cli.py).
 """
 
 import dataclasses
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from pipeline import cli
 from simulation import behaviour as behaviour_lib
 from simulation import world as world_lib
 from simulation import world_config as config_lib
@@ -77,7 +79,7 @@ def main(argv):
     config.validate()
     writer.prepare_output(FLAGS.output, FLAGS.overwrite)   # fail before the work
   except (ValueError, FileExistsError) as e:
-    raise app.UsageError(str(e)) from e
+    raise cli.UserError(str(e)) from e
   start = time.time()
   world = world_lib.build_world(config)
   behaviour = behaviour_lib.sample_behaviour(world)
@@ -94,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_main(main)

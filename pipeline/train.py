@@ -1,4 +1,4 @@
-"""Entry point: train a model on pipeline.preprocess output and export a SavedModel.
+r"""Entry point: train a model on pipeline.preprocess output and export a SavedModel.
 
   python -m pipeline.train --config configs/esmm.yaml --data runs/demo/data \
       --model_dir runs/demo/model [--strategy default|mirrored|multi_worker|tpu]
@@ -16,20 +16,17 @@ process, each with its own TF_CONFIG, e.g. on one machine
       python -m pipeline.train --strategy multi_worker ...   # and index 1
 
 See docs/SCALING.md (strategies, input sharding, TPU, fault tolerance).
+--config resolves as given, else relative to the project root (configs.config.resolve_path).
+A bad config, flag or input (a corrupt shard: its path and offset; an output without
+pipeline.preprocess's success marker) ends with one line `error: ...` and exit status 2
+(pipeline/cli.py; --verbose adds the traceback).
 """
 
-import os
-import sys
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
 from configs import config as config_lib
-from features import success_marker
-from training import shard_check
+from pipeline import cli
 from training import strategy as strategy_lib
 from training import trainer
 
@@ -74,16 +71,11 @@ def main(argv):
   del argv
   config = config_lib.load_config(FLAGS.config, overrides=_overrides())
   strategy = strategy_lib.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-  try:
-    result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
-                                      export=FLAGS.export,
-                                      skip_corrupt_records=FLAGS.skip_corrupt_records)
-  except (shard_check.CorruptShardError, success_marker.IncompleteOutputError) as e:
-    # The input is unusable: the message (file, offset, how to fix) is the whole story.
-    logging.error("%s", e)
-    sys.exit(f"pipeline.train: {e}")
+  result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
+                                    export=FLAGS.export,
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records)
   logging.info("Done: export %s", result.export_dir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_main(main)
