@@ -4,27 +4,32 @@ Flow: the user's raw logs (the raw log contract, README "The raw log contract") 
 **this module** (pipeline.init is its entry point) -> DIR/features.yaml + DIR/config.yaml
 -> pipeline.preprocess --config DIR/config.yaml -> pipeline.train -> ...
 
-Three steps, each a function a test can call alone:
+The steps, each a function a test can call alone:
   * `scan_log`: reads every impression and event file once. The key columns (the
     impressions' `timestamp`, the events' `event`) are tallied over every row with
     pyarrow, so the last day and every event name are those of the whole log; a uniform
     sample of `sample_rows` records (the rows with the smallest hash of (file, row), so
-    the same whatever the file order) is kept for the feature statistics.
+    it spreads over every file and every part of each, however the rows are ordered)
+    is kept for the feature statistics.
   * `field_statistics` + `infer_feature`: per impression field, its type (string, int,
     float; scalar or list) and a transform chosen from the sample's statistics:
-      - strings (and ints that are ids or have more than MAX_INT_CATEGORIES values):
-        `vocabulary` when the estimated number of distinct values in the whole log is at
-        most `max_vocabulary`, else `hash` with buckets = the power of two at or above
-        twice that estimate (capped by `max_hash_buckets`);
-      - ints with few values (hour, position, ...): `vocabulary`;
-      - other numbers: `normalize`, with `log1p` when they are non-negative and
-        heavy-tailed (skewness > LOG1P_MIN_SKEW, and log1p lowers it);
+      - strings, lists, user_id / item_id and ints named as ids (`*_id`): `vocabulary`
+        when the estimated number of distinct values in the whole log is at most
+        `max_vocabulary`, else `hash` with buckets = the power of two at or above twice
+        that estimate (capped by `max_hash_buckets`);
+      - other ints with at most MAX_INT_CATEGORIES values (hour, position, ...): the
+        same (a vocabulary, in practice);
+      - other numbers: `normalize` (dtype float, which takes ints too), with `log1p`
+        when they are non-negative and heavy-tailed (skewness > LOG1P_MIN_SKEW, and
+        log1p lowers it);
       - booleans, objects, mixed types, constants, bad names: not features (listed).
     The distinct-value estimate is Chao1 (d + f1^2 / (2 f2), f1 / f2 = values seen once /
     twice), exact when the sample is the whole log.
   * `map_event`: event names to the labels click / micro / action / purchase where the
     name says it (click, clk; cart, add_to_cart, fav; buy, order, purchase, conversion;
     ...); the others are listed for the user to map.
+  * `split_dates`: data.eval_from = the last UTC day of the impressions,
+    train.validation_from = the last day before it.
 `render_feature_spec` and `render_config` write the two YAML files, with a comment giving
 the reason for every choice; `features.spec.load_feature_spec` and
 `configs.config.load_config` load them unchanged.
@@ -47,11 +52,12 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from features import spec as spec_lib
+from transforms import parse as parse_lib
 from transforms import read as read_lib
 
-USER_ID_KEY = "user_id"
-ITEM_ID_KEY = "item_id"
-EVENT_KEY = "event"
+USER_ID_KEY = parse_lib.USER_ID_KEY
+ITEM_ID_KEY = parse_lib.ITEM_ID_KEY
+EVENT_KEY = parse_lib.EVENT_KEY
 DAY_S = 86400
 
 DEFAULT_SAMPLE_ROWS = 100_000
@@ -197,6 +203,14 @@ def _json_key_column(texts: List[str], key: str, arrow_type: pa.DataType
                        for record in records], arrow_type), unreadable
 
 
+def _tally_in(path: str, tally, column: pa.Array, counts: collections.Counter) -> None:
+  """tally(column, counts), its InferenceError prefixed with the file."""
+  try:
+    tally(column, counts)
+  except InferenceError as e:
+    raise InferenceError(f"{path}: {e}") from e
+
+
 def scan_log(patterns: Sequence[str], key: str, arrow_type: pa.DataType,
              tally: Callable[[pa.Array, collections.Counter], None], sample_rows: int,
              seed: int = 0, flag: str = "--impressions") -> LogScan:
@@ -227,7 +241,7 @@ def scan_log(patterns: Sequence[str], key: str, arrow_type: pa.DataType,
                     else pa.nulls(batch.num_rows, arrow_type))
           if column.type != arrow_type:
             column = _typed_values(column.to_pylist(), arrow_type)
-          tally(column, scan.key_counts)
+          _tally_in(path, tally, column, scan.key_counts)
           sample.offer(_row_keys(file_index, rows, seed),
                        lambda picked, b=batch: b.take(pa.array(picked)).to_pylist())
     else:
@@ -236,7 +250,7 @@ def scan_log(patterns: Sequence[str], key: str, arrow_type: pa.DataType,
           scan.rows += len(texts)
           column, unreadable = _json_key_column(texts, key, arrow_type)
           scan.unreadable += unreadable
-          tally(column, scan.key_counts)
+          _tally_in(path, tally, column, scan.key_counts)
           sample.offer(_row_keys(file_index, np.asarray(lines), seed),
                        lambda picked, t=texts: [t[i] for i in picked])
     logging.info("Read %s: %d records so far", path, scan.rows)
@@ -470,11 +484,14 @@ def _categorical(field: FieldStats, dtype: str, multivalent: bool,
 
 
 def _numeric(field: FieldStats, dtype: str) -> FeatureChoice:
+  """normalize (after log1p when heavy-tailed); dtype float even for ints: a float
+  feature takes int values too, while an int one would dead-letter a later 12.5."""
   values = np.asarray(field.numbers, dtype=np.float64)
   skew = skewness(values)
-  summary = (f"min {_number(values.min())}, median {_number(np.median(values))}, "
+  summary = (("ints in the sample, declared float (takes both); " if dtype == "int" else "")
+             + f"min {_number(values.min())}, median {_number(np.median(values))}, "
              f"max {_number(values.max())}, skewness {skew:.1f}")
-  entry: Dict[str, Any] = {"name": field.name, "dtype": dtype, "transform": "normalize"}
+  entry: Dict[str, Any] = {"name": field.name, "dtype": "float", "transform": "normalize"}
   if values.min() >= 0 and skew > LOG1P_MIN_SKEW:
     log_skew = skewness(np.log1p(values))
     if abs(log_skew) < abs(skew):
@@ -568,13 +585,12 @@ def infer_features(stats: Dict[str, FieldStats], options: InferenceOptions,
     weight = stats.get(name + spec_lib.WEIGHT_SUFFIX)
     choice = infer_feature(field, options, weight)
     (chosen if isinstance(choice, FeatureChoice) else skipped).append(choice)
-  for choice in chosen:
-    if choice.entry.get("weighted"):
-      continue
-    weight_key = choice.entry["name"] + spec_lib.WEIGHT_SUFFIX
-    if weight_key in stats:
-      skipped.append(SkippedField(weight_key, "not a list of numbers beside the list "
-                                              f"{choice.entry['name']}"))
+  weighted = {c.entry["name"] + spec_lib.WEIGHT_SUFFIX for c in chosen if c.entry.get("weighted")}
+  accounted = weighted | {c.entry["name"] for c in chosen} | {s.name for s in skipped}
+  for name in stats:
+    if name not in accounted:  # `<list>__weight` beside a list that is not weighted
+      skipped.append(SkippedField(name, "not the numbers-list weights of a list feature "
+                                        f"{name[:-len(spec_lib.WEIGHT_SUFFIX)]}"))
   return chosen, skipped
 
 

@@ -2,7 +2,7 @@
 
 The logs here are written by the test and look nothing like the simulator's: March 2026,
 ids `shopper-*` / `sku-*`, fields `shop`, `price_eur` (log-normal), `rating`, `slot`,
-`tags` (a list), a boolean and a constant, events `view` / `clk` / `basket` / `order` /
+`reviews` (a heavy-tailed count), `tags` (a list), a boolean and a constant, events `view` / `clk` / `basket` / `order` /
 `share`. Every expected choice is derived from what the test wrote (its distinct counts,
 its distributions, its event sequences), not read back from the code.
 """
@@ -61,6 +61,7 @@ def make_log(impressions=4000, days=5, users=3000, items=1500, seed=0, last_day_
         "price_eur": price,
         "rating": float(np.round(np.clip(rng.normal(3.8, 0.6), 1.0, 5.0), 2)),
         "slot": int(rng.integers(1, 21)),
+        "reviews": int(rng.pareto(1.2) * 10),
         "tags": [TAGS[i] for i in rng.choice(len(TAGS), int(rng.integers(0, 4)), replace=False)],
         "is_member": bool(rng.random() < 0.3),
         "channel": "web",
@@ -168,15 +169,36 @@ def test_heavy_tailed_price_gets_log1p_and_the_rating_does_not(shop_log, starter
   assert abs(skew(ratings)) < 2
   assert _entry(starter, "rating") == {"name": "rating", "dtype": "float",
                                        "transform": "normalize"}
+  # A count: ints with many values, heavy-tailed; declared float so a later 12.5 is kept.
+  reviews = np.array([r["reviews"] for r in shop_log["records"]], dtype=np.float64)
+  assert len(set(reviews)) > spec_inference.MAX_INT_CATEGORIES
+  assert skew(reviews) > 2 and abs(skew(np.log1p(reviews))) < skew(reviews)
+  assert _entry(starter, "reviews") == {"name": "reviews", "dtype": "float",
+                                        "transform": "normalize", "log1p": True}
 
 
 def test_booleans_constants_and_the_contract_keys_are_not_features(starter):
   names = {entry["name"] for entry in yaml.safe_load(starter.spec_yaml)["features"]}
-  assert names == {"user_id", "item_id", "shop", "price_eur", "rating", "slot", "tags"}
+  assert names == {"user_id", "item_id", "shop", "price_eur", "rating", "slot", "reviews",
+                   "tags"}
   skipped = {s.name: s.reason for s in starter.skipped}
   assert set(skipped) == {"impression_id", "timestamp", "is_member", "channel"}
   assert "booleans" in skipped["is_member"] and "one value" in skipped["channel"]
   assert "#   is_member: holds booleans" in starter.spec_yaml
+
+
+def test_a_weights_list_beside_a_list_makes_it_weighted():
+  records = [{"tags": ["a", "b"][:i % 3], "tags__weight": [0.5, 2.0][:i % 3],
+              "brands": ["x", "y", "z"][:1 + i % 3], "brands__weight": "heavy"}
+             for i in range(30)]
+  chosen, skipped = spec_inference.infer_features(spec_inference.field_statistics(records),
+                                                  spec_inference.InferenceOptions())
+  entries = {c.entry["name"]: c.entry for c in chosen}
+  assert set(entries) == {"tags", "brands"}
+  assert entries["tags"]["weighted"] is True and "weighted" not in entries["brands"]
+  assert [s.name for s in skipped] == ["brands__weight"]
+  spec = spec_lib.feature_spec_from_dict({"features": list(entries.values())})
+  assert spec.example_keys() == ["tags", "tags__weight", "brands"]
 
 
 def test_events_map_to_labels_and_the_rest_are_listed(shop_log, starter):
@@ -309,7 +331,7 @@ def test_one_day_and_millisecond_timestamps_are_refused(tmp_path):
     spec_inference.infer_starter([write_jsonl(impressions, str(tmp_path / "a"))], [events_glob])
   for record in impressions:
     record["timestamp"] *= 1000
-  with pytest.raises(spec_inference.InferenceError, match="milliseconds"):
+  with pytest.raises(spec_inference.InferenceError, match=r"b/part-0.jsonl.gz: .*milliseconds"):
     spec_inference.infer_starter([write_jsonl(impressions, str(tmp_path / "b"))], [events_glob])
 
 
