@@ -6,7 +6,10 @@ date, machine and load). These checks keep that true as pages are added or delet
 lists exactly the folder's files, every page has a row with its command, and every results
 page the README or docs/*.md mention (as a `benchmarks/results/...` path, or by its bare file
 name) exists. A path after a colon (`git show COMMIT:benchmarks/results/old.md`) names a file
-in git history and is not checked.
+in git history and is not checked. The same holds for the project's own files: every
+`transforms/...`, `pipeline/...`, `tests/...` (and other top-level package) file or folder
+path the README and docs name exists, so a module that is renamed or retired cannot stay
+in the docs.
 """
 
 import fnmatch
@@ -26,6 +29,16 @@ PAGE_FAMILIES = ("models", "calibration", "sweep", "learning_curve", "tune_", "b
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 RESULTS_PATH = re.compile(r"(?<![:\w/.])(?:\.\./)*benchmarks/results/([^\s)\]`'\"|,;]*)")
 BARE_NAME = re.compile(r"(?<![:\w/.<>*-])([a-z0-9_]+\*?(?:_[a-z0-9_]+)?\.(?:md|png|json))\b")
+# The project's top-level folders whose paths the docs name (benchmarks/results/ has its
+# own checks above).
+PROJECT_FOLDERS = ("benchmarks", "configs", "docker", "docs", "evaluation", "features",
+                   "models", "pipeline", "serving", "simulation", "tests", "training",
+                   "transforms")
+# A file path (ends in an extension) or a folder path (ends in "/") under one of them, as
+# written or after "../"; not after a colon (git history), a word character, "/" or "."
+# (part of a longer path), nor a pattern (`tests/test_<module>.py`, `*.yaml`).
+PROJECT_PATH = re.compile(r"(?<![:\w/.-])(?:\.\./)*((?:%s)/(?:[\w.-]+/)*"
+                          r"(?:[\w-]+\.[A-Za-z][\w.]*\b|(?![\w<*])))" % "|".join(PROJECT_FOLDERS))
 
 
 def results_files():
@@ -114,3 +127,35 @@ def test_mentions_are_found_in_paths_bare_names_and_globs_but_not_git_history():
                                     (2, "learning_curve_3m*.md"), (2, "sweep_old.md")]
   assert exists_in_results("learning_curve_3m*.md")
   assert not exists_in_results("sweep_old.md")
+
+
+def project_path_mentions(text):
+  """(line number, path) of each project file or folder path a markdown text names."""
+  mentions = []
+  for number, line in enumerate(text.splitlines(), 1):
+    for match in PROJECT_PATH.finditer(line):
+      path = match.group(1)
+      if "<" not in path and "*" not in path and not path.startswith("benchmarks/results/"):
+        mentions.append((number, path))
+  return mentions
+
+
+@pytest.mark.parametrize("doc", doc_files(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_docs_name_only_project_paths_that_exist(doc):
+  with open(doc, encoding="utf-8") as f:
+    mentions = project_path_mentions(f.read())
+  missing = [f"{os.path.relpath(doc, ROOT)}:{number}: {path}" for number, path in mentions
+             if not os.path.exists(os.path.join(ROOT, path))
+             and not os.path.exists(os.path.join(os.path.dirname(doc), path))]
+  assert not missing, ("paths named in the docs that do not exist (a retired module: "
+                       "name what replaced it, or cite history as `git show COMMIT:path`):\n"
+                       + "\n".join(missing))
+
+
+def test_project_paths_are_found_but_not_prose_globs_or_git_history():
+  text = ("`transforms/job.py` and transforms/columnar/ (retired); tests/test_x.py:\n"
+          "training/serving skew, `tests/test_<module>.py`, git show abc:transforms/shards.py\n"
+          "see ../configs/features/simulated.yaml\n")
+  assert project_path_mentions(text) == [(1, "transforms/job.py"), (1, "transforms/columnar/"),
+                                         (1, "tests/test_x.py"),
+                                         (3, "configs/features/simulated.yaml")]
