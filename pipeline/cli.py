@@ -279,6 +279,7 @@ def console_script(module: str) -> Callable[[], None]:
   return run
 
 
+init = console_script("pipeline.init")
 simulate = console_script("pipeline.simulate")
 preprocess = console_script("pipeline.preprocess")
 train = console_script("pipeline.train")

@@ -21,7 +21,7 @@ from pipeline import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.dirname(sys.executable)
-STEPS = ("simulate", "preprocess", "train", "evaluate", "predict", "demo")
+STEPS = ("init", "simulate", "preprocess", "train", "evaluate", "predict", "demo")
 # The noise every command printed before (issue 29).
 NOISE = ("Traceback", "Unable to register", "FutureWarning", "cuda_")
 
@@ -70,6 +70,9 @@ def _bad_config(tmp_path) -> str:
 def user_error_case(step: str, tmp_path):
   """(arguments, the text the one error line must contain) of a typical mistake per step."""
   missing = str(tmp_path / "missing")
+  if step == "init":  # logs that are not there
+    return ["--impressions", f"{missing}/*.jsonl", "--events", f"{missing}/*.jsonl", "--out",
+            str(tmp_path / "exp")], f"--impressions {missing}/*.jsonl"
   if step == "simulate":  # an impossible date
     return ["--output", str(tmp_path / "raw"), "--start_date", "2026-13-01"], "start_date"
   if step == "preprocess":  # a near-miss of --eval_from, once silently dropped by Beam
