@@ -14,16 +14,21 @@ is a file where a folder is expected, ...). Anything else is a bug: it keeps its
 
 Start-up noise silenced unless `--verbose`: TensorFlow's C++ log lines (the cuFFT / cuDNN /
 cuBLAS "Unable to register factory" errors of every import on a machine without a GPU;
-TF_CPP_MIN_LOG_LEVEL=3; failing ops still raise Python exceptions with their message) and
-google.api_core's FutureWarning about the Python version's end of life. Other warnings
-are kept.
+TF_CPP_MIN_LOG_LEVEL=3, even over a 2 in the environment; failing ops still raise Python
+exceptions with their message), two FutureWarnings Google's client libraries issue on
+import about their own future (google.api_core: the Python version's end of life;
+google.auth: grpcio without post-quantum TLS), filtered by module and message, and TFDV's
+"Unable to import IPython" lines (`import_quietly`). Other warnings are kept. `--help`
+exits 0 (absl's exits 1).
 
 The import path: `python -m` puts the working directory first on sys.path, so a folder
 there named like one of the project's packages (`models/`, `features/`, `configs/`, e.g.
 runs/demo/models/) would shadow it. `prepare_process` drops the working directory from
 sys.path when the project is not there (the entry points never import from it) and sets
 PYTHONSAFEPATH=1 so the processes they start (Beam's worker processes, the demo's steps)
-do not add it either.
+do not add it either. The console scripts (`console_script`, setup.py) run the step's
+module as `python -m` does, from the venv's bin/ as sys.path[0]: they also work from a
+folder that holds a `pipeline/` package of its own.
 """
 
 import argparse
@@ -39,7 +44,7 @@ from absl import app
 from absl import flags
 
 VERBOSE_FLAG = "--verbose"
-# Exit status of a user error (as argparse's and absl's usage errors).
+# Exit status of a user error (as argparse's usage errors).
 USER_ERROR_EXIT = 2
 # The library's error types that mean "the input or the settings are wrong": (module, class).
 # Looked up in sys.modules when an error arrives, so this module imports none of them
