@@ -11,8 +11,8 @@ A killed worker: worker 1 is SIGKILLed after the first checkpoint; worker 0 then
 task with the same command, resumes from that checkpoint, ends at the configured final
 step, and the chief exports.
 
-`small_run_inputs` (simulate 4k impressions -> Beam -> a small model config) is shared
-with tests/test_resume.py.
+The data is the session's `small_world` (tests/conftest.py: 4k simulated impressions
+-> Beam, shared with tests/test_resume.py and tests/test_training_inputs.py).
 """
 
 import glob
@@ -28,52 +28,17 @@ import time
 import pytest
 import tensorflow as tf
 
+from tests import small_world as small_world_lib
 from training import data
 from training import strategy as strategy_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = small_world_lib.REPO
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
-STEPS_PER_EPOCH = 100
-SMALL_CONFIG = f"""\
-base: {os.path.join(REPO, "configs", "esmm.yaml")}
-model: {{embedding_dim: 4, tower_units: [16]}}
-train: {{batch_size: 64, epochs: {EPOCHS}, steps_per_epoch: {STEPS_PER_EPOCH},
-         shuffle_buffer: 2000, checkpoint_every_steps: CHECKPOINT_EVERY,
-         learning_rate: 0.005}}
-"""
-
-
-def subprocess_env(**extra) -> dict:
-  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONHASHSEED="0")
-  env.pop("TF_CONFIG", None)
-  env.update(extra)
-  return env
-
-
-def write_small_config(path: str, checkpoint_every_steps: int = STEPS_PER_EPOCH,
-                       steps_per_epoch: int = STEPS_PER_EPOCH) -> str:
-  """Writes the small experiment YAML (esmm.yaml with a tiny model) to `path`."""
-  with open(path, "w") as f:
-    f.write(SMALL_CONFIG.replace("CHECKPOINT_EVERY", str(checkpoint_every_steps)).replace(
-        f"steps_per_epoch: {STEPS_PER_EPOCH}", f"steps_per_epoch: {steps_per_epoch}"))
-  return path
-
-
-def small_run_inputs(root, checkpoint_every_steps: int = STEPS_PER_EPOCH) -> dict:
-  """Simulated raw logs -> Beam output, plus a small experiment YAML; returns paths."""
-  raw, data_dir = os.path.join(root, "raw"), os.path.join(root, "data")
-  config = write_small_config(os.path.join(root, "small.yaml"), checkpoint_every_steps)
-  for module, args in (
-      ("pipeline.simulate", [f"--output={raw}", "--impressions=4000", "--seed=5"]),
-      ("pipeline.preprocess", [f"--impressions={raw}/impressions/*.jsonl.gz",
-                               f"--events={raw}/events/*.jsonl.gz",
-                               f"--output={data_dir}", f"--config={config}"])):
-    subprocess.run([sys.executable, "-m", module, *args], check=True, cwd=REPO,
-                   env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  return {"data": data_dir, "config": config}
+EPOCHS = small_world_lib.EPOCHS
+STEPS_PER_EPOCH = small_world_lib.STEPS_PER_EPOCH
+subprocess_env = small_world_lib.subprocess_env  # also used by tests/test_beam_parallel.py
+write_small_config = small_world_lib.write_small_config
 
 
 def free_ports(count: int) -> list:
@@ -121,8 +86,8 @@ def finish_workers(started, timeout=900) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-  return small_run_inputs(str(tmp_path_factory.mktemp("multi_worker_data")))
+def inputs(small_world):
+  return {"data": small_world["data"], "config": small_world["config"]}
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import test_multi_worker as cluster
+from tests import small_world as small_world_lib
 
-REPO = cluster.REPO
+REPO = small_world_lib.REPO
 pytestmark = pytest.mark.slow
 
-TOTAL_STEPS = cluster.EPOCHS * cluster.STEPS_PER_EPOCH
+TOTAL_STEPS = small_world_lib.EPOCHS * small_world_lib.STEPS_PER_EPOCH
 CHECKPOINT_EVERY = 25  # train.checkpoint_every_steps
 KILL_AT_STEP = TOTAL_STEPS // 2
 WEIGHT_TOLERANCE = 1e-6  # relative, and absolute for values near 0
@@ -73,14 +73,15 @@ def final_variables(model_dir: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(small_world, tmp_path_factory):
   root = str(tmp_path_factory.mktemp("resume"))
-  inputs = cluster.small_run_inputs(root, checkpoint_every_steps=CHECKPOINT_EVERY)
+  small = small_world_lib.write_small_config(os.path.join(root, "small.yaml"),
+                                             CHECKPOINT_EVERY)
   config = os.path.join(root, "final_weights.yaml")
   with open(config, "w") as f:
-    f.write(f"base: {inputs['config']}\ntrain: {{restore_best_weights: false}}\n")
-  inputs = dict(inputs, config=config)
-  env = cluster.subprocess_env()
+    f.write(f"base: {small}\ntrain: {{restore_best_weights: false}}\n")
+  inputs = {"data": small_world["data"], "config": config}
+  env = small_world_lib.subprocess_env()
   killed_dir = os.path.join(root, "killed")
   clean_dir = os.path.join(root, "clean")
   clean = subprocess.Popen(_train_command(inputs, clean_dir), cwd=REPO, env=env,

@@ -1,6 +1,8 @@
 """The trainer's input checks on a real (small) pipeline.preprocess output.
 
-Simulated logs (4k impressions, 8 days) -> Beam -> DATA; then `training.trainer`:
+The session's `small_world` (tests/conftest.py: 4k simulated impressions, 8 days ->
+Beam) is DATA, read-only here (a test that breaks a shard copies DATA first); then
+`training.trainer`:
   * plan_inputs counts the validation split (the last training day) and the train
     split, which partition the train shards; neither touches the eval split;
   * a corrupt train shard stops train_and_export before training, naming the shard;
@@ -20,7 +22,7 @@ import tensorflow as tf
 from configs import config as config_lib
 from features import parsing
 from features import success_marker
-from tests import test_multi_worker as cluster
+from tests import small_world as small_world_lib
 from training import data
 from training import shard_check
 from training import trainer
@@ -30,8 +32,8 @@ DAY = 86400
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-  return cluster.small_run_inputs(str(tmp_path_factory.mktemp("inputs")))
+def inputs(small_world):
+  return {"data": small_world["data"], "config": small_world["config"]}
 
 
 def quick_config(inputs):
@@ -107,11 +109,11 @@ def test_cli_names_a_truncated_shard_without_a_traceback(inputs, tmp_path):
   run = subprocess.run(
       [sys.executable, "-m", "pipeline.train", f"--config={inputs['config']}",
        f"--data={data_dir}", f"--model_dir={tmp_path / 'model'}"],
-      cwd=cluster.REPO, env=cluster.subprocess_env(), capture_output=True, text=True,
-      timeout=600, check=False)
-  assert run.returncode == 1
+      cwd=small_world_lib.REPO, env=small_world_lib.subprocess_env(), capture_output=True,
+      text=True, timeout=600, check=False)
+  assert run.returncode == 2  # pipeline.cli's exit status of a user error
   last_line = run.stderr.strip().splitlines()[-1]
-  assert last_line.startswith(f"pipeline.train: {broken}: corrupt TFRecord shard"), last_line
+  assert last_line.startswith(f"error: {broken}: corrupt TFRecord shard"), last_line
   assert "Traceback" not in run.stderr
 
 
