@@ -21,13 +21,19 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
+# Tests run on TEST_WORKERS pytest-xdist processes; --dist loadgroup keeps the tests of a
+# module-scoped fixture on one worker (tests/conftest.py), and pytest.ini's --durations=15
+# lists the slowest tests at the end.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 ## test: the whole suite, end-to-end (slow) tests included, as CI runs it.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 ## test-fast: everything but the end-to-end tests.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 ## demo: simulate -> Beam preprocess -> train ESMM and naive -> evaluate (report in
 ## runs/demo/report/index.html) -> score raw examples. Full logs: runs/demo/logs/.
