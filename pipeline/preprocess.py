@@ -207,8 +207,8 @@ def check_beam_args(beam_args: Sequence[str], parser: argparse.ArgumentParser) -
   ours = sorted(flag for flag in parser._option_string_actions  # pylint: disable=protected-access
                 if flag.startswith("--"))
   for arg in beam_args:
-    if not arg.startswith("-"):
-      continue  # a value
+    if not arg.startswith("-") or arg.lstrip("-").replace(".", "", 1).isdigit():
+      continue  # a value (a negative number too)
     flag = arg.split("=", 1)[0]
     if flag in known_beam:
       continue
