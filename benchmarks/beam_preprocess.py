@@ -1,8 +1,8 @@
 """Beam preprocess throughput against the floor, side by side on the same files.
 
   python -m benchmarks.beam_preprocess [--quick] [--impressions 1000000,10000000]
-      [--workers 1,2] [--engines columnar,row] [--row_max_impressions 200000]
-      [--multi_worker_max_impressions 1000000] [--formats jsonl,parquet] [--name NAME]
+      [--workers 1,2] [--multi_worker_max_impressions 1000000] [--formats jsonl,parquet]
+      [--name NAME]
 
 Flow position: raw logs (pipeline.simulate) -> **pipeline.preprocess** (the real CLI, in a
 subprocess) -> TFRecords. For each --impressions size, on the same simulated files:
@@ -12,8 +12,7 @@ subprocess) -> TFRecords. For each --impressions size, on the same simulated fil
       FLOOR_SAMPLE of the job's own Examples, cycled to the same count, so about the same
       bytes: both byte counts are reported), through TensorFlow's C++ TFRecordWriter, in
       this process on one core;
-  (b) the job with `--local_workers 1` (one in-memory worker), per engine: `--engine
-      columnar`, and the row engine as a reference at sizes up to --row_max_impressions;
+  (b) the job with `--local_workers 1` (one in-memory worker);
   (c) the job with `--local_workers 2` (DirectRunner multi_processing, 2 processes).
 
 Reported per run: input records (impressions + events) per second of pipeline time (the
@@ -27,10 +26,10 @@ work shared the CPU.
 
   python -m benchmarks.beam_preprocess --stages [--impressions 200000]
 
-measures instead, in one process and without a runner, each stage of the columnar engine
-(transforms/columnar, issue 12) against the row job's code for the same stage on the same
-simulated JSON Lines: read+parse+validate, join+label, split+encode (records/s of input
-records of the stage), and the pyarrow floor (the bare C++ JSON reader on the same files).
+measures instead, in one process and without a runner, each stage of the job
+(transforms/, issue 12) on the same simulated JSON Lines: read+parse+validate,
+join+label, split+encode (records/s of input records of the stage), and the pyarrow
+floor (the bare C++ JSON reader on the same files).
 """
 
 import glob
@@ -55,8 +54,6 @@ from benchmarks import common
 NAME = "beam_preprocess"
 POLL_SECONDS = 0.5
 PIPELINE_SECONDS = re.compile(r"Pipeline finished in ([0-9.]+) s")
-ENGINES = ("columnar", "row")
-ROW_MAX_IMPRESSIONS = 200_000  # The row engine (about 2k records/s) only up to this size.
 MULTI_WORKER_MAX_IMPRESSIONS = 1_000_000  # Larger sizes run with 1 worker only.
 FLOOR_SAMPLE = 20_000  # Examples of the job's output cycled by the floor's writer.
 
@@ -116,12 +113,11 @@ def run_job(args: Sequence[str], output: str, log_path: str) -> Dict[str, Any]:
 
 
 def run_preprocess(raw: str, output: str, workers: int, log_path: str,
-                   engine: str = "columnar", fmt: str = "jsonl") -> Dict[str, Any]:
+                   fmt: str = "jsonl") -> Dict[str, Any]:
   """Runs pipeline.preprocess once (`--local_workers workers`); returns its row."""
-  args = common.preprocess_args(raw, output, fmt) + ["--local_workers", str(workers),
-                                                "--engine", engine]
+  args = common.preprocess_args(raw, output, fmt) + ["--local_workers", str(workers)]
   result = run_job(args, output, log_path)
-  return dict(row(f"job --engine {engine}", workers, result["counts"],
+  return dict(row("job", workers, result["counts"],
                   result["pipeline_seconds"], result["wall_seconds"],
                   result["peak_rss_gib"], result["failure"]), format=fmt)
 
@@ -199,9 +195,8 @@ def floor(raw: str, examples: Sequence[bytes], records: int, scratch: str,
           "seconds": parse_seconds + write_seconds}
 
 
-def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
-             workdir: str, keep_output: bool = False,
-             row_max_impressions: int = ROW_MAX_IMPRESSIONS,
+def run_size(impressions: int, workers: Sequence[int], workdir: str,
+             keep_output: bool = False,
              multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS,
              fmt: str = "jsonl") -> List[Dict[str, Any]]:
   """Every run on one simulated world (files in `fmt`): the jobs, then the floor
@@ -214,22 +209,17 @@ def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
   rows: List[Dict[str, Any]] = []
   sample: List[bytes] = []
   size: Optional[Dict[str, int]] = None
-  for engine in engines:
-    if engine == "row" and impressions > row_max_impressions:
-      logging.info("Row engine skipped at %d impressions (> %d)", impressions,
-                   row_max_impressions)
-      continue
-    for count in workers:
-      output = os.path.join(workdir, f"beam_bench_{impressions}_{fmt}_{engine}_w{count}")
-      logging.info("pipeline.preprocess --engine %s on %d impressions (%s), %d worker(s)",
-                   engine, impressions, fmt, count)
-      rows.append(run_preprocess(raw, output, count, output + ".log", engine, fmt))
-      logging.info("%s", rows[-1])
-      if size is None and not rows[-1]["failure"]:
-        size = output_size(output)
-        sample = _tfrecord_payloads(os.path.join(output, "*", "*.tfrecord.gz"), FLOOR_SAMPLE)
-      if not keep_output:
-        shutil.rmtree(output, ignore_errors=True)
+  for count in workers:
+    output = os.path.join(workdir, f"beam_bench_{impressions}_{fmt}_w{count}")
+    logging.info("pipeline.preprocess on %d impressions (%s), %d worker(s)", impressions,
+                 fmt, count)
+    rows.append(run_preprocess(raw, output, count, output + ".log", fmt))
+    logging.info("%s", rows[-1])
+    if size is None and not rows[-1]["failure"]:
+      size = output_size(output)
+      sample = _tfrecord_payloads(os.path.join(output, "*", "*.tfrecord.gz"), FLOOR_SAMPLE)
+    if not keep_output:
+      shutil.rmtree(output, ignore_errors=True)
   if size is None:
     raise RuntimeError(f"no job run at {impressions} impressions succeeded: no floor")
   measured = floor(raw, sample, size["records"],
@@ -252,8 +242,7 @@ def run_size(impressions: int, workers: Sequence[int], engines: Sequence[str],
 
 def run(impressions: Union[int, Sequence[int]], workers: Sequence[int] = (1, 2),
         workdir: str = common.DEFAULT_WORKDIR, results_dir: str = common.RESULTS_DIR,
-        command: str = None, keep_output: bool = False, engines: Sequence[str] = ENGINES,
-        row_max_impressions: int = ROW_MAX_IMPRESSIONS,
+        command: str = None, keep_output: bool = False,
         multi_worker_max_impressions: int = MULTI_WORKER_MAX_IMPRESSIONS,
         formats: Sequence[str] = ("jsonl",), name: str = NAME) -> List[Dict[str, Any]]:
   """Every size of `impressions` and input format: floor and jobs (run_size); writes
@@ -263,8 +252,8 @@ def run(impressions: Union[int, Sequence[int]], workers: Sequence[int] = (1, 2),
   rows = []
   for size in sizes:
     for fmt in formats:
-      rows += run_size(size, workers, engines, workdir, keep_output, row_max_impressions,
-                       multi_worker_max_impressions, fmt)
+      rows += run_size(size, workers, workdir, keep_output, multi_worker_max_impressions,
+                       fmt)
   write_table(rows, results_dir, command, load_start, common.load_average(), name)
   return rows
 
@@ -299,7 +288,7 @@ def write_table(rows: List[Dict[str, Any]], results_dir: str, command: str,
       f"{r['job_bytes'] / 2**20:,.1f} MiB)" for r in rows if r["run"].startswith("floor"))
   body = (f"Load average 1/5/15 min at the start: {load_start}; at the end: {load_end} "
           f"(2 cores: above 2, other work shared the CPU).\n\n"
-          f"Jobs: `python -m pipeline.preprocess --local_workers N --engine E` "
+          f"Jobs: `python -m pipeline.preprocess --local_workers N` "
           f"(configs/esmm.yaml: parse, join, label, split, transform analysis, TFRecord "
           f"encode, TFDV statistics; N = 1: one in-memory worker, N = 2: DirectRunner "
           f"multi_processing with transforms/beam_compat.py's fix, docs/SCALING.md 2.1) on "
@@ -323,29 +312,16 @@ def _timed(function):
   return result, time.perf_counter() - start
 
 
-class _File:
-  """The slice of fileio.ReadableFile that the row readers use."""
-
-  def __init__(self, path: str):
-    import types  # pylint: disable=g-import-not-at-top
-    self.metadata = types.SimpleNamespace(path=path)
-
-  def open(self, compression_type=None, mime_type=None):  # pylint: disable=unused-argument
-    return gzip.open(self.metadata.path, "rb")
-
-
 def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
-  """Rows of (stage, engine, records, seconds, records/s) on the JSON Lines under raw."""
+  """Rows of (stage, records, seconds, records/s) on the JSON Lines under raw."""
   import io  # pylint: disable=g-import-not-at-top
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.json as pa_json  # pylint: disable=g-import-not-at-top
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from configs import config as config_lib  # pylint: disable=g-import-not-at-top
   from features import spec as spec_lib  # pylint: disable=g-import-not-at-top
-  from transforms import encode, label, parse, read  # pylint: disable=g-import-not-at-top
-  from transforms.columnar import encode as cencode  # pylint: disable=g-import-not-at-top
-  from transforms.columnar import label as clabel  # pylint: disable=g-import-not-at-top
-  from transforms.columnar import parse as cparse  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from transforms import encode, join, label, parse, read, split
+  # pylint: enable=g-import-not-at-top
 
   config = config_lib.load_config(common.ESMM_CONFIG)
   spec = spec_lib.load_feature_spec(config.feature_spec_path)
@@ -355,26 +331,17 @@ def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
            for source in ("impressions", "events")}
   rows = []
 
-  def add(stage, engine, records, seconds):
-    rows.append({"stage": stage, "engine": engine, "records": records, "seconds": seconds,
+  def add(stage, records, seconds):
+    rows.append({"stage": stage, "records": records, "seconds": seconds,
                  "records_per_s": records / seconds})
     logging.info("%s", rows[-1])
 
-  def main_outputs(outputs):
-    return [o for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput)]
-
   # Read + parse + validate.
-  def row_parse(source, fn):
-    fn.setup() if hasattr(fn, "setup") else None
-    fn.start_bundle()
-    return [out for path in files[source] for raw_record in read.read_json_lines(_File(path))
-            for out in main_outputs(fn.process(raw_record))]
-
-  def columnar_parse(source, parser):
+  def parse_files(source, parser):
     batches = []
     for path in files[source]:
       with gzip.open(path, "rb") as handle:
-        for lines, texts, _ in cparse.json_line_batches(handle):
+        for lines, texts, _ in read.json_line_batches(handle):
           batches.append(parser.parse_json_lines(path, lines, texts)[0])
     return pa.Table.from_batches(batches, schema=parser.schema)
 
@@ -385,37 +352,20 @@ def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
         total += pa_json.read_json(io.BytesIO(handle.read())).num_rows
     return total
 
-  row_imps, t_row_imps = _timed(lambda: row_parse(
-      "impressions", parse._ParseImpressionFn(spec)))  # pylint: disable=protected-access
-  row_events, t_row_events = _timed(lambda: row_parse(
-      "events", parse._ParseEventFn(event_types)))  # pylint: disable=protected-access
-  imps, t_imps = _timed(lambda: columnar_parse("impressions", cparse.ImpressionParser(spec)))
-  events, t_events = _timed(lambda: columnar_parse("events", cparse.EventParser(event_types)))
+  imps, t_imps = _timed(lambda: parse_files("impressions", parse.ImpressionParser(spec)))
+  events, t_events = _timed(lambda: parse_files("events", parse.EventParser(event_types)))
   floor_records, t_floor = _timed(lambda: floor("impressions") + floor("events"))
-  parsed_records = len(row_imps) + len(row_events)
-  assert (imps.num_rows, events.num_rows) == (len(row_imps), len(row_events))
-  add("read+parse", "row", parsed_records, t_row_imps + t_row_events)
-  add("read+parse", "columnar", parsed_records, t_imps + t_events)
-  add("read+parse", "pyarrow floor (read_json only)", floor_records, t_floor)
+  parsed_records = imps.num_rows + events.num_rows
+  add("read+parse", parsed_records, t_imps + t_events)
+  add("read+parse: pyarrow floor (read_json only)", floor_records, t_floor)
 
   # Join + label (the shuffle itself is the runner's: not measured here).
-  def row_join():
-    groups = {}
-    for imp in row_imps:
-      groups.setdefault(imp["impression_id"], ([], []))[0].append(imp)
-    for event in row_events:
-      groups.setdefault(event["impression_id"], ([], []))[1].append(event)
-    fn = label._LabelFn(data)  # pylint: disable=protected-access
-    fn.setup()
-    return [out for key, (i, e) in groups.items()
-            for out in main_outputs(fn.process((key, {"impressions": i, "events": e})))]
-
-  def columnar_join():
-    labeler = clabel.BucketLabeler(data, imps.schema)
+  def join_and_label():
+    labeler = label.BucketLabeler(data, imps.schema)
     by_bucket = {}
     for source, table in (("i", imps), ("e", events)):
       for batch in table.to_batches():
-        for bucket, part in clabel.split_by_bucket(batch, num_buckets):
+        for bucket, part in join.split_by_bucket(batch, num_buckets):
           by_bucket.setdefault(bucket, {"i": [], "e": []})[source].append(part)
     out = []
     for parts in by_bucket.values():
@@ -424,29 +374,18 @@ def stage_throughput(raw: str, num_buckets: int = 64) -> List[Dict[str, Any]]:
           pa.Table.from_batches(parts["e"], schema=events.schema))[0])
     return out
 
-  row_labelled, t_row_join = _timed(row_join)
-  labelled, t_join = _timed(columnar_join)
-  assert sum(b.num_rows for b in labelled) == len(row_labelled)
-  add("join+label", "row", parsed_records, t_row_join)
-  add("join+label", "columnar", parsed_records, t_join)
+  labelled, t_join = _timed(join_and_label)
+  add("join+label", parsed_records, t_join)
 
   # Split + encode.
-  def row_encode():
-    fn = encode._EncodeFn(spec, data.label_names, "all")  # pylint: disable=protected-access
-    fn.setup()
-    return [out for record in row_labelled for out in fn.process(record)]
-
-  def columnar_encode():
-    encoder = cencode.BatchEncoder(spec, data.label_names)
+  def split_and_encode():
+    encoder = encode.BatchEncoder(spec, data.label_names)
     return [example for batch in labelled
-            for part in cencode.split_batch(batch, data.eval_from_timestamp).values()
+            for part in split.split_batch(batch, data.eval_from_timestamp).values()
             for example in encoder.encode(part)[0]]
 
-  row_examples, t_row_encode = _timed(row_encode)
-  examples, t_encode = _timed(columnar_encode)
-  assert sorted(examples) == sorted(row_examples)
-  add("split+encode", "row", len(row_labelled), t_row_encode)
-  add("split+encode", "columnar (BatchEncoder)", len(row_labelled), t_encode)
+  examples, t_encode = _timed(split_and_encode)
+  add("split+encode (BatchEncoder)", len(examples), t_encode)
   return rows
 
 
@@ -457,10 +396,6 @@ def main(argv=None):
                            "1000000,10000000); default 1M (--quick: 100k).")
   parser.add_argument("--workers", default="1,2",
                       help="Comma-separated pipeline.preprocess --local_workers counts.")
-  parser.add_argument("--engines", default=",".join(ENGINES),
-                      help="Comma-separated pipeline.preprocess --engine values.")
-  parser.add_argument("--row_max_impressions", type=int, default=ROW_MAX_IMPRESSIONS,
-                      help="The row engine runs only at sizes up to this (it is ~25x slower).")
   parser.add_argument("--formats", default="jsonl",
                       help="Comma-separated input formats (pipeline.simulate --format): "
                            "jsonl, parquet.")
@@ -469,16 +404,16 @@ def main(argv=None):
                       default=MULTI_WORKER_MAX_IMPRESSIONS,
                       help="Sizes above this run with 1 worker only.")
   parser.add_argument("--stages", action="store_true",
-                      help="Per-stage row vs columnar throughput in one process (no runner, "
-                           "no results file); default 200k impressions.")
+                      help="Per-stage throughput in one process (no runner, no results "
+                           "file); default 200k impressions.")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   sizes = [int(n) for n in args.impressions.split(",")] if args.impressions else None
   if args.stages:
     raw = common.ensure_raw(args.workdir, sizes[0] if sizes else 200_000)
     table = common.markdown_table(
-        ["stage", "engine", "records", "seconds", "records/s"],
-        [[r["stage"], r["engine"], f"{r['records']:,}", f"{r['seconds']:.2f}",
+        ["stage", "records", "seconds", "records/s"],
+        [[r["stage"], f"{r['records']:,}", f"{r['seconds']:.2f}",
           f"{r['records_per_s']:,.0f}"] for r in stage_throughput(raw)])
     print(table)
     return
@@ -486,7 +421,6 @@ def main(argv=None):
   argv_text = " ".join(sys.argv[1:] if argv is None else argv)
   run(sizes, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
       command=f"python -m benchmarks.beam_preprocess {argv_text}".strip(),
-      engines=args.engines.split(","), row_max_impressions=args.row_max_impressions,
       multi_worker_max_impressions=args.multi_worker_max_impressions,
       formats=args.formats.split(","), name=args.name)
 

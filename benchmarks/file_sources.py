@@ -1,17 +1,15 @@
-"""Throughput of the file-split sources (raw Ali-CCP release, AliExpress CSV), both engines.
+"""Throughput of the file-split sources (raw Ali-CCP release, AliExpress CSV).
 
-  python -m benchmarks.file_sources [--quick] [--rows 200000] [--engines columnar,row]
-      [--workers 1]
+  python -m benchmarks.file_sources [--quick] [--rows 200000] [--workers 1]
 
 Flow position: files in the releases' layouts (simulation.release_layouts: uniform random
 ids, 2% bad lines of every kind) -> **pipeline.preprocess --source ali_ccp / aliexpress**
-(the real CLI, in a subprocess, `--local_workers N`) -> TFRecords. Per source and engine:
-input lines read per second of pipeline time (Ali-CCP: skeleton + common-features lines;
+(the real CLI, in a subprocess, `--local_workers N`) -> TFRecords. Per source: input
+lines read per second of pipeline time (Ali-CCP: skeleton + common-features lines;
 AliExpress: rows) and per worker process, peak memory of the process tree, and the
-accounting check. The two engines must write the same outputs (tests/
-test_file_sources_golden.py); this measures what the columnar one (RecordBatches from
-the parser on, a bucketed md5 join) costs against the per-record one. Run it alone on
-an idle machine (the header records the load average at the start and the end).
+accounting check (the outputs themselves are pinned by tests/test_file_sources_golden.py).
+Run it alone on an idle machine (the header records the load average at the start and
+the end).
 """
 
 import os
@@ -29,7 +27,6 @@ from simulation import release_layouts
 
 NAME = "file_sources"
 SOURCES = ("ali_ccp", "aliexpress")
-ENGINES = beam_preprocess.ENGINES
 
 
 def write_inputs(source: str, rows: int, workdir: str) -> List[str]:
@@ -58,37 +55,35 @@ def lines_read(counts: Dict[str, Any]) -> int:
   return counts["impressions"]["read"] + counts.get("common_features", {}).get("read", 0)
 
 
-def run(rows: int, engines: Sequence[str], workers: Sequence[int], workdir: str,
-        results_dir: str, command: str) -> List[Dict[str, Any]]:
+def run(rows: int, workers: Sequence[int], workdir: str, results_dir: str,
+        command: str) -> List[Dict[str, Any]]:
   load_start = common.load_average()
   results = []
   for source in SOURCES:
     flags = write_inputs(source, rows, workdir)
-    for engine in engines:
-      for count in workers:
-        output = os.path.join(workdir, f"file_sources_{source}_{engine}_w{count}")
-        logging.info("pipeline.preprocess --source %s --engine %s, %d rows, %d worker(s)",
-                     source, engine, rows, count)
-        result = beam_preprocess.run_job(
-            flags + [f"--output={output}", f"--engine={engine}", f"--local_workers={count}"],
-            output, output + ".log")
-        lines = lines_read(result["counts"])
-        results.append({
-            "source": source, "engine": engine, "workers": count, "lines": lines,
-            "written": sum(result["counts"]["impressions"]["written"].values()),
-            "seconds": result["pipeline_seconds"],
-            "lines_per_s_per_worker": lines / result["pipeline_seconds"] / count,
-            "peak_rss_gib": result["peak_rss_gib"], "failure": result["failure"]})
-        logging.info("%s", results[-1])
+    for count in workers:
+      output = os.path.join(workdir, f"file_sources_{source}_w{count}")
+      logging.info("pipeline.preprocess --source %s, %d rows, %d worker(s)", source, rows,
+                   count)
+      result = beam_preprocess.run_job(flags + [f"--output={output}", f"--local_workers={count}"],
+                                       output, output + ".log")
+      lines = lines_read(result["counts"])
+      results.append({
+          "source": source, "workers": count, "lines": lines,
+          "written": sum(result["counts"]["impressions"]["written"].values()),
+          "seconds": result["pipeline_seconds"],
+          "lines_per_s_per_worker": lines / result["pipeline_seconds"] / count,
+          "peak_rss_gib": result["peak_rss_gib"], "failure": result["failure"]})
+      logging.info("%s", results[-1])
   table = common.markdown_table(
-      ["source", "engine", "workers", "lines read", "Examples written", "pipeline s",
+      ["source", "workers", "lines read", "Examples written", "pipeline s",
        "lines/s per worker", "peak RSS GiB", "accounting"],
-      [[r["source"], r["engine"], r["workers"], f"{r['lines']:,}", f"{r['written']:,}",
+      [[r["source"], r["workers"], f"{r['lines']:,}", f"{r['written']:,}",
         f"{r['seconds']:.1f}", f"{r['lines_per_s_per_worker']:,.0f}",
         f"{r['peak_rss_gib']:.2f}", r["failure"] or "ok"] for r in results])
   body = (f"Load average (1/5/15 min) at the start: {load_start}; at the end: "
           f"{common.load_average()}.\n\n{table}\n")
-  common.write_result(NAME, "File-split sources: columnar vs per-record engine", body,
+  common.write_result(NAME, "File-split sources: throughput of the job", body,
                       results_dir, command)
   print(table)
   return results
@@ -98,14 +93,13 @@ def main(argv=None):
   parser = common.arg_parser(__doc__, "20k rows (default 200k).")
   parser.add_argument("--rows", type=int, default=None,
                       help="Train rows per source (Ali-CCP skeleton rows; eval a third).")
-  parser.add_argument("--engines", default=",".join(ENGINES))
   parser.add_argument("--workers", default="1")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   rows = args.rows or (20_000 if args.quick else 200_000)
   argv_text = " ".join(sys.argv[1:] if argv is None else argv)
-  run(rows, args.engines.split(","), [int(w) for w in args.workers.split(",")], args.workdir,
-      args.results_dir, f"python -m benchmarks.file_sources {argv_text}".strip())
+  run(rows, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
+      f"python -m benchmarks.file_sources {argv_text}".strip())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pipeline import preprocess
 from simulation import release_layouts
 from tests import test_real_samples
 from transforms import aliccp
-from transforms import derived_sources
+from transforms import derived
 from transforms import dead_letter as dl
 from transforms import outputs as outputs_lib
 from transforms import parse as parse_lib
@@ -92,10 +92,10 @@ def write_sample(directory):
 def _parser(spec_entries=None, header=HEADER):
   spec = (spec_lib.feature_spec_from_dict({"features": spec_entries}) if spec_entries
           else config_lib.load_config(CONFIG).load_feature_spec())
-  return derived_sources.CsvRowParser(
+  return derived.CsvRowParser(
       aliccp.FieldFeatures(spec), spec, header, "train.csv", infer_click=False,
-      label_columns=derived_sources.ALIEXPRESS_LABEL_COLUMNS,
-      id_column=derived_sources.SEARCH_ID)
+      label_columns=derived.ALIEXPRESS_LABEL_COLUMNS,
+      id_column=derived.SEARCH_ID)
 
 
 def test_committed_sample_is_what_the_generator_writes(tmp_path):

@@ -146,15 +146,14 @@ def test_serving_latency_covers_both_signatures(workdir, data_dir, tmp_path):
 @pytest.mark.slow
 def test_beam_preprocess_counts_every_record(workdir, tmp_path):
   rows = beam_preprocess.run(1000, workers=(1,), workdir=workdir, results_dir=str(tmp_path))
-  floor, columnar, row = rows
+  floor, job = rows
   assert floor["run"].startswith("floor") and floor["floor_ratio"] == 1.0
   assert floor["written"] == floor["impressions"] == 1000  # 1,000 Examples, none dropped.
-  assert [r["run"] for r in (columnar, row)] == ["job --engine columnar", "job --engine row"]
-  for job in (columnar, row):
-    assert job["impressions"] == 1000 and job["records"] == 1000 + job["events"]
-    assert job["events"] == floor["events"] and not job["failure"]
-    assert job["peak_rss_gib"] > 0.05  # a Python process with TF and Beam loaded
-    assert job["floor_ratio"] > 1.0
+  assert job["run"] == "job"
+  assert job["impressions"] == 1000 and job["records"] == 1000 + job["events"]
+  assert job["events"] == floor["events"] and not job["failure"]
+  assert job["peak_rss_gib"] > 0.05  # a Python process with TF and Beam loaded
+  assert job["floor_ratio"] > 1.0
   text = open(tmp_path / "beam_preprocess.md").read()
   assert "records/s per worker" in text and "Load average 1/5/15 min at the start" in text
 
@@ -162,7 +161,7 @@ def test_beam_preprocess_counts_every_record(workdir, tmp_path):
 @pytest.mark.slow
 def test_beam_preprocess_reads_parquet_worlds(workdir, tmp_path):
   rows = beam_preprocess.run(1000, workers=(1,), workdir=workdir, results_dir=str(tmp_path),
-                             engines=("columnar",), formats=("parquet",), name="formats")
+                             formats=("parquet",), name="formats")
   floor, job = rows
   assert floor["format"] == job["format"] == "parquet"
   assert floor["written"] == job["impressions"] == 1000 and not job["failure"]
@@ -171,13 +170,11 @@ def test_beam_preprocess_reads_parquet_worlds(workdir, tmp_path):
 
 
 @pytest.mark.slow
-def test_file_sources_benchmark_runs_both_engines_with_the_same_counts(workdir, tmp_path):
-  rows = file_sources.run(600, engines=("columnar", "row"), workers=(1,), workdir=workdir,
-                          results_dir=str(tmp_path), command="test")
+def test_file_sources_benchmark_counts_every_line(workdir, tmp_path):
+  rows = file_sources.run(600, workers=(1,), workdir=workdir, results_dir=str(tmp_path),
+                          command="test")
   for source in file_sources.SOURCES:
-    columnar, row = [r for r in rows if r["source"] == source]
-    assert (columnar["engine"], row["engine"]) == ("columnar", "row")
-    assert columnar["lines"] == row["lines"] >= 790 and columnar["written"] == row["written"]
-    assert columnar["written"] < columnar["lines"]  # 2% bad lines are dead letters.
-    assert not columnar["failure"] and not row["failure"]
+    [job] = [r for r in rows if r["source"] == source]
+    assert job["lines"] >= 790 and 0 < job["written"] < job["lines"]  # 2% bad lines.
+    assert not job["failure"]
   assert "lines/s per worker" in open(tmp_path / "file_sources.md").read()

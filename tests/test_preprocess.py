@@ -3,15 +3,15 @@
 import glob
 import json
 import os
-import sys
 
 import pytest
 import tensorflow as tf
 
+from configs import config as config_lib
 from features import example_codec
 from pipeline import preprocess
-from transforms import outputs as outputs_lib
 from transforms import job
+from transforms import outputs as outputs_lib
 from transforms import testing
 
 T0 = testing.START
@@ -31,19 +31,38 @@ def test_flags_and_beam_options_are_split():
 
 
 @pytest.mark.parametrize("flag", [["--engine", "row"], ["--engine=columnar"]])
-def test_the_removed_engine_flag_fails_with_one_line_naming_the_one_engine(flag, monkeypatch,
+def test_the_removed_engine_flag_fails_with_one_line_naming_the_one_engine(flag, capsys,
                                                                           tmp_path):
   argv = ["--impressions", "i/*", "--events", "e/*", "--output", str(tmp_path / "out"), *flag]
   with pytest.raises(job.PreprocessError) as raised:
     preprocess.parse_args(argv)
   assert str(raised.value) == ("--engine was removed: pipeline.preprocess has one engine, "
                                "the columnar RecordBatch job")
-  monkeypatch.setattr(sys, "argv", ["preprocess", *argv])
   with pytest.raises(SystemExit) as exited:
-    preprocess.main()
-  message = str(exited.value.code)
-  assert "\n" not in message and "one engine, the columnar RecordBatch job" in message
+    preprocess.main(["preprocess", *argv])
+  assert exited.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and "one engine, the columnar RecordBatch job" in lines[0]
   assert not (tmp_path / "out").exists()
+
+
+def test_build_transform_gives_the_job_of_each_source_with_the_flags():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cases = [("log", ["--impressions", "i", "--events", "e"],
+            {"impressions": ["i"], "events": ["e"]}, job.Preprocess),
+           ("ali_ccp", [], {"skeleton": ["s"], "eval_skeleton": ["es"],
+                            "common_features": ["c"], "eval_common_features": ["ec"]},
+            job.PreprocessAliCcp),
+           ("aliexpress", [], {"train": ["t"], "eval": ["v"]}, job.PreprocessDerived)]
+  for source, flags, patterns, expected in cases:
+    args, _ = preprocess.parse_args(["--output", "out", "--source", source, *flags,
+                                     "--join_buckets", "5", "--progress_interval_s", "2"])
+    config = config_lib.load_config(os.path.join(repo, args.config))
+    transform = preprocess.build_transform(args, patterns, config, config.load_feature_spec())
+    assert type(transform) is expected  # pylint: disable=unidiomatic-typecheck
+    assert transform._progress_interval_s == 2.0  # pylint: disable=protected-access
+    if expected is not job.PreprocessDerived:
+      assert transform._num_buckets == 5  # pylint: disable=protected-access
 
 
 def test_local_workers_stands_for_the_direct_runner_options():
@@ -143,7 +162,7 @@ def _argv(impressions, events, output, config, *extra):
 
 
 @pytest.mark.slow
-def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, monkeypatch):
+def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, capsys):
   config = testing.write_experiment(str(tmp_path / "config"))
   impressions, events = _write_logs(str(tmp_path / "logs"))
   output = str(tmp_path / "run1")
@@ -185,12 +204,13 @@ def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, monkeypatch):
 
   drifted_impressions, drifted_events = _write_logs(str(tmp_path / "drifted"),
                                                     eval_device="toaster")
-  monkeypatch.setattr(sys, "argv", ["preprocess"] + _argv(
-      drifted_impressions, drifted_events, str(tmp_path / "run3"), config, "--schema",
-      paths.schema, "--fail_on_anomalies"))
+  capsys.readouterr()
   with pytest.raises(SystemExit) as exited:
-    preprocess.main()
-  message = str(exited.value.code)
+    preprocess.main(["preprocess"] + _argv(
+        drifted_impressions, drifted_events, str(tmp_path / "run3"), config, "--schema",
+        paths.schema, "--fail_on_anomalies"))
+  message = capsys.readouterr().err
+  assert exited.value.code == 2
   assert "eval: feature 'device'" in message and "toaster" in message
   assert "train:" not in message
 

@@ -9,12 +9,13 @@ import json
 import os
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 
 from features import success_marker
 from pipeline import preprocess
+from transforms import job
 from transforms import outputs as outputs_lib
-from transforms import preprocess_job
 from transforms import split as split_lib
 from transforms import testing
 
@@ -114,11 +115,14 @@ def _write_logs(directory):
           testing.write_jsonl(os.path.join(directory, "events.jsonl"), events))
 
 
-class _SplitLosingOne(split_lib.SplitByTime):
-  """SplitByTime that silently drops imp7, as the runner bug of docs/SCALING.md 2.1 did."""
+class _SplitLosingOne(split_lib.SplitBatchesByTime):
+  """SplitBatchesByTime that silently drops imp7, as the runner bug of docs/SCALING.md 2.1
+  did."""
 
-  def expand(self, records):
-    kept = records | "LoseOne" >> beam.Filter(lambda r: r["impression_id"] != "imp7")
+  def expand(self, batches):
+    kept = batches | "LoseOne" >> beam.Map(lambda b: b.filter(pa.array(
+        [impression_id != "imp7" for impression_id in
+         b.column(b.schema.get_field_index("impression_id")).to_pylist()])))
     return super().expand(kept)
 
 
@@ -127,10 +131,9 @@ def test_a_job_whose_accounting_check_fails_leaves_no_marker(tmp_path, monkeypat
   config = testing.write_experiment(str(tmp_path / "config"))
   impressions, events = _write_logs(str(tmp_path / "logs"))
   output = str(tmp_path / "out")
-  # The row engine: the lost record is injected into its SplitByTime (the marker logic
-  # is the same for both engines).
+  # The lost record is injected into the job's split.
   argv = ["--impressions", impressions, "--events", events, "--output", output,
-          "--config", config, "--engine", "row"]
+          "--config", config]
 
   result = preprocess.run(argv)
   marker = success_marker.check_success_marker(output)
@@ -143,8 +146,8 @@ def test_a_job_whose_accounting_check_fails_leaves_no_marker(tmp_path, monkeypat
 
   # The same output directory, rerun by a job that loses a record: the old marker goes
   # at the start, no new one is written, and a reader refuses the directory.
-  monkeypatch.setattr(split_lib, "SplitByTime", _SplitLosingOne)
-  with pytest.raises(preprocess_job.AccountingError, match="impressions: read 60"):
+  monkeypatch.setattr(split_lib, "SplitBatchesByTime", _SplitLosingOne)
+  with pytest.raises(job.AccountingError, match="impressions: read 60"):
     preprocess.run(argv)
   assert not os.path.exists(success_marker.marker_path(output))
   assert os.path.exists(outputs_lib.OutputPaths(output).counts)  # The job did write.

@@ -4,6 +4,7 @@ import json
 
 import apache_beam as beam
 from apache_beam.testing import test_pipeline
+import pyarrow as pa
 
 from transforms import accounting
 from transforms import testing
@@ -48,13 +49,15 @@ def test_counting_transforms_write_counts_json(tmp_path):
   path = str(tmp_path / "counts.json")
   letters = [{"source": "events", "reason": "duplicate_event"}] * 2 + [
       {"source": "impressions", "reason": "bad_type"}]
-  records = [{"labels": {"click": 1, "micro": 0, "action": 1, "purchase": 0}}] * 3
+  labels = {"click": [1, 1, 0], "micro": [0, 0, 0], "action": [1, 0, 1], "purchase": [0] * 3}
+  batches = [pa.RecordBatch.from_pydict({name: pa.array(values[:n], pa.int64())
+                                         for name, values in labels.items()})
+             for n in (3, 2)]  # Positives: click 2 + 2, action 2 + 1.
   with test_pipeline.TestPipeline() as p:
     counts = [
-        p | "Reads" >> beam.Create(range(4)) | accounting.CountAs(("impressions", "read")),
-        p | "None" >> beam.Create([]) | "CountNone" >> accounting.CountAs(("events", "read")),
+        p | "Reads" >> beam.Create([(("impressions", "read"), 3), (("impressions", "read"), 1)]),
         p | "Letters" >> beam.Create(letters) | accounting.CountDeadLetters(),
-        p | "Records" >> beam.Create(records) | accounting.CountLabels("eval",
+        p | "Batches" >> beam.Create(batches) | accounting.CountLabels("eval",
                                                                        testing.LABEL_NAMES)]
     _ = counts | beam.Flatten() | accounting.WriteCounts(path, testing.LABEL_NAMES)
   with open(path) as f:
@@ -62,4 +65,4 @@ def test_counting_transforms_write_counts_json(tmp_path):
   assert written["impressions"]["read"] == 4 and written["events"]["read"] == 0
   assert written["events"]["dead_letter"] == {"duplicate_event": 2}
   assert written["impressions"]["dead_letter"] == {"bad_type": 1}
-  assert written["labels"]["eval"] == {"click": 3, "micro": 0, "action": 3, "purchase": 0}
+  assert written["labels"]["eval"] == {"click": 4, "micro": 0, "action": 3, "purchase": 0}
