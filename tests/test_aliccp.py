@@ -399,3 +399,24 @@ def test_columnar_line_parse_is_the_line_functions_on_plain_lines(kind, tmp_path
     except (parse_lib.FieldError, example_codec.RecordError):
       rejected += 1
   assert rejected > 0 and len(plain) > 0.9 * (len(texts) - rejected)
+
+
+def test_a_line_the_line_functions_fail_on_is_a_parser_error_not_a_failed_job(monkeypatch):
+  """Issue 33: any exception of the line rules (MemoryError here) is a dead letter, and a
+  common-features line's md5 still leaves its tombstone."""
+  spec = config_lib.load_config(CONFIG).load_feature_spec()
+
+  def exploding(text, *args):
+    raise MemoryError(f"out of memory on {text!r}")
+
+  monkeypatch.setattr(aliccp, "parse_common_line", exploding)
+  fn = aliccp_join._ReadReleaseFileFn(  # pylint: disable=protected-access
+      aliccp.COMMON, spec, "train", False, num_buckets=2, progress_interval_s=60.0)
+  fn.setup()
+  text = "mdX,x,not a feature list"  # Not plain: the line function decides.
+  outputs = list(fn._parse_batch("c.csv", [5], [text]))  # pylint: disable=protected-access
+  tagged = {out.tag: out.value for out in outputs}
+  letter = tagged[dl.DEAD_LETTER]
+  assert (letter["line"], letter["reason"], letter["record"]) == (5, dl.PARSER_ERROR, text)
+  assert "MemoryError" in letter["detail"]
+  assert tagged[aliccp_join.REJECTED][1][0] == "mdX"

@@ -24,8 +24,8 @@ from pipeline import preprocess
 from simulation import release_layouts
 from tests import test_real_samples
 from transforms import aliccp
-from transforms import derived
 from transforms import dead_letter as dl
+from transforms import derived
 from transforms import outputs as outputs_lib
 from transforms import parse as parse_lib
 

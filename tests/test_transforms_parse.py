@@ -24,6 +24,7 @@ from transforms import read
 from transforms import testing
 
 EVENT_TYPES = ("click", "view_reviews", "cart", "favorite", "purchase")
+T0 = testing.START
 
 
 def _text_lines(path):
@@ -78,18 +79,18 @@ def _letters(dead):
 BAD_IMPRESSIONS = [
     ("{not json", dl.UNPARSEABLE_JSON, "JSON"),
     ("[1, 2]", dl.NOT_AN_OBJECT, "list"),
-    ({"timestamp": 5, "user_id": "u", "item_id": "i"}, dl.MISSING_FIELD, "impression_id"),
-    ({"impression_id": "", "timestamp": 5, "user_id": "u", "item_id": "i"}, dl.BAD_VALUE,
+    ({"timestamp": T0, "user_id": "u", "item_id": "i"}, dl.MISSING_FIELD, "impression_id"),
+    ({"impression_id": "", "timestamp": T0, "user_id": "u", "item_id": "i"}, dl.BAD_VALUE,
      "impression_id"),
-    ({"impression_id": 7, "timestamp": 5, "user_id": "u", "item_id": "i"}, dl.BAD_TYPE,
+    ({"impression_id": 7, "timestamp": T0, "user_id": "u", "item_id": "i"}, dl.BAD_TYPE,
      "impression_id"),
     ({"impression_id": "a", "timestamp": "5", "user_id": "u", "item_id": "i"}, dl.BAD_TYPE,
      "timestamp"),
     ({"impression_id": "a", "timestamp": 5.0, "user_id": "u", "item_id": "i"}, dl.BAD_TYPE,
      "timestamp"),
-    ({"impression_id": "a", "timestamp": 5, "item_id": "i"}, dl.MISSING_FIELD, "user_id"),
-    ({"impression_id": "a", "timestamp": 5, "user_id": "u"}, dl.MISSING_FIELD, "item_id"),
-    ({"impression_id": "a", "timestamp": 5, "user_id": "u", "item_id": "i",
+    ({"impression_id": "a", "timestamp": T0, "item_id": "i"}, dl.MISSING_FIELD, "user_id"),
+    ({"impression_id": "a", "timestamp": T0, "user_id": "u"}, dl.MISSING_FIELD, "item_id"),
+    ({"impression_id": "a", "timestamp": T0, "user_id": "u", "item_id": "i",
       "user_age": "old"}, dl.BAD_TYPE, "user_age"),
 ]
 
@@ -110,13 +111,13 @@ def test_malformed_impressions_are_dead_letters_naming_the_field(path):
 
 
 def test_impressions_are_coerced_and_keep_their_raw_text():
-  line = json.dumps(testing.impression(1, 100, user_id=12, item_price=3))
+  line = json.dumps(testing.impression(1, T0 + 100, user_id=12, item_price=3))
   batch, dead = parse.ImpressionParser(testing.small_spec()).parse_json_lines(
       "f.jsonl", [4], [line])
   [row] = batch.to_pylist()
   assert not dead
   assert (row["impression_id"], row["timestamp"], row["file"], row["line"]) == (
-      "imp1", 100, "f.jsonl", 4)
+      "imp1", T0 + 100, "f.jsonl", 4)
   assert row["record"] == line
   assert row["user_id"] == "12" and row["item_price"] == 3.0
   assert row["tags__weight"] == [0.5, 1.5]
@@ -124,13 +125,13 @@ def test_impressions_are_coerced_and_keep_their_raw_text():
 
 def test_events_check_type_and_event_field():
   event_types = testing.data_config().labels[0].events + ("purchase",)
-  texts = [json.dumps(testing.event("a", 10, "click")),
-           json.dumps(testing.event("a", 10, "teleport")),
-           json.dumps(testing.event("a", 10, None)),
-           json.dumps({"impression_id": "a", "timestamp": 10, "event": 3})]
+  texts = [json.dumps(testing.event("a", T0 + 10, "click")),
+           json.dumps(testing.event("a", T0 + 10, "teleport")),
+           json.dumps(testing.event("a", T0 + 10, None)),
+           json.dumps({"impression_id": "a", "timestamp": T0 + 10, "event": 3})]
   batch, dead = parse.EventParser(event_types).parse_json_lines("e", [1, 2, 3, 4], texts)
   assert [(r["impression_id"], r["timestamp"], r["event"], r["line"])
-          for r in batch.to_pylist()] == [("a", 10, "click", 1)]
+          for r in batch.to_pylist()] == [("a", T0 + 10, "click", 1)]
   assert sorted((d["line"], d["reason"]) for d in dead) == [
       (2, dl.UNKNOWN_EVENT_TYPE), (3, dl.MISSING_FIELD), (4, dl.BAD_TYPE)]
   assert all("'event'" in d["detail"] for d in dead)
@@ -142,7 +143,7 @@ def _valid(index):
 
 BAD_IMPRESSION_LINES = [
     "{not json", "[1, 2]", '"x"', "5", "null",
-    json.dumps({"timestamp": 5, "user_id": "u", "item_id": "i"}),
+    json.dumps({"timestamp": T0, "user_id": "u", "item_id": "i"}),
     json.dumps(_valid(1) | {"impression_id": ""}),
     json.dumps(_valid(2) | {"impression_id": 7}),
     json.dumps(_valid(3) | {"timestamp": "5"}),
@@ -156,11 +157,11 @@ BAD_IMPRESSION_LINES = [
     json.dumps(_valid(12) | {"user_age": False}),
     json.dumps(_valid(13) | {"user_age": 2**64}),
     json.dumps(_valid(14) | {"item_price": "x"}),
-    '{"impression_id": "nan1", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '{"impression_id": "nan1", "timestamp": 1767225600, "user_id": "u", "item_id": "i", '
     '"item_price": NaN}',
-    '{"impression_id": "inf1", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '{"impression_id": "inf1", "timestamp": 1767225600, "user_id": "u", "item_id": "i", '
     '"item_price": Infinity}',
-    '{"impression_id": "big1", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '{"impression_id": "big1", "timestamp": 1767225600, "user_id": "u", "item_id": "i", '
     '"item_price": 1e400}',
     json.dumps(_valid(15) | {"tags": ["a", None], "tags__weight": [1.0, 2.0]}),
     json.dumps(_valid(16) | {"device": ["ios"]}),
@@ -168,9 +169,9 @@ BAD_IMPRESSION_LINES = [
     json.dumps(_valid(18) | {"tags": None}),
     json.dumps(_valid(19) | {"tags__weight": [1.0, None]}),
     json.dumps(_valid(20) | {"tags__weight": ["a", "b"]}),
-    '{"impression_id": "nanw", "timestamp": 5, "user_id": "u", "item_id": "i", '
+    '{"impression_id": "nanw", "timestamp": 1767225600, "user_id": "u", "item_id": "i", '
     '"tags": ["a"], "tags__weight": [NaN]}',
-    '{"impression_id": "dup", "impression_id": "dup2", "timestamp": 5, "user_id": "u", '
+    '{"impression_id": "dup", "impression_id": "dup2", "timestamp": 1767225600, "user_id": "u", '
     '"item_id": "i"}',
     json.dumps(_valid(21) | {"device": {"a": 1}}),
     json.dumps(_valid(22) | {"position": 1.5}),
@@ -244,7 +245,7 @@ def _event_lines():
          json.dumps(testing.event("a", 1, "teleport")),
          json.dumps(testing.event("a", 1.0, "click")),
          json.dumps(testing.event("a", 1, 5)), json.dumps(testing.event(5, 1, "click")),
-         json.dumps({"impression_id": "a", "timestamp": 1})]
+         json.dumps({"impression_id": "a", "timestamp": T0})]
   for offset, line in enumerate(bad):
     lines.insert(3 + offset * 17, line)
   return lines
@@ -324,7 +325,7 @@ def test_floats_parse_like_python_json():
   rng = random.Random(0)
   values = [rng.uniform(0, 1000) for _ in range(2000)] + [rng.lognormvariate(0, 3)
                                                           for _ in range(2000)]
-  texts = [json.dumps(testing.impression(i, 5, item_price=round(v, rng.randint(0, 17))))
+  texts = [json.dumps(testing.impression(i, T0, item_price=round(v, rng.randint(0, 17))))
            for i, v in enumerate(values)]
   parser = parse.ImpressionParser(testing.small_spec())
   batch, dead = parser.parse_json_lines("f", list(range(1, len(texts) + 1)), texts)
@@ -333,3 +334,84 @@ def test_floats_parse_like_python_json():
   found = batch.column(batch.schema.get_field_index("item_price")).to_pylist()
   assert all(math.isfinite(v) for v in found)
   assert found == [float(v) for v in expected]
+
+
+def _deep(depth):
+  return "[" * depth + "]" * depth
+
+
+LONG = 100_000  # parse.MAX_STRING_CHARS
+# Issue 33: no single line can stop a job. (line, reason, what the detail names) per case.
+HOSTILE_IMPRESSIONS = [
+    (_deep(100_000), dl.UNPARSEABLE_JSON, "nested"),
+    (json.dumps(_valid(50))[:-1] + ', "extra": ' + _deep(100_000) + "}", dl.UNPARSEABLE_JSON,
+     "nested"),
+    (json.dumps(_valid(51) | {"timestamp": -5}), dl.BAD_VALUE, "'timestamp'"),
+    (json.dumps(_valid(52) | {"timestamp": parse.MIN_TIMESTAMP - 1}), dl.BAD_VALUE,
+     "before 2000-01-01"),
+    (json.dumps(_valid(53) | {"tags": ["t"] * 10_001, "tags__weight": None}), dl.TOO_LONG,
+     "'tags': 10001 elements"),
+    (json.dumps(_valid(54) | {"device": "d" * (LONG + 1)}), dl.TOO_LONG, "'device'"),
+    (json.dumps(_valid(55) | {"tags": ["t" * (LONG + 1)], "tags__weight": [1.0]}),
+     dl.TOO_LONG, "'tags'"),
+    (json.dumps(_valid(56) | {"impression_id": "i" * (LONG + 1)}), dl.TOO_LONG,
+     "'impression_id'"),
+    # The line rules raise MemoryError on this one (monkeypatched): a parser_error. Its
+    # user_id is a number, which the strict reader refuses: it goes to the line rules.
+    (json.dumps(_valid(57) | {"impression_id": "boom", "user_id": 7}), dl.PARSER_ERROR,
+     "MemoryError"),
+]
+# At the limits: kept.
+LIMIT_IMPRESSIONS = [
+    json.dumps(_valid(60) | {"timestamp": parse.MIN_TIMESTAMP}),
+    json.dumps(_valid(61) | {"tags": ["t"] * 10_000, "tags__weight": None}),
+    json.dumps(_valid(62) | {"device": "d" * LONG}),
+    json.dumps(_valid(63) | {"extra": _deep(200)}),
+]
+
+
+@pytest.mark.parametrize("path", ["columnar", "line_by_line"])
+def test_no_single_line_stops_the_job(path, monkeypatch):
+  parser = parse.ImpressionParser(testing.small_spec())
+  validate = parser.validate
+
+  def validate_or_run_out_of_memory(obj):
+    if obj.get("impression_id") == "boom":
+      raise MemoryError("out of memory")
+    return validate(obj)
+
+  monkeypatch.setattr(parser, "validate", validate_or_run_out_of_memory)
+  texts = [json.dumps(_valid(i)) for i in range(3)] + [
+      line for line, _, _ in HOSTILE_IMPRESSIONS] + LIMIT_IMPRESSIONS
+  numbers = list(range(1, len(texts) + 1))
+  if path == "columnar":  # Each line alone (the strict reader takes most) and all at once.
+    runs = [[parser.parse_json_lines("f.jsonl", [n], [t]) for n, t in zip(numbers, texts)],
+            [parser.parse_json_lines("f.jsonl", numbers, texts)]]
+  else:
+    runs = [[parser.parse_line_by_line("f.jsonl", numbers, texts)]]
+  for results in runs:
+    dead = [letter for _, letters in results for letter in letters]
+    found = {letter["line"]: letter for letter in dead}
+    assert sorted(found) == list(range(4, 4 + len(HOSTILE_IMPRESSIONS)))
+    for line, (text, reason, named) in enumerate(HOSTILE_IMPRESSIONS, start=4):
+      assert found[line]["reason"] == reason and named in found[line]["detail"], line
+      assert found[line]["record"] == text
+    kept = [row for batch, _ in results for row in batch.to_pylist()]
+    assert [row["impression_id"] for row in kept] == [
+        "imp0", "imp1", "imp2", "imp60", "imp61", "imp62", "imp63"]
+    assert len(kept[4]["tags"]) == 10_000 and len(kept[5]["device"]) == LONG
+
+
+@pytest.mark.parametrize("path", ["columnar", "line_by_line"])
+def test_limits_are_the_parser_s_and_events_have_them_too(path):
+  parser = parse.EventParser(EVENT_TYPES, max_string_chars=5)
+  texts = [json.dumps(testing.event("imp1", T0, "click")),
+           json.dumps(testing.event("imp1", parse.MIN_TIMESTAMP - 1, "click")),
+           json.dumps(testing.event("imp123", T0, "click"))]
+  if path == "columnar":  # The strict reader takes every line: the checks in columns.
+    assert parser._read_json(texts).num_rows == 3  # pylint: disable=protected-access
+  parse_lines = parser.parse_json_lines if path == "columnar" else parser.parse_line_by_line
+  batch, dead = parse_lines("e.jsonl", [1, 2, 3], texts)
+  assert [row["line"] for row in batch.to_pylist()] == [1]
+  assert sorted((d["line"], d["reason"]) for d in dead) == [(2, dl.BAD_VALUE),
+                                                           (3, dl.TOO_LONG)]

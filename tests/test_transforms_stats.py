@@ -59,10 +59,10 @@ def test_example_schema_types_every_key():
 def test_statistics_infer_validate_and_report(tmp_path):
   spec = testing.small_spec()
   found = _statistics_files(tmp_path, {
-      "train": [_labelled([testing.impression(i, 100 + i) for i in range(30)]),
-                _labelled([testing.impression(i, 100 + i) for i in range(30, 60)])],
-      "same": [_labelled([testing.impression(i, 100 + i) for i in range(60, 90)])],
-      "drifted": [_labelled([testing.impression(i, 100 + i, device="toaster", item_price=None)
+      "train": [_labelled([testing.impression(i, testing.START + i) for i in range(30)]),
+                _labelled([testing.impression(i, testing.START + i) for i in range(30, 60)])],
+      "same": [_labelled([testing.impression(i, testing.START + i) for i in range(60, 90)])],
+      "drifted": [_labelled([testing.impression(i, testing.START + i, device="toaster", item_price=None)
                              for i in range(90, 100)])]})
   train = found["train"]
   assert train.datasets[0].num_examples == 60

@@ -260,9 +260,10 @@ class _ReadReleaseFileFn(beam.DoFn):
       line, text = int(line_numbers[index]), texts[index]
       try:
         records.append(self._record(path, line, text))
-      except (parse.FieldError, example_codec.RecordError) as e:
+      except Exception as e:  # pylint: disable=broad-except  (no single line stops the job)
         self._rejected.inc()
-        letter = aliccp.line_dead_letter(self._source, self._split, path, line, e, text)
+        letter = aliccp.line_dead_letter(self._source, self._split, path, line,
+                                         parse.line_error(e), text)
         yield beam.pvalue.TaggedOutput(dl.DEAD_LETTER, letter)
         if self._kind == COMMON and aliccp.common_md5(text):
           yield self._tombstone(aliccp.common_md5(text), letter)

@@ -329,11 +329,12 @@ class _ReadDerivedFileFn(beam.DoFn):
     """One data row -> (RECORDS, labelled record) or (DEAD_LETTER, dead letter)."""
     try:
       labels, features, metadata = parser.parse(text)
-    except (parse.FieldError, example_codec.RecordError) as e:
+    except Exception as e:  # pylint: disable=broad-except  (no single line stops the job)
       self._rejected.inc()
+      error = parse.line_error(e)
       return dl.DEAD_LETTER, dl.make_dead_letter(
-          dl.IMPRESSIONS, path, line, e.reason, f"{self._split} {self._layout}: {e.detail}",
-          text)
+          dl.IMPRESSIONS, path, line, error.reason,
+          f"{self._split} {self._layout}: {error.detail}", text)
     record = {"impression_id": f"{path}:{line}", "timestamp": aliccp.TIMESTAMP,
               "features": features, "labels": labels, "file": path, "line": line,
               "split": self._split}

@@ -24,7 +24,7 @@ The file-split sources replace read/parse/join/label/split and share write_outpu
 The job has two shuffles, the join's (zstd-packed sub-batches per bucket,
 `transforms.packing`) and the shard writer's (`transforms.write`). Parquet rows carry
 no raw record through the job; the few a join dead letter or a duplicate-id choice
-needs are read back from their file (`parse.ParquetRows`).
+needs are read back from their file (`read.ParquetRows`).
 
 `pipeline.preprocess.run` builds a pipeline with one of the three, runs it, then calls
 `check_run` (the accounting identities) and `check_schema` (TFDV schema inference or

@@ -20,8 +20,14 @@ is parsed in columns only where that gives the same result:
     (strings as strings, integers as int64, floats as float64, lists thereof) is cast in
     columns and checked as above; any other batch goes row by row through the line
     rules, with `batch.to_pylist()` payloads.
-  * Values an Arrow column cannot hold are `bad_value` dead letters: a timestamp outside
-    int64, a string with a lone surrogate (JSON "\\ud800").
+  * Bad values the spec does not describe: a timestamp outside int64 or before
+    2000-01-01 (MIN_TIMESTAMP) and a string with a lone surrogate (JSON "\\ud800") are
+    `bad_value`; a list of more than MAX_LIST_LENGTH elements or a string of more than
+    MAX_STRING_CHARS characters is `too_long` (ImpressionParser / EventParser take other
+    limits). No single line stops the job: a line the line rules fail on in any other
+    way (MemoryError, a bug) is a `parser_error` dead letter naming the exception; a line
+    with many brackets goes through the line rules, where JSON nested deeper than
+    Python's recursion limit (e.g. 100,000 levels) is `unparseable_json`.
 
 Output schemas (one row per kept record, in file order within a batch):
   impressions: file: string, line: int64, record: string (the JSON line's text; null
@@ -56,6 +62,12 @@ READ = "read"  # Tag of the per-file count of records read (non-blank lines, row
 EVENT_KEY = "event"
 USER_ID_KEY = "user_id"
 ITEM_ID_KEY = "item_id"
+MIN_TIMESTAMP = 946684800  # 2000-01-01T00:00:00Z: an earlier (or negative) one is a bad_value.
+MAX_LIST_LENGTH = 10_000  # Elements of a list value; a longer one is too_long.
+MAX_STRING_CHARS = 100_000  # Characters of a string value; a longer one is too_long.
+# A JSON line with more opening brackets than this goes through the line rules, whose
+# json.loads rejects nesting deeper than Python's recursion limit (unparseable_json).
+MAX_JSON_BRACKETS = 256
 
 _ARROW_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
 _META_FIELDS = [pa.field("file", pa.string()), pa.field("line", pa.int64()),
@@ -120,6 +132,9 @@ def load_object(payload: Any) -> Dict[str, Any]:
       payload = json.loads(payload)
     except ValueError as e:
       raise FieldError(dl.UNPARSEABLE_JSON, f"not valid JSON: {e}") from None
+    except RecursionError:
+      raise FieldError(dl.UNPARSEABLE_JSON, "not valid JSON: nested deeper than the "
+                       "parser's recursion limit") from None
   if not isinstance(payload, dict):
     raise FieldError(dl.NOT_AN_OBJECT,
                      f"expected a JSON object, got {type(payload).__name__}")
@@ -147,6 +162,50 @@ def required_int(record: Dict[str, Any], key: str) -> int:
   return value
 
 
+def required_timestamp(record: Dict[str, Any]) -> int:
+  """The record's unix-seconds timestamp: an int64 from 2000-01-01 (MIN_TIMESTAMP) on."""
+  timestamp = required_int(record, spec_lib.TIMESTAMP_KEY)
+  if not timestamp <= example_codec.INT64_MAX:
+    raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} does not fit in int64")
+  if timestamp < MIN_TIMESTAMP:
+    raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} is before 2000-01-01 "
+                     f"({MIN_TIMESTAMP})")
+  return timestamp
+
+
+def check_lengths(values: Dict[str, Any], max_list_length: int, max_string_chars: int
+                  ) -> None:
+  """Raises FieldError too_long, naming the field, for a list of more than
+  max_list_length elements or a string (or list element) of more than max_string_chars
+  characters; a string that is not valid utf-8 (a lone surrogate) is a bad_value."""
+  for key, value in values.items():
+    items = value if isinstance(value, list) else (value,)
+    if len(items) > max_list_length:
+      raise FieldError(dl.TOO_LONG, f"field {key!r}: {len(items)} elements, more than the "
+                       f"limit of {max_list_length}")
+    for item in items:
+      if not isinstance(item, str):
+        continue
+      if len(item) > max_string_chars:
+        raise FieldError(dl.TOO_LONG, f"field {key!r}: a string of {len(item)} characters, "
+                         f"more than the limit of {max_string_chars}")
+      try:
+        item.encode("utf-8")
+      except UnicodeEncodeError:  # A lone surrogate ("\ud800" in JSON): no Arrow string.
+        raise FieldError(dl.BAD_VALUE, f"field {key!r}: not encodable as utf-8 (a lone "
+                         "surrogate)") from None
+
+
+def line_error(error: Exception) -> Any:
+  """What a line's failure is dead-lettered with (a `.reason` and a `.detail`): a
+  FieldError or RecordError as it is; any other exception (MemoryError, a bug) as a
+  parser_error naming it, so that no single line can stop the job."""
+  if isinstance(error, (FieldError, example_codec.RecordError)):
+    return error
+  return FieldError(dl.PARSER_ERROR,
+                    f"the line rules failed: {type(error).__name__}: {error}"[:1000])
+
+
 def required_present(record: Dict[str, Any], key: str) -> None:
   if record.get(key) is None:
     raise FieldError(dl.MISSING_FIELD, f"field {key!r} is missing")
@@ -157,8 +216,10 @@ class _Parser:
 
   source = ""
 
-  def __init__(self, schema: pa.Schema):
+  def __init__(self, schema: pa.Schema, max_list_length: int, max_string_chars: int):
     self.schema = schema
+    self.max_list_length = max_list_length
+    self.max_string_chars = max_string_chars
     self._value_schema = pa.schema(list(schema)[len(_META_FIELDS):])
     self._json_options = pa_json.ParseOptions(explicit_schema=self._value_schema,
                                               unexpected_field_behavior="ignore")
@@ -183,23 +244,12 @@ class _Parser:
                  rows: List[Dict[str, Any]], dead: List[Dict[str, Any]]) -> None:
     for line, payload in zip(lines, payloads):
       try:
-        parsed = self.validate(load_object(payload))
-      except (FieldError, example_codec.RecordError) as e:
-        dead.append(dl.make_dead_letter(self.source, file, line, e.reason, e.detail, payload))
-        continue
-      timestamp = parsed["timestamp"]
-      if not example_codec.INT64_MIN <= timestamp <= example_codec.INT64_MAX:
-        dead.append(dl.make_dead_letter(
-            self.source, file, line, dl.BAD_VALUE,
-            f"field 'timestamp': {timestamp} does not fit in int64", payload))
-        continue
-      values = self.row_values(parsed)
-      unencodable = _unencodable_key(values)
-      if unencodable is not None:
-        # A lone surrogate ("\ud800" in JSON) cannot be an Arrow string.
-        dead.append(dl.make_dead_letter(
-            self.source, file, line, dl.BAD_VALUE,
-            f"field {unencodable!r}: not encodable as utf-8 (a lone surrogate)", payload))
+        values = self.row_values(self.validate(load_object(payload)))
+        check_lengths(values, self.max_list_length, self.max_string_chars)
+      except Exception as e:  # pylint: disable=broad-except  (no single line stops the job)
+        error = line_error(e)
+        dead.append(dl.make_dead_letter(self.source, file, line, error.reason, error.detail,
+                                        payload))
         continue
       values["line"] = line
       values["record"] = payload if isinstance(payload, str) else None
@@ -219,13 +269,37 @@ class _Parser:
     columns["file"] = [file] * len(rows)
     return pa.Table.from_pydict(columns, schema=self.schema)
 
+  def _over_limits(self, batch: pa.RecordBatch, texts: Optional[Sequence[Any]]) -> np.ndarray:
+    """bool [rows]: rows the line rules must decide whatever the spec's checks say: a
+    timestamp before MIN_TIMESTAMP, a list or string over the limits, a JSON line with
+    more than MAX_JSON_BRACKETS opening brackets."""
+    n = batch.num_rows
+    timestamps = batch.column(batch.schema.get_field_index(spec_lib.TIMESTAMP_KEY))
+    bad = pc.fill_null(pc.less(timestamps, MIN_TIMESTAMP), False).to_numpy(
+        zero_copy_only=False)
+    for column in batch.columns:
+      strings = column
+      if pa.types.is_list(column.type):
+        bad |= pc.fill_null(pc.greater(pc.list_value_length(column), self.max_list_length),
+                            False).to_numpy(zero_copy_only=False)
+        strings = pc.list_flatten(column)
+      if pa.types.is_string(strings.type):
+        long = pc.fill_null(pc.greater(pc.utf8_length(strings), self.max_string_chars),
+                            False).to_numpy(zero_copy_only=False)
+        bad |= _list_rows_with(column, long, n) if strings is not column else long
+    if texts is not None:
+      texts = pa.array(texts, pa.string())
+      brackets = pc.add(pc.count_substring(texts, "["), pc.count_substring(texts, "{"))
+      bad |= pc.greater(brackets, MAX_JSON_BRACKETS).to_numpy(zero_copy_only=False)
+    return bad
+
   def _checked(self, file: str, lines: np.ndarray, records: Optional[Sequence[Any]],
                payloads: Callable[[np.ndarray], Sequence[Any]], values: pa.Table,
                dead: List[Dict[str, Any]]) -> pa.Table:
     """Columnar-read rows -> kept rows; suspicious ones re-parsed line by line."""
     batches = values.combine_chunks().to_batches()
-    suspicious = (self.suspicious_rows(batches[0]) if batches
-                  else np.zeros(values.num_rows, dtype=bool))
+    suspicious = (self.suspicious_rows(batches[0]) | self._over_limits(batches[0], records)
+                  if batches else np.zeros(values.num_rows, dtype=bool))
     values = self.fill_missing(values)
     n = values.num_rows
     table = pa.Table.from_arrays(
@@ -248,7 +322,7 @@ class _Parser:
       return pa_json.read_json(io.BytesIO(data), read_options=pa_json.ReadOptions(
           use_threads=False, block_size=max(len(data) + 1, 1 << 16)),
                                parse_options=self._json_options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except Exception:  # pylint: disable=broad-except  (the pieces, then the line rules)
       return None
 
   def parse_json_lines(self, file: str, lines: Sequence[int], texts: Sequence[str]
@@ -305,18 +379,6 @@ class _Parser:
     return _one_batch([table], self.schema), dead
 
 
-def _unencodable_key(values: Dict[str, Any]) -> Optional[str]:
-  """The first key whose string (or list of strings) value is not valid utf-8, or None."""
-  for key, value in values.items():
-    for item in (value if isinstance(value, list) else (value,)):
-      if isinstance(item, str):
-        try:
-          item.encode("utf-8")
-        except UnicodeEncodeError:
-          return key
-  return None
-
-
 def _same_python_values(source: pa.DataType, target: pa.DataType) -> bool:
   """Whether `to_pylist` of a `source` column gives values the line rules map to what a
   cast to `target` gives (and accepts exactly when the cast's values are valid)."""
@@ -341,12 +403,18 @@ def _one_batch(tables: List[pa.Table], schema: pa.Schema) -> pa.RecordBatch:
 
 
 class ImpressionParser(_Parser):
-  """Impression batches for one feature spec (the rules of `parse._ParseImpressionFn`)."""
+  """Impression batches for one feature spec.
+
+  Args:
+    spec: the feature spec whose features are validated and coerced.
+    max_list_length, max_string_chars: longer lists and strings are too_long.
+  """
 
   source = dl.IMPRESSIONS
 
-  def __init__(self, spec: spec_lib.FeatureSpec):
-    super().__init__(impression_schema(spec))
+  def __init__(self, spec: spec_lib.FeatureSpec, max_list_length: int = MAX_LIST_LENGTH,
+               max_string_chars: int = MAX_STRING_CHARS):
+    super().__init__(impression_schema(spec), max_list_length, max_string_chars)
     self._spec = spec
     self._codec = example_codec.ExampleCodec(spec)
     names = {f.name for f in spec}
@@ -355,7 +423,7 @@ class ImpressionParser(_Parser):
 
   def validate(self, obj):
     impression_id = required_string(obj, spec_lib.IMPRESSION_ID_KEY)
-    timestamp = required_int(obj, spec_lib.TIMESTAMP_KEY)
+    timestamp = required_timestamp(obj)
     required_present(obj, USER_ID_KEY)
     required_present(obj, ITEM_ID_KEY)
     return {"impression_id": impression_id, "timestamp": timestamp,
@@ -425,18 +493,24 @@ class ImpressionParser(_Parser):
 
 
 class EventParser(_Parser):
-  """Event batches (the rules of `parse._ParseEventFn`)."""
+  """Event batches of the configured event types (others are unknown_event_type).
+
+  Args:
+    event_types: the event types the configured labels use.
+    max_list_length, max_string_chars: longer lists and strings are too_long.
+  """
 
   source = dl.EVENTS
 
-  def __init__(self, event_types: Sequence[str]):
-    super().__init__(event_schema())
+  def __init__(self, event_types: Sequence[str], max_list_length: int = MAX_LIST_LENGTH,
+               max_string_chars: int = MAX_STRING_CHARS):
+    super().__init__(event_schema(), max_list_length, max_string_chars)
     self._event_type_set = frozenset(event_types)
     self._event_types = pa.array(sorted(self._event_type_set), pa.string())
 
   def validate(self, obj):
     impression_id = required_string(obj, spec_lib.IMPRESSION_ID_KEY)
-    timestamp = required_int(obj, spec_lib.TIMESTAMP_KEY)
+    timestamp = required_timestamp(obj)
     event = required_string(obj, EVENT_KEY)
     if event not in self._event_type_set:
       raise FieldError(dl.UNKNOWN_EVENT_TYPE, f"field 'event': {event!r} is not one of the "
