@@ -1,58 +1,31 @@
-"""Read the raw Ali-CCP release (ESMM paper's data set) into labelled impressions.
+"""The raw Ali-CCP release (ESMM paper's data set): its line rules and columnar line parser.
 
 Flow: sample_skeleton_*.csv + common_features_*.csv -> aliccp_join.ReadParseRelease
 (lines parsed by **this module's rules**: `ReleaseLineParser` in columns where a line is
 plain, `parse_skeleton_line` / `parse_common_line` for every other line, which decide
 and word every dead letter) -> aliccp_join.BucketedJoinCommonFeatures -> labelled
-batches -> job.write_outputs (transforms/job.py).
-
-The raw layout (lines of comma-separated columns; no header):
+batches -> job.write_outputs. docs/ALI_CCP.md documents the layout, the labels and every
+dead-letter reason; in short:
 
   sample_skeleton: sample_id, click, buy, md5, feature_num, feature_list
   common_features: md5, feature_num, feature_list
+  feature_list: `field \\x02 feature_id \\x03 value` items joined by `\\x01`
 
-A feature list is `field \\x02 feature_id \\x03 value` items joined by `\\x01`. The skeleton
-holds the item / context / combination fields of one impression, the common-features row
-(keyed by md5) the user fields shared by many impressions. A field may repeat: the
-`*_14` user-history fields (109_14, 110_14, 127_14, 150_14), 210 and the combination
-fields 508/509/702/853 hold lists whose values (counts) matter.
-
-What becomes of a field (the spec decides; see `field_feature_name` for the names):
-  * multivalent feature: every feature id, in order; if `weighted`, the values go in
-    `<name>__weight` (same length). Nothing is dropped, unlike "last value wins" readers.
-  * scalar feature: the single feature id (the value, 1.0 in the release, is not kept);
-    a second item of that field is a dead letter `repeated_single_valued_field`.
-  * dtype: string -> the feature id as text; int -> the feature id as an integer;
-    float -> the item's value.
-  * fields the spec does not name are ignored (counted in the Beam counter
-    `aliccp/ignored_items`).
-
-Labels: `click` <- click, `purchase` <- buy. buy=1 with click=0 is a dead letter
-`purchase_without_click` (data.orphan_event_policy: dead_letter) or gets click = 1
-(infer_click). The Example keeps `sample_id` as `impression_id` and timestamp 0 (the
-release has no time; train/eval come from separate files, not from time).
-
-Dead letters of a line (checked in this order, the first failure wins): malformed_line
-(column count, empty md5/sample_id, feature_num not an integer), [skeleton: bad_label
-(click/buy not 0/1), purchase_without_click], malformed_item (no \\x02 or \\x03, empty
-field or id, value not a finite number), feature_count_mismatch (feature_num != number of
-items), then the spec's coercion: repeated_single_valued_field, bad_type / bad_value (e.g.
-an int field's id not an int). The join's dead letters and the accounting of
-common-features rows (used, unused, dead-lettered): transforms/aliccp_join.py.
+A spec feature named `field_feature_name(field)` takes a field: multivalent, every id in
+order (the values as `<name>__weight` if weighted); scalar, its single id (a second item
+is repeated_single_valued_field); dtype string / int: the id, float: the item's value.
+Fields the spec does not name are counted (`aliccp/ignored_items`) and ignored. Labels:
+click <- click, purchase <- buy (buy without click: data.orphan_event_policy). The
+Example keeps sample_id as impression_id and timestamp 0 (train/eval come from files).
 
 A line is parsed in columns (`ReleaseLineParser`) only when it is plain, so that the
-columns are exactly what the line functions would return (tests/test_aliccp.py compares
-them line by line):
-  * ids (sample_id, md5) are printable ASCII without commas (Python's strip() is then a
-    no-op), click and buy are "0" / "1" and not (buy and not click), feature_num is
-    1-18 ASCII digits equal to the number of items;
-  * every item is `field \\x02 id \\x03 value` with no separator inside field or id and
-    value a plain decimal (an optional sign, digits, optional fraction and exponent)
-    whose float64 is finite: Arrow's cast and Python's float() both round correctly, so
-    they agree;
-  * a field the spec names as an int feature has a 1-18 digit id (fits int64), and a
-    scalar feature has at most one item.
-Items are then grouped per spec feature in columns, as `FieldFeatures.from_items` does.
+columns are exactly what the line functions return (tests/test_aliccp.py compares them
+line by line): printable-ASCII ids without commas, click/buy "0"/"1" and not a purchase
+without a click, feature_num of 1-18 digits equal to the number of items, every item
+`field \\x02 id \\x03 value` with a plain decimal value whose float64 is finite (Arrow's
+cast and Python's float() agree), a 1-18 digit id for an int feature and at most one
+item for a scalar one. Items are then grouped per spec feature in columns, as
+`FieldFeatures.from_items` does.
 """
 
 import math

@@ -1,58 +1,30 @@
-"""Read derived CSV/text layouts: torch-rechub's and PaddleRec's Ali-CCP, AITM's AliExpress.
+"""Derived CSV/text layouts: torch-rechub's and PaddleRec's Ali-CCP, AITM's AliExpress.
 
 Flow: derived files -> **ReadDerivedBatches** (per file: batches of read.BATCH_ROWS
 lines; CSV rows parsed in columns where plain, `CsvLineParser`, every other row, and
 every paddle_esmm row, by the line parsers `CsvRowParser` / `PaddleRowParser`, which
 decide and word every dead letter) -> labelled RecordBatches of one split
 (`records.labelled_schema`, with AliExpress's `search_id` as a metadata column) ->
-job.write_outputs. Train and eval come from separate files (`--train` / `--eval`);
-every row of a file goes to that file's split; a file is read by one worker (the files
-are the unit of parallelism), and its batches are redistributed after reading.
+job.write_outputs. Train and eval come from separate files (`--train` / `--eval`); a
+file is read by one worker (the files are the unit of parallelism), and its batches are
+redistributed after reading.
 
-Layouts (`--source`):
-  * rechub_csv: a CSV with a header: `click,purchase,<columns>`, e.g. torch-rechub's
-    `ali_ccp_{train,val,test}_sample.csv` (23 label-encoded sparse fields 101 ... 150_14
-    and 8 min-max scaled dense fields D109_14 ... D853) or PaddleRec's AITM
-    `train.csv` (18 raw-id fields). A column feeds the spec feature named
-    `aliccp.field_feature_name(column)` (`101` -> `f101`, `D508` -> `D508`); every spec
-    feature must have a column (else the job fails, naming the file); other columns are
-    ignored. An empty cell is a missing feature. The header is not a record.
-  * paddle_esmm: PaddleRec's ESMM text: `id,click,ctcvr,field:feature_id,...`, one row
-    per impression, a multi-valued field repeated once per value (weights 1.0). ctcvr
-    is click AND purchase, so purchase <- ctcvr.
-  * aliexpress: the AliExpress data set as AITM / MTReclib ship it (Tianchi dataId 74690;
-    one directory per country with train.csv and test.csv): a CSV with the header
-    `search_id,categorical_1,...,categorical_16,numerical_1,...,numerical_63,click,
-    conversion`. Columns feed spec features of the same name (every spec feature must
-    have a column, as for rechub_csv); purchase <- conversion. `search_id` (rows of one
-    search share it) is not a model input: it is written into each Example as the
-    bytes key `search_id`, beside `impression_id` (unless the spec names a feature
-    `search_id`, which then reads the column like any other). An empty search_id is a
-    malformed_line.
-
-Every row's Example gets `impression_id` = "<file path>:<line>" (ids in these files
-restart per file; an AliExpress search_id is shared by the rows of a search, so it is
-not an impression id) and timestamp 0 (no time in these layouts). Labels: purchase=1
-(AliExpress: conversion=1) with click=0 is a dead letter `purchase_without_click`
-(data.orphan_event_policy: dead_letter; `infer_click` sets click = 1 instead). Other dead
-letters: malformed_line (wrong column count, a missing id/label column, an empty
-search_id), bad_label (not 0/1), malformed_item (paddle token
-without `field:id`), repeated_single_valued_field, bad_type / bad_value (a cell the
-feature's dtype cannot hold).
+Layouts (`--source`; docs/ALI_CCP.md documents them, their labels and dead letters):
+  * rechub_csv: a CSV with a header `click,purchase,<columns>`; column `101` feeds the
+    spec feature `f101` (`aliccp.field_feature_name`); every spec feature needs a column.
+  * paddle_esmm: `id,click,ctcvr,field:feature_id,...` (purchase <- ctcvr).
+  * aliexpress: a CSV with the header `search_id,categorical_1,...,numerical_63,click,
+    conversion` (purchase <- conversion); `search_id` is written as the Example bytes
+    key `search_id` unless the spec names it as a feature.
+Every row's Example gets `impression_id` = "<file path>:<line>" and timestamp 0.
 
 A CSV row is parsed in columns only when it is plain, so that its columns are exactly
 `CsvRowParser`'s values (tests/test_transforms_derived.py compares them row by row): as
 many cells as the header has columns; labels "0" / "1" and not a purchase without a
-click; an id column (AliExpress search_id) of printable ASCII without edge spaces; every
-feature cell empty (a missing feature) or, by the feature's dtype, printable ASCII
-without edge spaces (string), 1-18 digits with an optional minus (int), or a plain
-decimal with a finite float64 (float; Arrow's cast and Python's float() both round
-correctly). A file whose header feeds one feature from two columns goes line by line.
-
-Note: torch-rechub's label encoding and min-max scaling were fit on all of its data
-(train, val and test together) before we see it; that leak is in the files and cannot be
-undone here. Our own statistics (vocabularies, mean/variance) use the train files only
-(AliExpress's numerical fields arrive already scaled; they are standardised again).
+click; an id column of printable ASCII without edge spaces; every feature cell empty (a
+missing feature) or, by the feature's dtype, printable ASCII without edge spaces
+(string), 1-18 digits with an optional minus (int), or a plain decimal with a finite
+float64 (float). A file whose header feeds one feature from two columns goes line by line.
 """
 
 import math
