@@ -43,17 +43,13 @@ from serving import versions
 from training import data
 from training import shard_check
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = "configs/esmm.yaml"
 SPEC_FILE = "feature_spec.yaml"
 METADATA_COLUMNS = ("impression_id", "timestamp", "user_id")
 
 
-def resolve_config_path(path: str) -> str:
-  """`path` as given if it exists, else relative to the project root (the package)."""
-  if os.path.isabs(path) or tf.io.gfile.exists(path):
-    return path
-  return os.path.join(PACKAGE_ROOT, path)
+class SliceError(ValueError):
+  """A slice_by feature the split cannot be sliced by; the message names it."""
 
 
 def resolve_saved_model(path: str) -> str:
@@ -65,21 +61,13 @@ def resolve_saved_model(path: str) -> str:
   return versions.resolve_saved_model(path)
 
 
-def default_output_path(saved_model_dir: str, split: str) -> str:
-  """`<SavedModel dir>_evaluation_<split>.json`, beside the SavedModel directory.
-
-  E.g. MODEL_DIR/export/1700000000 -> MODEL_DIR/export/1700000000_evaluation_eval.json:
-  one file per model version and split, outside the SavedModel itself (TF Serving
-  ignores non-numeric entries of the export base).
-  """
-  return f"{saved_model_dir.rstrip('/')}_evaluation_{split}.json"
-
-
 def load_spec_and_labels(data_dir: str, config_path: str):
   """The feature spec and label names the data was written with.
 
   Prefers DATA/feature_spec.yaml and DATA/labels.json (written by pipeline.preprocess);
-  falls back to the config's feature spec and data.labels for what is missing.
+  falls back to the config's feature spec and data.labels for what is missing. The config
+  path resolves as in every entry point (configs.config.resolve_path: as given, else
+  relative to the project root).
 
   Returns:
     (FeatureSpec, label names).
@@ -89,13 +77,13 @@ def load_spec_and_labels(data_dir: str, config_path: str):
   if tf.io.gfile.exists(spec_path):
     spec = spec_lib.load_feature_spec(spec_path)
   else:
-    config = config_lib.load_config(resolve_config_path(config_path))
+    config = config_lib.load_config(config_path)
     spec = config.load_feature_spec()
     logging.warning("%s missing; using the feature spec of %s", spec_path, config.source)
   try:
     label_names = data.read_label_names(data_dir)
   except FileNotFoundError:
-    config = config or config_lib.load_config(resolve_config_path(config_path))
+    config = config or config_lib.load_config(config_path)
     label_names = config.data.label_names
     logging.warning("%s missing; assuming the labels of %s: %s",
                     os.path.join(data_dir, data.LABELS_FILE), config.source, label_names)
@@ -134,6 +122,25 @@ def _user_ids(scores: Dict[str, np.ndarray], aligned_truth: Optional[Dict[str, n
   return None, None
 
 
+def check_slice_by(slice_by: Sequence[str], spec: spec_lib.FeatureSpec,
+                   truth_path: Optional[str]) -> None:
+  """Fails before scoring on a slice feature that is not a scalar feature of the spec.
+
+  Raises:
+    SliceError: naming the feature and the scalar features there are (`new_user` also
+      needs user_id: a scalar feature, or the truth).
+  """
+  scalars = [feature.name for feature in spec if not feature.multivalent]
+  for name in slice_by:
+    if name == slices_lib.NEW_USER:
+      if report.USER_ID not in scalars and not truth_path:
+        raise SliceError(f"--slice_by {name} needs user_id: {spec.source} has no scalar "
+                         f"user_id feature; give --truth")
+    elif name not in scalars:
+      raise SliceError(f"--slice_by {name}: not a scalar feature of {spec.source}; scalar "
+                       f"features: {scalars}, or {slices_lib.NEW_USER}")
+
+
 def evaluate(saved_model: str, data_dir: str, split: str = "eval",
              truth_path: Optional[str] = None, config_path: str = DEFAULT_CONFIG,
              batch_size: int = 4096, ece_bins: int = 10, slice_by: Sequence[str] = (),
@@ -157,6 +164,7 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
     name: the model's name in reports (default: model_name(saved model dir)).
 
   Raises:
+    SliceError: a slice_by feature the split cannot be sliced by (before scoring).
     features.success_marker.IncompleteOutputError: data_dir has no valid _SUCCESS.json
       (the preprocess job failed or is still running, or files changed since).
     serving.versions.IncompleteExportError: no complete SavedModel version.
@@ -170,6 +178,7 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
   # A truncated or corrupt shard fails here naming its path and record offset
   # (training.shard_check.CorruptShardError), not as a bare TensorFlow error mid-scoring.
   shard_check.verify_shards(file_pattern)
+  check_slice_by(slice_by, spec, truth_path)
   slice_features = [feature for feature in slice_by if feature != slices_lib.NEW_USER]
   scores = scoring.score_saved_model(saved_model_dir, file_pattern, spec, label_names,
                                      batch_size=batch_size, extra_features=slice_features)
@@ -199,7 +208,8 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
   for feature in slice_by:
     if feature == slices_lib.NEW_USER:
       if user_ids is None:
-        raise ValueError("--slice_by new_user needs user_id (a scalar feature or the truth)")
+        raise SliceError("--slice_by new_user needs user_id (a scalar feature or the truth, "
+                         "with a row for every scored impression)")
       slice_columns[feature] = slices_lib.new_user_values(user_ids, train_user_ids(data_dir, spec))
     else:
       slice_columns[feature] = scores[feature]

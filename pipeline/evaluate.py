@@ -18,27 +18,30 @@ Flow: SavedModel(s) + OUTPUT/<split>/ TFRecords [+ simulator truth] -> **pipelin
 -> one metrics JSON per model (layout: evaluation/runner.py; per task:
 evaluation/report.py; curves: evaluation/curves.py; slices: evaluation/slices.py), a
 readable table in the log, and with --report DIR a static report DIR/index.html
-(evaluation/html_report.py). Default JSON path: beside the SavedModel directory,
-`<saved_model_dir>_evaluation_<split>.json` (or DIR/<name>.json with --output_dir).
+(evaluation/html_report.py). Each scored model's JSON goes where the command line says:
+--output FILE (one model), else OUTPUT_DIR/<name>.json with --output_dir, else
+REPORT/<name>.json beside the report's index.html; with none of the three the command is
+refused (it never writes into the model's export folder, which TF Serving watches).
 DATA must hold pipeline.preprocess's `_SUCCESS.json` (features/success_marker.py): an
-incomplete or changed output directory is refused before anything is scored.
+incomplete or changed output directory is refused before anything is scored. User errors
+(a bad flag or path, no complete export, unusable data) end in one line (pipeline/cli.py).
 """
 
+import collections
 import json
 import os
 import re
-import sys
+from typing import List, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 
 from evaluation import runner
 from evaluation import slices
 from features import success_marker
-from training import shard_check
+from pipeline import cli
+from serving import versions
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("saved_model", [], "[NAME=]PATH, repeatable: a SavedModel directory "
@@ -56,13 +59,14 @@ flags.DEFINE_string("truth", None, "Simulator OUTPUT directory (or its truth fil
 flags.DEFINE_string("config", runner.DEFAULT_CONFIG, "Experiment YAML; only read when DATA "
                     "lacks feature_spec.yaml or labels.json. Relative paths that do not "
                     "exist from the working directory resolve against the project root.")
-flags.DEFINE_string("output", None, "Metrics JSON to write, with one --saved_model (default: "
-                    "<saved_model_dir>_evaluation_<split>.json beside the SavedModel).")
+flags.DEFINE_string("output", None, "Metrics JSON to write, with one --saved_model.")
 flags.DEFINE_string("output_dir", None, "Write each model's metrics JSON to "
-                    "OUTPUT_DIR/<name>.json instead.")
+                    "OUTPUT_DIR/<name>.json.")
 flags.DEFINE_string("report", None, "Directory of the static HTML report (index.html and "
                     "images/) of every model evaluated or --include'd; open index.html in a "
-                    "browser, nothing is fetched from the network.")
+                    "browser, nothing is fetched from the network. Without --output and "
+                    "--output_dir, each model's metrics JSON is written beside it, "
+                    "REPORT/<name>.json.")
 flags.DEFINE_multi_string("slice_by", [], "Scalar feature to slice the metrics by (per value: "
                           "count, positives, AUC, calibration), repeatable; `new_user` slices "
                           "by whether the user_id is in the train split.")
@@ -92,34 +96,63 @@ def _check_flags() -> None:
     raise app.UsageError("--saved_model needs --data")
   if FLAGS.output and len(FLAGS.saved_model) > 1:
     raise app.UsageError("--output takes one model's JSON; with several --saved_model use "
-                         "--output_dir (or the default beside each SavedModel)")
+                         "--output_dir (or --report, which writes them beside the report)")
+  if FLAGS.saved_model and not (FLAGS.output or FLAGS.output_dir or FLAGS.report):
+    raise app.UsageError("say where the metrics JSON goes: --output FILE, --output_dir DIR "
+                         "or --report DIR (REPORT/<name>.json)")
   if FLAGS.include and not FLAGS.report:
     raise app.UsageError("--include only feeds --report: give --report DIR")
 
 
-def main(argv):
-  del argv
-  _check_flags()
-  results = []
-  for value in FLAGS.saved_model:
+def _named_models(values: List[str]) -> List[Tuple[str, str]]:
+  """(name, complete SavedModel version dir) per --saved_model; names must be distinct.
+
+  Resolved before anything is scored, so a bad path or an export without a complete
+  version fails at once (serving.versions.IncompleteExportError, one line).
+  """
+  models = []
+  for value in values:
     name, path = parse_named(value)
+    saved_model_dir = versions.resolve_saved_model(path)
+    models.append((name or runner.model_name(saved_model_dir), saved_model_dir))
+  counts = collections.Counter(name for name, _ in models)
+  repeated = sorted(name for name, count in counts.items() if count > 1)
+  if repeated:
+    raise app.UsageError(f"several --saved_model are named {repeated}; their JSONs and "
+                         f"report sections would collide: name them, --saved_model NAME=PATH")
+  return models
+
+
+def _output_path(name: str) -> str:
+  """Where a scored model's metrics JSON goes (module docstring); never the export folder."""
+  if FLAGS.output:
+    return FLAGS.output
+  return os.path.join(FLAGS.output_dir or FLAGS.report, f"{name}.json")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f"unexpected arguments {argv[1:]} (flags take the form --name=value)")
+  _check_flags()
+  if FLAGS.saved_model:  # unusable data or slices fail before anything is loaded
+    success_marker.check_success_marker(FLAGS.data)
+    spec, _ = runner.load_spec_and_labels(FLAGS.data, FLAGS.config)
     try:
-      result = runner.evaluate(path, FLAGS.data, split=FLAGS.split,
+      runner.check_slice_by(FLAGS.slice_by, spec, FLAGS.truth)
+    except runner.SliceError as e:
+      raise cli.UserError(str(e)) from e
+  results = []
+  for name, saved_model_dir in _named_models(FLAGS.saved_model):
+    try:
+      result = runner.evaluate(saved_model_dir, FLAGS.data, split=FLAGS.split,
                                truth_path=FLAGS.truth, config_path=FLAGS.config,
                                batch_size=FLAGS.batch_size, ece_bins=FLAGS.ece_bins,
                                slice_by=FLAGS.slice_by,
                                min_slice_positives=FLAGS.min_slice_positives,
                                curve_bins=FLAGS.curve_bins, name=name)
-    except (shard_check.CorruptShardError, success_marker.IncompleteOutputError) as e:
-      # The input is unusable: the message (file, offset, how to fix) is the whole story.
-      logging.error("%s", e)
-      sys.exit(f"pipeline.evaluate: {type(e).__name__}: {e}")
-    if FLAGS.output:
-      output = FLAGS.output
-    elif FLAGS.output_dir:
-      output = os.path.join(FLAGS.output_dir, f"{result['name']}.json")
-    else:
-      output = runner.default_output_path(result["saved_model"], FLAGS.split)
+    except runner.SliceError as e:
+      raise cli.UserError(str(e)) from e
+    output = _output_path(result["name"])
     for line in runner.summary_lines(result):
       for row in line.splitlines():
         logging.info("%s", row)
@@ -129,7 +162,12 @@ def main(argv):
   for value in FLAGS.include:
     name, path = parse_named(value)
     with open(path) as f:
-      result = json.load(f)
+      try:
+        result = json.load(f)
+      except ValueError as e:
+        raise cli.UserError(f"--include {path}: not an evaluation JSON: {e}") from e
+    if not isinstance(result, dict) or "tasks" not in result:
+      raise cli.UserError(f"--include {path}: not an evaluation JSON (no 'tasks')")
     result["name"] = name or result.get("name") or os.path.splitext(os.path.basename(path))[0]
     results.append(result)
   if FLAGS.report:
@@ -139,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_main(main)

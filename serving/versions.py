@@ -117,10 +117,14 @@ def resolve_saved_model(path: str) -> str:
   newest complete version) or MODEL_DIR (MODEL_DIR/export's newest complete version).
 
   Raises:
-    IncompleteExportError: `path` is an incomplete version directory, or no complete
-      version is found; the message names the directory and what is missing.
+    IncompleteExportError: `path` is no directory, is an incomplete version directory,
+      or no complete version is found; the message names the directory and what is
+      missing.
   """
   path = path.rstrip("/")
+  if not tf.io.gfile.isdir(path):
+    raise IncompleteExportError(f"{path}: no such directory" if not tf.io.gfile.exists(path)
+                                else f"{path}: is a file, expected a SavedModel directory")
   if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
     missing = missing_parts(path)
     if missing:

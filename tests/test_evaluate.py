@@ -9,6 +9,7 @@ ctavr as closed-form functions of the features (the real models are built elsewh
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,25 @@ def world(tmp_path_factory):
           "labels": {k: v.astype(np.float64) for k, v in labels.items()}}
 
 
+def _evaluate_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "pipeline.evaluate", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+  """The one line a user error prints (pipeline/cli.py), after at most absl's INFO /
+  WARNING progress lines; fails on anything more (a traceback, a second message)."""
+  lines = [line for line in result.stderr.strip().splitlines()
+           if not re.match(r"[IW]\d{4} ", line)]
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  return lines[0]
+
+
+def _tree(directory: str):
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, dirs, files in os.walk(directory) for name in dirs + files)
+
+
 def test_score_saved_model_returns_metadata_labels_and_every_output(world):
   pattern = os.path.join(world["data"], "eval", "eval-*.tfrecord.gz")
   scores = scoring.score_saved_model(world["export"], pattern, SPEC, LABELS, batch_size=128)
@@ -149,13 +169,13 @@ def test_score_saved_model_names_a_missing_signature(world):
     scoring.score_saved_model(world["export"], pattern, SPEC, LABELS, signature="predict_raw")
 
 
-def test_resolve_saved_model_and_default_output(world):
+def test_resolve_saved_model(world):
   for path in (world["export"], os.path.dirname(world["export"]), world["model"]):
     assert runner.resolve_saved_model(path) == world["export"]
   with pytest.raises(FileNotFoundError, match="saved_model.pb"):
     runner.resolve_saved_model(world["data"])
-  assert runner.default_output_path(world["export"] + "/", "eval") == (
-      world["export"] + "_evaluation_eval.json")
+  with pytest.raises(FileNotFoundError, match="/no/such/model: no such directory"):
+    runner.resolve_saved_model("/no/such/model")
 
 
 def test_evaluate_with_truth_matches_metrics_on_the_same_arrays(world):
@@ -199,11 +219,9 @@ def test_evaluate_refuses_data_without_a_valid_success_marker(world, tmp_path):
   with pytest.raises(success_marker.IncompleteOutputError,
                      match=rf"{data_dir} has no _SUCCESS.json.*pipeline.preprocess"):
     runner.evaluate(world["model"], str(data_dir))
-  result = subprocess.run(
-      [sys.executable, "-m", "pipeline.evaluate", "--saved_model", world["model"],
-       "--data", str(data_dir), "--output", str(tmp_path / "out.json")],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode != 0 and "IncompleteOutputError" in result.stderr
+  result = _evaluate_cli("--saved_model", world["model"], "--data", str(data_dir),
+                         "--output", str(tmp_path / "out.json"))
+  assert result.returncode == 2 and _error_line(result).startswith(f"error: {data_dir} has no")
   assert not os.path.exists(tmp_path / "out.json")
 
 
@@ -220,19 +238,51 @@ def test_spec_and_labels_fall_back_to_the_config(tmp_path, world):
   assert label_names == LABELS  # DATA/ files win; the config is not read
 
 
-def test_cli_end_to_end_writes_strict_json_beside_the_saved_model(world):
-  result = subprocess.run(
-      [sys.executable, "-m", "pipeline.evaluate", "--saved_model", world["model"],
-       "--data", world["data"], "--truth", world["raw"], "--batch_size", "200"],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+def test_cli_writes_strict_json_beside_the_report_or_to_output_never_into_the_export(
+    world, tmp_path):
+  model_tree = _tree(world["model"])
+  report_dir = tmp_path / "report"
+  result = _evaluate_cli("--saved_model", world["model"], "--data", world["data"],
+                         "--truth", world["raw"], "--batch_size", "200",
+                         "--report", str(report_dir))
   assert result.returncode == 0, result.stderr
-  output = world["export"] + "_evaluation_eval.json"
-  with open(output) as f:
+  with open(report_dir / "model.json") as f:  # MODEL_DIR's name, beside index.html
     report = json.load(f, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+  assert os.path.exists(report_dir / "index.html")
   assert report["split"] == "eval" and report["examples"] == NUM_ROWS
   assert set(report["tasks"]["cvr"]) >= {"auc", "gauc", "log_loss", "calibration", "ece",
                                          "truth", "entire_space"}
   assert "bayes_auc" in result.stderr and "cvr/all" in result.stderr  # the logged table
+
+  named = tmp_path / "elsewhere" / "metrics.json"
+  result = _evaluate_cli("--saved_model", world["export"], "--data", world["data"],
+                         "--output", str(named))
+  assert result.returncode == 0, result.stderr
+  with open(named) as f:
+    assert json.load(f)["tasks"]["ctr"]["n"] == NUM_ROWS
+
+  nowhere = _evaluate_cli("--saved_model", world["model"], "--data", world["data"])
+  assert nowhere.returncode == 2
+  assert _error_line(nowhere).startswith("error: say where the metrics JSON goes: --output")
+  assert _tree(world["model"]) == model_tree  # nothing was written into the export
+
+
+def test_cli_user_errors_are_one_line(world, tmp_path):
+  output = ["--output", str(tmp_path / "out.json")]
+  cases = [
+      (["--saved_model", "/no/such/model", "--data", world["data"], *output],
+       "error: /no/such/model: no such directory"),
+      (["--saved_model", world["model"], "--data", world["data"], "--slice_by", "colour",
+        *output], "error: --slice_by colour: not a scalar feature of"),
+      (["--saved_model", world["model"], "--saved_model", world["export"], "--data",
+        world["data"], "--output_dir", str(tmp_path)],
+       "error: several --saved_model are named ['model']"),
+  ]
+  for args, expected in cases:
+    result = _evaluate_cli(*args)
+    assert result.returncode == 2, (args, result.stderr[-2000:])
+    assert _error_line(result).startswith(expected), (args, result.stderr)
+  assert not os.path.exists(tmp_path / "out.json")
 
 
 def test_evaluate_slices_and_curves(world):

@@ -1,8 +1,11 @@
 """End-to-end test of the predict CLI (python -m pipeline.predict) in a subprocess.
 
-Bad input lines (not JSON, not an object, a wrong dtype) get a per-record error naming
-the field; every other record is still scored, one output line per input line, in order.
-An export base resolves to its newest complete version (serving/versions.py).
+Bad input lines (not JSON, not an object, a wrong dtype, a missing user_id, and hostile
+lines: 100,000 levels of nesting, bytes that are not UTF-8, NaN / Infinity, a 5 MB string,
+a 2M-element list, a line over the byte limit) get a per-record error naming the line, the
+field and the reason; every other record is still scored, one output line per non-blank
+input line, in order, with the scores it gets alone. An export base resolves to its newest
+complete version (serving/versions.py); user errors are one line (pipeline/cli.py).
 """
 
 import json
@@ -27,18 +30,24 @@ def export_dir(tmp_path_factory):
   return common.ensure_model(workdir, common.ensure_data(workdir, test_serving.IMPRESSIONS))
 
 
-def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2, stderr: bool = False):
-  input_path = tmp_path / "in.jsonl"
-  output_path = tmp_path / "out.jsonl"
-  input_path.write_text("\n".join(lines) + "\n")
-  proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.predict", "--saved_model", saved_model,
-       "--input", str(input_path), "--output", str(output_path),
-       "--batch_size", str(batch_size)],
-      cwd=common.REPO_ROOT, env=dict(os.environ, PYTHONPATH=common.REPO_ROOT),
-      capture_output=True, text=True, check=False)
+def _run(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, "-m", "pipeline.predict", *args], cwd=common.REPO_ROOT,
+      env=dict(os.environ, PYTHONPATH=common.REPO_ROOT), capture_output=True, text=True,
+      check=False)
+
+
+def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2, stderr: bool = False,
+             name: str = "in"):
+  input_path = tmp_path / f"{name}.jsonl"
+  output_path = tmp_path / f"{name}_out.jsonl"
+  input_path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode()
+                                    for line in lines) + b"\n")
+  proc = _run("--saved_model", saved_model, "--input", str(input_path), "--output",
+              str(output_path), "--batch_size", str(batch_size))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  scored = [json.loads(line) for line in output_path.read_text().splitlines()]
+  scored = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in output"))
+            for line in output_path.read_text().splitlines()]
   return (scored, proc.stderr) if stderr else scored
 
 
@@ -52,21 +61,80 @@ def test_bad_records_get_errors_and_the_others_are_scored(export_dir, tmp_path):
       json.dumps(dict(good, user_id="someone-new", item_category="unheard-of")),
       json.dumps({"impression_id": "nothing-else"}),
       json.dumps(dict(good, position=[1, 2])),
+      json.dumps({"user_id": "u1", "item_id": "i1"}),
   ]
   out = _predict(export_dir, lines, tmp_path)
   assert len(out) == len(lines)
+  assert [row["line"] for row in out] == list(range(1, len(lines) + 1))
   errors = {i: row["error"] for i, row in enumerate(out) if "error" in row}
-  assert sorted(errors) == [1, 2, 3, 6]
+  assert sorted(errors) == [1, 2, 3, 5, 6]
   assert errors[1]["reason"] == "unparseable_json"
   assert errors[2]["field"] == "user_age" and "user_age" in errors[2]["detail"]
   assert errors[3]["reason"] == "not_an_object"
+  assert errors[5] == {"field": "user_id", "reason": "missing_field",
+                       "detail": "field 'user_id' is missing; the raw log contract requires it"}
   assert errors[6]["field"] == "position"
-  for i in (0, 4, 5):
+  for i in (0, 4, 7):
     predictions = out[i]["predictions"]
     assert set(predictions) == test_serving.OUTPUTS
     assert all(0.0 < p < 1.0 for p in predictions.values())
   assert out[0]["record"] == good  # the input record is echoed back
+  assert out[0]["input_notes"] == {"defaulted": [], "unknown_values": {}}
+  assert out[4]["input_notes"] == {"defaulted": [],
+                                   "unknown_values": {"item_category": "unheard-of"}}
+  assert out[7]["input_notes"]["defaulted"] == [
+      name for name in test_serving.A_RECORD if name not in ("impression_id", "user_id",
+                                                             "item_id")]
   assert out[2]["record"]["user_age"] == "thirty"
+  assert out[1]["record"] == "{not json"  # the line's text
+
+
+def test_hostile_lines_get_errors_and_the_good_ones_score_as_alone(export_dir, tmp_path):
+  good = [json.dumps(dict(test_serving.A_RECORD, position=position)) for position in range(1, 9)]
+  record = json.dumps(test_serving.A_RECORD)[:-1]  # to append one hostile field
+  hostile = [
+      ("[" * 100_000 + "]" * 100_000, "too_deep", "<line>"),
+      (record.encode() + b', "user_gender": "\xff\xfe"}', "not_utf8", "<line>"),
+      ("[1, 2, 3]", "not_an_object", "<record>"),
+      (record + ', "item_price": NaN}', "bad_value", "item_price"),
+      (record + ', "item_rating": Infinity}', "bad_value", "item_rating"),
+      (record + ', "item_category": "' + "c" * 5_000_000 + '"}', "too_long", "item_category"),
+      (record + ', "user_recent_categories": [' + ",".join(["1"] * 2_000_000) + "]}",
+       "too_long", "user_recent_categories"),
+      (record + ', "notes": "' + "n" * 9_000_000 + '"}', "line_too_long", "<line>"),
+  ]
+  lines = [line for pair in zip(good, [text for text, _, _ in hostile]) for line in pair]
+  out = _predict(export_dir, lines, tmp_path, batch_size=3, name="mixed")
+  alone = _predict(export_dir, good, tmp_path, batch_size=1, name="alone")
+  assert len(out) == len(lines)
+  assert [row["line"] for row in out] == list(range(1, len(lines) + 1))
+  for row, (_, reason, field) in zip(out[1::2], hostile):
+    assert row["error"]["reason"] == reason and row["error"]["field"] == field, row["error"]
+    assert isinstance(row["record"], str) and len(row["record"]) <= 1003  # cut text
+  assert [row["predictions"] for row in out[0::2]] == [row["predictions"] for row in alone]
+  assert [row["record"] for row in out[0::2]] == [json.loads(line) for line in good]
+  assert os.path.getsize(tmp_path / "mixed_out.jsonl") < 100_000  # nothing huge echoed
+
+
+def test_user_errors_are_one_line(export_dir, tmp_path):
+  good = tmp_path / "in.jsonl"
+  good.write_text(json.dumps(test_serving.A_RECORD) + "\n")
+  output = str(tmp_path / "out.jsonl")
+  cases = [
+      (["--saved_model", "/no/such/model", "--input", str(good), "--output", output],
+       "error: /no/such/model: no such directory"),
+      (["--saved_model", export_dir, "--input", str(tmp_path / "missing.jsonl"), "--output",
+        output], f"error: --input {tmp_path / 'missing.jsonl'}: no such file"),
+      (["--saved_model", export_dir, "--input", str(good), "--output", str(good)],
+       f"error: --output {good} is the --input file"),
+  ]
+  for args, expected in cases:
+    proc = _run(*args)
+    assert proc.returncode == 2, (args, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), (args, proc.stderr[-2000:])
+  assert not os.path.exists(output)
+  assert good.read_text() == json.dumps(test_serving.A_RECORD) + "\n"
 
 
 class _ConstantScorer(tf.Module):

@@ -15,8 +15,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from benchmarks import common
 from benchmarks import serving_latency
+from features import artifacts as artifacts_lib
 from features import example_codec
 from serving import predictor as predictor_lib
+from serving import raw_input
 from training import export as export_lib
 
 pytestmark = pytest.mark.slow
@@ -87,13 +89,16 @@ def test_warmup_file_holds_prediction_logs_the_model_answers(export_dir, loaded)
   assert batch_sizes[0] == 1 and batch_sizes[1] > 1
 
 
+IDS_ONLY = {"user_id": "u-ids-only", "item_id": "i-ids-only"}  # the required fields
+
+
 def test_unknown_missing_and_empty_values_are_served(predictor):
   records = [
       dict(A_RECORD, user_id="a-user-never-seen", item_id="an-item-never-seen"),
       dict(A_RECORD, item_category="no-such-category", device="toaster", position=999),
       dict(A_RECORD, user_recent_categories=[]),
-      {"impression_id": "only-an-id"},
-      {},
+      dict(IDS_ONLY, impression_id="only-the-ids"),
+      IDS_ONLY,
   ]
   results = list(predictor.score(records))
   assert [r.index for r in results] == list(range(len(records)))
@@ -104,19 +109,90 @@ def test_unknown_missing_and_empty_values_are_served(predictor):
 
 def test_missing_features_score_as_their_defaults(predictor):
   defaults = {f.name: ([] if f.multivalent else f.default_value) for f in predictor.spec}
-  missing, explicit = list(predictor.score([{}, defaults]))
+  missing, explicit = list(predictor.score([IDS_ONLY, dict(defaults, **IDS_ONLY)]))
   for name in OUTPUTS:
     assert missing.predictions[name] == pytest.approx(explicit.predictions[name], abs=1e-7)
+  others = [name for name in predictor.spec.names if name not in IDS_ONLY]
+  assert missing.input_notes["defaulted"] == others
+  assert explicit.input_notes["defaulted"] == []
 
 
-def test_unknown_category_scores_as_oov_not_as_a_known_value(predictor):
-  unknown_a, unknown_b, known = list(predictor.score([
-      dict(A_RECORD, item_category="no-such-category-1"),
-      dict(A_RECORD, item_category="no-such-category-2"),
-      A_RECORD]))
-  # Both unknown values map to the one OOV id, so they score identically.
-  assert unknown_a.predictions == pytest.approx(unknown_b.predictions, abs=1e-7)
-  assert unknown_a.predictions["ctr"] != pytest.approx(known.predictions["ctr"], abs=1e-7)
+def test_vocabularies_read_from_the_saved_model_are_the_transform_artifacts(
+    predictor, data_dir):
+  """Oracle: the Beam job's vocabulary files (most frequent first), cut to max_tokens."""
+  artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(data_dir))
+  vocabulary_features = [f for f in predictor.spec if f.transform == "vocabulary"]
+  assert list(predictor.vocabularies) == [f.name for f in vocabulary_features]
+  for feature in vocabulary_features:
+    tokens = artifacts.vocabulary(feature)
+    if feature.dtype == "int":
+      tokens = [int(token) for token in tokens]
+    assert predictor.vocabularies[feature.name] == set(tokens[:feature.max_tokens]), feature
+
+
+def test_input_notes_name_defaulted_features_and_unknown_values(predictor):
+  category = sorted(predictor.vocabularies["item_category"])[0]
+  position = sorted(predictor.vocabularies["position"])[0]
+  partial = {key: value for key, value in A_RECORD.items()
+             if key not in ("item_price", "device", "user_recent_categories")}
+  records = [
+      dict(A_RECORD, item_category=category, position=position),
+      dict(A_RECORD, item_category="c999", position=10_000, device="toaster",
+           user_recent_categories=[category, "zzz", "zzz", ""]),
+      partial,
+      dict(A_RECORD, item_category="", user_recent_categories=[]),
+  ]
+  known, unknown, missing, empty = list(predictor.score(records))
+  assert known.input_notes == {"defaulted": [], "unknown_values": {}}
+  assert unknown.input_notes == {"defaulted": [], "unknown_values": {
+      "user_recent_categories": ["zzz", ""], "item_category": "c999", "device": "toaster",
+      "position": 10_000}}
+  assert missing.input_notes == {
+      "defaulted": ["user_recent_categories", "item_price", "device"], "unknown_values": {}}
+  # An empty string is outside every vocabulary; an empty list is given, not defaulted.
+  assert empty.input_notes == {"defaulted": [], "unknown_values": {"item_category": ""}}
+  assert unknown.to_json()["input_notes"] == unknown.input_notes
+  # Hashed features have no vocabulary: an unseen user_id is not "unknown".
+  (new_user,) = predictor.score([dict(A_RECORD, user_id="never-seen-user")])
+  assert new_user.input_notes == {"defaulted": [], "unknown_values": {}}
+
+
+def test_a_missing_required_id_is_an_error_not_a_default(predictor):
+  without_user = {key: value for key, value in A_RECORD.items() if key != "user_id"}
+  without_item = {key: value for key, value in A_RECORD.items() if key != "item_id"}
+  results = list(predictor.score([without_user, A_RECORD, dict(A_RECORD, user_id=None),
+                                  without_item, {}]))
+  assert [r.error["field"] if r.error else None for r in results] == [
+      "user_id", None, "user_id", "item_id", "user_id"]
+  for result in results[0], results[2], results[3]:
+    assert result.error["reason"] == predictor_lib.MISSING_FIELD
+    assert result.error["field"] in result.error["detail"]
+    assert result.predictions is None and "predictions" not in result.to_json()
+  assert results[0].record == without_user  # echoed back as given
+  _assert_probabilities(results[1].predictions)
+
+
+def test_hostile_records_are_refused_and_the_others_score_as_alone(predictor):
+  deep = {"x": 1}
+  for _ in range(5_000):  # deeper than Python's recursion limit
+    deep = {"x": [deep]}
+  hostile = [dict(A_RECORD, extra=deep), dict(A_RECORD, item_category="c" * 5_000_000),
+             dict(A_RECORD, user_recent_categories=["books"] * 2_000_000),
+             dict(A_RECORD, item_price=float("nan")), dict(A_RECORD, item_rating=float("inf")),
+             dict(A_RECORD, user_id="\ud800"), [A_RECORD]]
+  good = [dict(A_RECORD, position=position) for position in (1, 2, 3, 4, 5, 6, 7, 8)]
+  mixed = [record for pair in zip(good, hostile + [A_RECORD]) for record in pair]
+  results = list(predictor.score(mixed))
+  reasons = [r.error["reason"] for r in results[1::2][:len(hostile)]]
+  assert reasons == [raw_input.TOO_DEEP, raw_input.TOO_LONG, raw_input.TOO_LONG,
+                     raw_input.BAD_VALUE, raw_input.BAD_VALUE, raw_input.BAD_VALUE,
+                     predictor_lib.NOT_AN_OBJECT]
+  assert [r.error["field"] for r in results[1::2][:len(hostile)]] == [
+      "extra", "item_category", "user_recent_categories", "item_price", "item_rating",
+      "user_id", "<record>"]
+  assert all(r.record is None for r in results[1:12:2])  # too big or unsafe to echo
+  alone = [next(iter(predictor.score([record]))) for record in good]
+  assert [r.predictions for r in results[0::2]] == [r.predictions for r in alone]
 
 
 def test_wrong_dtype_is_a_record_error_naming_the_feature(predictor):
