@@ -22,6 +22,11 @@ tower's weights; models.layers.regularizers), logged as `constraint_loss` beside
 `regularization_loss` (a model without ties logs no constraint_loss). A batch in which
 a task has no weight (no clicks) contributes 0 for that task.
 
+The logged `loss` (and so `val_loss`, which early stopping reads) is the same formula
+over every batch of the epoch or evaluation at once (SetLoss): per task, the sum of its
+weighted BCEs over the whole set over the sum of its weights, not the batches' losses
+averaged (which would weight a click-normalised task's batch by its exposures).
+
 Every BCE is computed from the output's log-odds, which the model's `log_odds_model`
 computes in log space from the towers' logits (models.layers.log_space): no clipping,
 no saturated gradients. Only the exported probabilities are clipped.
@@ -202,6 +207,55 @@ class AuxiliaryLoss:
   reads: Tuple[str, ...] = ()
 
 
+class SetLoss(tf_keras.metrics.Metric):
+  """The training loss's formula applied to every batch seen since the last reset.
+
+  result = sum_k c_k * S_k / N_k + M / E over the batches seen: for each term k (a task's
+  or an auxiliary loss's BCE) S_k is the sum of its per-example losses (times their
+  sample weights) and N_k the sum of its normalisers (the weights, or the exposures);
+  c_k its weight in the loss; M the sum of the model-level terms (regularization and
+  constraint loss, scalars) times each batch's exposures, E the exposures. On one batch
+  this is the batch's training loss (a term with N_k = 0 counts 0, as in training).
+  Under a tf.distribute strategy each replica adds its own sums and result() reads
+  their totals, so it is the loss of the global set, whatever the replica count.
+
+  Args:
+    coefficients: term name -> c_k (a term with weight 0 is left out by the caller).
+    name: the logged name, e.g. "loss".
+  """
+
+  def __init__(self, coefficients: Mapping[str, float], name: str, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.term_names = tuple(coefficients)
+    self.coefficients = tf.constant([float(coefficients[k]) for k in self.term_names])
+    terms = len(self.term_names)
+    self.sums = self.add_weight(name="sums", shape=[terms], initializer="zeros")
+    self.normalisers = self.add_weight(name="normalisers", shape=[terms],
+                                       initializer="zeros")
+    self.model_terms = self.add_weight(name="model_terms", initializer="zeros")
+    self.exposures = self.add_weight(name="exposures", initializer="zeros")
+
+  def update_state(self, term_sums: Mapping[str, Tuple[tf.Tensor, tf.Tensor]],
+                   exposures: tf.Tensor, model_term: Any = 0.0) -> None:
+    """Adds one batch: term name -> (S, N) scalars of this replica's batch (terms not
+    in `coefficients` are ignored), its exposures and its model-level terms' value."""
+    pairs = [term_sums[k] for k in self.term_names]
+    self.sums.assign_add(tf.stack([tf.cast(total, tf.float32) for total, _ in pairs]))
+    self.normalisers.assign_add(tf.stack([tf.cast(n, tf.float32) for _, n in pairs]))
+    exposures = tf.cast(exposures, tf.float32)
+    self.model_terms.assign_add(tf.cast(model_term, tf.float32) * exposures)
+    self.exposures.assign_add(exposures)
+
+  def reset_state(self) -> None:
+    for variable in self.variables:  # Metric's own assigns a scalar 0: not to [terms]
+      variable.assign(tf.zeros_like(variable))
+
+  def result(self) -> tf.Tensor:
+    return (tf.reduce_sum(self.coefficients
+                          * tf.math.divide_no_nan(self.sums, self.normalisers))
+            + tf.math.divide_no_nan(self.model_terms, self.exposures))
+
+
 def make_ranking_task(name: str) -> tfrs.tasks.Ranking:
   """A ranking task on log-odds: per-example BCE and `<name>_auc` / `<name>_logloss`.
 
@@ -292,12 +346,17 @@ class MultiTaskModel(tfrs.models.Model):
         *(t.required_labels for t in tasks), *(set(a.reads) for a in auxiliary_losses))
     # The tied variables are the scorer's own (trainable_variables holds each once).
     self._parameter_ties = tuple(parameter_ties)
-    # The logged losses are means over the epoch's (evaluation's) batches, each batch
-    # weighted by its exposures, as Keras' compiled loss tracker does: a step's own value
-    # would make `val_loss`, which early stopping reads, the last (partial) batch's loss.
-    self.loss_trackers = [tf_keras.metrics.Mean(name=name) for name in (
-        ["loss", "regularization_loss"] + (["constraint_loss"] if self._parameter_ties else [])
-        + aux_names)]
+    # The logged losses cover the epoch's (evaluation's) batches: `loss` and each
+    # auxiliary loss as SetLoss over the whole set (a step's own value would make
+    # `val_loss`, which early stopping reads, the last batch's loss); the model-level
+    # terms as means weighted by each batch's exposures.
+    coefficients = {n: w for n, w in weights.items() if w}  # weight 0: metrics only
+    coefficients.update({aux.name: aux.weight for aux in auxiliary_losses})
+    self.loss_trackers = (
+        [SetLoss(coefficients, name="loss")]
+        + [tf_keras.metrics.Mean(name=name) for name in ["regularization_loss"] + (
+            ["constraint_loss"] if self._parameter_ties else [])]
+        + [SetLoss({name: 1.0}, name=name) for name in aux_names])
     self.log_odds_model = log_odds_model
     self.loss_normalization = loss_normalization
 
@@ -361,15 +420,17 @@ class MultiTaskModel(tfrs.models.Model):
     """Each auxiliary loss (unweighted scalar, normalised as AuxiliaryLoss says)."""
     return self._forward_losses(inputs, training)[1]
 
-  def _forward_losses(self, inputs, training: bool
-                      ) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
-    """(task losses, auxiliary losses) from one forward pass."""
+  def _forward_losses(self, inputs, training: bool) -> Tuple[
+      Dict[str, tf.Tensor], Dict[str, tf.Tensor], Dict[str, Tuple[tf.Tensor, tf.Tensor]]]:
+    """(task losses, auxiliary losses, term name -> (sum of its per-example losses, its
+    normaliser) on this replica's batch) from one forward pass."""
     features, labels = inputs
     log_odds = self.log_odds(features, training=training)
-    auxiliary = {}
+    auxiliary, sums = {}, {}
     for aux in self.auxiliary_losses:
       per_example, normalizer = aux.fn(labels, log_odds)
-      auxiliary[aux.name] = _normalised_sum(per_example, normalizer)
+      sums[aux.name] = (tf.reduce_sum(per_example), normalizer)
+      auxiliary[aux.name] = _normalised_sum(*sums[aux.name])
     losses = {}
     for name, spec in self.task_specs.items():
       target = tf.reshape(spec.label_fn(labels), [-1, 1])
@@ -383,8 +444,9 @@ class MultiTaskModel(tfrs.models.Model):
         normalizer = tf.reduce_sum(tf.cast(weight, per_example.dtype))
       else:
         normalizer = tf.cast(tf.size(per_example), per_example.dtype)
-      losses[name] = _normalised_sum(per_example, normalizer)
-    return losses, auxiliary
+      sums[name] = (tf.reduce_sum(per_example), normalizer)
+      losses[name] = _normalised_sum(*sums[name])
+    return losses, auxiliary, sums
 
   def regularization_loss(self) -> tf.Tensor:
     """sum(scorer.losses): the regularizers of the scorer's layers (0 when none)."""
@@ -397,9 +459,10 @@ class MultiTaskModel(tfrs.models.Model):
     return regularizers_lib.tie_loss(self._parameter_ties)
 
   def _weighted_task_loss(self, inputs, training: bool
-                          ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-    """(weighted sum of the task and auxiliary losses, the auxiliary losses unweighted)."""
-    losses, auxiliary = self._forward_losses(inputs, training)
+                          ) -> Tuple[tf.Tensor, Dict[str, Tuple[tf.Tensor, tf.Tensor]]]:
+    """(weighted sum of the task and auxiliary losses, each term's (sum, normaliser) on
+    this replica's batch, for the logged SetLosses)."""
+    losses, auxiliary, sums = self._forward_losses(inputs, training)
     total = tf.constant(0.0)
     for name, loss in losses.items():
       weight = self.task_loss_weights[name]
@@ -407,7 +470,7 @@ class MultiTaskModel(tfrs.models.Model):
         total += weight * loss
     for aux in self.auxiliary_losses:
       total += aux.weight * auxiliary[aux.name]
-    return total, auxiliary
+    return total, sums
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
     """Weighted task (and auxiliary) losses + the scorer's regularization + the
@@ -415,23 +478,22 @@ class MultiTaskModel(tfrs.models.Model):
     return (self._weighted_task_loss(inputs, training)[0] + self.regularization_loss()
             + self.constraint_loss())
 
-  def _logs(self, inputs, task_loss, regularization_loss, constraint_loss, auxiliary):
-    """The step's logs: metric results (already global) and the losses' running means
-    (`loss_trackers`: this step's losses, each the mean over replicas, weighted by the
-    batch's exposures), so an epoch's or an evaluation's logs cover all its batches."""
-    losses = dict(loss=task_loss + regularization_loss + constraint_loss,
-                  regularization_loss=regularization_loss)
-    if self._parameter_ties:
-      losses.update(constraint_loss=constraint_loss)
-    losses.update(auxiliary)
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-      losses = dict(zip(losses, context.all_reduce(tf.distribute.ReduceOp.MEAN,
-                                                   list(losses.values()))))
+  def _logs(self, inputs, sums, regularization_loss, constraint_loss):
+    """The step's logs: metric results (already global), with `loss_trackers` updated
+    by this replica's batch: the SetLosses with its terms' sums, the model-level terms
+    (the same on every replica) weighted by its exposures. So an epoch's or an
+    evaluation's logs cover all its batches."""
     _, labels = inputs
     exposures = tf.cast(tf.shape(next(iter(labels.values())))[0], tf.float32)
+    model_terms = dict(regularization_loss=regularization_loss,
+                       constraint_loss=constraint_loss)
     for tracker in self.loss_trackers:
-      tracker.update_state(losses[tracker.name], sample_weight=exposures)
+      if isinstance(tracker, SetLoss):
+        model_term = (regularization_loss + constraint_loss if tracker.name == "loss"
+                      else 0.0)
+        tracker.update_state(sums, exposures, model_term)
+      else:
+        tracker.update_state(model_terms[tracker.name], sample_weight=exposures)
     return {metric.name: metric.result() for metric in self.metrics}
 
   # tfrs.models.Model adds sum(self.losses) on top of compute_loss; ours already holds
@@ -440,7 +502,7 @@ class MultiTaskModel(tfrs.models.Model):
   # loss is divided by the replica count (as Keras' compiled losses do).
   def train_step(self, inputs):
     with tf.GradientTape() as tape:
-      task_loss, auxiliary = self._weighted_task_loss(inputs, training=True)
+      task_loss, sums = self._weighted_task_loss(inputs, training=True)
       regularization_loss = self.regularization_loss()
       constraint_loss = self.constraint_loss()
       replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -449,20 +511,19 @@ class MultiTaskModel(tfrs.models.Model):
     gradients = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(
         (g, v) for g, v in zip(gradients, variables) if g is not None)
-    return self._logs(inputs, task_loss, regularization_loss, constraint_loss, auxiliary)
+    return self._logs(inputs, sums, regularization_loss, constraint_loss)
 
   def test_step(self, inputs):
-    task_loss, auxiliary = self._weighted_task_loss(inputs, training=False)
-    return self._logs(inputs, task_loss, self.regularization_loss(), self.constraint_loss(),
-                      auxiliary)
+    _, sums = self._weighted_task_loss(inputs, training=False)
+    return self._logs(inputs, sums, self.regularization_loss(), self.constraint_loss())
 
 
-def _normalised_sum(per_example: tf.Tensor, normalizer: tf.Tensor) -> tf.Tensor:
-  """sum(per_example) / (the mean over replicas of this replica's normalizer): the global
-  batch's normalised loss times the replica count, so that train_step's division by the
-  replica count and the summed gradients give the global-batch gradient (0 when N = 0)."""
-  return tf.math.divide_no_nan(tf.reduce_sum(per_example),
-                               _global_mean(tf.cast(normalizer, per_example.dtype)))
+def _normalised_sum(total: tf.Tensor, normalizer: tf.Tensor) -> tf.Tensor:
+  """total (this replica's sum of per-example losses) / (the mean over replicas of this
+  replica's normalizer): the global batch's normalised loss times the replica count, so
+  that train_step's division by the replica count and the summed gradients give the
+  global-batch gradient (0 when N = 0)."""
+  return tf.math.divide_no_nan(total, _global_mean(tf.cast(normalizer, total.dtype)))
 
 
 def _global_mean(value: tf.Tensor) -> tf.Tensor:

@@ -11,7 +11,9 @@ writes, at every epoch end (chief only, atomically):
 
 and reads them back (`load`, or on_train_begin). The best epoch is the first with the
 lowest validation loss (or highest validation AUC, when an AUC is monitored); training
-stops after `patience` epochs without a better one.
+stops after `patience` epochs without a better one. `val_loss` is the training loss's
+formula over the whole validation split at once (models.multitask.SetLoss: each task's
+weighted BCE summed over the split over its weights summed over the split).
 Re-running an epoch (a resume from a checkpoint taken inside it) overwrites its entry,
 and with a deterministic input order gives the same loss. A run killed between an
 epoch's last checkpoint and its validation resumes at the next epoch: the trainer then
