@@ -1,8 +1,8 @@
 """Entry point: evaluate exported SavedModels on a split of pipeline.preprocess output.
 
   python -m pipeline.evaluate --saved_model runs/demo/model/export \
-      --data runs/demo/data [--split eval] [--truth runs/demo/raw] \
-      [--config configs/esmm.yaml] [--output FILE]
+      --data runs/demo/data --output runs/demo/metrics.json [--split eval] \
+      [--truth runs/demo/raw] [--config configs/esmm.yaml]
 
   # several models compared, sliced, with the HTML report:
   python -m pipeline.evaluate --saved_model esmm=runs/demo/models/esmm \
