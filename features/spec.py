@@ -43,6 +43,11 @@ WEIGHT_SUFFIX = "__weight"
 # unless the spec names them (user_id and item_id usually are).
 IMPRESSION_ID_KEY = "impression_id"
 TIMESTAMP_KEY = "timestamp"
+# The raw log contract's required ids of an impression (docs/DESIGN.md section 2): the Beam
+# job dead-letters an impression without them, pipeline.predict refuses such a record.
+USER_ID_KEY = "user_id"
+ITEM_ID_KEY = "item_id"
+REQUIRED_ID_KEYS = (USER_ID_KEY, ITEM_ID_KEY)
 
 
 class SpecError(ValueError):

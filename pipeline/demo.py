@@ -252,10 +252,14 @@ def main(argv):
   with open(scored) as f:
     for line in f:
       result = json.loads(line)
-      record = result["record"]
-      predictions = result.get("predictions") or result.get("error")
+      # A refused line is echoed as its (cut) text, not as a record.
+      record = result["record"] if isinstance(result["record"], dict) else {}
+      if "error" in result:
+        scores = f"error: {result['error']['reason']} ({result['error']['field']})"
+      else:
+        scores = "  ".join(f"{k}={v:.5f}" for k, v in sorted(result["predictions"].items()))
       print(f"{record.get('impression_id', '?'):14} {record.get('item_category', ''):12} "
-            + "  ".join(f"{k}={v:.5f}" for k, v in sorted(predictions.items())))
+            + scores)
   print(f"\nDemo finished in {time.time() - start:.0f} s; artifacts under {workdir}")
   print(f"  logs:        {logs}/<step>.log")
   if FLAGS.report:

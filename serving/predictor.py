@@ -40,10 +40,10 @@ from features import spec as spec_lib
 from serving import raw_input
 from training import export as export_lib
 
-# The raw log contract's required ids (docs/DESIGN.md section 2; the Beam job checks the
-# same two in transforms/parse.py). Required here when the feature spec uses them: a model
-# that reads no user_id cannot be misled by a missing one.
-REQUIRED_FIELDS = ("user_id", "item_id")
+# The raw log contract's required ids (features.spec.REQUIRED_ID_KEYS; the Beam job checks
+# the same two). Required here when the feature spec uses them: a model that reads no
+# user_id cannot be misled by a missing one.
+REQUIRED_FIELDS = spec_lib.REQUIRED_ID_KEYS
 
 # Error reasons besides the codec's (bad_type, bad_value) and serving.raw_input's.
 MISSING_FIELD = "missing_field"
