@@ -22,9 +22,9 @@ INSTALL_REQUIRES = [
     "absl-py==1.4.0",
     "PyYAML==6.0.3",
     "numpy==1.26.4",
-    # transforms/shards.py: TFRecord CRC32C in C (already pulled in by apache-beam[gcp]).
+    # transforms/write.py: TFRecord CRC32C in C (already pulled in by apache-beam[gcp]).
     "google-crc32c==1.9.0",
-    # transforms/shards.py: the TFRecord shards' gzip, 1.5-1.7x zlib's speed at its level.
+    # transforms/write.py: the TFRecord shards' gzip, 1.5-1.7x zlib's speed at its level.
     "zlib-ng==1.1.0",
     # transforms/encode.py: the shards' mix key (XXH3-64), a tenth of BLAKE2b's cost.
     "xxhash==4.1.0",
