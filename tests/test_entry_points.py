@@ -214,7 +214,7 @@ def test_verbose_is_read_before_the_flags_are_parsed(argv, verbose):
 
 def test_preprocess_with_an_empty_eval_split_fails_naming_eval_from(tmp_path, capsys):
   from pipeline import preprocess  # pylint: disable=g-import-not-at-top
-  from transforms import testing  # pylint: disable=g-import-not-at-top
+  from tests import beam_testing as testing  # pylint: disable=g-import-not-at-top
   config = testing.write_experiment(str(tmp_path / "config"))
   impressions = [testing.impression(i, testing.START + (i % 2) * testing.DAY_S)
                  for i in range(12)]  # two days, both before the eval day below

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from features import example_codec
-from transforms import testing
+from tests import beam_testing as testing
 
 LABELS = {"click": 1, "micro": 0, "action": 1, "purchase": 0}
 

@@ -4,7 +4,7 @@ import pickle
 
 from tests import test_transforms_label as label_test
 from transforms import packing
-from transforms import testing
+from tests import beam_testing as testing
 from transforms import parse
 
 

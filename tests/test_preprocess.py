@@ -12,7 +12,7 @@ from features import example_codec
 from pipeline import preprocess
 from transforms import job
 from transforms import outputs as outputs_lib
-from transforms import testing
+from tests import beam_testing as testing
 
 T0 = testing.START
 DAY = testing.DAY_S
@@ -123,7 +123,7 @@ def _expected_labels(directory, eval_from):
   """split -> label -> positives, from the raw files of `_write_logs`, without the job.
 
   Plain Python over the written JSONL.gz, Parquet and JSONL files and the rules of
-  transforms.testing.LABELS: a label is 1 when its event follows the impression within
+  tests/beam_testing.py LABELS: a label is 1 when its event follows the impression within
   the attribution window (1 day) and, after a click (purchase), follows a click.
   """
   import gzip  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,7 @@ from pipeline import preprocess
 from transforms import job
 from transforms import outputs as outputs_lib
 from transforms import split as split_lib
-from transforms import testing
+from tests import beam_testing as testing
 
 T0 = testing.START
 DAY = testing.DAY_S

@@ -7,7 +7,7 @@ from apache_beam.testing import test_pipeline
 import pyarrow as pa
 
 from transforms import accounting
-from transforms import testing
+from tests import beam_testing as testing
 
 
 def _counts(imp_read=10, train=6, eval_=2, imp_dead=None, ev_read=5, attributed=3,

@@ -23,7 +23,7 @@ from transforms import encode
 from transforms import label
 from transforms import parse
 from transforms import split as split_lib
-from transforms import testing
+from tests import beam_testing as testing
 from transforms import write
 
 

@@ -15,7 +15,7 @@ from apache_beam.testing import test_pipeline
 
 from transforms import job
 from transforms import outputs as outputs_lib
-from transforms import testing
+from tests import beam_testing as testing
 
 DAY = testing.DAY_S
 T0 = testing.START

@@ -17,7 +17,7 @@ from transforms import dead_letter as dl
 from transforms import join
 from transforms import label
 from transforms import parse
-from transforms import testing
+from tests import beam_testing as testing
 
 T0 = testing.START
 WINDOW = testing.DAY_S

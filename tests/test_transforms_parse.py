@@ -21,7 +21,7 @@ import pytest
 from transforms import dead_letter as dl
 from transforms import parse
 from transforms import read
-from transforms import testing
+from tests import beam_testing as testing
 
 EVENT_TYPES = ("click", "view_reviews", "cart", "favorite", "purchase")
 T0 = testing.START

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms import read
-from transforms import testing
+from tests import beam_testing as testing
 
 
 def test_match_files_reads_plain_and_gzip_and_parquet_batches_number_rows(tmp_path):

@@ -6,7 +6,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import pyarrow as pa
 
 from transforms import split
-from transforms import testing
+from tests import beam_testing as testing
 
 
 def test_split_at_the_eval_cut():

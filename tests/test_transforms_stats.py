@@ -21,7 +21,7 @@ from transforms import encode
 from transforms import label
 from transforms import parse
 from transforms import stats
-from transforms import testing
+from tests import beam_testing as testing
 
 
 def _labelled(records):

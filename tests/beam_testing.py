@@ -1,4 +1,4 @@
-"""Small raw-log fixtures for tests of the preprocessing job (the job itself never uses them).
+"""Small raw-log fixtures for tests of the preprocessing job (transforms/, pipeline.preprocess).
 
 Flow: a test writes raw logs with these helpers -> runs a transform or the whole
 pipeline.preprocess job -> checks the outputs. `small_spec` covers every dtype,
@@ -41,7 +41,7 @@ LABEL_NAMES = [label["name"] for label in LABELS]
 
 
 def small_spec() -> spec_lib.FeatureSpec:
-  return spec_lib.feature_spec_from_dict(SMALL_SPEC, source="transforms.testing")
+  return spec_lib.feature_spec_from_dict(SMALL_SPEC, source="tests.beam_testing")
 
 
 def _data_section(**overrides: Any) -> Dict[str, Any]:
