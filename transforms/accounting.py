@@ -4,20 +4,10 @@ Flow: each stage of the preprocessing job -> (path, n) counts, **CountDeadLetter
 CountLabels -> WriteCounts** ->
 OUTPUT/counts.json -> `check_counts` after the run. Counts are PCollections, not Beam
 metrics, because metrics cannot be read back on every runner (DaskRunner raises). The
-layout (DESIGN.md section 3):
-
-  {"impressions": {"read": n, "written": {"train": n, "eval": n}, "dead_letter": {reason: n}},
-   "events": {"read": n, "attributed": n, "dead_letter": {reason: n}},
-   "labels": {"train": {"click": n, ...}, "eval": {...}}}
-
-Identities checked after the run: impressions read == written + dead-lettered, and
-events read == attributed + dead-lettered.
-
-Sources other than the raw log contract list their own sections (`SOURCE_SECTIONS`):
-the Ali-CCP job has no "events" but a "common_features" section,
-`{"read": n, "used": n, "unused": n, "dead_letter": {reason: n}}`, whose identity is
-read == used + unused + dead-lettered (a row joined to at least one skeleton row is used;
-a valid row no skeleton row references is unused, which is not an error).
+layout and its identities (impressions read == written + dead-lettered, events read ==
+attributed + dead-lettered): DESIGN.md section 3. Sources other than the raw log
+contract list their own sections (`SOURCE_SECTIONS`), e.g. Ali-CCP's "common_features"
+(read == used + unused + dead-lettered; docs/ALI_CCP.md).
 """
 
 import json

@@ -4,19 +4,10 @@ Flow: sample_skeleton_*.csv + common_features_*.csv -> aliccp_join.ReadParseRele
 (lines parsed by **this module's rules**: `ReleaseLineParser` in columns where a line is
 plain, `parse_skeleton_line` / `parse_common_line` for every other line, which decide
 and word every dead letter) -> aliccp_join.BucketedJoinCommonFeatures -> labelled
-batches -> job.write_outputs. docs/ALI_CCP.md documents the layout, the labels and every
-dead-letter reason; in short:
-
-  sample_skeleton: sample_id, click, buy, md5, feature_num, feature_list
-  common_features: md5, feature_num, feature_list
-  feature_list: `field \\x02 feature_id \\x03 value` items joined by `\\x01`
-
-A spec feature named `field_feature_name(field)` takes a field: multivalent, every id in
-order (the values as `<name>__weight` if weighted); scalar, its single id (a second item
-is repeated_single_valued_field); dtype string / int: the id, float: the item's value.
-Fields the spec does not name are counted (`aliccp/ignored_items`) and ignored. Labels:
-click <- click, purchase <- buy (buy without click: data.orphan_event_policy). The
-Example keeps sample_id as impression_id and timestamp 0 (train/eval come from files).
+batches -> job.write_outputs. docs/ALI_CCP.md documents the layout (sample_skeleton /
+common_features lines, `field \\x02 feature_id \\x03 value` items joined by `\\x01`), the
+feature mapping (`field_feature_name`; dtype string / int takes the feature id, float the
+item's value), the labels and every dead-letter reason.
 
 A line is parsed in columns (`ReleaseLineParser`) only when it is plain, so that the
 columns are exactly what the line functions return (tests/test_aliccp.py compares them
@@ -317,11 +308,6 @@ def _rows_with(item_rows: np.ndarray, item_mask: np.ndarray, n: int) -> np.ndarr
   return np.bincount(item_rows[item_mask], minlength=n)[:n] > 0
 
 
-def as_bool(array) -> np.ndarray:
-  """A boolean array (or ChunkedArray) as numpy, null as False."""
-  return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
-
-
 class ReleaseLineParser:
   """Stripped lines of one kind ("skeleton" or "common") -> columns + odd lines.
 
@@ -366,17 +352,17 @@ class ReleaseLineParser:
     cell = lambda index: pc.list_element(parts, index)
     if self._kind == SKELETON:
       sample_id, click, buy, md5, count, feature_list = (cell(i) for i in range(6))
-      ok = (as_bool(pc.match_substring_regex(sample_id, "^" + _ID + "$"))
-            & as_bool(pc.match_substring_regex(click, "^[01]$"))
-            & as_bool(pc.match_substring_regex(buy, "^[01]$")))
+      ok = (parse.as_bool(pc.match_substring_regex(sample_id, "^" + _ID + "$"))
+            & parse.as_bool(pc.match_substring_regex(click, "^[01]$"))
+            & parse.as_bool(pc.match_substring_regex(buy, "^[01]$")))
       ok &= ~(pc.equal(buy, "1").to_numpy(zero_copy_only=False)
               & pc.equal(click, "0").to_numpy(zero_copy_only=False))
     else:
       md5, count, feature_list = (cell(i) for i in range(3))
       sample_id = None
       ok = np.ones(len(keep), dtype=bool)
-    ok &= as_bool(pc.match_substring_regex(md5, "^" + _ID + "$"))
-    ok &= as_bool(pc.match_substring_regex(count, _COUNT))
+    ok &= parse.as_bool(pc.match_substring_regex(md5, "^" + _ID + "$"))
+    ok &= parse.as_bool(pc.match_substring_regex(count, _COUNT))
     items = pc.split_pattern(feature_list, "\x01")
     item_counts = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
     counts = pc.cast(pc.if_else(pa.array(ok), count, "0"), pa.int64()).to_numpy(
@@ -402,7 +388,7 @@ class ReleaseLineParser:
       if not mine.any():
         continue
       if feature.dtype == "int":
-        bad_int = mine & ~as_bool(pc.match_substring_regex(feature_id, INT_ID))
+        bad_int = mine & ~parse.as_bool(pc.match_substring_regex(feature_id, INT_ID))
         ok &= ~_rows_with(item_rows, bad_int, len(keep))
       if not feature.multivalent:
         per_row = np.bincount(item_rows[mine], minlength=len(keep))

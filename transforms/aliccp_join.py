@@ -20,9 +20,8 @@ job.write_outputs. Rules, dead letters and counts (transforms/aliccp.py):
     the skeleton's values then the common row's (`concat_lists`), as
     `aliccp.FieldFeatures.merge` does. A row with a scalar on both sides goes through
     `FieldFeatures.merge` itself, which words its dead letter.
-  * counts: every skeleton row is written or dead-lettered; every common-features row
-    is used (its md5 met by >= 1 skeleton row of the split), unused (valid but met by
-    none: counted, not an error) or dead-lettered.
+  * counts (docs/ALI_CCP.md): every skeleton row is written or dead-lettered; every
+    common-features row is used, unused or dead-lettered.
 """
 
 from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union

@@ -8,18 +8,12 @@ layers. The layout is documented in `features/artifacts.py`:
     ascending); int tokens as decimal strings. Empty tokens and tokens holding a line
     break cannot live in a one-token-per-line file: they are not counted (they map to
     the OOV bucket like any other unknown token).
-  * normalize: population mean and variance, of log1p(max(x, 0)) when `log1p: true`.
-    Exact: the count and the sums of x and x^2 are kept as Python ints in units of
-    2^-1074 (every finite float64 is an integer multiple of it), so adding and merging
-    never round; mean and variance are computed from the exact sums at the end and
-    rounded once (`ExactMomentsCombineFn`).
-  * bucketize: exact quantiles of the histogram of the feature's values (one
-    (value, count) pair per distinct value): with N values and k = num_buckets, the
-    i-th quantile is the smallest value v with count(values <= v) >= i * N / k
-    (`histogram_quantiles`); the k - 1 interior ones, deduplicated, are the boundaries.
-    Memory: each bucketize feature's histogram is gathered on one worker, one pair per
-    distinct value, cheap for ints such as ages but as large as the data for a
-    high-cardinality float.
+  * normalize: population mean and variance, of log1p(max(x, 0)) when `log1p: true`,
+    from exact integer sums (`ExactMomentsCombineFn`).
+  * bucketize: the k - 1 interior exact quantiles of the feature's (value, count)
+    histogram, deduplicated (`histogram_quantiles`). Memory: each bucketize feature's
+    histogram is gathered on one worker, one pair per distinct value, cheap for ints
+    such as ages but as large as the data for a high-cardinality float.
   * hash: nothing to compute, `{"transform": "hash"}`.
 
 Only present values count (a missing feature adds nothing). Every statistic is a sum of

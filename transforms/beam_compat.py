@@ -3,31 +3,17 @@
 Flow position: pipeline.preprocess calls `prepare_local_parallelism(options)` before it
 builds the pipeline; nothing else in the job touches Beam internals.
 
-The race (apache_beam 2.61.0, runners/worker/data_plane.py; docs/SCALING.md 2.1):
-`TimeBasedBufferingClosableOutputStream` buffers a data stream and a `PeriodicThread`
-flushes it every `time_flush_threshold_ms` with `flush_callback(self.get())` then
-`self._clear()`, under `self._flush_lock`. `write()` (and the other `write_*` methods,
-inherited from the Cython `OutputStream`) take no lock, so bytes another thread writes
-between `get()` and `_clear()` are neither sent nor kept: they vanish without an error.
+The race (apache_beam 2.61.0, runners/worker/data_plane.py; docs/SCALING.md 2.1.1
+lists which streams have it): `TimeBasedBufferingClosableOutputStream`'s flusher thread
+runs `flush_callback(self.get())` then `self._clear()` under `self._flush_lock`, but
+`write()` and the `write_*` methods take no lock, so bytes written in between vanish.
 
-Who has such a stream (a stream with a time limit > 0):
-  * the FnApiRunner's side of every gRPC worker (`worker_handlers.GrpcServer` builds
-    `BeamFnDataServicer(DATA_BUFFER_TIME_LIMIT_MS)`, 1000 ms): the runner -> worker input
-    of every bundle, with DirectRunner `direct_running_mode` `multi_processing` or
-    `multi_threading` (any `direct_num_workers`);
-  * the SDK harness's worker -> runner outputs when the harness gets a time limit: the
-    in-process harness of `multi_threading` (`EmbeddedGrpcWorkerHandler`, 1000 ms), or any
-    harness started with `--experiments=data_buffer_time_limit_ms=N` (sdk_worker_main;
-    default 0, size-based flushing only, which has no thread and no race).
-`in_memory` mode uses `InMemoryDataChannel` without a time limit: not affected.
-
-The fix: `write`, every `write_*` and `close` hold the stream's flush lock (made
-re-entrant, because the Cython `write` calls `write_var_int64`, which dispatches to the
-overriding Python method). It is applied in this process, which is where the runner's
-streams and `multi_threading`'s harness live; `multi_processing` workers are separate
-processes whose streams have no time limit unless the experiment above is given, which
-`prepare_local_parallelism` refuses. The patch replaces methods of one class whose code
-it has been checked against, so it refuses any other Beam version (`CHECKED_VERSION`).
+The fix (docs/SCALING.md 2.1.2): `write`, every `write_*` and `close` hold the flush
+lock, made re-entrant because the Cython `write` calls the overriding `write_var_int64`.
+It patches this process (the runner's streams, `multi_threading`'s harness); a
+`multi_processing` worker's streams have no time limit unless
+`--experiments=data_buffer_time_limit_ms=N` is given, which `prepare_local_parallelism`
+refuses, as it refuses any Beam version but `CHECKED_VERSION`.
 """
 
 import threading

@@ -9,14 +9,9 @@ job.write_outputs. Train and eval come from separate files (`--train` / `--eval`
 file is read by one worker (the files are the unit of parallelism), and its batches are
 redistributed after reading.
 
-Layouts (`--source`; docs/ALI_CCP.md documents them, their labels and dead letters):
-  * rechub_csv: a CSV with a header `click,purchase,<columns>`; column `101` feeds the
-    spec feature `f101` (`aliccp.field_feature_name`); every spec feature needs a column.
-  * paddle_esmm: `id,click,ctcvr,field:feature_id,...` (purchase <- ctcvr).
-  * aliexpress: a CSV with the header `search_id,categorical_1,...,numerical_63,click,
-    conversion` (purchase <- conversion); `search_id` is written as the Example bytes
-    key `search_id` unless the spec names it as a feature.
-Every row's Example gets `impression_id` = "<file path>:<line>" and timestamp 0.
+Layouts (`--source` rechub_csv, paddle_esmm, aliexpress), their labels, AliExpress's
+`search_id` key and dead letters: docs/ALI_CCP.md. Every row's Example gets
+`impression_id` = "<file path>:<line>" and timestamp 0.
 
 A CSV row is parsed in columns only when it is plain, so that its columns are exactly
 `CsvRowParser`'s values (tests/test_transforms_derived.py compares them row by row): as
@@ -209,18 +204,18 @@ class CsvLineParser:
     labels = {}
     for label, _, index in self._row.label_columns:
       labels[label] = cell(index)
-      ok &= aliccp.as_bool(pc.match_substring_regex(labels[label], "^[01]$"))
-    ok &= ~(aliccp.as_bool(pc.equal(labels[aliccp.PURCHASE_LABEL], "1"))
-            & aliccp.as_bool(pc.equal(labels[aliccp.CLICK_LABEL], "0")))
+      ok &= parse.as_bool(pc.match_substring_regex(labels[label], "^[01]$"))
+    ok &= ~(parse.as_bool(pc.equal(labels[aliccp.PURCHASE_LABEL], "1"))
+            & parse.as_bool(pc.equal(labels[aliccp.CLICK_LABEL], "0")))
     metadata = None
     if self._row.id_column is not None:
       metadata = cell(self._row.id_column[1])
-      ok &= aliccp.as_bool(pc.match_substring_regex(metadata, "^" + aliccp.TEXT + "$"))
+      ok &= parse.as_bool(pc.match_substring_regex(metadata, "^" + aliccp.TEXT + "$"))
     typed_values = {}
     for feature in self._spec:
       raw = cell(self._column_of[feature.name])
-      matched = aliccp.as_bool(pc.match_substring_regex(raw, _CELL_PATTERNS[feature.dtype]))
-      ok &= matched | aliccp.as_bool(pc.equal(raw, ""))
+      matched = parse.as_bool(pc.match_substring_regex(raw, _CELL_PATTERNS[feature.dtype]))
+      ok &= matched | parse.as_bool(pc.equal(raw, ""))
       # Only matched cells are cast (the others cannot fail it: they are null).
       typed = pc.cast(pc.if_else(pa.array(matched), raw, pa.scalar(None, pa.string())),
                       _ARROW_TYPES[feature.dtype])

@@ -13,12 +13,9 @@ C++ `RecordBatchToExamplesEncoder` gives Examples that parse equal except for mi
 features (it writes a null as a present, empty Feature; the codec leaves the key out)
 but in another map order, so its bytes differ, and re-serializing them in Python does
 not restore the codec's order either (tests/test_transforms_encode.py pins both facts).
-So `ColumnarExampleEncoder` writes the protobuf wire format itself, column by column
-(framing bytes in numpy, `_build`; concatenations in pyarrow), and takes the map order
-of each pattern of present features from one Example the codec builds; `BatchEncoder`
-falls back to the codec, row by row, for small batches and for the few values the
-columnar encoder does not cover. An encoding error then goes to the dead-letter output
-with its reason rather than being lost.
+So `ColumnarExampleEncoder` writes the wire format itself, in columns, with the codec's
+map order; `BatchEncoder` falls back to the codec row by row, which words every
+encoding error as a dead letter.
 """
 
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple

@@ -4,15 +4,11 @@ Flow: used on both sides of the job's two shuffles, the join (join.py, aliccp_jo
 batches keyed by bucket) and the shard writer (write.py: lists of serialized Examples
 keyed by shard).
 
-What crosses a shuffle is held, encoded, by the runner: on DirectRunner every element of
-a GroupByKey's input sits in the runner process's memory at once, and on Dataflow it is
-the shuffle's bytes. Beam would pickle a RecordBatch (its Arrow buffers, uncompressed:
-about 590 B per simulated impression, the raw JSON line included) and code a list of
-Examples as it is (about 470 B each). An Arrow IPC stream compressed with zstd holds
-the join's sub-batches (about 128 rows) in about 127 B per row for about 1.4
-microseconds per row, and zstd holds the Examples in about 46 B each for about 0.4
-microseconds (measured on 8,192 rows of the simulated world). The payload is plain bytes,
-which every runner's coders move without pickling.
+What crosses a shuffle is held, encoded, by the runner (on DirectRunner every element of
+a GroupByKey's input sits in the runner's memory at once). Beam would pickle a
+RecordBatch uncompressed and code Examples as they are; zstd-compressed Arrow IPC and
+Example lists take about 4.6x and 10x fewer bytes (docs/SCALING.md), as plain bytes that
+every runner's coders move without pickling.
 """
 
 import io

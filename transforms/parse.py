@@ -20,14 +20,12 @@ is parsed in columns only where that gives the same result:
     (strings as strings, integers as int64, floats as float64, lists thereof) is cast in
     columns and checked as above; any other batch goes row by row through the line
     rules, with `batch.to_pylist()` payloads.
-  * Bad values the spec does not describe: a timestamp outside int64 or before
-    2000-01-01 (MIN_TIMESTAMP) and a string with a lone surrogate (JSON "\\ud800") are
-    `bad_value`; a list of more than MAX_LIST_LENGTH elements or a string of more than
-    MAX_STRING_CHARS characters is `too_long` (ImpressionParser / EventParser take other
-    limits). No single line stops the job: a line the line rules fail on in any other
-    way (MemoryError, a bug) is a `parser_error` dead letter naming the exception; a line
-    with many brackets goes through the line rules, where JSON nested deeper than
-    Python's recursion limit (e.g. 100,000 levels) is `unparseable_json`.
+  * Bad values the spec does not describe: a timestamp before MIN_TIMESTAMP or outside
+    int64, a lone surrogate (`bad_value`), a list or string over MAX_LIST_LENGTH /
+    MAX_STRING_CHARS (`too_long`). No single line stops the job: any other failure of
+    the line rules is a `parser_error` (`line_error`), and a line with more than
+    MAX_JSON_BRACKETS brackets goes through the line rules (`unparseable_json` when
+    nested deeper than Python's recursion limit).
 
 Output schemas (one row per kept record, in file order within a batch):
   impressions: file: string, line: int64, record: string (the JSON line's text; null
@@ -110,6 +108,21 @@ def _list_rows_with(list_array: pa.Array, element_mask: np.ndarray, n: int) -> n
 
 def _null_mask(array: pa.Array) -> np.ndarray:
   return array.is_null().to_numpy(zero_copy_only=False)
+
+
+def as_bool(array) -> np.ndarray:
+  """A boolean array (or ChunkedArray) as numpy, null as False."""
+  return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+
+
+def _not_finite(array: pa.Array) -> np.ndarray:
+  """bool: inf or NaN floats (null: False)."""
+  return as_bool(pc.invert(pc.is_finite(array)))
+
+
+def _null_or_empty(strings: pa.Array) -> np.ndarray:
+  return _null_mask(strings) | (pc.binary_length(strings).fill_null(0).to_numpy(
+      zero_copy_only=False) == 0)
 
 
 class FieldError(ValueError):
@@ -275,22 +288,19 @@ class _Parser:
     more than MAX_JSON_BRACKETS opening brackets."""
     n = batch.num_rows
     timestamps = batch.column(batch.schema.get_field_index(spec_lib.TIMESTAMP_KEY))
-    bad = pc.fill_null(pc.less(timestamps, MIN_TIMESTAMP), False).to_numpy(
-        zero_copy_only=False)
+    bad = as_bool(pc.less(timestamps, MIN_TIMESTAMP))
     for column in batch.columns:
       strings = column
       if pa.types.is_list(column.type):
-        bad |= pc.fill_null(pc.greater(pc.list_value_length(column), self.max_list_length),
-                            False).to_numpy(zero_copy_only=False)
+        bad |= as_bool(pc.greater(pc.list_value_length(column), self.max_list_length))
         strings = pc.list_flatten(column)
       if pa.types.is_string(strings.type):
-        long = pc.fill_null(pc.greater(pc.utf8_length(strings), self.max_string_chars),
-                            False).to_numpy(zero_copy_only=False)
+        long = as_bool(pc.greater(pc.utf8_length(strings), self.max_string_chars))
         bad |= _list_rows_with(column, long, n) if strings is not column else long
     if texts is not None:
       texts = pa.array(texts, pa.string())
       brackets = pc.add(pc.count_substring(texts, "["), pc.count_substring(texts, "{"))
-      bad |= pc.greater(brackets, MAX_JSON_BRACKETS).to_numpy(zero_copy_only=False)
+      bad |= as_bool(pc.greater(brackets, MAX_JSON_BRACKETS))
     return bad
 
   def _checked(self, file: str, lines: np.ndarray, records: Optional[Sequence[Any]],
@@ -438,8 +448,7 @@ class ImpressionParser(_Parser):
   def suspicious_rows(self, table: pa.RecordBatch) -> np.ndarray:
     n = table.num_rows
     ids = table.column(spec_lib.IMPRESSION_ID_KEY)
-    bad = _null_mask(ids) | (pc.binary_length(ids).fill_null(0).to_numpy(
-        zero_copy_only=False) == 0)
+    bad = _null_or_empty(ids)
     for key in (spec_lib.TIMESTAMP_KEY, USER_ID_KEY, ITEM_ID_KEY):
       bad |= _null_mask(table.column(key))
     for feature in self._spec:
@@ -448,13 +457,12 @@ class ImpressionParser(_Parser):
         elements = pc.list_flatten(column)
         element_bad = _null_mask(elements)
         if feature.dtype == "float":
-          element_bad |= ~pc.is_finite(elements).fill_null(True).to_numpy(zero_copy_only=False)
+          element_bad |= _not_finite(elements)
         bad |= _list_rows_with(column, element_bad, n)
         if feature.weighted:
           weights = table.column(feature.weight_key)
           weight_elements = pc.list_flatten(weights)
-          weight_bad = _null_mask(weight_elements) | ~pc.is_finite(weight_elements).fill_null(
-              True).to_numpy(zero_copy_only=False)
+          weight_bad = _null_mask(weight_elements) | _not_finite(weight_elements)
           bad |= _list_rows_with(weights, weight_bad, n)
           has_values, has_weights = ~_null_mask(column), ~_null_mask(weights)
           bad |= has_weights & ~has_values
@@ -464,7 +472,7 @@ class ImpressionParser(_Parser):
               zero_copy_only=False)
           bad |= both & (lengths != weight_lengths)
       elif feature.dtype == "float":
-        bad |= ~pc.is_finite(column).fill_null(True).to_numpy(zero_copy_only=False)
+        bad |= _not_finite(column)
     return bad
 
   def fill_missing(self, table: pa.Table) -> pa.Table:
@@ -521,10 +529,9 @@ class EventParser(_Parser):
     bad = _null_mask(table.column(spec_lib.TIMESTAMP_KEY))
     for key in (spec_lib.IMPRESSION_ID_KEY, EVENT_KEY):
       column = table.column(key)
-      bad |= _null_mask(column) | (pc.binary_length(column).fill_null(0).to_numpy(
-          zero_copy_only=False) == 0)
+      bad |= _null_or_empty(column)
     known = pc.is_in(table.column(EVENT_KEY), value_set=self._event_types)
-    bad |= ~known.fill_null(False).to_numpy(zero_copy_only=False)
+    bad |= ~as_bool(known)
     return bad
 
   def row_values(self, parsed):
