@@ -21,11 +21,11 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
-# Tests run on TEST_WORKERS pytest-xdist processes; --dist loadgroup keeps the tests of a
+# Tests run on TEST_WORKERS pytest-xdist processes; --dist loadscope keeps the tests of a
 # module-scoped fixture on one worker (tests/conftest.py), and pytest.ini's --durations=15
 # lists the slowest tests at the end.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 ## test: the whole suite, end-to-end (slow) tests included, as CI runs it.
 test: $(STAMP)

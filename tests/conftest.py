@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -39,12 +40,9 @@ autograph_config.CONVERSION_RULES = tuple(
         autograph_config.CONVERSION_RULES)
 
 DONE = "DONE"  # written last into a shared build's directory
-# Module-scoped fixtures too cheap to keep their tests on one worker: a JSON file read,
-# a view of the session's small_world.
-CHEAP_MODULE_FIXTURES = {"golden", "inputs"}
 # Modules that share a build through a directory of their own under the worker's temp
 # directory (tests/test_serving.py's shared_workdir: the served ESMM), not through a
-# fixture of this file: one xdist group, so that build is made by one worker only.
+# fixture of this file: one xdist work unit, so that build is made by one worker only.
 SHARED_DIRECTORY_GROUPS = {"tests.test_serving": "serving_shared",
                            "tests.test_predict_cli": "serving_shared",
                            "tests.test_benchmarks": "serving_shared"}
@@ -96,57 +94,48 @@ def small_world(tmp_path_factory) -> dict:
   return build_once(tmp_path_factory, "small_world", small_world_lib.build)
 
 
-def _module_fixtures(item) -> set:
-  """Names of the module-, class- or package-scoped fixtures `item` uses (its closure),
-  less CHEAP_MODULE_FIXTURES."""
-  return {definition.argname
-          for definitions in item._fixtureinfo.name2fixturedefs.values()  # pylint: disable=protected-access
-          for definition in definitions
-          if definition.scope in ("module", "class", "package")
-          and definition.argname not in CHEAP_MODULE_FIXTURES}
+def _files_with_module_fixtures(tests_dir: str) -> set:
+  """Paths (relative to the rootdir, as in node ids) of the test files that define a
+  module-, class- or package-scoped fixture."""
+  found = set()
+  for name in sorted(os.listdir(tests_dir)):
+    if name.startswith("test_") and name.endswith(".py"):
+      with open(os.path.join(tests_dir, name)) as f:
+        if re.search(r'fixture\(scope="(module|class|package)"', f.read()):
+          found.add(f"{os.path.basename(tests_dir)}/{name}")
+  return found
 
 
-def xdist_groups(items) -> dict:
-  """nodeid -> xdist group name, for the tests that must share a worker.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist loadscope` (make test): a test file with a module-scoped fixture is one work
+  unit, so its fixture is built on one worker only; every other test is its own unit.
 
-  Within a module, tests that use a common module-scoped fixture (directly or through
-  another fixture) form one group named after the module and that fixture, so the
-  fixture is built on one worker only; tests of independent fixtures (e.g. the two
-  clusters of tests/test_multi_worker.py) may run on both workers at once.
-  SHARED_DIRECTORY_GROUPS puts whole modules into one group.
+  (pytest-xdist's own `--dist loadgroup` marks do nothing under pytest 9: it renames
+  item._nodeid, which pytest 9 no longer reads.) SHARED_DIRECTORY_GROUPS puts several
+  files into one unit. xdist hands out the largest units first; among single tests the
+  `slow` ones come first (pytest_collection_modifyitems).
   """
-  parent = {}
+  if config.getvalue("dist") != "loadscope":
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=g-import-not-at-top
+  grouped = _files_with_module_fixtures(os.path.join(str(config.rootpath), "tests"))
 
-  def find(key):
-    while parent.setdefault(key, key) != key:
-      key = parent[key]
-    return key
+  class SharedFixtureScheduling(LoadScopeScheduling):
 
-  uses = {}
-  for item in items:
-    module = item.module.__name__
-    if module in SHARED_DIRECTORY_GROUPS:
-      uses[item.nodeid] = [SHARED_DIRECTORY_GROUPS[module]]
-      continue
-    keys = sorted(f"{module}:{name}" for name in _module_fixtures(item))
-    for key in keys[1:]:
-      parent[find(key)] = find(keys[0])
-    uses[item.nodeid] = keys
-  return {nodeid: find(keys[0]) for nodeid, keys in uses.items() if keys}
+    def _split_scope(self, nodeid: str) -> str:
+      path = nodeid.split("::", 1)[0]
+      module = path[:-len(".py")].replace("/", ".")
+      if module in SHARED_DIRECTORY_GROUPS:
+        return SHARED_DIRECTORY_GROUPS[module]
+      return path if path in grouped else nodeid
+
+  return SharedFixtureScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-  """Schedules for pytest-xdist (`make test`: `-n 2 --dist loadgroup`), heaviest first.
-
-  Each test of an xdist group (see xdist_groups) runs on its group's worker; the others
-  are scheduled one by one. xdist hands out the largest groups first; among the rest the
-  end-to-end (`slow`) tests come first, so no long test is left alone on one worker at the
-  end of the run. The order changes nothing else: each test builds or reads its own
-  inputs.
-  """
+  """The end-to-end (`slow`) tests first, so that no long test is left alone on one xdist
+  worker at the end of the run. The order changes nothing else: each test builds or reads
+  its own inputs."""
   del config  # unused
-  groups = xdist_groups(items)
-  for item in items:
-    if item.nodeid in groups:
-      item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
