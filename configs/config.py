@@ -89,6 +89,26 @@ def _utc_midnight(date: str) -> int:
                                tzinfo=datetime.timezone.utc).timestamp())
 
 
+DAY_S = 86400
+# train.validation_from's value for "the day before the data's eval day" (resolved by
+# training.data.resolve_validation_from from OUTPUT/SPLIT_DATES_FILE).
+AUTO = "auto"
+# OUTPUT/split.json: {"eval_from": "YYYY-MM-DD", "eval_from_timestamp": s, "chosen_by":
+# "config" | "data"}, written by the --source log job (transforms.job), read by training.
+SPLIT_DATES_FILE = "split.json"
+
+
+def utc_day(timestamp: int) -> str:
+  """Unix seconds -> "YYYY-MM-DD" of its UTC day."""
+  return datetime.datetime.fromtimestamp(int(timestamp) - int(timestamp) % DAY_S,
+                                         tz=datetime.timezone.utc).date().isoformat()
+
+
+def day_before(date: str) -> str:
+  """"YYYY-MM-DD" -> the previous calendar day, "YYYY-MM-DD"."""
+  return (datetime.date.fromisoformat(str(date)) - datetime.timedelta(days=1)).isoformat()
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
   """One label derived from behaviour events.
@@ -129,14 +149,16 @@ class DataConfig:
       `event_without_click`; the impression keeps the labels of its valid events) or
       "infer_click" (the event implies a click; click is set to 1).
     eval_from: UTC date "YYYY-MM-DD"; impressions at or after its midnight go to the
-      eval split, earlier ones to train.
+      eval split, earlier ones to train. None (the default) = the last UTC day present
+      among the labelled impressions is eval, every earlier day train (the job records
+      the day in OUTPUT/split.json). Only --source log splits by date.
     train_shards, eval_shards: number of TFRecord files per split.
   """
 
   labels: Tuple[LabelConfig, ...] = DEFAULT_LABELS
   attribution_window_s: int = 86400
   orphan_event_policy: str = "dead_letter"
-  eval_from: str = "2026-01-08"
+  eval_from: Optional[str] = None
   train_shards: int = 4
   eval_shards: int = 2
 
@@ -145,9 +167,9 @@ class DataConfig:
     return [label.name for label in self.labels]
 
   @property
-  def eval_from_timestamp(self) -> int:
-    """`eval_from` as unix seconds (UTC midnight)."""
-    return _utc_midnight(self.eval_from)
+  def eval_from_timestamp(self) -> Optional[int]:
+    """`eval_from` as unix seconds (UTC midnight), or None (derived from the data)."""
+    return None if self.eval_from is None else _utc_midnight(self.eval_from)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +229,9 @@ class TrainConfig:
     eval_batch_size: batch size of evaluation and export warm-up.
     validation_from: UTC date "YYYY-MM-DD"; train-split examples at or after its
       midnight are the validation split, the earlier ones are trained on (must be
-      before data.eval_from: the eval split is never validation). None = no split.
+      before data.eval_from: the eval split is never validation). "auto" = the day
+      before the eval day the preprocessing job recorded (OUTPUT/split.json; resolved
+      by training.data.resolve_validation_from). None = no split.
     validation_fraction: instead of a date, hold out this fraction (0 < f < 1) of the
       train split by a stable hash of impression_id. At most one of the two.
     early_stopping_patience: stop after this many epochs without a lower validation
@@ -261,7 +285,14 @@ class TrainConfig:
 
   @property
   def validation_from_timestamp(self) -> Optional[int]:
-    """`validation_from` as unix seconds (UTC midnight), or None."""
+    """`validation_from` as unix seconds (UTC midnight), or None.
+
+    Raises:
+      ValueError: "auto" not yet resolved against the data, or a malformed date.
+    """
+    if self.validation_from == AUTO:
+      raise ValueError("train.validation_from 'auto' is resolved against the data first "
+                       "(training.data.resolve_validation_from)")
     return None if self.validation_from is None else _utc_midnight(self.validation_from)
 
   @property
@@ -393,12 +424,13 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
   if train.validation_from is not None and train.validation_fraction is not None:
     raise ConfigError(f"{source}: set at most one of train.validation_from and "
                       f"train.validation_fraction")
-  if train.validation_from is not None:
+  if train.validation_from not in (None, AUTO):
     try:
       start = train.validation_from_timestamp
     except ValueError as e:
-      raise ConfigError(f"{source}: train.validation_from must be YYYY-MM-DD: {e}") from e
-    if start >= data.eval_from_timestamp:
+      raise ConfigError(f"{source}: train.validation_from must be YYYY-MM-DD or "
+                        f"'{AUTO}': {e}") from e
+    if data.eval_from is not None and start >= data.eval_from_timestamp:
       raise ConfigError(f"{source}: train.validation_from {train.validation_from!r} must be "
                         f"before data.eval_from {data.eval_from!r} (validation days are "
                         f"training days; the eval split stays held out)")

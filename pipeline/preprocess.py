@@ -68,6 +68,7 @@ from transforms import job
 from transforms import outputs as outputs_lib
 from transforms import read
 from transforms import stats as stats_lib
+from training import data as training_data
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))
@@ -139,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                            "configs/aliexpress.yaml).")
   parser.add_argument("--eval_from", default=None,
                       help="--source log: YYYY-MM-DD (UTC): impressions from this day on "
-                           "are eval; overrides data.eval_from. Other sources split by file.")
+                           "are eval; overrides data.eval_from. Without either, the last "
+                           "UTC day present in the logs is eval (recorded in "
+                           "OUTPUT/split.json). Other sources split by file.")
   parser.add_argument("--schema", default=None,
                       help="TFDV schema.pbtxt to validate both splits against (writes "
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
@@ -365,12 +368,16 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if success_marker.remove_success_marker(args.output):
     logging.info("Removed the success marker of a previous run in %s", args.output)
   remove_previous_shards(paths)
+  split_dates = job.split_dates_path(paths)
+  if FileSystems.exists(split_dates):  # A file source writes none: no stale eval day.
+    FileSystems.delete([split_dates])
   if FileSystems.exists(paths.counts):
     logging.warning("%s holds a previous run; its files are overwritten", args.output)
   job.write_run_inputs(paths, config)
   logging.info("Preprocessing --source %s %s -> %s (config %s, labels %s%s)", args.source,
                patterns, args.output, args.config, config.data.label_names,
-               f", eval from {config.data.eval_from}" if args.source == LOG else
+               f", eval from {config.data.eval_from or 'the last day present'}"
+               if args.source == LOG else
                ", train/eval by file")
 
   start = time.time()
@@ -382,6 +389,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   logging.info("Pipeline finished in %.1f s with state %s", seconds, state)
 
   counts = job.check_run(paths, seconds)
+  if args.source == LOG:
+    dates = training_data.read_split_dates(args.output) or {}
+    logging.info("Eval split: impressions from %s (UTC) on, chosen by the %s",
+                 dates.get("eval_from"), dates.get("chosen_by"))
   check_splits_not_empty(counts, args, config)
   checked = job.check_schema(paths, spec, config.data.label_names,
                                         schema_path=args.schema,
@@ -398,6 +409,11 @@ def split_setting(args: argparse.Namespace, config: config_lib.ExperimentConfig,
   """The setting that decides what goes into `split`, for an error message."""
   if args.source == LOG:
     side = "at or after" if split == "eval" else "before"
+    if config.data.eval_from is None:
+      dates = training_data.read_split_dates(args.output) or {}
+      return (f"it holds the impressions {side} {dates.get('eval_from')}, the last day "
+              f"present in the logs (data.eval_from unset, config {args.config}): the logs "
+              f"need at least two UTC days, or set --eval_from (or data.eval_from)")
     return (f"it holds the impressions {side} data.eval_from {config.data.eval_from} "
             f"(config {args.config}): set --eval_from (or data.eval_from) to a day inside "
             f"the logs")

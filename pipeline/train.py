@@ -50,7 +50,9 @@ flags.DEFINE_bool("skip_corrupt_records", False,
 flags.DEFINE_bool("deterministic_ops", None,
                   "Override train.deterministic_ops (tf.config.experimental."
                   "enable_op_determinism: bit-identical reruns and resumes on CPU).")
-flags.DEFINE_string("validation_from", None, "Override train.validation_from (YYYY-MM-DD).")
+flags.DEFINE_string("validation_from", None,
+                    "Override train.validation_from (YYYY-MM-DD, or 'auto' = the day "
+                    "before the eval day recorded in DATA/split.json).")
 flags.DEFINE_integer("early_stopping_patience", None,
                      "Override train.early_stopping_patience (0 = never stop early).")
 flags.DEFINE_enum("calibration", None, list(config_lib.CALIBRATIONS),

@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from configs import config as config_lib
 from features import parsing
 from features import spec as spec_lib
 from training import shard_check
@@ -115,6 +116,43 @@ def read_label_names(data_dir: str) -> List[str]:
   if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
     raise ValueError(f"{path}: expected a JSON list of label names, got {names!r}")
   return names
+
+
+def read_split_dates(data_dir: str) -> Optional[Dict[str, object]]:
+  """DATA/split.json (`configs.config.SPLIT_DATES_FILE`): the eval day the --source log
+  job used, {"eval_from": "YYYY-MM-DD", "eval_from_timestamp", "chosen_by"}; None when
+  the job wrote none (a file-split source, or data preprocessed before the file existed).
+  """
+  path = os.path.join(data_dir, config_lib.SPLIT_DATES_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def resolve_validation_from(train_config: config_lib.TrainConfig,
+                            data_dir: str) -> config_lib.TrainConfig:
+  """train_config with validation_from "auto" replaced by the day before DATA's eval day.
+
+  Any other value is returned unchanged.
+
+  Raises:
+    config_lib.ConfigError: "auto" on data without a recorded eval day (DATA/split.json).
+  """
+  if train_config.validation_from != config_lib.AUTO:
+    return train_config
+  dates = read_split_dates(data_dir) or {}
+  eval_from = dates.get("eval_from")
+  if not eval_from:
+    raise config_lib.ConfigError(
+        f"train.validation_from '{config_lib.AUTO}' is the day before the eval day recorded "
+        f"in {os.path.join(data_dir, config_lib.SPLIT_DATES_FILE)}, which is missing or "
+        f"empty (only pipeline.preprocess --source log writes it): set a date "
+        f"(YYYY-MM-DD) or train.validation_fraction")
+  validation_from = config_lib.day_before(eval_from)
+  logging.info("train.validation_from auto -> %s (the day before the data's eval day %s)",
+               validation_from, eval_from)
+  return dataclasses.replace(train_config, validation_from=validation_from)
 
 
 def check_labels(data_dir: str, required_labels: Sequence[str]) -> List[str]:

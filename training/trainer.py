@@ -351,7 +351,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   success_marker.check_success_marker(data_dir)
   strategy = strategy or tf.distribute.get_strategy()
   strategy_lib.log_strategy(strategy)
-  train_config = config.train
+  train_config = data.resolve_validation_from(config.train, data_dir)
   if train_config.deterministic_ops:
     tf.config.experimental.enable_op_determinism()
   tf_keras.utils.set_random_seed(train_config.seed)

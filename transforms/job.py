@@ -13,6 +13,7 @@ Every element is a pyarrow RecordBatch (thousands of records) up to the encoder:
       analyze (train)   AnalyzeBatches -> WriteTransformArtifacts   OUTPUT/transform/
     every dead-letter output -> WriteDeadLetters        OUTPUT/dead_letter/*.jsonl
     every count -> WriteCounts                          OUTPUT/counts.json
+    the split's cut -> WriteSplitDates                  OUTPUT/split.json (eval_from)
 
 The file-split sources replace read/parse/join/label/split and share write_outputs:
   * PreprocessAliCcp: the raw Ali-CCP release, ReadParseRelease -> BucketedJoinCommonFeatures
@@ -32,6 +33,7 @@ validation), which raise `PreprocessError`s with readable messages.
 """
 
 import json
+import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from absl import logging
@@ -75,7 +77,8 @@ class Preprocess(beam.PTransform):
   Args:
     impressions, events: globs (or lists of globs) of raw log files.
     output_dir: OUTPUT (local or gs://).
-    data_config: labels, attribution window, orphan policy, eval_from, shard counts.
+    data_config: labels, attribution window, orphan policy, eval_from (None = the last
+      UTC day present among the labelled impressions), shard counts.
     spec: the feature spec.
     statistics: also compute TFDV statistics of both splits.
     num_buckets: hash buckets of impression_id for the join's shuffle.
@@ -118,6 +121,9 @@ class Preprocess(beam.PTransform):
         "impressions_labelled", interval)
     split_batches = labelled_batches | "SplitByTime" >> split_lib.SplitBatchesByTime(
         config.eval_from_timestamp)
+    _ = split_batches[split_lib.EVAL_FROM] | "WriteSplitDates" >> beam.Map(
+        write_split_dates, split_dates_path(self._paths),
+        "config" if config.eval_from is not None else "data")
 
     def tagged(path):
       return beam.Map(lambda n: (path, n))
@@ -288,6 +294,25 @@ class PreprocessDerived(_FileSplitPreprocess):
     return write_outputs(splits, dead_letters, counts, self._paths, self._data_config,
                          self._spec, self._statistics, sources=(dl.IMPRESSIONS,),
                          metadata_keys=derived.metadata_keys(self._layout, self._spec))
+
+
+def split_dates_path(paths: outputs_lib.OutputPaths) -> str:
+  """OUTPUT/split.json: the eval day the --source log job used."""
+  return os.path.join(paths.root, config_lib.SPLIT_DATES_FILE)
+
+
+def write_split_dates(eval_from_timestamp: Optional[int], path: str, chosen_by: str) -> str:
+  """Records the eval split's first day, {"eval_from": "YYYY-MM-DD" or None,
+  "eval_from_timestamp": unix s, "chosen_by": "config" (data.eval_from / --eval_from) or
+  "data" (the last day present)}; returns the path."""
+  eval_from = None if eval_from_timestamp is None else config_lib.utc_day(eval_from_timestamp)
+  logging.info("Eval split: impressions from %s (UTC) on (chosen by the %s)", eval_from,
+               chosen_by)
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump({"eval_from": eval_from, "eval_from_timestamp": eval_from_timestamp,
+               "chosen_by": chosen_by}, f, sort_keys=True)
+  return path
 
 
 def write_run_inputs(paths: outputs_lib.OutputPaths, config: config_lib.ExperimentConfig) -> None:
