@@ -73,6 +73,18 @@ def test_validation_is_the_last_training_day_and_partitions_the_train_split(inpu
   assert min(evaluation.values()) >= config.data.eval_from_timestamp > max(train.values())
 
 
+def test_a_validation_day_before_the_data_is_a_config_error_naming_the_flag(inputs):
+  """Every train example would be validation: one line naming the setting and its flag."""
+  validation_from = "2025-12-01"
+  config = config_lib.load_config(inputs["config"], overrides={
+      "train": {"validation_from": validation_from}})
+  with pytest.raises(config_lib.ConfigError) as raised:
+    trainer.plan_inputs(inputs["data"], config.train)
+  message = str(raised.value)
+  assert f"train.validation_from (--validation_from) {validation_from}" in message
+  assert data.split_pattern(inputs["data"], "train") in message
+
+
 def test_corrupt_train_shard_fails_before_training_naming_the_shard(inputs, tmp_path):
   data_dir = copy_data(inputs, tmp_path)
   broken = sorted(tf.io.gfile.glob(data.split_pattern(data_dir, "train")))[1]

@@ -203,7 +203,7 @@ def plan_inputs(data_dir: str, train_config: config_lib.TrainConfig,
 
   Raises:
     shard_check.CorruptShardError: a corrupt shard (unless skip_corrupt_records).
-    ValueError: the validation split takes all or none of the train split.
+    config_lib.ConfigError: the validation split takes all or none of the train split.
   """
   validation = validation_split(train_config)
   train_report = shard_check.verify_shards(
@@ -215,11 +215,14 @@ def plan_inputs(data_dir: str, train_config: config_lib.TrainConfig,
   validation_examples = train_report.matching if validation else 0
   train_examples = train_report.records - validation_examples
   if validation and not (validation_examples and train_examples):
-    raise ValueError(
-        f"{data.split_pattern(data_dir, 'train')}: the validation split "
-        f"({train_config.validation_from or train_config.validation_fraction}) leaves "
+    setting = ("train.validation_from (--validation_from)"
+               if train_config.validation_from is not None else
+               "train.validation_fraction")
+    raise config_lib.ConfigError(
+        f"{data.split_pattern(data_dir, 'train')}: {setting} "
+        f"{train_config.validation_from or train_config.validation_fraction} leaves "
         f"{train_examples} train and {validation_examples} validation examples; both must "
-        f"be > 0 (train.validation_from must fall inside the training days)")
+        f"be > 0 (choose a day inside the training days, before data.eval_from)")
   return InputPlan(train_report, eval_report, validation, train_examples,
                    validation_examples, eval_report.records if eval_report else 0)
 
