@@ -24,20 +24,8 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tensorflow.python.autograph.core import config as autograph_config  # pylint: disable=wrong-import-position,g-direct-tensorflow-import
+import models  # pylint: disable=wrong-import-position,unused-import  (models/autograph_rules.py before any test traces)
 from tests import small_world as small_world_lib  # pylint: disable=wrong-import-position
-
-# AutoGraph leaves the packages of its CONVERSION_RULES as written (tensorflow, keras,
-# numpy, ...) but not tf_keras, the same Keras 2 code under another name, nor TFRS: it
-# would transpile every Keras and TFRS function a tf.function calls, which costs ~55 of a
-# 5-step train_and_export's ~75 CPU seconds (tests/test_training_inputs.py's config).
-# Code that needs AutoGraph (Python control flow on tensors) fails loudly without it.
-_NOT_CONVERTED = ("tf_keras", "tensorflow_recommenders")
-# This sets it for the pytest process only: the CLIs that tests run as subprocesses
-# transpile as before until the library sets the same rule.
-autograph_config.CONVERSION_RULES = tuple(
-    autograph_config.DoNotConvert(name) for name in _NOT_CONVERTED) + tuple(
-        autograph_config.CONVERSION_RULES)
 
 DONE = "DONE"  # written last into a shared build's directory
 # Modules that share a build through a directory of their own under the worker's temp
