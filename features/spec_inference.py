@@ -1,6 +1,6 @@
 """A starter feature spec and experiment config inferred from a sample of raw logs.
 
-Flow: the user's raw logs (the raw log contract, README "The raw log contract") ->
+Flow: the user's raw logs (the raw log contract, docs/COMMANDS.md "The raw log contract") ->
 **this module** (pipeline.init is its entry point) -> DIR/features.yaml + DIR/config.yaml
 -> pipeline.preprocess --config DIR/config.yaml -> pipeline.train -> ...
 
@@ -858,7 +858,7 @@ def _check_contract_fields(stats: Dict[str, FieldStats], scan: LogScan) -> None:
   hint = ", ".join(f"{f.name} ({f.distinct:,} distinct)" for f in candidates)
   raise InferenceError(
       f"{scan.files[0]}: the impressions have no {' / '.join(missing)} field (the raw log "
-      f"contract, README 'The raw log contract', requires impression_id, timestamp, "
+      f"contract, docs/COMMANDS.md 'The raw log contract', requires impression_id, timestamp, "
       f"user_id, item_id): rename your columns to these names"
       + (f" (the fields with the most distinct values: {hint})" if hint else ""))
 
