@@ -40,7 +40,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -343,14 +343,22 @@ def _cached(cache: str, redraws: int) -> bool:
           and result.get("redraw_method", EXPORTED_METHOD) == EXPORTED_METHOD)
 
 
-def _worker(run_dir: str, data_dir: str, truth_dir: str, redraws: int = REDRAWS) -> str:
-  cache = os.path.join(run_dir, CACHE)
-  if not _cached(cache, redraws):
-    result = score_run(run_dir, data_dir, truth_dir, redraws)
+def cache_json(cache: str, fresh: Callable[[str], bool],
+               compute: Callable[[], Dict[str, Any]]) -> str:
+  """Writes compute()'s result to `cache` as JSON unless fresh(cache); returns `cache`.
+  The write goes through CACHE.tmp and a rename, so a killed worker leaves no partial
+  cache (also benchmarks.choices' worker)."""
+  if not fresh(cache):
+    result = compute()
     with open(cache + ".tmp", "w") as f:
       json.dump(result, f, indent=1)
     os.replace(cache + ".tmp", cache)
   return cache
+
+
+def _worker(run_dir: str, data_dir: str, truth_dir: str, redraws: int = REDRAWS) -> str:
+  return cache_json(os.path.join(run_dir, CACHE), lambda cache: _cached(cache, redraws),
+                    lambda: score_run(run_dir, data_dir, truth_dir, redraws))
 
 
 def aggregate(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:

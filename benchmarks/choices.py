@@ -104,13 +104,8 @@ def score_run(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Dict[str
 
 
 def _worker(run_dir: str, data_dir: str, truth_dir: str) -> str:
-  cache = os.path.join(run_dir, CACHE)
-  if not os.path.exists(cache):
-    result = score_run(run_dir, data_dir, truth_dir)
-    with open(cache + ".tmp", "w") as f:
-      json.dump(result, f, indent=1)
-    os.replace(cache + ".tmp", cache)
-  return cache
+  return calibration_bench.cache_json(os.path.join(run_dir, CACHE), os.path.exists,
+                                      lambda: score_run(run_dir, data_dir, truth_dir))
 
 
 def train_and_score(mode_dir: str, world: Mapping[str, str], candidates: Sequence[str],
