@@ -37,7 +37,6 @@ the reason for every choice; `features.spec.load_feature_spec` and
 
 import collections
 import dataclasses
-import datetime
 import json
 import math
 import re
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from configs import config as config_lib
 from features import spec as spec_lib
 from transforms import parse as parse_lib
 from transforms import read as read_lib
@@ -58,7 +58,6 @@ from transforms import read as read_lib
 USER_ID_KEY = parse_lib.USER_ID_KEY
 ITEM_ID_KEY = parse_lib.ITEM_ID_KEY
 EVENT_KEY = parse_lib.EVENT_KEY
-DAY_S = 86400
 
 DEFAULT_SAMPLE_ROWS = 100_000
 DEFAULT_MAX_VOCABULARY = 1000
@@ -272,19 +271,15 @@ def tally_days(timestamps: pa.Array, counts: collections.Counter) -> None:
     raise InferenceError(
         f"impression timestamps go up to {int(values.max())}: the raw log contract's "
         f"timestamp is unix seconds (this looks like milliseconds: divide by 1000)")
-  days, per_day = np.unique(values // DAY_S, return_counts=True)
+  days, per_day = np.unique(values // config_lib.DAY_S, return_counts=True)
   for day, count in zip(days.tolist(), per_day.tolist()):
-    counts[_day_string(day)] += count
+    counts[config_lib.utc_day(day * config_lib.DAY_S)] += count
 
 
 def tally_values(values: pa.Array, counts: collections.Counter) -> None:
   """Adds rows per distinct non-null value."""
   for entry in values.drop_null().value_counts().to_pylist():
     counts[entry["values"]] += entry["counts"]
-
-
-def _day_string(day: int) -> str:
-  return (datetime.date(1970, 1, 1) + datetime.timedelta(days=int(day))).isoformat()
 
 
 # ---------------------------------------------------------------------------------------
@@ -803,8 +798,7 @@ def render_config(spec_file: str, mapping: EventMapping, dates: Dates,
   lines.append("  seed: 42")
   lines.append("  checkpoint_every_steps: 200")
   if dates.validation_from is not None:
-    day_before = (datetime.date.fromisoformat(dates.eval_from)
-                  - datetime.timedelta(days=1)).isoformat()
+    day_before = config_lib.day_before(dates.eval_from)
     which = ("the day before eval_from" if dates.validation_from == day_before
              else f"the last day before eval_from in the logs (none on {day_before})")
     lines.append(f'  validation_from: "{dates.validation_from}"  # {which}, the last training '
