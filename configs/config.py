@@ -56,10 +56,22 @@ def resolve_path(path: str, what: str = "config file") -> str:
                     f"{os.getcwd()} and the project root {PROJECT_ROOT})")
 
 
+def closest_name(name: str, *candidate_lists, cutoff: float = 0.6) -> Optional[str]:
+  """The closest (difflib) of the first candidate list with one close enough, or None.
+
+  The did-you-mean of config keys here and of pipeline.preprocess's flags.
+  """
+  for candidates in candidate_lists:
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=cutoff)
+    if close:
+      return close[0]
+  return None
+
+
 def _nearest(name: str, allowed, prefix: str = "") -> str:
   """' (did you mean <prefix><closest>?)' or '' when nothing is close."""
-  close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
-  return f" (did you mean {prefix}{close[0]}?)" if close else ""
+  close = closest_name(name, allowed)
+  return f" (did you mean {prefix}{close}?)" if close else ""
 
 
 def unknown_keys_message(unknown, allowed, section: str = "") -> str:
@@ -100,7 +112,7 @@ SPLIT_DATES_FILE = "split.json"
 
 def utc_day(timestamp: int) -> str:
   """Unix seconds -> "YYYY-MM-DD" of its UTC day."""
-  return datetime.datetime.fromtimestamp(int(timestamp) - int(timestamp) % DAY_S,
+  return datetime.datetime.fromtimestamp(int(timestamp),
                                          tz=datetime.timezone.utc).date().isoformat()
 
 

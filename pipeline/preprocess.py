@@ -40,7 +40,6 @@ readers check. A user error ends with one line `error: ...`, exit status 2
 """
 
 import argparse
-import difflib
 import os
 import sys
 import time
@@ -201,7 +200,7 @@ def check_beam_args(beam_args: Sequence[str], parser: argparse.ArgumentParser) -
 
   Beam would drop it with a warning and the job would run without it (`--eval_form
   2026-03-02` split on the config's date); a near miss of one of our flags or of a Beam
-  option is named (difflib).
+  option is named (configs.config.closest_name).
 
   Raises:
     cli.UserError: naming the first unknown flag.
@@ -215,9 +214,8 @@ def check_beam_args(beam_args: Sequence[str], parser: argparse.ArgumentParser) -
     flag = arg.split("=", 1)[0]
     if flag in known_beam:
       continue
-    close = (difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
-             or difflib.get_close_matches(flag, sorted(known_beam), n=1, cutoff=0.75))
-    hint = (f"did you mean {close[0]}?" if close else
+    close = config_lib.closest_name(flag, ours, known_beam, cutoff=0.75)
+    hint = (f"did you mean {close}?" if close else
             "see --help for this job's flags; Beam's are its PipelineOptions")
     raise cli.UserError(f"unknown flag {flag}: neither a pipeline.preprocess flag nor a Beam "
                         f"pipeline option ({hint})")
