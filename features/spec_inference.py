@@ -55,8 +55,8 @@ from features import spec as spec_lib
 from transforms import parse as parse_lib
 from transforms import read as read_lib
 
-USER_ID_KEY = parse_lib.USER_ID_KEY
-ITEM_ID_KEY = parse_lib.ITEM_ID_KEY
+USER_ID_KEY = spec_lib.USER_ID_KEY
+ITEM_ID_KEY = spec_lib.ITEM_ID_KEY
 EVENT_KEY = parse_lib.EVENT_KEY
 
 DEFAULT_SAMPLE_ROWS = 100_000
