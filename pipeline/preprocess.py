@@ -24,9 +24,9 @@ r"""Entry point: raw impression/event logs -> labelled TFRecords, artifacts, sta
 
 Flow: raw logs -> **this job** (transforms.job.Preprocess, or PreprocessAliCcp /
 PreprocessDerived by --source: one engine, every stage on pyarrow RecordBatches;
-docs/ALI_CCP.md) -> OUTPUT/ -> pipeline.train. At the start the job removes an old success marker and its own old
-TFRecord and dead-letter shards (`remove_previous_shards`: a rerun with fewer shards
-must not leave the extra ones behind, for the marker would list them). Flags this
+docs/ALI_CCP.md) -> OUTPUT/ -> pipeline.train. At the start the job removes an old success
+marker and its own old TFRecord and dead-letter shards (`remove_previous_shards`: a rerun
+with fewer shards must not leave the extra ones behind, for the marker would list them). Flags this
 module does not know must be Beam pipeline options (an option of a registered
 `PipelineOptions` class: --runner, --project, --temp_location, --direct_num_workers,
 ...), passed to `PipelineOptions` untouched, so the same command runs on DirectRunner and
@@ -229,18 +229,18 @@ def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
   """
   if workers < 0:
     raise job.PreprocessError(f"--local_workers {workers}: must be >= 0 "
-                                         f"(0 = one worker process per core)")
+                              f"(0 = one worker process per core)")
   clashes = [arg for arg in beam_args if arg.split("=")[0] in (
       "--direct_num_workers", "--direct_running_mode")]
   if clashes:
     raise job.PreprocessError(f"--local_workers sets the DirectRunner's worker "
-                                         f"options itself; drop {clashes}")
+                              f"options itself; drop {clashes}")
   runner = PipelineOptions(list(beam_args)).view_as(
       beam.options.pipeline_options.StandardOptions).runner
   if runner not in beam_compat.DIRECT_RUNNERS:
     raise job.PreprocessError(f"--local_workers runs on this machine "
-                                         f"(DirectRunner); it cannot be used with --runner "
-                                         f"{runner}")
+                              f"(DirectRunner); it cannot be used with --runner "
+                              f"{runner}")
   mode = "in_memory" if workers == 1 else "multi_processing"
   return [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
 
@@ -264,7 +264,7 @@ def input_patterns(args: argparse.Namespace) -> Dict[str, List[str]]:
   given = [f"--{flag}" for flag in others if getattr(args, flag) is not None]
   if given:
     raise job.PreprocessError(f"--source {args.source} does not use {given}; it "
-                                         f"reads {['--' + flag for flag in needed]}")
+                              f"reads {['--' + flag for flag in needed]}")
   patterns = {}
   for flag in needed:
     if not getattr(args, flag):
@@ -333,7 +333,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   args, pipeline_args = parse_args(argv)
   if args.eval_from and args.source != LOG:
     raise job.PreprocessError(f"--eval_from is for --source log; --source "
-                                         f"{args.source} takes train and eval from separate files")
+                              f"{args.source} takes train and eval from separate files")
   overrides = {"data": {"eval_from": args.eval_from}} if args.eval_from else None
   config = config_lib.load_config(args.config, overrides=overrides)
   spec = config.load_feature_spec()
@@ -392,9 +392,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.info("Eval split: impressions from %s (UTC) on, chosen by the %s",
                  dates.get("eval_from"), dates.get("chosen_by"))
   check_splits_not_empty(counts, args, config)
-  checked = job.check_schema(paths, spec, config.data.label_names,
-                                        schema_path=args.schema,
-                                        fail_on_anomalies=args.fail_on_anomalies)
+  checked = job.check_schema(paths, spec, config.data.label_names, schema_path=args.schema,
+                             fail_on_anomalies=args.fail_on_anomalies)
   if not args.schema:
     check_schema_has_features(checked["schema"], spec)
   marker = success_marker.write_success_marker(args.output, counts)
