@@ -304,10 +304,9 @@ def split_dates_path(paths: outputs_lib.OutputPaths) -> str:
 def write_split_dates(eval_from_timestamp: Optional[int], path: str, chosen_by: str) -> str:
   """Records the eval split's first day, {"eval_from": "YYYY-MM-DD" or None,
   "eval_from_timestamp": unix s, "chosen_by": "config" (data.eval_from / --eval_from) or
-  "data" (the last day present)}; returns the path."""
+  "data" (the last day present)}; returns the path. pipeline.preprocess logs the day from
+  this file once the job is done."""
   eval_from = None if eval_from_timestamp is None else config_lib.utc_day(eval_from_timestamp)
-  logging.info("Eval split: impressions from %s (UTC) on (chosen by the %s)", eval_from,
-               chosen_by)
   tf.io.gfile.makedirs(os.path.dirname(path))
   with tf.io.gfile.GFile(path, "w") as f:
     json.dump({"eval_from": eval_from, "eval_from_timestamp": eval_from_timestamp,
