@@ -254,7 +254,10 @@ class _Parser:
 
   # Row-parser fallback.
   def _row_parse(self, file: str, lines: Sequence[int], payloads: Sequence[Any],
-                 rows: List[Dict[str, Any]], dead: List[Dict[str, Any]]) -> None:
+                 dead: List[Dict[str, Any]]) -> pa.Table:
+    """Records through the line rules one by one: the kept rows as a table of
+    self.schema; each failing record's dead letter appended to `dead`."""
+    rows: List[Dict[str, Any]] = []
     for line, payload in zip(lines, payloads):
       try:
         values = self.row_values(self.validate(load_object(payload)))
@@ -267,15 +270,14 @@ class _Parser:
       values["line"] = line
       values["record"] = payload if isinstance(payload, str) else None
       rows.append(values)
+    return self._rows_table(file, rows)
 
   def parse_line_by_line(self, file: str, lines: Sequence[int], payloads: Sequence[Any]
                          ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]]]:
     """Records of one file through the line rules alone, one by one (the columnar paths'
     fallback): (kept rows as one batch, dead letters)."""
-    rows: List[Dict[str, Any]] = []
     dead: List[Dict[str, Any]] = []
-    self._row_parse(file, lines, payloads, rows, dead)
-    return _one_batch([self._rows_table(file, rows)], self.schema), dead
+    return _one_batch([self._row_parse(file, lines, payloads, dead)], self.schema), dead
 
   def _rows_table(self, file: str, rows: List[Dict[str, Any]]) -> pa.Table:
     columns = {name: [row.get(name) for row in rows] for name in self.schema.names}
@@ -320,10 +322,8 @@ class _Parser:
     if not suspicious.any():
       return table
     bad = np.flatnonzero(suspicious)
-    rows: List[Dict[str, Any]] = []
-    self._row_parse(file, lines[bad].tolist(), payloads(bad), rows, dead)
-    kept = table.filter(pa.array(~suspicious))
-    return pa.concat_tables([kept, self._rows_table(file, rows)])
+    reparsed = self._row_parse(file, lines[bad].tolist(), payloads(bad), dead)
+    return pa.concat_tables([table.filter(pa.array(~suspicious)), reparsed])
 
   # JSON Lines.
   def _read_json(self, texts: Sequence[str]) -> Optional[pa.Table]:
@@ -355,9 +355,7 @@ class _Parser:
                                     lambda rows, t=piece_texts: [t[i] for i in rows],
                                     values, dead))
       else:
-        rows: List[Dict[str, Any]] = []
-        self._row_parse(file, piece_lines.tolist(), piece_texts, rows, dead)
-        tables.append(self._rows_table(file, rows))
+        tables.append(self._row_parse(file, piece_lines.tolist(), piece_texts, dead))
     return _one_batch(tables, self.schema), dead
 
   # Parquet.
