@@ -41,7 +41,7 @@ setuptools.setup(
                 "preprocessing pipeline and SavedModel export.",
     python_requires=">=3.10,<3.12",
     packages=setuptools.find_packages(include=[
-        "configs", "features", "models", "models.*", "pipeline", "transforms",
+        "configs", "features", "layouts", "models", "models.*", "pipeline", "transforms",
         "transforms.*", "training", "evaluation", "serving", "simulation", "benchmarks"]),
     package_data={"configs": ["*.yaml", "features/*.yaml", "tuned/*.yaml"]},
     install_requires=INSTALL_REQUIRES,

@@ -61,13 +61,13 @@ from pipeline import cli
 cli.import_quietly("tensorflow_data_validation")  # before transforms.stats imports it
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from layouts import derived
+from training import data as training_data
 from transforms import beam_compat
-from transforms import derived
 from transforms import job
 from transforms import outputs as outputs_lib
 from transforms import read
 from transforms import stats as stats_lib
-from training import data as training_data
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(configs.__file__))

@@ -2,7 +2,7 @@
 
 The Ali-CCP release and the AliExpress data set cannot be downloaded here, so the engine
 golden test (tests/test_file_sources_golden.py) and `benchmarks.beam_preprocess --source`
-write files in their exact layouts (transforms/aliccp.py, transforms/derived.py),
+write files in their exact layouts (layouts/aliccp.py, layouts/derived.py),
 sized at will, from a seed, with a known share of bad lines of every kind:
 
   * `write_aliccp_release`: sample_skeleton + common_features files of train and test.

@@ -1,4 +1,4 @@
-"""transforms.aliccp, aliccp_join and --source ali_ccp: the raw Ali-CCP layout, written here
+"""layouts.aliccp, aliccp_join and --source ali_ccp: the raw Ali-CCP layout, written here
 byte for byte.
 
 The files use the release's separators (items joined by \\x01, field \\x02 feature id
@@ -21,11 +21,11 @@ from apache_beam.testing import test_pipeline
 
 from configs import config as config_lib
 from features import example_codec
+from layouts import aliccp
+from layouts import aliccp_join
 from pipeline import preprocess
 from simulation import release_layouts
 from transforms import accounting
-from transforms import aliccp
-from transforms import aliccp_join
 from transforms import dead_letter as dl
 from transforms import job
 from transforms import outputs as outputs_lib

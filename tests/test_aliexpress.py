@@ -20,12 +20,12 @@ from configs import config as config_lib
 from features import example_codec
 from features import spec as spec_lib
 from features import success_marker
+from layouts import aliccp
+from layouts import derived
 from pipeline import preprocess
 from simulation import release_layouts
 from tests import test_real_samples
-from transforms import aliccp
 from transforms import dead_letter as dl
-from transforms import derived
 from transforms import outputs as outputs_lib
 from transforms import parse as parse_lib
 

@@ -1,4 +1,4 @@
-"""transforms.derived: CSV rows parsed in columns are the line parser's rows.
+"""layouts.derived: CSV rows parsed in columns are the line parser's rows.
 
 Every row the columnar parser (`CsvLineParser`) takes must give exactly
 `CsvRowParser`'s labels, features and search_id; the rest (every dead letter among
@@ -9,11 +9,11 @@ AliExpress file. The whole reader is pinned by tests/test_file_sources_golden.py
 from configs import config as config_lib
 from features import example_codec
 from features import spec as spec_lib
+from layouts import aliccp
+from layouts import derived
 from simulation import release_layouts
 from tests import test_aliexpress
-from transforms import aliccp
 from transforms import dead_letter as dl
-from transforms import derived
 from transforms import parse as parse_lib
 
 SPEC = spec_lib.feature_spec_from_dict({"features": [

@@ -34,7 +34,7 @@ DUPLICATE_EVENT = "duplicate_event"
 EVENT_WITHOUT_CLICK = "event_without_click"
 TOO_LONG = "too_long"  # A list or string over the parser's limit (parse.MAX_LIST_LENGTH, ...).
 PARSER_ERROR = "parser_error"  # The line rules raised something else: a bug, or a hostile line.
-# Reasons of the Ali-CCP readers (transforms/aliccp.py, aliccp_join.py, derived.py).
+# Reasons of the Ali-CCP readers (layouts/aliccp.py, aliccp_join.py, derived.py).
 MALFORMED_LINE = "malformed_line"
 BAD_LABEL = "bad_label"
 MALFORMED_ITEM = "malformed_item"

@@ -17,10 +17,10 @@ Every element is a pyarrow RecordBatch (thousands of records) up to the encoder:
 
 The file-split sources replace read/parse/join/label/split and share write_outputs:
   * PreprocessAliCcp: the raw Ali-CCP release, ReadParseRelease -> BucketedJoinCommonFeatures
-    (CoGroupByKey on (split, hash bucket of md5); transforms/aliccp_join.py,
+    (CoGroupByKey on (split, hash bucket of md5); layouts/aliccp_join.py,
     docs/ALI_CCP.md).
   * PreprocessDerived: torch-rechub CSV, PaddleRec ESMM text or AliExpress CSV,
-    ReadDerivedBatches per split (transforms/derived.py).
+    ReadDerivedBatches per split (layouts/derived.py).
 
 The job has two shuffles, the join's (zstd-packed sub-batches per bucket,
 `transforms.packing`) and the shard writer's (`transforms.write`). Parquet rows carry
@@ -42,12 +42,12 @@ import tensorflow as tf
 
 from configs import config as config_lib
 from features import spec as spec_lib
+from layouts import aliccp
+from layouts import aliccp_join
+from layouts import derived
 from transforms import accounting
-from transforms import aliccp
-from transforms import aliccp_join
 from transforms import analyze
 from transforms import dead_letter as dl
-from transforms import derived
 from transforms import encode
 from transforms import join
 from transforms import label as label_lib
@@ -214,7 +214,7 @@ class PreprocessAliCcp(_FileSplitPreprocess):
 
   Reads skeleton and common-features files of each split (train and eval come from
   separate files), joins them on (split, md5) in hash buckets and labels click and
-  purchase (transforms/aliccp_join.py). counts.json has an "impressions" section (skeleton
+  purchase (layouts/aliccp_join.py). counts.json has an "impressions" section (skeleton
   rows) and a "common_features" section (read == used + unused + dead-lettered).
 
   Args:
@@ -267,7 +267,7 @@ class PreprocessDerived(_FileSplitPreprocess):
 
   Args:
     files: {"train": globs, "eval": globs} (e.g. train vs val/test files).
-    layout: "rechub_csv", "paddle_esmm" or "aliexpress" (transforms/derived.py).
+    layout: "rechub_csv", "paddle_esmm" or "aliexpress" (layouts/derived.py).
     output_dir, data_config, spec, statistics: as for `PreprocessAliCcp`.
     progress_interval_s: seconds between the progress lines of a worker (rows parsed
       per split).

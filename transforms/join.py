@@ -5,7 +5,7 @@ split.SplitBatchesByTime -> ... Every parsed batch is cut into sub-batches by a 
 bucket of impression_id (`bucket_of`, num_buckets configurable), the sub-batches cross
 the shuffle packed (zstd Arrow IPC, `transforms.packing`) and are co-grouped per bucket,
 and `label.BucketLabeler` joins and labels one bucket's impressions and events in
-columns. The Ali-CCP join (transforms/aliccp_join.py) buckets md5s the same way.
+columns. The Ali-CCP join (layouts/aliccp_join.py) buckets md5s the same way.
 
 Outputs: "records" (labelled RecordBatches, `label.BucketLabeler.output_schema`),
 "dead_letter", "attributed" (ints: attributed events per bucket, for the accounting).

@@ -2,7 +2,7 @@
 
 Flow: raw files -> **MatchFiles** -> a reader per file: `json_line_batches` (text, read
 in 4 MiB chunks) or `parquet_batches` -> the parsers (transforms/parse.py,
-transforms/aliccp.py, transforms/derived.py) -> ... Every record keeps its file and
+layouts/aliccp.py, layouts/derived.py) -> ... Every record keeps its file and
 1-based line (or 1-based Parquet row), so any dead letter can say where it came from.
 Blank lines are not records and are skipped (but counted in the line numbers).
 """

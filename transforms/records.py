@@ -1,7 +1,7 @@
 """Labelled records (the file-split sources' line parsers' dicts) -> labelled RecordBatches.
 
 Flow: aliccp_join / derived parse lines in columns, or with the line parsers' own code
-(`transforms.aliccp`, `transforms.derived`: every dead letter worded there), and gather
+(`layouts.aliccp`, `layouts.derived`: every dead letter worded there), and gather
 the kept rows here into RecordBatches, the element the rest of the job (encode,
 statistics, analyzers, shard writer) reads.
 

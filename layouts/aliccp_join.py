@@ -1,10 +1,10 @@
 """Read the raw Ali-CCP release and join it on md5 in hash buckets, on RecordBatches.
 
 Flow: sample_skeleton_*.csv + common_features_*.csv -> **ReadParseRelease** (per file:
-lines parsed by `transforms.aliccp`'s rules, kept rows gathered into RecordBatches and
+lines parsed by `layouts.aliccp`'s rules, kept rows gathered into RecordBatches and
 cut by a hash bucket of md5) -> **BucketedJoinCommonFeatures** (CoGroupByKey on (split,
 bucket); each bucket joined in columns) -> labelled RecordBatches per split ->
-job.write_outputs. Rules, dead letters and counts (transforms/aliccp.py):
+job.write_outputs. Rules, dead letters and counts (layouts/aliccp.py):
   * parsing: a batch of lines (read.BATCH_ROWS) is parsed in columns where the lines
     are plain (`aliccp.ReleaseLineParser`); the others go to the line functions
     `aliccp.parse_skeleton_line` / `parse_common_line`, which decide (and word) every
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from features import example_codec
 from features import spec as spec_lib
-from transforms import aliccp
+from layouts import aliccp
 from transforms import dead_letter as dl
 from transforms import join
 from transforms import packing

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from features import example_codec
 from features import spec as spec_lib
-from transforms import aliccp
+from layouts import aliccp
 from transforms import dead_letter as dl
 from transforms import parse
 from transforms import progress
