@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import difflib
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -110,10 +111,53 @@ AUTO = "auto"
 SPLIT_DATES_FILE = "split.json"
 
 
+_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+_UNIX_SECONDS_PATTERN = re.compile(r"\d+")
+
+
+def instant_timestamp(value: Any) -> int:
+  """A point in time -> unix seconds.
+
+  Args:
+    value: "YYYY-MM-DD" (its UTC midnight), an ISO 8601 datetime with "Z" or an offset
+      ("2026-03-02T12:00:00Z", "2026-03-02T14:00:00+02:00"), or unix seconds as a
+      non-negative int or a string of digits ("1772496000").
+
+  Raises:
+    ValueError: anything else, e.g. a datetime without an offset (its zone is unknown).
+  """
+  if isinstance(value, bool):
+    raise ValueError(f"{value!r} is not a date, a datetime or unix seconds")
+  if isinstance(value, int):
+    if value < 0:
+      raise ValueError(f"unix seconds must be >= 0, got {value}")
+    return value
+  text = str(value).strip()
+  if _UNIX_SECONDS_PATTERN.fullmatch(text):
+    return int(text)
+  if _DATE_PATTERN.fullmatch(text):
+    return _utc_midnight(text)
+  try:
+    instant = datetime.datetime.fromisoformat(text)
+  except ValueError:
+    raise ValueError(f"{text!r} is not YYYY-MM-DD, an ISO 8601 datetime with Z or an "
+                     f"offset, or unix seconds") from None
+  if instant.tzinfo is None:
+    raise ValueError(f"{text!r} has no time zone: end it with Z (UTC) or an offset "
+                     f"such as +02:00")
+  return int(instant.timestamp())
+
+
 def utc_day(timestamp: int) -> str:
   """Unix seconds -> "YYYY-MM-DD" of its UTC day."""
   return datetime.datetime.fromtimestamp(int(timestamp),
                                          tz=datetime.timezone.utc).date().isoformat()
+
+
+def utc_iso(timestamp: int) -> str:
+  """Unix seconds -> "YYYY-MM-DDTHH:MM:SSZ"."""
+  return datetime.datetime.fromtimestamp(int(timestamp), tz=datetime.timezone.utc).strftime(
+      "%Y-%m-%dT%H:%M:%SZ")
 
 
 def day_before(date: str) -> str:
@@ -164,6 +208,10 @@ class DataConfig:
       eval split, earlier ones to train. None (the default) = the last UTC day present
       among the labelled impressions is eval, every earlier day train (the job records
       the day in OUTPUT/split.json). Only --source log splits by date.
+    as_of: the snapshot time of the logs: "YYYY-MM-DD" (its UTC midnight), an ISO 8601
+      datetime with Z or an offset, or unix seconds (int or string); None = no cut.
+      Records (impressions, events) with a timestamp after as_of are dead-lettered as
+      bad_value by the log job. eval_from, when set, must be before it.
     train_shards, eval_shards: number of TFRecord files per split.
   """
 
@@ -171,6 +219,7 @@ class DataConfig:
   attribution_window_s: int = 86400
   orphan_event_policy: str = "dead_letter"
   eval_from: Optional[str] = None
+  as_of: Optional[str] = None
   train_shards: int = 4
   eval_shards: int = 2
 
@@ -182,6 +231,11 @@ class DataConfig:
   def eval_from_timestamp(self) -> Optional[int]:
     """`eval_from` as unix seconds (UTC midnight), or None (derived from the data)."""
     return None if self.eval_from is None else _utc_midnight(self.eval_from)
+
+  @property
+  def as_of_timestamp(self) -> Optional[int]:
+    """`as_of` as unix seconds, or None (ValueError when malformed: `instant_timestamp`)."""
+    return None if self.as_of is None else instant_timestamp(self.as_of)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,6 +470,15 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
     data_config.eval_from_timestamp  # pylint: disable=pointless-statement
   except ValueError as e:
     raise ConfigError(f"{source}: data.eval_from must be YYYY-MM-DD: {e}") from e
+  try:
+    as_of = data_config.as_of_timestamp
+  except ValueError as e:
+    raise ConfigError(f"{source}: data.as_of (--as_of): {e}") from e
+  if as_of is not None and data_config.eval_from is not None and (
+      data_config.eval_from_timestamp >= as_of):
+    raise ConfigError(f"{source}: data.eval_from {data_config.eval_from!r} must be before "
+                      f"data.as_of (--as_of) {data_config.as_of!r} ({utc_iso(as_of)}): "
+                      f"records after as_of are dropped, so the eval split would be empty")
   train_config = _build(TrainConfig, data.get("train"), source, "train")
   _check_train(train_config, data_config, source)
   model_config = _build(ModelConfig, data.get("model"), source, "model")
