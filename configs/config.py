@@ -104,8 +104,10 @@ def _utc_midnight(date: str) -> int:
 
 DAY_S = 86400
 # train.validation_from's value for "the day before the data's eval day" (resolved by
-# training.data.resolve_validation_from from OUTPUT/SPLIT_DATES_FILE).
+# training.data.resolve_validation_from from OUTPUT/SPLIT_DATES_FILE), its default.
 AUTO = "auto"
+# train.validation_from's spelling of "no validation split" on a command line (YAML: null).
+NONE = "none"
 # OUTPUT/split.json: {"eval_from": "YYYY-MM-DD", "eval_from_timestamp": s, "chosen_by":
 # "config" | "data"}, written by the --source log job (transforms.job), read by training.
 SPLIT_DATES_FILE = "split.json"
@@ -295,11 +297,13 @@ class TrainConfig:
     eval_batch_size: batch size of evaluation and export warm-up.
     validation_from: UTC date "YYYY-MM-DD"; train-split examples at or after its
       midnight are the validation split, the earlier ones are trained on (must be
-      before data.eval_from: the eval split is never validation). "auto" = the day
-      before the eval day the preprocessing job recorded (OUTPUT/split.json; resolved
-      by training.data.resolve_validation_from). None = no split.
+      before data.eval_from: the eval split is never validation). "auto" (the default)
+      = the day before the eval day the preprocessing job recorded in DATA/split.json
+      (resolved by training.data.resolve_validation_from); on data without one (the
+      file-split sources) no split. None or "none" = no split.
     validation_fraction: instead of a date, hold out this fraction (0 < f < 1) of the
-      train split by a stable hash of impression_id. At most one of the two.
+      train split by a stable hash of impression_id. At most one of the two; a fraction
+      replaces the default "auto".
     early_stopping_patience: stop after this many epochs without a lower validation
       loss (0 = never stop early; the best epoch is still recorded). Needs a split.
     early_stopping_monitor: the validation metric early stopping and the best epoch
@@ -336,7 +340,7 @@ class TrainConfig:
   seed: int = 42
   checkpoint_every_steps: int = 200
   eval_batch_size: int = 4096
-  validation_from: Optional[str] = None
+  validation_from: Optional[str] = AUTO
   validation_fraction: Optional[float] = None
   early_stopping_patience: int = 0
   early_stopping_monitor: str = "loss"
@@ -348,6 +352,14 @@ class TrainConfig:
   deterministic_ops: bool = False
   init_output_bias: bool = True
   calibration: str = "none"
+
+  def __post_init__(self):
+    # "none" -> None; the default "auto" gives way to a fraction (an explicit "auto" and
+    # a fraction in one config are refused by config_from_dict).
+    if isinstance(self.validation_from, str) and self.validation_from.lower() == NONE:
+      object.__setattr__(self, "validation_from", None)
+    if self.validation_from == AUTO and self.validation_fraction is not None:
+      object.__setattr__(self, "validation_from", None)
 
   @property
   def validation_from_timestamp(self) -> Optional[int]:
@@ -363,7 +375,36 @@ class TrainConfig:
 
   @property
   def has_validation(self) -> bool:
+    """A validation split is set ("auto" counts: whether it finds one depends on the data)."""
     return self.validation_from is not None or self.validation_fraction is not None
+
+
+def check_validation_needs(train: TrainConfig, source: str, why: str) -> None:
+  """The settings that need a validation split, refused when `train` has none.
+
+  Args:
+    train: the train section, "auto" resolved or not ("auto" counts as a split).
+    source: the config file, first in the message.
+    why: why there is no split, e.g. "train.validation_from is none".
+
+  Raises:
+    ConfigError: train.early_stopping_patience > 0 or train.calibration != "none"
+      without a validation split; one message naming every such setting.
+  """
+  if train.has_validation:
+    return
+  needs = []
+  if train.early_stopping_patience:
+    needs.append(f"train.early_stopping_patience {train.early_stopping_patience} "
+                 f"(0 = never stop early)")
+  if train.calibration != "none":
+    needs.append(f"train.calibration {train.calibration!r} (fitted on the validation "
+                 f"split; 'none' = no calibration)")
+  if needs:
+    raise ConfigError(
+        f"{source}: {' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} a "
+        f"validation split, but {why}: set train.validation_from (--validation_from "
+        f"YYYY-MM-DD) or train.validation_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +520,12 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
     raise ConfigError(f"{source}: data.eval_from {data_config.eval_from!r} must be before "
                       f"data.as_of (--as_of) {data_config.as_of!r} ({utc_iso(as_of)}): "
                       f"records after as_of are dropped, so the eval split would be empty")
-  train_config = _build(TrainConfig, data.get("train"), source, "train")
+  train_section = data.get("train")
+  train_config = _build(TrainConfig, train_section, source, "train")
+  if (train_section or {}).get("validation_from") == AUTO and (
+      train_config.validation_fraction is not None):
+    raise ConfigError(f"{source}: set at most one of train.validation_from "
+                      f"'{AUTO}' and train.validation_fraction")
   _check_train(train_config, data_config, source)
   model_config = _build(ModelConfig, data.get("model"), source, "model")
   for name in ("l2", "embedding_l2", "dropout"):
@@ -503,8 +549,8 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
     try:
       start = train.validation_from_timestamp
     except ValueError as e:
-      raise ConfigError(f"{source}: train.validation_from must be YYYY-MM-DD or "
-                        f"'{AUTO}': {e}") from e
+      raise ConfigError(f"{source}: train.validation_from must be YYYY-MM-DD, '{AUTO}' or "
+                        f"'{NONE}': {e}") from e
     if data.eval_from is not None and start >= data.eval_from_timestamp:
       raise ConfigError(f"{source}: train.validation_from {train.validation_from!r} must be "
                         f"before data.eval_from {data.eval_from!r} (validation days are "
@@ -516,9 +562,6 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
     raise ConfigError(f"{source}: train.early_stopping_patience must be >= 0")
   if not train.adam_epsilon > 0:
     raise ConfigError(f"{source}: train.adam_epsilon must be > 0, got {train.adam_epsilon!r}")
-  if train.early_stopping_patience and not train.has_validation:
-    raise ConfigError(f"{source}: train.early_stopping_patience needs a validation split "
-                      f"(train.validation_from or train.validation_fraction)")
   monitor = train.early_stopping_monitor
   if monitor != "loss" and not monitor.endswith(("_auc", "_logloss")):
     raise ConfigError(f"{source}: train.early_stopping_monitor {monitor!r}: use 'loss', "
@@ -529,10 +572,7 @@ def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:
   if train.calibration not in CALIBRATIONS:
     raise ConfigError(f"{source}: train.calibration {train.calibration!r}: use one of "
                       f"{CALIBRATIONS}")
-  if train.calibration != "none" and not train.has_validation:
-    raise ConfigError(f"{source}: train.calibration {train.calibration!r} is fitted on the "
-                      f"validation split: set train.validation_from or "
-                      f"train.validation_fraction (or calibration: none)")
+  check_validation_needs(train, source, "train.validation_from is none")
   if train.lr_warmup_steps < 0 or not 0.0 < train.lr_decay_rate <= 1.0 or not (
       0.0 <= train.lr_min_ratio <= 1.0):
     raise ConfigError(f"{source}: train.lr_warmup_steps must be >= 0, lr_decay_rate in "

@@ -2,8 +2,8 @@
 
 pipeline.preprocess --source log without data.eval_from / --eval_from splits on the last
 UTC day present among the valid impressions and records it in OUTPUT/split.json;
-train.validation_from "auto" is resolved by training.data.resolve_validation_from to the
-day before that recorded day. The oracle is the hand-made log: per-day impression counts
+train.validation_from "auto" (its default) is resolved by
+training.data.resolve_validation_from to the day before that recorded day. The oracle is the hand-made log: per-day impression counts
 chosen by the test, and calendar arithmetic.
 """
 
@@ -66,8 +66,8 @@ def test_without_eval_from_the_last_day_present_is_eval(march_logs):
   assert data.read_split_dates(output) == {
       "eval_from": "2026-03-03", "eval_from_timestamp": MARCH_1 + 2 * DAY_S,
       "chosen_by": "data"}
-  auto = config_lib.TrainConfig(validation_from=config_lib.AUTO)
-  assert data.resolve_validation_from(auto, output).validation_from == "2026-03-02"
+  default = config_lib.load_config(march_logs["config"]).train  # sets no validation_from
+  assert data.resolve_validation_from(default, output).validation_from == "2026-03-02"
 
 
 @pytest.mark.slow
@@ -78,6 +78,8 @@ def test_an_explicit_eval_from_wins(march_logs):
       "eval": PER_DAY["2026-03-02"] + PER_DAY["2026-03-03"]}
   assert data.read_split_dates(output)["eval_from"] == "2026-03-02"
   assert data.read_split_dates(output)["chosen_by"] == "config"
+  default = config_lib.load_config(march_logs["config"]).train
+  assert data.resolve_validation_from(default, output).validation_from == "2026-03-01"
 
 
 def _data_dir_with_eval_from(directory, eval_from):
@@ -101,14 +103,18 @@ def test_auto_validation_is_the_day_before_the_recorded_eval_day(tmp_path, eval_
 
 def test_explicit_or_no_validation_is_left_alone(tmp_path):
   data_dir = _data_dir_with_eval_from(tmp_path, "2026-03-03")
-  for train in (config_lib.TrainConfig(), config_lib.TrainConfig(validation_from="2026-03-01"),
+  for train in (config_lib.TrainConfig(validation_from=None),
+                config_lib.TrainConfig(validation_from="2026-03-01"),
                 config_lib.TrainConfig(validation_fraction=0.2)):
     assert data.resolve_validation_from(train, data_dir) is train
 
 
-def test_auto_without_a_recorded_eval_day_fails_naming_the_file(tmp_path):
-  with pytest.raises(config_lib.ConfigError, match="split.json.*set a date"):
-    data.resolve_validation_from(config_lib.TrainConfig(validation_from=config_lib.AUTO),
+def test_auto_without_a_recorded_eval_day_is_no_split(tmp_path):
+  assert config_lib.TrainConfig().validation_from == config_lib.AUTO
+  assert data.resolve_validation_from(config_lib.TrainConfig(),
+                                      str(tmp_path)).validation_from is None
+  with pytest.raises(config_lib.ConfigError, match="patience 1 .*split.json"):
+    data.resolve_validation_from(config_lib.TrainConfig(early_stopping_patience=1),
                                  str(tmp_path))
 
 
@@ -120,7 +126,7 @@ def test_config_defaults_and_auto():
   assert config.train.validation_from == config_lib.AUTO and config.train.has_validation
   with pytest.raises(ValueError, match="resolved against the data"):
     config.train.validation_from_timestamp  # pylint: disable=pointless-statement
-  with pytest.raises(config_lib.ConfigError, match="YYYY-MM-DD or 'auto'"):
+  with pytest.raises(config_lib.ConfigError, match="YYYY-MM-DD, 'auto' or 'none'"):
     config_lib.config_from_dict({"feature_spec": "unused.yaml",
                                  "train": {"validation_from": "yesterday"}})
   simulated = config_lib.load_config("configs/esmm.yaml")

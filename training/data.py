@@ -26,7 +26,8 @@ Validation split: `ValidationSplit` says which records of the train split are he
 (by timestamp, or by a stable hash of impression_id); `make_dataset(keep=...)` keeps
 only the records a predicate accepts, so the train and validation datasets are the two
 sides of one predicate over the same files and cannot overlap. The eval split is never
-read for either.
+read for either. train.validation_from's default, "auto", is resolved here
+(`resolve_validation_from`): the day before the eval day DATA/split.json records.
 """
 
 import dataclasses
@@ -130,29 +131,41 @@ def read_split_dates(data_dir: str) -> Optional[Dict[str, object]]:
     return json.load(f)
 
 
-def resolve_validation_from(train_config: config_lib.TrainConfig,
-                            data_dir: str) -> config_lib.TrainConfig:
-  """train_config with validation_from "auto" replaced by the day before DATA's eval day.
+def resolve_validation_from(train_config: config_lib.TrainConfig, data_dir: str,
+                            source: str = "<memory>") -> config_lib.TrainConfig:
+  """train_config with validation_from "auto" (the default) resolved against DATA.
 
-  Any other value is returned unchanged.
+  "auto" becomes the day before the eval day recorded in DATA/split.json, or None (no
+  validation split, logged once as a warning) on data without a recorded eval day: the
+  file-split sources write no split.json. Any other value is returned unchanged.
+
+  Args:
+    train_config: the config's train section.
+    data_dir: a pipeline.preprocess output directory.
+    source: the config file, for the error message.
 
   Raises:
-    config_lib.ConfigError: "auto" on data without a recorded eval day (DATA/split.json).
+    config_lib.ConfigError: "auto" found no split and a setting needs one
+      (train.early_stopping_patience, train.calibration).
   """
   if train_config.validation_from != config_lib.AUTO:
     return train_config
-  dates = read_split_dates(data_dir) or {}
-  eval_from = dates.get("eval_from")
-  if not eval_from:
-    raise config_lib.ConfigError(
-        f"train.validation_from '{config_lib.AUTO}' is the day before the eval day recorded "
-        f"in {os.path.join(data_dir, config_lib.SPLIT_DATES_FILE)}, which is missing or "
-        f"empty (only pipeline.preprocess --source log writes it): set a date "
-        f"(YYYY-MM-DD) or train.validation_fraction")
-  validation_from = config_lib.day_before(eval_from)
-  logging.info("train.validation_from auto -> %s (the day before the data's eval day %s)",
-               validation_from, eval_from)
-  return dataclasses.replace(train_config, validation_from=validation_from)
+  path = os.path.join(data_dir, config_lib.SPLIT_DATES_FILE)
+  eval_from = (read_split_dates(data_dir) or {}).get("eval_from")
+  if eval_from:
+    validation_from = config_lib.day_before(eval_from)
+    logging.info("train.validation_from auto -> %s (the day before the eval day %s in %s)",
+                 validation_from, eval_from, path)
+    return dataclasses.replace(train_config, validation_from=validation_from)
+  resolved = dataclasses.replace(train_config, validation_from=None)
+  why = (f"train.validation_from is '{config_lib.AUTO}' (the default: the day before the "
+         f"eval day recorded in {path}) and the data records none (only pipeline.preprocess "
+         f"--source log writes it)")
+  config_lib.check_validation_needs(resolved, source, why)
+  logging.warning("No validation split: %s. Set train.validation_from: YYYY-MM-DD "
+                  "(--validation_from) or train.validation_fraction for one, or "
+                  "validation_from: none to say so.", why)
+  return resolved
 
 
 def check_labels(data_dir: str, required_labels: Sequence[str]) -> List[str]:

@@ -16,7 +16,8 @@ Flow position: called by `pipeline.train`; reads the Beam job's output directory
 Before training: the data directory must carry the Beam job's success marker
 (features.success_marker), and every train/eval shard is read once
 (training.shard_check.verify_shards), which names a corrupt shard and counts the train
-and validation records of the train split (`train.validation_from` /
+and validation records of the train split (`train.validation_from`, by default the day
+before the eval day in DATA/split.json, training.data.resolve_validation_from; or
 `train.validation_fraction`; the eval split is never validation).
 
 An epoch is `steps_per_epoch` steps over a repeated dataset (from the config, else one
@@ -215,14 +216,17 @@ def plan_inputs(data_dir: str, train_config: config_lib.TrainConfig,
   validation_examples = train_report.matching if validation else 0
   train_examples = train_report.records - validation_examples
   if validation and not (validation_examples and train_examples):
-    setting = ("train.validation_from (--validation_from)"
-               if train_config.validation_from is not None else
-               "train.validation_fraction")
+    if train_config.validation_from is not None:
+      setting = f"train.validation_from (--validation_from) {train_config.validation_from}"
+      remedy = (f"choose a day inside the training days, before the eval day (the default, "
+                f"'{config_lib.AUTO}', is the day before it: the logs need two training "
+                f"days), a train.validation_fraction, or '{config_lib.NONE}' for no split")
+    else:
+      setting = f"train.validation_fraction {train_config.validation_fraction}"
+      remedy = "choose another fraction, or none for no split"
     raise config_lib.ConfigError(
-        f"{data.split_pattern(data_dir, 'train')}: {setting} "
-        f"{train_config.validation_from or train_config.validation_fraction} leaves "
-        f"{train_examples} train and {validation_examples} validation examples; both must "
-        f"be > 0 (choose a day inside the training days, before data.eval_from)")
+        f"{data.split_pattern(data_dir, 'train')}: {setting} leaves {train_examples} train "
+        f"and {validation_examples} validation examples; both must be > 0: {remedy}")
   return InputPlan(train_report, eval_report, validation, train_examples,
                    validation_examples, eval_report.records if eval_report else 0)
 
@@ -354,7 +358,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   success_marker.check_success_marker(data_dir)
   strategy = strategy or tf.distribute.get_strategy()
   strategy_lib.log_strategy(strategy)
-  train_config = data.resolve_validation_from(config.train, data_dir)
+  train_config = data.resolve_validation_from(config.train, data_dir, config.source)
   if train_config.deterministic_ops:
     tf.config.experimental.enable_op_determinism()
   tf_keras.utils.set_random_seed(train_config.seed)
