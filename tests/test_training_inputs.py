@@ -4,7 +4,8 @@ The session's `small_world` (tests/conftest.py: 4k simulated impressions, 8 days
 Beam) is DATA, read-only here (a test that breaks a shard copies DATA first); then
 `training.trainer`:
   * plan_inputs counts the validation split (the last training day) and the train
-    split, which partition the train shards; neither touches the eval split;
+    split, which partition the train shards; neither touches the eval split; the
+    default validation day ("auto") is the day before DATA/split.json's eval day;
   * a corrupt train shard stops train_and_export before training, naming the shard;
     with skip_corrupt_records it trains and metrics.json counts what was skipped;
   * a DATA without the success marker is refused, saying how to rerun.
@@ -83,6 +84,32 @@ def test_a_validation_day_before_the_data_is_a_config_error_naming_the_flag(inpu
   message = str(raised.value)
   assert f"train.validation_from (--validation_from) {validation_from}" in message
   assert data.split_pattern(inputs["data"], "train") in message
+
+
+def test_the_default_validation_day_is_the_day_before_the_recorded_eval_day(inputs,
+                                                                           tmp_path):
+  """A config without train.validation_from ("auto") validates on the day before the eval
+  day DATA/split.json records (the small world's 2026-01-08), which is the explicit
+  2026-01-07's plan. Recorded one day after the first training day, "auto" would take
+  every train example: one ConfigError naming the setting, 'auto' and 'none'."""
+  explicit = trainer.plan_inputs(inputs["data"], quick_config(inputs).train)
+  default = data.resolve_validation_from(config_lib.TrainConfig(), inputs["data"])
+  assert default.validation_from == "2026-01-07"
+  plan = trainer.plan_inputs(inputs["data"], default)
+  assert (plan.train_examples, plan.validation_examples) == (
+      explicit.train_examples, explicit.validation_examples)
+  first_day = config_lib.utc_day(min(metadata_of(data.split_pattern(inputs["data"],
+                                                                    "train")).values()))
+  (tmp_path / config_lib.SPLIT_DATES_FILE).write_text(json.dumps(
+      {"eval_from": config_lib.utc_day(config_lib.instant_timestamp(first_day) + DAY)}))
+  one_day = data.resolve_validation_from(config_lib.TrainConfig(), str(tmp_path))
+  assert one_day.validation_from == first_day
+  with pytest.raises(config_lib.ConfigError) as raised:
+    trainer.plan_inputs(inputs["data"], one_day)
+  message = str(raised.value)
+  assert (f"train.validation_from (--validation_from) {first_day} leaves 0 train and "
+          f"{explicit.train_examples + explicit.validation_examples} validation") in message
+  assert "the default, 'auto', is the day before it" in message and "'none'" in message
 
 
 def test_corrupt_train_shard_fails_before_training_naming_the_shard(inputs, tmp_path):
