@@ -72,7 +72,7 @@ BASE = {"feature_spec": "features/simulated.yaml", "data": {"eval_from": "2026-0
     ({"validation_from": "2026-13-01"}, "train.validation_from must be YYYY-MM-DD"),
     ({"validation_from": "2026-01-07", "validation_fraction": 0.1}, "at most one"),
     ({"validation_fraction": 1.5}, r"validation_fraction must be in \(0, 1\)"),
-    ({"early_stopping_patience": 2}, "needs a validation split"),
+    ({"validation_from": None, "early_stopping_patience": 2}, "needs a validation split"),
     ({"lr_schedule": "step"}, "train.lr_schedule 'step'"),
     ({"lr_warmup_steps": -1}, "lr_warmup_steps must be >= 0"),
     ({"early_stopping_monitor": "auc"}, "train.early_stopping_monitor 'auc'"),
@@ -103,4 +103,4 @@ def test_simulated_configs_validate_on_the_last_training_day():
   assert config.train.validation_from == "2026-01-07" and config.data.eval_from == "2026-01-08"
   assert config.data.eval_from_timestamp - config.train.validation_from_timestamp == 86400
   assert config.train.early_stopping_patience >= 1
-  assert not config_lib.config_from_dict(BASE).train.has_validation  # the default: none
+  assert config_lib.config_from_dict(BASE).train.validation_from == config_lib.AUTO  # the default
