@@ -232,19 +232,39 @@ def _parse_flags(argv: List[str]) -> List[str]:
     raise
 
 
+def refuse_arguments(argv: Sequence[str]) -> None:
+  """A word on the command line that is not a flag (absl leaves it in argv) is refused.
+
+  Raises:
+    UserError: naming the words (`--name value` or `--name=value` was meant).
+  """
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {list(argv[1:])} (flags take the form "
+                    f"--name=value)")
+
+
 def run_main(main: Callable[[List[str]], Optional[int]],
              argv: Optional[Sequence[str]] = None) -> None:
   """`absl.app.run(main)` with one-line user errors and --verbose; never returns.
 
+  The flags are parsed (and a stray word refused, `refuse_arguments`) before main runs,
+  so an entry point whose module imports no TensorFlow at the top answers --help and a
+  bad flag without it.
+
   Args:
-    main: the entry point's main(argv) (argv: the arguments absl did not parse).
+    main: the entry point's main(argv) (argv: the program name; absl parsed the rest).
     argv: the command line, program name first; None reads sys.argv.
   """
   argv = list(sys.argv if argv is None else argv)
   # --verbose is defined here, so absl files it under this module: list it in the
   # entry point's own --help too.
   FLAGS.register_key_flag_for_module(argv[0], FLAGS["verbose"])
-  app.run(lambda remaining: call_main(main, remaining, FLAGS.verbose), argv=argv,
+
+  def checked_main(remaining: List[str]):
+    refuse_arguments(remaining)
+    return main(remaining)
+
+  app.run(lambda remaining: call_main(checked_main, remaining, FLAGS.verbose), argv=argv,
           flags_parser=_parse_flags)
 
 

@@ -17,15 +17,16 @@ the values that fell into a vocabulary's OOV bucket (serving/predictor.py).
 
 import json
 import os
+from typing import Tuple
 
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
 from pipeline import cli
-from serving import predictor
-from serving import raw_input
-from serving import versions
+
+# TensorFlow and serving/ (all of which import it) are imported by the functions that
+# need them, after the flags and the local paths are checked: start-up time of --help and
+# of a user error (0.3 s instead of 4 s idle).
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "An export version directory, or an export base / "
@@ -37,38 +38,75 @@ flags.DEFINE_string("output", None, "JSON Lines file to write (one line per inpu
 flags.DEFINE_integer("batch_size", 512, "Records per SavedModel call.", lower_bound=1)
 
 
-def _check_paths(input_path: str, output_path: str) -> None:
-  """One-line user errors (pipeline/cli.py) for an input that is not there or would be lost."""
-  if not tf.io.gfile.exists(input_path):
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def check_paths(saved_model: str, input_path: str, output_path: str) -> None:
+  """One-line user errors (pipeline/cli.py) for paths that are not there or would be lost.
+
+  Local paths are checked with os.path (no TensorFlow); remote ones (gs://...) with
+  tf.io.gfile.
+  """
+  if all(_is_local(path) for path in (saved_model, input_path, output_path)):
+    exists, isdir = os.path.exists, os.path.isdir
+  else:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # start-up time (above)
+    exists, isdir = tf.io.gfile.exists, tf.io.gfile.isdir
+  if not isdir(saved_model):  # what is in it: serving.versions.resolve_saved_model
+    raise cli.UserError(f"--saved_model {saved_model}: no such directory")
+  if not exists(input_path):
     raise cli.UserError(f"--input {input_path}: no such file")
-  if tf.io.gfile.isdir(input_path):
+  if isdir(input_path):
     raise cli.UserError(f"--input {input_path}: is a directory, expected a JSON Lines file")
   if os.path.abspath(output_path) == os.path.abspath(input_path):
     raise cli.UserError(f"--output {output_path} is the --input file; writing it would "
                         f"erase the records before they are read")
-  if tf.io.gfile.isdir(output_path):
+  if isdir(output_path):
     raise cli.UserError(f"--output {output_path}: is a directory, expected a file path")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise cli.UserError(f"unexpected arguments {argv[1:]} (flags take the form --name=value)")
-  saved_model = versions.resolve_saved_model(FLAGS.saved_model)
-  _check_paths(FLAGS.input, FLAGS.output)
-  model = predictor.Predictor(saved_model, FLAGS.batch_size)
-  output_dir = os.path.dirname(FLAGS.output)
+def predict_file(saved_model: str, input_path: str, output_path: str,
+                 batch_size: int) -> Tuple[int, int]:
+  """Scores the JSON Lines file INPUT_PATH into OUTPUT_PATH (module docstring's lines).
+
+  Args:
+    saved_model: an export version directory, or an export base / MODEL_DIR.
+    input_path: raw impression records, one JSON object a line.
+    output_path: the file to write, one line per non-blank input line, in order.
+    batch_size: records per SavedModel call.
+
+  Returns:
+    (records scored, records refused with an error line).
+  """
+  check_paths(saved_model, input_path, output_path)
+  # pylint: disable=g-import-not-at-top  # start-up time (above)
+  import tensorflow as tf
+  from serving import predictor
+  from serving import raw_input
+  from serving import versions
+  # pylint: enable=g-import-not-at-top
+  model = predictor.Predictor(versions.resolve_saved_model(saved_model), batch_size)
+  output_dir = os.path.dirname(output_path)
   if output_dir:
     tf.io.gfile.makedirs(output_dir)
   scored = errors = 0
-  with tf.io.gfile.GFile(FLAGS.output, "w") as out:
-    for result in model.score(raw_input.read_jsonl(FLAGS.input)):
+  with tf.io.gfile.GFile(output_path, "w") as out:
+    for result in model.score(raw_input.read_jsonl(input_path)):
       out.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
       if result.error:
         errors += 1
-        logging.warning("%s line %d: %s (%s)", FLAGS.input, result.line,
+        logging.warning("%s line %d: %s (%s)", input_path, result.line,
                         result.error["detail"], result.error["reason"])
       else:
         scored += 1
+  return scored, errors
+
+
+def main(argv):
+  del argv  # cli.run_main refused any argument that is not a flag
+  scored, errors = predict_file(FLAGS.saved_model, FLAGS.input, FLAGS.output,
+                                FLAGS.batch_size)
   logging.info("Scored %d records, %d errors -> %s", scored, errors, FLAGS.output)
 
 

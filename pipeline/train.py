@@ -22,20 +22,24 @@ pipeline.preprocess's success marker) ends with one line `error: ...` and exit s
 (pipeline/cli.py; --verbose adds the traceback).
 """
 
+import os
+
 from absl import flags
 from absl import logging
 
 from configs import config as config_lib
 from pipeline import cli
-from training import strategy as strategy_lib
-from training import trainer
+
+# training.strategy's STRATEGIES, spelled out so that the flags are parsed without
+# importing TensorFlow (tests/test_entry_points.py checks they agree).
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/esmm.yaml", "Experiment YAML (configs/<model>.yaml).")
 flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess.", required=True)
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, logs and the export.",
                     required=True)
-flags.DEFINE_enum("strategy", "default", list(strategy_lib.STRATEGIES),
+flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy tpu.")
 flags.DEFINE_integer("epochs", None, "Override train.epochs.")
@@ -51,8 +55,9 @@ flags.DEFINE_bool("deterministic_ops", None,
                   "Override train.deterministic_ops (tf.config.experimental."
                   "enable_op_determinism: bit-identical reruns and resumes on CPU).")
 flags.DEFINE_string("validation_from", None,
-                    "Override train.validation_from (YYYY-MM-DD, or 'auto' = the day "
-                    "before the eval day recorded in DATA/split.json).")
+                    "Override train.validation_from (YYYY-MM-DD, 'auto' = the day "
+                    "before the eval day recorded in DATA/split.json, or 'none' = no "
+                    "validation split).")
 flags.DEFINE_integer("early_stopping_patience", None,
                      "Override train.early_stopping_patience (0 = never stop early).")
 flags.DEFINE_enum("calibration", None, list(config_lib.CALIBRATIONS),
@@ -70,8 +75,17 @@ def _overrides() -> dict:
 
 
 def main(argv):
-  del argv
+  del argv  # cli.run_main refused any argument that is not a flag
   config = config_lib.load_config(FLAGS.config, overrides=_overrides())
+  if "://" not in FLAGS.data and not os.path.isdir(FLAGS.data):
+    raise cli.UserError(f"--data {FLAGS.data}: no such directory (the output directory of "
+                        f"pipeline.preprocess)")
+  # TensorFlow and the trainer only now, after the flags, the config and the data path are
+  # checked: start-up time of --help and of a user error (0.3 s instead of 4 s idle).
+  # pylint: disable=g-import-not-at-top
+  from training import strategy as strategy_lib
+  from training import trainer
+  # pylint: enable=g-import-not-at-top
   strategy = strategy_lib.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
   result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
                                     export=FLAGS.export,

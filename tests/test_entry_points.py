@@ -9,8 +9,10 @@ AttributeError / ImportError traceback long before the expected error), both und
 `python -m pipeline.<step>` and under the console scripts `cvr-<step>`.
 """
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -48,9 +50,27 @@ def shadowing_folder(root, with_init: bool, pipeline: bool = True) -> str:
   return str(folder)
 
 
-def run(command, cwd, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True,
-                        timeout=timeout, check=False)
+def run(command, cwd, timeout=300, env=None) -> subprocess.CompletedProcess:
+  return subprocess.run(command, cwd=cwd, env={**_env(), **(env or {})}, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+# With PYTHONPROFILEIMPORTTIME=1 Python writes one `import time: ... | <module>` line per
+# import to stderr: which heavy libraries a run loaded.
+IMPORT_TIMES = {"PYTHONPROFILEIMPORTTIME": "1"}
+_IMPORT_LINE = re.compile(r"^import time:\s+[^|]*\|[^|]*\|\s*(\S+)\s*$")
+
+
+def split_import_lines(stderr: str):
+  """(modules imported, the other stderr lines) of a run with IMPORT_TIMES."""
+  modules, other = set(), []
+  for line in stderr.splitlines():
+    match = _IMPORT_LINE.match(line)
+    if match:
+      modules.add(match.group(1))
+    elif not line.startswith("import time:"):
+      other.append(line)
+  return modules, other
 
 
 def module_command(step: str, *args: str) -> list:
@@ -78,9 +98,9 @@ def user_error_case(step: str, tmp_path):
   if step == "preprocess":  # a near-miss of --eval_from, once silently dropped by Beam
     return ["--impressions", missing, "--events", missing, "--output", missing,
             "--eval_form", "2026-03-02"], "did you mean --eval_from?"
-  if step == "train":  # a config path relative to the project, data without a marker
+  if step == "train":  # a config path relative to the project, data that is not there
     return ["--config", "configs/esmm.yaml", "--data", missing, "--model_dir",
-            str(tmp_path / "model")], f"{missing} has no _SUCCESS.json"
+            str(tmp_path / "model")], f"--data {missing}: no such directory"
   if step == "evaluate":
     return ["--saved_model", f"esmm={missing}", "--data", missing, "--output_dir",
             str(tmp_path / "metrics")], missing
@@ -93,19 +113,37 @@ def user_error_case(step: str, tmp_path):
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
-  lines = result.stderr.splitlines()
-  assert result.returncode == cli.USER_ERROR_EXIT, result.stderr
-  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  _, lines = split_import_lines(result.stderr)
+  assert result.returncode == cli.USER_ERROR_EXIT, result.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
   assert expected in lines[0], lines[0]
   for noise in NOISE:
-    assert noise not in result.stderr + result.stdout, noise
+    assert noise not in "\n".join(lines) + result.stdout, noise
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_user_error_is_one_line_from_a_shadowing_folder(step, tmp_path):
+  """... and is found before TensorFlow is imported (Beam only for preprocess's unknown
+  flag: its option list names the flags it may pass on)."""
   args, expected = user_error_case(step, tmp_path)
-  result = run(module_command(step, *args), shadowing_folder(tmp_path, with_init=False))
+  result = run(module_command(step, *args), shadowing_folder(tmp_path, with_init=False),
+               env=IMPORT_TIMES)
   assert_one_error_line(result, expected)
+  modules, _ = split_import_lines(result.stderr)
+  assert "tensorflow" not in modules
+  assert ("apache_beam" in modules) == (step == "preprocess")
+
+
+def test_the_heavy_imports_are_not_shadowed_either(tmp_path):
+  """The user errors above are found before TensorFlow and the project's model code are
+  imported; this one (data without pipeline.preprocess's marker) is found after
+  training.trainer imported models/, features/ and configs/ through the console script,
+  from a folder whose packages of those names have an __init__.py."""
+  data = tmp_path / "data"
+  data.mkdir()
+  result = run(script_command("train", "--data", str(data), "--model_dir",
+                              str(tmp_path / "model")), shadowing_folder(tmp_path, with_init=True))
+  assert_one_error_line(result, f"{data} has no _SUCCESS.json")
 
 
 def test_verbose_prints_the_traceback_and_the_same_line(tmp_path):
@@ -120,15 +158,30 @@ def test_verbose_prints_the_traceback_and_the_same_line(tmp_path):
       f"(did you mean train.learning_rate?)")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS)
 def test_console_scripts_help_from_a_folder_with_packages_of_its_own(step, tmp_path):
-  result = run(script_command(step, "--help"), shadowing_folder(tmp_path, with_init=True))
-  assert result.returncode == 0, result.stderr
+  """--help works from a shadowing folder and imports neither TensorFlow nor Beam."""
+  result = run(script_command(step, "--help"), shadowing_folder(tmp_path, with_init=True),
+               env=IMPORT_TIMES)
+  assert result.returncode == 0, result.stderr[-3000:]
   assert f"pipeline.{step}" in result.stdout   # the module's own docstring
   assert "--[no]verbose" in result.stdout or "--verbose" in result.stdout
+  modules, lines = split_import_lines(result.stderr)
+  assert not {"tensorflow", "apache_beam", "pyarrow"} & modules
   for noise in NOISE:
-    assert noise not in result.stderr, result.stderr
+    assert noise not in "\n".join(lines), lines
+
+
+def test_flags_pass_through_and_stray_words_are_refused(tmp_path):
+  """train --validation_from none reaches the config (which then asks for a validation
+  split: its early stopping needs one); a word that is not a flag is refused."""
+  result = run(module_command("train", "--data", str(tmp_path), "--model_dir",
+                              str(tmp_path / "m"), "--validation_from", "none"), REPO)
+  assert_one_error_line(result, "but train.validation_from is none")
+  result = run(module_command("evaluate", "--include", "x.json", "--report", "r", "stray"),
+               REPO)
+  assert_one_error_line(result, "unexpected arguments ['stray'] (flags take the form "
+                                "--name=value)")
 
 
 @pytest.mark.slow
@@ -144,6 +197,57 @@ def test_console_script_simulates_a_tiny_world_from_a_shadowing_folder(tmp_path)
 
 
 # In-process checks of the pieces (no subprocess).
+
+def module_constant(module: str, name: str):
+  """The value of the constant NAME assigned at the top of pipeline/MODULE.py, read from
+  its source (importing it would define its absl flags in this process)."""
+  with open(os.path.join(REPO, "pipeline", f"{module}.py")) as f:
+    tree = ast.parse(f.read())
+  for node in tree.body:
+    if isinstance(node, ast.Assign):
+      for target in node.targets:
+        names = ([element.id for element in target.elts] if isinstance(target, ast.Tuple)
+                 else [getattr(target, "id", None)])
+        if name in names:
+          value = eval(compile(ast.Expression(node.value), module, "eval"), {})  # pylint: disable=eval-used
+          return value[names.index(name)] if len(names) > 1 else value
+  raise AssertionError(f"pipeline/{module}.py assigns no {name}")
+
+
+def test_the_constants_spelled_out_for_a_light_start_agree_with_the_library():
+  # pylint: disable=g-import-not-at-top
+  from evaluation import runner
+  from features import spec_inference
+  from layouts import derived
+  from pipeline import preprocess
+  from training import strategy
+  # pylint: enable=g-import-not-at-top
+  assert preprocess.SOURCES[2:] == derived.LAYOUTS
+  assert (preprocess.RECHUB_CSV, preprocess.PADDLE_ESMM, preprocess.ALIEXPRESS) == (
+      derived.RECHUB_CSV, derived.PADDLE_ESMM, derived.ALIEXPRESS)
+  assert module_constant("train", "STRATEGIES") == strategy.STRATEGIES
+  assert module_constant("evaluate", "DEFAULT_CONFIG") == runner.DEFAULT_CONFIG
+  for name in ("DEFAULT_SAMPLE_ROWS", "DEFAULT_MAX_VOCABULARY", "DEFAULT_MAX_HASH_BUCKETS"):
+    assert module_constant("init", name) == getattr(spec_inference, name), name
+
+
+def test_preprocess_as_of_is_a_config_override_for_log_sources_only(tmp_path):
+  from pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  base = ["--impressions", "i", "--events", "e", "--output", "o"]
+  args, _ = preprocess.parse_flags(base + ["--as_of", "2026-01-09T12:00:00+02:00"])
+  preprocess.check_source_flags(args)
+  config, _ = preprocess.load_checked_config(args)
+  assert config.data.as_of == "2026-01-09T12:00:00+02:00"
+  assert config.data.as_of_timestamp == 1767952800  # 10:00 UTC
+  args, _ = preprocess.parse_flags(base)
+  assert preprocess.load_checked_config(args)[0].data.as_of is None  # the config's
+  args, _ = preprocess.parse_flags(base + ["--as_of", "2026-01-09T25:00Z"])
+  with pytest.raises(config_lib.ConfigError, match=r"data.as_of \(--as_of\)"):
+    preprocess.load_checked_config(args)
+  args, _ = preprocess.parse_flags(["--source", "aliexpress", "--train", "t", "--eval", "v",
+                                    "--output", "o", "--as_of", "2026-01-09"])
+  with pytest.raises((cli.UserError, RuntimeError), match="--as_of is for --source log; --source aliexpress"):
+    preprocess.check_source_flags(args)
 
 def test_config_paths_resolve_as_given_then_relative_to_the_project(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)

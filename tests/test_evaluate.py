@@ -271,7 +271,7 @@ def test_cli_user_errors_are_one_line(world, tmp_path):
   output = ["--output", str(tmp_path / "out.json")]
   cases = [
       (["--saved_model", "/no/such/model", "--data", world["data"], *output],
-       "error: /no/such/model: no such directory"),
+       "error: --saved_model /no/such/model: no such directory"),
       (["--saved_model", world["model"], "--data", world["data"], "--slice_by", "colour",
         *output], "error: --slice_by colour: not a scalar feature of"),
       (["--saved_model", world["model"], "--saved_model", world["export"], "--data",
