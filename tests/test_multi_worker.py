@@ -1,15 +1,20 @@
 """Two `pipeline.train --strategy multi_worker` processes on loopback train one model.
 
 Each worker gets its own TF_CONFIG (cluster of 2 workers on 127.0.0.1, free ports);
-worker 0 is the chief. The test checks that both finish, that the chief exports a
-SavedModel that scores examples and the other worker leaves no export, that the step
-count is the configured one, and that each worker read its own half of the train files
-(training.data shards by file per tf.distribute.InputContext).
+worker 0 is the chief. One cluster scenario feeds every test here:
 
-A killed worker: worker 1 is SIGKILLed after the first checkpoint; worker 0 then fails
-(its collectives lose their peer) or is ended; the documented recovery, restarting every
-task with the same command, resumes from that checkpoint, ends at the configured final
-step, and the chief exports.
+  1. both workers start from nothing (each logs "input from step 0", none "Resumed");
+     worker 1 is SIGKILLed after the first checkpoint; worker 0 then fails (its
+     collectives lose their peer) or is ended;
+  2. the documented recovery, restarting every task with the same command, is itself a
+     complete 2-worker run: it resumes from that checkpoint and ends at the configured
+     final step; the chief exports a SavedModel that scores examples and writes
+     metrics.json (global metrics over both replicas), the other worker leaves no export,
+     and each worker reads its own half of the train files in both runs (training.data
+     shards by file per tf.distribute.InputContext).
+
+(A fresh run's metrics.json `initial_step` 0 is checked on one process by
+tests/test_resume.py's uninterrupted run; here the first run's logs show its start.)
 
 The data is the session's `small_world` (tests/conftest.py: 4k simulated impressions
 -> Beam, shared with tests/test_resume.py and tests/test_training_inputs.py).
@@ -36,7 +41,6 @@ REPO = small_world_lib.REPO
 pytestmark = pytest.mark.slow
 
 EPOCHS = small_world_lib.EPOCHS
-STEPS_PER_EPOCH = small_world_lib.STEPS_PER_EPOCH
 subprocess_env = small_world_lib.subprocess_env  # also used by tests/test_beam_parallel.py
 write_small_config = small_world_lib.write_small_config
 
@@ -85,26 +89,77 @@ def finish_workers(started, timeout=900) -> tuple:
   return codes, texts
 
 
-@pytest.fixture(scope="module")
-def inputs(small_world):
-  return {"data": small_world["data"], "config": small_world["config"]}
+STEPS_PER_EPOCH = 30  # 2 epochs x 30 steps of 64 examples: eval ctr_auc about 0.72
+CHECKPOINT_EVERY = 10  # the first run is killed once ckpt-1 (step 10) is written
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+
+
+def newest_checkpoint_step(model_dir: str) -> int:
+  """Step of the newest MODEL_DIR/backup/chief/ckpt-N (0 when none is complete yet)."""
+  path = os.path.join(model_dir, "backup", "chief", "checkpoint")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    text = f.read()
+  found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', text)
+  return int(found.group(1)) * CHECKPOINT_EVERY if found else 0
 
 
 @pytest.fixture(scope="module")
-def cluster_run(inputs, tmp_path_factory):
+def cluster_run(small_world, tmp_path_factory):
+  """Starts the cluster, kills worker 1 after the first checkpoint, ends worker 0, then
+  restarts both with the same commands and lets them finish."""
   root = str(tmp_path_factory.mktemp("multi_worker"))
+  inputs = {"data": small_world["data"], "config": write_small_config(
+      os.path.join(root, "small.yaml"), CHECKPOINT_EVERY, STEPS_PER_EPOCH)}
   model_dir = os.path.join(root, "model")
   workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+  started = start_workers(inputs, model_dir, workers, root, "-first")
+  deadline = time.time() + 600
+  while newest_checkpoint_step(model_dir) < CHECKPOINT_EVERY:
+    assert all(process.poll() is None for process, _ in started), "a worker ended early"
+    assert time.time() < deadline, "no checkpoint within 600 s"
+    time.sleep(0.05)
+  started[1][0].send_signal(signal.SIGKILL)
+  checkpoint_step = newest_checkpoint_step(model_dir)
+  # Worker 0 loses its peer: it fails by itself or hangs in a collective; end it.
+  first_codes, first_logs = finish_workers(started, timeout=60)
+  assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
   start = time.time()
-  codes, texts = finish_workers(start_workers(inputs, model_dir, workers, root))
-  seconds = time.time() - start
-  return {"codes": codes, "logs": texts, "model_dir": model_dir, "seconds": seconds,
-          **inputs}
+  codes, logs = finish_workers(start_workers(inputs, model_dir, workers, root, "-restart"))
+  return {"first_codes": first_codes, "first_logs": first_logs,
+          "checkpoint_step": checkpoint_step, "codes": codes, "logs": logs,
+          "model_dir": model_dir, "data": inputs["data"],
+          "restart_seconds": time.time() - start}
+
+
+def read_metrics(run) -> dict:
+  with open(os.path.join(run["model_dir"], "metrics.json")) as f:
+    return json.load(f)
 
 
 def test_both_workers_finish(cluster_run):
   for index, code in enumerate(cluster_run["codes"]):
     assert code == 0, f"worker {index} exited {code}:\n{cluster_run['logs'][index][-3000:]}"
+
+
+def test_the_first_run_starts_from_step_0_and_loses_the_killed_worker(cluster_run):
+  assert cluster_run["first_codes"][1] == -signal.SIGKILL
+  for index, text in enumerate(cluster_run["first_logs"]):
+    assert re.search(r"Training esmm: .*, input from step 0\b", text), index
+    assert "Resumed from MODEL_DIR/backup" not in text, index
+
+
+def test_restarted_cluster_resumes_after_a_killed_worker_and_the_chief_exports(cluster_run):
+  run = cluster_run
+  metrics = read_metrics(run)
+  # Resumed from the checkpoint taken before the kill (or a later one of worker 0's).
+  assert run["checkpoint_step"] <= metrics["initial_step"] < TOTAL_STEPS
+  assert metrics["initial_step"] % CHECKPOINT_EVERY == 0
+  for index, text in enumerate(run["logs"]):
+    assert f"Resumed from MODEL_DIR/backup at step {metrics['initial_step']}" in text, index
+  exports = glob.glob(os.path.join(run["model_dir"], "export", "*", "saved_model.pb"))
+  assert len(exports) == 1 and metrics["export_dir"] == os.path.dirname(exports[0])
 
 
 def test_chief_exports_and_the_other_worker_does_not(cluster_run):
@@ -126,11 +181,9 @@ def test_chief_exports_and_the_other_worker_does_not(cluster_run):
 
 
 def test_metrics_count_global_steps_and_replicas(cluster_run):
-  with open(os.path.join(cluster_run["model_dir"], "metrics.json")) as f:
-    metrics = json.load(f)
+  metrics = read_metrics(cluster_run)
   assert metrics["num_replicas"] == 2
-  assert metrics["final_step"] == EPOCHS * STEPS_PER_EPOCH
-  assert metrics["initial_step"] == 0
+  assert metrics["final_step"] == TOTAL_STEPS
   # Global metrics, not summed over the 2 workers (which gave AUCs of up to 2). The small
   # eval split may hold no purchase (an AUC of 0 then), so only ctr_auc must beat 0.5.
   for name, value in metrics["eval"].items():
@@ -140,64 +193,7 @@ def test_metrics_count_global_steps_and_replicas(cluster_run):
 
 
 def test_each_worker_reads_its_own_files(cluster_run):
-  for index, text in enumerate(cluster_run["logs"]):
-    line = [l for l in text.splitlines() if "make_dataset" in l and "/train/" in l][0]
-    assert f"2 files (pipeline {index} of 2)" in line, line
-
-
-KILLED_STEPS_PER_EPOCH = 30
-KILLED_CHECKPOINT_EVERY = 10
-
-
-def newest_checkpoint_step(model_dir: str) -> int:
-  """Step of the newest MODEL_DIR/backup/chief/ckpt-N (0 when none is complete yet)."""
-  path = os.path.join(model_dir, "backup", "chief", "checkpoint")
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    text = f.read()
-  found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', text)
-  return int(found.group(1)) * KILLED_CHECKPOINT_EVERY if found else 0
-
-
-@pytest.fixture(scope="module")
-def killed_worker_run(inputs, tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("killed_worker"))
-  inputs = {"data": inputs["data"], "config": write_small_config(
-      os.path.join(root, "small.yaml"), KILLED_CHECKPOINT_EVERY, KILLED_STEPS_PER_EPOCH)}
-  model_dir = os.path.join(root, "model")
-  workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-  started = start_workers(inputs, model_dir, workers, root, "-first")
-  deadline = time.time() + 600
-  while newest_checkpoint_step(model_dir) < KILLED_CHECKPOINT_EVERY:
-    assert all(process.poll() is None for process, _ in started), "a worker ended early"
-    assert time.time() < deadline, "no checkpoint within 600 s"
-    time.sleep(0.05)
-  started[1][0].send_signal(signal.SIGKILL)
-  checkpoint_step = newest_checkpoint_step(model_dir)
-  # Worker 0 loses its peer: it fails by itself or hangs in a collective; end it.
-  first_codes, first_logs = finish_workers(started, timeout=60)
-  assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
-  start = time.time()
-  codes, logs = finish_workers(start_workers(inputs, model_dir, workers, root, "-restart"))
-  return {"first_codes": first_codes, "checkpoint_step": checkpoint_step, "codes": codes,
-          "logs": logs, "model_dir": model_dir, "restart_seconds": time.time() - start}
-
-
-def test_restarted_cluster_resumes_after_a_killed_worker_and_the_chief_exports(
-    killed_worker_run):
-  run = killed_worker_run
-  assert run["first_codes"][1] == -signal.SIGKILL
-  for index, code in enumerate(run["codes"]):
-    assert code == 0, f"worker {index} exited {code}:\n{run['logs'][index][-3000:]}"
-  with open(os.path.join(run["model_dir"], "metrics.json")) as f:
-    metrics = json.load(f)
-  total = EPOCHS * KILLED_STEPS_PER_EPOCH
-  assert metrics["num_replicas"] == 2 and metrics["final_step"] == total
-  # Resumed from the checkpoint taken before the kill (or a later one of worker 0's).
-  assert run["checkpoint_step"] <= metrics["initial_step"] < total
-  assert metrics["initial_step"] % KILLED_CHECKPOINT_EVERY == 0
-  for index, text in enumerate(run["logs"]):
-    assert f"Resumed from MODEL_DIR/backup at step {metrics['initial_step']}" in text, index
-  exports = glob.glob(os.path.join(run["model_dir"], "export", "*", "saved_model.pb"))
-  assert len(exports) == 1 and metrics["export_dir"] == os.path.dirname(exports[0])
+  for logs in (cluster_run["first_logs"], cluster_run["logs"]):
+    for index, text in enumerate(logs):
+      line = [l for l in text.splitlines() if "make_dataset" in l and "/train/" in l][0]
+      assert f"2 files (pipeline {index} of 2)" in line, line
