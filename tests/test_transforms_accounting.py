@@ -66,3 +66,16 @@ def test_counting_transforms_write_counts_json(tmp_path):
   assert written["events"]["dead_letter"] == {"duplicate_event": 2}
   assert written["impressions"]["dead_letter"] == {"bad_type": 1}
   assert written["labels"]["eval"] == {"click": 4, "micro": 0, "action": 3, "purchase": 0}
+
+
+def test_cut_values_are_a_sorted_note_outside_the_identities():
+  entries = [(("impressions", "cut", "tags"), 2), (("impressions", "cut", "device"), 1),
+             (("impressions", "cut", "tags"), 3)]
+  counts = accounting.build_counts(entries, testing.LABEL_NAMES)
+  assert list(counts["impressions"]["cut"].items()) == [("device", 1), ("tags", 5)]
+  assert "cut" not in counts["events"] and "cut" not in _counts()["impressions"]
+  counts["impressions"].update(read=8, written={"train": 8, "eval": 0})
+  assert accounting.check_counts(counts) == []  # cut records are written ones
+  table = accounting.format_counts(counts, seconds=1.0)
+  assert "cut to max_length impressions/tags: 5" in table
+  assert "cut to max_length impressions/device: 1" in table

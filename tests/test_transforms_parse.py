@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features import spec as spec_lib
 from transforms import dead_letter as dl
 from transforms import parse
 from transforms import read
@@ -340,7 +341,7 @@ def _deep(depth):
   return "[" * depth + "]" * depth
 
 
-LONG = 100_000  # parse.MAX_STRING_CHARS
+LONG = 100_000  # features.spec.DEFAULT_MAX_STRING_CHARS
 # Issue 33: no single line can stop a job. (line, reason, what the detail names) per case.
 HOSTILE_IMPRESSIONS = [
     (_deep(100_000), dl.UNPARSEABLE_JSON, "nested"),
@@ -404,7 +405,7 @@ def test_no_single_line_stops_the_job(path, monkeypatch):
 
 @pytest.mark.parametrize("path", ["columnar", "line_by_line"])
 def test_limits_are_the_parser_s_and_events_have_them_too(path):
-  parser = parse.EventParser(EVENT_TYPES, max_string_chars=5)
+  parser = parse.EventParser(EVENT_TYPES, limit=spec_lib.ValueLimit(max_chars=5))
   texts = [json.dumps(testing.event("imp1", T0, "click")),
            json.dumps(testing.event("imp1", parse.MIN_TIMESTAMP - 1, "click")),
            json.dumps(testing.event("imp123", T0, "click"))]
@@ -415,3 +416,127 @@ def test_limits_are_the_parser_s_and_events_have_them_too(path):
   assert [row["line"] for row in batch.to_pylist()] == [1]
   assert sorted((d["line"], d["reason"]) for d in dead) == [(2, dl.BAD_VALUE),
                                                            (3, dl.TOO_LONG)]
+
+
+# Issue 33: per-feature limits from the spec. tags (a weighted list): at most 3 elements,
+# each string at most 6 characters (the spec-wide max_string_chars), cut; device (a
+# string): at most 4 characters, cut; user_id: at most 8 characters, dead-lettered.
+LIMITED_SPEC = dict(testing.SMALL_SPEC, limits={"max_string_chars": 6}, features=[
+    dict(entry, **{"user_id": {"max_length": 8},
+                   "device": {"max_length": 4, "on_too_long": "cut"},
+                   "tags": {"max_length": 3, "on_too_long": "cut"}}.get(entry["name"], {}))
+    for entry in testing.SMALL_SPEC["features"]])
+
+def _short(index):
+  """A valid impression whose values keep LIMITED_SPEC's limits (device "android" would not)."""
+  return _valid(index) | {"device": "web"}
+
+
+# (record, what the kept row holds instead, or the dead letter's reason and named field).
+LIMITED_CASES = [
+    (_short(70), {}, None),
+    (_short(71) | {"tags": list("abcde"), "tags__weight": [1.0, 2.0, 3.0, 4.0, 5.0]},
+     {"tags": list("abc"), "tags__weight": [1.0, 2.0, 3.0]}, None),
+    (_short(72) | {"tags": ["t1", "abcdefghij"], "tags__weight": None},
+     {"tags": ["t1", "abcdef"], "tags__weight": [1.0, 1.0]}, None),
+    (_short(73) | {"device": "abcdefg"}, {"device": "abcd"}, None),
+    (_short(74) | {"user_id": "u" * 9}, None, (dl.TOO_LONG, "'user_id': a string of 9")),
+    # At every limit: kept as it is.
+    (_short(75) | {"tags": ["abcdef"] * 3, "tags__weight": None, "device": "abcd",
+                   "user_id": "u" * 8}, {"tags__weight": [1.0] * 3}, None),
+    # Over a cut limit and a dead_letter one: dead-lettered, nothing counted as cut.
+    (_short(76) | {"tags": list("abcde"), "tags__weight": None, "user_id": "u" * 9}, None,
+     (dl.TOO_LONG, "'user_id'")),
+]
+
+
+def _limited_runs(parser, path, texts):
+  """The (batch, dead letters) results of `texts` through one path: the columnar one
+  line by line and all at once, or the line rules alone."""
+  numbers = list(range(1, len(texts) + 1))
+  if path == "columnar":  # A generator: each run is parsed when the test reaches it.
+    yield [parser.parse_json_lines("f.jsonl", [n], [t]) for n, t in zip(numbers, texts)]
+    yield [parser.parse_json_lines("f.jsonl", numbers, texts)]
+  else:
+    yield [parser.parse_line_by_line("f.jsonl", numbers, texts)]
+
+
+@pytest.mark.parametrize("path", ["columnar", "line_by_line"])
+def test_spec_limits_cut_or_dead_letter_and_cuts_are_counted(path):
+  parser = parse.ImpressionParser(spec_lib.feature_spec_from_dict(LIMITED_SPEC, "limited"))
+  texts = [json.dumps({k: v for k, v in record.items() if v is not None})
+           for record, _, _ in LIMITED_CASES]
+  for results in _limited_runs(parser, path, texts):
+    kept = {row["line"]: row for batch, _ in results for row in batch.to_pylist()}
+    dead = {letter["line"]: letter for _, letters in results for letter in letters}
+    assert parser.pop_cut_counts() == {"tags": 2, "device": 1}
+    assert parser.pop_cut_counts() == {}
+    for line, (record, changes, refused) in enumerate(LIMITED_CASES, start=1):
+      if refused is not None:
+        assert line not in kept and dead[line]["reason"] == refused[0], line
+        assert refused[1] in dead[line]["detail"] and dead[line]["record"] == texts[line - 1]
+        continue
+      assert line not in dead, dead.get(line)
+      expected = dict(record, **changes)
+      assert {key: kept[line][key] for key in expected} == expected, line
+
+
+def test_spec_limits_in_parquet_columns_match_the_line_rules(tmp_path):
+  records = [{k: v for k, v in record.items() if v is not None}
+             for record, _, _ in LIMITED_CASES] + [_short(i) for i in range(80, 120)]
+  for record in records:
+    record.setdefault("tags__weight", [1.0] * len(record["tags"]))
+    record.setdefault("device", "web")
+  path = testing.write_parquet(str(tmp_path / "imps.parquet"), records)
+  parser = parse.ImpressionParser(spec_lib.feature_spec_from_dict(LIMITED_SPEC, "limited"))
+  rows, dead = _columnar(path, parser, 16)
+  cut = parser.pop_cut_counts()
+  line_rows, line_dead = _line_by_line(path, parser)
+  assert (rows, _letters(dead), cut) == (line_rows, _letters(line_dead),
+                                         parser.pop_cut_counts())
+  assert cut == {"tags": 2, "device": 1} and sorted(d["line"] for d in dead) == [5, 7]
+
+
+AS_OF = T0 + 3600
+
+
+@pytest.mark.parametrize("path", ["columnar", "line_by_line"])
+def test_records_after_as_of_are_bad_values_naming_the_instant(path):
+  impressions = [json.dumps(_valid(0) | {"timestamp": AS_OF}),  # at as_of: kept
+                 json.dumps(_valid(1) | {"timestamp": AS_OF + 1}),
+                 json.dumps(_valid(2) | {"timestamp": AS_OF - 1})]
+  events = [json.dumps(testing.event("imp0", AS_OF, "click")),
+            json.dumps(testing.event("imp0", AS_OF + 60, "purchase"))]
+  for parser, texts in ((parse.ImpressionParser(testing.small_spec(), as_of=AS_OF),
+                         impressions), (parse.EventParser(EVENT_TYPES, as_of=AS_OF), events)):
+    for results in _limited_runs(parser, path, texts):
+      kept = [row["line"] for batch, _ in results for row in batch.to_pylist()]
+      dead = [letter for _, letters in results for letter in letters]
+      assert kept == [line for line in (1, 3) if line <= len(texts)]
+      [letter] = dead
+      assert (letter["line"], letter["reason"]) == (2, dl.BAD_VALUE)
+      stamp = json.loads(texts[1])["timestamp"]
+      assert letter["detail"] == (
+          f"field 'timestamp': {stamp} ({parse.utc_text(stamp)}) is after as_of "
+          f"2026-01-01T01:00:00Z ({AS_OF}), the logs' snapshot time")
+  assert parse.utc_text(AS_OF + 60) == "2026-01-01T01:01:00Z"
+
+
+def test_without_as_of_a_late_timestamp_is_kept():
+  text = json.dumps(_valid(1) | {"timestamp": AS_OF + 10**8})
+  batch, dead = parse.ImpressionParser(testing.small_spec()).parse_json_lines("f", [1], [text])
+  assert batch.num_rows == 1 and not dead
+
+
+def test_read_parse_transform_emits_cut_counts_per_file(tmp_path):
+  texts = [json.dumps({k: v for k, v in record.items() if v is not None})
+           for record, _, _ in LIMITED_CASES]
+  testing.write_jsonl(str(tmp_path / "a.jsonl"), texts)
+  testing.write_jsonl(str(tmp_path / "b.jsonl"), texts[3:4])
+  spec = spec_lib.feature_spec_from_dict(LIMITED_SPEC, "limited")
+  with test_pipeline.TestPipeline() as p:
+    out = p | parse.ReadParseImpressions(str(tmp_path / "*"), spec)
+    assert_that(out[parse.CUT], equal_to([(("impressions", "cut", "tags"), 2),
+                                          (("impressions", "cut", "device"), 1),
+                                          (("impressions", "cut", "device"), 1)]), label="Cut")
+    assert_that(out[parse.READ], equal_to([8]), label="Read")

@@ -8,6 +8,11 @@ layout and its identities (impressions read == written + dead-lettered, events r
 attributed + dead-lettered): DESIGN.md section 3. Sources other than the raw log
 contract list their own sections (`SOURCE_SECTIONS`), e.g. Ali-CCP's "common_features"
 (read == used + unused + dead-lettered; docs/ALI_CCP.md).
+
+A source section also holds `"cut": {feature: n}` when n of its records had a value of
+that feature cut to the spec's max_length (`on_too_long: cut`; transforms.parse). Cut
+records are still written, so "cut" is a note, not an outcome: it is outside the
+identities, and absent when nothing was cut.
 """
 
 import json
@@ -96,6 +101,7 @@ SOURCE_SECTIONS = {
     dl.COMMON_FEATURES: ("used", "unused"),
 }
 LOG_SOURCES = (dl.IMPRESSIONS, dl.EVENTS)
+CUT = "cut"  # A source section's {feature: records whose value was cut} (module docstring).
 
 
 def _empty_section(source: str) -> Dict[str, Any]:
@@ -125,8 +131,9 @@ def build_counts(entries: List[Tuple[CountPath, int]], label_names: Sequence[str
       node = node.setdefault(key, {})
     node[path[-1]] = node.get(path[-1], 0) + int(n)
   for section in counts.values():
-    if "dead_letter" in section:
-      section["dead_letter"] = dict(sorted(section["dead_letter"].items()))
+    for note in ("dead_letter", CUT):
+      if note in section:
+        section[note] = dict(sorted(section[note].items()))
   return counts
 
 
@@ -220,6 +227,8 @@ def format_counts(counts: Dict[str, Any], seconds: float) -> str:
   for source in sources:
     for reason, n in counts[source]["dead_letter"].items():
       lines.append(f"  dead letter {source}/{reason}: {n}")
+    for feature, n in counts[source].get(CUT, {}).items():
+      lines.append(f"  cut to max_length {source}/{feature}: {n} (kept, written cut)")
   lines.append(f"{total_read} input records in {seconds:.1f} s: {rate(total_read):,.0f} "
                f"records/s ({rate(impressions['read']):,.0f} impressions/s)")
   return "\n".join(lines)

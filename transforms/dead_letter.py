@@ -32,7 +32,7 @@ EVENT_BEFORE_IMPRESSION = "event_before_impression"
 OUTSIDE_ATTRIBUTION_WINDOW = "outside_attribution_window"
 DUPLICATE_EVENT = "duplicate_event"
 EVENT_WITHOUT_CLICK = "event_without_click"
-TOO_LONG = "too_long"  # A list or string over the parser's limit (parse.MAX_LIST_LENGTH, ...).
+TOO_LONG = "too_long"  # A list or string over its limit (features.spec.ValueLimit).
 PARSER_ERROR = "parser_error"  # The line rules raised something else: a bug, or a hostile line.
 # Reasons of the Ali-CCP readers (layouts/aliccp.py, aliccp_join.py, derived.py).
 MALFORMED_LINE = "malformed_line"

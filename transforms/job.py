@@ -3,7 +3,8 @@
 Flow: raw logs -> **Preprocess** (this chain of composites) -> OUTPUT/ -> training.data.
 Every element is a pyarrow RecordBatch (thousands of records) up to the encoder:
 
-    read + parse    ReadParseImpressions / ReadParseEvents   batches, dead letters, reads
+    read + parse    ReadParseImpressions / ReadParseEvents   batches, dead letters, reads,
+                                                             values cut (features.spec limits)
       -> LogProgress (records so far and records/s per worker, every 30 s)
     join + label    BucketedJoinAndLabel     CoGroupByKey on hash buckets of impression_id
     split           SplitBatchesByTime       labelled batches per split
@@ -78,7 +79,8 @@ class Preprocess(beam.PTransform):
     impressions, events: globs (or lists of globs) of raw log files.
     output_dir: OUTPUT (local or gs://).
     data_config: labels, attribution window, orphan policy, eval_from (None = the last
-      UTC day present among the labelled impressions), shard counts.
+      UTC day present among the labelled impressions), as_of (impressions and events
+      after it are dead-lettered as bad_value), shard counts.
     spec: the feature spec.
     statistics: also compute TFDV statistics of both splits.
     num_buckets: hash buckets of impression_id for the join's shuffle.
@@ -106,9 +108,11 @@ class Preprocess(beam.PTransform):
   def expand(self, pbegin):
     config, spec = self._data_config, self._spec
     event_types = label_lib.EventLabeler(config).event_types
+    as_of = config.as_of_timestamp
     impressions = pbegin | "ReadParseImpressions" >> parse.ReadParseImpressions(
-        self._impressions, spec)
-    events = pbegin | "ReadParseEvents" >> parse.ReadParseEvents(self._events, event_types)
+        self._impressions, spec, as_of)
+    events = pbegin | "ReadParseEvents" >> parse.ReadParseEvents(self._events, event_types,
+                                                                 as_of)
     interval = self._progress_interval_s
     parsed_impressions = impressions[parse.RECORDS] | "ProgressImpressions" >> (
         progress.LogProgress("impressions_parsed", interval))
@@ -131,6 +135,8 @@ class Preprocess(beam.PTransform):
     counts = [
         impressions[parse.READ] | "TagImpressionsRead" >> tagged((dl.IMPRESSIONS, "read")),
         events[parse.READ] | "TagEventsRead" >> tagged((dl.EVENTS, "read")),
+        impressions[parse.CUT],
+        events[parse.CUT],
         (labelled[join.ATTRIBUTED]
          | "SumAttributed" >> beam.CombineGlobally(sum)
          | "TagAttributed" >> tagged((dl.EVENTS, "attributed"))),

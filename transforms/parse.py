@@ -20,12 +20,19 @@ is parsed in columns only where that gives the same result:
     (strings as strings, integers as int64, floats as float64, lists thereof) is cast in
     columns and checked as above; any other batch goes row by row through the line
     rules, with `batch.to_pylist()` payloads.
-  * Bad values the spec does not describe: a timestamp before MIN_TIMESTAMP or outside
-    int64, a lone surrogate (`bad_value`), a list or string over MAX_LIST_LENGTH /
-    MAX_STRING_CHARS (`too_long`). No single line stops the job: any other failure of
-    the line rules is a `parser_error` (`line_error`), and a line with more than
-    MAX_JSON_BRACKETS brackets goes through the line rules (`unparseable_json` when
-    nested deeper than Python's recursion limit).
+  * Implausible timestamps: before MIN_TIMESTAMP (2000-01-01), outside int64, or, with a
+    snapshot time (`as_of`, unix seconds: data.as_of / --as_of), after it: `bad_value`.
+    A lone surrogate is a `bad_value` too.
+  * Value limits (features.spec.ValueLimit): a spec feature's list or string over its
+    `max_length` (default: the spec's `limits`) is, per its `on_too_long`, a `too_long`
+    dead letter or cut to the limit and counted (`pop_cut_counts`, counts.json
+    `<source>.cut.<feature>`); impression_id and event have features.spec.FIXED_LIMIT
+    (too_long). Rows over a limit are found in columns and go through the line rules,
+    which decide (`features.spec.fit_lengths`), so both paths keep and cut the same.
+  * No single line stops the job: any other failure of the line rules is a
+    `parser_error` (`line_error`), and a line with more than MAX_JSON_BRACKETS brackets
+    goes through the line rules (`unparseable_json` when nested deeper than Python's
+    recursion limit).
 
 Output schemas (one row per kept record, in file order within a batch):
   impressions: file: string, line: int64, record: string (the JSON line's text; null
@@ -37,6 +44,8 @@ Output schemas (one row per kept record, in file order within a batch):
   events: file, line, record, impression_id: string, timestamp: int64, event: string.
 """
 
+import collections
+import datetime
 import io
 import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -51,18 +60,19 @@ import pyarrow.json as pa_json
 
 from features import example_codec
 from features import spec as spec_lib
+from transforms import accounting
 from transforms import dead_letter as dl
 from transforms import read as read_lib
 
 FALLBACK_PIECE = 32  # Lines per retry when a batch fails the strict JSON reader.
 RECORDS = "records"  # Main output tag of the readers / parsers.
 READ = "read"  # Tag of the per-file count of records read (non-blank lines, rows).
+# Tag of the per-file counts of values cut, ((source, "cut", feature), n): counts.json's key.
+CUT = accounting.CUT
 EVENT_KEY = "event"
 USER_ID_KEY = "user_id"
 ITEM_ID_KEY = "item_id"
 MIN_TIMESTAMP = 946684800  # 2000-01-01T00:00:00Z: an earlier (or negative) one is a bad_value.
-MAX_LIST_LENGTH = 10_000  # Elements of a list value; a longer one is too_long.
-MAX_STRING_CHARS = 100_000  # Characters of a string value; a longer one is too_long.
 # A JSON line with more opening brackets than this goes through the line rules, whose
 # json.loads rejects nesting deeper than Python's recursion limit (unparseable_json).
 MAX_JSON_BRACKETS = 256
@@ -175,46 +185,49 @@ def required_int(record: Dict[str, Any], key: str) -> int:
   return value
 
 
-def required_timestamp(record: Dict[str, Any]) -> int:
-  """The record's unix-seconds timestamp: an int64 from 2000-01-01 (MIN_TIMESTAMP) on."""
+def utc_text(timestamp: int) -> str:
+  """Unix seconds as an ISO 8601 UTC instant, "2026-03-02T12:00:00Z"."""
+  return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime(
+      "%Y-%m-%dT%H:%M:%SZ")
+
+
+def required_timestamp(record: Dict[str, Any], as_of: Optional[int] = None) -> int:
+  """The record's unix-seconds timestamp: an int64 from 2000-01-01 (MIN_TIMESTAMP) on and,
+  with a snapshot time `as_of` (unix seconds), not after it (at as_of is kept)."""
   timestamp = required_int(record, spec_lib.TIMESTAMP_KEY)
   if not timestamp <= example_codec.INT64_MAX:
     raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} does not fit in int64")
   if timestamp < MIN_TIMESTAMP:
     raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} is before 2000-01-01 "
                      f"({MIN_TIMESTAMP})")
+  if as_of is not None and timestamp > as_of:
+    raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} ({utc_text(timestamp)}) "
+                     f"is after as_of {utc_text(as_of)} ({as_of}), the logs' snapshot time")
   return timestamp
 
 
-def check_lengths(values: Dict[str, Any], max_list_length: int, max_string_chars: int
-                  ) -> None:
-  """Raises FieldError too_long, naming the field, for a list of more than
-  max_list_length elements or a string (or list element) of more than max_string_chars
-  characters; a string that is not valid utf-8 (a lone surrogate) is a bad_value."""
+def check_encodable(values: Dict[str, Any]) -> None:
+  """Raises FieldError bad_value, naming the field, for a string (or list element) that
+  is not valid utf-8 (a lone surrogate, "\ud800" in JSON: no Arrow string holds it)."""
   for key, value in values.items():
-    items = value if isinstance(value, list) else (value,)
-    if len(items) > max_list_length:
-      raise FieldError(dl.TOO_LONG, f"field {key!r}: {len(items)} elements, more than the "
-                       f"limit of {max_list_length}")
-    for item in items:
-      if not isinstance(item, str):
-        continue
-      if len(item) > max_string_chars:
-        raise FieldError(dl.TOO_LONG, f"field {key!r}: a string of {len(item)} characters, "
-                         f"more than the limit of {max_string_chars}")
-      try:
-        item.encode("utf-8")
-      except UnicodeEncodeError:  # A lone surrogate ("\ud800" in JSON): no Arrow string.
-        raise FieldError(dl.BAD_VALUE, f"field {key!r}: not encodable as utf-8 (a lone "
-                         "surrogate)") from None
+    for item in value if isinstance(value, list) else (value,):
+      if isinstance(item, str) and not item.isascii():
+        try:
+          item.encode("utf-8")
+        except UnicodeEncodeError:
+          raise FieldError(dl.BAD_VALUE, f"field {key!r}: not encodable as utf-8 (a lone "
+                           "surrogate)") from None
 
 
 def line_error(error: Exception) -> Any:
   """What a line's failure is dead-lettered with (a `.reason` and a `.detail`): a
-  FieldError or RecordError as it is; any other exception (MemoryError, a bug) as a
-  parser_error naming it, so that no single line can stop the job."""
+  FieldError or RecordError as it is, a features.spec.TooLongError as too_long; any other
+  exception (MemoryError, a bug) as a parser_error naming it, so that no single line can
+  stop the job."""
   if isinstance(error, (FieldError, example_codec.RecordError)):
     return error
+  if isinstance(error, spec_lib.TooLongError):
+    return FieldError(dl.TOO_LONG, error.detail)
   return FieldError(dl.PARSER_ERROR,
                     f"the line rules failed: {type(error).__name__}: {error}"[:1000])
 
@@ -225,15 +238,29 @@ def required_present(record: Dict[str, Any], key: str) -> None:
 
 
 class _Parser:
-  """Shared batch logic: strict columnar parse, checks, row-parser fallback."""
+  """Shared batch logic: strict columnar parse, checks, row-parser fallback.
+
+  Args:
+    schema: the output schema (`impression_schema`, `event_schema`).
+    limits: value column -> its features.spec.ValueLimit (a column not in it has
+      features.spec.FIXED_LIMIT).
+    as_of: the snapshot time (unix seconds): a later timestamp is a bad_value; None = none.
+
+  Attributes:
+    cut_counts: feature -> records whose value of it was cut (on_too_long: cut), since
+      the last `pop_cut_counts`.
+  """
 
   source = ""
 
-  def __init__(self, schema: pa.Schema, max_list_length: int, max_string_chars: int):
+  def __init__(self, schema: pa.Schema, limits: Dict[str, spec_lib.ValueLimit],
+               as_of: Optional[int]):
     self.schema = schema
-    self.max_list_length = max_list_length
-    self.max_string_chars = max_string_chars
+    self.as_of = as_of
+    self.cut_counts: collections.Counter = collections.Counter()
     self._value_schema = pa.schema(list(schema)[len(_META_FIELDS):])
+    self._limits = {name: limits.get(name, spec_lib.FIXED_LIMIT)
+                    for name in self._value_schema.names}
     self._json_options = pa_json.ParseOptions(explicit_schema=self._value_schema,
                                               unexpected_field_behavior="ignore")
 
@@ -252,6 +279,11 @@ class _Parser:
   def row_values(self, parsed: Dict[str, Any]) -> Dict[str, Any]:
     raise NotImplementedError
 
+  def pop_cut_counts(self) -> Dict[str, int]:
+    """feature -> records cut since the last call (then starts again from 0)."""
+    counts, self.cut_counts = dict(self.cut_counts), collections.Counter()
+    return counts
+
   # Row-parser fallback.
   def _row_parse(self, file: str, lines: Sequence[int], payloads: Sequence[Any],
                  dead: List[Dict[str, Any]]) -> pa.Table:
@@ -261,12 +293,14 @@ class _Parser:
     for line, payload in zip(lines, payloads):
       try:
         values = self.row_values(self.validate(load_object(payload)))
-        check_lengths(values, self.max_list_length, self.max_string_chars)
+        check_encodable(values)
+        cut = spec_lib.fit_lengths(values, self._limits)
       except Exception as e:  # pylint: disable=broad-except  (no single line stops the job)
         error = line_error(e)
         dead.append(dl.make_dead_letter(self.source, file, line, error.reason, error.detail,
                                         payload))
         continue
+      self.cut_counts.update(cut.keys())
       values["line"] = line
       values["record"] = payload if isinstance(payload, str) else None
       rows.append(values)
@@ -286,18 +320,22 @@ class _Parser:
 
   def _over_limits(self, batch: pa.RecordBatch, texts: Optional[Sequence[Any]]) -> np.ndarray:
     """bool [rows]: rows the line rules must decide whatever the spec's checks say: a
-    timestamp before MIN_TIMESTAMP, a list or string over the limits, a JSON line with
-    more than MAX_JSON_BRACKETS opening brackets."""
+    timestamp before MIN_TIMESTAMP or after as_of, a list or string over its column's
+    limit (to dead-letter or cut), a JSON line with more than MAX_JSON_BRACKETS opening
+    brackets."""
     n = batch.num_rows
     timestamps = batch.column(batch.schema.get_field_index(spec_lib.TIMESTAMP_KEY))
     bad = as_bool(pc.less(timestamps, MIN_TIMESTAMP))
-    for column in batch.columns:
+    if self.as_of is not None:
+      bad |= as_bool(pc.greater(timestamps, self.as_of))
+    for name, column in zip(batch.schema.names, batch.columns):
+      limit = self._limits[name]
       strings = column
       if pa.types.is_list(column.type):
-        bad |= as_bool(pc.greater(pc.list_value_length(column), self.max_list_length))
+        bad |= as_bool(pc.greater(pc.list_value_length(column), limit.max_elements))
         strings = pc.list_flatten(column)
       if pa.types.is_string(strings.type):
-        long = as_bool(pc.greater(pc.utf8_length(strings), self.max_string_chars))
+        long = as_bool(pc.greater(pc.utf8_length(strings), limit.max_chars))
         bad |= _list_rows_with(column, long, n) if strings is not column else long
     if texts is not None:
       texts = pa.array(texts, pa.string())
@@ -414,15 +452,15 @@ class ImpressionParser(_Parser):
   """Impression batches for one feature spec.
 
   Args:
-    spec: the feature spec whose features are validated and coerced.
-    max_list_length, max_string_chars: longer lists and strings are too_long.
+    spec: the feature spec whose features are validated, coerced and held to their
+      value limits (`FeatureSpec.value_limits`).
+    as_of: the snapshot time (unix seconds) or None (`_Parser`).
   """
 
   source = dl.IMPRESSIONS
 
-  def __init__(self, spec: spec_lib.FeatureSpec, max_list_length: int = MAX_LIST_LENGTH,
-               max_string_chars: int = MAX_STRING_CHARS):
-    super().__init__(impression_schema(spec), max_list_length, max_string_chars)
+  def __init__(self, spec: spec_lib.FeatureSpec, as_of: Optional[int] = None):
+    super().__init__(impression_schema(spec), spec.value_limits(), as_of)
     self._spec = spec
     self._codec = example_codec.ExampleCodec(spec)
     names = {f.name for f in spec}
@@ -431,7 +469,7 @@ class ImpressionParser(_Parser):
 
   def validate(self, obj):
     impression_id = required_string(obj, spec_lib.IMPRESSION_ID_KEY)
-    timestamp = required_timestamp(obj)
+    timestamp = required_timestamp(obj, self.as_of)
     required_present(obj, USER_ID_KEY)
     required_present(obj, ITEM_ID_KEY)
     return {"impression_id": impression_id, "timestamp": timestamp,
@@ -503,20 +541,22 @@ class EventParser(_Parser):
 
   Args:
     event_types: the event types the configured labels use.
-    max_list_length, max_string_chars: longer lists and strings are too_long.
+    as_of: the snapshot time (unix seconds) or None (`_Parser`).
+    limit: the limit of the string fields impression_id and event (too_long).
   """
 
   source = dl.EVENTS
 
-  def __init__(self, event_types: Sequence[str], max_list_length: int = MAX_LIST_LENGTH,
-               max_string_chars: int = MAX_STRING_CHARS):
-    super().__init__(event_schema(), max_list_length, max_string_chars)
+  def __init__(self, event_types: Sequence[str], as_of: Optional[int] = None,
+               limit: spec_lib.ValueLimit = spec_lib.FIXED_LIMIT):
+    super().__init__(event_schema(), {spec_lib.IMPRESSION_ID_KEY: limit, EVENT_KEY: limit},
+                     as_of)
     self._event_type_set = frozenset(event_types)
     self._event_types = pa.array(sorted(self._event_type_set), pa.string())
 
   def validate(self, obj):
     impression_id = required_string(obj, spec_lib.IMPRESSION_ID_KEY)
-    timestamp = required_timestamp(obj)
+    timestamp = required_timestamp(obj, self.as_of)
     event = required_string(obj, EVENT_KEY)
     if event not in self._event_type_set:
       raise FieldError(dl.UNKNOWN_EVENT_TYPE, f"field 'event': {event!r} is not one of the "
@@ -538,7 +578,8 @@ class EventParser(_Parser):
 
 
 class _ReadParseFileFn(beam.DoFn):
-  """One matched file -> parsed RecordBatches, dead letters (tagged) and its read count."""
+  """One matched file -> parsed RecordBatches, dead letters (tagged), its read count and
+  its counts of values cut per feature."""
 
   def __init__(self, make_parser: Callable[[], _Parser], source: str):
     self._make_parser = make_parser
@@ -563,6 +604,10 @@ class _ReadParseFileFn(beam.DoFn):
           yield from self._emit(parsed, dead)
     logging.info("Read %d %s records from %s (columnar)", read, self._source, path)
     yield beam.pvalue.TaggedOutput(READ, read)
+    for feature, n in sorted(self._parser.pop_cut_counts().items()):
+      logging.info("Cut %d %s values of %r to its max_length in %s", n, self._source, feature,
+                   path)
+      yield beam.pvalue.TaggedOutput(CUT, ((self._source, CUT, feature), n))
 
   @staticmethod
   def _emit(parsed, dead):
@@ -584,23 +629,32 @@ class _ReadParse(beam.PTransform):
     outputs = (pbegin
                | "MatchFiles" >> read_lib.MatchFiles(self._patterns)
                | "ReadParse" >> beam.ParDo(_ReadParseFileFn(
-                   self._make_parser, self._source)).with_outputs(dl.DEAD_LETTER, READ,
+                   self._make_parser, self._source)).with_outputs(dl.DEAD_LETTER, READ, CUT,
                                                                   main=RECORDS))
     return {RECORDS: outputs[RECORDS], dl.DEAD_LETTER: outputs[dl.DEAD_LETTER],
-            READ: outputs[READ] | "SumRead" >> beam.CombineGlobally(sum)}
+            READ: outputs[READ] | "SumRead" >> beam.CombineGlobally(sum),
+            CUT: outputs[CUT]}
 
 
 class ReadParseImpressions(_ReadParse):
   """Globs -> {"records": impression RecordBatches (`impression_schema`), "dead_letter":
-  dead letters, "read": one int, records read}."""
+  dead letters, "read": one int, records read, "cut": ((source, "cut", feature), n) per
+  file and feature with values cut}.
 
-  def __init__(self, file_patterns, spec: spec_lib.FeatureSpec):
-    super().__init__(file_patterns, lambda: ImpressionParser(spec), dl.IMPRESSIONS)
+  Args:
+    file_patterns: globs (or a list of them) of JSON Lines / Parquet files.
+    spec: the feature spec.
+    as_of: the snapshot time (unix seconds; data.as_of) or None.
+  """
+
+  def __init__(self, file_patterns, spec: spec_lib.FeatureSpec, as_of: Optional[int] = None):
+    super().__init__(file_patterns, lambda: ImpressionParser(spec, as_of), dl.IMPRESSIONS)
 
 
 class ReadParseEvents(_ReadParse):
-  """Globs -> {"records": event RecordBatches (`event_schema`), "dead_letter", "read"}."""
+  """Globs -> {"records": event RecordBatches (`event_schema`), "dead_letter", "read",
+  "cut" (never any)}; `as_of` as for ReadParseImpressions."""
 
-  def __init__(self, file_patterns, event_types: Sequence[str]):
+  def __init__(self, file_patterns, event_types: Sequence[str], as_of: Optional[int] = None):
     event_types = tuple(event_types)
-    super().__init__(file_patterns, lambda: EventParser(event_types), dl.EVENTS)
+    super().__init__(file_patterns, lambda: EventParser(event_types, as_of), dl.EVENTS)
