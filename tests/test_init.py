@@ -375,24 +375,30 @@ def test_the_command_writes_both_files_and_errors_in_one_line(shop_log, starter,
                                                  f"*.jsonl: no file matches")
 
 
-def _run_step(module, *args):
-  done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=900)
-  assert done.returncode == 0, f"{module} failed:\n{done.stderr[-3000:]}"
-
-
 @pytest.mark.slow
-def test_init_preprocess_train_evaluate_predict(shop_log, tmp_path):
-  """The README's "Your own logs" commands, in order, on the shop's logs: each step
+def test_init_preprocess_train_evaluate_predict(shop_log, starter, tmp_path):
+  """The README's "Your own logs" steps, in order, on the shop's logs: each step
   succeeds, the labels of the eval day are the ones its events imply, and predict scores
-  every record with probabilities."""
+  every record with probabilities.
+
+  Each step runs what its entry point runs, in this process (TensorFlow and Beam are
+  loaded once, not once per step): init's files are `starter`'s, which
+  test_the_command_writes_both_files_and_errors_in_one_line checks pipeline.init writes
+  byte for byte; the entry points' own runs are tested by test_entry_points,
+  test_evaluate, test_predict_cli and the serving tests' pipeline.train."""
+  # pylint: disable=g-import-not-at-top
+  from evaluation import runner
+  from pipeline import predict
+  from pipeline import preprocess
+  from training import trainer
+  # pylint: enable=g-import-not-at-top
   exp, data, model = tmp_path / "exp", tmp_path / "data", tmp_path / "model"
   config = str(exp / "config.yaml")
-  _run_step("pipeline.init", f"--impressions={shop_log['impressions']}",
-            f"--events={shop_log['events']}", f"--out={exp}")
-  _run_step("pipeline.preprocess", f"--config={config}",
-            f"--impressions={shop_log['impressions']}", f"--events={shop_log['events']}",
-            f"--output={data}")
+  exp.mkdir()
+  (exp / "features.yaml").write_text(starter.spec_yaml)
+  (exp / "config.yaml").write_text(starter.config_yaml)
+  preprocess.run([f"--config={config}", f"--impressions={shop_log['impressions']}",
+                  f"--events={shop_log['events']}", f"--output={data}"])
   with open(data / "counts.json") as f:
     counts = json.load(f)
   # Oracle: the events the test wrote for the last day's impressions.
@@ -409,19 +415,16 @@ def test_init_preprocess_train_evaluate_predict(shop_log, tmp_path):
   assert counts["events"]["dead_letter"] == {
       "unknown_event_type": truth_counts["view"] + truth_counts["share"]}
 
-  _run_step("pipeline.train", f"--config={config}", f"--data={data}", f"--model_dir={model}",
-            "--epochs=1", "--batch_size=512")
-  evaluation = tmp_path / "eval.json"
-  _run_step("pipeline.evaluate", f"--saved_model={model}", f"--data={data}",
-            f"--output={evaluation}")
-  with open(evaluation) as f:
-    assert json.load(f)["examples"] == len(eval_ids)
+  trainer.train_and_export(  # pipeline.train --epochs=1 --batch_size=512
+      config_lib.load_config(config, overrides={"train": {"epochs": 1, "batch_size": 512}}),
+      str(data), str(model))
+  evaluation = runner.evaluate(str(model), str(data))  # pipeline.evaluate --saved_model MODEL
+  assert evaluation["examples"] == len(eval_ids)
 
   to_score = tmp_path / "to_score.jsonl"
   to_score.write_text("".join(json.dumps(r) + "\n" for r in shop_log["records"][:50]))
   scored_path = tmp_path / "scored.jsonl"
-  _run_step("pipeline.predict", f"--saved_model={model}", f"--input={to_score}",
-            f"--output={scored_path}")
+  predict.predict_file(str(model), str(to_score), str(scored_path), batch_size=512)
   scored = [json.loads(line) for line in scored_path.read_text().splitlines()]
   assert len(scored) == 50
   for line in scored:

@@ -1,4 +1,4 @@
-"""End-to-end test of the predict CLI (python -m pipeline.predict) in a subprocess.
+"""End-to-end test of the predict CLI (python -m pipeline.predict).
 
 Bad input lines (not JSON, not an object, a wrong dtype, a missing user_id, and hostile
 lines: 100,000 levels of nesting, bytes that are not UTF-8, NaN / Infinity, a 5 MB string,
@@ -6,6 +6,11 @@ a 2M-element list, a line over the byte limit) get a per-record error naming the
 field and the reason; every other record is still scored, one output line per non-blank
 input line, in order, with the scores it gets alone. An export base resolves to its newest
 complete version (serving/versions.py); user errors are one line (pipeline/cli.py).
+The CLI runs as a subprocess for the exit status and stderr contract (the bad records'
+run and the user errors); the other runs call what its main calls, `predict_file`, in
+this process (it already holds TensorFlow: no start-up of 4-8 s per run). Importing
+pipeline.predict defines its absl flags here: no other test imports an entry point that
+defines flags of the same names (pipeline.evaluate, .simulate, .train).
 """
 
 import json
@@ -19,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import common
+from pipeline import predict
 from tests import test_serving
 
 pytestmark = pytest.mark.slow
@@ -37,18 +43,21 @@ def _run(*args: str) -> subprocess.CompletedProcess:
       check=False)
 
 
-def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2, stderr: bool = False,
-             name: str = "in"):
+def _predict(saved_model: str, lines, tmp_path, batch_size: int = 2, name: str = "in",
+             subprocess_run: bool = False):
+  """The output lines of scoring LINES: by the CLI in a subprocess, or by predict_file."""
   input_path = tmp_path / f"{name}.jsonl"
   output_path = tmp_path / f"{name}_out.jsonl"
   input_path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode()
                                     for line in lines) + b"\n")
-  proc = _run("--saved_model", saved_model, "--input", str(input_path), "--output",
-              str(output_path), "--batch_size", str(batch_size))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  scored = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in output"))
-            for line in output_path.read_text().splitlines()]
-  return (scored, proc.stderr) if stderr else scored
+  if subprocess_run:
+    proc = _run("--saved_model", saved_model, "--input", str(input_path), "--output",
+                str(output_path), "--batch_size", str(batch_size))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  else:
+    predict.predict_file(saved_model, str(input_path), str(output_path), batch_size)
+  return [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in output"))
+          for line in output_path.read_text().splitlines()]
 
 
 def test_bad_records_get_errors_and_the_others_are_scored(export_dir, tmp_path):
@@ -63,7 +72,7 @@ def test_bad_records_get_errors_and_the_others_are_scored(export_dir, tmp_path):
       json.dumps(dict(good, position=[1, 2])),
       json.dumps({"user_id": "u1", "item_id": "i1"}),
   ]
-  out = _predict(export_dir, lines, tmp_path)
+  out = _predict(export_dir, lines, tmp_path, subprocess_run=True)
   assert len(out) == len(lines)
   assert [row["line"] for row in out] == list(range(1, len(lines) + 1))
   errors = {i: row["error"] for i, row in enumerate(out) if "error" in row}
@@ -122,7 +131,7 @@ def test_user_errors_are_one_line(export_dir, tmp_path):
   output = str(tmp_path / "out.jsonl")
   cases = [
       (["--saved_model", "/no/such/model", "--input", str(good), "--output", output],
-       "error: /no/such/model: no such directory"),
+       "error: --saved_model /no/such/model: no such directory"),
       (["--saved_model", export_dir, "--input", str(tmp_path / "missing.jsonl"), "--output",
         output], f"error: --input {tmp_path / 'missing.jsonl'}: no such file"),
       (["--saved_model", export_dir, "--input", str(good), "--output", str(good)],
@@ -146,7 +155,7 @@ class _ConstantScorer(tf.Module):
     return {"ctr": half, "cvr": half, "ctcvr": half * half}
 
 
-def test_export_base_resolves_to_the_newest_complete_version(export_dir, tmp_path):
+def test_export_base_resolves_to_the_newest_complete_version(export_dir, tmp_path, caplog):
   """Base: an older other model, the trained one, a newer empty dir, a newer without variables."""
   newest = int(os.path.basename(export_dir))
   base = tmp_path / "export"
@@ -160,7 +169,8 @@ def test_export_base_resolves_to_the_newest_complete_version(export_dir, tmp_pat
                   ignore=lambda directory, names: ["variables"] if "variables" in names else [])
 
   lines = [json.dumps(test_serving.A_RECORD)]
-  by_base, stderr = _predict(str(base), lines, tmp_path, stderr=True)
+  by_base = _predict(str(base), lines, tmp_path)
+  stderr = caplog.text  # serving.versions' warnings
   by_version = _predict(export_dir, lines, tmp_path)
   by_older = _predict(str(older), lines, tmp_path)
   assert by_base == by_version
