@@ -1,5 +1,10 @@
 """Tests of evaluation/scoring.py, evaluation/runner.py and the pipeline.evaluate CLI.
 
+The CLI runs as a subprocess where its exit status and stderr are the point (one scoring
+run with its logged table; user errors found before TensorFlow is imported; a report
+from --include'd JSONs); the other runs call what its main calls,
+`pipeline.evaluate.run(Settings(...))`, in this process (no TensorFlow start-up each).
+
 The fixture writes a tiny preprocess output (GZIP TFRecords, feature_spec.yaml,
 labels.json), a simulator truth file and a SavedModel of its own: a tf.Module whose
 `serving_default` parses Examples with features.parsing and returns ctr, cvr, ctcvr and
@@ -25,6 +30,8 @@ from evaluation import scoring
 from features import parsing
 from features import spec as spec_lib
 from features import success_marker
+from pipeline import cli
+from pipeline import evaluate as evaluate_cli
 from simulation import truth as truth_lib
 from tests.test_parsing import make_example
 
@@ -219,10 +226,10 @@ def test_evaluate_refuses_data_without_a_valid_success_marker(world, tmp_path):
   with pytest.raises(success_marker.IncompleteOutputError,
                      match=rf"{data_dir} has no _SUCCESS.json.*pipeline.preprocess"):
     runner.evaluate(world["model"], str(data_dir))
-  result = _evaluate_cli("--saved_model", world["model"], "--data", str(data_dir),
-                         "--output", str(tmp_path / "out.json"))
-  assert result.returncode == 2 and _error_line(result).startswith(f"error: {data_dir} has no")
-  assert not os.path.exists(tmp_path / "out.json")
+  with pytest.raises(success_marker.IncompleteOutputError, match=f"^{re.escape(str(data_dir))} has no"):
+    evaluate_cli.run(evaluate_cli.Settings(saved_model=[world["model"]], data=str(data_dir),
+                                           output=str(tmp_path / "out.json")))
+  assert not os.path.exists(tmp_path / "out.json")  # refused before anything was scored
 
 
 def test_spec_and_labels_fall_back_to_the_config(tmp_path, world):
@@ -255,9 +262,8 @@ def test_cli_writes_strict_json_beside_the_report_or_to_output_never_into_the_ex
   assert "bayes_auc" in result.stderr and "cvr/all" in result.stderr  # the logged table
 
   named = tmp_path / "elsewhere" / "metrics.json"
-  result = _evaluate_cli("--saved_model", world["export"], "--data", world["data"],
-                         "--output", str(named))
-  assert result.returncode == 0, result.stderr
+  evaluate_cli.run(evaluate_cli.Settings(saved_model=[world["export"]], data=world["data"],
+                                         output=str(named)))
   with open(named) as f:
     assert json.load(f)["tasks"]["ctr"]["n"] == NUM_ROWS
 
@@ -268,21 +274,25 @@ def test_cli_writes_strict_json_beside_the_report_or_to_output_never_into_the_ex
 
 
 def test_cli_user_errors_are_one_line(world, tmp_path):
-  output = ["--output", str(tmp_path / "out.json")]
+  output = str(tmp_path / "out.json")
+  result = _evaluate_cli("--saved_model", "/no/such/model", "--data", world["data"],
+                         "--output", output)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert _error_line(result) == "error: --saved_model /no/such/model: no such directory"
+  # The same one-line path (pipeline/cli.py) for the errors found with TensorFlow loaded:
   cases = [
-      (["--saved_model", "/no/such/model", "--data", world["data"], *output],
-       "error: --saved_model /no/such/model: no such directory"),
-      (["--saved_model", world["model"], "--data", world["data"], "--slice_by", "colour",
-        *output], "error: --slice_by colour: not a scalar feature of"),
-      (["--saved_model", world["model"], "--saved_model", world["export"], "--data",
-        world["data"], "--output_dir", str(tmp_path)],
+      (evaluate_cli.Settings(saved_model=[world["model"]], data=world["data"],
+                             slice_by=["colour"], output=output),
+       "error: --slice_by colour: not a scalar feature of"),
+      (evaluate_cli.Settings(saved_model=[world["model"], world["export"]],
+                             data=world["data"], output_dir=str(tmp_path)),
        "error: several --saved_model are named ['model']"),
   ]
-  for args, expected in cases:
-    result = _evaluate_cli(*args)
-    assert result.returncode == 2, (args, result.stderr[-2000:])
-    assert _error_line(result).startswith(expected), (args, result.stderr)
-  assert not os.path.exists(tmp_path / "out.json")
+  for settings, expected in cases:
+    with pytest.raises(cli.user_error_types()) as raised:
+      evaluate_cli.run(settings)
+    assert cli.error_line(raised.value).startswith(expected), cli.error_line(raised.value)
+  assert not os.path.exists(output)
 
 
 def test_evaluate_slices_and_curves(world):
@@ -309,13 +319,13 @@ def test_evaluate_slices_and_curves(world):
 
 def test_cli_compares_two_models_in_one_report_and_from_json(world, tmp_path):
   report_dir, metrics_dir = tmp_path / "report", tmp_path / "metrics"
-  command = [sys.executable, "-m", "pipeline.evaluate", "--saved_model", f"a={world['model']}",
-             "--saved_model", f"b={world['export']}", "--data", world["data"], "--truth",
-             world["raw"], "--slice_by", "new_user", "--output_dir", str(metrics_dir),
-             "--report", str(report_dir)]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180,
-                          check=False)
-  assert result.returncode == 0, result.stderr
+  args = ["--saved_model", f"a={world['model']}", "--saved_model", f"b={world['export']}",
+          "--data", world["data"], "--truth", world["raw"], "--slice_by", "new_user",
+          "--output_dir", str(metrics_dir), "--report", str(report_dir)]
+  evaluate_cli.run(evaluate_cli.Settings(
+      saved_model=[f"a={world['model']}", f"b={world['export']}"], data=world["data"],
+      truth=world["raw"], slice_by=["new_user"], output_dir=str(metrics_dir),
+      report=str(report_dir)))
   for name in ("a", "b"):
     with open(metrics_dir / f"{name}.json") as f:
       report = json.load(f)
@@ -331,8 +341,7 @@ def test_cli_compares_two_models_in_one_report_and_from_json(world, tmp_path):
   assert include.returncode == 0, include.stderr
   merged = open(tmp_path / "merged" / "index.html").read()
   assert 'id="model-a"' in merged and 'id="model-again"' in merged
-  refused = subprocess.run(command + ["--output", str(tmp_path / "x.json")], cwd=REPO,
-                           capture_output=True, text=True, timeout=120, check=False)
+  refused = _evaluate_cli(*args, "--output", str(tmp_path / "x.json"))
   assert refused.returncode != 0 and "--output_dir" in refused.stderr
 
 
