@@ -3,7 +3,7 @@
 Flow position: impressions.jsonl -> **serving.raw_input** -> serving.predictor (codec,
 SavedModel) -> scored.jsonl. `pipeline.predict` reads its `--input` here (`read_jsonl`
 checks every line); serving.predictor.Predictor checks records given to it directly with
-`check_limits`.
+`check_limits`, and holds each record's coerced features to the spec with `fit_features`.
 
 Every non-blank line becomes one `InputLine`: the parsed JSON value, or an error naming the
 line and the reason, so one bad line never stops the others (blank lines are skipped but
@@ -16,28 +16,35 @@ counted in line numbers). Refused, each with its reason:
                     than 4300 digits)
   too_deep          arrays / objects nested more than MAX_DEPTH levels (json.loads of
                     100,000 levels would raise RecursionError)
-  too_long          a string (value or key) of more than MAX_STRING_CHARS characters, or an
-                    array of more than MAX_LIST_VALUES elements, anywhere in the record
+  too_long          a value over its limit (`RecordLimits`): a feature of the spec over its
+                    max_length when its on_too_long is dead_letter (features.spec, the
+                    limits the Beam job applies); any other field (or key) with a string
+                    of more than features.spec.DEFAULT_MAX_STRING_CHARS characters or an
+                    array of more than DEFAULT_MAX_LIST_LENGTH elements, anywhere in it
   bad_value         a non-finite number (NaN, Infinity, or a literal like 1e999 that is
                     infinite as a float), or a string holding a lone UTF-16 surrogate
                     (`"\\ud800"`), which cannot be encoded as UTF-8
 
-The limits are far above what an impression record needs (13 scalar features and a list
-of recent categories in the simulated world) and bound what one line can cost.
+A feature whose on_too_long is cut is not refused for its length: `fit_features` cuts
+its coerced value to max_length and returns {feature: original length}, which the
+predictor reports in the record's `input_notes` ("cut"). Without a spec every field has
+the fixed limits. The limits are far above what an impression record needs (13 scalar
+features and a list of recent categories in the simulated world) and bound what one line
+can cost.
 """
 
 import dataclasses
 import json
 import math
 import re
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import tensorflow as tf
 
+from features import spec as spec_lib
+
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 32
-MAX_STRING_CHARS = 65536
-MAX_LIST_VALUES = 100_000
 ECHO_CHARS = 1000  # A refused line's text is echoed cut to this many characters.
 READ_CHUNK_BYTES = 1024 * 1024
 
@@ -87,22 +94,64 @@ def cut(text: str, limit: int = ECHO_CHARS) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
-def check_limits(record: Any) -> None:
+# Length limits that never bind: a cut feature's value is held by `fit_features` instead.
+_UNBOUNDED = spec_lib.ValueLimit(max_elements=2**62, max_chars=2**62)
+
+
+class RecordLimits:
+  """The length limit of each top-level field of a record (module docstring).
+
+  Args:
+    spec: the feature spec whose features' limits apply (features.spec.ValueLimit);
+      None = every field has features.spec.FIXED_LIMIT.
+
+  Attributes:
+    features: example key -> its ValueLimit (empty without a spec), for `fit_features`.
+    scan_chars: a JSON text of at most this many characters cannot break a refused
+      limit (`may_break_limits`).
+  """
+
+  def __init__(self, spec: Optional[spec_lib.FeatureSpec] = None):
+    self.features: Dict[str, spec_lib.ValueLimit] = spec.value_limits() if spec else {}
+    self._checked = {key: _UNBOUNDED if limit.on_too_long == spec_lib.CUT else limit
+                     for key, limit in self.features.items()}
+    refused = [spec_lib.FIXED_LIMIT] + [limit for limit in self._checked.values()
+                                        if limit is not _UNBOUNDED]
+    # A string of n characters takes more than n characters of JSON, a list of n
+    # elements at least 2n + 1.
+    self.scan_chars = min(min(limit.max_chars for limit in refused),
+                          2 * min(limit.max_elements for limit in refused))
+
+  def of(self, field: str) -> spec_lib.ValueLimit:
+    """The limit check_limits holds the top-level `field`'s value (anywhere inside) to."""
+    return self._checked.get(field, spec_lib.FIXED_LIMIT)
+
+
+_FIXED_LIMITS = RecordLimits()
+
+
+def check_limits(record: Any, limits: RecordLimits = _FIXED_LIMITS) -> None:
   """Checks a parsed record against the limits above, without recursion.
 
   Scalars inside a container are checked in place (a flat impression record costs one
   pass over its keys); only nested containers go on the stack.
+
+  Args:
+    record: a parsed JSON value.
+    limits: the limits of its top-level fields (`RecordLimits(spec)`); default: fixed.
 
   Raises:
     LimitError: naming the top-level key that holds the first offending value
       (`item_category`, `extra` for a value inside `extra`; `<record>` for the record
       itself) and the reason.
   """
+  key_chars = spec_lib.FIXED_LIMIT.max_chars
   stack: List[Tuple[Any, int, str]] = [(record, 0, "<record>")]
   while stack:
     value, depth, field = stack.pop()
+    limit = limits.of(field)
     if not isinstance(value, (dict, list, tuple)):
-      _check_scalar(value, field)
+      _check_scalar(value, field, limit.max_chars)
       continue
     if depth >= MAX_DEPTH:
       raise LimitError(field, TOO_DEEP, f"field {field!r}: nested deeper than {MAX_DEPTH} "
@@ -110,36 +159,56 @@ def check_limits(record: Any) -> None:
     if isinstance(value, dict):
       items = value.items()
     else:
-      if len(value) > MAX_LIST_VALUES:
-        raise LimitError(field, TOO_LONG, f"field {field!r}: {len(value)} values, more than "
-                         f"the limit of {MAX_LIST_VALUES}")
+      if len(value) > limit.max_elements:
+        raise LimitError(field, TOO_LONG, f"field {field!r}: {len(value)} elements, more "
+                         f"than the limit of {limit.max_elements}")
       items = ((None, item) for item in value)
     for key, item in items:
-      item_field = field
+      item_field, item_chars = field, limit.max_chars
       if key is not None:
-        item_field = field if depth else str(key)
-        if type(key) is not str or len(key) > MAX_STRING_CHARS or not key.isascii():
-          _check_scalar(str(key), item_field)
+        if not depth:
+          item_field = str(key)
+          item_chars = limits.of(item_field).max_chars
+        if type(key) is not str or len(key) > key_chars or not key.isascii():
+          _check_scalar(str(key), item_field, key_chars)
       kind = type(item)
       if kind is str:
-        if len(item) > MAX_STRING_CHARS or not item.isascii():
-          _check_scalar(item, item_field)
+        if len(item) > item_chars or not item.isascii():
+          _check_scalar(item, item_field, item_chars)
       elif kind is float:
-        _check_scalar(item, item_field)
+        _check_scalar(item, item_field, item_chars)
       elif kind is dict or kind is list or kind is tuple:
         stack.append((item, depth + 1, item_field))
       elif kind is not int and kind is not bool and item is not None:  # subclasses, numpy
         if isinstance(item, (dict, list, tuple)):
           stack.append((item, depth + 1, item_field))
         else:
-          _check_scalar(item, item_field)
+          _check_scalar(item, item_field, item_chars)
 
 
-def _check_scalar(value: Any, field: str) -> None:
+def fit_features(features: Dict[str, Any], limits: RecordLimits) -> Dict[str, int]:
+  """Holds a record's coerced features (features.example_codec.ExampleCodec.coerce) to
+  the spec's limits, in place: a value over a `cut` limit is cut to it.
+
+  Returns:
+    {feature: its original length (elements of a list, characters of a string)} of the
+    values cut: the record's `input_notes` "cut".
+
+  Raises:
+    LimitError: too_long, for a value over a dead_letter limit (check_limits refuses
+      those first, on the raw record).
+  """
+  try:
+    return spec_lib.fit_lengths(features, limits.features)
+  except spec_lib.TooLongError as e:
+    raise LimitError(e.field, TOO_LONG, e.detail) from None
+
+
+def _check_scalar(value: Any, field: str, max_chars: int) -> None:
   if isinstance(value, str):
-    if len(value) > MAX_STRING_CHARS:
+    if len(value) > max_chars:
       raise LimitError(field, TOO_LONG, f"field {field!r}: a string of {len(value)} "
-                       f"characters, more than the limit of {MAX_STRING_CHARS}")
+                       f"characters, more than the limit of {max_chars}")
     if not value.isascii() and _LONE_SURROGATE.search(value):
       raise LimitError(field, BAD_VALUE, f"field {field!r}: holds a lone UTF-16 surrogate, "
                        f"which is not encodable as UTF-8")
@@ -167,8 +236,10 @@ def _refuse_constant(name: str):
 _FINITE_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
-def parse_line(line_number: int, data: bytes) -> InputLine:
-  """One line's bytes (without its line break) -> an InputLine, checked against the limits."""
+def parse_line(line_number: int, data: bytes, limits: RecordLimits = _FIXED_LIMITS
+               ) -> InputLine:
+  """One line's bytes (without its line break) -> an InputLine, checked against the limits
+  (`limits`: those of a spec, `RecordLimits(spec)`; default: the fixed ones)."""
   try:
     text = data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -178,7 +249,7 @@ def parse_line(line_number: int, data: bytes) -> InputLine:
   try:
     try:
       record = _FINITE_DECODER.decode(text)
-      suspect = may_break_limits(text)
+      suspect = may_break_limits(text, limits)
     except _NonFinite:  # parsed again leniently, so check_limits can name the field
       record, suspect = json.loads(text), True
   except RecursionError:
@@ -190,23 +261,24 @@ def parse_line(line_number: int, data: bytes) -> InputLine:
         "<line>", UNPARSEABLE_JSON, f"not valid JSON: {cut(str(e), 200)}"))
   if suspect:
     try:
-      check_limits(record)
+      check_limits(record, limits)
     except LimitError as e:
       return InputLine(line_number, text=cut(text), error=e)
   return InputLine(line_number, record=record, text=cut(text))
 
 
-def may_break_limits(text: str) -> bool:
+def may_break_limits(text: str, limits: RecordLimits = _FIXED_LIMITS) -> bool:
   """False when the JSON text alone proves that its value keeps the size, depth and
   surrogate limits (non-finite numbers are refused by `parse_line`'s parser hooks).
 
-  A text shorter than MAX_STRING_CHARS holds no longer string and no longer array (an
-  element takes at least 2 characters); MAX_DEPTH brackets or fewer cannot nest deeper;
+  A text of at most `limits.scan_chars` characters holds no string or array over a
+  refused limit (an element takes at least 2 characters); MAX_DEPTH brackets or fewer
+  cannot nest deeper;
   a lone surrogate needs a \\uD800-\\uDFFF escape. Each test is a C-speed scan, so a
   typical impression line skips `check_limits`' walk (a bracket or an escape inside a
   string only costs the walk, which then decides).
   """
-  return (len(text) > MAX_STRING_CHARS
+  return (len(text) > limits.scan_chars
           or text.count("[") + text.count("{") > MAX_DEPTH
           or _SURROGATE_ESCAPE.search(text) is not None)
 
@@ -242,8 +314,10 @@ def _read_lines(path: str) -> Iterator[Tuple[int, bytes, int]]:
     yield line_number + 1, bytes(pending), length
 
 
-def read_jsonl(path: str) -> Iterator[InputLine]:
-  """Yields one InputLine per non-blank line of a JSON Lines file (local or gs://)."""
+def read_jsonl(path: str, spec: Optional[spec_lib.FeatureSpec] = None) -> Iterator[InputLine]:
+  """Yields one InputLine per non-blank line of a JSON Lines file (local or gs://),
+  checked against the limits of `spec`'s features (None: the fixed limits)."""
+  limits = RecordLimits(spec) if spec is not None else _FIXED_LIMITS
   for line_number, data, length in _read_lines(path):
     if line_number == 1 and data.startswith(_UTF8_BOM):
       data = data[len(_UTF8_BOM):]
@@ -256,4 +330,4 @@ def read_jsonl(path: str) -> Iterator[InputLine]:
       continue
     if not data.strip():
       continue
-    yield parse_line(line_number, data)
+    yield parse_line(line_number, data, limits)

@@ -208,7 +208,7 @@ def required_timestamp(record: Dict[str, Any], as_of: Optional[int] = None) -> i
 
 def check_encodable(values: Dict[str, Any]) -> None:
   """Raises FieldError bad_value, naming the field, for a string (or list element) that
-  is not valid utf-8 (a lone surrogate, "\ud800" in JSON: no Arrow string holds it)."""
+  is not valid utf-8 (a lone surrogate, "\\ud800" in JSON: no Arrow string holds it)."""
   for key, value in values.items():
     for item in value if isinstance(value, list) else (value,):
       if isinstance(item, str) and not item.isascii():
