@@ -93,3 +93,17 @@ def test_limits_load_from_a_yaml_file(tmp_path):
   assert spec.limits == spec_lib.ValueLimit(max_elements=50)
   assert spec["tags"].max_length == 3 and spec["tags"].on_too_long == "cut"
   assert spec.value_limits()["user_id"] == spec_lib.ValueLimit(50, 100_000)
+
+
+@pytest.mark.parametrize("top", [{}, {"limits": {"max_list_length": 7, "on_too_long": "cut"}}])
+def test_the_export_s_spec_copy_keeps_every_limit(tmp_path, top):
+  """training.export writes the spec beside the SavedModel; serving reads its limits from
+  that copy, so per-feature and spec-wide limits must round-trip (defaults stay absent)."""
+  from training import export as export_lib  # pylint: disable=g-import-not-at-top
+  spec = _spec(**top)
+  document = export_lib.spec_document(spec)
+  assert ("limits" in document) == bool(top)
+  path = tmp_path / "feature_spec.yaml"
+  path.write_text(yaml.safe_dump(document, sort_keys=False))
+  copy = spec_lib.load_feature_spec(str(path))
+  assert copy.limits == spec.limits and copy.value_limits() == spec.value_limits()

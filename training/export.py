@@ -115,8 +115,7 @@ def export_saved_model(scorer, spec: spec_lib.FeatureSpec, export_base: str, *,
   if warmup_examples:
     _write_warmup_requests(tmp_dir, list(warmup_examples))
   with tf.io.gfile.GFile(os.path.join(extra, SPEC_FILE), "w") as f:
-    yaml.safe_dump({"features": [_feature_entry(feature) for feature in spec]}, f,
-                   sort_keys=False)
+    yaml.safe_dump(spec_document(spec), f, sort_keys=False)
   outputs = sorted(module.signatures()[SERVING_DEFAULT].structured_outputs)
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
     json.dump({"outputs": outputs, "version": version, **(metadata or {})}, f, indent=1)
@@ -126,6 +125,20 @@ def export_saved_model(scorer, spec: spec_lib.FeatureSpec, export_base: str, *,
   tf.io.gfile.rename(tmp_dir, export_dir)
   logging.info("Exported SavedModel to %s (outputs %s)", export_dir, outputs)
   return export_dir
+
+
+def spec_document(spec: spec_lib.FeatureSpec) -> dict:
+  """The YAML document of a feature spec as the export stores it (assets.extra/).
+
+  `{features: [...]}`, plus `limits:` when the spec-wide value limits are not the
+  defaults, so serving applies the same limits as the Beam job (features.spec).
+  `spec_lib.spec_from_dict` of it gives back an equal spec.
+  """
+  document = {"features": [_feature_entry(feature) for feature in spec]}
+  limits = spec_lib.limits_to_dict(spec.limits)  # {} at the defaults: file unchanged
+  if limits:
+    document["limits"] = limits
+  return document
 
 
 def _feature_entry(feature: spec_lib.Feature) -> dict:
