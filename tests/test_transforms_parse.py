@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from configs import config as config_lib
 from features import spec as spec_lib
 from transforms import dead_letter as dl
 from transforms import parse
@@ -517,9 +518,9 @@ def test_records_after_as_of_are_bad_values_naming_the_instant(path):
       assert (letter["line"], letter["reason"]) == (2, dl.BAD_VALUE)
       stamp = json.loads(texts[1])["timestamp"]
       assert letter["detail"] == (
-          f"field 'timestamp': {stamp} ({parse.utc_text(stamp)}) is after as_of "
+          f"field 'timestamp': {stamp} ({config_lib.utc_iso(stamp)}) is after as_of "
           f"2026-01-01T01:00:00Z ({AS_OF}), the logs' snapshot time")
-  assert parse.utc_text(AS_OF + 60) == "2026-01-01T01:01:00Z"
+  assert config_lib.utc_iso(AS_OF + 60) == "2026-01-01T01:01:00Z"
 
 
 def test_without_as_of_a_late_timestamp_is_kept():

@@ -45,7 +45,6 @@ Output schemas (one row per kept record, in file order within a batch):
 """
 
 import collections
-import datetime
 import io
 import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -58,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from configs import config as config_lib
 from features import example_codec
 from features import spec as spec_lib
 from transforms import accounting
@@ -185,12 +185,6 @@ def required_int(record: Dict[str, Any], key: str) -> int:
   return value
 
 
-def utc_text(timestamp: int) -> str:
-  """Unix seconds as an ISO 8601 UTC instant, "2026-03-02T12:00:00Z"."""
-  return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime(
-      "%Y-%m-%dT%H:%M:%SZ")
-
-
 def required_timestamp(record: Dict[str, Any], as_of: Optional[int] = None) -> int:
   """The record's unix-seconds timestamp: an int64 from 2000-01-01 (MIN_TIMESTAMP) on and,
   with a snapshot time `as_of` (unix seconds), not after it (at as_of is kept)."""
@@ -201,8 +195,10 @@ def required_timestamp(record: Dict[str, Any], as_of: Optional[int] = None) -> i
     raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} is before 2000-01-01 "
                      f"({MIN_TIMESTAMP})")
   if as_of is not None and timestamp > as_of:
-    raise FieldError(dl.BAD_VALUE, f"field 'timestamp': {timestamp} ({utc_text(timestamp)}) "
-                     f"is after as_of {utc_text(as_of)} ({as_of}), the logs' snapshot time")
+    raise FieldError(dl.BAD_VALUE,
+                     f"field 'timestamp': {timestamp} ({config_lib.utc_iso(timestamp)}) is "
+                     f"after as_of {config_lib.utc_iso(as_of)} ({as_of}), the logs' snapshot "
+                     f"time")
   return timestamp
 
 
