@@ -92,7 +92,8 @@ def define_flags() -> None:
                             "earlier, added to the --report (and its comparison) as it is.")
   flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess (needed with "
                       "--saved_model).")
-  flags.DEFINE_string("split", Settings.split, "Split to score: DATA/<split>/<split>-*.tfrecord.gz.")
+  flags.DEFINE_string("split", Settings.split,
+                      "Split to score: DATA/<split>/<split>-*.tfrecord.gz.")
   flags.DEFINE_string("truth", None, "Simulator OUTPUT directory (or its truth file): adds "
                       "Bayes-optimal AUCs, the model's gaps and entire-space CVR metrics.")
   flags.DEFINE_string("config", Settings.config, "Experiment YAML; only read when DATA "
@@ -112,11 +113,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("min_slice_positives", Settings.min_slice_positives, "Slices with fewer "
                        "positives (or negatives) are marked small (kept, not hidden).",
                        lower_bound=1)
-  flags.DEFINE_integer("curve_bins", Settings.curve_bins, "Equal-mass bins of the reliability diagrams.",
-                       lower_bound=2)
-  flags.DEFINE_integer("batch_size", Settings.batch_size, "Examples per SavedModel call.", lower_bound=1)
-  flags.DEFINE_integer("ece_bins", Settings.ece_bins, "Equal-mass bins of the expected calibration error.",
+  flags.DEFINE_integer("curve_bins", Settings.curve_bins,
+                       "Equal-mass bins of the reliability diagrams.", lower_bound=2)
+  flags.DEFINE_integer("batch_size", Settings.batch_size, "Examples per SavedModel call.",
                        lower_bound=1)
+  flags.DEFINE_integer("ece_bins", Settings.ece_bins,
+                       "Equal-mass bins of the expected calibration error.", lower_bound=1)
 
 
 NAME_PATTERN = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")

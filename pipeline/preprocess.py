@@ -181,7 +181,8 @@ def parse_flags(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List
     raise preprocess_error(ENGINE_REMOVED)
   parser = _parser()
   args, beam_args = parser.parse_known_args(argv)
-  args.known_flags = sorted(flag for flag in parser._option_string_actions  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  args.known_flags = sorted(flag for flag in parser._option_string_actions
                             if flag.startswith("--"))
   if args.config is None:
     args.config = DEFAULT_CONFIGS[args.source]
@@ -236,7 +237,8 @@ def beam_option_flags() -> List[str]:
   registers counts too.
   """
   # Beam is imported here, after our own flags are checked: start-up time of a user error.
-  from apache_beam.options import pipeline_options as beam_options  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from apache_beam.options import pipeline_options as beam_options
   parser = beam_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
   classes = {str(cls): cls for cls in beam_options.PipelineOptions.__subclasses__()}
   for cls in classes.values():
@@ -287,7 +289,8 @@ def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
     raise preprocess_error(f"--local_workers sets the DirectRunner's worker "
                            f"options itself; drop {clashes}")
   # Beam is imported here, after our own flags are checked: start-up time of a user error.
-  from apache_beam.options import pipeline_options as beam_options  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from apache_beam.options import pipeline_options as beam_options
   from transforms import beam_compat  # pylint: disable=g-import-not-at-top
   runner = beam_options.PipelineOptions(list(beam_args)).view_as(
       beam_options.StandardOptions).runner

@@ -209,7 +209,8 @@ def module_constant(module: str, name: str):
         names = ([element.id for element in target.elts] if isinstance(target, ast.Tuple)
                  else [getattr(target, "id", None)])
         if name in names:
-          value = eval(compile(ast.Expression(node.value), module, "eval"), {})  # pylint: disable=eval-used
+          expression = compile(ast.Expression(node.value), module, "eval")
+          value = eval(expression, {})  # pylint: disable=eval-used
           return value[names.index(name)] if len(names) > 1 else value
   raise AssertionError(f"pipeline/{module}.py assigns no {name}")
 
@@ -246,7 +247,8 @@ def test_preprocess_as_of_is_a_config_override_for_log_sources_only(tmp_path):
     preprocess.load_checked_config(args)
   args, _ = preprocess.parse_flags(["--source", "aliexpress", "--train", "t", "--eval", "v",
                                     "--output", "o", "--as_of", "2026-01-09"])
-  with pytest.raises((cli.UserError, RuntimeError), match="--as_of is for --source log; --source aliexpress"):
+  with pytest.raises((cli.UserError, RuntimeError),
+                     match="--as_of is for --source log; --source aliexpress"):
     preprocess.check_source_flags(args)
 
 def test_config_paths_resolve_as_given_then_relative_to_the_project(tmp_path, monkeypatch):

@@ -226,7 +226,8 @@ def test_evaluate_refuses_data_without_a_valid_success_marker(world, tmp_path):
   with pytest.raises(success_marker.IncompleteOutputError,
                      match=rf"{data_dir} has no _SUCCESS.json.*pipeline.preprocess"):
     runner.evaluate(world["model"], str(data_dir))
-  with pytest.raises(success_marker.IncompleteOutputError, match=f"^{re.escape(str(data_dir))} has no"):
+  with pytest.raises(success_marker.IncompleteOutputError,
+                     match=f"^{re.escape(str(data_dir))} has no"):
     evaluate_cli.run(evaluate_cli.Settings(saved_model=[world["model"]], data=str(data_dir),
                                            output=str(tmp_path / "out.json")))
   assert not os.path.exists(tmp_path / "out.json")  # refused before anything was scored
