@@ -5,14 +5,16 @@
 
 Each non-blank input line yields one output line, in order:
   {"record": <input>, "line": n, "predictions": {"ctr": ..., "cvr": ..., ...},
-   "input_notes": {"defaulted": [...], "unknown_values": {...}}}
+   "input_notes": {"defaulted": [...], "unknown_values": {...}, "cut": {...}}}
 or, for a bad record,
   {"record": <input, or the line's text cut to 1000 characters>, "line": n,
    "error": {"field", "reason", "detail"}}.
 Bad records (a missing user_id / item_id, a wrong type, and hostile lines: not UTF-8, not
-JSON, nested too deep, too long, non-finite numbers; serving/raw_input.py) never stop the
-others from being scored. `input_notes` lists the features served with their defaults and
-the values that fell into a vocabulary's OOV bucket (serving/predictor.py).
+JSON, nested too deep, too long (over the spec's max_length, or cut per its on_too_long and
+listed in input_notes.cut), non-finite numbers; serving/raw_input.py) never stop the others
+from being scored. `input_notes` lists the features served with their defaults, the values
+that fell into a vocabulary's OOV bucket and the values cut to the spec's max_length
+(serving/predictor.py).
 """
 
 import json
@@ -92,7 +94,7 @@ def predict_file(saved_model: str, input_path: str, output_path: str,
     tf.io.gfile.makedirs(output_dir)
   scored = errors = 0
   with tf.io.gfile.GFile(output_path, "w") as out:
-    for result in model.score(raw_input.read_jsonl(input_path)):
+    for result in model.score(raw_input.read_jsonl(input_path, model.spec)):
       out.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
       if result.error:
         errors += 1

@@ -1,19 +1,23 @@
 """Scores raw impression records (the log contract) with an exported SavedModel.
 
 Flow position: after training; the same path a production caller takes. Each record is
-checked against the input limits (serving/raw_input.py), validated and encoded by the Beam
-job's own codec (features/example_codec.py), then the batch goes through the SavedModel's
-`serving_default` signature, so the transformations applied are exactly the ones in the
-graph. A bad record gets an error naming its field; the other records of the batch are
-still scored.
+checked against the input limits (serving/raw_input.py, with the feature spec's value
+limits), validated and encoded by the Beam job's own codec (features/example_codec.py), a
+value over an `on_too_long: cut` limit is cut as the Beam job cuts it, then the batch goes
+through the SavedModel's `serving_default` signature, so the transformations applied are
+exactly the ones in the graph. A bad record gets an error naming its field; the other
+records of the batch are still scored.
 
 A record missing a field the raw log contract requires (`user_id`, `item_id`, when the
 feature spec uses them) is an error, not scored through defaults. A scored record says what
 it was scored with besides its own values, in `input_notes`:
   {"defaulted": [feature, ...],          # missing, served as the spec's default / []
-   "unknown_values": {feature: value}}   # vocabulary features: a value (scalar) or the
+   "unknown_values": {feature: value},   # vocabulary features: a value (scalar) or the
                                          # values (list, multivalent) outside the
                                          # exported vocabulary, served as the OOV id
+   "cut": {feature: original_length}}    # on_too_long: cut in the spec: the value was cut
+                                         # to max_length (elements of a list, characters
+                                         # of a string); original_length is before the cut
 The vocabularies are exported from the SavedModel's own lookup tables (`load_vocabularies`),
 not read from files beside it, so they are the ones the graph applies. Hashed features
 have no notion of unknown (every value has a bucket) and are never listed.
@@ -64,7 +68,8 @@ class Scored:
   record: what is echoed back: the input record, or (refused for its size, depth, bytes
     or syntax) the line's text cut to serving.raw_input.ECHO_CHARS characters.
   predictions: output name -> probability.
-  input_notes: {"defaulted": [...], "unknown_values": {...}} (module docstring).
+  input_notes: {"defaulted": [...], "unknown_values": {...}, "cut": {...}} (module
+    docstring).
   error: {"field", "reason", "detail"}.
   """
 
@@ -199,6 +204,7 @@ class Predictor:
     self.saved_model_dir = saved_model_dir
     self.spec = export_lib.load_export_spec(saved_model_dir)
     self._codec = example_codec.ExampleCodec(self.spec)
+    self.limits = raw_input.RecordLimits(self.spec)  # the spec's value limits (features.spec)
     loaded = tf.saved_model.load(saved_model_dir)
     self._signature = loaded.signatures[export_lib.SERVING_DEFAULT]
     self.batch_size = batch_size
@@ -224,7 +230,7 @@ class Predictor:
                            f"{type(record).__name__}", text if line is not None else record)
     if line is None:  # raw_input.read_jsonl checked the lines it parsed
       try:
-        raw_input.check_limits(record)
+        raw_input.check_limits(record, self.limits)
       except raw_input.LimitError as e:
         raise _RecordRefused(e.field, e.reason, e.detail, None) from None
     for name in self.required_fields:
@@ -233,11 +239,12 @@ class Predictor:
                              f"contract requires it", record)
     try:
       features = self._codec.coerce(record)
-    except example_codec.RecordError as e:
+      cut = raw_input.fit_features(features, self.limits)  # in place; too_long when refused
+    except (example_codec.RecordError, raw_input.LimitError) as e:
       raise _RecordRefused(e.field, e.reason, e.detail, record) from None
     impression_id = str(record.get(spec_lib.IMPRESSION_ID_KEY, ""))
     return (self._codec.encode(features, {}, impression_id, 0),
-            self.input_notes(features))
+            dict(self.input_notes(features), cut=cut))
 
   def input_notes(self, features: Mapping[str, Any]) -> Dict[str, Any]:
     """What a record was scored with besides its own values (module docstring).

@@ -143,18 +143,20 @@ def test_input_notes_name_defaulted_features_and_unknown_values(predictor):
       dict(A_RECORD, item_category="", user_recent_categories=[]),
   ]
   known, unknown, missing, empty = list(predictor.score(records))
-  assert known.input_notes == {"defaulted": [], "unknown_values": {}}
+  assert known.input_notes == {"defaulted": [], "unknown_values": {}, "cut": {}}
   assert unknown.input_notes == {"defaulted": [], "unknown_values": {
       "user_recent_categories": ["zzz", ""], "item_category": "c999", "device": "toaster",
-      "position": 10_000}}
+      "position": 10_000}, "cut": {}}
   assert missing.input_notes == {
-      "defaulted": ["user_recent_categories", "item_price", "device"], "unknown_values": {}}
+      "defaulted": ["user_recent_categories", "item_price", "device"], "unknown_values": {},
+      "cut": {}}
   # An empty string is outside every vocabulary; an empty list is given, not defaulted.
-  assert empty.input_notes == {"defaulted": [], "unknown_values": {"item_category": ""}}
+  assert empty.input_notes == {"defaulted": [], "unknown_values": {"item_category": ""},
+                               "cut": {}}
   assert unknown.to_json()["input_notes"] == unknown.input_notes
   # Hashed features have no vocabulary: an unseen user_id is not "unknown".
   (new_user,) = predictor.score([dict(A_RECORD, user_id="never-seen-user")])
-  assert new_user.input_notes == {"defaulted": [], "unknown_values": {}}
+  assert new_user.input_notes == {"defaulted": [], "unknown_values": {}, "cut": {}}
 
 
 def test_a_missing_required_id_is_an_error_not_a_default(predictor):
