@@ -8,7 +8,8 @@ and reuse it. Shared outputs are read-only for their users; a test that changes 
 copies it first (tests/test_training_inputs.py's corrupt shards do).
 
 Fixtures:
-  small_world: tests/small_world.py's 4k-impression world after pipeline.preprocess:
+  small_world: tests/small_world.py's 4k-impression world after pipeline.preprocess (one
+    in-memory Beam worker; tests/test_beam_parallel.py's reference output):
     {"raw": simulator output, "data": Beam output, "config": the small experiment YAML}.
 """
 
@@ -27,13 +28,44 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import models  # pylint: disable=wrong-import-position,unused-import  (models/autograph_rules.py before any test traces)
 from tests import small_world as small_world_lib  # pylint: disable=wrong-import-position
 
+
+def _build_optimizer_before_the_first_trace():
+  """MultiTaskModel.fit traces train_step once, not twice, in this pytest process.
+
+  tf_keras' optimizers create their slot variables inside the first apply_gradients,
+  i.e. inside the first trace of train_function; a first call that creates variables
+  makes tf.function trace the step again (tracing count 2: ~40% of a short fit's CPU,
+  e.g. 7.8 -> 4.8 CPU s for a 2-step hm3 fit). Building the optimizer first (under the
+  model's strategy, as fit would) leaves the step unchanged.
+  Test-only until models/multitask.py does it (TRAIN's request R1): the CLI training
+  processes the slow tests start still build it lazily, so both paths stay tested.
+  """
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from models import multitask  # pylint: disable=g-import-not-at-top
+  make_train_function = multitask.MultiTaskModel.make_train_function
+
+  def build_first(self, force=False):
+    if (isinstance(self.optimizer, tf_keras.optimizers.Optimizer)
+        and not getattr(self.optimizer, "_built", False)):
+      with self.distribute_strategy.scope():
+        self.optimizer.build(self.trainable_variables)
+    return make_train_function(self, force)
+
+  multitask.MultiTaskModel.make_train_function = build_first
+
+
+_build_optimizer_before_the_first_trace()
 DONE = "DONE"  # written last into a shared build's directory
-# Modules that share a build through a directory of their own under the worker's temp
-# directory (tests/test_serving.py's shared_workdir: the served ESMM), not through a
-# fixture of this file: one xdist work unit, so that build is made by one worker only.
-SHARED_DIRECTORY_GROUPS = {"tests.test_serving": "serving_shared",
-                           "tests.test_predict_cli": "serving_shared",
-                           "tests.test_benchmarks": "serving_shared"}
+# Modules that share a build made outside this file's fixtures, as one xdist work unit:
+#   serving_shared: a directory under the worker's temp directory (tests/test_serving.py's
+#     shared_workdir: the served ESMM), so that build is made by one worker only;
+#   mirrored: tests/test_strategy.py's build_once of both 2-replica reports (one
+#     subprocess), so that no worker sits waiting on the other's build lock.
+SHARED_BUILD_GROUPS = {"tests.test_serving": "serving_shared",
+                       "tests.test_predict_cli": "serving_shared",
+                       "tests.test_benchmarks": "serving_shared",
+                       "tests.test_strategy": "mirrored",
+                       "tests.test_esmc_mirrored": "mirrored"}
 
 
 def shared_root(tmp_path_factory) -> str:
@@ -100,7 +132,7 @@ def pytest_xdist_make_scheduler(config, log):
   unit, so its fixture is built on one worker only; every other test is its own unit.
 
   (pytest-xdist's own `--dist loadgroup` marks do nothing under pytest 9: it renames
-  item._nodeid, which pytest 9 no longer reads.) SHARED_DIRECTORY_GROUPS puts several
+  item._nodeid, which pytest 9 no longer reads.) SHARED_BUILD_GROUPS puts several
   files into one unit. xdist hands out the largest units first; among single tests the
   `slow` ones come first (pytest_collection_modifyitems).
   """
@@ -114,8 +146,8 @@ def pytest_xdist_make_scheduler(config, log):
     def _split_scope(self, nodeid: str) -> str:
       path = nodeid.split("::", 1)[0]
       module = path[:-len(".py")].replace("/", ".")
-      if module in SHARED_DIRECTORY_GROUPS:
-        return SHARED_DIRECTORY_GROUPS[module]
+      if module in SHARED_BUILD_GROUPS:
+        return SHARED_BUILD_GROUPS[module]
       return path if path in grouped else nodeid
 
   return SharedFixtureScheduling(config, log)

@@ -4,8 +4,11 @@ Where it sits: tests/conftest.py builds it once per test session (the `small_wor
 fixture) by running the real CLIs, `pipeline.simulate` then `pipeline.preprocess`, and
 tests/test_multi_worker.py, tests/test_resume.py and tests/test_training_inputs.py train
 on it with the small experiment YAML written by `write_small_config` (esmm.yaml with
-4-d embeddings and one 16-unit tower layer). Its data directory is read-only for them: a
-test that corrupts a shard copies it first.
+4-d embeddings and one 16-unit tower layer). Its preprocess runs on one in-memory Beam
+worker (`--local_workers=1`, DirectRunner's default made explicit):
+tests/test_beam_parallel.py compares that output with a 2-process run of the same raw
+logs. Its data directory is read-only for them: a test that corrupts a shard copies it
+first.
 """
 
 import os
@@ -51,7 +54,8 @@ def build(root: str) -> dict:
                              f"--seed={SEED}"]),
       ("pipeline.preprocess", [f"--impressions={raw}/impressions/*.jsonl.gz",
                                f"--events={raw}/events/*.jsonl.gz",
-                               f"--output={data_dir}", f"--config={config}"])):
+                               f"--output={data_dir}", f"--config={config}",
+                               "--local_workers=1"])):
     subprocess.run([sys.executable, "-m", module, *args], check=True, cwd=REPO,
                    env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   return {"raw": raw, "data": data_dir, "config": config}

@@ -47,7 +47,8 @@ def run(tmp_path_factory):
                                   overrides={"train": {"epochs": 3, "batch_size": 512}})
   result = trainer.train_and_export(config, str(data_dir), str(model_dir))
   return {"raw": str(raw), "data": str(data_dir), "result": result, "config": config,
-          "spec": config.load_feature_spec()}
+          "spec": config.load_feature_spec(),
+          "loaded": tf.saved_model.load(result.export_dir)}  # the export, loaded once
 
 
 def _eval_records(run, limit=512):
@@ -60,7 +61,7 @@ def test_reloaded_savedmodel_matches_in_memory_model(run):
   serialized = _eval_records(run)
   features, _ = parsing.parse_examples(tf.constant(serialized), run["spec"], [])
   in_memory = run["result"].scorer(features, training=False)
-  loaded = tf.saved_model.load(run["result"].export_dir)
+  loaded = run["loaded"]
   served = loaded.signatures["serving_default"](examples=tf.constant(serialized))
   assert set(served) == {"ctr", "cvr", "ctcvr"}
   for name, values in served.items():
@@ -87,7 +88,7 @@ def test_the_export_serves_the_validation_fitted_calibration(run):
   serialized = _eval_records(run)
   features, _ = parsing.parse_examples(tf.constant(serialized), run["spec"], [])
   raw = {k: v.numpy() for k, v in run["result"].model.scorer(features, training=False).items()}
-  served = tf.saved_model.load(run["result"].export_dir).signatures["serving_default"](
+  served = run["loaded"].signatures["serving_default"](
       examples=tf.constant(serialized))
   expected = fitted.apply(raw)
   for name, values in served.items():
@@ -105,7 +106,7 @@ def test_predict_raw_signature_matches_serving_default(run):
     if feature.multivalent:
       value = value.to_tensor(default_value=feature.default_value)
     dense[feature.name] = value
-  loaded = tf.saved_model.load(run["result"].export_dir)
+  loaded = run["loaded"]
   raw_out = loaded.signatures["predict_raw"](**dense)
   ex_out = loaded.signatures["serving_default"](examples=tf.constant(serialized))
   for name in ex_out:
@@ -128,7 +129,7 @@ def test_raw_json_scores_equal_beam_path_scores(run):
   assert len(raw_records) >= 100
   scored = list(predictor.Predictor(run["result"].export_dir).score(raw_records))
   assert all(result.error is None for result in scored)
-  loaded = tf.saved_model.load(run["result"].export_dir)
+  loaded = run["loaded"]
   beam_serialized = [by_id[record["impression_id"]] for record in raw_records]
   beam_out = loaded.signatures["serving_default"](examples=tf.constant(beam_serialized))
   for name, values in beam_out.items():

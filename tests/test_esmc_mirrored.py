@@ -1,7 +1,8 @@
 """ESMC's tower tie (models.layers.regularizers, via MultiTaskModel) under MirroredStrategy.
 
-The 2-replica run happens in a subprocess that splits the CPU into 2 logical devices
-before TF initialises (as tests/test_strategy.py does). From the same random weights, a
+The 2-replica run happens in the subprocess of tests/test_strategy.py's own 2-replica
+checks (`mirrored_reports`), which splits the CPU into 2 logical devices before TF
+initialises. From the same random weights, a
 64-exposure batch is scored on one device and as two 32-exposure replica halves; the
 checks are
   - the constraint loss each replica computes equals the single-device one, and both
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_strategy import _Path, report_from_subprocess, single_and_mirrored
+from tests.test_strategy import _Path, shared_mirrored_reports, single_and_mirrored
 
 REPLICAS = 2
 BATCH = 64
@@ -39,10 +40,8 @@ def _tower_variables(model):
 
 
 def mirrored_tie_report(tmp_dir: str) -> dict:
-  """Subprocess body: the tie's loss and gradients on one device vs 2 replicas."""
-  cpu = tf.config.list_physical_devices("CPU")[0]
-  tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
+  """The tie's loss and gradients on one device vs 2 replicas (in a process whose CPU
+  tests.test_strategy.split_cpu split into REPLICAS logical devices)."""
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tests import test_model_zoo  # pylint: disable=g-import-not-at-top
   from tests.test_strategy import _one_step  # pylint: disable=g-import-not-at-top
@@ -122,8 +121,7 @@ def mirrored_tie_report(tmp_dir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-  return report_from_subprocess("test_esmc_mirrored", "mirrored_tie_report",
-                                str(tmp_path_factory.mktemp("esmc_mirrored")))
+  return shared_mirrored_reports(tmp_path_factory)["tie"]
 
 
 def test_constraint_loss_is_the_same_on_every_replica_and_matches_numpy(report):

@@ -2,7 +2,9 @@
 
 `synthetic_results` builds two models' evaluation results on a world whose truth is known
 (no TensorFlow): "good" predicts the true probabilities, "naive" over-predicts cvr on
-unclicked exposures by 1.4x, as a click-space CVR model does.
+unclicked exposures by 1.4x, as a click-space CVR model does. Their HTML report is written
+once per session (`written_report`, ~7 CPU s of matplotlib) and read by the report tests
+here and in tests/test_report_browser.py.
 """
 
 import json
@@ -17,6 +19,7 @@ from evaluation import curves
 from evaluation import html_report
 from evaluation import report
 from evaluation import slices
+from tests.conftest import build_once
 
 SLICE_FEATURES = ("item_category", "device")
 
@@ -111,16 +114,23 @@ def test_new_user_values():
   assert by_position["position"]["values"] == ["1", "2", "10"]  # numeric order
 
 
-def test_html_report_has_every_section_and_only_local_images(tmp_path):
-  results, _ = synthetic_results()
-  index = html_report.write_html_report(results, str(tmp_path / "report"))
+def written_report(tmp_path_factory) -> str:
+  """The report directory of synthetic_results(), written once per session (shared with
+  tests/test_report_browser.py; read-only: a test that changes it copies it first)."""
+  return build_once(tmp_path_factory, "synthetic_report", lambda directory: {
+      "index": html_report.write_html_report(synthetic_results()[0], directory)})["index"]
+
+
+def test_html_report_has_every_section_and_only_local_images(tmp_path_factory):
+  index = written_report(tmp_path_factory)
   text = open(index, encoding="utf-8").read()
   for section in ("overview", "comparison", "model-esmm", "model-naive", "slices"):
     assert f'<section id="{section}"' in text
   sources = re.findall(r'<img src="([^"]+)"', text)
   assert len(sources) == 2 * 3 + 1 + len(SLICE_FEATURES)  # per model 3, comparison, slices
   for source in sources:
-    assert source.startswith("images/") and os.path.getsize(tmp_path / "report" / source) > 1000
+    assert source.startswith("images/")
+    assert os.path.getsize(os.path.join(os.path.dirname(index), source)) > 1000
   assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing from the network
   assert "cvr/all" in text and text.count('<span class="badge">small</span>') >= 2
   assert 'class="bad">1.4' in text  # the naive cvr's unclicked calibration is flagged

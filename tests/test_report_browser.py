@@ -10,6 +10,7 @@ skip, saying so, only when no Chromium binary is found.
 """
 
 import os
+import pathlib
 import re
 import shutil
 import struct
@@ -17,8 +18,7 @@ import subprocess
 
 import pytest
 
-from evaluation import html_report
-from tests.test_report import synthetic_results
+from tests.test_report import written_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
@@ -59,10 +59,8 @@ def png_size(path: str):
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
-  results, _ = synthetic_results()
-  directory = tmp_path_factory.mktemp("report")
-  html_report.write_html_report(results, str(directory))
-  return directory
+  """tests/test_report.py's report of its synthetic results (read-only: shared)."""
+  return pathlib.Path(os.path.dirname(written_report(tmp_path_factory)))
 
 
 def test_every_image_loads_and_every_section_renders(report_dir):

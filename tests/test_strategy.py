@@ -2,7 +2,9 @@
 
 The 2-replica checks run in a subprocess that splits the one CPU into 2 logical devices
 (`tf.config.set_logical_device_configuration` must run before TF initialises its
-devices, which other tests in this pytest process have already done). They compare one
+devices, which other tests in this pytest process have already done); the same
+subprocess computes tests/test_esmc_mirrored.py's report, once per session
+(`mirrored_reports`; tests/conftest.py runs both files on one xdist worker). They compare one
 training step on a 64-example batch under MirroredStrategy (2 x 32 per replica) with
 the same step on one device, from the same weights, with plain SGD: SGD's update is
 linear in the gradient, so a replica-count scaling error shows up as a 2x update (Adam
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import build_once
 from training import strategy as strategy_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +84,7 @@ def single_and_mirrored(build, features):
   single(features)
   test_esmm.randomize(single, seed=1)
   initial = [v.numpy() for v in single.trainable_variables]
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = mirrored_strategy()
   assert strategy.num_replicas_in_sync == REPLICAS
   with strategy.scope():
     mirrored = build()
@@ -93,16 +96,31 @@ def single_and_mirrored(build, features):
   return single, mirrored, strategy, initial
 
 
+_MIRRORED = []  # the process's one MirroredStrategy over the split CPU
+
+
+def split_cpu() -> None:
+  """Splits the CPU into REPLICAS logical devices (before TF initialises its devices)."""
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
+
+
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+  """One MirroredStrategy over /cpu:0 and /cpu:1 per process: a second one would number
+  its collective ops from the same keys as the first, and they would collide."""
+  if not _MIRRORED:
+    _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+  return _MIRRORED[0]
+
+
 def mirrored_step_report(tmp_dir: str) -> dict:
-  """Subprocess body: one SGD step on one device vs MirroredStrategy on 2 CPUs.
+  """One SGD step on one device vs MirroredStrategy on 2 CPUs (in a split_cpu process).
 
   Returns JSON-able numbers: the single-device loss, the mean and list of per-replica
   losses, the largest weight difference after the step, the size of the update, and
   the `loss` each run's train_function logged.
   """
-  cpu = tf.config.list_physical_devices("CPU")[0]
-  tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tests import test_esmm  # pylint: disable=g-import-not-at-top
 
@@ -157,10 +175,28 @@ def report_from_subprocess(module: str, function: str, tmp_dir: str, timeout: in
   return json.loads(line[len("REPORT "):])
 
 
+def mirrored_reports(tmp_dir: str) -> dict:
+  """Subprocess body: split_cpu, then {"step": mirrored_step_report, "tie":
+  tests/test_esmc_mirrored.py's mirrored_tie_report} (one TF start-up for both)."""
+  from tests import test_esmc_mirrored  # pylint: disable=g-import-not-at-top
+  split_cpu()
+  reports = {}
+  for name, report in (("step", mirrored_step_report),
+                       ("tie", test_esmc_mirrored.mirrored_tie_report)):
+    os.makedirs(os.path.join(tmp_dir, name))
+    reports[name] = report(os.path.join(tmp_dir, name))
+  return reports
+
+
+def shared_mirrored_reports(tmp_path_factory) -> dict:
+  """mirrored_reports' result, computed in one subprocess once per session."""
+  return build_once(tmp_path_factory, "mirrored_reports", lambda directory: (
+      report_from_subprocess("test_strategy", "mirrored_reports", directory)))
+
+
 @pytest.fixture(scope="module")
 def mirrored_report(tmp_path_factory):
-  return report_from_subprocess("test_strategy", "mirrored_step_report",
-                                str(tmp_path_factory.mktemp("mirrored")), timeout=300)
+  return shared_mirrored_reports(tmp_path_factory)["step"]
 
 
 @pytest.mark.slow
