@@ -22,10 +22,12 @@ import sys
 
 import pytest
 import tensorflow as tf
+import yaml
 
 from benchmarks import common
 from pipeline import predict
 from tests import test_serving
+from training import export as export_lib
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +90,10 @@ def test_bad_records_get_errors_and_the_others_are_scored(export_dir, tmp_path):
     assert set(predictions) == test_serving.OUTPUTS
     assert all(0.0 < p < 1.0 for p in predictions.values())
   assert out[0]["record"] == good  # the input record is echoed back
-  assert out[0]["input_notes"] == {"defaulted": [], "unknown_values": {}}
+  assert out[0]["input_notes"] == {"defaulted": [], "unknown_values": {}, "cut": {}}
   assert out[4]["input_notes"] == {"defaulted": [],
-                                   "unknown_values": {"item_category": "unheard-of"}}
+                                   "unknown_values": {"item_category": "unheard-of"},
+                                   "cut": {}}
   assert out[7]["input_notes"]["defaulted"] == [
       name for name in test_serving.A_RECORD if name not in ("impression_id", "user_id",
                                                              "item_id")]
@@ -123,6 +126,44 @@ def test_hostile_lines_get_errors_and_the_good_ones_score_as_alone(export_dir, t
   assert [row["predictions"] for row in out[0::2]] == [row["predictions"] for row in alone]
   assert [row["record"] for row in out[0::2]] == [json.loads(line) for line in good]
   assert os.path.getsize(tmp_path / "mixed_out.jsonl") < 100_000  # nothing huge echoed
+
+
+def test_spec_limits_refuse_or_cut_per_record(export_dir, tmp_path):
+  """Issue 33: a value over its feature's max_length is a too_long error (on_too_long:
+  dead_letter, the default) or cut and listed in input_notes.cut (on_too_long: cut); the
+  other records are scored as alone. The limits are written into a copy of the export's
+  feature spec (they do not change the SavedModel graph), so no second model is trained."""
+  copy = tmp_path / "export"
+  shutil.copytree(export_dir, copy)
+  spec_path = copy / "assets.extra" / export_lib.SPEC_FILE
+  document = yaml.safe_load(spec_path.read_text())
+  limits = {"user_id": {"max_length": 12},
+            "item_category": {"max_length": 3, "on_too_long": "cut"},
+            "user_recent_categories": {"max_length": 2, "on_too_long": "cut"}}
+  for entry in document["features"]:
+    entry.update(limits.get(entry["name"], {}))
+  spec_path.write_text(yaml.safe_dump(document, sort_keys=False))
+  good = dict(test_serving.A_RECORD)
+  short = dict(good, item_category=good["item_category"][:3],
+               user_recent_categories=good["user_recent_categories"][:2])
+  lines = [json.dumps(short),
+           json.dumps(dict(short, user_id="u" * 13)),                            # too_long
+           json.dumps(dict(short, item_category="c" * 200_000)),                 # -> "ccc"
+           json.dumps(dict(short, user_recent_categories=["a", "b", "c", "d"]))]  # -> 2
+  out = _predict(str(copy), lines, tmp_path, batch_size=2, name="limits")
+  assert out[0]["input_notes"]["cut"] == {}
+  assert out[1]["error"]["reason"] == "too_long" and out[1]["error"]["field"] == "user_id"
+  assert "a string of 13 characters, more than the limit of 12" in out[1]["error"]["detail"]
+  assert out[2]["input_notes"]["cut"] == {"item_category": 200_000}
+  assert out[3]["input_notes"]["cut"] == {"user_recent_categories": 4}
+  cut_alone = _predict(str(copy), [json.dumps(dict(short, item_category="ccc")),
+                                   json.dumps(dict(short, user_recent_categories=["a", "b"]))],
+                       tmp_path, batch_size=2, name="cut_alone")
+  # Scored exactly as the cut values given: out[2] and out[3] share one SavedModel call
+  # (out[1]'s error flushed out[0]), as the two lines here do.
+  assert [row["predictions"] for row in (out[2], out[3])] == [
+      row["predictions"] for row in cut_alone]
+  assert all(row["input_notes"]["cut"] == {} for row in cut_alone)
 
 
 def test_user_errors_are_one_line(export_dir, tmp_path):
