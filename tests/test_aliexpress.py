@@ -25,9 +25,11 @@ from layouts import derived
 from pipeline import preprocess
 from simulation import release_layouts
 from tests import test_real_samples
+from tests import test_transforms_progress
 from transforms import dead_letter as dl
 from transforms import outputs as outputs_lib
 from transforms import parse as parse_lib
+from transforms import read as read_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO, "tests", "data", "aliexpress", "AliExpress_XX")
@@ -145,7 +147,8 @@ def _examples(output, split):
 
 
 @pytest.mark.slow
-def test_aliexpress_through_the_cli_labels_dead_letters_and_trains_esmm(tmp_path):
+def test_aliexpress_through_the_cli_labels_dead_letters_and_trains_esmm(tmp_path, caplog,
+                                                                        monkeypatch):
   output = str(tmp_path / "aliexpress")
   paths = outputs_lib.OutputPaths(output)
   # A previous run into the same directory with more shards: its extra shards must go.
@@ -157,8 +160,13 @@ def test_aliexpress_through_the_cli_labels_dead_letters_and_trains_esmm(tmp_path
     with open(path, "wb") as f:
       f.write(b"old")
   train_csv, test_csv = (os.path.join(SAMPLE_DIR, f"{name}.csv") for name in ("train", "test"))
-  result = preprocess.run(["--source", "aliexpress", "--output", output,
-                           "--train", train_csv, "--eval", test_csv])
+  # Batches of 8 rows (the bad rows fall in several), each logging its progress line.
+  monkeypatch.setattr(read_lib, "BATCH_ROWS", 8)
+  with test_transforms_progress.logged_stages(caplog) as stages:
+    result = preprocess.run(["--source", "aliexpress", "--output", output,
+                             "--train", train_csv, "--eval", test_csv,
+                             "--progress_interval_s", "1e-9"])
+  assert {"train_parsed", "eval_parsed"} <= stages  # rows parsed per split
   assert not any(os.path.exists(path) for path in stale)
   marker = success_marker.check_success_marker(output)
   assert all(name.endswith("-of-00032.tfrecord.gz") for name in marker["files"]

@@ -2,7 +2,9 @@
 
 Two fixed simulated worlds (pipeline.simulate, same flags + seed -> identical files): a
 JSON Lines world with corrupt lines (corrupt_fraction 0.01) and a Parquet world. Each is
-preprocessed by the real CLI and digested (`digest_output`) into sha256s of:
+preprocessed by the real CLI's `pipeline.preprocess.run` (the command's job, post-run
+checks and success marker, in this process: a child would add ~5 CPU s of TF + Beam
+imports per run) and digested (`digest_output`) into sha256s of:
 
   examples_train / examples_eval  the multiset of serialized tf.Examples of the split
                                   (sorted, so independent of shards and bundle order)
@@ -36,6 +38,8 @@ from typing import Any, Dict, List
 
 import pytest
 
+from pipeline import preprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "tests", "data", "golden", "beam_golden.json")
 WORLDS = {
@@ -55,6 +59,8 @@ def _env() -> Dict[str, str]:
 
 
 def _run(module: str, args: List[str]) -> None:
+  """`python -m module args` in a child process (pipeline.simulate: no TF, ~0.3 CPU s to
+  start)."""
   proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(),
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                         check=False)
@@ -67,9 +73,8 @@ def make_world(name: str, workdir: str) -> str:
   world = WORLDS[name]
   raw, output = os.path.join(workdir, name, "raw"), os.path.join(workdir, name, "data")
   _run("pipeline.simulate", [f"--output={raw}", "--overwrite", *world["simulate"]])
-  _run("pipeline.preprocess", [f"--impressions={raw}/impressions/*",
-                               f"--events={raw}/events/*", f"--output={output}",
-                               *world["preprocess"]])
+  preprocess.run([f"--impressions={raw}/impressions/*", f"--events={raw}/events/*",
+                  f"--output={output}", *world["preprocess"]])
   return output
 
 

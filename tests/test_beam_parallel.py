@@ -1,55 +1,39 @@
 """The Beam job gives the same output on 2 worker processes as on one (DirectRunner).
 
-`pipeline.preprocess` runs twice on the same simulated logs: once with one in-memory
-worker, once with `--direct_num_workers 2 --direct_running_mode multi_processing`.
-Bundles, shard assignment and record order may differ between the two; the sorted
-serialized tf.Examples of each split, every vocabulary file, transform.json and
-counts.json must be byte-for-byte equal (transforms/analyze.py sums exactly and takes
-exact histogram quantiles, see docs/SCALING.md 2.1).
+The session's small world (tests/conftest.py `small_world`: 4k simulated impressions, seed
+5) was preprocessed by `pipeline.preprocess` with one in-memory worker (no runner flags:
+DirectRunner's defaults, `--direct_num_workers=1 --direct_running_mode=in_memory`); the
+same raw logs and config run again here, in this process, with `--direct_num_workers 2
+--direct_running_mode multi_processing`. Bundles, shard assignment and record order may
+differ between the two; the sorted serialized tf.Examples of each split, every vocabulary
+file, transform.json and counts.json must be byte-for-byte equal (transforms/analyze.py
+sums exactly and takes exact histogram quantiles, see docs/SCALING.md 2.1).
 """
 
 import glob
 import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 import tensorflow as tf
 
-from tests import test_multi_worker as cluster
+from pipeline import preprocess
 from training import data
 
-REPO = cluster.REPO
 pytestmark = pytest.mark.slow
 
-RUNS = {
-    "one_worker": ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
-    "two_processes": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-}
+TWO_PROCESSES = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
 
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("beam_parallel"))
-  raw = os.path.join(root, "raw")
-  subprocess.run([sys.executable, "-m", "pipeline.simulate", f"--output={raw}",
-                  "--impressions=4000", "--seed=9"], check=True, cwd=REPO,
-                 env=cluster.subprocess_env(), stdout=subprocess.DEVNULL)
-  result = {}
-  for name, beam_args in RUNS.items():
-    output = os.path.join(root, name)
-    start = time.time()
-    subprocess.run([sys.executable, "-m", "pipeline.preprocess",
-                    f"--impressions={raw}/impressions/*.jsonl.gz",
-                    f"--events={raw}/events/*.jsonl.gz", f"--output={output}", *beam_args],
-                   check=True, cwd=REPO, env=cluster.subprocess_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    result[name] = {"dir": output, "seconds": time.time() - start}
-  with open(os.path.join(root, "seconds.json"), "w") as f:  # for docs/SCALING.md
-    json.dump({name: run["seconds"] for name, run in result.items()}, f)
-  return result
+def outputs(small_world, tmp_path_factory):
+  """{"one_worker": {"dir"}, "two_processes": {"dir"}} on the small world's raw logs."""
+  raw = small_world["raw"]
+  output = str(tmp_path_factory.mktemp("beam_parallel") / "two_processes")
+  preprocess.run([f"--impressions={raw}/impressions/*.jsonl.gz",
+                  f"--events={raw}/events/*.jsonl.gz", f"--output={output}",
+                  f"--config={small_world['config']}", *TWO_PROCESSES])
+  return {"one_worker": {"dir": small_world["data"]}, "two_processes": {"dir": output}}
 
 
 def sorted_records(data_dir: str, split: str) -> list:

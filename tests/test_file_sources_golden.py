@@ -1,12 +1,17 @@
 """Golden digests of the file-split sources (Ali-CCP release, derived layouts).
 
-Four fixed inputs, each preprocessed by the real CLI and digested as tests/test_beam_golden.py
-does (Examples per split, counts.json, transform.json, vocabularies, dead letters by
-(file, line, reason)), plus every dead letter whole (reason, detail with the input folder
-left out, record). The reference is tests/data/golden/file_sources_golden.json, recorded
-by the retired per-record job before the RecordBatch readers existed; the job must
-reproduce it exactly (the Ali-CCP run with 2 join buckets, so a bucket holds many md5s
-and its batches take the columnar encoder's path, on 2 local worker processes).
+Four fixed inputs, each preprocessed by the real CLI's `pipeline.preprocess.run` (in this
+process, as tests/test_beam_golden.py does) and digested as that module does (Examples per
+split, counts.json, transform.json, vocabularies, dead letters by (file, line, reason)),
+plus every dead letter whole (reason, detail with the input folder left out, record).
+Each world's run is made once per test session (`shared_world`, tests.conftest.build_once):
+tests/test_real_samples.py checks and trains on the rechub_csv and paddle_esmm runs, whose
+inputs are its vendored samples with its flags.
+
+The reference is tests/data/golden/file_sources_golden.json, recorded by the retired
+per-record job before the RecordBatch readers existed; the job must reproduce it exactly
+(the Ali-CCP run with 2 join buckets, so a bucket holds many md5s and its batches take the
+columnar encoder's path, on 2 local worker processes).
 
   aliccp       simulation.release_layouts: 6,000 train + 2,000 test skeleton rows, every
                dead-letter case of the release, duplicate / unused / rejected md5s, list
@@ -32,8 +37,11 @@ from typing import Any, Dict, List
 
 import pytest
 
+from pipeline import preprocess
 from simulation import release_layouts
 from tests import test_beam_golden as beam_golden
+from tests import test_success_marker
+from tests.conftest import build_once
 
 REPO = beam_golden.REPO
 REAL = os.path.join(REPO, "tests", "data", "real")
@@ -65,20 +73,35 @@ def _inputs(name: str, raw: str) -> List[str]:
           f"--eval={raw}/paddle_esmm_test.txt"]
 
 
-def make_world(name: str) -> str:
-  """Writes and preprocesses world `name` in WORKDIR/name; returns the output dir.
+def make_world(name: str) -> Dict[str, Any]:
+  """Writes and preprocesses world `name` in WORKDIR/name; returns pipeline.preprocess.run's
+  result ("counts", "marker", "schema", ...) and "output", the output dir.
 
   Impression ids of the derived layouts hold the input's path, so every run uses the
-  same folder (emptied first).
+  same folder (emptied first). The output starts with a stale success marker of an
+  "older run", which the job must replace (tests/test_real_samples.py checks the new one).
   """
   shutil.rmtree(os.path.join(WORKDIR, name), ignore_errors=True)
   raw, output = os.path.join(WORKDIR, name, "raw"), os.path.join(WORKDIR, name, "data")
   flags = []
   if name == "aliccp":  # Many md5s per bucket, 2 processes.
     flags = ["--join_buckets=2", "--local_workers=2"]
-  beam_golden._run("pipeline.preprocess", [  # pylint: disable=protected-access
-      *_inputs(name, raw), f"--output={output}", *flags])
-  return output
+  inputs = _inputs(name, raw)
+  test_success_marker.write_stale_marker(output)
+  return dict(preprocess.run([*inputs, f"--output={output}", *flags]), output=output)
+
+
+def shared_world(tmp_path_factory, name: str) -> Dict[str, Any]:
+  """World `name`, preprocessed once per test session (on any xdist worker) and copied out
+  of WORKDIR (which another session may empty): {"output": the copy, read-only for its
+  users, "counts": run()'s counts, "found": `digest_output` of the run}."""
+  def build(directory):
+    result = make_world(name)
+    copy = os.path.join(directory, "data")
+    shutil.copytree(result["output"], copy)
+    return {"output": copy, "counts": result["counts"],
+            "found": digest_output(result["output"])}
+  return build_once(tmp_path_factory, f"file_sources_golden_{name}", build)
 
 
 def digest_output(output: str) -> Dict[str, Any]:
@@ -109,9 +132,9 @@ def golden():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", WORLDS)
-def test_job_reproduces_the_golden_digest(name, golden):
+def test_job_reproduces_the_golden_digest(name, golden, tmp_path_factory):
   expected = golden["worlds"][name]
-  found = digest_output(make_world(name))
+  found = shared_world(tmp_path_factory, name)["found"]
   assert found["sizes"] == expected["sizes"]
   assert found["digests"] == expected["digests"]
 
@@ -142,7 +165,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   worlds = {}
   for name in WORLDS:
-    output = make_world(name)
+    output = make_world(name)["output"]
     worlds[name] = dict(digest_output(output), reasons=_reasons(output))
     print(name, json.dumps(worlds[name]["sizes"]))
   if args.write:

@@ -2,7 +2,9 @@
 
 Issue 14: a job whose accounting check fails leaves no marker, and a reader refuses its
 output; a valid run's marker verifies; a shard removed, added or rewritten after the
-job invalidates it.
+job invalidates it. That every source's job (ali_ccp, rechub_csv, paddle_esmm) replaces a
+stale marker with one that verifies is checked on tests/test_real_samples.py's runs
+(`write_stale_marker`, `assert_marker_verifies`).
 """
 
 import json
@@ -127,15 +129,30 @@ class _SplitLosingOne(split_lib.SplitBatchesByTime):
 
 
 @pytest.mark.slow
-def test_a_job_whose_accounting_check_fails_leaves_no_marker(tmp_path, monkeypatch):
-  config = testing.write_experiment(str(tmp_path / "config"))
+def test_reruns_into_one_directory_leave_only_their_shards_and_a_failed_one_no_marker(
+    tmp_path, monkeypatch):
+  """Three runs of the job into one output directory (the rerun cases share runs).
+
+  1. A valid run (4 train + 2 eval shards) writes a marker that verifies.
+  2. A rerun with fewer shards (2 + 1). The bug: old shards 2-3 of the 4-shard run stayed
+     beside the rerun's, and the marker listed them as output, so the trainer would have
+     read every example twice.
+  3. A rerun whose accounting check fails (a record lost in the job's split): the old
+     marker goes at the start, no new one is written, and a reader refuses the directory.
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   impressions, events = _write_logs(str(tmp_path / "logs"))
   output = str(tmp_path / "out")
-  # The lost record is injected into the job's split.
-  argv = ["--impressions", impressions, "--events", events, "--output", output,
-          "--config", config]
+  paths = outputs_lib.OutputPaths(output)
 
-  result = preprocess.run(argv)
+  def run(train_shards, eval_shards):
+    config = testing.write_experiment(str(tmp_path / f"config{train_shards}"),
+                                      train_shards=train_shards, eval_shards=eval_shards)
+    return preprocess.run(["--impressions", impressions, "--events", events,
+                           "--output", output, "--config", config])
+
+  result = run(4, 2)
   marker = success_marker.check_success_marker(output)
   assert result["marker"] == success_marker.marker_path(output)
   assert marker["counts"] == result["counts"]
@@ -144,46 +161,50 @@ def test_a_job_whose_accounting_check_fails_leaves_no_marker(tmp_path, monkeypat
           "transform/transform.json", "stats/train_stats.pb"} <= set(marker["files"])
   assert any(name.startswith("train/train-") for name in marker["files"])
 
-  # The same output directory, rerun by a job that loses a record: the old marker goes
-  # at the start, no new one is written, and a reader refuses the directory.
+  result = run(2, 1)
+  marker = success_marker.check_success_marker(output)
+  shards = sorted(name for name in marker["files"] if name.endswith(".tfrecord.gz"))
+  assert shards == ["eval/eval-00000-of-00001.tfrecord.gz",
+                    "train/train-00000-of-00002.tfrecord.gz",
+                    "train/train-00001-of-00002.tfrecord.gz"]
+  for split in outputs_lib.SPLITS:
+    files = sorted(glob.glob(paths.examples_pattern(split)))
+    examples = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+    assert examples == result["counts"]["impressions"]["written"][split]
+
+  # The lost record is injected into the job's split.
   monkeypatch.setattr(split_lib, "SplitBatchesByTime", _SplitLosingOne)
   with pytest.raises(job.AccountingError, match="impressions: read 60"):
-    preprocess.run(argv)
+    run(2, 1)
   assert not os.path.exists(success_marker.marker_path(output))
-  assert os.path.exists(outputs_lib.OutputPaths(output).counts)  # The job did write.
+  assert os.path.exists(paths.counts)  # The job did write.
   with pytest.raises(success_marker.IncompleteOutputError, match="failed or is still running"):
     success_marker.check_success_marker(output)
 
 
-def _source_argv(source, tmp_path):
-  real = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "real")
-  if source == "rechub_csv":
-    return ["--train", os.path.join(real, "rechub_aliccp_train.csv"),
-            "--eval", os.path.join(real, "rechub_aliccp_val.csv")]
-  if source == "paddle_esmm":
-    return ["--train", os.path.join(real, "paddle_esmm_train.txt"),
-            "--eval", os.path.join(real, "paddle_esmm_test.txt")]
-  from tests import test_aliccp  # pylint: disable=g-import-not-at-top
-  paths = test_aliccp.write_release(tmp_path / "raw")
-  return ["--skeleton", paths["sample_skeleton_train"],
-          "--common_features", paths["common_features_train"],
-          "--eval_skeleton", paths["sample_skeleton_test"],
-          "--eval_common_features", paths["common_features_test"]]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("source", ["ali_ccp", "rechub_csv", "paddle_esmm"])
-def test_every_source_writes_a_verifiable_marker(source, tmp_path):
-  output = str(tmp_path / "out")
-  os.makedirs(output)
+def write_stale_marker(output):
+  """A marker of an "older run" in `output` (created): a job must replace it, not trust it."""
+  os.makedirs(output, exist_ok=True)
   with open(success_marker.marker_path(output), "w") as f:
-    f.write("{}")  # A stale marker from an older run: replaced, not trusted.
-  result = preprocess.run(["--source", source, "--output", output,
-                           *_source_argv(source, tmp_path)])
+    f.write("{}")
+
+
+def assert_marker_verifies(output, counts):
+  """`output`'s marker verifies, holds the job's `counts` and lists eval shards.
+
+  Every source's job writes one (tests/test_real_samples.py: ali_ccp, rechub_csv,
+  paddle_esmm, each over a stale marker from `write_stale_marker`).
+  """
   marker = success_marker.check_success_marker(output)
-  assert marker["counts"] == result["counts"]
+  assert marker["counts"] == counts
   assert marker["counts"]["impressions"]["read"] > 0
   assert any(name.startswith("eval/eval-") for name in marker["files"])
+
+
+def test_a_stale_marker_does_not_verify(tmp_path):
+  write_stale_marker(str(tmp_path / "out"))
+  with pytest.raises(success_marker.IncompleteOutputError):
+    success_marker.check_success_marker(str(tmp_path / "out"))
 
 
 def test_a_url_filesystem_works_like_a_local_one():
@@ -200,27 +221,3 @@ def test_a_url_filesystem_works_like_a_local_one():
   tf.io.gfile.remove(f"{root}/train/train-00000-of-00001.tfrecord.gz")
   with pytest.raises(success_marker.IncompleteOutputError, match="missing train/train-0"):
     success_marker.check_success_marker(root)
-
-
-def test_a_rerun_with_fewer_shards_leaves_no_old_shard_behind(tmp_path):
-  """The bug: old shards 2-3 of a 4-shard run stayed beside a 2-shard rerun's, and the
-  marker listed them as output, so the trainer would have read every example twice."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  impressions, events = _write_logs(str(tmp_path / "logs"))
-  output = str(tmp_path / "out")
-  paths = outputs_lib.OutputPaths(output)
-  for run, (train_shards, eval_shards) in enumerate([(4, 2), (2, 1)]):
-    config = testing.write_experiment(str(tmp_path / f"config{run}"),
-                                      train_shards=train_shards, eval_shards=eval_shards)
-    result = preprocess.run(["--impressions", impressions, "--events", events,
-                             "--output", output, "--config", config])
-  marker = success_marker.check_success_marker(output)
-  shards = sorted(name for name in marker["files"] if name.endswith(".tfrecord.gz"))
-  assert shards == ["eval/eval-00000-of-00001.tfrecord.gz",
-                    "train/train-00000-of-00002.tfrecord.gz",
-                    "train/train-00001-of-00002.tfrecord.gz"]
-  for split in outputs_lib.SPLITS:
-    files = sorted(glob.glob(paths.examples_pattern(split)))
-    examples = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
-    assert examples == result["counts"]["impressions"]["written"][split]
