@@ -130,39 +130,41 @@ class _SplitLosingOne(split_lib.SplitBatchesByTime):
 
 @pytest.mark.slow
 def test_reruns_into_one_directory_leave_only_their_shards_and_a_failed_one_no_marker(
-    tmp_path, monkeypatch):
-  """Three runs of the job into one output directory (the rerun cases share runs).
+    tmp_path, tmp_path_factory, monkeypatch):
+  """Runs of the job into a directory that holds an earlier run's output.
 
-  1. A valid run (4 train + 2 eval shards) writes a marker that verifies.
-  2. A rerun with fewer shards (2 + 1). The bug: old shards 2-3 of the 4-shard run stayed
-     beside the rerun's, and the marker listed them as output, so the trainer would have
-     read every example twice.
-  3. A rerun whose accounting check fails (a record lost in the job's split): the old
+  The earlier run: tests/test_file_sources_golden.py's aliexpress world (32 train and 16
+  eval shards, dead letters, its own marker), copied in.
+  1. A rerun with fewer shards (2 + 1) writes a marker that verifies and lists only its
+     own shards. The bug: old shards 2-3 of a 4-shard run stayed beside a 2-shard rerun's,
+     and the marker listed them as output, so the trainer would have read every example
+     twice.
+  2. A rerun whose accounting check fails (a record lost in the job's split): the old
      marker goes at the start, no new one is written, and a reader refuses the directory.
   """
   import glob  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tests import test_file_sources_golden  # pylint: disable=g-import-not-at-top
   impressions, events = _write_logs(str(tmp_path / "logs"))
   output = str(tmp_path / "out")
   paths = outputs_lib.OutputPaths(output)
+  earlier = test_file_sources_golden.shared_world(tmp_path_factory, "aliexpress")["output"]
+  shutil.copytree(earlier, output)
+  earlier_shards = [name for name in success_marker.check_success_marker(output)["files"]
+                    if name.endswith(".tfrecord.gz")]
+  assert len(earlier_shards) == 32 + 16
+  config = testing.write_experiment(str(tmp_path / "config"), train_shards=2, eval_shards=1)
+  argv = ["--impressions", impressions, "--events", events, "--output", output,
+          "--config", config]
 
-  def run(train_shards, eval_shards):
-    config = testing.write_experiment(str(tmp_path / f"config{train_shards}"),
-                                      train_shards=train_shards, eval_shards=eval_shards)
-    return preprocess.run(["--impressions", impressions, "--events", events,
-                           "--output", output, "--config", config])
-
-  result = run(4, 2)
+  result = preprocess.run(argv)
   marker = success_marker.check_success_marker(output)
   assert result["marker"] == success_marker.marker_path(output)
   assert marker["counts"] == result["counts"]
   assert marker["counts"]["impressions"]["read"] == 60
   assert {"counts.json", "labels.json", "feature_spec.yaml", "schema/schema.pbtxt",
           "transform/transform.json", "stats/train_stats.pb"} <= set(marker["files"])
-  assert any(name.startswith("train/train-") for name in marker["files"])
-
-  result = run(2, 1)
-  marker = success_marker.check_success_marker(output)
   shards = sorted(name for name in marker["files"] if name.endswith(".tfrecord.gz"))
   assert shards == ["eval/eval-00000-of-00001.tfrecord.gz",
                     "train/train-00000-of-00002.tfrecord.gz",
@@ -175,7 +177,7 @@ def test_reruns_into_one_directory_leave_only_their_shards_and_a_failed_one_no_m
   # The lost record is injected into the job's split.
   monkeypatch.setattr(split_lib, "SplitBatchesByTime", _SplitLosingOne)
   with pytest.raises(job.AccountingError, match="impressions: read 60"):
-    run(2, 1)
+    preprocess.run(argv)
   assert not os.path.exists(success_marker.marker_path(output))
   assert os.path.exists(paths.counts)  # The job did write.
   with pytest.raises(success_marker.IncompleteOutputError, match="failed or is still running"):
