@@ -93,6 +93,22 @@ def unknown_keys_message(unknown, allowed, section: str = "") -> str:
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 # train.calibration's methods (models.calibration fits them).
 CALIBRATIONS = ("none", "bias", "platt", "platt_ctr", "ips_ctr")
+# pipeline.train --strategy's choices (training.strategy.make_strategy builds them).
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# The experiment config of pipeline.train / pipeline.evaluate without --config
+# (resolve_path: as given, else relative to the project root).
+DEFAULT_CONFIG = "configs/esmm.yaml"
+# pipeline.init's starter (features.spec_inference.infer_starter) without its flags:
+# impressions sampled for the statistics, the most distinct values a vocabulary feature
+# may have (more are hashed), the largest hash_buckets written.
+DEFAULT_SAMPLE_ROWS = 100_000
+DEFAULT_MAX_VOCABULARY = 1000
+DEFAULT_MAX_HASH_BUCKETS = 1 << 20
+
+
+def split_patterns(value: str) -> List[str]:
+  """A comma-separated list of globs (a command line's --impressions, --train...) as a list."""
+  return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _utc_midnight(date: str) -> int:

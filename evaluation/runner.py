@@ -43,7 +43,7 @@ from serving import versions
 from training import data
 from training import shard_check
 
-DEFAULT_CONFIG = "configs/esmm.yaml"
+DEFAULT_CONFIG = config_lib.DEFAULT_CONFIG  # its home is configs.config (light, for the CLI)
 SPEC_FILE = "feature_spec.yaml"
 METADATA_COLUMNS = ("impression_id", "timestamp", "user_id")
 

@@ -59,9 +59,6 @@ USER_ID_KEY = spec_lib.USER_ID_KEY
 ITEM_ID_KEY = spec_lib.ITEM_ID_KEY
 EVENT_KEY = parse_lib.EVENT_KEY
 
-DEFAULT_SAMPLE_ROWS = 100_000
-DEFAULT_MAX_VOCABULARY = 1000
-DEFAULT_MAX_HASH_BUCKETS = 1 << 20
 MIN_HASH_BUCKETS = 1 << 10
 # An int field with at most this many distinct values (and not an id) is a category.
 MAX_INT_CATEGORIES = 64
@@ -419,8 +416,8 @@ class InferenceOptions:
     log_rows: records in the log.
   """
 
-  max_vocabulary: int = DEFAULT_MAX_VOCABULARY
-  max_hash_buckets: int = DEFAULT_MAX_HASH_BUCKETS
+  max_vocabulary: int = config_lib.DEFAULT_MAX_VOCABULARY
+  max_hash_buckets: int = config_lib.DEFAULT_MAX_HASH_BUCKETS
   sample_fraction: float = 1.0
   log_rows: int = 0
 
@@ -858,9 +855,9 @@ def _check_contract_fields(stats: Dict[str, FieldStats], scan: LogScan) -> None:
 
 
 def infer_starter(impression_patterns: Sequence[str], event_patterns: Sequence[str],
-                  sample_rows: int = DEFAULT_SAMPLE_ROWS,
-                  max_vocabulary: int = DEFAULT_MAX_VOCABULARY,
-                  max_hash_buckets: int = DEFAULT_MAX_HASH_BUCKETS,
+                  sample_rows: int = config_lib.DEFAULT_SAMPLE_ROWS,
+                  max_vocabulary: int = config_lib.DEFAULT_MAX_VOCABULARY,
+                  max_hash_buckets: int = config_lib.DEFAULT_MAX_HASH_BUCKETS,
                   user_event_map: Optional[Dict[str, str]] = None, seed: int = 0,
                   spec_file: str = "features.yaml") -> Starter:
   """Reads the logs and writes (in memory) a starter feature spec and config.

@@ -9,3 +9,10 @@ encode / write / analyze / stats steps. docs/ALI_CCP.md documents every layout.
 import os as _os
 
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+# The derived layouts (`derived`), by their --source name in pipeline.preprocess; here, in a
+# module without Beam, so the command line checks --source before importing the job.
+RECHUB_CSV = "rechub_csv"
+PADDLE_ESMM = "paddle_esmm"
+ALIEXPRESS = "aliexpress"
+LAYOUTS = (RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS)

@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 
 from features import example_codec
 from features import spec as spec_lib
+# The layouts' names: layouts/__init__.py (no Beam there, for the command line's checks).
+from layouts import ALIEXPRESS, LAYOUTS, PADDLE_ESMM, RECHUB_CSV
 from layouts import aliccp
 from transforms import dead_letter as dl
 from transforms import parse
@@ -41,10 +43,6 @@ from transforms import progress
 from transforms import read as read_lib
 from transforms import records as records_lib
 
-RECHUB_CSV = "rechub_csv"
-PADDLE_ESMM = "paddle_esmm"
-ALIEXPRESS = "aliexpress"
-LAYOUTS = (RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS)
 CSV_LAYOUTS = (RECHUB_CSV, ALIEXPRESS)  # A header line, then one row per line.
 READ = "read"  # Output tag: rows read per file.
 RECORDS = parse.RECORDS

@@ -8,9 +8,10 @@ A user error (a config, flag, path or input the user can fix) ends the process w
 line on stderr, `error: <what and where>`, and exit status 2; `--verbose` prints the
 traceback above that line and keeps the library noise. What counts as a user error:
 `UserError` (raised by the entry points), absl's flag and usage errors, the library's own
-error types (`USER_ERROR_TYPES`: config, feature spec, success marker, corrupt shard,
-incomplete export, preprocessing) and the OS's file errors (a path that does not exist, or
-is a file where a folder is expected, ...). Anything else is a bug: it keeps its traceback.
+error types (`USER_ERROR_TYPES`: config, feature spec, transform artifacts, success
+marker, corrupt shard, incomplete export, preprocessing) and the OS's file errors (a path
+that does not exist, or is a file where a folder is expected, ...). Anything else is a
+bug: it keeps its traceback.
 
 Start-up: each entry point parses its flags and checks what it can without TensorFlow or
 Beam (flag values, unknown flags, the config and feature spec, local paths) before it
@@ -58,10 +59,11 @@ USER_ERROR_EXIT = 2
 USER_ERROR_TYPES = (
     ("configs.config", "ConfigError"),
     ("features.spec", "SpecError"),
+    ("features.artifacts", "ArtifactError"),
     ("features.success_marker", "IncompleteOutputError"),
     ("training.shard_check", "CorruptShardError"),
     ("serving.versions", "IncompleteExportError"),
-    ("transforms.job", "PreprocessError"),
+    ("transforms.errors", "PreprocessError"),
 )
 # The OS's errors about a path the user gave (they carry the path in their message).
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,

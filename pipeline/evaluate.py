@@ -38,17 +38,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from configs import config as config_lib
 from evaluation import slices
+from features import success_marker
 from pipeline import cli
 
-# TensorFlow and what imports it (evaluation.runner, features.success_marker,
-# serving.versions) are imported in main after the flags, the paths and the --include'd
-# JSONs are checked: start-up time of --help and of a user error (0.3 s instead of 4 s
-# idle); a --include-only report needs no TensorFlow at all.
-
-# evaluation.runner's DEFAULT_CONFIG, spelled out so that the flags are defined without
-# importing TensorFlow (tests/test_entry_points.py checks they agree).
-DEFAULT_CONFIG = "configs/esmm.yaml"
+# TensorFlow and what imports it (evaluation.runner, serving.versions) are imported in
+# main after the flags, the paths, the --include'd JSONs and a local DATA's success marker
+# are checked: start-up time of --help and of a user error (0.3 s instead of 4 s idle); a
+# --include-only report needs no TensorFlow at all.
 
 FLAGS = flags.FLAGS
 
@@ -61,7 +59,7 @@ class Settings:
   data: Optional[str] = None
   split: str = "eval"
   truth: Optional[str] = None
-  config: str = DEFAULT_CONFIG
+  config: str = config_lib.DEFAULT_CONFIG
   output: Optional[str] = None
   output_dir: Optional[str] = None
   report: Optional[str] = None
@@ -215,12 +213,9 @@ def run(settings: Settings) -> List[dict]:
   included = _included(settings)
   results = []
   if settings.saved_model:
-    # pylint: disable=g-import-not-at-top  # start-up time (above)
-    from evaluation import runner
-    from features import success_marker
-    # pylint: enable=g-import-not-at-top
-    # unusable data or slices fail before anything is loaded
+    # unusable data or slices fail before anything is loaded (local data: before TF too)
     success_marker.check_success_marker(settings.data)
+    from evaluation import runner  # pylint: disable=g-import-not-at-top  # start-up time (above)
     spec, _ = runner.load_spec_and_labels(settings.data, settings.config)
     try:
       runner.check_slice_by(settings.slice_by, spec, settings.truth)

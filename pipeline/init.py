@@ -21,18 +21,12 @@ import time
 from absl import flags
 from absl import logging
 
+from configs import config as config_lib
 from pipeline import cli
 
 # features.spec_inference (Beam's file systems, pyarrow, TensorFlow through the parsers)
 # is imported in main after the flags, --out and the local globs are checked: start-up
 # time of --help and of a user error (0.3 s instead of 4 s idle).
-
-# features.spec_inference's DEFAULT_SAMPLE_ROWS, DEFAULT_MAX_VOCABULARY and
-# DEFAULT_MAX_HASH_BUCKETS, spelled out so that the flags are defined without importing it
-# (tests/test_entry_points.py checks they agree).
-DEFAULT_SAMPLE_ROWS = 100_000
-DEFAULT_MAX_VOCABULARY = 1000
-DEFAULT_MAX_HASH_BUCKETS = 1 << 20
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("impressions", None, "Glob(s), comma-separated, of the impression logs "
@@ -41,13 +35,13 @@ flags.DEFINE_string("events", None, "Glob(s), comma-separated, of the behaviour 
                     required=True)
 flags.DEFINE_string("out", None, "Directory to write config.yaml and features.yaml into.",
                     required=True)
-flags.DEFINE_integer("sample_rows", DEFAULT_SAMPLE_ROWS, "Impressions sampled "
+flags.DEFINE_integer("sample_rows", config_lib.DEFAULT_SAMPLE_ROWS, "Impressions sampled "
                      "(uniformly, over every file) for the feature statistics; the last day "
                      "and the event names are read from every row.", lower_bound=1)
-flags.DEFINE_integer("max_vocabulary", DEFAULT_MAX_VOCABULARY, "A string or id "
+flags.DEFINE_integer("max_vocabulary", config_lib.DEFAULT_MAX_VOCABULARY, "A string or id "
                      "field with at most this many distinct values (estimated over the whole "
                      "log) gets a vocabulary; more are hashed.", lower_bound=1)
-flags.DEFINE_integer("max_hash_buckets", DEFAULT_MAX_HASH_BUCKETS, "Largest "
+flags.DEFINE_integer("max_hash_buckets", config_lib.DEFAULT_MAX_HASH_BUCKETS, "Largest "
                      "hash_buckets written (buckets = the power of two at or above twice the "
                      "distinct values).", lower_bound=2)
 flags.DEFINE_multi_string("map_event", [], "NAME=LABEL, repeatable: map the event name NAME to "
@@ -72,13 +66,13 @@ def _event_map(values):
 
 
 def _patterns(flag: str, value: str):
-  """The comma-separated globs of --FLAG (as transforms.read.split_patterns splits them).
+  """The comma-separated globs of --FLAG (configs.config.split_patterns).
 
   A local glob that matches no file fails here, before Beam is imported to read it
   (glob's recursive match is a superset of Beam's local one); gs:// globs are checked
   when they are read.
   """
-  patterns = [part.strip() for part in value.split(",") if part.strip()]
+  patterns = config_lib.split_patterns(value)
   for pattern in patterns:
     if "://" not in pattern and not glob.glob(pattern, recursive=True):
       raise cli.UserError(f"--{flag} {pattern}: no file matches")

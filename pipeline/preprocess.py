@@ -49,7 +49,9 @@ from absl import logging
 
 import configs
 from configs import config as config_lib
+import layouts
 from pipeline import cli
+from transforms import errors
 
 # Beam, TensorFlow, TFDV and the job's modules (transforms/, layouts/, training/,
 # features.success_marker) are imported by the functions that use them, after the flags,
@@ -63,26 +65,21 @@ DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "esmm.yaml")
 
 LOG = "log"
 ALI_CCP = "ali_ccp"
-# layouts.derived's LAYOUTS (RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS), spelled out so that the
-# flags are parsed without importing Beam (tests/test_entry_points.py checks they agree).
-RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS = "rechub_csv", "paddle_esmm", "aliexpress"
-SOURCES = (LOG, ALI_CCP, RECHUB_CSV, PADDLE_ESMM, ALIEXPRESS)
+SOURCES = (LOG, ALI_CCP) + layouts.LAYOUTS
 ENGINE_REMOVED = ("--engine was removed: pipeline.preprocess has one engine, the columnar "
                   "RecordBatch job")
 DEFAULT_CONFIGS = {
     LOG: DEFAULT_CONFIG,
     ALI_CCP: os.path.join(CONFIG_DIR, "ali_ccp.yaml"),
-    RECHUB_CSV: os.path.join(CONFIG_DIR, "rechub_aliccp.yaml"),
-    PADDLE_ESMM: os.path.join(CONFIG_DIR, "paddle_esmm.yaml"),
-    ALIEXPRESS: os.path.join(CONFIG_DIR, "aliexpress.yaml"),
+    layouts.RECHUB_CSV: os.path.join(CONFIG_DIR, "rechub_aliccp.yaml"),
+    layouts.PADDLE_ESMM: os.path.join(CONFIG_DIR, "paddle_esmm.yaml"),
+    layouts.ALIEXPRESS: os.path.join(CONFIG_DIR, "aliexpress.yaml"),
 }
 # The input flags each source needs.
 SOURCE_FLAGS = {
     LOG: ("impressions", "events"),
     ALI_CCP: ("skeleton", "common_features", "eval_skeleton", "eval_common_features"),
-    RECHUB_CSV: ("train", "eval"),
-    PADDLE_ESMM: ("train", "eval"),
-    ALIEXPRESS: ("train", "eval"),
+    **{layout: ("train", "eval") for layout in layouts.LAYOUTS},
 }
 
 
@@ -158,17 +155,6 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def preprocess_error(message: str) -> Exception:
-  """The error of a bad flag, config or input found before the job's modules are loaded.
-
-  transforms.job.PreprocessError when that module is loaded (an in-process caller of
-  parse_args / run catches that type), else a cli.UserError: the command line then
-  reports it (one line, exit status 2) without importing TensorFlow for it.
-  """
-  job = sys.modules.get("transforms.job")
-  return job.PreprocessError(message) if job is not None else cli.UserError(message)
-
-
 def parse_flags(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
   """Our flags, checked without Beam; the rest (Beam's options, unchecked yet) as a list.
 
@@ -178,7 +164,7 @@ def parse_flags(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List
   if argv and not argv[0].startswith("-"):
     argv = argv[1:]
   if any(arg == "--engine" or arg.startswith("--engine=") for arg in argv):
-    raise preprocess_error(ENGINE_REMOVED)
+    raise errors.PreprocessError(ENGINE_REMOVED)
   parser = _parser()
   args, beam_args = parser.parse_known_args(argv)
   # pylint: disable-next=protected-access
@@ -193,22 +179,22 @@ def check_source_flags(args: argparse.Namespace) -> None:
   """The input flags fit --source: each one it reads given, none of another source's.
 
   Raises:
-    PreprocessError (`preprocess_error`): a flag missing or of another source, or
+    errors.PreprocessError: a flag missing or of another source, or
       --eval_from / --as_of with a file source.
   """
   for flag in ("eval_from", "as_of"):
     if getattr(args, flag) and args.source != LOG:
-      raise preprocess_error(f"--{flag} is for --source log; --source {args.source} takes "
-                             f"train and eval from separate files")
+      raise errors.PreprocessError(f"--{flag} is for --source log; --source {args.source} takes "
+                                   f"train and eval from separate files")
   needed = SOURCE_FLAGS[args.source]
   others = sorted({flag for flags in SOURCE_FLAGS.values() for flag in flags} - set(needed))
   given = [f"--{flag}" for flag in others if getattr(args, flag) is not None]
   if given:
-    raise preprocess_error(f"--source {args.source} does not use {given}; it "
-                           f"reads {['--' + flag for flag in needed]}")
+    raise errors.PreprocessError(f"--source {args.source} does not use {given}; it "
+                                 f"reads {['--' + flag for flag in needed]}")
   for flag in needed:
     if not getattr(args, flag):
-      raise preprocess_error(f"--source {args.source} needs --{flag}")
+      raise errors.PreprocessError(f"--source {args.source} needs --{flag}")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
@@ -278,16 +264,16 @@ def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
   """The DirectRunner options `--local_workers N` stands for.
 
   Raises:
-    PreprocessError (`preprocess_error`): N < 0, or the options it sets are also given.
+    errors.PreprocessError: N < 0, or the options it sets are also given.
   """
   if workers < 0:
-    raise preprocess_error(f"--local_workers {workers}: must be >= 0 "
-                           f"(0 = one worker process per core)")
+    raise errors.PreprocessError(f"--local_workers {workers}: must be >= 0 "
+                                 f"(0 = one worker process per core)")
   clashes = [arg for arg in beam_args if arg.split("=")[0] in (
       "--direct_num_workers", "--direct_running_mode")]
   if clashes:
-    raise preprocess_error(f"--local_workers sets the DirectRunner's worker "
-                           f"options itself; drop {clashes}")
+    raise errors.PreprocessError(f"--local_workers sets the DirectRunner's worker "
+                                 f"options itself; drop {clashes}")
   # Beam is imported here, after our own flags are checked: start-up time of a user error.
   # pylint: disable-next=g-import-not-at-top
   from apache_beam.options import pipeline_options as beam_options
@@ -295,9 +281,9 @@ def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:
   runner = beam_options.PipelineOptions(list(beam_args)).view_as(
       beam_options.StandardOptions).runner
   if runner not in beam_compat.DIRECT_RUNNERS:
-    raise preprocess_error(f"--local_workers runs on this machine "
-                           f"(DirectRunner); it cannot be used with --runner "
-                           f"{runner}")
+    raise errors.PreprocessError(f"--local_workers runs on this machine "
+                                 f"(DirectRunner); it cannot be used with --runner "
+                                 f"{runner}")
   mode = "in_memory" if workers == 1 else "multi_processing"
   return [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
 
@@ -306,17 +292,16 @@ def input_patterns(args: argparse.Namespace) -> Dict[str, List[str]]:
   """flag -> its globs, for the flags of `--source` (`check_source_flags` checked them).
 
   Raises:
-    PreprocessError (`preprocess_error`): a glob matches no file.
+    errors.PreprocessError: a glob matches no file.
   """
   # Beam's file systems (local, gs://) are imported here: start-up time of a user error.
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-  from transforms import read  # pylint: disable=g-import-not-at-top
   patterns = {}
   for flag in SOURCE_FLAGS[args.source]:
-    patterns[flag] = read.split_patterns(getattr(args, flag))
+    patterns[flag] = config_lib.split_patterns(getattr(args, flag))
     for pattern in patterns[flag]:
       if not FileSystems.match([pattern])[0].metadata_list:
-        raise preprocess_error(f"--{flag} {pattern!r} matches no file")
+        raise errors.PreprocessError(f"--{flag} {pattern!r} matches no file")
   return patterns
 
 
@@ -397,7 +382,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     path, "anomalies": split -> anomaly lines}.
 
   Raises:
-    job.PreprocessError: inputs missing, records unaccounted for, or (with
+    errors.PreprocessError: inputs missing, records unaccounted for, or (with
       --fail_on_anomalies) anomalies against --schema.
   """
   args, beam_args = parse_flags(argv)
@@ -407,7 +392,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   patterns = input_patterns(args)
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   if args.schema and not FileSystems.exists(args.schema):
-    raise preprocess_error(f"--schema {args.schema!r}: file not found")
+    raise errors.PreprocessError(f"--schema {args.schema!r}: file not found")
 
   # The job's modules (Beam, TensorFlow, TFDV) only now: start-up time of a user error.
   cli.import_quietly("tensorflow_data_validation")  # before transforms.stats imports it
@@ -422,7 +407,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   try:
     transform = build_transform(args, patterns, config, spec)
   except ValueError as e:
-    raise job.PreprocessError(f"{args.config}: {e}") from e
+    raise errors.PreprocessError(f"{args.config}: {e}") from e
   if args.fail_on_anomalies and not args.schema:
     logging.warning("--fail_on_anomalies has no effect without --schema")
 
@@ -430,7 +415,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   try:  # Before anything is written: an unchecked Beam version is refused here.
     mode = beam_compat.prepare_local_parallelism(options)
   except beam_compat.UnsupportedBeamModeError as e:
-    raise job.PreprocessError(str(e)) from e
+    raise errors.PreprocessError(str(e)) from e
   if mode:
     workers = options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers
     logging.info(
@@ -504,18 +489,16 @@ def check_splits_not_empty(counts: Dict[str, Any], args: argparse.Namespace,
   """An empty train or eval split fails the job (before the success marker).
 
   Raises:
-    job.PreprocessError: naming the split and the setting to change.
+    errors.PreprocessError: naming the split and the setting to change.
   """
-  # pylint: disable=g-import-not-at-top  # start-up time (module doc)
-  from transforms import job
+  # pylint: disable-next=g-import-not-at-top  # start-up time (module doc)
   from transforms import outputs as outputs_lib
-  # pylint: enable=g-import-not-at-top
   written = counts["impressions"]["written"]
   for split in outputs_lib.SPLITS:
     if not written.get(split):
       others = ", ".join(f"{name} {written.get(name, 0)}" for name in outputs_lib.SPLITS)
-      raise job.PreprocessError(f"the {split} split is empty ({others} examples written); "
-                                f"{split_setting(args, config, split)}")
+      raise errors.PreprocessError(f"the {split} split is empty ({others} examples written); "
+                                   f"{split_setting(args, config, split)}")
 
 
 def check_schema_has_features(schema_path: str, spec) -> None:
@@ -523,17 +506,15 @@ def check_schema_has_features(schema_path: str, spec) -> None:
   fails the job.
 
   Raises:
-    job.PreprocessError: naming the schema and the feature spec.
+    errors.PreprocessError: naming the schema and the feature spec.
   """
-  # pylint: disable=g-import-not-at-top  # start-up time (module doc)
-  from transforms import job
+  # pylint: disable-next=g-import-not-at-top  # start-up time (module doc)
   from transforms import stats as stats_lib
-  # pylint: enable=g-import-not-at-top
   schema = stats_lib.load_schema(schema_path)
   if not {feature.name for feature in schema.feature} & set(spec.names):
-    raise job.PreprocessError(f"{schema_path}: the schema inferred from the train split has "
-                              f"none of the features of {spec.source} ({len(spec.names)} "
-                              f"declared); check the feature spec against the input files")
+    raise errors.PreprocessError(f"{schema_path}: the schema inferred from the train split has "
+                                 f"none of the features of {spec.source} ({len(spec.names)} "
+                                 f"declared); check the feature spec against the input files")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

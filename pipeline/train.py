@@ -8,8 +8,8 @@ train.checkpoint_every_steps steps) at the batch where the checkpoint was taken;
 MODEL_DIR/metrics.json records where it resumed (`initial_step`), the final step, the
 validation split's metrics and best epoch, and any corrupt shard skipped with
 --skip_corrupt_records (a corrupt shard otherwise stops the run, naming its path).
-docs/TRAINING.md: validation split, early stopping, schedules, exact resume. Multi-worker: the same command in every worker
-process, each with its own TF_CONFIG, e.g. on one machine
+docs/TRAINING.md: validation split, early stopping, schedules, exact resume. Multi-worker:
+the same command in every worker process, each with its own TF_CONFIG, e.g. on one machine
 
   TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]},
               "task": {"type": "worker", "index": 0}}' \
@@ -28,18 +28,16 @@ from absl import flags
 from absl import logging
 
 from configs import config as config_lib
+from features import success_marker
 from pipeline import cli
 
-# training.strategy's STRATEGIES, spelled out so that the flags are parsed without
-# importing TensorFlow (tests/test_entry_points.py checks they agree).
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/esmm.yaml", "Experiment YAML (configs/<model>.yaml).")
+flags.DEFINE_string("config", config_lib.DEFAULT_CONFIG,
+                    "Experiment YAML (configs/<model>.yaml).")
 flags.DEFINE_string("data", None, "Output directory of pipeline.preprocess.", required=True)
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, logs and the export.",
                     required=True)
-flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
+flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy tpu.")
 flags.DEFINE_integer("epochs", None, "Override train.epochs.")
@@ -77,11 +75,13 @@ def _overrides() -> dict:
 def main(argv):
   del argv  # cli.run_main refused any argument that is not a flag
   config = config_lib.load_config(FLAGS.config, overrides=_overrides())
-  if "://" not in FLAGS.data and not os.path.isdir(FLAGS.data):
-    raise cli.UserError(f"--data {FLAGS.data}: no such directory (the output directory of "
-                        f"pipeline.preprocess)")
-  # TensorFlow and the trainer only now, after the flags, the config and the data path are
-  # checked: start-up time of --help and of a user error (0.3 s instead of 4 s idle).
+  if "://" not in FLAGS.data:  # a remote one is checked by the trainer, after TensorFlow
+    if not os.path.isdir(FLAGS.data):
+      raise cli.UserError(f"--data {FLAGS.data}: no such directory (the output directory of "
+                          f"pipeline.preprocess)")
+    success_marker.check_success_marker(FLAGS.data)  # the trainer checks again: a few ms
+  # TensorFlow and the trainer only now, after the flags, the config and the data are
+  # checked: start-up time of --help and of a user error (0.3 s instead of 4-5 s idle).
   # pylint: disable=g-import-not-at-top
   from training import strategy as strategy_lib
   from training import trainer

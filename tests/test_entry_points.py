@@ -9,7 +9,6 @@ AttributeError / ImportError traceback long before the expected error), both und
 `python -m pipeline.<step>` and under the console scripts `cvr-<step>`.
 """
 
-import ast
 import json
 import os
 import re
@@ -19,7 +18,9 @@ import sys
 import pytest
 
 from configs import config as config_lib
+from features import success_marker
 from pipeline import cli
+from transforms import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.dirname(sys.executable)
@@ -134,16 +135,35 @@ def test_a_user_error_is_one_line_from_a_shadowing_folder(step, tmp_path):
   assert ("apache_beam" in modules) == (step == "preprocess")
 
 
+@pytest.mark.parametrize("step", ["train", "evaluate"])
+def test_local_data_without_a_success_marker_is_refused_before_tensorflow(step, tmp_path):
+  """features/success_marker.py checks a local folder with os: pipeline.train / evaluate
+  refuse data pipeline.preprocess did not finish before they import TensorFlow."""
+  data = tmp_path / "data"
+  data.mkdir()
+  args = {"train": ["--data", str(data), "--model_dir", str(tmp_path / "model")],
+          "evaluate": ["--saved_model", str(tmp_path), "--data", str(data), "--output",
+                       str(tmp_path / "metrics.json")]}[step]
+  result = run(module_command(step, *args), REPO, env=IMPORT_TIMES)
+  assert_one_error_line(result, f"{data} has no _SUCCESS.json")
+  assert "tensorflow" not in split_import_lines(result.stderr)[0]
+
+
 def test_the_heavy_imports_are_not_shadowed_either(tmp_path):
   """The user errors above are found before TensorFlow and the project's model code are
-  imported; this one (data without pipeline.preprocess's marker) is found after
+  imported; this one (marked data without transform artifacts) is found after
   training.trainer imported models/, features/ and configs/ through the console script,
   from a folder whose packages of those names have an __init__.py."""
   data = tmp_path / "data"
   data.mkdir()
+  success_marker.write_success_marker(str(data), {})  # a marker, nothing else
   result = run(script_command("train", "--data", str(data), "--model_dir",
                               str(tmp_path / "model")), shadowing_folder(tmp_path, with_init=True))
-  assert_one_error_line(result, f"{data} has no _SUCCESS.json")
+  assert result.returncode == cli.USER_ERROR_EXIT, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()  # the training's log lines, then the error
+  assert lines[-1].startswith(f"error: {data}/transform: no transform.json"), lines[-3:]
+  for noise in NOISE:
+    assert noise not in result.stderr, result.stderr[-3000:]
 
 
 def test_verbose_prints_the_traceback_and_the_same_line(tmp_path):
@@ -198,40 +218,6 @@ def test_console_script_simulates_a_tiny_world_from_a_shadowing_folder(tmp_path)
 
 # In-process checks of the pieces (no subprocess).
 
-def module_constant(module: str, name: str):
-  """The value of the constant NAME assigned at the top of pipeline/MODULE.py, read from
-  its source (importing it would define its absl flags in this process)."""
-  with open(os.path.join(REPO, "pipeline", f"{module}.py")) as f:
-    tree = ast.parse(f.read())
-  for node in tree.body:
-    if isinstance(node, ast.Assign):
-      for target in node.targets:
-        names = ([element.id for element in target.elts] if isinstance(target, ast.Tuple)
-                 else [getattr(target, "id", None)])
-        if name in names:
-          expression = compile(ast.Expression(node.value), module, "eval")
-          value = eval(expression, {})  # pylint: disable=eval-used
-          return value[names.index(name)] if len(names) > 1 else value
-  raise AssertionError(f"pipeline/{module}.py assigns no {name}")
-
-
-def test_the_constants_spelled_out_for_a_light_start_agree_with_the_library():
-  # pylint: disable=g-import-not-at-top
-  from evaluation import runner
-  from features import spec_inference
-  from layouts import derived
-  from pipeline import preprocess
-  from training import strategy
-  # pylint: enable=g-import-not-at-top
-  assert preprocess.SOURCES[2:] == derived.LAYOUTS
-  assert (preprocess.RECHUB_CSV, preprocess.PADDLE_ESMM, preprocess.ALIEXPRESS) == (
-      derived.RECHUB_CSV, derived.PADDLE_ESMM, derived.ALIEXPRESS)
-  assert module_constant("train", "STRATEGIES") == strategy.STRATEGIES
-  assert module_constant("evaluate", "DEFAULT_CONFIG") == runner.DEFAULT_CONFIG
-  for name in ("DEFAULT_SAMPLE_ROWS", "DEFAULT_MAX_VOCABULARY", "DEFAULT_MAX_HASH_BUCKETS"):
-    assert module_constant("init", name) == getattr(spec_inference, name), name
-
-
 def test_preprocess_as_of_is_a_config_override_for_log_sources_only(tmp_path):
   from pipeline import preprocess  # pylint: disable=g-import-not-at-top
   base = ["--impressions", "i", "--events", "e", "--output", "o"]
@@ -247,7 +233,7 @@ def test_preprocess_as_of_is_a_config_override_for_log_sources_only(tmp_path):
     preprocess.load_checked_config(args)
   args, _ = preprocess.parse_flags(["--source", "aliexpress", "--train", "t", "--eval", "v",
                                     "--output", "o", "--as_of", "2026-01-09"])
-  with pytest.raises((cli.UserError, RuntimeError),
+  with pytest.raises(errors.PreprocessError,
                      match="--as_of is for --source log; --source aliexpress"):
     preprocess.check_source_flags(args)
 

@@ -135,7 +135,7 @@ def _entry(starter, name):
 
 def test_the_ids_are_hashed_into_twice_their_distinct_values(shop_log, starter):
   truth = shop_log["truth"]
-  assert truth["users"] > spec_inference.DEFAULT_MAX_VOCABULARY  # the log is built so
+  assert truth["users"] > config_lib.DEFAULT_MAX_VOCABULARY  # the log is built so
   for name, distinct in (("user_id", truth["users"]), ("item_id", truth["items"])):
     entry = _entry(starter, name)
     expected_buckets = 2 ** math.ceil(math.log2(2 * distinct))

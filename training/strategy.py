@@ -22,11 +22,11 @@ from typing import Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from configs import config as config_lib
 
 
 def make_strategy(name: str, tpu: Optional[str] = None) -> tf.distribute.Strategy:
-  """Returns the tf.distribute.Strategy called `name` (one of STRATEGIES)."""
+  """Returns the tf.distribute.Strategy called `name` (one of configs.config.STRATEGIES)."""
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
@@ -41,7 +41,7 @@ def make_strategy(name: str, tpu: Optional[str] = None) -> tf.distribute.Strateg
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
-  raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+  raise ValueError(f"unknown strategy {name!r}; choose one of {config_lib.STRATEGIES}")
 
 
 def needs_static_shapes(strategy: tf.distribute.Strategy) -> bool:

@@ -58,18 +58,7 @@ from transforms import progress
 from transforms import split as split_lib
 from transforms import stats as stats_lib
 from transforms import write
-
-
-class PreprocessError(RuntimeError):
-  """The job ran but its output fails a check; the message says which and why."""
-
-
-class AccountingError(PreprocessError):
-  """Some input records are neither written nor dead-lettered (or counted twice)."""
-
-
-class AnomaliesError(PreprocessError):
-  """The statistics do not match the given schema (with --fail_on_anomalies)."""
+from transforms.errors import AccountingError, AnomaliesError, PreprocessError  # re-exported
 
 
 class Preprocess(beam.PTransform):

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from configs.config import split_patterns  # re-exported: the command line splits its globs
+
 PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_ROWS = 8192  # Records per batch read (and per output RecordBatch of the parsers).
 READ_CHUNK_BYTES = 4 << 20
@@ -29,11 +31,6 @@ def is_parquet(path: str) -> bool:
 def glob_list(file_patterns: Union[str, Sequence[str]]) -> List[str]:
   """One glob or several, as a list."""
   return [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
-
-
-def split_patterns(value: str) -> Sequence[str]:
-  """A comma-separated list of globs (as given on the command line) as a list."""
-  return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class MatchFiles(beam.PTransform):
