@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import tensorflow as tf
-from apache_beam.testing import test_pipeline
 
 from configs import config as config_lib
 from features import example_codec
@@ -31,6 +30,8 @@ from transforms import job
 from transforms import outputs as outputs_lib
 from transforms import parse as parse_lib
 from transforms import records as records_lib
+from tests import test_success_marker
+from tests.conftest import build_once
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "ali_ccp.yaml")
@@ -103,11 +104,6 @@ def write_release(directory):
   return paths
 
 
-def small_config():
-  return config_lib.load_config(CONFIG, overrides={"data": {"train_shards": 1,
-                                                            "eval_shards": 1}})
-
-
 def read_split(output, split, spec, label_names):
   files = sorted(glob.glob(outputs_lib.OutputPaths(output).examples_pattern(split)))
   return [example_codec.example_to_dict(raw.numpy(), spec, label_names)
@@ -137,16 +133,33 @@ def test_purchase_without_click_follows_the_orphan_policy():
   assert aliccp.source_labels(1, 0, infer_click=False) == {"click": 1, "purchase": 0}
 
 
-def test_the_job_keeps_every_value_and_weight_and_accounts_for_every_line(tmp_path):
-  paths = write_release(tmp_path / "raw")
-  config = small_config()
-  spec = config.load_feature_spec()
-  output = str(tmp_path / "out")
-  with test_pipeline.TestPipeline() as p:
-    _ = p | job.PreprocessAliCcp(
-        {"train": [paths["sample_skeleton_train"]], "eval": [paths["sample_skeleton_test"]]},
-        {"train": [paths["common_features_train"]], "eval": [paths["common_features_test"]]},
-        output, config.data, spec, statistics=False, num_buckets=2)
+def preprocessed_release(tmp_path_factory):
+  """`write_release`'s files through `pipeline.preprocess --source ali_ccp --join_buckets 2`
+  (2 join buckets: several md5s per bucket), made once per test session over a stale
+  success marker; read-only for its users (this module, tests/test_real_samples.py).
+
+  Returns:
+    {"paths": write_release's paths, "output": the output dir, "counts" and "schema":
+    pipeline.preprocess.run's}.
+  """
+  def build(directory):
+    paths = write_release(os.path.join(directory, "raw"))
+    output = os.path.join(directory, "out")
+    test_success_marker.write_stale_marker(output)
+    result = preprocess.run([
+        "--source", "ali_ccp", "--output", output, "--join_buckets", "2",
+        "--skeleton", paths["sample_skeleton_train"],
+        "--common_features", paths["common_features_train"],
+        "--eval_skeleton", paths["sample_skeleton_test"],
+        "--eval_common_features", paths["common_features_test"]])
+    return {"paths": paths, "output": output, "counts": result["counts"],
+            "schema": result["schema"]}
+  return build_once(tmp_path_factory, "aliccp_release", build)
+
+
+def test_the_job_keeps_every_value_and_weight_and_accounts_for_every_line(tmp_path_factory):
+  output = preprocessed_release(tmp_path_factory)["output"]
+  spec = config_lib.load_config(CONFIG).load_feature_spec()
   out = outputs_lib.OutputPaths(output)
   counts = job.check_run(out, seconds=1.0)
   assert counts["impressions"] == {

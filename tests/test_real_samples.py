@@ -3,7 +3,7 @@
 torch-rechub's CSV (--source rechub_csv), PaddleRec's ESMM text (--source paddle_esmm) and
 PaddleRec's AITM CSV (--source rechub_csv with configs/paddle_aitm.yaml) go through
 `pipeline.preprocess.run` into TFRecords with exact counts; the raw Ali-CCP layout (files
-written by tests/test_aliccp.py's helpers) does too. Each output started with a stale
+written by tests/test_aliccp.py's helpers, preprocessed once per session there) does too. Each output started with a stale
 success marker, which the job replaced by one that verifies (features/success_marker.py).
 Then an ESMM built from each source's feature spec (hash tables shrunk to keep the test
 small) trains a few steps and exports (not for paddle_aitm, whose spec is a subset of
@@ -154,16 +154,10 @@ def test_paddle_aitm_sample_dead_letters_purchases_without_click(tmp_path):
   # test_rechub_csv_sample_trains_esmm's ESMM covers every feature column it builds.
 
 
-def test_raw_aliccp_layout_through_the_cli_trains_esmm(tmp_path):
-  paths = test_aliccp.write_release(tmp_path / "raw")
-  output = str(tmp_path / "aliccp")
-  test_success_marker.write_stale_marker(output)
-  result = preprocess.run([
-      "--source", "ali_ccp", "--output", output,
-      "--skeleton", paths["sample_skeleton_train"],
-      "--common_features", paths["common_features_train"],
-      "--eval_skeleton", paths["sample_skeleton_test"],
-      "--eval_common_features", paths["common_features_test"]])
+def test_raw_aliccp_layout_through_the_cli_trains_esmm(tmp_path, tmp_path_factory):
+  # tests/test_aliccp.py's release through --source ali_ccp --join_buckets 2 (shared).
+  result = test_aliccp.preprocessed_release(tmp_path_factory)
+  output = result["output"]
   test_success_marker.assert_marker_verifies(output, result["counts"])
   assert result["counts"]["impressions"]["written"] == {"train": 3, "eval": 1}
   assert result["counts"]["common_features"]["read"] == 7
