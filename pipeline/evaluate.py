@@ -42,11 +42,12 @@ from configs import config as config_lib
 from evaluation import slices
 from features import success_marker
 from pipeline import cli
+from serving import versions
 
-# TensorFlow and what imports it (evaluation.runner, serving.versions) are imported in
-# main after the flags, the paths, the --include'd JSONs and a local DATA's success marker
-# are checked: start-up time of --help and of a user error (0.3 s instead of 4 s idle); a
-# --include-only report needs no TensorFlow at all.
+# TensorFlow and what imports it (evaluation.runner) are imported in main after the
+# flags, the paths, the --include'd JSONs, a local DATA's success marker and a local
+# --saved_model's version are checked: start-up time of --help and of a user error (0.3 s
+# instead of 4 s idle); a --include-only report needs no TensorFlow at all.
 
 FLAGS = flags.FLAGS
 
@@ -179,13 +180,11 @@ def _named_models(values: List[str]) -> List[Tuple[str, str]]:
   Resolved before anything is scored, so a bad path or an export without a complete
   version fails at once (serving.versions.IncompleteExportError, one line).
   """
+  resolved = [(name, versions.resolve_saved_model(path))  # a local one: before TF too
+              for name, path in map(parse_named, values)]
   from evaluation import runner  # pylint: disable=g-import-not-at-top  # start-up time (above)
-  from serving import versions  # pylint: disable=g-import-not-at-top
-  models = []
-  for value in values:
-    name, path = parse_named(value)
-    saved_model_dir = versions.resolve_saved_model(path)
-    models.append((name or runner.model_name(saved_model_dir), saved_model_dir))
+  models = [(name or runner.model_name(saved_model_dir), saved_model_dir)
+            for name, saved_model_dir in resolved]
   counts = collections.Counter(name for name, _ in models)
   repeated = sorted(name for name, count in counts.items() if count > 1)
   if repeated:
@@ -212,16 +211,19 @@ def run(settings: Settings) -> List[dict]:
   _check_paths(settings)
   included = _included(settings)
   results = []
+  models = []
   if settings.saved_model:
-    # unusable data or slices fail before anything is loaded (local data: before TF too)
+    # unusable data, exports or slices fail before anything is loaded (local data and
+    # exports: before TensorFlow too)
     success_marker.check_success_marker(settings.data)
+    models = _named_models(settings.saved_model)
     from evaluation import runner  # pylint: disable=g-import-not-at-top  # start-up time (above)
     spec, _ = runner.load_spec_and_labels(settings.data, settings.config)
     try:
       runner.check_slice_by(settings.slice_by, spec, settings.truth)
     except runner.SliceError as e:
       raise cli.UserError(str(e)) from e
-  for name, saved_model_dir in _named_models(settings.saved_model):
+  for name, saved_model_dir in models:
     try:
       result = runner.evaluate(saved_model_dir, settings.data, split=settings.split,
                                truth_path=settings.truth, config_path=settings.config,

@@ -149,6 +149,29 @@ def test_local_data_without_a_success_marker_is_refused_before_tensorflow(step, 
   assert "tensorflow" not in split_import_lines(result.stderr)[0]
 
 
+@pytest.mark.parametrize("step", ["predict", "evaluate"])
+def test_a_local_export_without_a_complete_version_is_refused_before_tensorflow(step,
+                                                                                  tmp_path):
+  """serving/versions.py reads a local export base with os: an empty version directory
+  (a half-finished copy) and nothing else is one line, before TensorFlow is imported."""
+  base = tmp_path / "model" / "export"
+  (base / "7").mkdir(parents=True)
+  data = tmp_path / "data"
+  data.mkdir()
+  success_marker.write_success_marker(str(data), {})
+  (tmp_path / "in.jsonl").write_text("{}\n")
+  args = {"predict": ["--saved_model", str(tmp_path / "model"), "--input",
+                      str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")],
+          "evaluate": ["--saved_model", str(tmp_path / "model"), "--data", str(data),
+                       "--output", str(tmp_path / "metrics.json")]}[step]
+  result = run(module_command(step, *args), REPO, env=IMPORT_TIMES)
+  assert result.returncode == cli.USER_ERROR_EXIT, result.stderr[-3000:]
+  _, lines = split_import_lines(result.stderr)
+  assert lines[-1].startswith(f"error: {base}: no complete SavedModel version directory "
+                              f"(7 lacks saved_model.pb"), lines
+  assert "tensorflow" not in split_import_lines(result.stderr)[0]
+
+
 def test_the_heavy_imports_are_not_shadowed_either(tmp_path):
   """The user errors above are found before TensorFlow and the project's model code are
   imported; this one (marked data without transform artifacts) is found after
