@@ -133,8 +133,8 @@ def pytest_xdist_make_scheduler(config, log):
 
   (pytest-xdist's own `--dist loadgroup` marks do nothing under pytest 9: it renames
   item._nodeid, which pytest 9 no longer reads.) SHARED_BUILD_GROUPS puts several
-  files into one unit. xdist hands out the largest units first; among single tests the
-  `slow` ones come first (pytest_collection_modifyitems).
+  files into one unit. xdist hands out the units with the most tests first; among single
+  tests those of files with `slow` tests come first (pytest_collection_modifyitems).
   """
   if config.getvalue("dist") != "loadscope":
     return None
@@ -154,8 +154,12 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-  """The end-to-end (`slow`) tests first, so that no long test is left alone on one xdist
-  worker at the end of the run. The order changes nothing else: each test builds or reads
-  its own inputs."""
+  """The test files holding end-to-end (`slow`) tests first, so that no long test is left
+  alone on one xdist worker at the end of the run. A file's own order is kept (pytest
+  groups the tests of a parametrised module-scoped fixture by parameter: moving the slow
+  ones of them first would build each parameter's fixture twice); the order changes
+  nothing else: each test builds or reads its own inputs."""
   del config  # unused
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
+  slow_files = {item.nodeid.split("::", 1)[0] for item in items
+                if item.get_closest_marker("slow") is not None}
+  items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow_files)  # stable

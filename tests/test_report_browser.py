@@ -22,9 +22,10 @@ from tests.test_report import written_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary on PATH (apt-get install -y chromium; "
-    ".ci/run does it as root)")
+pytestmark = [pytest.mark.slow,  # a browser per test: `make test-fast` skips them (README)
+              pytest.mark.skipif(
+                  CHROMIUM is None, reason="no Chromium binary on PATH (apt-get install -y "
+                  "chromium; .ci/run does it as root)")]
 WINDOW = (1280, 2400)
 
 
