@@ -215,8 +215,9 @@ def beam_pipeline_args(args: argparse.Namespace, beam_args: List[str]) -> List[s
   return beam_args
 
 
-def beam_option_flags() -> List[str]:
-  """Every flag a registered `PipelineOptions` class defines (--runner, --project, ...).
+def _beam_options_parser() -> argparse.ArgumentParser:
+  """The parser of every flag a registered `PipelineOptions` class defines (--runner,
+  --project, ...); a bad value is a cli.UserError (one line).
 
   The classes are found as `PipelineOptions.get_all_options` finds them (its direct
   subclasses, the last one of each name), so an options class a runner or an import
@@ -229,6 +230,16 @@ def beam_option_flags() -> List[str]:
   classes = {str(cls): cls for cls in beam_options.PipelineOptions.__subclasses__()}
   for cls in classes.values():
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
+
+  def error(message: str):
+    raise cli.UserError(f"{message} (a Beam pipeline option)")
+  parser.error = error
+  return parser
+
+
+def beam_option_flags(parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+  """Every flag a registered `PipelineOptions` class defines (`_beam_options_parser`)."""
+  parser = parser or _beam_options_parser()
   return sorted(flag for flag in parser._option_string_actions  # pylint: disable=protected-access
                 if flag.startswith("--"))
 
@@ -238,17 +249,21 @@ def check_beam_args(beam_args: Sequence[str], ours: Sequence[str]) -> None:
 
   Beam would drop it with a warning and the job would run without it (`--eval_form
   2026-03-02` split on the config's date); a near miss of one of our flags or of a Beam
-  option is named (configs.config.closest_name). Beam is imported only when there are
-  flags to check.
+  option is named (configs.config.closest_name). A word that is neither a flag nor a
+  flag's value is refused as cli.refuse_arguments refuses it in the other steps. Beam is
+  imported only when there are flags to check.
 
   Raises:
-    cli.UserError: naming the first unknown flag.
+    cli.UserError: naming the first unknown flag, a bad value of a Beam option, or the
+      words that are not flags.
   """
   flags = [arg for arg in beam_args  # not a value (a negative number neither)
            if arg.startswith("-") and not arg.lstrip("-").replace(".", "", 1).isdigit()]
   if not flags:
+    cli.refuse_arguments(["pipeline.preprocess", *beam_args])  # only words: none allowed
     return
-  known_beam = set(beam_option_flags())
+  parser = _beam_options_parser()
+  known_beam = set(beam_option_flags(parser))
   for arg in flags:
     flag = arg.split("=", 1)[0]
     if flag in known_beam:
@@ -258,6 +273,7 @@ def check_beam_args(beam_args: Sequence[str], ours: Sequence[str]) -> None:
             "see --help for this job's flags; Beam's are its PipelineOptions")
     raise cli.UserError(f"unknown flag {flag}: neither a pipeline.preprocess flag nor a Beam "
                         f"pipeline option ({hint})")
+  cli.refuse_arguments(["pipeline.preprocess", *parser.parse_known_args(list(beam_args))[1]])
 
 
 def local_workers_options(workers: int, beam_args: Sequence[str]) -> List[str]:

@@ -367,3 +367,10 @@ def test_preprocess_refuses_a_flag_that_is_neither_ours_nor_beams():
   assert args.output == "o"
   assert {"--runner", "--project", "--temp_location", "--region",
           "--direct_running_mode"} <= set(preprocess.beam_option_flags())
+  # A word that is neither a flag nor a flag's value, with or without Beam options.
+  for extra in (["stray"], ["--runner", "DirectRunner", "stray", "--save_main_session"]):
+    with pytest.raises(cli.UserError, match=r"^unexpected arguments \['stray'\] \(flags"):
+      preprocess.parse_args(base + extra)
+  with pytest.raises(cli.UserError, match="--direct_num_workers: invalid int value: 'x' "
+                                          r"\(a Beam pipeline option\)"):
+    preprocess.parse_args(base + ["--direct_num_workers", "x"])
