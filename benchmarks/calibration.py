@@ -120,7 +120,7 @@ def score_days(run_dir: str, data_dir: str, truth_dir: str) -> Dict[str, Any]:
   split = trainer.validation_split(config_lib.TrainConfig(
       validation_from=run_metrics["validation_from"],
       validation_fraction=run_metrics["validation_fraction"]))
-  spec, labels = runner.load_spec_and_labels(data_dir, runner.DEFAULT_CONFIG)
+  spec, labels = runner.load_spec_and_labels(data_dir, config_lib.DEFAULT_CONFIG)
   validation = scoring.score_saved_model(export_dir, data.split_pattern(data_dir, "train"),
                                          spec, labels, keep=split.is_validation)
   evaluation = scoring.score_saved_model(export_dir, data.split_pattern(data_dir, "eval"),

@@ -43,7 +43,6 @@ from serving import versions
 from training import data
 from training import shard_check
 
-DEFAULT_CONFIG = config_lib.DEFAULT_CONFIG  # its home is configs.config (light, for the CLI)
 SPEC_FILE = "feature_spec.yaml"
 METADATA_COLUMNS = ("impression_id", "timestamp", "user_id")
 
@@ -142,7 +141,7 @@ def check_slice_by(slice_by: Sequence[str], spec: spec_lib.FeatureSpec,
 
 
 def evaluate(saved_model: str, data_dir: str, split: str = "eval",
-             truth_path: Optional[str] = None, config_path: str = DEFAULT_CONFIG,
+             truth_path: Optional[str] = None, config_path: str = config_lib.DEFAULT_CONFIG,
              batch_size: int = 4096, ece_bins: int = 10, slice_by: Sequence[str] = (),
              min_slice_positives: int = slices_lib.MIN_POSITIVES, curve_bins: int = 20,
              name: Optional[str] = None) -> Dict[str, Any]:

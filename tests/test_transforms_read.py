@@ -10,6 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from configs import config as config_lib
 from transforms import read
 from tests import beam_testing as testing
 
@@ -40,7 +41,7 @@ def test_match_files_reads_plain_and_gzip_and_parquet_batches_number_rows(tmp_pa
 
 
 def test_split_patterns_and_parquet_detection():
-  assert read.split_patterns(" a/*.jsonl, gs://b/*.parquet ,") == ["a/*.jsonl",
+  assert config_lib.split_patterns(" a/*.jsonl, gs://b/*.parquet ,") == ["a/*.jsonl",
                                                                     "gs://b/*.parquet"]
   assert read.is_parquet("x/part-0.PARQUET") and not read.is_parquet("x/a.jsonl.gz")
   assert read.glob_list("a*") == ["a*"] and read.glob_list(("a", "b")) == ["a", "b"]

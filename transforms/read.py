@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from configs.config import split_patterns  # re-exported: the command line splits its globs
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_ROWS = 8192  # Records per batch read (and per output RecordBatch of the parsers).
