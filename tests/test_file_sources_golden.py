@@ -41,7 +41,7 @@ from pipeline import preprocess
 from simulation import release_layouts
 from tests import test_beam_golden as beam_golden
 from tests import test_success_marker
-from tests.conftest import build_once
+from tests import conftest
 
 REPO = beam_golden.REPO
 REAL = os.path.join(REPO, "tests", "data", "real")
@@ -96,12 +96,21 @@ def shared_world(tmp_path_factory, name: str) -> Dict[str, Any]:
   of WORKDIR (which another session may empty): {"output": the copy, read-only for its
   users, "counts": run()'s counts, "found": `digest_output` of the run}."""
   def build(directory):
-    result = make_world(name)
-    copy = os.path.join(directory, "data")
-    shutil.copytree(result["output"], copy)
-    return {"output": copy, "counts": result["counts"],
-            "found": digest_output(result["output"])}
-  return build_once(tmp_path_factory, f"file_sources_golden_{name}", build)
+    with workdir_locked(name):
+      result = make_world(name)
+      copy = os.path.join(directory, "data")
+      shutil.copytree(result["output"], copy)
+      return {"output": copy, "counts": result["counts"],
+              "found": digest_output(result["output"])}
+  return conftest.build_once(tmp_path_factory, f"file_sources_golden_{name}", build)
+
+
+def workdir_locked(name: str):
+  """An exclusive lock on WORKDIR/name for a run and its reads: test sessions running at
+  the same time (WORKDIR is one fixed folder) take turns instead of emptying it under
+  each other."""
+  os.makedirs(WORKDIR, exist_ok=True)
+  return conftest._locked(os.path.join(WORKDIR, f"{name}.lock"))  # pylint: disable=protected-access
 
 
 def digest_output(output: str) -> Dict[str, Any]:
@@ -165,8 +174,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   worlds = {}
   for name in WORLDS:
-    output = make_world(name)["output"]
-    worlds[name] = dict(digest_output(output), reasons=_reasons(output))
+    with workdir_locked(name):
+      output = make_world(name)["output"]
+      worlds[name] = dict(digest_output(output), reasons=_reasons(output))
     print(name, json.dumps(worlds[name]["sizes"]))
   if args.write:
     with open(GOLDEN, "w") as f:
