@@ -262,8 +262,13 @@ def scan_log(patterns: Sequence[str], key: str, arrow_type: pa.DataType,
 
 
 def tally_days(timestamps: pa.Array, counts: collections.Counter) -> None:
-  """Adds impressions per UTC day ("YYYY-MM-DD") of int64 unix-second timestamps."""
+  """Adds impressions per UTC day ("YYYY-MM-DD") of int64 unix-second timestamps.
+
+  Timestamps before 2000-01-01 (parse.MIN_TIMESTAMP, negative ones included) are not
+  counted: the job dead-letters them (bad_value), so they must not choose the dates.
+  """
   values = timestamps.drop_null().to_numpy(zero_copy_only=False)
+  values = values[values >= parse_lib.MIN_TIMESTAMP]
   if values.size and values.max() > MAX_UNIX_SECONDS:
     raise InferenceError(
         f"impression timestamps go up to {int(values.max())}: the raw log contract's "

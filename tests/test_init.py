@@ -7,6 +7,7 @@ ids `shopper-*` / `sku-*`, fields `shop`, `price_eur` (log-normal), `rating`, `s
 its distributions, its event sequences), not read back from the code.
 """
 
+import collections
 import datetime
 import gzip
 import json
@@ -233,6 +234,16 @@ def test_the_dates_are_the_logs_last_day_and_the_day_before(shop_log, starter):
   assert config["data"]["eval_from"] == days[-1] == "2026-03-14"
   assert config["train"]["validation_from"] == days[-2] == "2026-03-13"
   assert "# the day before eval_from" in starter.config_yaml
+
+
+def test_days_skip_timestamps_the_job_dead_letters():
+  """A negative, zero or pre-2000 timestamp is a bad_value dead letter in the job: it
+  names no day (one such line must not make 1969-12-31 the first day)."""
+  counts = collections.Counter()
+  first = int(datetime.datetime(2026, 3, 1, tzinfo=datetime.timezone.utc).timestamp())
+  spec_inference.tally_days(pa.array([first, first + 86399, first + 86400, -5, 0,
+                                      946684799, 946684800, None], pa.int64()), counts)
+  assert counts == {"2026-03-01": 2, "2026-03-02": 1, "2000-01-01": 1}
 
 
 def test_the_files_load_with_the_projects_loaders(shop_log, starter, tmp_path):
