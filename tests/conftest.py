@@ -28,33 +28,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import models  # pylint: disable=wrong-import-position,unused-import  (models/autograph_rules.py before any test traces)
 from tests import small_world as small_world_lib  # pylint: disable=wrong-import-position
 
-
-def _build_optimizer_before_the_first_trace():
-  """MultiTaskModel.fit traces train_step once, not twice, in this pytest process.
-
-  tf_keras' optimizers create their slot variables inside the first apply_gradients,
-  i.e. inside the first trace of train_function; a first call that creates variables
-  makes tf.function trace the step again (tracing count 2: ~40% of a short fit's CPU,
-  e.g. 7.8 -> 4.8 CPU s for a 2-step hm3 fit). Building the optimizer first (under the
-  model's strategy, as fit would) leaves the step unchanged.
-  Test-only until models/multitask.py does it (TRAIN's request R1): the CLI training
-  processes the slow tests start still build it lazily, so both paths stay tested.
-  """
-  import tf_keras  # pylint: disable=g-import-not-at-top
-  from models import multitask  # pylint: disable=g-import-not-at-top
-  make_train_function = multitask.MultiTaskModel.make_train_function
-
-  def build_first(self, force=False):
-    if (isinstance(self.optimizer, tf_keras.optimizers.Optimizer)
-        and not getattr(self.optimizer, "_built", False)):
-      with self.distribute_strategy.scope():
-        self.optimizer.build(self.trainable_variables)
-    return make_train_function(self, force)
-
-  multitask.MultiTaskModel.make_train_function = build_first
-
-
-_build_optimizer_before_the_first_trace()
 DONE = "DONE"  # written last into a shared build's directory
 # Modules that share a build made outside this file's fixtures, as one xdist work unit:
 #   serving_shared: a directory under the worker's temp directory (tests/test_serving.py's
