@@ -19,6 +19,7 @@ COPY constraints.txt setup.py ./
 COPY configs/ configs/
 COPY features/ features/
 COPY transforms/ transforms/
+COPY layouts/ layouts/
 COPY pipeline/ pipeline/
 COPY models/ models/
 COPY training/ training/
