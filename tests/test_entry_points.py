@@ -327,6 +327,7 @@ def test_verbose_is_read_before_the_flags_are_parsed(argv, verbose):
   assert cli.wants_verbose(argv) == verbose
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 def test_preprocess_with_an_empty_eval_split_fails_naming_eval_from(tmp_path, capsys):
   from pipeline import preprocess  # pylint: disable=g-import-not-at-top
   from tests import beam_testing as testing  # pylint: disable=g-import-not-at-top

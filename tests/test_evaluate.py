@@ -246,6 +246,7 @@ def test_spec_and_labels_fall_back_to_the_config(tmp_path, world):
   assert label_names == LABELS  # DATA/ files win; the config is not read
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 def test_cli_writes_strict_json_beside_the_report_or_to_output_never_into_the_export(
     world, tmp_path):
   model_tree = _tree(world["model"])
@@ -318,6 +319,7 @@ def test_evaluate_slices_and_curves(world):
   assert set(result["curves"]["cvr"]["entire_space"]) == {"clicked", "unclicked"}
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 def test_cli_compares_two_models_in_one_report_and_from_json(world, tmp_path):
   report_dir, metrics_dir = tmp_path / "report", tmp_path / "metrics"
   args = ["--saved_model", f"a={world['model']}", "--saved_model", f"b={world['export']}",

@@ -365,6 +365,7 @@ def _run_init(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 def test_the_command_writes_both_files_and_errors_in_one_line(shop_log, starter, tmp_path):
   out = tmp_path / "exp"
   done = _run_init(f"--impressions={shop_log['impressions']}",

@@ -91,6 +91,7 @@ def _letters(output):
           for line in open(path)]
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 @pytest.mark.parametrize("policy", POLICIES)
 def test_malformed_lines_are_all_accounted_for(runs, policy):
   output, impressions, events = runs[policy]
@@ -130,6 +131,7 @@ def test_malformed_lines_are_all_accounted_for(runs, policy):
   assert artifacts["train_examples"] == 3
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 def test_parquet_join_dead_letters_hold_the_row_read_back(runs):
   """Parquet rows carry no raw record through the job: a join dead letter reads its row
   back, and same-timestamp duplicates are ordered by it (canonical JSON: the "android"

@@ -5,6 +5,7 @@ import logging
 
 import apache_beam as beam
 import pyarrow as pa
+import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -51,6 +52,7 @@ def logged_stages(caplog):
                 if record.name == "progress")
 
 
+@pytest.mark.slow  # a whole Beam job or CLI run: make test, not make test-fast
 def test_file_split_sources_log_their_progress(tmp_path, caplog, monkeypatch):
   """--source ali_ccp logs lines parsed per file kind and rows joined per split (every
   batch, with a tiny interval); --source aliexpress's rows parsed per split are checked on
