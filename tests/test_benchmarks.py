@@ -134,7 +134,7 @@ def test_input_pipeline_reports_three_rates(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_serving_latency_covers_both_signatures(workdir, data_dir, tmp_path):
-  saved_model = common.ensure_model(workdir, data_dir)
+  saved_model = common.ensure_model(workdir, data_dir, in_process=True)
   rows = serving_latency.run(saved_model, data_dir, calls=20, results_dir=str(tmp_path),
                              batch_sizes=(1, 8))
   assert {(r["signature"].split()[0], r["batch"]) for r in rows} == {

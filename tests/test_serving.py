@@ -1,7 +1,8 @@
 """Tests of the exported SavedModel's serving contract and serving.predictor.
 
-A tiny ESMM is trained once per session (pipeline.simulate -> pipeline.preprocess ->
-pipeline.train, 5000 impressions, 1 epoch, through the real CLIs) and shared with
+A tiny ESMM is trained once per session (pipeline.simulate -> pipeline.preprocess through
+the real CLIs, 5000 impressions; then 1 epoch of what pipeline.train's main calls,
+trainer.train_and_export, in this process, which already holds TensorFlow) and shared with
 tests/test_predict_cli.py and tests/test_benchmarks.py via the same scratch directory.
 """
 
@@ -46,7 +47,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, data_dir):
-  return common.ensure_model(shared_workdir(tmp_path_factory), data_dir)
+  return common.ensure_model(shared_workdir(tmp_path_factory), data_dir, in_process=True)
 
 
 @pytest.fixture(scope="module")
