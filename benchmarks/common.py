@@ -201,7 +201,7 @@ def ensure_model(workdir: str, data_dir: str, epochs: int = 1, in_process: bool 
       from training import trainer
       # pylint: enable=g-import-not-at-top
       config = config_lib.load_config(ESMM_CONFIG, overrides={"train": {"epochs": epochs}})
-      trainer.train_and_export(config, checked_data_dir(data_dir), model_dir)
+      trainer.train_and_export(config, data_dir, model_dir)  # checks the success marker
     else:
       run_module("pipeline.train", ["--config", ESMM_CONFIG, "--data", data_dir,
                                     "--model_dir", model_dir, "--epochs", str(epochs)])

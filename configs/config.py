@@ -524,15 +524,14 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
   if data_config.orphan_event_policy not in ORPHAN_POLICIES:
     raise ConfigError(f"{source}: data.orphan_event_policy must be one of {ORPHAN_POLICIES}")
   try:
-    data_config.eval_from_timestamp  # pylint: disable=pointless-statement
+    eval_from = data_config.eval_from_timestamp
   except ValueError as e:
     raise ConfigError(f"{source}: data.eval_from must be YYYY-MM-DD: {e}") from e
   try:
     as_of = data_config.as_of_timestamp
   except ValueError as e:
     raise ConfigError(f"{source}: data.as_of (--as_of): {e}") from e
-  if as_of is not None and data_config.eval_from is not None and (
-      data_config.eval_from_timestamp >= as_of):
+  if as_of is not None and eval_from is not None and eval_from >= as_of:
     raise ConfigError(f"{source}: data.eval_from {data_config.eval_from!r} must be before "
                       f"data.as_of (--as_of) {data_config.as_of!r} ({utc_iso(as_of)}): "
                       f"records after as_of are dropped, so the eval split would be empty")

@@ -63,6 +63,7 @@ USER_ERROR_TYPES = (
     ("features.success_marker", "IncompleteOutputError"),
     ("training.shard_check", "CorruptShardError"),
     ("serving.versions", "IncompleteExportError"),
+    ("evaluation.runner", "SliceError"),
     ("transforms.errors", "PreprocessError"),
 )
 # The OS's errors about a path the user gave (they carry the path in their message).

@@ -219,20 +219,14 @@ def run(settings: Settings) -> List[dict]:
     models = _named_models(settings.saved_model)
     from evaluation import runner  # pylint: disable=g-import-not-at-top  # start-up time (above)
     spec, _ = runner.load_spec_and_labels(settings.data, settings.config)
-    try:
-      runner.check_slice_by(settings.slice_by, spec, settings.truth)
-    except runner.SliceError as e:
-      raise cli.UserError(str(e)) from e
+    runner.check_slice_by(settings.slice_by, spec, settings.truth)
   for name, saved_model_dir in models:
-    try:
-      result = runner.evaluate(saved_model_dir, settings.data, split=settings.split,
-                               truth_path=settings.truth, config_path=settings.config,
-                               batch_size=settings.batch_size, ece_bins=settings.ece_bins,
-                               slice_by=settings.slice_by,
-                               min_slice_positives=settings.min_slice_positives,
-                               curve_bins=settings.curve_bins, name=name)
-    except runner.SliceError as e:
-      raise cli.UserError(str(e)) from e
+    result = runner.evaluate(saved_model_dir, settings.data, split=settings.split,
+                             truth_path=settings.truth, config_path=settings.config,
+                             batch_size=settings.batch_size, ece_bins=settings.ece_bins,
+                             slice_by=settings.slice_by,
+                             min_slice_positives=settings.min_slice_positives,
+                             curve_bins=settings.curve_bins, name=name)
     output = _output_path(settings, result["name"])
     for line in runner.summary_lines(result):
       for row in line.splitlines():

@@ -446,7 +446,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if success_marker.remove_success_marker(args.output):
     logging.info("Removed the success marker of a previous run in %s", args.output)
   remove_previous_shards(paths)
-  split_dates = job.split_dates_path(paths)
+  split_dates = paths.split_dates
   if FileSystems.exists(split_dates):  # A file source writes none: no stale eval day.
     FileSystems.delete([split_dates])
   if FileSystems.exists(paths.counts):
@@ -537,14 +537,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """The command line: one-line user errors, exit status 2 (pipeline/cli.py)."""
   logging.set_verbosity(logging.INFO)
   cli.run_argv_main(lambda args: run(args) and None, argv)
-
-
-def __getattr__(name: str):
-  """`preprocess.job`: transforms.job, imported on first use (start-up time, module doc)."""
-  if name == "job":
-    from transforms import job  # pylint: disable=g-import-not-at-top
-    return job
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from configs import config as config_lib
 from pipeline import preprocess
 from tests import beam_testing as testing
 from training import data
+from transforms import errors
 
 MARCH_1 = 1772323200  # 2026-03-01T00:00:00Z
 DAY_S = config_lib.DAY_S
@@ -140,7 +141,7 @@ def test_one_day_of_logs_without_a_date_fails_naming_the_day(tmp_path):
       testing.impression(index, MARCH_1 + 3600 * index) for index in range(12)])
   events = testing.write_jsonl(str(tmp_path / "events.jsonl"), [])
   config = testing.write_experiment(str(tmp_path / "experiment"), eval_from=None)
-  with pytest.raises(preprocess.job.PreprocessError,
+  with pytest.raises(errors.PreprocessError,
                      match=r"train split is empty \(train 0, eval 12 .*before 2026-03-01, "
                            r"the last day present in the logs"):
     preprocess.run(["--impressions", impressions, "--events", events,

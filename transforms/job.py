@@ -115,7 +115,7 @@ class Preprocess(beam.PTransform):
     split_batches = labelled_batches | "SplitByTime" >> split_lib.SplitBatchesByTime(
         config.eval_from_timestamp)
     _ = split_batches[split_lib.EVAL_FROM] | "WriteSplitDates" >> beam.Map(
-        write_split_dates, split_dates_path(self._paths),
+        write_split_dates, self._paths.split_dates,
         "config" if config.eval_from is not None else "data")
 
     def tagged(path):
@@ -289,11 +289,6 @@ class PreprocessDerived(_FileSplitPreprocess):
     return write_outputs(splits, dead_letters, counts, self._paths, self._data_config,
                          self._spec, self._statistics, sources=(dl.IMPRESSIONS,),
                          metadata_keys=derived.metadata_keys(self._layout, self._spec))
-
-
-def split_dates_path(paths: outputs_lib.OutputPaths) -> str:
-  """OUTPUT/split.json: the eval day the --source log job used."""
-  return os.path.join(paths.root, config_lib.SPLIT_DATES_FILE)
 
 
 def write_split_dates(eval_from_timestamp: Optional[int], path: str, chosen_by: str) -> str:

@@ -7,6 +7,7 @@ One place names every path, so the job, its post-run checks and the tests agree.
 import dataclasses
 import os
 
+from configs import config as config_lib
 from features import artifacts as artifacts_lib
 
 SPLITS = ("train", "eval")
@@ -64,6 +65,11 @@ class OutputPaths:
   @property
   def labels(self) -> str:
     return self._join("labels.json")
+
+  @property
+  def split_dates(self) -> str:
+    """OUTPUT/split.json: the eval day the --source log job used."""
+    return self._join(config_lib.SPLIT_DATES_FILE)
 
 
 def shard_patterns(paths: OutputPaths) -> tuple:

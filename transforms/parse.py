@@ -70,8 +70,8 @@ READ = "read"  # Tag of the per-file count of records read (non-blank lines, row
 # Tag of the per-file counts of values cut, ((source, "cut", feature), n): counts.json's key.
 CUT = accounting.CUT
 EVENT_KEY = "event"
-USER_ID_KEY = "user_id"
-ITEM_ID_KEY = "item_id"
+USER_ID_KEY = spec_lib.USER_ID_KEY
+ITEM_ID_KEY = spec_lib.ITEM_ID_KEY
 MIN_TIMESTAMP = 946684800  # 2000-01-01T00:00:00Z: an earlier (or negative) one is a bad_value.
 # A JSON line with more opening brackets than this goes through the line rules, whose
 # json.loads rejects nesting deeper than Python's recursion limit (unparseable_json).

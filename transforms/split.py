@@ -30,9 +30,9 @@ def split_batch(batch: pa.RecordBatch, eval_from_timestamp: Optional[int]
 
   A None cut (no labelled row anywhere, so no day to take) puts every row in train.
   """
-  timestamps = batch.column(batch.schema.get_field_index("timestamp")).to_numpy()
   if eval_from_timestamp is None:
     return {TRAIN: batch, EVAL: batch.slice(0, 0)}
+  timestamps = batch.column(batch.schema.get_field_index("timestamp")).to_numpy()
   is_train = timestamps < eval_from_timestamp
   return {TRAIN: batch.filter(pa.array(is_train)), EVAL: batch.filter(pa.array(~is_train))}
 
