@@ -136,8 +136,8 @@ def _without_keras_traces():
   Saving a module that holds a Keras model also traces and stores every Keras layer's
   call functions ("Found untraced functions such as ..._layer_call_fn"), which only
   `tf_keras.models.load_model` uses; serving, evaluation and the benchmarks read the
-  signatures (`tf.saved_model.load`). Without them an export takes about half the CPU
-  and a load a third (hm3: 4.75 -> 2.43 s and 1.18 -> 0.44 s; outputs identical). The
+  signatures (`tf.saved_model.load`). Without them an export takes about 40% of the CPU
+  and a load about half (hm3, idle machine: 3.5-4.1 -> 1.4 s and 1.1 -> 0.4-0.7 s). The
   switch is the scope tf_keras' own `Model.save(save_traces=False)` uses, private in
   tf_keras 2.16 (constraints.txt pins it); with another version, or if it moved, the
   export keeps the traces as before.
