@@ -231,6 +231,9 @@ class DataConfig:
       Records (impressions, events) with a timestamp after as_of are dead-lettered as
       bad_value by the log job. eval_from, when set, must be before it.
     train_shards, eval_shards: number of TFRecord files per split.
+    vocabulary_window_days: the daily job (pipeline.preprocess --day D): the transform
+      artifacts (vocabularies, moments, bucket boundaries) of day D are computed from the
+      analyzer states of days D - window + 1 .. D (transforms/analyzer_state.py).
   """
 
   labels: Tuple[LabelConfig, ...] = DEFAULT_LABELS
@@ -240,6 +243,7 @@ class DataConfig:
   as_of: Optional[str] = None
   train_shards: int = 4
   eval_shards: int = 2
+  vocabulary_window_days: int = 7
 
   @property
   def label_names(self) -> List[str]:
@@ -521,6 +525,10 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
   if "labels" in data_section:
     data_section["labels"] = _build_labels(data_section["labels"], source)
   data_config = _build(DataConfig, data_section, source, "data")
+  if not isinstance(data_config.vocabulary_window_days, int) or (
+      data_config.vocabulary_window_days < 1):
+    raise ConfigError(f"{source}: data.vocabulary_window_days must be an integer >= 1, "
+                      f"got {data_config.vocabulary_window_days!r}")
   if data_config.orphan_event_policy not in ORPHAN_POLICIES:
     raise ConfigError(f"{source}: data.orphan_event_policy must be one of {ORPHAN_POLICIES}")
   try:

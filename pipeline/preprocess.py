@@ -134,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
                            "midnight, an ISO 8601 datetime with Z or an offset, or unix "
                            "seconds); overrides data.as_of: impressions and events with a "
                            "timestamp after this instant are dead-lettered (bad_value).")
+  parser.add_argument("--day", default=None,
+                      help="--source log: run the incremental job for this UTC day "
+                           "(YYYY-MM-DD; pipeline/preprocess_day.py): --impressions and "
+                           "--events are the day's files ('{day}' in a glob stands for "
+                           "it), --previous the earlier day's output; the snapshot "
+                           "(--as_of) defaults to the day's last second.")
+  parser.add_argument("--previous", default=None,
+                      help="With --day: the output directory of the previous day (its "
+                           "open impressions and analyzer states are read); omit on the "
+                           "first day.")
+  parser.add_argument("--vocabulary_window_days", type=int, default=None,
+                      help="With --day: vocabularies, moments and boundaries come from "
+                           "the analyzer states of this many days up to --day; overrides "
+                           "data.vocabulary_window_days.")
   parser.add_argument("--schema", default=None,
                       help="TFDV schema.pbtxt to validate both splits against (writes "
                            "OUTPUT/anomalies/); without it a schema is inferred from train.")
@@ -182,10 +196,19 @@ def check_source_flags(args: argparse.Namespace) -> None:
     errors.PreprocessError: a flag missing or of another source, or
       --eval_from / --as_of with a file source.
   """
-  for flag in ("eval_from", "as_of"):
+  for flag in ("eval_from", "as_of", "day"):
     if getattr(args, flag) and args.source != LOG:
       raise errors.PreprocessError(f"--{flag} is for --source log; --source {args.source} takes "
                                    f"train and eval from separate files")
+  if args.day is None:
+    given = [f"--{flag}" for flag in ("previous", "vocabulary_window_days")
+             if getattr(args, flag) is not None]
+    if given:
+      raise errors.PreprocessError(f"{' and '.join(given)} go with --day (the incremental "
+                                   f"job)")
+  elif args.eval_from:
+    raise errors.PreprocessError("--eval_from splits a one-pass run; --day writes one day "
+                                 "(its next day is that model's evaluation)")
   needed = SOURCE_FLAGS[args.source]
   others = sorted({flag for flags in SOURCE_FLAGS.values() for flag in flags} - set(needed))
   given = [f"--{flag}" for flag in others if getattr(args, flag) is not None]
@@ -315,6 +338,9 @@ def input_patterns(args: argparse.Namespace) -> Dict[str, List[str]]:
   patterns = {}
   for flag in SOURCE_FLAGS[args.source]:
     patterns[flag] = config_lib.split_patterns(getattr(args, flag))
+    if args.day:
+      from pipeline import preprocess_day  # pylint: disable=g-import-not-at-top
+      patterns[flag] = preprocess_day.day_patterns(patterns[flag], args.day)
     for pattern in patterns[flag]:
       if not FileSystems.match([pattern])[0].metadata_list:
         raise errors.PreprocessError(f"--{flag} {pattern!r} matches no file")
@@ -378,7 +404,8 @@ def load_checked_config(args: argparse.Namespace):
   Raises:
     configs.config.ConfigError: a bad config, feature spec or date (one line).
   """
-  data = {flag: getattr(args, flag) for flag in ("eval_from", "as_of") if getattr(args, flag)}
+  data = {flag: getattr(args, flag) for flag in ("eval_from", "as_of", "vocabulary_window_days")
+          if getattr(args, flag) is not None}
   config = config_lib.load_config(args.config, overrides={"data": data} if data else None)
   return config, config.load_feature_spec()
 
@@ -412,10 +439,12 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
   # The job's modules (Beam, TensorFlow, TFDV) only now: start-up time of a user error.
   cli.import_quietly("tensorflow_data_validation")  # before transforms.stats imports it
+  if args.day:
+    from pipeline import preprocess_day  # pylint: disable=g-import-not-at-top
+    return preprocess_day.run_day(args, pipeline_args, patterns, config, spec)
   # pylint: disable=g-import-not-at-top
   import apache_beam as beam
   from features import success_marker
-  from transforms import beam_compat
   from transforms import job
   from training import data as training_data
   from transforms import outputs as outputs_lib
@@ -426,19 +455,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     raise errors.PreprocessError(f"{args.config}: {e}") from e
   if args.fail_on_anomalies and not args.schema:
     logging.warning("--fail_on_anomalies has no effect without --schema")
-
-  options = beam.options.pipeline_options.PipelineOptions(pipeline_args)
-  try:  # Before anything is written: an unchecked Beam version is refused here.
-    mode = beam_compat.prepare_local_parallelism(options)
-  except beam_compat.UnsupportedBeamModeError as e:
-    raise errors.PreprocessError(str(e)) from e
-  if mode:
-    workers = options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers
-    logging.info(
-        "DirectRunner %s with %s worker(s): Beam's timed-flush data-loss race is fixed for "
-        "this run (transforms/beam_compat.py, docs/SCALING.md 2.1); the accounting check "
-        "below still fails the job if any record is lost.", mode,
-        workers or f"{os.cpu_count()} (one per core)")
+  options = pipeline_options(pipeline_args)
 
   paths = outputs_lib.OutputPaths(args.output)
   # Readers trust a directory only with a marker (features/success_marker.py): an old
@@ -479,6 +496,29 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   marker = success_marker.write_success_marker(args.output, counts)
   logging.info("Every check passed; wrote %s", marker)
   return {"counts": counts, "seconds": seconds, "marker": marker, **checked}
+
+
+def pipeline_options(pipeline_args: List[str]):
+  """Beam's PipelineOptions of the run, with transforms/beam_compat.py's fix of the local
+  multi-process runner applied (an unchecked Beam version is refused here, before
+  anything is written)."""
+  # pylint: disable=g-import-not-at-top  # start-up time (module doc)
+  import apache_beam as beam
+  from transforms import beam_compat
+  # pylint: enable=g-import-not-at-top
+  options = beam.options.pipeline_options.PipelineOptions(pipeline_args)
+  try:
+    mode = beam_compat.prepare_local_parallelism(options)
+  except beam_compat.UnsupportedBeamModeError as e:
+    raise errors.PreprocessError(str(e)) from e
+  if mode:
+    workers = options.view_as(beam.options.pipeline_options.DirectOptions).direct_num_workers
+    logging.info(
+        "DirectRunner %s with %s worker(s): Beam's timed-flush data-loss race is fixed for "
+        "this run (transforms/beam_compat.py, docs/SCALING.md 2.1); the accounting check "
+        "below still fails the job if any record is lost.", mode,
+        workers or f"{os.cpu_count()} (one per core)")
+  return options
 
 
 def split_setting(args: argparse.Namespace, config: config_lib.ExperimentConfig,

@@ -101,6 +101,12 @@ SOURCE_SECTIONS = {
     dl.COMMON_FEATURES: ("used", "unused"),
 }
 LOG_SOURCES = (dl.IMPRESSIONS, dl.EVENTS)
+# The daily job's impressions carried across days (transforms/daily.py): every impression
+# open before the day (open_in) or new today is, after it, either still open (open_out)
+# or closed (its attribution window ended: written with its final labels).
+STATE = "state"
+STATE_IN = ("open_in", "new")
+STATE_OUT = ("open_out", "closed")
 CUT = "cut"  # A source section's {feature: records whose value was cut} (module docstring).
 
 
@@ -181,7 +187,8 @@ def check_counts(counts: Dict[str, Any]) -> List[str]:
   """The broken identities, as readable sentences (empty when every record is accounted).
 
   For each source section present: read == sum of its outcomes (SOURCE_SECTIONS) +
-  dead-lettered.
+  dead-lettered; with a "state" section (the daily job): open_in + new == open_out +
+  closed.
   """
   problems = []
   for source, outcomes in SOURCE_SECTIONS.items():
@@ -197,6 +204,15 @@ def check_counts(counts: Dict[str, Any]) -> List[str]:
       problems.append(
           f"{source}: read {section['read']} != {described} + dead-lettered {rejected} "
           f"({section['dead_letter']}); {section['read'] - kept - rejected} unaccounted")
+  state = counts.get(STATE)
+  if state is not None:
+    carried_in = sum(state.get(key, 0) for key in STATE_IN)
+    carried_out = sum(state.get(key, 0) for key in STATE_OUT)
+    if carried_in != carried_out:
+      problems.append(
+          f"{STATE}: " + " + ".join(f"{key} {state.get(key, 0)}" for key in STATE_IN)
+          + " != " + " + ".join(f"{key} {state.get(key, 0)}" for key in STATE_OUT)
+          + f"; {carried_in - carried_out} impressions unaccounted")
   return problems
 
 

@@ -56,10 +56,12 @@ def python_values(array: pa.Array) -> List[Any]:
 
 
 def add_metadata(example, metadata) -> None:
-  """Adds a record's extra string metadata (e.g. AliExpress `search_id`) as bytes keys.
+  """Adds a record's extra metadata as Example keys: ints as int64 keys (e.g. the daily
+  job's `click_timestamp`), anything else as a utf-8 bytes key (e.g. AliExpress
+  `search_id`).
 
   Not spec features: the model and the tf.data parser ignore them; they are there for
-  analysis (e.g. grouping the rows of one search).
+  analysis (e.g. grouping the rows of one search) and for the delayed-feedback streams.
 
   Raises:
     ValueError: a key the Example already holds (a feature, label or metadata key).
@@ -68,7 +70,10 @@ def add_metadata(example, metadata) -> None:
   for key, value in sorted(metadata.items()):
     if key in feature_map:
       raise ValueError(f"metadata key {key!r} is already an Example key")
-    feature_map[key].bytes_list.value.append(str(value).encode("utf-8"))
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+      feature_map[key].int64_list.value.append(int(value))
+    else:
+      feature_map[key].bytes_list.value.append(str(value).encode("utf-8"))
 
 
 COLUMNAR_MIN_ROWS = 1024  # Smaller batches go through the codec, row by row (BatchEncoder).
@@ -189,8 +194,9 @@ class ColumnarExampleEncoder:
   present, and for each such pattern the order is read once from an Example the row
   codec itself builds with the same keys in the same order (`_key_order`).
 
-  Metadata keys (string columns outside the spec, e.g. AliExpress `search_id`) are
-  bytes keys after the labels, as `add_metadata` writes them.
+  Metadata keys (columns outside the spec: strings such as AliExpress `search_id`, or
+  int64 such as the daily job's event times) come after the labels, as `add_metadata`
+  writes them.
 
   `encode` returns None for a batch it does not cover (a label outside 0/1, a float
   outside float32, a present weighted feature without weights, a missing metadata
@@ -327,7 +333,8 @@ class ColumnarExampleEncoder:
     for name in self._metadata_keys:
       if column(name).null_count:
         return None
-      entries[name] = self._entry(name, column(name), "string", False)
+      dtype = "int" if pa.types.is_integer(column(name).type) else "string"
+      entries[name] = self._entry(name, column(name), dtype, False)
     present_matrix = np.stack(present, axis=1)
     patterns, inverse = _presence_patterns(present_matrix)
     if len(patterns) == 1:
@@ -537,7 +544,8 @@ class EncodeBatches(beam.PTransform):
 
   Args:
     spec, label_names: the feature spec and the configured labels.
-    metadata_keys: string columns written as bytes keys (`add_metadata`).
+    metadata_keys: string or int64 columns written as bytes or int64 keys
+      (`add_metadata`).
   """
 
   def __init__(self, spec: spec_lib.FeatureSpec, label_names: Sequence[str],

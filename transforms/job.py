@@ -35,7 +35,7 @@ validation), which raise `PreprocessError`s with readable messages.
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import apache_beam as beam
@@ -136,6 +136,37 @@ class Preprocess(beam.PTransform):
                          self._statistics)
 
 
+def write_split(batches: beam.PCollection, split: str, num_shards: int,
+                paths: outputs_lib.OutputPaths, spec: spec_lib.FeatureSpec,
+                label_names: Sequence[str], statistics: bool,
+                metadata_keys: Sequence[str] = (),
+                written_path: Optional[Tuple[str, ...]] = None):
+  """Labelled batches of one output (a split, or the daily job's updates / closed) ->
+  its TFRecord shards `OUTPUT/<split>/<split>-SSSSS-of-NNNNN.tfrecord.gz` and, with
+  `statistics`, OUTPUT/stats/<split>_stats.pb.
+
+  Returns:
+    (the serialized Examples (one list per batch), the encoder's dead letters, the
+    count PCollections: (written_path, n) with written_path default ("impressions",
+    "written", split), and ("labels", split, name) positives per label).
+  """
+  written_path = written_path or (dl.IMPRESSIONS, "written", split)
+  encoded = batches | f"Encode_{split}" >> encode.EncodeBatches(spec, label_names,
+                                                                metadata_keys)
+  examples = encoded[encode.EXAMPLES]
+  _ = examples | f"Write_{split}" >> write.WriteExamples(paths.examples_prefix(split),
+                                                         num_shards)
+  counts = [examples
+            | f"ListLengths_{split}" >> beam.Map(len)
+            | f"CountWritten_{split}" >> beam.CombineGlobally(sum)
+            | f"TagWritten_{split}" >> beam.Map(lambda n: (written_path, n)),
+            batches | f"CountLabels_{split}" >> accounting.CountLabels(split, label_names)]
+  if statistics:
+    _ = batches | f"Statistics_{split}" >> stats_lib.GenerateBatchStatistics(
+        spec, label_names, paths.stats(split))
+  return examples, encoded[dl.DEAD_LETTER], counts
+
+
 def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.PCollection],
                   counts: List[beam.PCollection], paths: outputs_lib.OutputPaths,
                   config: config_lib.DataConfig, spec: spec_lib.FeatureSpec,
@@ -159,22 +190,11 @@ def write_outputs(splits: Dict[str, beam.PCollection], dead_letters: List[beam.P
   shards = {split_lib.TRAIN: config.train_shards, split_lib.EVAL: config.eval_shards}
   examples = {}
   for split in outputs_lib.SPLITS:
-    encoded = splits[split] | f"Encode_{split}" >> encode.EncodeBatches(spec, label_names,
-                                                                         metadata_keys)
-    examples[split] = encoded[encode.EXAMPLES]
-    dead_letters.append(encoded[dl.DEAD_LETTER])
-    _ = examples[split] | f"Write_{split}" >> write.WriteExamples(
-        paths.examples_prefix(split), shards[split])
-    counts.append(examples[split]
-                  | f"ListLengths_{split}" >> beam.Map(len)
-                  | f"CountWritten_{split}" >> beam.CombineGlobally(sum)
-                  | f"TagWritten_{split}" >> beam.Map(
-                      lambda n, split: ((dl.IMPRESSIONS, "written", split), n), split))
-    counts.append(splits[split] | f"CountLabels_{split}" >> accounting.CountLabels(
-        split, label_names))
-    if statistics:
-      _ = splits[split] | f"Statistics_{split}" >> stats_lib.GenerateBatchStatistics(
-          spec, label_names, paths.stats(split))
+    examples[split], dead, split_counts = write_split(
+        splits[split], split, shards[split], paths, spec, label_names, statistics,
+        metadata_keys)
+    dead_letters.append(dead)
+    counts.extend(split_counts)
 
   analysis = splits[split_lib.TRAIN] | "AnalyzeTransforms" >> analyze.AnalyzeBatches(spec)
   _ = analysis | "WriteTransformArtifacts" >> analyze.WriteTransformArtifacts(
@@ -329,8 +349,10 @@ def check_run(paths: outputs_lib.OutputPaths, seconds: float) -> Dict[str, Any]:
 
 def check_schema(paths: outputs_lib.OutputPaths, spec: spec_lib.FeatureSpec,
                  label_names: Sequence[str], schema_path: Optional[str] = None,
-                 fail_on_anomalies: bool = False) -> Dict[str, Any]:
-  """Infers the schema (no `schema_path`) or validates both splits against it.
+                 fail_on_anomalies: bool = False,
+                 splits: Sequence[str] = outputs_lib.SPLITS) -> Dict[str, Any]:
+  """Infers the schema (no `schema_path`) or validates `splits` (default both; the
+  daily job has train only) against it.
 
   Returns:
     {"schema": path written or read, "anomalies": split -> readable lines}.
@@ -347,8 +369,8 @@ def check_schema(paths: outputs_lib.OutputPaths, spec: spec_lib.FeatureSpec,
     return {"schema": paths.schema, "anomalies": {}}
   schema = stats_lib.load_schema(schema_path)
   found = stats_lib.check_splits(
-      schema, {split: paths.stats(split) for split in outputs_lib.SPLITS},
-      {split: paths.anomalies(split) for split in outputs_lib.SPLITS})
+      schema, {split: paths.stats(split) for split in splits},
+      {split: paths.anomalies(split) for split in splits})
   if fail_on_anomalies and any(found.values()):
     lines = [f"{split}: {line}" for split, split_lines in found.items() for line in split_lines]
     raise AnomaliesError(f"statistics do not match the schema {schema_path} "

@@ -72,7 +72,7 @@ def split_by_bucket(batch: pa.RecordBatch, num_buckets: int, key: str = "impress
     yield int(sorted_buckets[start]), ordered.slice(start, stop - start)
 
 
-class _KeyByBucketFn(beam.DoFn):
+class KeyByBucketFn(beam.DoFn):
 
   def __init__(self, num_buckets: int):
     self._num_buckets = num_buckets
@@ -129,8 +129,8 @@ class BucketedJoinAndLabel(beam.PTransform):
   def expand(self, impressions_and_events):
     impressions, events = impressions_and_events
     keyed_impressions = impressions | "BucketImpressions" >> beam.ParDo(
-        _KeyByBucketFn(self._num_buckets))
-    keyed_events = events | "BucketEvents" >> beam.ParDo(_KeyByBucketFn(self._num_buckets))
+        KeyByBucketFn(self._num_buckets))
+    keyed_events = events | "BucketEvents" >> beam.ParDo(KeyByBucketFn(self._num_buckets))
     outputs = ({"impressions": keyed_impressions, "events": keyed_events}
                | "CoGroup" >> beam.CoGroupByKey()
                | "Label" >> beam.ParDo(_LabelBucketFn(

@@ -18,6 +18,14 @@ impressions and events) -> labelled batches -> split -> ... The rules, per impre
                                              (attributed, and click = 1)
     every other event is attributed and sets its label(s) to 1.
 
+Prior records (the daily job, transforms/daily.py): impressions and events carried over
+from earlier days (still inside their attribution window) enter the same rules with
+`prior` set (column PRIOR). They were checked on the day they arrived, so they are never
+dead-lettered again: a prior impression is kept over a new one with its id (the new one is
+the `duplicate_impression_id`), and a new event repeating a prior one's timestamp and
+type is the `duplicate_event`. Only new events count as attributed. An event dead-lettered
+on its own day stays so: labels are those of the records accepted by each snapshot.
+
 `EventLabeler` states the rules as plain functions over dicts (tests call it without
 Beam), and its own code decides every case that is not plain: duplicate impression ids
 go through `EventLabeler.choose_impression`, and an impression with any event before
@@ -33,7 +41,7 @@ attributed events (for the accounting).
 """
 
 import json
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +52,13 @@ from transforms import dead_letter as dl
 from transforms import read
 
 _ROW = "__row"
+PRIOR = "__prior"  # bool column / dict key: a record carried over from an earlier day.
+NO_TIME = -1  # A label's first-event time when the label is 0.
+
+
+def timestamp_column(label_name: str) -> str:
+  """The column (and Example key) of a label's first-event time: "<label>_timestamp"."""
+  return f"{label_name}_timestamp"
 
 
 def canonical_json(record: Any) -> str:
@@ -91,8 +106,9 @@ class EventLabeler:
     """The kept impression and the dead letters of its duplicates."""
     if len(impressions) == 1:
       return impressions[0], []
-    ordered = sorted(impressions, key=lambda imp: (imp["timestamp"], canonical_json(
-        imp["record"]), imp["file"], imp["line"]))
+    ordered = sorted(impressions, key=lambda imp: (
+        not imp.get(PRIOR, False), imp["timestamp"], canonical_json(imp["record"]),
+        imp["file"], imp["line"]))
     kept = ordered[0]
     dead = [dl.make_dead_letter(
         dl.IMPRESSIONS, imp["file"], imp["line"], dl.DUPLICATE_IMPRESSION_ID,
@@ -113,7 +129,8 @@ class EventLabeler:
     end = start + self.window_s
     valid = []
     seen = set()
-    for event in sorted(events, key=lambda e: (e["timestamp"], e["event"], e["file"], e["line"])):
+    for event in sorted(events, key=lambda e: (e["timestamp"], e["event"], not e.get(PRIOR, False),
+                                               e["file"], e["line"])):
       timestamp, event_type = event["timestamp"], event["event"]
       if timestamp < start:
         dead.append(_event_dead_letter(
@@ -150,6 +167,25 @@ class EventLabeler:
       attributed.append(event)
     return labels, attributed, dead
 
+  def label_times(self, attributed: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    """Each label's first-event time among `attribute`'s attributed events (NO_TIME when
+    none sets it). An after-click event counts for the click label too: under
+    infer_click it implies the click; otherwise a click at or before it is earlier
+    anyway."""
+    times = dict.fromkeys(self.label_names, NO_TIME)
+
+    def note(name: str, timestamp: int) -> None:
+      if times[name] == NO_TIME or timestamp < times[name]:
+        times[name] = timestamp
+
+    for event in attributed:
+      names, needs_click = self.rules[event["event"]]
+      for name in names:
+        note(name, event["timestamp"])
+      if needs_click:
+        note(self.click_label, event["timestamp"])
+    return times
+
 
 def _rows(table: pa.Table, indices: np.ndarray) -> List[Dict[str, Any]]:
   return table.take(pa.array(indices, pa.int64())).to_pylist() if len(indices) else []
@@ -159,7 +195,8 @@ def _impression_dict(row: Dict[str, Any], feature_names: Sequence[str]) -> Dict[
   """A parsed impression row as the dict `EventLabeler` reads (features without nulls)."""
   return {"impression_id": row["impression_id"], "timestamp": row["timestamp"],
           "features": {k: row[k] for k in feature_names if row[k] is not None},
-          "file": row["file"], "line": row["line"], "record": row["record"], _ROW: row[_ROW]}
+          "file": row["file"], "line": row["line"], "record": row["record"], _ROW: row[_ROW],
+          PRIOR: bool(row.get(PRIOR) or False)}
 
 
 def _with_row_index(table: pa.Table) -> pa.Table:
@@ -214,6 +251,17 @@ class BucketLabeler:
   def join_and_label(self, impressions: pa.Table, events: pa.Table
                      ) -> Tuple[pa.RecordBatch, List[Dict[str, Any]], int]:
     """One bucket -> (labelled impressions, dead letters, attributed events)."""
+    labelled = self.label_bucket(impressions, events)
+    columns = [labelled.kept.column(name) for name in self.impression_schema.names]
+    table = pa.Table.from_arrays(columns + [pa.array(row) for row in labelled.labels],
+                                 schema=self.output_schema).combine_chunks()
+    batches = table.to_batches()
+    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=self.output_schema)
+    return batch, labelled.dead, labelled.attributed
+
+  def label_bucket(self, impressions: pa.Table, events: pa.Table) -> "LabelledBucket":
+    """One bucket's impressions and events (optionally with a bool PRIOR column each)
+    -> the kept impressions with their labels, label times and attributed events."""
     dead: List[Dict[str, Any]] = []
     # One chunk per column, so .to_numpy() of a ChunkedArray is one copy-free array.
     impressions, events = impressions.combine_chunks(), events.combine_chunks()
@@ -233,6 +281,7 @@ class BucketLabeler:
     position = position[matched]
     timestamp = events.column("timestamp").to_numpy()
     event_type = events.column("event")
+    event_prior = _prior_mask(events)
     start = kept.column("timestamp").to_numpy()[position]
     window = self.labeler.window_s
     problem = (timestamp < start) | (timestamp > start + window)
@@ -253,28 +302,80 @@ class BucketLabeler:
     # Impressions with any problem event: `EventLabeler.attribute` labels them.
     hard = np.zeros(n, dtype=bool)
     hard[position[problem]] = True
-    labels = np.zeros((len(self.labeler.label_names), n), dtype=np.int64)
+    num_labels = len(self.labeler.label_names)
+    labels = np.zeros((num_labels, n), dtype=np.int64)
+    prior_labels = np.zeros((num_labels, n), dtype=np.int64)
+    times = np.full((num_labels, n), _NEVER, dtype=np.int64)
     easy_events = ~hard[position]
-    attributed = int(easy_events.sum())
+    attributed = int((easy_events & ~event_prior).sum())
+    click_index = self.labeler.label_names.index(self.labeler.click_label)
     for index, label_events in enumerate(self._label_events):
       sets = pc.is_in(event_type, value_set=label_events).to_numpy() & easy_events
       labels[index, position[sets]] = 1
+      prior_labels[index, position[sets & event_prior]] = 1
+      if index == click_index:  # An after-click event implies its click (`label_times`).
+        sets = sets | (needs_click & easy_events)
+      np.minimum.at(times[index], position[sets], timestamp[sets])
+    keep_event = easy_events.copy()
     hard_positions = np.flatnonzero(hard)
     if len(hard_positions):
-      event_rows = self._parquet.fill_records(_rows(events, np.flatnonzero(~easy_events)))
+      hard_rows = np.flatnonzero(~easy_events)
+      event_rows = self._parquet.fill_records(_rows(events, hard_rows))
       by_position: Dict[int, List[Dict[str, Any]]] = {}
-      for row, pos in zip(event_rows, position[~easy_events].tolist()):
+      for row, index, pos in zip(event_rows, hard_rows.tolist(),
+                                 position[~easy_events].tolist()):
+        row[PRIOR] = bool(event_prior[index])
+        row[_ROW] = index
         by_position.setdefault(pos, []).append(row)
       for pos, impression in zip(hard_positions.tolist(), _rows(kept, hard_positions)):
-        found, attributed_events, letters = self.labeler.attribute(
-            impression, by_position.get(pos, []))
+        events_here = by_position.get(pos, [])
+        found, attributed_events, letters = self.labeler.attribute(impression, events_here)
         dead.extend(letters)
-        attributed += len(attributed_events)
+        attributed += sum(not event[PRIOR] for event in attributed_events)
+        keep_event[[event[_ROW] for event in attributed_events]] = True
+        prior_found, _, _ = self.labeler.attribute(
+            impression, [event for event in events_here if event[PRIOR]])
+        found_times = self.labeler.label_times(attributed_events)
         for index, name in enumerate(self.labeler.label_names):
           labels[index, pos] = found[name]
-    columns = [kept.column(name) for name in self.impression_schema.names]
-    table = pa.Table.from_arrays(columns + [pa.array(row) for row in labels],
-                                 schema=self.output_schema).combine_chunks()
-    batches = table.to_batches()
-    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=self.output_schema)
-    return batch, dead, attributed
+          prior_labels[index, pos] = prior_found[name]
+          if found_times[name] != NO_TIME:
+            times[index, pos] = found_times[name]
+    times[times == _NEVER] = NO_TIME
+    return LabelledBucket(kept=kept, labels=labels, prior_labels=prior_labels, times=times,
+                          events=events.filter(pa.array(keep_event)), dead=dead,
+                          attributed=attributed)
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def _prior_mask(table: pa.Table) -> np.ndarray:
+  """[rows] bool: the PRIOR column, or all False when the table has none."""
+  if PRIOR not in table.column_names:
+    return np.zeros(table.num_rows, dtype=bool)
+  return np.asarray(table.column(PRIOR).to_numpy(), dtype=bool)
+
+
+class LabelledBucket(NamedTuple):
+  """`BucketLabeler.label_bucket`'s result for one bucket.
+
+  Attributes:
+    kept: the kept impressions (one per id; the input's columns plus "__row").
+    labels: int64 [labels, kept] 0/1, the labels from every attributed event.
+    prior_labels: int64 [labels, kept] 0/1, from the attributed PRIOR events only (the
+      labels an earlier day wrote).
+    times: int64 [labels, kept], each label's first-event time (`EventLabeler.label_times`),
+      NO_TIME when the label is 0.
+    events: the attributed events (prior and new), the input events' columns.
+    dead: dead letters (new records only).
+    attributed: new events attributed.
+  """
+
+  kept: pa.Table
+  labels: np.ndarray
+  prior_labels: np.ndarray
+  times: np.ndarray
+  events: pa.Table
+  dead: List[Dict[str, Any]]
+  attributed: int

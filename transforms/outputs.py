@@ -11,8 +11,18 @@ from configs import config as config_lib
 from features import artifacts as artifacts_lib
 
 SPLITS = ("train", "eval")
+# The daily job's Example outputs (transforms/daily.py): the day's new impressions are its
+# train split; earlier impressions whose labels changed today, and those whose attribution
+# window closed at today's snapshot (final labels), have an output each.
+UPDATES = "updates"
+CLOSED = "closed"
+DAILY_OUTPUTS = ("train", UPDATES, CLOSED)
+STATE_KINDS = ("impressions", "events")  # The open impressions and their attributed events.
 TFRECORD_SUFFIX = ".tfrecord.gz"
+PARQUET_SUFFIX = ".parquet"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+TEMPORARY_SUFFIX = ".tmp-*"  # A shard being written (write.write_tfrecord_chunks' names).
+DAY_FILE = "day.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +76,25 @@ class OutputPaths:
   def labels(self) -> str:
     return self._join("labels.json")
 
+  def state_prefix(self, kind: str) -> str:
+    """The daily job's open-impression state files: `<prefix>-SSSSS-of-NNNNN.parquet`
+    (kind "impressions" or "events")."""
+    return self._join("state", kind)
+
+  def state_pattern(self, kind: str) -> str:
+    return self._join("state", f"{kind}-*-of-*{PARQUET_SUFFIX}")
+
+  @property
+  def analyzer_state(self) -> str:
+    """The daily job's analyzer state of the day's new impressions
+    (transforms/analyzer_state.py)."""
+    return self._join("analyzer", "state.json.gz")
+
+  @property
+  def day(self) -> str:
+    """OUTPUT/day.json: the daily job's day, snapshot, previous day and analyzer window."""
+    return self._join(DAY_FILE)
+
   @property
   def split_dates(self) -> str:
     """OUTPUT/split.json: the eval day the --source log job used."""
@@ -73,10 +102,14 @@ class OutputPaths:
 
 
 def shard_patterns(paths: OutputPaths) -> tuple:
-  """Globs of every sharded file the job writes (TFRecords per split, dead letters).
+  """Globs of every sharded file the job writes (TFRecords of the splits and of the
+  daily outputs, the daily state, dead letters) and of their temporaries.
 
   Their number depends on the config (data.train_shards / eval_shards), so a rerun does
-  not necessarily overwrite them all: pipeline.preprocess deletes them at its start.
+  not necessarily overwrite them all, and a killed run leaves its temporaries
+  (`<shard>.tmp-<uuid>`) behind: pipeline.preprocess deletes them at its start.
   """
-  return tuple(paths.examples_pattern(split) for split in SPLITS) + (
-      paths.dead_letter_prefix + "-*-of-*.jsonl",)
+  patterns = tuple(paths.examples_pattern(split) for split in SPLITS + DAILY_OUTPUTS[1:]) + (
+      paths.dead_letter_prefix + "-*-of-*.jsonl",) + tuple(
+          paths.state_pattern(kind) for kind in STATE_KINDS)
+  return patterns + tuple(pattern + TEMPORARY_SUFFIX for pattern in patterns)
