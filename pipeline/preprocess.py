@@ -9,6 +9,10 @@ r"""Entry point: raw impression/event logs -> labelled TFRecords, artifacts, sta
        Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \
        --setup_file ./setup.py]
 
+  python -m pipeline.preprocess --day 2026-01-05 --previous work/days/2026-01-04 \
+      --impressions 'raw/impressions/{day}/*' --events 'raw/events/{day}/*' \
+      --output work/days/2026-01-05     # the incremental job: pipeline/preprocess_day.py
+
   python -m pipeline.preprocess --source ali_ccp --config configs/ali_ccp.yaml \
       --skeleton 'aliccp/train/sample_skeleton_train.csv' \
       --common_features 'aliccp/train/common_features_train.csv' \
@@ -209,6 +213,9 @@ def check_source_flags(args: argparse.Namespace) -> None:
   elif args.eval_from:
     raise errors.PreprocessError("--eval_from splits a one-pass run; --day writes one day "
                                  "(its next day is that model's evaluation)")
+  else:
+    from pipeline import preprocess_day  # pylint: disable=g-import-not-at-top
+    preprocess_day.day_start(args.day)  # A malformed --day fails here, before Beam.
   needed = SOURCE_FLAGS[args.source]
   others = sorted({flag for flags in SOURCE_FLAGS.values() for flag in flags} - set(needed))
   given = [f"--{flag}" for flag in others if getattr(args, flag) is not None]

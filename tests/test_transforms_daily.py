@@ -221,3 +221,19 @@ def test_a_rerun_removes_the_killed_runs_temporaries(tmp_path):
   removed = preprocess.remove_previous_shards(paths)
   assert sorted(os.path.relpath(p, tmp_path) for p in removed) == sorted(ours)
   assert all((tmp_path / name).exists() for name in others)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--previous", "x"], "--previous go with --day"),
+    (["--day", "2026-01-02", "--eval_from", "2026-01-02"], "--eval_from splits a one-pass"),
+    (["--day", "2026-13-01"], "--day '2026-13-01': must be YYYY-MM-DD"),
+    (["--day", "2026-01-02", "--source", "rechub_csv", "--train", "a", "--eval", "b"],
+     "--day is for --source log"),
+])
+def test_day_flags_are_checked_before_beam(argv, message):
+  args, _ = preprocess.parse_flags(["--impressions", "i", "--events", "e", "--output", "o",
+                                    *argv])
+  if args.source != preprocess.LOG:
+    args.impressions = args.events = None
+  with pytest.raises(preprocess.errors.PreprocessError, match=message):
+    preprocess.check_source_flags(args)
