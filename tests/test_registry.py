@@ -18,13 +18,14 @@ def _artifacts(tmp_path):
   return make_artifacts(str(tmp_path / "transform"))
 
 
-@pytest.mark.parametrize("name", ["esmm", "naive", "shared_bottom"])
+@pytest.mark.parametrize("name", ["esmm", "naive", "shared_bottom", "esmm_daily",
+                                  "naive_daily"])
 def test_builds_the_experiment_configs(tmp_path, name):
   config = config_lib.load_config(os.path.join(CONFIG_DIR, f"{name}.yaml"))
   spec = config.load_feature_spec()
   model = registry.build_model(config, spec, make_artifacts(str(tmp_path), spec))
   assert isinstance(model, multitask.MultiTaskModel)
-  assert model.name == name
+  assert model.name == config.model.name
   assert set(model.output_names) == {"ctr", "cvr", "ctcvr"}
   assert set(model.scorer.input) == set(spec.example_keys())
 
