@@ -16,6 +16,10 @@ the same command in every worker process, each with its own TF_CONFIG, e.g. on o
       python -m pipeline.train --strategy multi_worker ...   # and index 1
 
 See docs/SCALING.md (strategies, input sharding, TPU, fault tolerance).
+--warm_start_from EARLIER_MODEL_DIR starts from the state an earlier run left in
+EARLIER_MODEL_DIR/warm_start/ (every run writes it when it ends): embedding rows follow their
+tokens into the new vocabularies, the optimizer state carries over (docs/TRAINING.md, "Warm
+start"); a missing or incomplete state is refused before TensorFlow is imported.
 --config resolves as given, else relative to the project root (configs.config.resolve_path).
 A bad config, flag or input (a corrupt shard: its path and offset; an output without
 pipeline.preprocess's success marker) ends with one line `error: ...` and exit status 2
@@ -30,6 +34,7 @@ from absl import logging
 from configs import config as config_lib
 from features import success_marker
 from pipeline import cli
+from training import warm_start
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", config_lib.DEFAULT_CONFIG,
@@ -61,6 +66,10 @@ flags.DEFINE_integer("early_stopping_patience", None,
 flags.DEFINE_enum("calibration", None, list(config_lib.CALIBRATIONS),
                   "Override train.calibration: the output calibration fitted on the "
                   "validation split and exported with the model (docs/TRAINING.md).")
+flags.DEFINE_string("warm_start_from", None,
+                    "MODEL_DIR of an earlier pipeline.train run: start from the weights "
+                    "and optimizer state it left in MODEL_DIR/warm_start/ (docs/TRAINING.md, "
+                    "'Warm start').")
 
 
 def _overrides() -> dict:
@@ -80,6 +89,11 @@ def main(argv):
       raise cli.UserError(f"--data {FLAGS.data}: no such directory (the output directory of "
                           f"pipeline.preprocess)")
     success_marker.check_success_marker(FLAGS.data)  # the trainer checks again: a few ms
+  if FLAGS.warm_start_from and "://" not in FLAGS.warm_start_from:
+    try:  # the trainer checks again (a remote one only there, after TensorFlow)
+      warm_start.check_state(FLAGS.warm_start_from)
+    except warm_start.WarmStartError as error:
+      raise cli.UserError(f"--warm_start_from: {error}") from error
   # TensorFlow and the trainer only now, after the flags, the config and the data are
   # checked: start-up time of --help and of a user error (0.3 s instead of 4-5 s idle).
   # pylint: disable=g-import-not-at-top
@@ -89,7 +103,8 @@ def main(argv):
   strategy = strategy_lib.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
   result = trainer.train_and_export(config, FLAGS.data, FLAGS.model_dir, strategy,
                                     export=FLAGS.export,
-                                    skip_corrupt_records=FLAGS.skip_corrupt_records)
+                                    skip_corrupt_records=FLAGS.skip_corrupt_records,
+                                    warm_start_from=FLAGS.warm_start_from)
   logging.info("Done: export %s", result.export_dir)
 
 

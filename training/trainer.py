@@ -7,6 +7,8 @@ Flow position: called by `pipeline.train`; reads the Beam job's output directory
   MODEL_DIR/best/        early-stopping state and the best epoch's weights (resumable)
   MODEL_DIR/logs/        TensorBoard (train and validation, per-task AUC and log loss)
   MODEL_DIR/export/<v>/  the SavedModel (see training/export.py)
+  MODEL_DIR/warm_start/  the final weights, optimizer state and baked features a later
+                         run starts from (`warm_start_from`, training/warm_start.py)
   MODEL_DIR/metrics.json final Keras metrics on the eval split ("eval") and on the
                          validation split ("validation"), the best epoch, throughput,
                          steps (`final_step` = optimizer.iterations at the end,
@@ -60,6 +62,7 @@ from training import optimizers
 from training import schedules
 from training import shard_check
 from training import strategy as strategy_lib
+from training import warm_start
 
 COUNTS_FILE = "counts.json"
 SPEC_COPY_FILE = "feature_spec.yaml"
@@ -334,7 +337,8 @@ def _steps(examples: int, batch_size: int) -> int:
 
 def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_dir: str,
                      strategy: Optional[tf.distribute.Strategy] = None, *,
-                     export: bool = True, skip_corrupt_records: bool = False) -> TrainResult:
+                     export: bool = True, skip_corrupt_records: bool = False,
+                     warm_start_from: Optional[str] = None) -> TrainResult:
   """Trains the configured model on DATA_DIR's train split and exports it.
 
   Args:
@@ -347,6 +351,9 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
       to take part in saving).
     skip_corrupt_records: train on the readable records of corrupt shards (counted in
       metrics.json "input") instead of failing.
+    warm_start_from: an earlier run's MODEL_DIR: start from its MODEL_DIR/warm_start
+      (training/warm_start.py: rows follow their tokens into the new vocabularies, the
+      earlier numeric statistics are kept, the optimizer state carries over).
 
   Returns:
     TrainResult with the trained model, the export directory (chief) and the metrics.
@@ -367,6 +374,9 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   check_spec_matches_data(spec, data_dir)
   artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(data_dir))
   artifacts_lib.check_artifacts(spec, artifacts)
+  earlier = warm_start.load_state(warm_start_from) if warm_start_from else None
+  if earlier:  # built with the earlier numeric statistics, so its scores carry over exactly
+    artifacts = earlier.with_its_statistics(artifacts)
   counts = read_counts(data_dir)
   written = counts["impressions"]["written"]
   plan = plan_inputs(data_dir, train_config, skip_corrupt_records)
@@ -385,6 +395,8 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                                              written["train"])
       logging.info("Output biases start at the train split's rates: %s",
                    {name: round(rate, 5) for name, rate in rates.items()})
+    if earlier:  # a resumed run then restores its own backup over it in fit
+      earlier.restore(model)
   # Keras' default ("auto") sums the step's logs over replicas on every strategy but
   # TPU. Metric results are already global (synchronised variables), so a sum reports
   # AUC = 2 x the true AUC with 2 workers; "first" reports them as they are.
@@ -494,6 +506,8 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
         "validation_history": [{"epoch": epoch + 1, stopper.monitor: value}
                                for epoch, value in sorted(stopper.history.items())],
     })
+  if strategy_lib.is_chief():
+    warm_start.save_state(model, model_dir)
   corrupt = [shard for report in (plan.train_report, plan.eval_report) if report
              for shard in report.corrupt]
   if corrupt:
