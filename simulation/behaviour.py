@@ -14,7 +14,11 @@ Per impression, walking the graph with the world's probabilities:
   purchase ~ click and Bernoulli(p_purchase_given_macro if action else
              p_purchase_given_no_macro); emits purchase
   late     ~ purchase and Bernoulli(late_purchase_fraction): the purchase event lands after
-             the attribution window (see `EventTiming`).
+             the attribution window (see `EventTiming`); delay model "legacy" only.
+With delay_model "heavy_tailed" the purchase lands a log-normal, feature-dependent delay
+after the click (simulation.delays, its own "delays" stream), and it is late when that
+puts it after the window; every draw before it (clicks, purchases, micro and macro
+events) is the legacy world's of the same seed.
 Event timestamps follow the graph: impression < click < micro events < macro events <=
 purchase (ties possible only when a delay is clipped to the window's end).
 """
@@ -24,6 +28,7 @@ import dataclasses
 from absl import logging
 import numpy as np
 
+from simulation import delays as delays_lib
 from simulation import world as world_lib
 from simulation import world_config as config_lib
 
@@ -46,6 +51,8 @@ class Behaviour:
     click, micro, action, purchase: [n] bool, per exposure (row order of the world's
       exposures); micro, action and purchase imply click.
     late_purchase: [n] bool, purchases whose event lands after the attribution window.
+    click_timestamp, purchase_timestamp: [n] int64 unix seconds of the exposure's click
+      and purchase event, 0 where there is none.
     event_row: [e] int64, the exposure (row) each event belongs to.
     event_timestamp: [e] int64 unix seconds.
     event_type: [e] int64 index into EVENT_TYPES.
@@ -57,6 +64,8 @@ class Behaviour:
   action: np.ndarray
   purchase: np.ndarray
   late_purchase: np.ndarray
+  click_timestamp: np.ndarray
+  purchase_timestamp: np.ndarray
   event_row: np.ndarray
   event_timestamp: np.ndarray
   event_type: np.ndarray
@@ -140,24 +149,38 @@ def sample_behaviour(world: world_lib.World) -> Behaviour:
   for k, name in enumerate(MACRO_EVENTS):
     emit(action_rows[chosen_macro[:, k]], macro_ts[chosen_macro[:, k], k], _type_code(name))
 
-  # Purchase: after the last macro event (or the click); late ones after the window.
   purchase_rows = np.flatnonzero(purchase)
-  on_time_ts = np.minimum(
-      before_purchase[purchase_rows] + _delays(rng, len(purchase_rows),
-                                               timing.purchase_median_s,
-                                               timing.purchase_sigma),
-      window_end[purchase_rows])
-  late_ts = window_end[purchase_rows] + rng.integers(
-      timing.late_min_s, timing.late_max_s + 1, len(purchase_rows))
-  emit(purchase_rows, np.where(late[purchase_rows], late_ts, on_time_ts),
-       _type_code("purchase"))
+  purchase_ts = np.zeros(n, dtype=np.int64)
+  if config.heavy_tailed:
+    # A feature-dependent delay after the click, no earlier than the last macro event;
+    # late when that is after the window (simulation.delays).
+    median = delays_lib.purchase_delay_median(
+        config, world.population, world.exposures.user[purchase_rows],
+        world.exposures.item[purchase_rows])
+    delay = np.maximum(np.ceil(config_lib.rng_stream(config.seed, "delays").lognormal(
+        np.log(median), config.conversion_delay.sigma)), 1).astype(np.int64)
+    purchase_ts[purchase_rows] = np.maximum(click_ts[purchase_rows] + delay,
+                                            before_purchase[purchase_rows])
+    late = purchase & (purchase_ts - impression_ts > config.attribution_window_s)
+  else:
+    # After the last macro event (or the click); late ones after the window.
+    on_time_ts = np.minimum(
+        before_purchase[purchase_rows] + _delays(rng, len(purchase_rows),
+                                                 timing.purchase_median_s,
+                                                 timing.purchase_sigma),
+        window_end[purchase_rows])
+    late_ts = window_end[purchase_rows] + rng.integers(
+        timing.late_min_s, timing.late_max_s + 1, len(purchase_rows))
+    purchase_ts[purchase_rows] = np.where(late[purchase_rows], late_ts, on_time_ts)
+  emit(purchase_rows, purchase_ts[purchase_rows], _type_code("purchase"))
 
   event_row = np.concatenate(rows)
   event_timestamp = np.concatenate(stamps)
   event_type = np.concatenate(types)
   order = np.lexsort((event_type, event_row, event_timestamp))
   behaviour = Behaviour(click=click, micro=micro, action=action, purchase=purchase,
-                        late_purchase=late, event_row=event_row[order],
+                        late_purchase=late, click_timestamp=click_ts,
+                        purchase_timestamp=purchase_ts, event_row=event_row[order],
                         event_timestamp=event_timestamp[order], event_type=event_type[order])
   clicks = max(int(click.sum()), 1)
   logging.info("Behaviour: %d impressions, %d clicks (CTR %.4f), micro %.3f / action %.3f "

@@ -60,12 +60,15 @@ class Corruption:
 
   Attributes:
     impressions: bad impression lines (see BadImpression), in no particular order.
+    impression_rows: [len(impressions)] the clean row (exposure) each bad impression line
+      was made from (the writer's daily layout files it on that row's day).
     events: (timestamp, line) pairs: a malformed text line (str) or an event record
       (dict with impression_id, timestamp, event); the writer files them by timestamp.
     counts: the `corruption` section of world.json.
   """
 
   impressions: List[BadImpression]
+  impression_rows: List[int]
   events: List[Tuple[int, Union[str, Dict[str, Any]]]]
   counts: Dict[str, Any]
 
@@ -118,20 +121,25 @@ def plan_corruption(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
                                             len(unclicked))
 
   bad_impressions: List[BadImpression] = []
+  source_rows: List[int] = []
   for row in rng.integers(0, n, impression_counts["unparseable_json"]).tolist():
+    source_rows.append(row)
     record = dict(impression_record(row),
                   impression_id=world_lib.impression_id(next(fresh_ids), width))
     bad_impressions.append(_truncate(json.dumps(record, separators=(",", ":")), rng))
   missing_by_name = dict.fromkeys(REQUIRED_FIELDS, 0)
   for row in rng.integers(0, n, impression_counts["missing_field"]).tolist():
+    source_rows.append(row)
     record = dict(impression_record(row),
                   impression_id=world_lib.impression_id(next(fresh_ids), width))
     missing = REQUIRED_FIELDS[int(rng.integers(len(REQUIRED_FIELDS)))]
     del record[missing]
     missing_by_name[missing] += 1
     bad_impressions.append(record)
-  bad_impressions.extend(rng.choice(n, impression_counts["duplicate_impression_id"],
-                                    replace=False).tolist())
+  duplicates = rng.choice(n, impression_counts["duplicate_impression_id"],
+                          replace=False).tolist()
+  bad_impressions.extend(duplicates)
+  source_rows.extend(duplicates)
 
   bad_events: List[Tuple[int, Union[str, Dict[str, Any]]]] = []
   if n_events:
@@ -164,7 +172,8 @@ def plan_corruption(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
       "event_without_click_by_event": orphans_by_event,
       "total_bad_lines": sum(impression_counts.values()) + sum(event_counts.values()),
   }
-  return Corruption(impressions=bad_impressions, events=bad_events, counts=counts)
+  return Corruption(impressions=bad_impressions, impression_rows=source_rows,
+                    events=bad_events, counts=counts)
 
 
 def expected_dead_letter(counts: Dict[str, Any], late_purchases: int) -> Dict[str, Any]:

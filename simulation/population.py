@@ -20,7 +20,7 @@ Every hidden factor has roughly unit scale; the observable features carry part o
 """
 
 import dataclasses
-from typing import List
+from typing import Callable, List
 
 import numpy as np
 
@@ -138,13 +138,46 @@ class Users:
 
 
 @dataclasses.dataclass
+class CatalogueFactors:
+  """The hidden per-category and per-brand parameters items are drawn from; kept so that
+  items arriving later (simulation.dynamics) come from the same model.
+
+  Attributes:
+    category_attractiveness, category_quality, category_log_price: [categories] float64.
+    brand_category: [brands] int64 category of each brand.
+    brand_quality, brand_premium: [brands] float64.
+    log_price_mean, log_price_std: the initial items' log price moments (price_z scale).
+  """
+
+  category_attractiveness: np.ndarray
+  category_quality: np.ndarray
+  category_log_price: np.ndarray
+  brand_category: np.ndarray
+  brand_quality: np.ndarray
+  brand_premium: np.ndarray
+  log_price_mean: float = 0.0
+  log_price_std: float = 1.0
+
+
+@dataclasses.dataclass
 class Population:
-  """Everything that exists before the first exposure."""
+  """Everything that exists before the first exposure (and, in a dynamic world, the
+  users and items arriving later, appended with the next ids: simulation.dynamics)."""
 
   categories: Categories
   brand_names: np.ndarray
   items: Items
   users: Users
+  factors: CatalogueFactors
+
+
+def concat_rows(first, second):
+  """Two Items (or two Users) tables as one: arrays concatenated, lists joined."""
+  fields = {}
+  for field in dataclasses.fields(first):
+    a, b = getattr(first, field.name), getattr(second, field.name)
+    fields[field.name] = a + b if isinstance(a, list) else np.concatenate([a, b])
+  return type(first)(**fields)
 
 
 def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -152,6 +185,16 @@ def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarra
   ranks = rng.permutation(n) + 1.0
   weights = ranks ** -exponent
   return weights / weights.sum()
+
+
+def zipf_arrival_weights(n: int, population: int, exponent: float,
+                         rng: np.random.Generator) -> np.ndarray:
+  """[n] float64 weights of entities arriving into a population of `population` initial
+  ones: each takes the weight of a uniformly drawn initial rank, on the initial scale
+  (rank^-exponent / sum_{k <= population} k^-exponent), so it is as popular as a random
+  initial entity."""
+  norm = np.sum(np.arange(1.0, population + 1.0) ** -exponent)
+  return (rng.integers(1, population + 1, n) + 0.0) ** -exponent / norm
 
 
 def categorical_rows(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -167,9 +210,9 @@ def _category_names(num_categories: int) -> np.ndarray:
   return np.array(names, dtype=object)
 
 
-def _make_items(config: config_lib.WorldConfig, rng: np.random.Generator):
-  """Categories, brand names and items (module docstring)."""
-  num_categories, num_brands, num_items = config.num_categories, config.brands, config.items
+def _make_catalogue(config: config_lib.WorldConfig, rng: np.random.Generator):
+  """Categories, brand names and the hidden catalogue factors (module docstring)."""
+  num_categories, num_brands = config.num_categories, config.brands
   categories = Categories(
       names=_category_names(num_categories),
       share=zipf_weights(num_categories, 0.7, rng),
@@ -178,48 +221,92 @@ def _make_items(config: config_lib.WorldConfig, rng: np.random.Generator):
   category_attractiveness = rng.normal(0.0, 0.6, num_categories)
   category_quality = rng.normal(0.0, 0.5, num_categories)
   category_log_price = rng.normal(3.4, 0.8, num_categories)
-
-  # Every category has at least one brand and one item; the rest follow the shares.
+  # Every category has at least one brand; the rest follow the shares.
   brand_category = np.concatenate([
       np.arange(num_categories),
       rng.choice(num_categories, num_brands - num_categories, p=categories.share)])
-  brand_quality = rng.normal(0.0, 0.6, num_brands)
-  brand_premium = rng.normal(0.0, 0.3, num_brands)
+  factors = CatalogueFactors(
+      category_attractiveness=category_attractiveness, category_quality=category_quality,
+      category_log_price=category_log_price, brand_category=brand_category,
+      brand_quality=rng.normal(0.0, 0.6, num_brands),
+      brand_premium=rng.normal(0.0, 0.3, num_brands))
+  brand_names = np.array([f"b{k:05d}" for k in range(num_brands)], dtype=object)
+  return categories, brand_names, factors
+
+
+def make_items(config: config_lib.WorldConfig, categories: Categories,
+               factors: CatalogueFactors, category: np.ndarray, first_id: int,
+               popularity: Callable[[np.random.Generator], np.ndarray],
+               rng: np.random.Generator, initial: bool = False) -> Items:
+  """Items of the given categories (module docstring), ids from `first_id` on.
+
+  Args:
+    category: [m] int64 category of each new item.
+    popularity: rng -> [m] popularity weights, drawn after the rating, before the taste.
+    factors: the catalogue; price_z is standardised with its log price moments ...
+    initial: ... or, for the initial items, with their own (which define those moments).
+  """
+  num_items = len(category)
+  brand_category = factors.brand_category
   brands_by_category = np.argsort(brand_category, kind="stable")
-  brands_per_category = np.bincount(brand_category, minlength=num_categories)
+  brands_per_category = np.bincount(brand_category, minlength=config.num_categories)
   first_brand = np.concatenate([[0], np.cumsum(brands_per_category)[:-1]])
-  category = rng.permutation(np.concatenate([
-      np.arange(num_categories),
-      rng.choice(num_categories, num_items - num_categories, p=categories.share)]))
   # Brand inside the category, skewed toward the category's first brands.
   slot = np.floor(rng.random(num_items) ** 1.5 * brands_per_category[category])
   brand = brands_by_category[first_brand[category] + slot.astype(np.int64)]
 
-  quality = (category_quality[category] + brand_quality[brand]
+  quality = (factors.category_quality[category] + factors.brand_quality[brand]
              + rng.normal(0.0, 0.7, num_items))
-  attractiveness = category_attractiveness[category] + rng.normal(0.0, 0.8, num_items)
-  log_price = (category_log_price[category] + brand_premium[brand] + 0.25 * quality
-               + rng.normal(0.0, 0.45, num_items))
+  attractiveness = factors.category_attractiveness[category] + rng.normal(0.0, 0.8,
+                                                                          num_items)
+  log_price = (factors.category_log_price[category] + factors.brand_premium[brand]
+               + 0.25 * quality + rng.normal(0.0, 0.45, num_items))
   price = np.maximum(np.round(np.exp(log_price), 2), 0.5)
   log_price = np.log(price)
   rating = np.clip(np.round(3.9 + 0.45 * quality - 0.15 * attractiveness
                             + rng.normal(0.0, 0.35, num_items), 1), 1.0, 5.0)
-  items = Items(
-      ids=np.array([f"i{k:07d}" for k in range(num_items)], dtype=object),
+  if initial:
+    price_mean, price_std = log_price.mean(), max(log_price.std(), 1e-12)
+  else:
+    price_mean, price_std = factors.log_price_mean, factors.log_price_std
+  return Items(
+      ids=np.array([f"i{k:07d}" for k in range(first_id, first_id + num_items)],
+                   dtype=object),
       category=category, brand=brand, price=price, rating=rating,
-      popularity=zipf_weights(num_items, config.item_zipf_exponent, rng),
+      popularity=popularity(rng),
       quality=quality, attractiveness=attractiveness,
-      price_z=(log_price - log_price.mean()) / max(log_price.std(), 1e-12),
+      price_z=(log_price - price_mean) / price_std,
       taste=0.8 * categories.centre[category] + 0.6 * rng.normal(
           size=(num_items, config.latent_dim)))
-  brand_names = np.array([f"b{k:05d}" for k in range(num_brands)], dtype=object)
-  return categories, brand_names, items
 
 
-def _make_users(config: config_lib.WorldConfig, categories: Categories,
-                rng: np.random.Generator) -> Users:
-  """Users with segments, traits, preferred categories and taste (module docstring)."""
-  num_users, num_categories = config.users, config.num_categories
+def _make_items(config: config_lib.WorldConfig, rng: np.random.Generator):
+  """Categories, brand names, catalogue factors and the initial items."""
+  categories, brand_names, factors = _make_catalogue(config, rng)
+  num_categories = config.num_categories
+  # Every category has at least one item; the rest follow the shares.
+  category = rng.permutation(np.concatenate([
+      np.arange(num_categories),
+      rng.choice(num_categories, config.items - num_categories, p=categories.share)]))
+  items = make_items(config, categories, factors, category, 0,
+                     lambda r: zipf_weights(config.items, config.item_zipf_exponent, r),
+                     rng, initial=True)
+  log_price = np.log(items.price)
+  factors.log_price_mean, factors.log_price_std = (float(log_price.mean()),
+                                                   max(float(log_price.std()), 1e-12))
+  return categories, brand_names, factors, items
+
+
+def make_users(config: config_lib.WorldConfig, categories: Categories, num_users: int,
+               first_id: int, popularity: Callable[[np.random.Generator], np.ndarray],
+               rng: np.random.Generator) -> Users:
+  """Users with segments, traits, preferred categories and taste (module docstring).
+
+  Args:
+    num_users: how many; ids from `first_id` on.
+    popularity: rng -> [num_users] popularity weights, drawn after the primary device.
+  """
+  num_categories = config.num_categories
   segment = rng.choice(len(SEGMENTS), num_users, p=SEGMENT_SHARES)
   traits = np.asarray(SEGMENT_TRAITS)[segment] + rng.normal(
       0.0, TRAIT_NOISE, (num_users, 4))
@@ -250,11 +337,12 @@ def _make_users(config: config_lib.WorldConfig, categories: Categories,
   recent = [list(dict.fromkeys(row[:count])) for row, count in zip(candidates, counts)]
 
   return Users(
-      ids=np.array([f"u{k:07d}" for k in range(num_users)], dtype=object),
+      ids=np.array([f"u{k:07d}" for k in range(first_id, first_id + num_users)],
+                   dtype=object),
       age=age, gender=gender, segment=segment, recent_categories=recent,
       primary_device=rng.choice(len(config_lib.DEVICES), num_users,
                                 p=config_lib.DEVICE_SHARES),
-      popularity=zipf_weights(num_users, config.user_zipf_exponent, rng),
+      popularity=popularity(rng),
       intent=traits[:, 0] + 0.25 * age_z, activity=traits[:, 1],
       price_sensitivity=traits[:, 2] - 0.25 * age_z, research=traits[:, 3],
       preferred_categories=preferred, preferred_weights=preferred_weights, taste=taste)
@@ -263,7 +351,8 @@ def _make_users(config: config_lib.WorldConfig, categories: Categories,
 def make_population(config: config_lib.WorldConfig) -> Population:
   """Categories, brands, items and users; deterministic given the config's seed."""
   rng = config_lib.rng_stream(config.seed, "population")
-  categories, brand_names, items = _make_items(config, rng)
-  users = _make_users(config, categories, rng)
+  categories, brand_names, factors, items = _make_items(config, rng)
+  users = make_users(config, categories, config.users, 0,
+                     lambda r: zipf_weights(config.users, config.user_zipf_exponent, r), rng)
   return Population(categories=categories, brand_names=brand_names, items=items,
-                    users=users)
+                    users=users, factors=factors)

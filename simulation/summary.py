@@ -3,11 +3,13 @@
 Flow: simulation.world + simulation.behaviour -> **simulation.summary** ->
 OUTPUT/world.json (written by simulation.writer) -> read by tests, evaluation and people
 checking that the world has the properties the models are meant to face: sample
-selection bias, data sparsity, micro -> macro -> purchase lift, learnable signal.
+selection bias, data sparsity, micro -> macro -> purchase lift, learnable signal; in a
+dynamic world the population per day (`population_by_day`), with heavy-tailed delays the
+realised purchase delays (`purchase_delays`). A static legacy world's summary has neither.
 """
 
 import datetime
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -57,11 +59,11 @@ def summarize(world: world_lib.World, behaviour: behaviour_lib.Behaviour) -> Dic
   days = (world.exposures.timestamp - config.start_timestamp) // 86400
   last_day = datetime.date.fromisoformat(config.start_date) + datetime.timedelta(
       days=config.days - 1)
-  return {
+  summary = {
       "sizes": {
           "impressions": n,
-          "users": config.users,
-          "items": config.items,
+          "users": len(world.population.users.ids),
+          "items": len(world.population.items.ids),
           "categories": config.num_categories,
           "brands": config.brands,
           "events": int(len(behaviour.event_type)),
@@ -111,4 +113,55 @@ def summarize(world: world_lib.World, behaviour: behaviour_lib.Behaviour) -> Dic
           "ctcvr": rank_auc(purchase, truth["p_ctcvr"]),
           "cvr_over_clicked": rank_auc(purchase[click], p_cvr[click]),
       },
+  }
+  if world.timeline is not None:
+    summary["population_by_day"] = _population_by_day(world, days)
+  if config.heavy_tailed:
+    summary["purchase_delays"] = _purchase_delays(world, behaviour)
+  return summary
+
+
+def _first_seen_per_day(ids: np.ndarray, days: np.ndarray, num_days: int) -> List[int]:
+  """[num_days] how many distinct ids have their first exposure on each day."""
+  first_day = np.full(ids.max() + 1, num_days)
+  np.minimum.at(first_day, ids, days)
+  return np.bincount(first_day[first_day < num_days], minlength=num_days).tolist()
+
+
+def _population_by_day(world: world_lib.World, days: np.ndarray) -> Dict[str, Any]:
+  """simulation.dynamics.Timeline.by_day, plus ids first exposed on each day and the
+  distinct users and items exposed each day."""
+  config, exposures = world.config, world.exposures
+  result = world.timeline.by_day(config.start_date)
+  result["first_seen_users"] = _first_seen_per_day(exposures.user, days, config.days)
+  result["first_seen_items"] = _first_seen_per_day(exposures.item, days, config.days)
+  result["exposed_users"] = [int(len(np.unique(exposures.user[days == d])))
+                             for d in range(config.days)]
+  result["exposed_items"] = [int(len(np.unique(exposures.item[days == d])))
+                             for d in range(config.days)]
+  return result
+
+
+def _purchase_delays(world: world_lib.World, behaviour: behaviour_lib.Behaviour
+                     ) -> Dict[str, Any]:
+  """Realised purchase delays after the click (heavy-tailed delays): quantiles, shares
+  beyond 1 hour / 1 day / 7 days, and the share outside the window (final label 0)
+  against the truth's expectation (mean p_purchase_in_window over the purchases)."""
+  rows = np.flatnonzero(behaviour.purchase)
+  delay = (behaviour.purchase_timestamp - behaviour.click_timestamp)[rows]
+  after_impression = (behaviour.purchase_timestamp - world.exposures.timestamp)[rows]
+  outside = after_impression > world.config.attribution_window_s
+  quantiles = (np.quantile(delay, [0.5, 0.9, 0.99]).tolist() if len(rows)
+               else [float("nan")] * 3)
+  return {
+      "purchases": int(len(rows)),
+      "median_s": quantiles[0], "p90_s": quantiles[1], "p99_s": quantiles[2],
+      "share_after_1h": _ratio((delay > 3600).sum(), len(rows)),
+      "share_after_1d": _ratio((delay > 86400).sum(), len(rows)),
+      "share_after_7d": _ratio((delay > 7 * 86400).sum(), len(rows)),
+      "share_outside_window": _ratio(outside.sum(), len(rows)),
+      "expected_share_outside_window": float(
+          1.0 - world.truth[truth_lib.IN_WINDOW_COLUMN][rows].mean()) if len(rows)
+                                       else float("nan"),
+      "attribution_window_s": world.config.attribution_window_s,
   }

@@ -1,15 +1,18 @@
 """The simulated e-commerce world: exposures and the true probability of every step.
 
 Flow: simulation.world_config -> simulation.population (users, items) ->
-**simulation.world** (who sees what, when, where; the true probabilities of the post-click
-graph) -> simulation.behaviour (sampled events) -> simulation.writer (raw logs in the
+[simulation.dynamics (arrivals, departures, drifting popularity) when the world is
+dynamic] -> **simulation.world** (who sees what, when, where; the true probabilities of
+the post-click graph) -> simulation.behaviour (sampled events) -> simulation.writer (raw logs in the
 contract of docs/DESIGN.md section 2, the truth file, world.json) -> pipeline.preprocess.
 
 Exposures: user by popularity; item from one of the user's preferred categories (share
 `preferred_category_share`, by item popularity inside the category) or by global item
 popularity; device (the user's primary one 85% of the time); UTC day (uniform over
 `days`), hour (HOUR_WEIGHTS) and second; position 1..max_position with P(pos) ~ pos^-0.5,
-independent of everything else (a pure exposure bias). Match m = user taste . item taste
+independent of everything else (a pure exposure bias). In a dynamic world the day comes
+first and the user and item of an exposure of day d are drawn as above among the users
+and items active on day d, with day d's item popularity (simulation.dynamics). Match m = user taste . item taste
 / sqrt(latent_dim), standardised over the exposures.
 
 The post-click graph (HM3; ESM2 and ESMC read its macro node as the in-shop action), each
@@ -38,11 +41,13 @@ selection bias: E[p_cvr | click] is well below E[p_cvr]); `simulation.summary` m
 """
 
 import dataclasses
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
 
+from simulation import delays as delays_lib
+from simulation import dynamics as dynamics_lib
 from simulation import population as population_lib
 from simulation import truth as truth_lib
 from simulation import world_config as config_lib
@@ -92,8 +97,10 @@ class World:
     population: categories, brands, items and users.
     exposures: one row per impression.
     truth: each name of `simulation.truth.PROBABILITY_COLUMNS` -> [n] float64, the true
-      probabilities of each exposure (row order of `exposures`).
+      probabilities of each exposure (row order of `exposures`); with heavy-tailed
+      delays also `simulation.truth.IN_WINDOW_COLUMN` (simulation.delays).
     intercepts: the solved logit intercepts, keys click, micro, macro, purchase.
+    timeline: when each user and item is active (a dynamic world), else None.
   """
 
   config: config_lib.WorldConfig
@@ -101,6 +108,7 @@ class World:
   exposures: Exposures
   truth: Dict[str, np.ndarray]
   intercepts: Dict[str, float]
+  timeline: Optional[dynamics_lib.Timeline] = None
 
 
 def impression_id_width(num_impressions: int) -> int:
@@ -119,18 +127,28 @@ def sigmoid(logit: np.ndarray) -> np.ndarray:
 
 
 def _draw_items(config: config_lib.WorldConfig, population: population_lib.Population,
-                user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """[n] int64 item per exposure: from a preferred category (by popularity) or globally."""
+                user: np.ndarray, rng: np.random.Generator, candidates: np.ndarray,
+                weight: np.ndarray) -> np.ndarray:
+  """[n] int64 item per exposure: from a preferred category (by popularity) or globally.
+
+  Args:
+    user: [n] int64 user of each exposure.
+    candidates: [k] int64 the items that can be drawn, ascending.
+    weight: [k] float64 > 0, their popularity, summing to 1.
+  A preferred category without any candidate falls back to the global draw.
+  """
   items, users = population.items, population.users
   n = len(user)
   # Item popularity inside each category as stacked CDFs: category c occupies [c, c + 1),
   # so a draw from category c is searchsorted(cdf, c + uniform).
-  order = np.lexsort((np.arange(config.items), items.category))
-  weight = items.popularity[order]
+  by_category = np.lexsort((candidates, items.category[candidates]))
+  order = candidates[by_category]
+  sorted_weight = weight[by_category]
   category_of = items.category[order]
-  category_total = np.bincount(category_of, weights=weight, minlength=config.num_categories)
+  category_total = np.bincount(category_of, weights=sorted_weight,
+                               minlength=config.num_categories)
   category_start = np.concatenate([[0.0], np.cumsum(category_total)])[category_of]
-  stacked_cdf = category_of + (np.cumsum(weight) - category_start) / category_total[
+  stacked_cdf = category_of + (np.cumsum(sorted_weight) - category_start) / category_total[
       category_of]
   is_last = np.r_[category_of[1:] != category_of[:-1], True]
   stacked_cdf[is_last] = category_of[is_last] + 1.0  # exact, against rounding
@@ -139,23 +157,50 @@ def _draw_items(config: config_lib.WorldConfig, population: population_lib.Popul
   category = users.preferred_categories[user, slot]
   in_category = order[np.minimum(
       np.searchsorted(stacked_cdf, category + rng.random(n), side="right"),
-      config.items - 1)]
-  global_draw = rng.choice(config.items, n, p=items.popularity)
-  use_preferred = rng.random(n) < config.preferred_category_share
+      len(order) - 1)]
+  global_draw = candidates[rng.choice(len(candidates), n, p=weight)]
+  use_preferred = ((rng.random(n) < config.preferred_category_share)
+                   & (category_total > 0)[category])
   return np.where(use_preferred, in_category, global_draw)
 
 
-def _make_exposures(config: config_lib.WorldConfig,
-                    population: population_lib.Population) -> Exposures:
+def _draw_dynamic(config: config_lib.WorldConfig, population: population_lib.Population,
+                  timeline: dynamics_lib.Timeline, rng: np.random.Generator
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(day, user, item) [n] int64 of a dynamic world's exposures, grouped by day: the day
+  uniform over `days`, then user and item among those active that day (module docstring)."""
+  per_day = np.bincount(rng.integers(0, config.days, config.num_impressions),
+                        minlength=config.days)
+  users, items = [], []
+  for day, count in enumerate(per_day.tolist()):
+    active_users = timeline.active_users(day)
+    user_weight = population.users.popularity[active_users]
+    user = active_users[rng.choice(len(active_users), count,
+                                   p=user_weight / user_weight.sum())]
+    active_items, item_weight = timeline.item_weights(day, population.items.popularity)
+    users.append(user)
+    items.append(_draw_items(config, population, user, rng, active_items, item_weight))
+  return (np.repeat(np.arange(config.days), per_day), np.concatenate(users),
+          np.concatenate(items))
+
+
+def _make_exposures(config: config_lib.WorldConfig, population: population_lib.Population,
+                    timeline: Optional[dynamics_lib.Timeline] = None) -> Exposures:
   """Who sees which item, when, where and on which device (module docstring)."""
   rng = config_lib.rng_stream(config.seed, "exposures")
   users, items = population.users, population.items
   n = config.num_impressions
-  user = rng.choice(config.users, n, p=users.popularity)
-  item = _draw_items(config, population, user, rng)
+  if timeline is None:
+    user = rng.choice(config.users, n, p=users.popularity)
+    item = _draw_items(config, population, user, rng, np.arange(config.items),
+                       items.popularity)
+    day = None
+  else:
+    day, user, item = _draw_dynamic(config, population, timeline, rng)
   device = np.where(rng.random(n) < PRIMARY_DEVICE_SHARE, users.primary_device[user],
                     rng.choice(len(config_lib.DEVICES), n, p=config_lib.DEVICE_SHARES))
-  day = rng.integers(0, config.days, n)
+  if day is None:
+    day = rng.integers(0, config.days, n)
   hour = rng.choice(24, n, p=np.asarray(HOUR_WEIGHTS) / np.sum(HOUR_WEIGHTS))
   timestamp = (config.start_timestamp + day * 86400 + hour * 3600
                + rng.integers(0, 3600, n)).astype(np.int64)
@@ -313,12 +358,19 @@ def build_world(config: config_lib.WorldConfig) -> World:
   """
   config.validate()
   population = population_lib.make_population(config)
-  exposures = _make_exposures(config, population)
+  timeline = None
+  if config.is_dynamic:
+    population, timeline = dynamics_lib.evolve(config, population)
+  exposures = _make_exposures(config, population, timeline)
   truth, intercepts = true_probabilities(config, population, exposures)
+  if config.heavy_tailed:
+    truth[truth_lib.IN_WINDOW_COLUMN] = delays_lib.purchase_in_window_probability(
+        config, population, exposures.user, exposures.item)
   logging.info("World: %d impressions, %d users, %d items, %d categories, %d brands; "
                "mean p_click %.4f, mean p_ctcvr %.5f; intercepts %s", len(exposures),
-               config.users, config.items, config.num_categories, config.brands,
+               len(population.users.ids), len(population.items.ids),
+               config.num_categories, config.brands,
                truth["p_click"].mean(), truth["p_ctcvr"].mean(),
                {name: round(value, 3) for name, value in intercepts.items()})
   return World(config=config, population=population, exposures=exposures, truth=truth,
-               intercepts=intercepts)
+               intercepts=intercepts, timeline=timeline)

@@ -1,9 +1,16 @@
 """The parameters of a simulated world: sizes, time span, logit weights, event delays.
 
 Flow: **simulation.world_config** (this module: `WorldConfig`, filled from the flags of
-pipeline.simulate) -> simulation.population + simulation.world (hidden factors, exposures,
-true probabilities) -> simulation.behaviour (sampled events) -> simulation.writer (raw
-logs, truth, world.json, which records the whole config).
+pipeline.simulate) -> simulation.population + simulation.dynamics + simulation.world
+(hidden factors, arrivals and departures, exposures, true probabilities) ->
+simulation.behaviour + simulation.delays (sampled events and their times) ->
+simulation.writer (raw logs, truth, world.json, which records the config).
+
+A world is *static* (today's worlds: one population, fixed popularity) unless one of the
+rates of `DYNAMIC_FIELDS` is > 0, and its purchases follow the *legacy* delay model unless
+`delay_model` is "heavy_tailed". A static legacy world draws nothing from the streams added
+for the dynamic and delay features and writes exactly the files it wrote before them
+(world.json leaves the added settings out while they are at their defaults).
 """
 
 import dataclasses
@@ -18,7 +25,17 @@ DEVICE_SHARES = (0.46, 0.34, 0.15, 0.05)
 
 # Independent random streams, so that e.g. turning corruption on leaves the clean world
 # unchanged.
-RNG_STREAMS = ("population", "exposures", "behaviour", "corruption", "layout")
+# SeedSequence.spawn keys its children by index, so names are only ever appended: the
+# first five streams are the same whatever follows them.
+RNG_STREAMS = ("population", "exposures", "behaviour", "corruption", "layout",
+               "arrivals", "churn", "drift", "delays")
+DELAY_MODELS = ("legacy", "heavy_tailed")
+# The settings that make a world dynamic (simulation.dynamics); all 0 = a static world.
+DYNAMIC_FIELDS = ("new_users_per_day", "new_items_per_day", "user_churn_per_day",
+                  "item_churn_per_day", "popularity_drift")
+# Settings added with the dynamic world and the heavy-tailed delays: world.json leaves
+# them out of a static legacy world's config, so its bytes are the ones written before.
+ADDED_FIELDS = DYNAMIC_FIELDS + ("delay_model", "conversion_delay")
 
 
 def rng_stream(seed: int, name: str) -> np.random.Generator:
@@ -100,6 +117,25 @@ class EventTiming:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConversionDelay:
+  """The heavy-tailed purchase delay (delay_model "heavy_tailed", simulation.delays).
+
+  The delay D from the click to the purchase is log-normal with a per-exposure median:
+    median(x) = median_s * exp(price_weight * price_z(item) + intent_weight * intent(user))
+    log D ~ Normal(log median(x), sigma^2)
+  price_z is the item's standardised log price and intent the user's hidden purchase
+  intent (both about unit scale, simulation.population): dearer items take longer, keen
+  buyers are quicker. With the defaults most purchases land within hours, about 13% after
+  one day and about 1.5% after seven (`sigma` is the tail's knob).
+  """
+
+  median_s: float = 3 * 3600.0
+  sigma: float = 1.8
+  price_weight: float = 0.3
+  intent_weight: float = -0.3
+
+
+@dataclasses.dataclass(frozen=True)
 class WorldConfig:
   """Everything that defines a simulated world; same config -> same world.
 
@@ -117,10 +153,21 @@ class WorldConfig:
     preferred_category_share: share of exposures drawn from the user's preferred
       categories (the rest by global item popularity).
     late_purchase_fraction: probability that a purchase lands after the attribution
-      window (the truth stays the generative probability; Beam labels miss them).
+      window (the truth stays the generative probability; Beam labels miss them). Legacy
+      delay model only: must be 0 with "heavy_tailed".
     attribution_window_s: the label pipeline's window (data.attribution_window_s).
     behaviour: target rates and logit weights of the post-click graph.
     timing: event delays.
+    new_users_per_day, new_items_per_day: expected arrivals on each day after the first,
+      as a share of the initial population (Poisson counts; simulation.dynamics).
+    user_churn_per_day, item_churn_per_day: daily probability that an active user / item
+      stops appearing for good (after each of its days).
+    popularity_drift: std of the daily Gaussian step of a random walk on each item's log
+      popularity.
+    delay_model: "legacy" (purchases within the window but for a `late_purchase_fraction`
+      that lands after it) or "heavy_tailed" (`conversion_delay`; a purchase lands after
+      the window when its delay says so).
+    conversion_delay: the heavy-tailed delay's median, sigma and feature weights.
   """
 
   num_impressions: int = 200_000
@@ -140,6 +187,32 @@ class WorldConfig:
   attribution_window_s: int = 86400
   behaviour: BehaviourParams = dataclasses.field(default_factory=BehaviourParams)
   timing: EventTiming = dataclasses.field(default_factory=EventTiming)
+  new_users_per_day: float = 0.0
+  new_items_per_day: float = 0.0
+  user_churn_per_day: float = 0.0
+  item_churn_per_day: float = 0.0
+  popularity_drift: float = 0.0
+  delay_model: str = "legacy"
+  conversion_delay: ConversionDelay = dataclasses.field(default_factory=ConversionDelay)
+
+  @property
+  def is_dynamic(self) -> bool:
+    """True when users or items arrive or leave, or popularity drifts."""
+    return any(getattr(self, name) > 0 for name in DYNAMIC_FIELDS)
+
+  @property
+  def heavy_tailed(self) -> bool:
+    """True with the heavy-tailed purchase delays."""
+    return self.delay_model == "heavy_tailed"
+
+  def as_record(self) -> dict:
+    """The config as world.json records it: every field, but ADDED_FIELDS only when the
+    world is dynamic or heavy-tailed (a reader takes their defaults when absent)."""
+    record = dataclasses.asdict(self)
+    if not (self.is_dynamic or self.heavy_tailed):
+      for name in ADDED_FIELDS:
+        del record[name]
+    return record
 
   @property
   def users(self) -> int:
@@ -186,6 +259,17 @@ class WorldConfig:
             self.behaviour.target_action_per_click,
             self.behaviour.target_purchase_per_click)),
          "behaviour target rates must be in (0, 1)"),
+        (all(getattr(self, name) >= 0 for name in DYNAMIC_FIELDS),
+         f"{', '.join(DYNAMIC_FIELDS)} must be >= 0"),
+        (self.user_churn_per_day < 1 and self.item_churn_per_day < 1,
+         "user_churn_per_day and item_churn_per_day must be < 1"),
+        (self.delay_model in DELAY_MODELS,
+         f"delay_model must be one of {DELAY_MODELS}, got {self.delay_model!r}"),
+        (not self.heavy_tailed or self.late_purchase_fraction == 0,
+         "late_purchase_fraction must be 0 with delay_model heavy_tailed (its delays decide "
+         f"which purchases land after the window), got {self.late_purchase_fraction}"),
+        (self.conversion_delay.median_s > 0 and self.conversion_delay.sigma > 0,
+         "conversion_delay median_s and sigma must be > 0"),
         (len(self.behaviour.device_click) == len(DEVICES)
          and len(self.behaviour.device_micro) == len(DEVICES)
          and len(self.behaviour.device_purchase) == len(DEVICES),

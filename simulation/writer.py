@@ -11,19 +11,34 @@ pipeline.preprocess (reads impressions/ and events/), evaluation (reads truth/):
       one record per behaviour event, keys EVENT_FIELDS; sorted by timestamp, the shards
       cut in time order.
   OUTPUT/truth/truth.jsonl.gz   one row per clean impression (simulation.truth), always JSONL.
+  OUTPUT/truth/outcomes.jsonl.gz  dynamic or heavy-tailed worlds only: per clean impression
+                                its click / purchase times, purchase delay and final labels
+                                (simulation.truth.write_outcomes).
   OUTPUT/world.json             config, solved intercepts, files, sizes, realised rates,
                                 selection bias, lifts, late events, Bayes AUCs, corruption
                                 counts and the dead letters the Beam job should report.
+
+With layout "daily" the logs are filed by UTC day instead (LAYOUTS; what
+`pipeline.preprocess --day D` reads):
+  OUTPUT/impressions/YYYY-MM-DD/impressions-SSSSS-of-NNNNN.jsonl.gz | .parquet
+      the impressions whose timestamp falls on that day (a bad line: the day of the clean
+      impression it was made from); rows in the flat layout's shuffled order.
+  OUTPUT/events/YYYY-MM-DD/events-SSSSS-of-NNNNN.jsonl.gz | .parquet
+      the events whose timestamp falls on that day, the day they arrive: a purchase made
+      late for a day-3 impression is in a later day's folder, also past the world's last
+      day (every day from start_date to the last event's has a folder, maybe of empty
+      shards). Sorted by timestamp.
+Every day folder holds `shards` files; their union is the flat layout's lines.
 
 Same world + same arguments -> byte-identical files (gzip mtime 0, fixed key order,
 shuffles from the seed's "layout" stream).
 """
 
-import dataclasses
+import datetime
 import glob
 import json
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -39,6 +54,7 @@ from simulation import world as world_lib
 from simulation import world_config as config_lib
 
 FORMATS = ("jsonl", "parquet")
+LAYOUTS = ("flat", "daily")
 EXTENSIONS = {"jsonl": "jsonl.gz", "parquet": "parquet"}
 IMPRESSIONS_DIR = "impressions"
 EVENTS_DIR = "events"
@@ -50,6 +66,7 @@ IMPRESSION_FIELDS = (
 FEATURE_FIELDS = IMPRESSION_FIELDS[2:]
 EVENT_FIELDS = ("impression_id", "timestamp", "event")
 _JSON_SEPARATORS = (",", ":")
+_DAY_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
 
 
 def shard_name(prefix: str, index: int, shards: int, file_format: str) -> str:
@@ -73,8 +90,10 @@ class ImpressionRecords:
                     if oracle_features else {})
     self.fields = IMPRESSION_FIELDS + tuple(self._oracle)
     population = world.population
-    self._users = [self._user_fields(population, u) for u in range(world.config.users)]
-    self._items = [self._item_fields(population, i) for i in range(world.config.items)]
+    self._users = [self._user_fields(population, u)
+                   for u in range(len(population.users.ids))]
+    self._items = [self._item_fields(population, i)
+                   for i in range(len(population.items.ids))]
 
   @staticmethod
   def _user_fields(population: population_lib.Population, u: int) -> Dict[str, Any]:
@@ -169,20 +188,30 @@ def _write_parquet(path: str, table) -> None:
 def prepare_output(output_dir: str, overwrite: bool) -> None:
   """Creates the output folders; refuses (or, with overwrite, removes) earlier outputs.
 
+  Earlier outputs: world.json, the truth and outcomes files, and the log shards of
+  either layout (flat or daily; emptied day folders are removed too).
+
   Raises:
     FileExistsError: `output_dir` holds an earlier simulation and overwrite is False.
   """
   patterns = [os.path.join(output_dir, WORLD_FILE),
-              os.path.join(output_dir, truth_lib.TRUTH_DIR, truth_lib.TRUTH_FILE)]
+              os.path.join(output_dir, truth_lib.TRUTH_DIR, truth_lib.TRUTH_FILE),
+              os.path.join(output_dir, truth_lib.TRUTH_DIR, truth_lib.OUTCOMES_FILE)]
   for folder in (IMPRESSIONS_DIR, EVENTS_DIR):
     for extension in EXTENSIONS.values():
       patterns.append(os.path.join(output_dir, folder, f"{folder}-*-of-*.{extension}"))
+      patterns.append(os.path.join(output_dir, folder, _DAY_GLOB,
+                                   f"{folder}-*-of-*.{extension}"))
   existing = sorted(path for pattern in patterns for path in glob.glob(pattern))
   if existing and not overwrite:
     raise FileExistsError(f"{output_dir}: holds an earlier simulation ({existing[0]}, "
                           f"{len(existing)} files); pass overwrite=True (--overwrite)")
   for path in existing:
     os.remove(path)
+  for folder in (IMPRESSIONS_DIR, EVENTS_DIR):
+    for day_dir in glob.glob(os.path.join(output_dir, folder, _DAY_GLOB)):
+      if os.path.isdir(day_dir) and not os.listdir(day_dir):
+        os.rmdir(day_dir)
   if existing:
     logging.info("Removed %d files of an earlier simulation in %s", len(existing),
                  output_dir)
@@ -190,16 +219,53 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
     os.makedirs(os.path.join(output_dir, folder), exist_ok=True)
 
 
+def _day_folders(folder: str, day: np.ndarray, start_date: str, days: int
+                 ) -> List[tuple]:
+  """Daily layout: [(folder/YYYY-MM-DD, [k] int64 positions with that day)] for every day
+  0 .. days - 1, from `day` ([m] int64 day numbers, in file order)."""
+  start = datetime.date.fromisoformat(start_date)
+  return [(os.path.join(folder, (start + datetime.timedelta(days=d)).isoformat()),
+           np.flatnonzero(day == d)) for d in range(days)]
+
+
+def _write_shards(output_dir: str, folders: Sequence[tuple], prefix: str, shards: int,
+                  file_format: str, lines: Optional[List[str]] = None, table=None
+                  ) -> List[str]:
+  """Writes, for each (folder, [k] row numbers) of `folders`, those rows of `lines`
+  (JSONL) or `table` (Parquet), in that order, cut into `shards` files; returns paths."""
+  paths = []
+  for folder, rows in folders:
+    os.makedirs(os.path.join(output_dir, folder), exist_ok=True)
+    for k, chunk in enumerate(np.array_split(rows, shards)):
+      path = os.path.join(output_dir, folder, shard_name(prefix, k, shards, file_format))
+      if file_format == "jsonl":
+        written = files.write_gzip_lines(path, (lines[r] for r in chunk.tolist()))
+      else:
+        import pyarrow as pa  # pylint: disable=g-import-not-at-top
+        _write_parquet(path, table.take(pa.array(chunk, type=pa.int64())))
+        written = len(chunk)
+      logging.info("Wrote %d %s lines to %s", written, prefix, path)
+      paths.append(path)
+  return paths
+
+
 def _write_impressions(world: world_lib.World, records: ImpressionRecords,
                        corruption: corruption_lib.Corruption, output_dir: str,
-                       shards: int, file_format: str) -> List[str]:
-  """Clean + bad impression lines, shuffled, in `shards` files; returns their paths."""
+                       shards: int, file_format: str, layout: str) -> List[str]:
+  """Clean + bad impression lines, shuffled, in `shards` files (per day with the daily
+  layout); returns their paths."""
   n = len(world.exposures)
   total = n + len(corruption.impressions)
   order = config_lib.rng_stream(world.config.seed, "layout").permutation(total)
-  paths = [os.path.join(output_dir, IMPRESSIONS_DIR,
-                        shard_name(IMPRESSIONS_DIR, k, shards, file_format))
-           for k in range(shards)]
+  if layout == "flat":
+    folders = [(IMPRESSIONS_DIR, order)]
+  else:
+    config = world.config
+    row_day = (world.exposures.timestamp - config.start_timestamp) // 86400
+    line_day = np.concatenate([row_day, row_day[np.asarray(corruption.impression_rows,
+                                                           np.int64)]])
+    folders = [(folder, order[positions]) for folder, positions in _day_folders(
+        IMPRESSIONS_DIR, line_day[order], config.start_date, config.days)]
   if file_format == "jsonl":
     lines = records.json_lines()
     for bad in corruption.impressions:
@@ -209,10 +275,8 @@ def _write_impressions(world: world_lib.World, records: ImpressionRecords,
         lines.append(json.dumps(bad, separators=_JSON_SEPARATORS))
       else:
         lines.append(bad)
-    for path, rows in zip(paths, np.array_split(order, shards)):
-      written = files.write_gzip_lines(path, (lines[r] for r in rows.tolist()))
-      logging.info("Wrote %d impression lines to %s", written, path)
-    return paths
+    return _write_shards(output_dir, folders, IMPRESSIONS_DIR, shards, file_format,
+                         lines=lines)
 
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   schema, _ = _parquet_schemas(records.fields)
@@ -223,16 +287,15 @@ def _write_impressions(world: world_lib.World, records: ImpressionRecords,
                  for bad in corruption.impressions]
   table = pa.concat_tables([pa.Table.from_pydict(records.columns(), schema=schema),
                             pa.Table.from_pylist(bad_records, schema=schema)])
-  for path, rows in zip(paths, np.array_split(order, shards)):
-    _write_parquet(path, table.take(pa.array(rows)))
-    logging.info("Wrote %d impression rows to %s", len(rows), path)
-  return paths
+  return _write_shards(output_dir, folders, IMPRESSIONS_DIR, shards, file_format,
+                       table=table)
 
 
 def _write_events(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
                   corruption: corruption_lib.Corruption, output_dir: str, shards: int,
-                  file_format: str) -> List[str]:
-  """Clean + bad events, sorted by timestamp, cut into `shards` files; returns paths."""
+                  file_format: str, layout: str) -> List[str]:
+  """Clean + bad events, sorted by timestamp, cut into `shards` files (per arrival day
+  with the daily layout); returns paths."""
   ids = world.exposures.impression_id
   entries = [(timestamp, {"impression_id": ids[row], "timestamp": timestamp,
                           "event": behaviour_lib.EVENT_TYPES[kind]})
@@ -241,33 +304,31 @@ def _write_events(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
                                              behaviour.event_type.tolist())]
   entries.extend(corruption.events)
   entries.sort(key=lambda entry: entry[0])   # stable: clean events first on ties
-  paths = [os.path.join(output_dir, EVENTS_DIR,
-                        shard_name(EVENTS_DIR, k, shards, file_format))
-           for k in range(shards)]
-  chunks = np.array_split(np.arange(len(entries)), shards)
+  if layout == "flat":
+    folders = [(EVENTS_DIR, np.arange(len(entries)))]
+  else:
+    config = world.config
+    day = (np.array([timestamp for timestamp, _ in entries], np.int64)
+           - config.start_timestamp) // 86400
+    last_day = max(config.days - 1, int(day.max()) if len(day) else 0)
+    folders = _day_folders(EVENTS_DIR, day, config.start_date, last_day + 1)
   if file_format == "jsonl":
     lines = [entry if isinstance(entry, str) else json.dumps(entry, separators=_JSON_SEPARATORS)
              for _, entry in entries]
-    for path, rows in zip(paths, chunks):
-      written = files.write_gzip_lines(path, (lines[r] for r in rows.tolist()))
-      logging.info("Wrote %d event lines to %s", written, path)
-    return paths
+    return _write_shards(output_dir, folders, EVENTS_DIR, shards, file_format, lines=lines)
 
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   _, schema = _parquet_schemas()
   if any(isinstance(entry, str) for _, entry in entries):
     raise ValueError("Parquet cannot hold malformed JSON lines")
   table = pa.Table.from_pylist([entry for _, entry in entries], schema=schema)
-  for path, rows in zip(paths, chunks):
-    _write_parquet(path, table.take(pa.array(rows)))
-    logging.info("Wrote %d event rows to %s", len(rows), path)
-  return paths
+  return _write_shards(output_dir, folders, EVENTS_DIR, shards, file_format, table=table)
 
 
 def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
                      output_dir: str, shards: int = 4, file_format: str = "jsonl",
                      corrupt_fraction: float = 0.0, overwrite: bool = False,
-                     oracle_features: bool = False) -> Dict[str, Any]:
+                     oracle_features: bool = False, layout: str = "flat") -> Dict[str, Any]:
   """Writes impressions, events, truth and world.json under `output_dir`.
 
   Args:
@@ -279,6 +340,8 @@ def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
     overwrite: remove an earlier simulation's files in `output_dir` instead of failing.
     oracle_features: also write the hidden factors (world.ORACLE_FIELDS) into every
       impression, for the oracle run (configs/features/simulated_oracle.yaml).
+    layout: "flat" (OUTPUT/impressions/*, OUTPUT/events/*) or "daily" (one folder per
+      UTC day, module docstring).
 
   Returns:
     The world.json content.
@@ -287,35 +350,52 @@ def write_simulation(world: world_lib.World, behaviour: behaviour_lib.Behaviour,
     raise ValueError(f"file_format must be one of {FORMATS}, got {file_format!r}")
   if shards < 1:
     raise ValueError(f"shards must be >= 1, got {shards}")
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   prepare_output(output_dir, overwrite)
   records = ImpressionRecords(world, oracle_features=oracle_features)
   corruption = corruption_lib.plan_corruption(
       world, behaviour, corrupt_fraction, allow_unparseable=file_format == "jsonl",
       impression_record=records.record)
   impression_paths = _write_impressions(world, records, corruption, output_dir, shards,
-                                        file_format)
-  event_paths = _write_events(world, behaviour, corruption, output_dir, shards, file_format)
+                                        file_format, layout)
+  event_paths = _write_events(world, behaviour, corruption, output_dir, shards, file_format,
+                              layout)
   truth_path = os.path.join(output_dir, truth_lib.TRUTH_DIR, truth_lib.TRUTH_FILE)
   truth_lib.write_truth(truth_path, world.exposures.impression_id,
                         world.population.users.ids[world.exposures.user], world.truth)
+  config = world.config
+  outcomes_path = None
+  if config.is_dynamic or config.heavy_tailed:
+    outcomes_path = os.path.join(output_dir, truth_lib.TRUTH_DIR, truth_lib.OUTCOMES_FILE)
+    truth_lib.write_outcomes(outcomes_path, world.exposures.impression_id,
+                             world.exposures.timestamp, behaviour.click_timestamp,
+                             behaviour.purchase_timestamp, behaviour.action,
+                             config.attribution_window_s)
 
   def relative(paths: Sequence[str]) -> List[str]:
     return [os.path.relpath(path, output_dir) for path in paths]
 
+  output = {
+      "format": file_format,
+      "shards": shards,
+      "files": {"impressions": relative(impression_paths),
+                "events": relative(event_paths),
+                "truth": relative([truth_path])[0]},
+      "lines": {"impressions": len(world.exposures) + len(corruption.impressions),
+                "events": len(behaviour.event_type) + len(corruption.events),
+                "truth": len(world.exposures)},
+  }
+  if layout != "flat":
+    output["layout"] = layout
+  if outcomes_path:
+    output["files"]["outcomes"] = relative([outcomes_path])[0]
+    output["lines"]["outcomes"] = len(world.exposures)
   content = {
       "generator": "pipeline.simulate",
-      "config": dataclasses.asdict(world.config),
+      "config": config.as_record(),
       "intercepts": world.intercepts,
-      "output": {
-          "format": file_format,
-          "shards": shards,
-          "files": {"impressions": relative(impression_paths),
-                    "events": relative(event_paths),
-                    "truth": relative([truth_path])[0]},
-          "lines": {"impressions": len(world.exposures) + len(corruption.impressions),
-                    "events": len(behaviour.event_type) + len(corruption.events),
-                    "truth": len(world.exposures)},
-      },
+      "output": output,
       **summary_lib.summarize(world, behaviour),
       "corruption": corruption.counts,
       "expected_dead_letter": corruption_lib.expected_dead_letter(

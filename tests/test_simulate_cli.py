@@ -66,3 +66,29 @@ def test_cli_refuses_an_earlier_output_unless_overwrite_and_checks_flags(tmp_pat
   bad_fraction = run_simulate(*args, "--overwrite", "--corrupt_fraction", "0.9")
   assert bad_fraction.returncode != 0 and "corrupt_fraction" in bad_fraction.stderr
   assert run_simulate("--impressions", "10").returncode != 0   # --output is required
+
+
+def test_cli_writes_a_dynamic_heavy_tailed_world_by_day(tmp_path):
+  output_dir = str(tmp_path / "out")
+  args = ("--output", output_dir, "--impressions", "3000", "--days", "3",
+          "--new_users_per_day", "0.05", "--item_churn_per_day", "0.05",
+          "--popularity_drift", "0.1", "--delay_model", "heavy_tailed",
+          "--attribution_window_s", "604800", "--purchase_delay_sigma", "1.2",
+          "--layout", "daily", "--shards", "1")
+  result = run_simulate(*args)
+  assert result.returncode == 0, result.stderr
+  with open(os.path.join(output_dir, "world.json")) as f:
+    world = json.load(f)
+  config = world["config"]
+  assert (config["new_users_per_day"], config["item_churn_per_day"],
+          config["delay_model"], config["late_purchase_fraction"],
+          config["conversion_delay"]["sigma"]) == (0.05, 0.05, "heavy_tailed", 0.0, 1.2)
+  assert world["output"]["layout"] == "daily"
+  assert world["output"]["files"]["outcomes"] == "truth/outcomes.jsonl.gz"
+  assert world["output"]["files"]["impressions"] == [
+      f"impressions/2026-01-0{d}/impressions-00000-of-00001.jsonl.gz" for d in (1, 2, 3)]
+  assert len(world["population_by_day"]["new_users"]) == 3
+  assert len(truth_lib.load_outcomes(output_dir)["purchase"]) == 3000
+  # heavy_tailed decides which purchases are late: an explicit late fraction is refused.
+  refused = run_simulate(*args, "--overwrite", "--late_fraction", "0.02")
+  assert refused.returncode != 0 and "late_purchase_fraction must be 0" in refused.stderr
