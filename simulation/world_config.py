@@ -125,8 +125,9 @@ class ConversionDelay:
     log D ~ Normal(log median(x), sigma^2)
   price_z is the item's standardised log price and intent the user's hidden purchase
   intent (both about unit scale, simulation.population): dearer items take longer, keen
-  buyers are quicker. With the defaults most purchases land within hours, about 13% after
-  one day and about 1.5% after seven (`sigma` is the tail's knob).
+  buyers are quicker. With the defaults (purchase-weighted over a default world, from the
+  CDF) about 67% of purchases land after 1 hour, 10-11% after 1 day and 1% after 7 days;
+  `sigma` is the tail's knob: 0.8 / 1.2 / 2.4 / 3.0 give 0.4% / 3% / 16% / 22% after a day.
   """
 
   median_s: float = 3 * 3600.0

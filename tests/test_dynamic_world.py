@@ -19,6 +19,7 @@ import math
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from simulation import behaviour as behaviour_lib
@@ -271,12 +272,26 @@ def test_daily_layout_files_each_day_and_holds_the_flat_lines(dynamic):
   assert last_event_day >= DAYS   # late purchases arrive after the world's last day
 
 
-def test_prepare_output_cleans_or_refuses_an_earlier_daily_layout(tmp_path):
+def test_daily_parquet_and_prepare_output_cleans_or_refuses_an_earlier_daily_layout(
+    tmp_path):
   small = dataclasses.replace(world_config.WorldConfig(**DYNAMIC), num_impressions=500)
   world = world_lib.build_world(small)
   behaviour = behaviour_lib.sample_behaviour(world)
-  writer.write_simulation(world, behaviour, str(tmp_path), shards=1, layout="daily")
+  content = writer.write_simulation(world, behaviour, str(tmp_path), shards=1,
+                                    layout="daily", file_format="parquet",
+                                    corrupt_fraction=0.05)
   assert os.path.isfile(tmp_path / "truth" / truth_lib.OUTCOMES_FILE)
+  start = datetime.date.fromisoformat(small.start_date)
+  for folder in ("impressions", "events"):
+    rows = 0
+    for path in glob.glob(str(tmp_path / folder / "*" / "*.parquet")):
+      day = (datetime.date.fromisoformat(os.path.basename(os.path.dirname(path)))
+             - start).days
+      timestamps = pq.read_table(path).column("timestamp").to_pylist()
+      assert all(day_of(t, small) == day for t in timestamps if t is not None), path
+      rows += len(timestamps)
+    # Every clean and bad row in exactly one day folder.
+    assert rows == content["output"]["lines"][folder] > len(behaviour.event_type) // 2
   with pytest.raises(FileExistsError, match="--overwrite"):
     writer.prepare_output(str(tmp_path), overwrite=False)
   writer.write_simulation(world, behaviour, str(tmp_path), shards=1, overwrite=True)

@@ -469,6 +469,12 @@ def test_sizes_scale_with_impressions_and_config_is_validated():
   assert world_config.WorldConfig(num_impressions=1000, num_users=7).users == 7
   with pytest.raises(ValueError, match="start_date"):
     world_config.WorldConfig(start_date="2026-13-01").validate()
+  with pytest.raises(ValueError, match="popularity_drift must be >= 0"):
+    world_config.WorldConfig(popularity_drift=-0.1).validate()
+  with pytest.raises(ValueError, match="churn_per_day must be < 1"):
+    world_config.WorldConfig(item_churn_per_day=1.0).validate()
+  with pytest.raises(ValueError, match="delay_model must be one of"):
+    world_config.WorldConfig(delay_model="exponential").validate()
   with pytest.raises(ValueError, match="corrupt_fraction"):
     corruption_lib.plan_corruption(None, None, 0.9, True, None)
 
