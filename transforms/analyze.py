@@ -2,7 +2,10 @@
 
 Flow: SplitBatchesByTime -> train batches -> **AnalyzeBatches -> WriteTransformArtifacts** ->
 OUTPUT/transform/ -> `features.artifacts.load_artifacts` -> the model's preprocessing
-layers. The layout is documented in `features/artifacts.py`:
+layers. The daily job sums the same per-bundle partials (`analyzer_partials`) into one
+state per day and merges a window of them (`transforms/analyzer_state.py`), which gives
+the artifacts of one pass over the window byte for byte. The layout is documented in
+`features/artifacts.py`:
 
   * vocabulary: the `max_tokens` most frequent tokens, ties by token (utf-8 bytes
     ascending); int tokens as decimal strings. Empty tokens and tokens holding a line
@@ -51,6 +54,7 @@ NORMALIZE = "normalize"
 BUCKETIZE = "bucketize"
 HASH = "hash"
 COUNT = "count"
+SKIPPED = "skipped"  # Tagged output: a bundle's count of tokens no vocabulary file holds.
 
 MAX_BUFFERED_TOKENS = 200000  # distinct (feature, token) counts held before a flush.
 MAX_BUFFERED_VALUES = 200000  # distinct (feature, value) counts held before a flush.
@@ -324,8 +328,7 @@ class BatchAnalyzer:
 
 
 class _BatchAnalyzerInputsFn(beam.DoFn):
-  """Train batches -> per-bundle partials on the tagged outputs of
-  (vocabulary, normalize, bucketize), as `combine_partials` reads them."""
+  """Train batches -> per-bundle partials on the tagged outputs of `analyzer_partials`."""
 
   def __init__(self, spec: spec_lib.FeatureSpec):
     self._spec = spec
@@ -353,6 +356,8 @@ class _BatchAnalyzerInputsFn(beam.DoFn):
     analyzer = self._analyzer
     if analyzer.skipped_tokens:
       self._skipped.inc(analyzer.skipped_tokens)
+      yield beam.pvalue.TaggedOutput(SKIPPED,
+                                     GlobalWindows.windowed_value(analyzer.skipped_tokens))
     for key_count in analyzer.token_counts.items():
       yield beam.pvalue.TaggedOutput(VOCABULARY, GlobalWindows.windowed_value(key_count))
     for name, moments in analyzer.moments.items():
@@ -362,6 +367,17 @@ class _BatchAnalyzerInputsFn(beam.DoFn):
     for key_count in analyzer.histogram.items():
       yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value(key_count))
     analyzer.clear()
+
+
+def analyzer_partials(batches: beam.PCollection, spec: spec_lib.FeatureSpec):
+  """Labelled train batches -> per-bundle partial statistics (`BatchAnalyzer`'s), on
+  the tagged outputs {"vocabulary": ((feature, token), count), "normalize": (feature,
+  ExactMomentsCombineFn accumulator), "bucketize": ((feature, histogram_value), count),
+  "skipped": count}. Any bundling: every statistic is a sum of these integers.
+  `AnalyzeBatches` reduces them to artifacts, `analyzer_state.AnalyzeBatchesToState`
+  sums them into a day's state."""
+  return batches | "Partial" >> beam.ParDo(_BatchAnalyzerInputsFn(spec)).with_outputs(
+      VOCABULARY, NORMALIZE, BUCKETIZE, SKIPPED)
 
 
 class AnalyzeBatches(beam.PTransform):
@@ -374,8 +390,7 @@ class AnalyzeBatches(beam.PTransform):
     self._spec = spec
 
   def expand(self, batches):
-    partial = batches | "Partial" >> beam.ParDo(_BatchAnalyzerInputsFn(self._spec)).with_outputs(
-        VOCABULARY, NORMALIZE, BUCKETIZE)
+    partial = analyzer_partials(batches, self._spec)
     examples = (batches
                 | "Rows" >> beam.Map(lambda batch: batch.num_rows)
                 | "CountExamples" >> beam.CombineGlobally(sum))
@@ -387,9 +402,8 @@ def combine_partials(partial, train_examples: beam.PCollection,
   """Per-bundle partial statistics -> the single dict of `AnalyzeBatches`.
 
   Args:
-    partial: {"vocabulary": ((feature, token), count), "normalize": (feature,
-      ExactMomentsCombineFn accumulator), "bucketize": ((feature, histogram_value),
-      count)}, as `_BatchAnalyzerInputsFn` emits them (any bundling: every merge is exact).
+    partial: the tagged outputs of `analyzer_partials` (any bundling: every merge is
+      exact).
     train_examples: one int, the number of train records.
   """
   pieces = [train_examples | "CountPiece" >> beam.Map(lambda n: (COUNT, None, n))]
