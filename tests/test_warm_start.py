@@ -218,13 +218,31 @@ def test_another_model_or_size_is_refused_naming_it(small_world, earlier_esmm, t
     trainer.train_and_export(naive, small_world["data"], str(tmp_path / "model"),
                              export=False, warm_start_from=earlier_dir)
   assert not os.path.exists(tmp_path / "model" / "warm_start")
-  wider = _config(small_world, model={"tower_units": [16]})
   state = warm_start.load_state(earlier_dir)
   artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(small_world["data"]))
+  wider = _config(small_world, model={"tower_units": [16]})
   model = registry.build_model(wider, wider.load_feature_spec(), artifacts)
   with pytest.raises(warm_start.WarmStartError, match=r"variable ctr_tower\.logit\.kernel has "
                      r"shape \[8, 1\] in the earlier model and \[16, 1\] in this one"):
     state.restore(model)
+
+
+def test_another_optimizer_starts_fresh_with_the_weights_carried(small_world, earlier_esmm):
+  """Adam's m and v do not map onto Adagrad's accumulator: the weights carry over, the
+  optimizer keeps its initial state (accumulators at initial_accumulator_value, step 0)."""
+  config, earlier, earlier_dir = earlier_esmm
+  adagrad = _config(small_world, train={"optimizer": "adagrad"})
+  artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(small_world["data"]))
+  model = registry.build_model(adagrad, adagrad.load_feature_spec(), artifacts)
+  model.compile(optimizer=trainer.make_optimizer(adagrad.train))
+  warm_start.load_state(earlier_dir).restore(model)
+  earlier_paths = warm_start.weight_paths(earlier)
+  for path, variable in warm_start.weight_paths(model).items():
+    np.testing.assert_array_equal(variable.numpy(), earlier_paths[path].numpy())
+    slots = warm_start._slot_variables(model.optimizer, variable)
+    np.testing.assert_array_equal(slots["accumulator"].numpy(),
+                                  model.optimizer.initial_accumulator_value)
+  assert int(model.optimizer.iterations.numpy()) == 0
 
 
 def test_an_incomplete_or_missing_state_is_one_line_before_tensorflow(small_world,
