@@ -17,6 +17,9 @@ Every hidden factor has roughly unit scale; the observable features carry part o
     down); gender; five preferred categories (gender-skewed) with weights; taste (weighted
     preferred centres + noise); `user_recent_categories` (0..5, mostly preferred ones);
     a primary device. Popularity Zipf(user_zipf_exponent) over a random order.
+Users and items that arrive later in a dynamic world (simulation.dynamics) come from the
+same functions, `make_users` and `make_items` (the catalogue's hidden factors are kept in
+`CatalogueFactors` for them), with popularity weights from `zipf_arrival_weights`.
 """
 
 import dataclasses
@@ -85,7 +88,8 @@ class Items:
     brand: [items] int64 index into `Population.brand_names`.
     price: [items] float64 > 0, rounded to cents.
     rating: [items] float64 in [1, 5], one decimal.
-    popularity: [items] float64, global share of exposures (sums to 1).
+    popularity: [items] float64, global share of exposures (sums to 1 over the initial
+      items; items arriving later, simulation.dynamics, are appended on the same scale).
     quality, attractiveness: [items] float64 hidden factors.
     price_z: [items] float64, standardised log price.
     taste: [items, latent_dim] float64.
@@ -114,7 +118,8 @@ class Users:
     segment: [users] int64 index into SEGMENTS.
     recent_categories: per user a list of 0..5 distinct category indices.
     primary_device: [users] int64 index into world_config.DEVICES.
-    popularity: [users] float64, share of exposures (sums to 1).
+    popularity: [users] float64, share of exposures (sums to 1 over the initial users;
+      arrivals appended on the same scale).
     intent, activity, price_sensitivity, research: [users] float64 hidden traits.
     preferred_categories: [users, 5] int64 category indices.
     preferred_weights: [users, 5] float64, rows sum to 1, descending.
