@@ -13,8 +13,10 @@ the globs before it builds the job).
 
 What the dry run checks (apache_beam 2.61.0: pipeline.py `Pipeline.run`,
 runners/dataflow/dataflow_runner.py `run_pipeline`, internal/apiclient.py `Job`):
-  * Dataflow's options when the pipeline is made: project id form, region, a gs://
-    temp_location (the staging location defaults to it);
+  * Dataflow's options when the pipeline is made: project id form, region, job name
+    form; the gs:// temp_location (the staging location defaults to it) is only
+    recorded, but it must be given: without one, or with a local path, Beam's option
+    validation asks GCS for a default bucket (offline: a 120 s retry, then an error);
   * the round trip of the whole pipeline through the Runner API that DataflowRunner (not
     the DirectRunner) makes: every transform pickled and rebuilt in this process;
   * the translation to the portable pipeline proto: every DoFn and CombineFn pickled,
@@ -236,14 +238,19 @@ def inputs(tmp_path_factory):
 def test_the_job_translates_for_dataflow_offline(name, flags, steps, inputs):
   directory = inputs / name
   directory.mkdir()
-  argv = flags(str(directory)) + ["--output", f"{BUCKET}/runs/{name}"] + DATAFLOW_FLAGS
+  # A job name of our own, as the scheduled command gives one (Beam's default asks
+  # getpass.getuser(), which fails for a uid without a passwd entry, e.g. in a container).
+  job_name = f"cvr-preprocess-{name.replace('_', '-')}"
+  argv = flags(str(directory)) + ["--output", f"{BUCKET}/runs/{name}",
+                                  "--job_name", job_name] + DATAFLOW_FLAGS
   pipeline = build_pipeline(argv)
   job, shipped = dry_run(pipeline)
 
   assert job.proto.type == job.proto.TypeValueValuesEnum.JOB_TYPE_BATCH, (
       f"{name}: a {job.proto.type} job (an unbounded step?); Dataflow would never end it")
   options = job.options.view_as(pipeline_options.GoogleCloudOptions)
-  assert options.temp_location.startswith(f"{BUCKET}/tmp/{job.proto.name}.")
+  assert job.proto.name == job_name
+  assert options.temp_location.startswith(f"{BUCKET}/tmp/{job_name}.")  # only recorded
   components = job.proto_pipeline.components
   top, = job.proto_pipeline.root_transform_ids  # the pipeline's, holding the job's root
   root, = components.transforms[top].subtransforms
