@@ -3,12 +3,13 @@
 No step is trained: each earlier model (ESMM with Adam, naive with LazyAdam) is built on
 the session's small world with its optimizer slots set to random values (distinct rows,
 as after training) and saved by warm_start.save_state, what the trainer calls at the end
-of every run. The later vocabularies are the small world's edited
-in a temp copy: tokens reordered (reversed), removed, and new tokens inserted before the
-old ones; the copy's normalize means and bucketize boundaries are moved too (the
-warm-started model keeps the earlier ones). Before any step, every example whose tokens
-are all in both vocabularies (or in neither: both map them to the OOV row) must score as
-the earlier model scored it, to 1e-6 on every output.
+of every run. The later vocabularies are the small world's edited in a temp copy: tokens
+reordered (reversed), removed, and new tokens inserted before the old ones; the copy's
+normalize means and bucketize boundaries are moved too (the warm-started model keeps the
+earlier ones). Before any step, every example whose tokens are all in both vocabularies
+(or in neither: both map them to the OOV row) must score as the earlier model scored it,
+to 1e-6 on every output. The oracle is the earlier model's own scores; the tests fail
+with positional row copies or with the new statistics.
 """
 
 import os
