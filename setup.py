@@ -51,7 +51,7 @@ setuptools.setup(
     entry_points={"console_scripts": [
         f"cvr-{step}=pipeline.cli:{step}"
         for step in ("init", "simulate", "preprocess", "train", "evaluate", "predict",
-                     "demo")]},
+                     "demo", "daily")]},
     extras_require={
         # benchmarks/: the DeepCTR baseline (0.9.4 is the first release that imports on
         # TF 2.16 under TF_USE_LEGACY_KERAS=1), peak memory, the truth benchmark's plot.
