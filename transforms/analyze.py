@@ -2,7 +2,7 @@
 
 Flow: SplitBatchesByTime -> train batches -> **AnalyzeBatches -> WriteTransformArtifacts** ->
 OUTPUT/transform/ -> `features.artifacts.load_artifacts` -> the model's preprocessing
-layers. The daily job sums the same per-bundle partials (`analyzer_partials`) into one
+layers. The daily job sums the same per-bundle partials (`analyzer_pieces`) into one
 state per day and merges a window of them (`transforms/analyzer_state.py`), which gives
 the artifacts of one pass over the window byte for byte. The layout is documented in
 `features/artifacts.py`:
@@ -54,7 +54,7 @@ NORMALIZE = "normalize"
 BUCKETIZE = "bucketize"
 HASH = "hash"
 COUNT = "count"
-SKIPPED = "skipped"  # Tagged output: a bundle's count of tokens no vocabulary file holds.
+SKIPPED = "skipped"  # A bundle's count of the tokens no vocabulary file holds.
 
 MAX_BUFFERED_TOKENS = 200000  # distinct (feature, token) counts held before a flush.
 MAX_BUFFERED_VALUES = 200000  # distinct (feature, value) counts held before a flush.
@@ -328,10 +328,14 @@ class BatchAnalyzer:
 
 
 class _BatchAnalyzerInputsFn(beam.DoFn):
-  """Train batches -> per-bundle partials on the tagged outputs of `analyzer_partials`."""
+  """Train batches -> per-bundle partials (`BatchAnalyzer`'s): on the tagged outputs
+  (vocabulary, normalize, bucketize), as `combine_partials` reads them; or, with
+  `pieces=True`, as (kind, partial) pairs on the main output, as `analyzer_pieces`
+  documents them."""
 
-  def __init__(self, spec: spec_lib.FeatureSpec):
+  def __init__(self, spec: spec_lib.FeatureSpec, pieces: bool = False):
     self._spec = spec
+    self._pieces = pieces
     self._skipped = beam.metrics.Metrics.counter("analyze", "vocabulary_tokens_skipped")
 
   def setup(self):
@@ -339,45 +343,53 @@ class _BatchAnalyzerInputsFn(beam.DoFn):
 
   def start_bundle(self):
     self._analyzer.clear()
+    self._rows = 0
+
+  def _output(self, kind: str, partial: Any, windowed: bool = False) -> Any:
+    element = (kind, partial) if self._pieces else partial
+    if windowed:  # finish_bundle's outputs need a window.
+      element = GlobalWindows.windowed_value(element)
+    return element if self._pieces else beam.pvalue.TaggedOutput(kind, element)
 
   def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
     analyzer = self._analyzer
     analyzer.add(batch)
+    self._rows += batch.num_rows
     if len(analyzer.token_counts) >= MAX_BUFFERED_TOKENS:
       for key_count in analyzer.token_counts.items():
-        yield beam.pvalue.TaggedOutput(VOCABULARY, key_count)
+        yield self._output(VOCABULARY, key_count)
       analyzer.token_counts.clear()
     if len(analyzer.histogram) >= MAX_BUFFERED_VALUES:
       for key_count in analyzer.histogram.items():
-        yield beam.pvalue.TaggedOutput(BUCKETIZE, key_count)
+        yield self._output(BUCKETIZE, key_count)
       analyzer.histogram.clear()
 
   def finish_bundle(self):
     analyzer = self._analyzer
     if analyzer.skipped_tokens:
       self._skipped.inc(analyzer.skipped_tokens)
-      yield beam.pvalue.TaggedOutput(SKIPPED,
-                                     GlobalWindows.windowed_value(analyzer.skipped_tokens))
+    if self._pieces:
+      yield self._output(COUNT, self._rows, windowed=True)
+      yield self._output(SKIPPED, analyzer.skipped_tokens, windowed=True)
     for key_count in analyzer.token_counts.items():
-      yield beam.pvalue.TaggedOutput(VOCABULARY, GlobalWindows.windowed_value(key_count))
+      yield self._output(VOCABULARY, key_count, windowed=True)
     for name, moments in analyzer.moments.items():
       if moments[0]:
-        yield beam.pvalue.TaggedOutput(NORMALIZE,
-                                       GlobalWindows.windowed_value((name, moments)))
+        yield self._output(NORMALIZE, (name, moments), windowed=True)
     for key_count in analyzer.histogram.items():
-      yield beam.pvalue.TaggedOutput(BUCKETIZE, GlobalWindows.windowed_value(key_count))
+      yield self._output(BUCKETIZE, key_count, windowed=True)
     analyzer.clear()
 
 
-def analyzer_partials(batches: beam.PCollection, spec: spec_lib.FeatureSpec):
-  """Labelled train batches -> per-bundle partial statistics (`BatchAnalyzer`'s), on
-  the tagged outputs {"vocabulary": ((feature, token), count), "normalize": (feature,
-  ExactMomentsCombineFn accumulator), "bucketize": ((feature, histogram_value), count),
-  "skipped": count}. Any bundling: every statistic is a sum of these integers.
-  `AnalyzeBatches` reduces them to artifacts, `analyzer_state.AnalyzeBatchesToState`
-  sums them into a day's state."""
-  return batches | "Partial" >> beam.ParDo(_BatchAnalyzerInputsFn(spec)).with_outputs(
-      VOCABULARY, NORMALIZE, BUCKETIZE, SKIPPED)
+def analyzer_pieces(batches: beam.PCollection, spec: spec_lib.FeatureSpec
+                    ) -> beam.PCollection:
+  """Labelled train batches -> the per-bundle partials of `AnalyzeBatches`, as
+  (kind, partial) pairs: ("count", rows), ("skipped", unwritable tokens),
+  ("vocabulary", ((feature, token), count)), ("normalize", (feature,
+  ExactMomentsCombineFn accumulator)), ("bucketize", ((feature, histogram_value),
+  count)). Every statistic is a sum of these integers, whatever the bundling;
+  `analyzer_state.AnalyzeBatchesToState` sums them into a day's state."""
+  return batches | "Partial" >> beam.ParDo(_BatchAnalyzerInputsFn(spec, pieces=True))
 
 
 class AnalyzeBatches(beam.PTransform):
@@ -390,7 +402,8 @@ class AnalyzeBatches(beam.PTransform):
     self._spec = spec
 
   def expand(self, batches):
-    partial = analyzer_partials(batches, self._spec)
+    partial = batches | "Partial" >> beam.ParDo(_BatchAnalyzerInputsFn(self._spec)).with_outputs(
+        VOCABULARY, NORMALIZE, BUCKETIZE)
     examples = (batches
                 | "Rows" >> beam.Map(lambda batch: batch.num_rows)
                 | "CountExamples" >> beam.CombineGlobally(sum))
@@ -402,8 +415,9 @@ def combine_partials(partial, train_examples: beam.PCollection,
   """Per-bundle partial statistics -> the single dict of `AnalyzeBatches`.
 
   Args:
-    partial: the tagged outputs of `analyzer_partials` (any bundling: every merge is
-      exact).
+    partial: {"vocabulary": ((feature, token), count), "normalize": (feature,
+      ExactMomentsCombineFn accumulator), "bucketize": ((feature, histogram_value),
+      count)}, as `_BatchAnalyzerInputsFn` emits them (any bundling: every merge is exact).
     train_examples: one int, the number of train records.
   """
   pieces = [train_examples | "CountPiece" >> beam.Map(lambda n: (COUNT, None, n))]

@@ -63,6 +63,7 @@ from transforms import analyze
 
 FORMAT = "cvr-pipeline/analyzer-state"
 FORMAT_VERSION = 1
+_TEMPORARY = ".tmp-"  # write_state's temporary files: <path>.tmp-<hex>.
 ANALYSED = (analyze.VOCABULARY, analyze.NORMALIZE, analyze.BUCKETIZE)
 
 
@@ -128,8 +129,7 @@ def _add_counts(into: Dict[Any, int], key: Any, count: int) -> None:
 
 
 def add_piece(state: AnalyzerState, kind: str, value: Any) -> None:
-  """Adds one partial of `analyze.analyzer_partials` (tag `kind`), or a row count
-  (kind "count"), to the state in place."""
+  """Adds one (kind, partial) piece of `analyze.analyzer_pieces` to the state in place."""
   if kind == analyze.COUNT:
     state.train_examples += value
   elif kind == analyze.SKIPPED:
@@ -187,9 +187,11 @@ class _StateCombineFn(beam.CombineFn):
 class AnalyzeBatchesToState(beam.PTransform):
   """One day's labelled train batches -> a PCollection of one `AnalyzerState`.
 
-  The per-bundle partials of `analyze.AnalyzeBatches` (`analyze.analyzer_partials`),
+  The per-bundle partials of `analyze.AnalyzeBatches` (`analyze.analyzer_pieces`),
   summed whole by one lifted combine instead of reduced to artifacts; the last merge
-  holds every distinct token of the day on one worker (module docstring: memory).
+  holds every distinct token of the day on one worker (module docstring: memory). A day
+  without batches gives an empty state. Write it with
+  `state | beam.Map(write_state, path)`.
   """
 
   def __init__(self, spec: spec_lib.FeatureSpec):
@@ -197,15 +199,7 @@ class AnalyzeBatchesToState(beam.PTransform):
     self._spec = spec
 
   def expand(self, batches):
-    partial = analyze.analyzer_partials(batches, self._spec)
-    kinds = [analyze.SKIPPED] + [kind for kind in ANALYSED if any(
-        feature.transform == kind for feature in self._spec)]
-    pieces = [batches | "RowsPiece" >> beam.Map(lambda batch: (analyze.COUNT, batch.num_rows))]
-    for kind in kinds:
-      pieces.append(partial[kind] | f"{kind.capitalize()}Piece" >> beam.Map(
-          lambda value, kind=kind: (kind, value)))
-    return (pieces
-            | "FlattenStatePieces" >> beam.Flatten()
+    return (analyze.analyzer_pieces(batches, self._spec)
             | "SumState" >> beam.CombineGlobally(_StateCombineFn(self._spec)))
 
 
@@ -308,12 +302,16 @@ def decode_state(content: bytes, source: str) -> AnalyzerState:
 
 
 def write_state(state: AnalyzerState, path: str) -> str:
-  """Writes the state to `path` (local or gs://) atomically: a temporary name beside it,
-  then a rename, so a reader sees the old file or the whole new one. Returns path."""
-  temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+  """Writes the state to `path` (local or gs://) atomically: a temporary name beside it
+  (`<path>.tmp-<hex>`), then a rename, so a reader sees the old file or the whole new
+  one. Temporaries a killed earlier write left at `path` are removed first. Returns path."""
   directory = os.path.dirname(path)
   if directory:
     tf.io.gfile.makedirs(directory)
+  for stale in tf.io.gfile.glob(f"{path}{_TEMPORARY}*"):
+    logging.info("Removing %s, left by an interrupted write", stale)
+    tf.io.gfile.remove(stale)
+  temporary = f"{path}{_TEMPORARY}{uuid.uuid4().hex}"
   try:
     with tf.io.gfile.GFile(temporary, "wb") as f:
       f.write(encode_state(state))
