@@ -17,9 +17,15 @@ from --start to --end:
                  (hard links into a temporary name, then one rename)
   4. evaluate    the new version on day D+1's new impressions (WORK/days/<D+1>, preprocessed
                  here when RAW has that day; against the simulator's truth when there is
-                 one) -> WORK/evals/<D>.json
+                 one) -> WORK/evals/<D>.json. Without day D+1 in RAW yet, the row has no
+                 metrics; the run of a later day evaluates it then (run every day as
+                 --start D --end D: day D-1's model is scored on D, its row printed again)
   5. row         one line printed; WORK/daily.jsonl rewritten with every finished day's row
                  (columns: pipeline/daily_table.py)
+
+WORK holds days/<D>/, history/<D>/, models/<D>/, serving/<version>/, evals/<D>.json,
+stages/<D>/<stage>.json (the loop's only state), daily.jsonl and .lock (held while a
+loop runs: a second one on the same WORK is refused).
 
 Validation: each training holds out --validation_fraction of its examples (by a stable
 hash of impression_id; default the config's train.validation_fraction, else 0.1) for early
@@ -49,6 +55,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import glob
 import json
 import os
@@ -311,8 +318,12 @@ def _redo(loop: Loop, day: str, stage: str, record: Dict[str, Any]) -> bool:
 
 
 def has_raw_day(loop: Loop, day: str) -> bool:
-  return all(os.path.isdir(os.path.join(loop.raw, kind, day))
-             for kind in ("impressions", "events")) if "://" not in loop.raw else True
+  """Whether RAW has the day's impressions and events folders."""
+  isdir = os.path.isdir
+  if "://" in loop.raw:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # loaded by now
+    isdir = tf.io.gfile.isdir
+  return all(isdir(os.path.join(loop.raw, kind, day)) for kind in ("impressions", "events"))
 
 
 # ---- the stages ----
@@ -435,28 +446,38 @@ def evaluate_day(loop: Loop, day: str) -> Dict[str, Any]:
           "tasks": report.json_ready(result["tasks"]), "report": layout.eval_report(day)}
 
 
-def run_day(loop: Loop, day: str) -> Dict[str, Any]:
-  """The day's stages (each skipped when done); returns its row."""
-  records = {"preprocess": run_stage(loop, day, "preprocess",
-                                     lambda: preprocess_day(loop, day))}
-  records["train"] = run_stage(loop, day, "train", lambda: train_day(loop, day))
-  records["export"] = run_stage(loop, day, "export", lambda: export_day(loop, day))
+def row_of(layout: Layout, day: str) -> Optional[Dict[str, Any]]:
+  """The day's row, or None while one of its stages has no record."""
+  records = {stage: read_record(layout, day, stage) for stage in STAGES}
+  return daily_table.make_row(day, records) if all(records.values()) else None
+
+
+def run_day(loop: Loop, day: str) -> List[Dict[str, Any]]:
+  """The day's stages (each skipped when done); returns the rows to print: the day
+  before's when its evaluation waited for this day's data (run the loop every day with
+  --start D --end D: day D-1's model is evaluated on D then), then the day's."""
+  layout = loop.layout
+  run_stage(loop, day, "preprocess", lambda: preprocess_day(loop, day))
+  rows = []
+  before = shift_day(day, -1)
+  waiting = read_record(layout, before, "evaluate")
+  if waiting is not None and waiting["eval_day"] is None:
+    run_stage(loop, before, "evaluate", lambda: evaluate_day(loop, before))
+    rows.append(row_of(layout, before))
+  run_stage(loop, day, "train", lambda: train_day(loop, day))
+  run_stage(loop, day, "export", lambda: export_day(loop, day))
   next_day = shift_day(day, 1)
   if has_raw_day(loop, next_day):
     run_stage(loop, next_day, "preprocess", lambda: preprocess_day(loop, next_day))
-  records["evaluate"] = run_stage(loop, day, "evaluate", lambda: evaluate_day(loop, day))
-  return daily_table.make_row(day, records)
+  run_stage(loop, day, "evaluate", lambda: evaluate_day(loop, day))
+  return rows + [row_of(layout, day)]
 
 
 def finished_rows(layout: Layout) -> List[Dict[str, Any]]:
   """The rows of every day of WORKDIR whose stages are all recorded, by day."""
-  rows = []
-  for path in sorted(glob.glob(os.path.join(layout.workdir, "stages", "*"))):
-    day = os.path.basename(path)
-    records = {stage: read_record(layout, day, stage) for stage in STAGES}
-    if all(records.values()):
-      rows.append(daily_table.make_row(day, records))
-  return rows
+  days = sorted(os.path.basename(path)
+                for path in glob.glob(os.path.join(layout.workdir, "stages", "*")))
+  return [row for row in map(functools.partial(row_of, layout), days) if row]
 
 
 def run(argv: Optional[Sequence[str]] = None, out=None) -> List[Dict[str, Any]]:
@@ -493,8 +514,9 @@ def _run_days(loop: Loop, out) -> List[Dict[str, Any]]:
   out.write(daily_table.format_header() + "\n")
   rows = []
   for day in loop.days:
-    rows.append(run_day(loop, day))
-    out.write(daily_table.format_row(rows[-1]) + "\n")
+    printed = run_day(loop, day)
+    rows.append(printed[-1])
+    out.writelines(daily_table.format_row(row) + "\n" for row in printed)
     out.flush()
     daily_table.write_table(layout.table, finished_rows(layout))
   logging.info("Days %s..%s done: table %s, serving base %s", loop.days[0], loop.days[-1],

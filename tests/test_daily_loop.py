@@ -77,9 +77,9 @@ def write_config(path: str) -> str:
   return path
 
 
-def loop_args(raw: str, workdir: str, config: str):
-  return ["--raw", raw, "--workdir", workdir, "--config", config, "--start", START,
-          "--end", END, "--history_days", "2", "--validation_fraction", "0.2"]
+def loop_args(raw: str, workdir: str, config: str, start: str = START, end: str = END):
+  return ["--raw", raw, "--workdir", workdir, "--config", config, "--start", start,
+          "--end", end, "--history_days", "2", "--validation_fraction", "0.2"]
 
 
 def count_records(pattern: str) -> int:
@@ -278,15 +278,25 @@ def test_a_row_has_every_column_once_and_prints_missing_values_as_dashes():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """One uninterrupted in-process run over the world: {"raw", "config", "work", "rows",
-  "printed"}."""
+  """The loop run as a team runs it every day, uninterrupted, in-process: on day 2 (RAW
+  has days 1-2 yet: history, first model, no evaluation), then on day 3 when its logs
+  have arrived (day 2's model is evaluated now, day 3's trained). {"raw", "config",
+  "work", "first", "rows": the table, "printed"}."""
   root = str(tmp_path_factory.mktemp("daily"))
   raw = write_daily_world(root)
   config = write_config(os.path.join(root, "small.yaml"))
+  later = os.path.join(root, "not_yet")
+  for kind in ("impressions", "events"):
+    os.makedirs(os.path.join(later, kind))
+    shutil.move(os.path.join(raw, kind, END), os.path.join(later, kind, END))
   work = os.path.join(root, "reference")
   printed = io.StringIO()
-  rows = daily.run(loop_args(raw, work, config), out=printed)
-  return {"raw": raw, "config": config, "work": work, "rows": rows,
+  first = daily.run(loop_args(raw, work, config, START, START), out=printed)
+  for kind in ("impressions", "events"):  # day 3's logs arrive
+    shutil.move(os.path.join(later, kind, END), os.path.join(raw, kind, END))
+  daily.run(loop_args(raw, work, config, END, END), out=printed)
+  return {"raw": raw, "config": config, "work": work, "first": first,
+          "rows": daily_table.read_table(daily.Layout(work).table),
           "printed": printed.getvalue()}
 
 
@@ -320,13 +330,17 @@ def test_each_day_trains_exports_and_evaluates_on_the_next(reference):
   assert versions.list_versions(layout.serving).complete == [20260102, 20260103]
   assert versions.newest_complete_version(layout.serving) == layout.version_dir(END)
   assert all(row[f"{stage}_cpu_s"] > 0 for row in rows for stage in ("preprocess", "train"))
-  assert daily_table.read_table(layout.table) == rows
-  assert [line.split()[0] for line in reference["printed"].splitlines()] == ["day", START, END]
-  # The same command again: every stage is skipped, the rows are the same.
+  # Day 2's row was printed without an evaluation, then again with it on day 3.
+  assert reference["first"][0]["eval_day"] is None
+  assert without_times(reference["first"][0]) == without_times(
+      {**scratch, **daily_table.metric_columns(None), "eval_day": None, "eval_examples": None})
+  assert [line.split()[0] for line in reference["printed"].splitlines()] == [
+      "day", START, "day", START, END]
+  # The whole range at once: every stage is skipped, the rows are the same.
   records = sorted(glob.glob(os.path.join(work, "stages", "*", "*.json")))
   stamps = [os.stat(path).st_mtime_ns for path in records]
   again = daily.run(loop_args(reference["raw"], work, reference["config"]), out=io.StringIO())
-  assert again == rows
+  assert again == rows == daily_table.read_table(layout.table)
   assert [os.stat(path).st_mtime_ns for path in records] == stamps
 
 
@@ -369,6 +383,8 @@ def test_a_run_killed_in_beam_then_in_training_ends_as_an_uninterrupted_one(refe
              str(tmp_path / "second.log"))
   assert daily.read_record(layout, END, "preprocess") is not None
   assert daily.read_record(layout, END, "train") is None
+  # Meanwhile the serving base serves day 2's version, complete.
+  assert versions.newest_complete_version(layout.serving) == layout.version_dir(START)
   finished = subprocess.run(command, cwd=small_world.REPO, env=small_world.subprocess_env(),
                             capture_output=True, text=True, check=False)
   assert finished.returncode == 0, finished.stderr[-3000:]
