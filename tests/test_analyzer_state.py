@@ -126,6 +126,21 @@ def test_day_state_holds_every_token_and_count(computed):
   assert skipped_days == 2  # device "" and tags "bad\ntoken" of analyze_test._records.
 
 
+def test_state_of_all_days_is_the_sum_of_the_day_states(computed):
+  """Whole states, not only the top tokens: the same counts, accumulators and file bytes
+  from other batches, bundles and insertion orders."""
+  root = computed["root"]
+  total = analyzer_state.empty_state(SPEC)
+  for day in (2, 0, 1):
+    analyzer_state.add_state(total, analyzer_state.read_state(str(root / f"day{day}"), SPEC))
+  whole = analyzer_state.read_state(str(root / "all"), SPEC)
+  positions = {str(r["features"]["position"]) for records in computed["days"]
+               for r in records if "position" in r["features"]}
+  assert total == whole and set(whole.token_counts["position"]) == positions
+  assert len(positions) > 3 * 10  # Ten day-specific positions a day, and more.
+  assert analyzer_state.encode_state(total) == (root / "all").read_bytes()
+
+
 def test_day_without_batches_has_an_empty_state(computed):
   empty = analyzer_state.read_state(str(computed["root"] / "empty"), SPEC)
   assert empty == analyzer_state.empty_state(SPEC)
@@ -195,7 +210,7 @@ def test_unreadable_files_name_the_file(tmp_path):
   (tmp_path / "plain").write_text("{}")
   with pytest.raises(analyzer_state.AnalyzerStateError, match=f"{tmp_path}/plain: not an"):
     analyzer_state.read_state(str(tmp_path / "plain"), SPEC)
-  state = analyzer_state.AnalyzerState(features=analyzer_state.state_features(SPEC))
+  state = analyzer_state.empty_state(SPEC)
   text = gzip.decompress(analyzer_state.encode_state(state)).decode()
   assert '"format_version":1' in text
   (tmp_path / "future").write_bytes(gzip.compress(text.replace(
@@ -203,5 +218,10 @@ def test_unreadable_files_name_the_file(tmp_path):
   with pytest.raises(analyzer_state.AnalyzerStateError,
                      match=f"{tmp_path}/future: analyzer state format_version 2"):
     analyzer_state.read_state(str(tmp_path / "future"), SPEC)
+  (tmp_path / "edited").write_bytes(gzip.compress(text.replace(
+      '"bucketize":{"age":[],"flat":[]}', '"bucketize":{"age":[]}').encode()))
+  with pytest.raises(analyzer_state.AnalyzerStateError,
+                     match=r"edited: malformed .* bucketize statistics of \['age'\] for"):
+    analyzer_state.read_state(str(tmp_path / "edited"), SPEC)
   with pytest.raises(analyzer_state.AnalyzerStateError, match="no analyzer states"):
     analyzer_state.merge_states([], SPEC)

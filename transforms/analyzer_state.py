@@ -286,7 +286,7 @@ def decode_state(content: bytes, source: str) -> AnalyzerState:
                              f"{data.get('format_version')!r}, this code reads "
                              f"{FORMAT_VERSION}; re-run that day's preprocessing")
   try:
-    return AnalyzerState(
+    state = AnalyzerState(
         features=data["features"], train_examples=int(data["train_examples"]),
         skipped_tokens=int(data["skipped_tokens"]),
         token_counts={name: {token: int(count) for token, count in counts.items()}
@@ -296,9 +296,18 @@ def decode_state(content: bytes, source: str) -> AnalyzerState:
         histograms={name: {float(value): int(count) for value, count in pairs}
                     for name, pairs in data["bucketize"].items()},
         source=source)
-  except (KeyError, TypeError, ValueError) as error:
+    expected = {kind: sorted(name for name, entry in state.features.items()
+                             if entry["transform"] == kind) for kind in ANALYSED}
+  except (KeyError, TypeError, ValueError, AttributeError) as error:
     raise AnalyzerStateError(f"{source}: malformed analyzer state: "
                              f"{type(error).__name__}: {error}") from error
+  for kind, entries in ((analyze.VOCABULARY, state.token_counts),
+                        (analyze.NORMALIZE, state.moments),
+                        (analyze.BUCKETIZE, state.histograms)):
+    if sorted(entries) != expected[kind]:
+      raise AnalyzerStateError(f"{source}: malformed analyzer state: {kind} statistics of "
+                               f"{sorted(entries)} for the {kind} features {expected[kind]}")
+  return state
 
 
 def write_state(state: AnalyzerState, path: str) -> str:
