@@ -64,6 +64,7 @@ USER_ERROR_TYPES = (
     ("training.shard_check", "CorruptShardError"),
     ("serving.versions", "IncompleteExportError"),
     ("evaluation.runner", "SliceError"),
+    ("training.warm_start", "WarmStartError"),
     ("transforms.errors", "PreprocessError"),
 )
 # The OS's errors about a path the user gave (they carry the path in their message).

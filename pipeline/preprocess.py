@@ -47,7 +47,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 
@@ -417,23 +417,29 @@ def load_checked_config(args: argparse.Namespace):
   return config, config.load_feature_spec()
 
 
-def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-  """Runs the job and its post-run checks.
+class BuiltJob(NamedTuple):
+  """The job `run` runs, built and checked, not run (`build_pipeline`).
 
-  Everything a user can get wrong is checked before the job's modules are imported, in
-  the order of what each check costs: our flags, the config and feature spec, then with
-  Beam: Beam's options, the input globs and the schema path.
+  Attributes:
+    args: our flags; config, spec: the experiment config and its feature spec;
+    patterns: flag -> globs of the inputs; pipeline: a beam.Pipeline with the job's root
+    composite applied; day: for --day, preprocess_day.DayPlan (as_of, previous day).
+  """
 
-  Args:
-    argv: command-line arguments (see the module docstring); None reads sys.argv.
+  args: argparse.Namespace
+  config: config_lib.ExperimentConfig
+  spec: Any
+  patterns: Dict[str, List[str]]
+  pipeline: Any
+  day: Any = None
 
-  Returns:
-    {"counts": counts.json contents, "seconds": pipeline wall time, "schema": schema
-    path, "anomalies": split -> anomaly lines}.
 
-  Raises:
-    errors.PreprocessError: inputs missing, records unaccounted for, or (with
-      --fail_on_anomalies) anomalies against --schema.
+def build_pipeline(argv: Optional[Sequence[str]] = None) -> BuiltJob:
+  """The job `run(argv)` runs, applied to a new beam.Pipeline and not run; nothing is
+  written. Every check `run` makes before it writes is made here, in the order of what
+  each costs: our flags, the config and feature spec, then with Beam: Beam's options,
+  the input globs, the schema path and, for --day, the snapshot and the previous day.
+  tests/test_dataflow_dry_run.py translates it for Dataflow.
   """
   args, beam_args = parse_flags(argv)
   check_source_flags(args)
@@ -446,23 +452,57 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
   # The job's modules (Beam, TensorFlow, TFDV) only now: start-up time of a user error.
   cli.import_quietly("tensorflow_data_validation")  # before transforms.stats imports it
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  day = None
   if args.day:
     from pipeline import preprocess_day  # pylint: disable=g-import-not-at-top
-    return preprocess_day.run_day(args, pipeline_args, patterns, config, spec)
+    day = preprocess_day.plan_day(args, config)
+    label, transform = "PreprocessDay", preprocess_day.build_day_transform(
+        args, patterns, config, spec, day)
+  else:
+    try:
+      label, transform = "Preprocess", build_transform(args, patterns, config, spec)
+    except ValueError as e:
+      raise errors.PreprocessError(f"{args.config}: {e}") from e
+  pipeline = beam.Pipeline(options=pipeline_options(pipeline_args))
+  _ = pipeline | label >> transform
+  return BuiltJob(args, config, spec, patterns, pipeline, day)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  """Runs the job and its post-run checks.
+
+  Args:
+    argv: command-line arguments (see the module docstring); None reads sys.argv.
+
+  Returns:
+    {"counts": counts.json contents, "seconds": pipeline wall time, "schema": schema
+    path, "anomalies": split -> anomaly lines}; with Dataflow's --dry_run=True, {"dry_run":
+    True} after the job was built and translated (nothing is read or written).
+
+  Raises:
+    errors.PreprocessError: inputs missing, records unaccounted for, or (with
+      --fail_on_anomalies) anomalies against --schema.
+  """
+  built = build_pipeline(argv)
+  args, config, spec, patterns = built.args, built.config, built.spec, built.patterns
+  if is_dry_run(built.pipeline.options):
+    built.pipeline.run()
+    logging.info("--dry_run: the job was built and translated for Dataflow; nothing was "
+                 "submitted, read or written")
+    return {"dry_run": True}
+  if args.fail_on_anomalies and not args.schema:
+    logging.warning("--fail_on_anomalies has no effect without --schema")
+  if args.day:
+    from pipeline import preprocess_day  # pylint: disable=g-import-not-at-top
+    return preprocess_day.run_day(built)
   # pylint: disable=g-import-not-at-top
-  import apache_beam as beam
+  from apache_beam.io.filesystems import FileSystems
   from features import success_marker
   from transforms import job
   from training import data as training_data
   from transforms import outputs as outputs_lib
   # pylint: enable=g-import-not-at-top
-  try:
-    transform = build_transform(args, patterns, config, spec)
-  except ValueError as e:
-    raise errors.PreprocessError(f"{args.config}: {e}") from e
-  if args.fail_on_anomalies and not args.schema:
-    logging.warning("--fail_on_anomalies has no effect without --schema")
-  options = pipeline_options(pipeline_args)
 
   paths = outputs_lib.OutputPaths(args.output)
   # Readers trust a directory only with a marker (features/success_marker.py): an old
@@ -483,10 +523,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                ", train/eval by file")
 
   start = time.time()
-  pipeline = beam.Pipeline(options=options)
-  _ = pipeline | "Preprocess" >> transform
-  result = pipeline.run()
-  state = result.wait_until_finish()
+  state = built.pipeline.run().wait_until_finish()
   seconds = time.time() - start
   logging.info("Pipeline finished in %.1f s with state %s", seconds, state)
 
@@ -526,6 +563,23 @@ def pipeline_options(pipeline_args: List[str]):
         "below still fails the job if any record is lost.", mode,
         workers or f"{os.cpu_count()} (one per core)")
   return options
+
+
+def is_dry_run(options) -> bool:
+  """Whether Beam's --dry_run=True is set in the PipelineOptions; only DataflowRunner honours it (it translates
+  the job and submits nothing), so with another runner it is refused.
+
+  Raises:
+    errors.PreprocessError: --dry_run with a runner that would run the job for real.
+  """
+  from apache_beam.options import pipeline_options as beam_options  # pylint: disable=g-import-not-at-top
+  if not options.view_as(beam_options.TestOptions).dry_run:
+    return False
+  runner = options.view_as(beam_options.StandardOptions).runner
+  if runner not in ("DataflowRunner", "dataflow"):
+    raise errors.PreprocessError(f"--dry_run is DataflowRunner's (it translates the job and "
+                                 f"submits nothing); --runner {runner} would run it")
+  return True
 
 
 def split_setting(args: argparse.Namespace, config: config_lib.ExperimentConfig,

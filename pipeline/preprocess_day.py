@@ -26,9 +26,8 @@ analyzer state first, so a day killed anywhere is redone by the same command.
 import argparse
 import datetime
 import json
-import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from absl import logging
 
@@ -125,34 +124,50 @@ def merge_window(paths, spec, config: config_lib.ExperimentConfig,
   return states
 
 
-def run_day(args: argparse.Namespace, pipeline_args: List[str],
-            patterns: Dict[str, List[str]], config: config_lib.ExperimentConfig,
-            spec) -> Dict[str, Any]:
-  """Runs one day (module docstring); returns as pipeline.preprocess.run does, plus
-  "day"."""
-  # pylint: disable=g-import-not-at-top
-  import apache_beam as beam
-  import tensorflow as tf
-  from features import success_marker
-  from transforms import daily
-  from transforms import job
-  from transforms import outputs as outputs_lib
-  from pipeline import preprocess
-  # pylint: enable=g-import-not-at-top
+class DayPlan(NamedTuple):
+  """What a day's run is: its snapshot (unix s) and the previous day's day.json (None on
+  a first day)."""
+
+  as_of: int
+  previous_info: Optional[Dict[str, Any]]
+
+
+def plan_day(args: argparse.Namespace, config: config_lib.ExperimentConfig) -> DayPlan:
+  """The day's snapshot (--as_of, else the day's last second) and the checked previous
+  day (errors.PreprocessError naming what is wrong)."""
   as_of = config.data.as_of_timestamp or default_as_of(args.day)
   if as_of < day_start(args.day):
     raise errors.PreprocessError(f"--as_of {config.data.as_of} is before --day {args.day}")
   previous_info = check_previous(args.previous, args.day, as_of) if args.previous else None
-  paths = outputs_lib.OutputPaths(args.output)
+  return DayPlan(as_of, previous_info)
+
+
+def build_day_transform(args: argparse.Namespace, patterns: Dict[str, List[str]],
+                        config: config_lib.ExperimentConfig, spec, plan: DayPlan):
+  """The day's root composite, transforms.daily.PreprocessDay."""
+  from transforms import daily  # pylint: disable=g-import-not-at-top
   kwargs = {}
   if args.progress_interval_s is not None:
     kwargs["progress_interval_s"] = args.progress_interval_s
   if args.join_buckets is not None:
     kwargs["num_buckets"] = args.join_buckets
-  transform = daily.PreprocessDay(patterns["impressions"], patterns["events"], args.previous,
-                                  args.output, config.data, spec, as_of, **kwargs)
-  options = preprocess.pipeline_options(pipeline_args)
+  return daily.PreprocessDay(patterns["impressions"], patterns["events"], args.previous,
+                             args.output, config.data, spec, plan.as_of, **kwargs)
 
+
+def run_day(built) -> Dict[str, Any]:
+  """Runs one day's built job (pipeline.preprocess.build_pipeline) and its checks (module
+  docstring); returns as pipeline.preprocess.run does, plus "day"."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from features import success_marker
+  from transforms import daily
+  from transforms import job
+  from transforms import outputs as outputs_lib
+  # pylint: enable=g-import-not-at-top
+  args, config, spec, patterns = built.args, built.config, built.spec, built.patterns
+  as_of, previous_info = built.day
+  paths = outputs_lib.OutputPaths(args.output)
   if success_marker.remove_success_marker(args.output):
     logging.info("Removed the success marker of a previous run in %s", args.output)
   remove_previous_day_outputs(paths)
@@ -161,9 +176,7 @@ def run_day(args: argparse.Namespace, pipeline_args: List[str],
                args.day, config_lib.utc_iso(as_of), args.previous or "none (a first day)",
                patterns, args.output)
   start = time.time()
-  pipeline = beam.Pipeline(options=options)
-  _ = pipeline | "PreprocessDay" >> transform
-  state = pipeline.run().wait_until_finish()
+  state = built.pipeline.run().wait_until_finish()
   seconds = time.time() - start
   logging.info("Pipeline finished in %.1f s with state %s", seconds, state)
 
@@ -184,5 +197,4 @@ def run_day(args: argparse.Namespace, pipeline_args: List[str],
   marker = success_marker.write_success_marker(args.output, counts)
   logging.info("Day %s: every check passed; wrote %s", args.day, marker)
   return {"counts": counts, "seconds": seconds, "marker": marker, "day": args.day,
-          "output": os.path.abspath(args.output) if "://" not in args.output else args.output,
           **checked}

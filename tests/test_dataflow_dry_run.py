@@ -35,12 +35,14 @@ pull), the service's own checks (job graph size, quotas, permissions, the gs:// 
 and the input globs on gs:// (matched with the user's credentials before the job is
 built; here they are local files). The DirectRunner tests run the same transforms.
 
-Adding a job (the incremental daily job: `--day`): one entry in JOBS, (name, a function
-of a temporary directory that writes the inputs and returns the job's flags without
---output and the Dataflow options, the step names its root composite must have).
+Each job is one entry in JOBS: (name, a function of a temporary directory that writes
+the inputs and returns the job's flags without --output and the Dataflow options, the
+step names its root composite must have); "daily" is the incremental job (`--day`,
+after a previous day).
 """
 
 import functools
+import json
 import os
 import shutil
 import sys
@@ -56,6 +58,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 import pytest
 
+from features import success_marker
 from pipeline import preprocess
 from tests import beam_testing as testing
 from tests.test_aliccp import write_release
@@ -102,6 +105,18 @@ def ali_ccp_flags(directory: str) -> List[str]:
           "--eval_common_features", paths["common_features_test"]]
 
 
+def daily_flags(directory: str) -> List[str]:
+  """--day: log_flags' files as one day's, after a previous day whose output holds only
+  what the job reads before it runs (day.json and a success marker; its state files are
+  matched on the workers)."""
+  previous = os.path.join(directory, "previous")
+  os.makedirs(previous)
+  with open(os.path.join(previous, "day.json"), "w") as f:
+    json.dump({"day": "2025-12-31", "as_of": testing.START - 1, "analyzer_states": []}, f)
+  success_marker.write_success_marker(previous, {})
+  return log_flags(directory) + ["--day", "2026-01-01", "--previous", previous]
+
+
 def derived_flags(source: str, train: str, evals: Sequence[str]) -> Callable[[str], List[str]]:
   """The flags of a derived layout read from files the repository ships."""
   return lambda directory: ["--source", source, "--train", train, "--eval", ",".join(evals)]
@@ -111,6 +126,12 @@ def derived_flags(source: str, train: str, evals: Sequence[str]) -> Callable[[st
 JOBS = [
     ("log", log_flags, ("ReadParseImpressions", "ReadParseEvents", "JoinAndLabel",
                         "SplitByTime", "WriteSplitDates") + WRITE_STEPS),
+    ("daily", daily_flags, ("ReadParseImpressions", "ReadParseEvents", "ReadStateImpressions",
+                            "ReadStateEvents", "CoGroup", "Label", "WriteState_impressions",
+                            "WriteState_events", "Encode_train", "Write_train",
+                            "Statistics_train", "Write_updates", "Write_closed",
+                            "AnalyzerState", "WriteAnalyzerState", "WriteDeadLetters",
+                            "WriteCounts")),
     ("ali_ccp", ali_ccp_flags, ("ReadParse_skeleton_train", "ReadParse_common_train",
                                 "ReadParse_skeleton_eval", "ReadParse_common_eval",
                                 "JoinCommonFeatures") + WRITE_STEPS),
@@ -128,20 +149,9 @@ JOBS = [
 
 
 def build_pipeline(argv: Sequence[str]) -> beam.Pipeline:
-  """The beam.Pipeline `pipeline.preprocess.run(argv)` builds, not run.
-
-  run()'s calls up to `pipeline | "Preprocess" >> transform`, every check included, less
-  the files it writes to --output before (the old marker and shards removed, the run's
-  inputs copied); the options of a Dataflow run need no local-runner fix.
-  """
-  args, beam_args = preprocess.parse_flags(argv)
-  preprocess.check_source_flags(args)
-  config, spec = preprocess.load_checked_config(args)
-  beam_args = preprocess.beam_pipeline_args(args, beam_args)
-  transform = preprocess.build_transform(args, preprocess.input_patterns(args), config, spec)
-  pipeline = beam.Pipeline(options=pipeline_options.PipelineOptions(beam_args))
-  _ = pipeline | "Preprocess" >> transform
-  return pipeline
+  """The beam.Pipeline `pipeline.preprocess.run(argv)` runs (`preprocess.build_pipeline`:
+  every check made, nothing written), not run."""
+  return preprocess.build_pipeline(argv).pipeline
 
 
 def dry_run(pipeline: beam.Pipeline) -> Tuple[apiclient.Job, Set[str]]:
@@ -271,3 +281,13 @@ def test_the_job_translates_for_dataflow_offline(name, flags, steps, inputs):
   used = project_modules(pipeline)
   assert used and used <= shipped, f"{name}: modules setup.py does not ship: {used - shipped}"
 
+
+
+def test_dry_run_is_refused_with_a_runner_that_would_run_the_job():
+  """Only DataflowRunner honours --dry_run; pipeline.preprocess refuses it elsewhere
+  instead of running the job and skipping its checks."""
+  options = pipeline_options.PipelineOptions
+  assert preprocess.is_dry_run(options(["--runner", "DataflowRunner", "--dry_run=True"]))
+  assert not preprocess.is_dry_run(options(["--runner", "DataflowRunner"]))
+  with pytest.raises(preprocess.errors.PreprocessError, match="--dry_run is DataflowRunner's"):
+    preprocess.is_dry_run(options(["--dry_run=True"]))

@@ -12,7 +12,8 @@ Flow position: called by `pipeline.train`; reads the Beam job's output directory
   MODEL_DIR/metrics.json final Keras metrics on the eval split ("eval") and on the
                          validation split ("validation"), the best epoch, throughput,
                          steps (`final_step` = optimizer.iterations at the end,
-                         `initial_step` = where this process started: > 0 after a resume),
+                         `initial_step` = where this process started: > 0 after a resume
+                         or the step a warm start carried over; "warm_start": its source),
                          and the fitted output calibration ("calibration")
 
 Before training: the data directory must carry the Beam job's success marker
@@ -119,15 +120,21 @@ class ThroughputLogger(tf_keras.callbacks.Callback):
 
 
 class StepRecorder(tf_keras.callbacks.Callback):
-  """Records optimizer.iterations when fit starts (after BackupAndRestore restored it)."""
+  """Records optimizer.iterations when fit starts (after BackupAndRestore restored it).
 
-  def __init__(self):
+  Args:
+    warm_start_step: the step a warm start carried over (training/warm_start.py); a
+      start above it is a resume from MODEL_DIR/backup.
+  """
+
+  def __init__(self, warm_start_step: int = 0):
     super().__init__()
     self.initial_step = 0
+    self._warm_start_step = warm_start_step
 
   def on_train_begin(self, logs=None):
     self.initial_step = int(self.model.optimizer.iterations.numpy())
-    if self.initial_step:
+    if self.initial_step > self._warm_start_step:
       logging.info("Resumed from MODEL_DIR/backup at step %d", self.initial_step)
 
 
@@ -432,7 +439,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                 if eval_steps else None)
 
   throughput = ThroughputLogger(batch_size, every_steps=max(1, steps_per_epoch // 4))
-  steps = StepRecorder()
+  steps = StepRecorder(warm_start_step=earlier.step if earlier else 0)
   callbacks = [
       tf_keras.callbacks.BackupAndRestore(backup_dir=backup_dir, save_freq=save_freq,
                                           delete_checkpoint=False),
@@ -487,6 +494,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
       "train_seconds": round(train_seconds, 2),
       "examples_per_second": round(throughput.examples_per_second, 1),
       "lr_schedule": train_config.lr_schedule,
+      "warm_start": ({"from": warm_start_from, "step": earlier.step} if earlier else None),
       "last_epoch": {k: float(v[-1]) for k, v in history.history.items()},
       "eval": eval_metrics,
       "input": {"train": plan.train_report.summary(),
