@@ -114,8 +114,8 @@ def merge_window(paths, spec, config: config_lib.ExperimentConfig,
   earlier = list(previous_info["analyzer_states"]) if previous_info else []
   states = (earlier[-(window - 1):] if window > 1 else []) + [paths.analyzer_state]
   try:
-    merged = analyzer_state.merge_states(
-        [analyzer_state.read_state(path, spec) for path in states], spec)
+    merged = analyzer_state.merge_states(  # one day's state in memory at a time
+        (analyzer_state.read_state(path, spec) for path in states), spec)
   except analyzer_state.AnalyzerStateError as e:
     raise errors.PreprocessError(str(e)) from e
   analyze.write_artifacts(merged, paths.transform_dir)
