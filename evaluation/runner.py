@@ -7,7 +7,8 @@ version, serving/versions.py), scores the split
 through `serving_default` (evaluation.scoring), joins the truth by impression_id and
 builds the per-task table (evaluation.report). The truth is the labels' (simulation.truth
 .label_truth: purchases after the attribution window are not labelled, so a purchase
-probability is the generative one times 1 - late_purchase_fraction).
+probability is the generative one times 1 - late_purchase_fraction (legacy delays) or
+times the row's p_purchase_in_window (heavy-tailed delays)).
 
 Report (the metrics JSON; NaN is written as null):
   {"saved_model": dir, "data": dir, "split": "eval", "file_pattern": glob,
@@ -195,7 +196,8 @@ def evaluate(saved_model: str, data_dir: str, split: str = "eval",
     aligned, matched = report.align_truth(scores["impression_id"], truth)
     truth_info = {"path": truth_lib.truth_file_path(truth_path),
                   "rows": int(len(truth["impression_id"])), "matched": int(matched.sum()),
-                  "late_purchase_fraction": late_fraction}
+                  "late_purchase_fraction": late_fraction,
+                  "purchase_in_window_column": truth_lib.IN_WINDOW_COLUMN in truth}
     if not matched.all():
       logging.warning("%d scored rows have no truth row; truth metrics use the %d matched",
                       int((~matched).sum()), int(matched.sum()))
