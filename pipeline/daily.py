@@ -21,11 +21,10 @@ from --start to --end:
                  metrics; the run of a later day evaluates it then (run every day as
                  --start D --end D: day D-1's model is scored on D, its row printed again)
   5. row         one line printed; WORK/daily.jsonl rewritten with every finished day's row
-                 (columns: pipeline/daily_table.py)
+                 (columns: pipeline/daily_state.py)
 
-WORK holds days/<D>/, history/<D>/, models/<D>/, serving/<version>/, evals/<D>.json,
-stages/<D>/<stage>.json (the loop's only state), daily.jsonl and .lock (held while a
-loop runs: a second one on the same WORK is refused).
+WORK's layout, the stage records and the rows: pipeline/daily_state.py. WORK/.lock is held
+while a loop runs: a second one on the same WORK is refused.
 
 Validation: each training holds out --validation_fraction of its examples (by a stable
 hash of impression_id; default the config's train.validation_fraction, else 0.1) for early
@@ -50,37 +49,25 @@ User errors (bad or reversed dates, a missing RAW day folder, a config that does
 before TensorFlow or Beam is imported (pipeline/cli.py). WORK is a local directory.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
-import fcntl
-import functools
-import glob
-import json
 import os
-import resource
 import shutil
 import sys
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 
 from configs import config as config_lib
 from features import success_marker
 from pipeline import cli
-from pipeline import daily_table
+from pipeline import daily_state
 
-STAGES = daily_table.STAGES
+STAGES = daily_state.STAGES
 DEFAULT_VALIDATION_FRACTION = 0.1
-TMP_MARK = ".tmp-"
-
-
-def day_version(day: str) -> int:
-  """The serving version number of day D's model: YYYYMMDD (later days are larger)."""
-  return int(day.replace("-", ""))
 
 
 def shift_day(day: str, days: int) -> str:
@@ -94,50 +81,10 @@ def day_range(first: str, last: str) -> List[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
-  """Where the loop keeps each day's outputs under WORKDIR (module docstring)."""
-
-  workdir: str
-
-  def _path(self, *parts: str) -> str:
-    return os.path.join(self.workdir, *parts)
-
-  def day_dir(self, day: str) -> str:
-    return self._path("days", day)
-
-  def history_dir(self, day: str) -> str:
-    return self._path("history", day)
-
-  def model_dir(self, day: str) -> str:
-    return self._path("models", day)
-
-  @property
-  def serving(self) -> str:
-    return self._path("serving")
-
-  def version_dir(self, day: str) -> str:
-    return os.path.join(self.serving, str(day_version(day)))
-
-  def eval_report(self, day: str) -> str:
-    return self._path("evals", f"{day}.json")
-
-  def record(self, day: str, stage: str) -> str:
-    return self._path("stages", day, f"{stage}.json")
-
-  @property
-  def table(self) -> str:
-    return self._path("daily.jsonl")
-
-  @property
-  def lock(self) -> str:
-    return self._path(".lock")
-
-
-@dataclasses.dataclass(frozen=True)
 class Loop:
   """One invocation's settings, checked (`check_settings`)."""
 
-  layout: Layout
+  layout: daily_state.Layout
   raw: str
   config_path: str
   config: config_lib.ExperimentConfig  # train.validation_* replaced (module docstring)
@@ -221,81 +168,23 @@ def check_settings(args, beam_args: List[str]) -> Loop:
     truth = args.raw
   if truth is not None and "://" not in truth and not os.path.exists(truth):
     raise cli.UserError(f"--truth {truth}: no such file or folder")
-  return Loop(Layout(os.path.abspath(args.workdir)), args.raw, args.config, config,
-              day_range(start, end), args.history_days, truth, list(beam_args))
-
-
-# ---- stage records, costs, clean-up ----
-
-
-@contextlib.contextmanager
-def measured() -> Iterator[Dict[str, float]]:
-  """Yields a dict that gets "wall_s" and "cpu_s" (user + system seconds of this process
-  and its waited-for children) of the block."""
-  def cpu():
-    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                          resource.RUSAGE_CHILDREN))
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-  cost: Dict[str, float] = {}
-  wall, start = time.perf_counter(), cpu()
-  yield cost
-  cost.update(wall_s=round(time.perf_counter() - wall, 3), cpu_s=round(cpu() - start, 3))
-
-
-def read_record(layout: Layout, day: str, stage: str) -> Optional[Dict[str, Any]]:
-  path = layout.record(day, stage)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_record(layout: Layout, day: str, stage: str, record: Dict[str, Any]) -> None:
-  """Writes a stage's record under a temporary name, then renames it: the stage is done."""
-  path = layout.record(day, stage)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  temporary = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
-  with open(temporary, "w") as f:
-    json.dump(record, f, indent=1, allow_nan=False)
-  os.replace(temporary, path)
-
-
-def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)
-
-
-def remove_leftovers(layout: Layout) -> List[str]:
-  """Removes what a killed run left (module docstring); returns the removed paths."""
-  stale = glob.glob(os.path.join(layout.serving, f"*{TMP_MARK}*"))
-  stale += glob.glob(os.path.join(layout.workdir, "stages", "*", f"*{TMP_MARK}*"))
-  stale += glob.glob(f"{layout.table}{TMP_MARK}*")
-  for folder, stage in (("days", "preprocess"), ("history", "train"), ("models", "train")):
-    for path in sorted(glob.glob(os.path.join(layout.workdir, folder, "*"))):
-      if read_record(layout, os.path.basename(path), stage) is None:
-        stale.append(path)
-  for path in stale:
-    _remove(path)
-  if stale:
-    logging.info("Removed what an interrupted run left: %s", ", ".join(stale))
-  return stale
+  return Loop(daily_state.Layout(os.path.abspath(args.workdir)), args.raw, args.config,
+              config, day_range(start, end), args.history_days, truth, list(beam_args))
 
 
 def run_stage(loop: Loop, day: str, stage: str, work) -> Dict[str, Any]:
   """The day's stage record: read when the stage is done, else `work()` (-> record)
   measured and recorded, after removing the records of the day's later stages."""
-  record = read_record(loop.layout, day, stage)
+  record = daily_state.read_record(loop.layout, day, stage)
   if record is not None and not _redo(loop, day, stage, record):
     logging.info("%s %s: done earlier (%s), skipped", day, stage, loop.layout.record(day, stage))
     return record
   for later in STAGES[STAGES.index(stage) + 1:]:
-    _remove(loop.layout.record(day, later))
-  with measured() as cost:
+    daily_state.remove_path(loop.layout.record(day, later))
+  with daily_state.measured() as cost:
     record = work()
   record.update(cost)
-  write_record(loop.layout, day, stage, record)
+  daily_state.write_record(loop.layout, day, stage, record)
   return record
 
 
@@ -334,14 +223,15 @@ def preprocess_day(loop: Loop, day: str) -> Dict[str, Any]:
   from pipeline import preprocess  # pylint: disable=g-import-not-at-top
   layout = loop.layout
   before = shift_day(day, -1)
-  previous = layout.day_dir(before) if read_record(layout, before, "preprocess") else None
+  done = daily_state.read_record(layout, before, "preprocess")
+  previous = layout.day_dir(before) if done else None
   argv = ["--day", day, "--output", layout.day_dir(day), "--config", loop.config_path,
           "--impressions", os.path.join(loop.raw, "impressions", "{day}", "*"),
           "--events", os.path.join(loop.raw, "events", "{day}", "*"),
           *(["--previous", previous] if previous else []), *loop.beam_args]
   start = time.perf_counter()
   counts = preprocess.run(argv)["counts"]
-  columns = daily_table.count_columns(counts)
+  columns = daily_state.count_columns(counts)
   logging.info("%s preprocess: %d impressions read (%d new, %d dead-lettered), %d events "
                "(%d attributed), %d updated, %d closed, %d still open; %.0f records/s",
                day, columns["impressions_read"], columns["impressions_written"],
@@ -362,7 +252,8 @@ def train_day(loop: Loop, day: str) -> Dict[str, Any]:
   # pylint: enable=g-import-not-at-top
   layout = loop.layout
   before = shift_day(day, -1)
-  warm_from = layout.model_dir(before) if read_record(layout, before, "train") else None
+  done = daily_state.read_record(layout, before, "train")
+  warm_from = layout.model_dir(before) if done else None
   if warm_from:
     trained_on, data_dir = [day], layout.day_dir(day)
   else:
@@ -371,7 +262,8 @@ def train_day(loop: Loop, day: str) -> Dict[str, Any]:
     if len(trained_on) > 1:
       data_dir = layout.history_dir(day)
       day_window.write_window_view(data_dir, [layout.day_dir(d) for d in trained_on])
-  _remove(layout.model_dir(day))  # a killed training's backup, logs, half export
+  # A killed training's backup, logs, half export:
+  daily_state.remove_path(layout.model_dir(day))
   tf_keras.backend.clear_session()
   start = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines: stdout is the table
@@ -394,7 +286,7 @@ def publish_version(source: str, target: str) -> str:
   first renamed away, so a reader meanwhile sees the version before it."""
   base = os.path.dirname(target)
   os.makedirs(base, exist_ok=True)
-  temporary = f"{target}{TMP_MARK}{uuid.uuid4().hex}"
+  temporary = f"{target}{daily_state.TMP_MARK}{uuid.uuid4().hex}"
 
   def link(src, dst):
     try:
@@ -404,7 +296,7 @@ def publish_version(source: str, target: str) -> str:
 
   shutil.copytree(source, temporary, copy_function=link)
   if os.path.exists(target):
-    replaced = f"{target}{TMP_MARK}replaced-{uuid.uuid4().hex}"
+    replaced = f"{target}{daily_state.TMP_MARK}replaced-{uuid.uuid4().hex}"
     os.rename(target, replaced)
     os.rename(temporary, target)
     shutil.rmtree(replaced)
@@ -421,14 +313,14 @@ def export_day(loop: Loop, day: str) -> Dict[str, Any]:
       os.path.join(layout.model_dir(day), versions.EXPORT_SUBDIR))
   target = publish_version(source, layout.version_dir(day))
   logging.info("%s export: %s -> %s (serving base %s)", day, source, target, layout.serving)
-  return {"version": day_version(day), "path": target, "source": source}
+  return {"version": daily_state.day_version(day), "path": target, "source": source}
 
 
 def evaluate_day(loop: Loop, day: str) -> Dict[str, Any]:
   """Stage 4: the day's version scored on day D+1's new impressions (when preprocessed)."""
   next_day = shift_day(day, 1)
   layout = loop.layout
-  if read_record(layout, next_day, "preprocess") is None:
+  if daily_state.read_record(layout, next_day, "preprocess") is None:
     logging.info("%s evaluate: no day %s in %s yet; no evaluation", day, next_day, loop.raw)
     return {"eval_day": None, "examples": None, "tasks": None}
   # pylint: disable=g-import-not-at-top
@@ -446,12 +338,6 @@ def evaluate_day(loop: Loop, day: str) -> Dict[str, Any]:
           "tasks": report.json_ready(result["tasks"]), "report": layout.eval_report(day)}
 
 
-def row_of(layout: Layout, day: str) -> Optional[Dict[str, Any]]:
-  """The day's row, or None while one of its stages has no record."""
-  records = {stage: read_record(layout, day, stage) for stage in STAGES}
-  return daily_table.make_row(day, records) if all(records.values()) else None
-
-
 def run_day(loop: Loop, day: str) -> List[Dict[str, Any]]:
   """The day's stages (each skipped when done); returns the rows to print: the day
   before's when its evaluation waited for this day's data (run the loop every day with
@@ -460,24 +346,17 @@ def run_day(loop: Loop, day: str) -> List[Dict[str, Any]]:
   run_stage(loop, day, "preprocess", lambda: preprocess_day(loop, day))
   rows = []
   before = shift_day(day, -1)
-  waiting = read_record(layout, before, "evaluate")
+  waiting = daily_state.read_record(layout, before, "evaluate")
   if waiting is not None and waiting["eval_day"] is None:
     run_stage(loop, before, "evaluate", lambda: evaluate_day(loop, before))
-    rows.append(row_of(layout, before))
+    rows.append(daily_state.row_of(layout, before))
   run_stage(loop, day, "train", lambda: train_day(loop, day))
   run_stage(loop, day, "export", lambda: export_day(loop, day))
   next_day = shift_day(day, 1)
   if has_raw_day(loop, next_day):
     run_stage(loop, next_day, "preprocess", lambda: preprocess_day(loop, next_day))
   run_stage(loop, day, "evaluate", lambda: evaluate_day(loop, day))
-  return rows + [row_of(layout, day)]
-
-
-def finished_rows(layout: Layout) -> List[Dict[str, Any]]:
-  """The rows of every day of WORKDIR whose stages are all recorded, by day."""
-  days = sorted(os.path.basename(path)
-                for path in glob.glob(os.path.join(layout.workdir, "stages", "*")))
-  return [row for row in map(functools.partial(row_of, layout), days) if row]
+  return rows + [daily_state.row_of(layout, day)]
 
 
 def run(argv: Optional[Sequence[str]] = None, out=None) -> List[Dict[str, Any]]:
@@ -488,37 +367,24 @@ def run(argv: Optional[Sequence[str]] = None, out=None) -> List[Dict[str, Any]]:
   loop = check_settings(args, beam_args)
   layout = loop.layout
   os.makedirs(layout.workdir, exist_ok=True)
-  with workdir_lock(layout):
+  with daily_state.workdir_lock(layout):
     return _run_days(loop, out)
-
-
-@contextlib.contextmanager
-def workdir_lock(layout: Layout) -> Iterator[None]:
-  """An exclusive lock on WORKDIR/.lock for the run (released when the process ends,
-  also when it is killed): a second loop on the same WORKDIR is refused."""
-  with open(layout.lock, "w") as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-      raise cli.UserError(f"--workdir {layout.workdir}: another pipeline.daily runs in it "
-                          f"({layout.lock} is locked)") from e
-    yield
 
 
 def _run_days(loop: Loop, out) -> List[Dict[str, Any]]:
   layout = loop.layout
-  remove_leftovers(layout)
+  daily_state.remove_leftovers(layout)
   history = [shift_day(loop.days[0], -k) for k in reversed(range(1, loop.history_days))]
   for day in history:
     run_stage(loop, day, "preprocess", lambda day=day: preprocess_day(loop, day))
-  out.write(daily_table.format_header() + "\n")
+  out.write(daily_state.format_header() + "\n")
   rows = []
   for day in loop.days:
     printed = run_day(loop, day)
     rows.append(printed[-1])
-    out.writelines(daily_table.format_row(row) + "\n" for row in printed)
+    out.writelines(daily_state.format_row(row) + "\n" for row in printed)
     out.flush()
-    daily_table.write_table(layout.table, finished_rows(layout))
+    daily_state.write_table(layout.table, daily_state.finished_rows(layout))
   logging.info("Days %s..%s done: table %s, serving base %s", loop.days[0], loop.days[-1],
                layout.table, layout.serving)
   return rows

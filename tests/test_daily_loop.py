@@ -30,7 +30,7 @@ from configs import config as config_lib
 from features import success_marker
 from pipeline import cli
 from pipeline import daily
-from pipeline import daily_table
+from pipeline import daily_state
 from serving import versions
 from tests import small_world
 from tests import test_entry_points as entry
@@ -214,7 +214,7 @@ def _fake_version(path):
 
 
 def test_versions_appear_whole_and_a_run_removes_what_a_killed_run_left(tmp_path):
-  layout = daily.Layout(str(tmp_path / "work"))
+  layout = daily_state.Layout(str(tmp_path / "work"))
   for day in DAYS[:2]:
     _fake_version(str(tmp_path / "export" / day))
     daily.publish_version(str(tmp_path / "export" / day), layout.version_dir(day))
@@ -232,8 +232,8 @@ def test_versions_appear_whole_and_a_run_removes_what_a_killed_run_left(tmp_path
   half = f"{layout.version_dir(DAYS[2])}.tmp-0a1b"
   os.makedirs(os.path.join(half, "variables"))
   assert versions.newest_complete_version(layout.serving) == layout.version_dir(DAYS[1])
-  daily.write_record(layout, DAYS[0], "preprocess", {"done": True})
-  daily.write_record(layout, DAYS[0], "train", {"done": True})
+  daily_state.write_record(layout, DAYS[0], "preprocess", {"done": True})
+  daily_state.write_record(layout, DAYS[0], "train", {"done": True})
   kept = [layout.day_dir(DAYS[0]), layout.model_dir(DAYS[0])]
   stale = [half, layout.day_dir(DAYS[1]), layout.model_dir(DAYS[1]),
            layout.history_dir(DAYS[1]), layout.record(DAYS[1], "train") + ".tmp-77"]
@@ -241,15 +241,15 @@ def test_versions_appear_whole_and_a_run_removes_what_a_killed_run_left(tmp_path
     os.makedirs(os.path.join(path, "train"))
   os.makedirs(os.path.dirname(stale[-1]))
   open(stale[-1], "w").close()
-  assert sorted(daily.remove_leftovers(layout)) == sorted(stale)
+  assert sorted(daily_state.remove_leftovers(layout)) == sorted(stale)
   assert all(os.path.exists(path) for path in kept)
   assert not any(os.path.lexists(path) for path in stale)
   # Two loops on one WORKDIR: the second is refused.
-  with daily.workdir_lock(layout):
+  with daily_state.workdir_lock(layout):
     with pytest.raises(cli.UserError, match="another pipeline.daily runs in it"):
-      with daily.workdir_lock(layout):
+      with daily_state.workdir_lock(layout):
         pass
-  with daily.workdir_lock(layout):  # released
+  with daily_state.workdir_lock(layout):  # released
     pass
 
 
@@ -264,13 +264,13 @@ def test_a_row_has_every_column_once_and_prints_missing_values_as_dashes():
                  "calibration": {"method": "ips_ctr"}}, **cost},
              "export": {"version": 20260103, **cost},
              "evaluate": {"eval_day": None, "examples": None, "tasks": None, **cost}}
-  row = daily_table.make_row(END, records)
-  assert tuple(row) == daily_table.COLUMNS
+  row = daily_state.make_row(END, records)
+  assert tuple(row) == daily_state.COLUMNS
   assert row["impressions_dead_letter"] == 1 and row["events_dead_letter"] == 1
   assert row["ctr_auc"] is None and row["calibration"] == "ips_ctr"
-  line = daily_table.format_row(row).split()
+  line = daily_state.format_row(row).split()
   assert line[:4] == [END, "warm", "7", "-"] and line[-1] == "6.0"  # 4 stages x 1.5 CPU s
-  assert len(line) == len(daily_table.format_header().split())
+  assert len(line) == len(daily_state.format_header().split())
 
 
 # ---- end to end: Beam, training, export, evaluation ----
@@ -296,14 +296,14 @@ def reference(tmp_path_factory):
     shutil.move(os.path.join(later, kind, END), os.path.join(raw, kind, END))
   daily.run(loop_args(raw, work, config, END, END), out=printed)
   return {"raw": raw, "config": config, "work": work, "first": first,
-          "rows": daily_table.read_table(daily.Layout(work).table),
+          "rows": daily_state.read_table(daily_state.Layout(work).table),
           "printed": printed.getvalue()}
 
 
 @pytest.mark.slow
 def test_each_day_trains_exports_and_evaluates_on_the_next(reference):
   work, rows = reference["work"], reference["rows"]
-  layout = daily.Layout(work)
+  layout = daily_state.Layout(work)
   scratch, warm = rows
   assert (scratch["day"], scratch["mode"], scratch["trained_on"]) == (START, "scratch",
                                                                       list(DAYS[:2]))
@@ -316,7 +316,7 @@ def test_each_day_trains_exports_and_evaluates_on_the_next(reference):
   assert 0 < scratch["validation_examples"] < history / 2
   # The warm model continues the earlier optimizer's step count.
   assert (scratch["final_step"], warm["final_step"]) == (EPOCHS * STEPS, 2 * EPOCHS * STEPS)
-  assert daily.read_record(layout, END, "train")["warm_start_from"] == layout.model_dir(START)
+  assert daily_state.read_record(layout, END, "train")["warm_start_from"] == layout.model_dir(START)
   # Day 2's model is scored on day 3's new impressions against the truth in RAW; RAW has
   # no day 4, so day 3's model is not evaluated (yet).
   assert scratch["eval_day"] == END and scratch["eval_examples"] == count_records(
@@ -333,14 +333,14 @@ def test_each_day_trains_exports_and_evaluates_on_the_next(reference):
   # Day 2's row was printed without an evaluation, then again with it on day 3.
   assert reference["first"][0]["eval_day"] is None
   assert without_times(reference["first"][0]) == without_times(
-      {**scratch, **daily_table.metric_columns(None), "eval_day": None, "eval_examples": None})
+      {**scratch, **daily_state.metric_columns(None), "eval_day": None, "eval_examples": None})
   assert [line.split()[0] for line in reference["printed"].splitlines()] == [
       "day", START, "day", START, END]
   # The whole range at once: every stage is skipped, the rows are the same.
   records = sorted(glob.glob(os.path.join(work, "stages", "*", "*.json")))
   stamps = [os.stat(path).st_mtime_ns for path in records]
   again = daily.run(loop_args(reference["raw"], work, reference["config"]), out=io.StringIO())
-  assert again == rows == daily_table.read_table(layout.table)
+  assert again == rows == daily_state.read_table(layout.table)
   assert [os.stat(path).st_mtime_ns for path in records] == stamps
 
 
@@ -367,7 +367,7 @@ def test_a_run_killed_in_beam_then_in_training_ends_as_an_uninterrupted_one(refe
   """SIGKILL while day 3's Beam job writes, rerun; SIGKILL while day 3's model trains
   (warm), rerun; the last rerun completes: same data, metrics and files as `reference`."""
   work = str(tmp_path / "killed")
-  layout = daily.Layout(work)
+  layout = daily_state.Layout(work)
   command = [sys.executable, "-m", "pipeline.daily",
              *loop_args(reference["raw"], work, reference["config"])]
   day3 = layout.day_dir(END)
@@ -377,12 +377,12 @@ def test_a_run_killed_in_beam_then_in_training_ends_as_an_uninterrupted_one(refe
                for folder in ("train", "updates", "closed", "state", "dead_letter"))
 
   _kill_when(command, beam_writing, str(tmp_path / "first.log"))
-  assert daily.read_record(layout, END, "preprocess") is None
+  assert daily_state.read_record(layout, END, "preprocess") is None
   assert not os.path.exists(success_marker.marker_path(day3))
   _kill_when(command, lambda: os.path.isdir(os.path.join(layout.model_dir(END), "logs")),
              str(tmp_path / "second.log"))
-  assert daily.read_record(layout, END, "preprocess") is not None
-  assert daily.read_record(layout, END, "train") is None
+  assert daily_state.read_record(layout, END, "preprocess") is not None
+  assert daily_state.read_record(layout, END, "train") is None
   # Meanwhile the serving base serves day 2's version, complete.
   assert versions.newest_complete_version(layout.serving) == layout.version_dir(START)
   finished = subprocess.run(command, cwd=small_world.REPO, env=small_world.subprocess_env(),
@@ -390,7 +390,7 @@ def test_a_run_killed_in_beam_then_in_training_ends_as_an_uninterrupted_one(refe
   assert finished.returncode == 0, finished.stderr[-3000:]
 
   assert shard_digests(work) == shard_digests(reference["work"])
-  rows = daily_table.read_table(layout.table)
+  rows = daily_state.read_table(layout.table)
   assert [without_times(row) for row in rows] == [
       without_times(row) for row in reference["rows"]]
   assert relative_files(work) == relative_files(reference["work"])

@@ -1,9 +1,22 @@
-"""The daily loop's table: one row per day, from the day's stage records.
+"""The daily loop's WORKDIR: its layout, the stage records, the rows and the table.
 
-Flow: pipeline.daily runs a day's stages, each leaving a record in
-WORKDIR/stages/<D>/<stage>.json -> **make_row** -> the printed line (`format_row`) and
-WORKDIR/daily.jsonl (`write_table`: every finished day's row, by day, rewritten whole
-after each day, so a rerun never duplicates a row). No TensorFlow here.
+Flow: pipeline.daily runs a day's stages; each finished stage leaves a record,
+WORKDIR/stages/<D>/<stage>.json (`write_record`: its outputs, counts, wall and CPU seconds
+from `measured`; written under a temporary name, then renamed), the loop's only state:
+a stage with a record is done. **make_row** turns a day's records into its row: the printed
+line (`format_row`) and WORKDIR/daily.jsonl (`write_table`: every finished day's row, by
+day, rewritten whole after each day, so a rerun never duplicates a row). What a killed run
+left (a day folder, model or history view without its record, a temporary version or
+record) is found by `remove_leftovers`; `workdir_lock` keeps a second loop out. No
+TensorFlow here.
+
+WORKDIR (`Layout`):
+  days/<D>/              pipeline.preprocess --day output (its _SUCCESS.json)
+  history/<D>/           the first model's window view (training/day_window.py)
+  models/<D>/            the trainer's MODEL_DIR (its warm_start/ starts day D+1)
+  serving/<YYYYMMDD>/    one SavedModel version per day (`day_version`): the serving base
+  evals/<D>.json         pipeline.evaluate's report of day D's model on day D+1
+  stages/<D>/<stage>.json, daily.jsonl, .lock
 
 A row (daily.jsonl, one JSON object a line; null = not measured):
   day                 the model's last training day D (YYYY-MM-DD)
@@ -35,10 +48,23 @@ A row (daily.jsonl, one JSON object a line; null = not measured):
                       the process and its waited-for children
 """
 
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import glob
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+import resource
+import shutil
+import time
+import uuid
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from absl import logging
+
+from pipeline import cli
 
 STAGES = ("preprocess", "train", "export", "evaluate")
 TASKS = ("ctr", "cvr", "ctcvr")
@@ -60,6 +86,134 @@ PRINTED = (("day", "day", "{}"), ("mode", "mode", "{}"), ("train", "train_exampl
            ("cal_truth", "ctcvr_calibration_vs_truth", "{:.3f}"),
            *((f"{stage[:5]}_s", f"{stage}_wall_s", "{:.1f}") for stage in STAGES),
            ("cpu_s", "cpu_s", "{:.1f}"))
+
+TMP_MARK = ".tmp-"
+
+
+def day_version(day: str) -> int:
+  """The serving version number of day D's model: YYYYMMDD (later days are larger)."""
+  return int(day.replace("-", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the loop keeps each day's outputs under WORKDIR (module docstring)."""
+
+  workdir: str
+
+  def _path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def day_dir(self, day: str) -> str:
+    return self._path("days", day)
+
+  def history_dir(self, day: str) -> str:
+    return self._path("history", day)
+
+  def model_dir(self, day: str) -> str:
+    return self._path("models", day)
+
+  @property
+  def serving(self) -> str:
+    return self._path("serving")
+
+  def version_dir(self, day: str) -> str:
+    return os.path.join(self.serving, str(day_version(day)))
+
+  def eval_report(self, day: str) -> str:
+    return self._path("evals", f"{day}.json")
+
+  def record(self, day: str, stage: str) -> str:
+    return self._path("stages", day, f"{stage}.json")
+
+  @property
+  def table(self) -> str:
+    return self._path("daily.jsonl")
+
+  @property
+  def lock(self) -> str:
+    return self._path(".lock")
+
+
+@contextlib.contextmanager
+def measured() -> Iterator[Dict[str, float]]:
+  """Yields a dict that gets "wall_s" and "cpu_s" (user + system seconds of this process
+  and its waited-for children) of the block."""
+  def cpu():
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+  cost: Dict[str, float] = {}
+  wall, start = time.perf_counter(), cpu()
+  yield cost
+  cost.update(wall_s=round(time.perf_counter() - wall, 3), cpu_s=round(cpu() - start, 3))
+
+
+def read_record(layout: Layout, day: str, stage: str) -> Optional[Dict[str, Any]]:
+  path = layout.record(day, stage)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_record(layout: Layout, day: str, stage: str, record: Dict[str, Any]) -> None:
+  """Writes a stage's record under a temporary name, then renames it: the stage is done."""
+  path = layout.record(day, stage)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  temporary = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+  with open(temporary, "w") as f:
+    json.dump(record, f, indent=1, allow_nan=False)
+  os.replace(temporary, path)
+
+
+def remove_path(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def remove_leftovers(layout: Layout) -> List[str]:
+  """Removes what a killed run left (module docstring); returns the removed paths."""
+  stale = glob.glob(os.path.join(layout.serving, f"*{TMP_MARK}*"))
+  stale += glob.glob(os.path.join(layout.workdir, "stages", "*", f"*{TMP_MARK}*"))
+  stale += glob.glob(f"{layout.table}{TMP_MARK}*")
+  for folder, stage in (("days", "preprocess"), ("history", "train"), ("models", "train")):
+    for path in sorted(glob.glob(os.path.join(layout.workdir, folder, "*"))):
+      if read_record(layout, os.path.basename(path), stage) is None:
+        stale.append(path)
+  for path in stale:
+    remove_path(path)
+  if stale:
+    logging.info("Removed what an interrupted run left: %s", ", ".join(stale))
+  return stale
+
+
+@contextlib.contextmanager
+def workdir_lock(layout: Layout) -> Iterator[None]:
+  """An exclusive lock on WORKDIR/.lock for the run (released when the process ends,
+  also when it is killed): a second loop on the same WORKDIR is refused."""
+  with open(layout.lock, "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+      raise cli.UserError(f"--workdir {layout.workdir}: another pipeline.daily runs in it "
+                          f"({layout.lock} is locked)") from e
+    yield
+
+
+def row_of(layout: Layout, day: str) -> Optional[Dict[str, Any]]:
+  """The day's row, or None while one of its stages has no record."""
+  records = {stage: read_record(layout, day, stage) for stage in STAGES}
+  return make_row(day, records) if all(records.values()) else None
+
+
+def finished_rows(layout: Layout) -> List[Dict[str, Any]]:
+  """The rows of every day of WORKDIR whose stages are all recorded, by day."""
+  days = sorted(os.path.basename(path)
+                for path in glob.glob(os.path.join(layout.workdir, "stages", "*")))
+  return [row for row in map(functools.partial(row_of, layout), days) if row]
 
 
 def count_columns(counts: Dict[str, Any]) -> Dict[str, int]:
