@@ -105,16 +105,16 @@ def shard_digests(workdir: str):
 
 
 def relative_files(workdir: str):
-  """Every file under WORKDIR, with the names that hold a time (TensorBoard event files,
-  the trainer's export version) made generic."""
-  names = set()
+  """Every file under WORKDIR, sorted, with the names that hold a time (TensorBoard event
+  files, the trainer's export version) made generic (so a name can repeat)."""
+  names = []
   for directory, _, files in os.walk(workdir):
     for name in files:
       relative = os.path.relpath(os.path.join(directory, name), workdir)
       relative = re.sub(r"events\.out\.tfevents\.[^/]*$", "<events>", relative)
       relative = re.sub(r"/export/\d+/", "/export/<v>/", relative)
-      names.add(relative)
-  return names
+      names.append(relative)
+  return sorted(names)
 
 
 def without_times(row):
