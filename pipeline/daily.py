@@ -270,11 +270,11 @@ def train_day(loop: Loop, day: str) -> Dict[str, Any]:
     result = trainer.train_and_export(loop.config, data_dir, layout.model_dir(day),
                                       warm_start_from=warm_from)
   metrics = report.json_ready(result.metrics)
+  steps = metrics["final_step"] - metrics["initial_step"]
   logging.info("%s train (%s on %s): %d examples, %d validation, %d steps; %.0f examples/s "
                "over the stage", day, "warm from " + warm_from if warm_from else "scratch",
                ", ".join(trained_on), metrics["train_examples"],
-               metrics["validation_examples"], metrics["final_step"] - metrics["initial_step"],
-               metrics["train_examples"] * metrics["epochs"]
+               metrics["validation_examples"], steps, steps * loop.config.train.batch_size
                / max(time.perf_counter() - start, 1e-9))
   return {"mode": "warm" if warm_from else "scratch", "trained_on": trained_on,
           "data": data_dir, "warm_start_from": warm_from, "metrics": metrics}
