@@ -1,4 +1,5 @@
-"""Entry points (simulate, preprocess, train, evaluate, predict, demo) and what they share.
+"""Entry points (init, simulate, preprocess, train, evaluate, predict, demo, daily) and what
+they share.
 
 Importing this package prepares the process before any entry point imports TensorFlow
 (pipeline/cli.py, `prepare_process`): Keras 2 (tf_keras) for TFRS, the working directory

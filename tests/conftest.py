@@ -27,6 +27,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import models  # pylint: disable=wrong-import-position,unused-import  (models/autograph_rules.py before any test traces)
 from tests import small_world as small_world_lib  # pylint: disable=wrong-import-position
+from transforms import beam_compat  # pylint: disable=wrong-import-position
+
+# The tests' own pipelines get the job's cached DoFn introspection too (docs/SCALING.md 2.6;
+# pipeline.preprocess applies it for every job; tests/test_beam_data_loss.py compares).
+beam_compat.cache_dofn_specs()
 
 DONE = "DONE"  # written last into a shared build's directory
 # Modules that share a build made outside this file's fixtures, as one xdist work unit:

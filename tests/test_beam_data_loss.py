@@ -4,6 +4,9 @@ The stream-level reproduction (docs/SCALING.md 2.1) loses chunks with the stream
 Beam ships it and none with the fix; the fix also keeps whole encoded elements on the
 worker -> runner path (write_* methods); the job refuses unchecked Beam versions; and the
 whole job with a 1 ms flush interval and 2 worker processes accounts for every record.
+And the second workaround: Beam asks `get_dofn_specs` of the same DoFn instance many times
+(shown on a small pipeline), the cache answers each instance as Beam would (every DoFn of
+the log job, a stateful DoFn) and never hands out its own sets.
 """
 
 import os
@@ -19,7 +22,10 @@ from apache_beam.runners.portability.fn_api_runner import worker_handlers
 from apache_beam.runners.worker import data_plane
 import pytest
 
+from apache_beam.transforms import userstate
+
 from transforms import beam_compat
+from tests import beam_testing as testing
 
 TRIALS = 5
 # Without the fix the job lost 23.7% of these impressions (docs/SCALING.md 2.1.1); about
@@ -161,3 +167,73 @@ def test_job_with_1ms_flush_and_2_workers_accounts_for_every_record(tmp_path, mo
   events = counts["events"]
   assert events["read"] == events["attributed"] + sum(events["dead_letter"].values()) > 0
   assert os.path.exists(result["marker"])
+
+
+class _StatefulFn(beam.DoFn):
+  """A DoFn with a state and a timer spec: what get_dofn_specs exists to find."""
+
+  COUNT = userstate.CombiningValueStateSpec("count", sum)
+  EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
+
+  def process(self, element, count=beam.DoFn.StateParam(COUNT),
+              expiry=beam.DoFn.TimerParam(EXPIRY)):
+    count.add(1)
+    yield element
+
+  @userstate.on_timer(EXPIRY)
+  def expire(self):
+    pass
+
+
+def _dofns(pipeline):
+  found = []
+
+  class Visitor(beam.pipeline.PipelineVisitor):
+
+    def visit_transform(self, transform_node):
+      fn = getattr(transform_node.transform, "fn", None)
+      if isinstance(fn, beam.DoFn):
+        found.append(fn)
+
+  pipeline.visit(Visitor())
+  return found
+
+
+def test_beam_asks_for_the_same_dofn_specs_many_times(monkeypatch):
+  calls = []
+  original = beam_compat._GET_DOFN_SPECS  # pylint: disable=protected-access
+
+  def counting(dofn):
+    calls.append(id(dofn))
+    return original(dofn)
+
+  monkeypatch.setattr(userstate, "get_dofn_specs", counting)
+  with beam.Pipeline() as pipeline:
+    _ = (pipeline | beam.Create([1, 2, 3]) | "A" >> beam.Map(lambda x: x + 1)
+         | "B" >> beam.Map(lambda x: x * 2) | "C" >> beam.Filter(bool))
+  per_instance = max(calls.count(key) for key in set(calls))
+  assert per_instance >= 3, (len(calls), len(set(calls)))
+
+
+def test_the_cached_dofn_specs_are_beams(tmp_path):
+  from pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  impressions = [testing.impression(index, testing.START + index) for index in range(3)]
+  testing.write_jsonl(str(tmp_path / "impressions.jsonl"), impressions)
+  testing.write_jsonl(str(tmp_path / "events.jsonl"),
+                      [testing.event("imp0", testing.START + 5, "click")])
+  pipeline = preprocess.build_pipeline([
+      "--impressions", str(tmp_path / "impressions.jsonl"),
+      "--events", str(tmp_path / "events.jsonl"), "--output", str(tmp_path / "out"),
+      "--config", testing.write_experiment(str(tmp_path / "experiment"))]).pipeline
+  dofns = _dofns(pipeline) + [_StatefulFn()]
+  assert len(dofns) > 100
+  original = beam_compat._GET_DOFN_SPECS  # pylint: disable=protected-access
+  assert beam_compat.cache_dofn_specs()
+  for dofn in dofns:
+    expected = original(dofn)
+    for _ in range(2):  # computed, then remembered
+      assert userstate.get_dofn_specs(dofn) == expected
+  states, timers = userstate.get_dofn_specs(dofns[-1])
+  assert len(states) == len(timers) == 1
+  states.clear()  # a caller's change does not reach the cache
+  assert userstate.get_dofn_specs(dofns[-1]) == original(dofns[-1])

@@ -24,7 +24,7 @@ from transforms import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.dirname(sys.executable)
-STEPS = ("init", "simulate", "preprocess", "train", "evaluate", "predict", "demo")
+STEPS = ("init", "simulate", "preprocess", "train", "evaluate", "predict", "demo", "daily")
 # The noise every command printed before (issue 29).
 NOISE = ("Traceback", "Unable to register", "FutureWarning", "cuda_")
 
@@ -109,6 +109,9 @@ def user_error_case(step: str, tmp_path):
     (tmp_path / "in.jsonl").write_text("{}\n")
     return ["--saved_model", missing, "--input", str(tmp_path / "in.jsonl"), "--output",
             str(tmp_path / "out.jsonl")], missing
+  if step == "daily":  # days the wrong way round
+    return ["--raw", missing, "--workdir", str(tmp_path / "work"), "--config",
+            "configs/esmm_daily.yaml", "--start", "2026-01-05", "--end", "2026-01-02"], "--end"
   assert step == "demo"
   return ["--workdir", str(tmp_path / "demo"), "--models", "esmm,esnn"], "--models esnn"
 
