@@ -52,9 +52,10 @@ daily-demo: $(STAMP)
 	$(PY) -m pipeline.simulate --output $(DAILY)/raw --impressions 42000 --days 7 --seed 7 \
 	  --layout daily --new_users_per_day 0.05 --new_items_per_day 0.05 \
 	  --user_churn_per_day 0.02 --item_churn_per_day 0.02 --popularity_drift 0.2 \
-	  --delay_model heavy_tailed --overwrite 2> $(DAILY)/simulate.log
+	  --delay_model heavy_tailed --attribution_window_s 604800 --overwrite \
+	  2> $(DAILY)/simulate.log
 	$(PY) -m pipeline.daily --raw $(DAILY)/raw --workdir $(DAILY)/work \
-	  --config configs/esmm.yaml --start 2026-01-02 --end 2026-01-06 --history_days 2 \
+	  --config configs/esmm_daily.yaml --start 2026-01-02 --end 2026-01-06 --history_days 2 \
 	  2> $(DAILY)/daily.log || (tail -n 5 $(DAILY)/daily.log; exit 1)
 
 ## tensorboard: one board over the demo's runs (per-epoch metrics, HParams), port 6006.
