@@ -102,6 +102,25 @@ def remove_previous_day_outputs(paths) -> None:
       tf.io.gfile.remove(found)
 
 
+def check_carried_state(counts: Dict[str, Any], previous_info: Optional[Dict[str, Any]]
+                        ) -> None:
+  """The link between two days: the impressions this day read as open are exactly those
+  the previous day left open (its day.json's state.open_out); a first day reads none.
+  With each day's own identity (open_in + new == open_out + closed), every impression is
+  then written once as new and once as closed, or is still open, over the whole run.
+
+  Raises:
+    errors.PreprocessError: naming both numbers.
+  """
+  carried = previous_info["state"]["open_out"] if previous_info else 0
+  read = counts["state"]["open_in"]
+  if read != carried:
+    raise errors.PreprocessError(
+        f"read {read} open impressions from the previous day's state, which holds "
+        f"{carried} (its day.json state.open_out): records lost or double-counted between "
+        f"days")
+
+
 def merge_window(paths, spec, config: config_lib.ExperimentConfig,
                  previous_info: Optional[Dict[str, Any]]) -> List[str]:
   """Writes OUTPUT/transform/ from the analyzer states of the window's days; returns
@@ -181,6 +200,7 @@ def run_day(built) -> Dict[str, Any]:
   logging.info("Pipeline finished in %.1f s with state %s", seconds, state)
 
   counts = job.check_run(paths, seconds)
+  check_carried_state(counts, previous_info)
   if not counts["impressions"]["written"].get("train"):
     raise errors.PreprocessError(
         f"day {args.day}: no impression written (--impressions {patterns['impressions']}: "

@@ -166,7 +166,7 @@ def test_chief_exports_and_the_other_worker_does_not(cluster_run):
   assert len(exports) == 1, exports
   leftovers = [path for path in glob.glob(os.path.join(model_dir, "*"))
                if os.path.basename(path) not in ("export", "backup", "best", "logs",
-                                                    "metrics.json")]
+                                                    "warm_start", "metrics.json")]
   assert not leftovers, leftovers  # the non-chief's scratch export is deleted
   records = list(tf.data.TFRecordDataset(
       sorted(glob.glob(data.split_pattern(cluster_run["data"], "eval"))),

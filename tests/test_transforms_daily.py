@@ -237,3 +237,13 @@ def test_day_flags_are_checked_before_beam(argv, message):
     args.impressions = args.events = None
   with pytest.raises(preprocess.errors.PreprocessError, match=message):
     preprocess.check_source_flags(args)
+
+
+def test_the_days_are_linked_by_their_open_impressions():
+  from pipeline import preprocess_day  # pylint: disable=g-import-not-at-top
+  counts = {"state": {"open_in": 972, "new": 1002, "closed": 972, "open_out": 1002}}
+  preprocess_day.check_carried_state(counts, {"state": {"open_out": 972}})
+  with pytest.raises(preprocess.errors.PreprocessError, match="read 972 open impressions"):
+    preprocess_day.check_carried_state(counts, {"state": {"open_out": 971}})
+  with pytest.raises(preprocess.errors.PreprocessError, match="holds 0"):
+    preprocess_day.check_carried_state(counts, None)
