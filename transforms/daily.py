@@ -112,7 +112,7 @@ class DayLabeler:
     {open_in, new, updated, closed, open_out}}."""
     bucket = self._labeler.label_bucket(impressions, events)
     kept = bucket.kept
-    prior = label_lib._prior_mask(kept)  # pylint: disable=protected-access
+    prior = label_lib.prior_mask(kept)
     closed = kept.column("timestamp").to_numpy() + self._window_s <= self._as_of
     changed = (bucket.labels != bucket.prior_labels).any(axis=0)
     columns = [kept.column(name) for name in self._impression_schema.names]
@@ -322,19 +322,11 @@ class PreprocessDay(beam.PTransform):
   def expand(self, pbegin):
     config, spec, paths = self._data_config, self._spec, self._paths
     label_names = tuple(config.label_names)
-    event_types = label_lib.EventLabeler(config).event_types
-    impressions = pbegin | "ReadParseImpressions" >> parse.ReadParseImpressions(
-        self._impressions, spec, self._as_of)
-    events = pbegin | "ReadParseEvents" >> parse.ReadParseEvents(self._events, event_types,
-                                                                 self._as_of)
     interval = self._progress_interval_s
-    new_impressions = (impressions[parse.RECORDS]
-                       | "ProgressImpressions" >> progress.LogProgress("impressions_parsed",
-                                                                       interval)
-                       | "MarkNewImpressions" >> beam.Map(_new))
-    new_events = (events[parse.RECORDS]
-                  | "ProgressEvents" >> progress.LogProgress("events_parsed", interval)
-                  | "MarkNewEvents" >> beam.Map(_new))
+    logs = job.read_logs(pbegin, self._impressions, self._events, config, spec, self._as_of,
+                         interval)
+    new_impressions = logs.impressions | "MarkNewImpressions" >> beam.Map(_new)
+    new_events = logs.events | "MarkNewEvents" >> beam.Map(_new)
     all_impressions, all_events = [new_impressions], [new_events]
     if self._previous is not None:
       all_impressions.append(pbegin | "ReadStateImpressions" >> ReadState(
@@ -363,19 +355,11 @@ class PreprocessDay(beam.PTransform):
       _ = labelled[kind] | f"WriteState_{kind}" >> WriteState(
           paths.state_prefix(kind), shards, schema, sort_keys)
 
-    def tagged(path):
-      return beam.Map(lambda n: (path, n))
-
-    dead_letters = [impressions[dl.DEAD_LETTER], events[dl.DEAD_LETTER],
-                    labelled[dl.DEAD_LETTER]]
-    counts = [
-        impressions[parse.READ] | "TagImpressionsRead" >> tagged((dl.IMPRESSIONS, "read")),
-        events[parse.READ] | "TagEventsRead" >> tagged((dl.EVENTS, "read")),
-        impressions[parse.CUT],
-        events[parse.CUT],
+    dead_letters = logs.dead_letters + [labelled[dl.DEAD_LETTER]]
+    counts = logs.counts + [
         (labelled[join.ATTRIBUTED]
          | "SumAttributed" >> beam.CombineGlobally(sum)
-         | "TagAttributed" >> tagged((dl.EVENTS, "attributed"))),
+         | "TagAttributed" >> beam.Map(lambda n: ((dl.EVENTS, "attributed"), n))),
         labelled[_COUNTS] | "SumStateCounts" >> beam.CombinePerKey(sum),
     ]
     keys = metadata_keys(label_names)

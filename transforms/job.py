@@ -35,7 +35,7 @@ validation), which raise `PreprocessError`s with readable messages.
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import apache_beam as beam
@@ -96,17 +96,10 @@ class Preprocess(beam.PTransform):
 
   def expand(self, pbegin):
     config, spec = self._data_config, self._spec
-    event_types = label_lib.EventLabeler(config).event_types
-    as_of = config.as_of_timestamp
-    impressions = pbegin | "ReadParseImpressions" >> parse.ReadParseImpressions(
-        self._impressions, spec, as_of)
-    events = pbegin | "ReadParseEvents" >> parse.ReadParseEvents(self._events, event_types,
-                                                                 as_of)
     interval = self._progress_interval_s
-    parsed_impressions = impressions[parse.RECORDS] | "ProgressImpressions" >> (
-        progress.LogProgress("impressions_parsed", interval))
-    parsed_events = events[parse.RECORDS] | "ProgressEvents" >> progress.LogProgress(
-        "events_parsed", interval)
+    logs = read_logs(pbegin, self._impressions, self._events, config, spec,
+                     config.as_of_timestamp, interval)
+    parsed_impressions, parsed_events = logs.impressions, logs.events
     labelled = ((parsed_impressions, parsed_events)
                 | "JoinAndLabel" >> join.BucketedJoinAndLabel(
                     config, parse.impression_schema(spec), self._num_buckets))
@@ -118,22 +111,46 @@ class Preprocess(beam.PTransform):
         write_split_dates, self._paths.split_dates,
         "config" if config.eval_from is not None else "data")
 
-    def tagged(path):
-      return beam.Map(lambda n: (path, n))
-
-    counts = [
-        impressions[parse.READ] | "TagImpressionsRead" >> tagged((dl.IMPRESSIONS, "read")),
-        events[parse.READ] | "TagEventsRead" >> tagged((dl.EVENTS, "read")),
-        impressions[parse.CUT],
-        events[parse.CUT],
-        (labelled[join.ATTRIBUTED]
-         | "SumAttributed" >> beam.CombineGlobally(sum)
-         | "TagAttributed" >> tagged((dl.EVENTS, "attributed"))),
-    ]
-    dead_letters = [impressions[dl.DEAD_LETTER], events[dl.DEAD_LETTER],
-                    labelled[dl.DEAD_LETTER]]
+    counts = logs.counts + [
+        labelled[join.ATTRIBUTED]
+        | "SumAttributed" >> beam.CombineGlobally(sum)
+        | "TagAttributed" >> beam.Map(lambda n: ((dl.EVENTS, "attributed"), n))]
+    dead_letters = logs.dead_letters + [labelled[dl.DEAD_LETTER]]
     return write_outputs(split_batches, dead_letters, counts, self._paths, config, spec,
                          self._statistics)
+
+
+class ParsedLogs(NamedTuple):
+  """`read_logs`' result: the parsed impression and event batches (progress logged), the
+  (path, n) counts of records read and values cut, and the parsers' dead letters."""
+
+  impressions: beam.PCollection
+  events: beam.PCollection
+  counts: List[beam.PCollection]
+  dead_letters: List[beam.PCollection]
+
+
+def read_logs(pbegin, impressions, events, config: config_lib.DataConfig,
+              spec: spec_lib.FeatureSpec, as_of: Optional[int],
+              progress_interval_s: float) -> ParsedLogs:
+  """The head every log job shares (the one-pass `Preprocess`, the daily job): read and
+  parse the impression and event globs (records after `as_of` are bad_value dead letters)."""
+  event_types = label_lib.EventLabeler(config).event_types
+  parsed_impressions = pbegin | "ReadParseImpressions" >> parse.ReadParseImpressions(
+      impressions, spec, as_of)
+  parsed_events = pbegin | "ReadParseEvents" >> parse.ReadParseEvents(events, event_types,
+                                                                      as_of)
+  return ParsedLogs(
+      impressions=parsed_impressions[parse.RECORDS] | "ProgressImpressions" >> (
+          progress.LogProgress("impressions_parsed", progress_interval_s)),
+      events=parsed_events[parse.RECORDS] | "ProgressEvents" >> progress.LogProgress(
+          "events_parsed", progress_interval_s),
+      counts=[parsed_impressions[parse.READ] | "TagImpressionsRead" >> beam.Map(
+                  lambda n: ((dl.IMPRESSIONS, "read"), n)),
+              parsed_events[parse.READ] | "TagEventsRead" >> beam.Map(
+                  lambda n: ((dl.EVENTS, "read"), n)),
+              parsed_impressions[parse.CUT], parsed_events[parse.CUT]],
+      dead_letters=[parsed_impressions[dl.DEAD_LETTER], parsed_events[dl.DEAD_LETTER]])
 
 
 def write_split(batches: beam.PCollection, split: str, num_shards: int,

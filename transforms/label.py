@@ -281,7 +281,7 @@ class BucketLabeler:
     position = position[matched]
     timestamp = events.column("timestamp").to_numpy()
     event_type = events.column("event")
-    event_prior = _prior_mask(events)
+    event_prior = prior_mask(events)
     start = kept.column("timestamp").to_numpy()[position]
     window = self.labeler.window_s
     problem = (timestamp < start) | (timestamp > start + window)
@@ -350,7 +350,7 @@ class BucketLabeler:
 _NEVER = np.iinfo(np.int64).max
 
 
-def _prior_mask(table: pa.Table) -> np.ndarray:
+def prior_mask(table: pa.Table) -> np.ndarray:
   """[rows] bool: the PRIOR column, or all False when the table has none."""
   if PRIOR not in table.column_names:
     return np.zeros(table.num_rows, dtype=bool)
