@@ -38,7 +38,9 @@ The goals (issue 30): on the mean over the last --last_days evaluation days, war
 0.003 CTCVR AUC of window (or better) at no more than 1/4 of its training CPU seconds;
 stale shows what freshness is worth; the preprocessing of the last day within 1.2x the
 second day's wall time and peak memory (measured on an idle machine only: the page states
-the load). No choice here is tuned on the reported days: the configs are taken as they
+the load); nothing lost across the days (`accounting`: the world's lines, each day's
+counts.json identities, the closed labels against the truth). Each run of the command
+appends its cost to WORK/invocations.jsonl, and the page lists them all. No choice here is tuned on the reported days: the configs are taken as they
 are, K = 7 is the configs' vocabulary window.
 
 Cost of the default (30 days x 5,000 impressions, 3 seeds, 2 models), estimated from a
@@ -138,6 +140,18 @@ def write_json(path: str, document: Any) -> str:
     json.dump(document, f, indent=1, allow_nan=False)
   os.replace(temporary, path)
   return path
+
+
+INVOCATIONS = "invocations.jsonl"  # WORK/: one line per run of main (its cost)
+
+
+def record_invocation(workdir: str, entry: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """Appends ENTRY to WORK/invocations.jsonl; returns every invocation's entry."""
+  path = os.path.join(workdir, INVOCATIONS)
+  with open(path, "a") as f:
+    f.write(json.dumps(entry, sort_keys=True) + "\n")
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def read_json(path: str) -> Any:
@@ -250,6 +264,71 @@ def preprocessing_flatness(costs: Dict[int, Dict[str, Dict[str, float]]]
                                            and rss <= GOAL_FLAT_RATIO)}
 
 
+def accounting(raw: str, days_root: str, days: Sequence[str], window_s: int
+               ) -> Dict[str, Any]:
+  """Nothing lost across the days (issue 30's third goal), from the day jobs' counts.json
+  and the world's own files: every impression and event line of RAW is read by exactly
+  one day's job (the line counts of RAW/<kind>/<D>/* equal the day's read count); each
+  day's reads are written or dead-lettered (impressions: read == written + dead letters;
+  events: read == attributed + dead letters); each day's state identity open_in + new ==
+  open_out + closed holds and its open_in is the day before's open_out (0 on the first
+  day); over the run new == closed + the last day's open_out; and the final labels the
+  closed/ outputs carry, summed over the days, equal the simulator's truth (outcomes:
+  the final labels) over the impressions whose window (WINDOW_S, the config's
+  data.attribution_window_s) closed by the last snapshot. Returns {"checks": [{"check",
+  "ours", "truth", "met"}], "met"} (DAYS_ROOT/<D>: the day outputs)."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
+
+  def lines(kind: str, day: str) -> int:
+    folder = os.path.join(raw, kind, day)
+    total = 0
+    for name in sorted(os.listdir(folder)):
+      with gzip.open(os.path.join(folder, name), "rb") as f:
+        total += sum(1 for line in f if line.strip())
+    return total
+
+  counts = {day: read_json(os.path.join(days_root, day, "counts.json")) for day in days}
+  checks = []
+
+  def check(name: str, ours: int, expected: int) -> None:
+    checks.append({"check": name, "ours": int(ours), "truth": int(expected),
+                   "met": int(ours) == int(expected)})
+
+  for kind in ("impressions", "events"):
+    check(f"{kind} lines in RAW = read by the day jobs",
+          sum(counts[d][kind]["read"] for d in days), sum(lines(kind, d) for d in days))
+  dead = {kind: sum(sum(counts[d][kind]["dead_letter"].values()) for d in days)
+          for kind in ("impressions", "events")}
+  outcome = {
+      "impressions": lambda c: sum(c["written"].values()) + sum(c["dead_letter"].values()),
+      "events": lambda c: c["attributed"] + sum(c["dead_letter"].values())}
+  for kind, accounted in (("impressions", "written"), ("events", "attributed")):
+    check(f"days whose {kind} read != {accounted} + dead letters",
+          sum(counts[d][kind]["read"] != outcome[kind](counts[d][kind]) for d in days), 0)
+    check(f"{kind} read = {accounted} + dead letters ({dead[kind]}), the run",
+          sum(counts[d][kind]["read"] for d in days),
+          sum(outcome[kind](counts[d][kind]) for d in days))
+  state = [counts[d]["state"] for d in days]
+  check("days whose open_in + new != open_out + closed",
+        sum(s["open_in"] + s["new"] != s["open_out"] + s["closed"] for s in state), 0)
+  check("days whose open_in != the day before's open_out",
+        sum(after["open_in"] != before["open_out"]
+            for before, after in zip([{"open_out": 0}] + state, state)), 0)
+  check("new = closed + open at the end (the run)", sum(s["new"] for s in state),
+        sum(s["closed"] for s in state) + state[-1]["open_out"])
+  outcomes = truth_lib.load_outcomes(raw)
+  closed = (outcomes["timestamp"] + window_s
+            <= read_json(os.path.join(days_root, days[-1], "day.json"))["as_of"])
+  check("impressions closed by the last snapshot (truth: window ended)",
+        sum(s["closed"] for s in state), int(closed.sum()))
+  for name in ("click", "purchase"):
+    check(f"{name} final labels in closed/ (truth: outcomes)",
+          sum(counts[d]["labels"]["closed"][name] for d in days),
+          int(outcomes[name][closed].sum()))
+  return {"checks": checks, "met": all(c["met"] for c in checks)}
+
+
 # ---- the page (pure) ----
 
 
@@ -283,13 +362,14 @@ def render_markdown(document: Dict[str, Any]) -> str:
       f"{settings['last_days']} evaluation days ({summary['eval_days'][0]} .. "
       f"{summary['eval_days'][-1]}) per seed, then over the seeds [min, max].",
       "",
-      f"Cost: {settings['seconds'] / 60:.1f} min wall for this invocation "
-      f"({settings['units_run']} of {settings['units']} rows computed, the rest reused); "
-      f"CPU {settings['cpu_s'] / 60:.1f} min in this invocation's training and evaluation "
-      f"({settings['parallel']} worker(s) at once) + "
-      f"{settings['preprocess_cpu_s'] / 60:.1f} min in the day jobs (all of them, whenever "
-      f"run); "
-      f"load {settings['load_before']} -> {settings['load_after']}.",
+      "Cost, per invocation of this command on its WORK (a killed or repeated run "
+      "reuses the rows and days computed before): " + "; ".join(
+          f"{run['started']}: {run['seconds'] / 60:.1f} min wall (day jobs included), "
+          f"{run['units_run']} of {settings['units']} rows computed, "
+          f"{run['cpu_s'] / 60:.1f} CPU min of training and evaluation "
+          f"({run['parallel']} worker(s) at once), load {run['load_before']} -> "
+          f"{run['load_after']}" for run in settings["invocations"])
+      + f". The day jobs: {settings['preprocess_cpu_s'] / 60:.1f} CPU min in all.",
       "", "## Per arm and model", "",
       common.markdown_table(
           ["arm / model", "CTCVR AUC gap", "CTR AUC gap", "CTCVR cal. vs truth",
@@ -318,6 +398,19 @@ def render_markdown(document: Dict[str, Any]) -> str:
             f"{s['wall_ratio']:.2f}", f"{s['second_rss_mb']:.0f}",
             f"{s['last_rss_mb']:.0f}", f"{s['rss_ratio']:.2f}"]
            for seed, s in flat["seeds"].items()]),
+      "", "## Nothing lost across the days", "",
+      "From each day job's counts.json, the world's files and the simulator's truth "
+      "(`accounting`); a hand-written stream with late events, duplicates and events "
+      "for unknown impressions is checked record by record in "
+      "tests/test_transforms_daily.py.", "",
+      common.markdown_table(
+          ["check", *(f"seed {seed}: ours / truth" for seed in document["accounting"]),
+           "result"],
+          [[entry["check"], *(f"{seeds[seed]['checks'][i]['ours']:,} / "
+                              f"{seeds[seed]['checks'][i]['truth']:,}" for seed in seeds),
+            _met(all(seeds[seed]["checks"][i]["met"] for seed in seeds))]
+           for seeds in [document["accounting"]]
+           for i, entry in enumerate(next(iter(seeds.values()))["checks"])]),
       "", f"Per day (seed {settings['seeds'][0]}):", "",
       common.markdown_table(
           ["day", "job wall s", "job CPU s", "child wall s", "peak RSS MB"],
@@ -665,6 +758,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   settings = settings_of(args)
   workdir = os.path.join(args.workdir, settings["mode"])
   start, cpu_start = time.perf_counter(), _cpu_s()
+  started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
   settings["load_before"] = common.load_average()
   raws, days, costs = {}, {}, {}
   for seed in settings["seeds"]:
@@ -693,11 +787,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                        costs.values() for c in seed_costs.values()),
                   parallel=args.parallel, load_after=common.load_average(),
                   workdir=workdir)
+  settings["invocations"] = record_invocation(workdir, {
+      "started": started, **{key: settings[key] for key in (
+          "seconds", "cpu_s", "units_run", "parallel", "load_before", "load_after")}})
+  from configs import config as config_lib  # pylint: disable=g-import-not-at-top
+  window_s = config_lib.load_config(config_path(PREPROCESS_MODEL)).data.attribution_window_s
   summary = summarize(rows, settings["last_days"])
   document = {"settings": settings, "summary": summary,
               "goals": goal_checks(summary, settings["models"]),
               "preprocessing": {"days": {str(s): c for s, c in costs.items()},
                                 "flatness": preprocessing_flatness(costs)},
+              "accounting": {str(seed): accounting(raws[seed], os.path.join(
+                  seed_dir(workdir, seed), "days"), days[seed], window_s)
+                             for seed in settings["seeds"]},
               "rows": rows}
   os.makedirs(args.results_dir, exist_ok=True)
   name = settings["name"]

@@ -3,9 +3,12 @@
 Oracles: the plan's days counted by hand for a 6-day world; resume bookkeeping against
 result files written here; the summary against a float64 numpy mean of hand-made rows
 (per seed over the last days, then over seeds); the goal checks on either side of their
-limits; the preprocessing ratios from hand-made costs.
+limits; the preprocessing ratios from hand-made costs; the accounting against a
+hand-made 3-day world (its files, counts and truth written here, then broken once per
+kind of loss).
 """
 
+import gzip
 import json
 import os
 
@@ -132,14 +135,27 @@ def test_page_states_goals(tmp_path):
                            "history_days": 2, "models": ["esmm"], "last_days": 3,
                            "seconds": 60.0, "units_run": 3, "units": 30, "cpu_s": 50.0,
                            "preprocess_cpu_s": 40.0, "load_before": "1", "load_after": "2", "parallel": 2,
-                           "name": "continuous"},
+                           "name": "continuous", "invocations": [
+                               {"started": "2026-12-06 15:48 UTC", "seconds": 3600.0,
+                                "cpu_s": 5000.0, "units_run": 30, "parallel": 2,
+                                "load_before": "0.4", "load_after": "3.1"},
+                               {"started": "2026-12-06 17:00 UTC", "seconds": 6.0,
+                                "cpu_s": 1.0, "units_run": 0, "parallel": 2,
+                                "load_before": "0.1", "load_after": "0.2"}]},
               "summary": summary, "goals": continuous.goal_checks(summary, ["esmm"]),
               "preprocessing": {"days": {"1": costs[1]},
-                                "flatness": continuous.preprocessing_flatness(costs)}}
+                                "flatness": continuous.preprocessing_flatness(costs)},
+              "accounting": {seed: {"checks": [
+                  {"check": "impressions lines", "ours": 90, "truth": 90, "met": True},
+                  {"check": "closed", "ours": 40, "truth": 41 + int(seed), "met": False}],
+                  "met": False} for seed in ("1", "2")}}
   page = continuous.render_markdown(document)
   warm = summary["arms"]["warm/esmm"]["ctcvr_auc_gap"]
   assert f"{warm['mean']:.4f} [{warm['min']:.4f}, {warm['max']:.4f}]" in page
-  assert page.count("**met**") + page.count("**not met**") == 3  # 2 goals + flatness
+  # 2 goals + flatness + the 2 accounting checks (over both seeds)
+  assert page.count("**met**") + page.count("**not met**") == 5
+  assert "| closed | 40 / 42 | 40 / 43 | **not met** |" in page
+  assert "2026-12-06 15:48 UTC: 60.0 min wall" in page and "0 of 30 rows" in page
   json.dumps(document, allow_nan=False)
 
 
@@ -149,3 +165,82 @@ def test_worker_groups_keep_run_order():
                                              (1, "esmm")]
   # Only the groups with something left: a resumed run restarts no finished group.
   assert continuous.worker_groups(units[-3:]) == [(1, "esmm")]
+
+
+def _world(root, days, impressions, events):
+  """A hand-made world and its day outputs: IMPRESSIONS[d] (id, timestamp), EVENTS[d]
+  (id, timestamp, event) lines per day; the days' counts.json as a clean job writes them
+  (window one day, snapshot at each day's end, every event a click or a purchase
+  attributed); truth/outcomes.jsonl.gz from the same events."""
+  window = 86400
+  outcomes, opened = {}, []
+  for index, day in enumerate(days):
+    for kind, rows in (("impressions", impressions[index]), ("events", events[index])):
+      os.makedirs(root / "raw" / kind / day)
+      with gzip.open(root / "raw" / kind / day / "part-0.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"impression_id": r[0], "timestamp": r[1]}) + "\n"
+                     for r in rows)
+    for key, timestamp in impressions[index]:
+      outcomes[key] = {"impression_id": key, "timestamp": timestamp, "click_timestamp": None,
+                       "purchase_timestamp": None, "purchase_delay_s": None, "click": 0,
+                       "action": 0, "purchase": 0}
+    for key, _, event in events[index]:
+      outcomes[key][event] = 1
+  as_of = [1767225600 + 86400 * (i + 1) - 1 for i in range(len(days))]
+  open_out = 0
+  for index, day in enumerate(days):
+    opened = opened + [key for key, _ in impressions[index]]
+    closing = [k for k in opened if outcomes[k]["timestamp"] + window <= as_of[index]]
+    opened = [k for k in opened if k not in closing]
+    state = {"open_in": open_out, "new": len(impressions[index]), "closed": len(closing),
+             "open_out": len(opened)}
+    open_out = len(opened)
+    counts = {"impressions": {"read": len(impressions[index]),
+                              "written": {"train": len(impressions[index]), "eval": 0},
+                              "dead_letter": {}},
+              "events": {"read": len(events[index]), "attributed": len(events[index]),
+                         "dead_letter": {}},
+              "labels": {"closed": {name: sum(outcomes[k][name] for k in closing)
+                                    for name in ("click", "purchase")}},
+              "state": state}
+    os.makedirs(root / "days" / day)
+    (root / "days" / day / "counts.json").write_text(json.dumps(counts))
+    (root / "days" / day / "day.json").write_text(json.dumps({"as_of": as_of[index]}))
+  os.makedirs(root / "raw" / "truth")
+  with gzip.open(root / "raw" / "truth" / "outcomes.jsonl.gz", "wt") as f:
+    f.writelines(json.dumps(o) + "\n" for o in outcomes.values())
+  return window
+
+
+def test_accounting_finds_each_kind_of_loss(tmp_path):
+  t0 = 1767225600
+  days = DAYS[:3]
+  impressions = [[("a", t0 + 10), ("b", t0 + 50000)], [("c", t0 + 90000)],
+                 [("d", t0 + 180000)]]
+  events = [[("a", t0 + 20, "click")], [("b", t0 + 90000, "click"),
+                                        ("b", t0 + 90001, "purchase")], []]
+  window = _world(tmp_path, days, impressions, events)
+
+  def failed(root):
+    result = continuous.accounting(str(root / "raw"), str(root / "days"), days, window)
+    return [c["check"] for c in result["checks"] if not c["met"]]
+
+  assert failed(tmp_path) == []
+  # b's purchase arrived on day 2 after a's window closed on day 2: 2 closed, 1 purchase.
+  result = continuous.accounting(str(tmp_path / "raw"), str(tmp_path / "days"), days, window)
+  assert {c["check"]: c["ours"] for c in result["checks"]}[
+      "purchase final labels in closed/ (truth: outcomes)"] == 1
+  counts_path = tmp_path / "days" / DAYS[1] / "counts.json"
+  clean = counts_path.read_text()
+  for change, expected in (
+      (lambda c: c["events"].update(read=1, attributed=1), "events lines in RAW"),
+      (lambda c: c["events"].update(attributed=1), "days whose events read"),
+      (lambda c: c["state"].update(open_in=0, open_out=1), "days whose open_in !="),
+      (lambda c: c["state"].update(closed=0), "days whose open_in + new"),
+      (lambda c: c["labels"]["closed"].update(purchase=0), "purchase final labels")):
+    counts = json.loads(clean)
+    change(counts)
+    counts_path.write_text(json.dumps(counts))
+    assert any(check.startswith(expected) for check in failed(tmp_path)), expected
+  counts_path.write_text(clean)
+  assert failed(tmp_path) == []
