@@ -276,7 +276,8 @@ def accounting(raw: str, days_root: str, days: Sequence[str], window_s: int
   closed/ outputs carry, summed over the days, equal the simulator's truth (outcomes:
   the final labels) over the impressions whose window (WINDOW_S, the config's
   data.attribution_window_s) closed by the last snapshot. Returns {"checks": [{"check",
-  "ours", "truth", "met"}], "met"} (DAYS_ROOT/<D>: the day outputs)."""
+  "ours", "truth", "met"}], "dead_letters": {kind: {reason: count}}, "met"} (DAYS_ROOT/<D>:
+  the day outputs)."""
   import gzip  # pylint: disable=g-import-not-at-top
   from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
 
@@ -298,15 +299,18 @@ def accounting(raw: str, days_root: str, days: Sequence[str], window_s: int
   for kind in ("impressions", "events"):
     check(f"{kind} lines in RAW = read by the day jobs",
           sum(counts[d][kind]["read"] for d in days), sum(lines(kind, d) for d in days))
-  dead = {kind: sum(sum(counts[d][kind]["dead_letter"].values()) for d in days)
-          for kind in ("impressions", "events")}
+  dead = {kind: {} for kind in ("impressions", "events")}
+  for kind, by_reason in dead.items():
+    for day in days:
+      for reason, count in counts[day][kind]["dead_letter"].items():
+        by_reason[reason] = by_reason.get(reason, 0) + count
   outcome = {
       "impressions": lambda c: sum(c["written"].values()) + sum(c["dead_letter"].values()),
       "events": lambda c: c["attributed"] + sum(c["dead_letter"].values())}
   for kind, accounted in (("impressions", "written"), ("events", "attributed")):
     check(f"days whose {kind} read != {accounted} + dead letters",
           sum(counts[d][kind]["read"] != outcome[kind](counts[d][kind]) for d in days), 0)
-    check(f"{kind} read = {accounted} + dead letters ({dead[kind]}), the run",
+    check(f"{kind} read = {accounted} + dead letters, the run",
           sum(counts[d][kind]["read"] for d in days),
           sum(outcome[kind](counts[d][kind]) for d in days))
   state = [counts[d]["state"] for d in days]
@@ -326,7 +330,7 @@ def accounting(raw: str, days_root: str, days: Sequence[str], window_s: int
     check(f"{name} final labels in closed/ (truth: outcomes)",
           sum(counts[d]["labels"]["closed"][name] for d in days),
           int(outcomes[name][closed].sum()))
-  return {"checks": checks, "met": all(c["met"] for c in checks)}
+  return {"checks": checks, "dead_letters": dead, "met": all(c["met"] for c in checks)}
 
 
 # ---- the page (pure) ----
@@ -411,6 +415,12 @@ def render_markdown(document: Dict[str, Any]) -> str:
             _met(all(seeds[seed]["checks"][i]["met"] for seed in seeds))]
            for seeds in [document["accounting"]]
            for i, entry in enumerate(next(iter(seeds.values()))["checks"])]),
+      "", "Dead letters over the run: " + "; ".join(
+          f"seed {seed}: " + (", ".join(f"{kind} {reason} {count}" for kind, reasons in
+                                       result.get("dead_letters", {}).items()
+                                       for reason, count in sorted(reasons.items()))
+                              or "none")
+          for seed, result in document["accounting"].items()) + ".",
       "", f"Per day (seed {settings['seeds'][0]}):", "",
       common.markdown_table(
           ["day", "job wall s", "job CPU s", "child wall s", "peak RSS MB"],

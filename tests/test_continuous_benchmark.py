@@ -156,6 +156,7 @@ def test_page_states_goals(tmp_path):
   assert page.count("**met**") + page.count("**not met**") == 5
   assert "| closed | 40 / 42 | 40 / 43 | **not met** |" in page
   assert "2026-12-06 15:48 UTC: 60.0 min wall" in page and "0 of 30 rows" in page
+  assert "Dead letters over the run: seed 1: none; seed 2: none." in page
   json.dumps(document, allow_nan=False)
 
 
@@ -226,6 +227,15 @@ def test_accounting_finds_each_kind_of_loss(tmp_path):
     return [c["check"] for c in result["checks"] if not c["met"]]
 
   assert failed(tmp_path) == []
+  counts_path = tmp_path / "days" / DAYS[2] / "counts.json"
+  last = json.loads(counts_path.read_text())
+  last["events"].update(read=1, dead_letter={"event_without_impression": 1})
+  counts_path.write_text(json.dumps(last))
+  with gzip.open(tmp_path / "raw" / "events" / DAYS[2] / "part-0.jsonl.gz", "wt") as f:
+    f.write(json.dumps({"impression_id": "a", "timestamp": t0 + 200000}) + "\n")
+  result = continuous.accounting(str(tmp_path / "raw"), str(tmp_path / "days"), days, window)
+  assert result["met"] and result["dead_letters"] == {
+      "impressions": {}, "events": {"event_without_impression": 1}}
   # b's purchase arrived on day 2 after a's window closed on day 2: 2 closed, 1 purchase.
   result = continuous.accounting(str(tmp_path / "raw"), str(tmp_path / "days"), days, window)
   assert {c["check"]: c["ours"] for c in result["checks"]}[

@@ -24,7 +24,8 @@ INDEX = os.path.join(RESULTS, "README.md")
 # The benchmarks whose pages live in benchmarks/results/: a bare file name in the docs that
 # starts with one of these names a results page.
 PAGE_FAMILIES = ("models", "calibration", "sweep", "learning_curve", "tune_", "beam_preprocess",
-                 "file_sources", "training_throughput", "input_pipeline", "serving_latency")
+                 "file_sources", "training_throughput", "input_pipeline", "serving_latency",
+                 "continuous")
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 RESULTS_PATH = re.compile(r"(?<![:\w/.])(?:\.\./)*benchmarks/results/([^\s)\]`'\"|,;]*)")
