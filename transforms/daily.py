@@ -357,9 +357,7 @@ class PreprocessDay(beam.PTransform):
 
     dead_letters = logs.dead_letters + [labelled[dl.DEAD_LETTER]]
     counts = logs.counts + [
-        (labelled[join.ATTRIBUTED]
-         | "SumAttributed" >> beam.CombineGlobally(sum)
-         | "TagAttributed" >> beam.Map(lambda n: ((dl.EVENTS, "attributed"), n))),
+        job.attributed_count(labelled[join.ATTRIBUTED]),
         labelled[_COUNTS] | "SumStateCounts" >> beam.CombinePerKey(sum),
     ]
     keys = metadata_keys(label_names)

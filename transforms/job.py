@@ -111,10 +111,7 @@ class Preprocess(beam.PTransform):
         write_split_dates, self._paths.split_dates,
         "config" if config.eval_from is not None else "data")
 
-    counts = logs.counts + [
-        labelled[join.ATTRIBUTED]
-        | "SumAttributed" >> beam.CombineGlobally(sum)
-        | "TagAttributed" >> beam.Map(lambda n: ((dl.EVENTS, "attributed"), n))]
+    counts = logs.counts + [attributed_count(labelled[join.ATTRIBUTED])]
     dead_letters = logs.dead_letters + [labelled[dl.DEAD_LETTER]]
     return write_outputs(split_batches, dead_letters, counts, self._paths, config, spec,
                          self._statistics)
@@ -151,6 +148,14 @@ def read_logs(pbegin, impressions, events, config: config_lib.DataConfig,
                   lambda n: ((dl.EVENTS, "read"), n)),
               parsed_impressions[parse.CUT], parsed_events[parse.CUT]],
       dead_letters=[parsed_impressions[dl.DEAD_LETTER], parsed_events[dl.DEAD_LETTER]])
+
+
+def attributed_count(attributed: beam.PCollection) -> beam.PCollection:
+  """The ((events, "attributed"), n) count of a labeller's per-bucket attributed counts
+  (join.ATTRIBUTED), as both log jobs report it."""
+  return (attributed
+          | "SumAttributed" >> beam.CombineGlobally(sum)
+          | "TagAttributed" >> beam.Map(lambda n: ((dl.EVENTS, "attributed"), n)))
 
 
 def write_split(batches: beam.PCollection, split: str, num_shards: int,
