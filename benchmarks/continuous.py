@@ -40,8 +40,9 @@ stale shows what freshness is worth; the preprocessing of the last day within 1.
 second day's wall time and peak memory (measured on an idle machine only: the page states
 the load); nothing lost across the days (`accounting`: the world's lines, each day's
 counts.json identities, the closed labels against the truth). Each run of the command
-appends its cost to WORK/invocations.jsonl, and the page lists them all. No choice here is tuned on the reported days: the configs are taken as they
-are, K = 7 is the configs' vocabulary window.
+appends its cost to WORK/invocations.jsonl, and the page lists them all. No choice here
+is tuned on the reported days: the configs are taken as they are, K = 7 is the configs'
+vocabulary window.
 
 Cost of the default (30 days x 5,000 impressions, 3 seeds, 2 models), estimated from a
 pilot on a separate seed and size (loaded machine, CPU seconds): the 90 day jobs run one
