@@ -163,11 +163,14 @@ def checked_data_dir(data_dir: str) -> str:
   return data_dir
 
 
-def ensure_data(workdir: str, impressions: int, seed: int = 7) -> str:
+def ensure_data(workdir: str, impressions: int, seed: int = 7, in_process: bool = False) -> str:
   """TFRecords of `impressions` simulated impressions (pipeline.preprocess, made once).
 
   A directory is reused only when its success marker verifies; an incomplete one (a
   failed or interrupted run) is deleted and made again.
+
+  in_process: run what pipeline.preprocess's main runs (`pipeline.preprocess.run`) in this
+    process instead of the CLI in a subprocess (as `ensure_model`'s in_process).
   """
   from features import success_marker  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, f"data_{impressions}_s{seed}")
@@ -179,7 +182,11 @@ def ensure_data(workdir: str, impressions: int, seed: int = 7) -> str:
       shutil.rmtree(out)
   raw = ensure_raw(workdir, impressions, seed)
   logging.info("Preprocessing %s -> %s", raw, out)
-  run_module("pipeline.preprocess", preprocess_args(raw, out))
+  if in_process:
+    from pipeline import preprocess  # pylint: disable=g-import-not-at-top
+    preprocess.run(preprocess_args(raw, out))
+  else:
+    run_module("pipeline.preprocess", preprocess_args(raw, out))
   return checked_data_dir(out)
 
 

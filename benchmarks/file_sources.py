@@ -1,6 +1,7 @@
 """Throughput of the file-split sources (raw Ali-CCP release, AliExpress CSV).
 
   python -m benchmarks.file_sources [--quick] [--rows 200000] [--workers 1]
+                                   [--sources ali_ccp,aliexpress]
 
 Flow position: files in the releases' layouts (simulation.release_layouts: uniform random
 ids, 2% bad lines of every kind) -> **pipeline.preprocess --source ali_ccp / aliexpress**
@@ -56,10 +57,14 @@ def lines_read(counts: Dict[str, Any]) -> int:
 
 
 def run(rows: int, workers: Sequence[int], workdir: str, results_dir: str,
-        command: str) -> List[Dict[str, Any]]:
+        command: str, sources: Sequence[str] = SOURCES) -> List[Dict[str, Any]]:
+  """One job per source of `sources` and worker count; writes file_sources.md."""
+  unknown = sorted(set(sources) - set(SOURCES))
+  if unknown:
+    raise ValueError(f"unknown sources {unknown}: choose from {list(SOURCES)}")
   load_start = common.load_average()
   results = []
-  for source in SOURCES:
+  for source in sources:
     flags = write_inputs(source, rows, workdir)
     for count in workers:
       output = os.path.join(workdir, f"file_sources_{source}_w{count}")
@@ -94,12 +99,14 @@ def main(argv=None):
   parser.add_argument("--rows", type=int, default=None,
                       help="Train rows per source (Ali-CCP skeleton rows; eval a third).")
   parser.add_argument("--workers", default="1")
+  parser.add_argument("--sources", default=",".join(SOURCES),
+                      help="Comma-separated sources to run (default: all).")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   rows = args.rows or (20_000 if args.quick else 200_000)
   argv_text = " ".join(sys.argv[1:] if argv is None else argv)
   run(rows, [int(w) for w in args.workers.split(",")], args.workdir, args.results_dir,
-      f"python -m benchmarks.file_sources {argv_text}".strip())
+      f"python -m benchmarks.file_sources {argv_text}".strip(), args.sources.split(","))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ copies it first (tests/test_training_inputs.py's corrupt shards do).
 
 Fixtures:
   small_world: tests/small_world.py's 4k-impression world after pipeline.preprocess (one
-    in-memory Beam worker; tests/test_beam_parallel.py's reference output):
+    in-memory Beam worker):
     {"raw": simulator output, "data": Beam output, "config": the small experiment YAML}.
 """
 

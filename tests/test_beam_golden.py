@@ -16,9 +16,15 @@ imports per run) and digested (`digest_output`) into sha256s of:
 
 and compared with tests/data/golden/beam_golden.json (recorded by the retired
 per-record job; the RecordBatch job reproduces it exactly). The Parquet world runs with
-`--local_workers 2` and 7 join buckets (so a bucket holds many ids), the JSONL world
-with one in-memory worker and the default buckets; the digests are the same either way
-(see docs/SCALING.md 2.1).
+`--local_workers 2` (DirectRunner multi_processing: two worker processes) and 7 join
+buckets (so a bucket holds many ids), the JSONL world with one in-memory worker and the
+default buckets. Bundles, shard assignment and record order differ between one worker and
+two processes; the outputs must not (docs/SCALING.md 2.1: exact sums and quantiles), so
+`--write` also runs the Parquet world on one in-memory worker with the default buckets
+(`ONE_WORKER`) and refuses to write unless both runs give the same digests: the golden
+records an output that one worker and two processes produce alike, and this test's
+2-process run must reproduce it byte for byte (Examples, vocabularies; counts.json and
+transform.json as canonical JSON). Checked on 2026-12-06: both give the committed digests.
 
 Regenerate (only when an output change is intended, and say why in the commit):
 
@@ -52,6 +58,8 @@ WORLDS = {
         "preprocess": ["--local_workers=2", "--join_buckets=7"],
     },
 }
+# The flags `--write` also runs a world with (module docstring): one in-memory worker.
+ONE_WORKER = {"parquet": ["--local_workers=1"]}
 
 
 def _env() -> Dict[str, str]:
@@ -68,13 +76,16 @@ def _run(module: str, args: List[str]) -> None:
     raise RuntimeError(f"python -m {module} {' '.join(args)} failed:\n{proc.stdout[-3000:]}")
 
 
-def make_world(name: str, workdir: str) -> str:
-  """Simulates and preprocesses world `name` under workdir; returns the output dir."""
+def make_world(name: str, workdir: str, preprocess_flags: List[str] = None) -> str:
+  """Simulates (once) and preprocesses world `name` under workdir, with the world's
+  preprocess flags or `preprocess_flags`; returns the output dir."""
   world = WORLDS[name]
   raw, output = os.path.join(workdir, name, "raw"), os.path.join(workdir, name, "data")
-  _run("pipeline.simulate", [f"--output={raw}", "--overwrite", *world["simulate"]])
+  if not os.path.isdir(raw):
+    _run("pipeline.simulate", [f"--output={raw}", *world["simulate"]])
+  flags = world["preprocess"] if preprocess_flags is None else preprocess_flags
   preprocess.run([f"--impressions={raw}/impressions/*", f"--events={raw}/events/*",
-                  f"--output={output}", *world["preprocess"]])
+                  f"--output={output}", *flags])
   return output
 
 
@@ -142,6 +153,8 @@ def golden():
 def test_outputs_match_the_golden_digest(name, golden, tmp_path):
   expected = golden["worlds"][name]
   assert expected["simulate"] == WORLDS[name]["simulate"], "world changed: regenerate"
+  # Written by a --write that found one worker's output the same (module docstring).
+  assert expected.get("same_with") == ONE_WORKER.get(name), "regenerate (docstring)"
   found = digest_output(make_world(name, str(tmp_path)))
   assert found["sizes"] == expected["sizes"]
   assert expected["sizes"]["dead_letters"] > 0 or name == "parquet"
@@ -193,6 +206,12 @@ def main(argv=None) -> None:
     worlds[name] = {"simulate": WORLDS[name]["simulate"],
                     "preprocess": WORLDS[name]["preprocess"],
                     **digest_output(make_world(name, workdir))}
+    if name in ONE_WORKER:
+      alone = digest_output(make_world(name, workdir, ONE_WORKER[name]))
+      if alone != {key: worlds[name][key] for key in ("digests", "sizes")}:
+        raise SystemExit(f"{name}: {WORLDS[name]['preprocess']} and {ONE_WORKER[name]} give "
+                         f"different outputs, nothing written:\n{alone}\n{worlds[name]}")
+      worlds[name]["same_with"] = ONE_WORKER[name]
   golden = {"about": "tests/test_beam_golden.py: digests of pipeline.preprocess outputs on "
                      "fixed simulated worlds", "worlds": worlds}
   text = json.dumps(golden, indent=1, sort_keys=True) + "\n"

@@ -56,6 +56,7 @@ from apache_beam.options import pipeline_options
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
+from apache_beam.runners.portability import stager as stager_lib
 import pytest
 
 from features import success_marker
@@ -238,10 +239,43 @@ def sdist_modules(path: str) -> Set[str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
   """A folder for the jobs' input files. Module-scoped, so that under `--dist loadscope`
-  (make test) this file is one work unit on one worker: each dry run builds the sdist in
-  the repository's folder (`setup.py sdist` makes and removes a release tree there), and
+  (make test) this file is one work unit on one worker: the first dry run builds the sdist
+  in the repository's folder (`setup.py sdist` makes and removes a release tree there), and
   two at once would race."""
   return tmp_path_factory.mktemp("dataflow_dry_run")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def staged_once(tmp_path_factory):
+  """The workers' environment artifacts that do not depend on the job (the `--setup_file`
+  sdist, the submission environment's `pip freeze`), built by Beam's own Stager for the
+  first dry run and copied into each later run's staging directory (about 1.2 CPU s a
+  job: two child processes). Each job still stages them and is checked on them."""
+  cache = str(tmp_path_factory.mktemp("staged_once"))
+  build, freeze = (stager_lib.Stager._build_setup_package,  # pylint: disable=protected-access
+                   stager_lib.Stager._create_stage_submission_env_dependencies)  # pylint: disable=protected-access
+  built = {}
+
+  def build_once(setup_file, temp_dir, build_setup_args=None):
+    if setup_file not in built:
+      os.makedirs(os.path.join(cache, "sdist"))
+      built[setup_file] = build(setup_file, os.path.join(cache, "sdist"), build_setup_args)
+    return shutil.copy(built[setup_file], temp_dir)
+
+  def freeze_once(temp_dir):
+    if "freeze" not in built:
+      [artifact] = freeze(cache)
+      built["freeze"] = beam_runner_api_pb2.ArtifactFilePayload.FromString(
+          artifact.type_payload).path
+    path = shutil.copy(built["freeze"], temp_dir)
+    return [stager_lib.Stager._create_file_stage_to_artifact(  # pylint: disable=protected-access
+        path, stager_lib.SUBMISSION_ENV_DEPENDENCIES_FILE)]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(stager_lib.Stager, "_build_setup_package", staticmethod(build_once))
+    patch.setattr(stager_lib.Stager, "_create_stage_submission_env_dependencies",
+                  staticmethod(freeze_once))
+    yield
 
 
 @pytest.mark.parametrize("name,flags,steps", JOBS, ids=[job[0] for job in JOBS])

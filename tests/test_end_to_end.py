@@ -23,6 +23,7 @@ from evaluation import runner
 from features import example_codec
 from features import parsing
 from models import calibration
+from pipeline import preprocess
 from serving import predictor
 from training import data
 from training import trainer
@@ -41,8 +42,10 @@ def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("e2e")
   raw, data_dir, model_dir = root / "raw", root / "data", root / "model"
   _run("pipeline.simulate", f"--output={raw}", "--impressions=20000", "--seed=11")
-  _run("pipeline.preprocess", f"--impressions={raw}/impressions/*.jsonl.gz",
-       f"--events={raw}/events/*.jsonl.gz", f"--output={data_dir}")
+  # What `python -m pipeline.preprocess` runs, in this process (TF and Beam are loaded:
+  # a child would add ~5 CPU s of imports); the CLI's own runs are tests/test_entry_points'.
+  preprocess.run([f"--impressions={raw}/impressions/*.jsonl.gz",
+                  f"--events={raw}/events/*.jsonl.gz", f"--output={data_dir}"])
   config = config_lib.load_config(os.path.join(REPO, "configs", "esmm.yaml"),
                                   overrides={"train": {"epochs": 3, "batch_size": 512}})
   result = trainer.train_and_export(config, str(data_dir), str(model_dir))

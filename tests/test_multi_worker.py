@@ -41,7 +41,7 @@ REPO = small_world_lib.REPO
 pytestmark = pytest.mark.slow
 
 EPOCHS = small_world_lib.EPOCHS
-subprocess_env = small_world_lib.subprocess_env  # also used by tests/test_beam_parallel.py
+subprocess_env = small_world_lib.subprocess_env
 write_small_config = small_world_lib.write_small_config
 
 

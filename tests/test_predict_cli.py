@@ -35,8 +35,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
   workdir = test_serving.shared_workdir(tmp_path_factory)
-  return common.ensure_model(workdir, common.ensure_data(workdir, test_serving.IMPRESSIONS),
-                             in_process=True)
+  data_dir = common.ensure_data(workdir, test_serving.IMPRESSIONS, in_process=True)
+  return common.ensure_model(workdir, data_dir, in_process=True)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -166,10 +166,9 @@ def test_end_to_end_then_validate_then_fail_on_anomalies(tmp_path, capsys):
   config = testing.write_experiment(str(tmp_path / "config"))
   impressions, events = _write_logs(str(tmp_path / "logs"))
   output = str(tmp_path / "run1")
-  # One in-memory worker (DirectRunner's default). Two worker processes: JSONL.gz logs in
-  # tests/test_beam_parallel.py (--direct_num_workers 2 --direct_running_mode
-  # multi_processing, byte-equal to one worker), Parquet logs in tests/test_beam_golden.py
-  # (--local_workers 2, the golden digest).
+  # One in-memory worker (DirectRunner's default). Two worker processes: Parquet logs in
+  # tests/test_beam_golden.py (--local_workers 2, the golden digest, which one worker
+  # gives too), JSONL.gz logs in tests/test_beam_data_loss.py (every record accounted for).
   result = preprocess.run(_argv(impressions, events, output, config))
   paths = outputs_lib.OutputPaths(output)
   counts = result["counts"]

@@ -42,7 +42,7 @@ def shared_workdir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return common.ensure_data(shared_workdir(tmp_path_factory), IMPRESSIONS)
+  return common.ensure_data(shared_workdir(tmp_path_factory), IMPRESSIONS, in_process=True)
 
 
 @pytest.fixture(scope="module")

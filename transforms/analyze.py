@@ -22,7 +22,8 @@ the artifacts of one pass over the window byte for byte. The layout is documente
 Only present values count (a missing feature adds nothing). Every statistic is a sum of
 integers (token and value counts, scaled sums) followed by one computation, so the
 artifacts are byte-for-byte the same however the input is ordered and split into
-bundles or workers (tests/test_beam_parallel.py). Per batch, each analysed column is
+bundles or workers (tests/test_beam_golden.py's Parquet world: 2 processes, the digests of
+one worker). Per batch, each analysed column is
 reduced to its distinct values with their counts (`pyarrow.compute.value_counts`, in
 C++; list columns flattened first), and only the distinct values go through the Python
 rules (`vocabulary_token`, `is_writable_token`, `math.log1p(max(x, 0.0))`,
