@@ -7,6 +7,7 @@ counts, rate = examples / seconds, the steady window inside the epoch) and the t
 for their rows and formatted cells, since timings themselves vary.
 """
 
+import glob
 import os
 
 import pytest
@@ -160,12 +161,24 @@ def test_beam_preprocess_counts_every_record(workdir, tmp_path):
 
 @pytest.mark.slow
 def test_beam_preprocess_reads_parquet_worlds(workdir, tmp_path):
-  rows = beam_preprocess.run(1000, workers=(1,), workdir=workdir, results_dir=str(tmp_path),
-                             formats=("parquet",), name="formats")
-  floor, job = rows
-  assert floor["format"] == job["format"] == "parquet"
-  assert floor["written"] == job["impressions"] == 1000 and not job["failure"]
-  assert job["events"] == floor["events"] > 0
+  """The benchmark's Parquet input without a job (a subprocess of ~8 CPU s): the same
+  seeded world in Parquet, the floor's Parquet reader on it, the job's flags matching its
+  files, and the table's input column. The job on Parquet logs is the golden's
+  (tests/test_beam_golden.py); the job's subprocess, its accounting and its row are the
+  same code for either input and run in the JSON Lines test above."""
+  raws = {fmt: common.ensure_raw(workdir, 1000, fmt=fmt) for fmt in ("jsonl", "parquet")}
+  floors = {fmt: beam_preprocess.floor(raw, [b"an Example"], 10, str(tmp_path / fmt), fmt)
+            for fmt, raw in raws.items()}
+  assert floors["parquet"]["parsed"] == floors["jsonl"]["parsed"] > 1000  # the same world
+  assert floors["parquet"]["written"] == 10
+  flags = common.preprocess_args(raws["parquet"], str(tmp_path / "out"), "parquet")
+  for flag in ("--impressions", "--events"):
+    assert glob.glob(flags[flags.index(flag) + 1]), flag
+  row = dict(beam_preprocess.row("job", 1, {"impressions": {"read": 1000},
+                                            "events": {"read": 80}}, 2.0, 3.0, 0.5),
+             format="parquet", floor_ratio=4.0)
+  body = beam_preprocess.write_table([row], str(tmp_path), "test", name="formats")
+  assert "| Parquet |" in body and "| 540 |" in body  # 1,080 records in 2 s
   assert "| Parquet |" in open(tmp_path / "formats.md").read()
 
 
