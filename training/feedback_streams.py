@@ -88,11 +88,13 @@ def samples(exposure: Exposure, config: StreamConfig, until: float,
   """The samples `config.method`'s stream ingests from `exposure` in the period
   (since, until], in ingestion order (module docstring). A training period's stream is
   every exposure's samples in it, including late ones of exposures from before it."""
-  return [sample for sample in _ingested(exposure, config, until) if sample.time > since]
+  return [sample for sample in _ingested(exposure, config, until)
+          if since < sample.time <= until]
 
 
 def _ingested(exposure: Exposure, config: StreamConfig, until: float) -> List[Sample]:
-  """Every sample ingested by `until`."""
+  """Every sample ingested by `until` (a click after `until` may be among them: `samples`
+  drops it)."""
   if exposure.time > until:
     return []
   if exposure.click_time is None:

@@ -1,0 +1,145 @@
+"""A delayed-feedback method's training stream for one day, from the stored daily outputs.
+
+Flow position: pipeline.preprocess --day D (transforms/daily.py) -> DAY/train, updates,
+closed -> **day_stream** -> the method's weighted loss (models/layers/delayed_feedback.py).
+The stream is the one training/feedback_streams.py defines per exposure, read for the
+day's period (start, end] (end = the day's snapshot): built from day D's outputs and, for
+the windowed methods, day D-1's train/, never from the history:
+
+  exposure samples   day D's train/ (the day's new impressions): an unclicked one with
+                     conversion 0, a clicked one at its click with conversion 0, or its
+                     label at the snapshot (vanilla)
+  duplicates         rows of D's train/ and updates/ whose conversion time falls in the
+                     period (updates/ holds the earlier impressions whose labels changed
+                     on D); ES-DFM and DEFER only those with d > c
+  observed           clicks whose window c ends in the period (waiting, esdfm, defer): D's
+                     train/ and D-1's train/, the latter with the timestamps of D's
+                     updates/ where it has the impression; label 1[d <= c]
+  final (defer)      D's closed/ (impressions whose attribution window closed on D), the
+                     clicked ones with their final label
+
+The oracle stream needs the final labels at the click, which only the simulator's truth
+has (the benchmark joins it); it is refused here. A row's columns are numpy arrays:
+`impression_id`, `timestamp`, and the click and conversion labels' first-event times
+(`<label>_timestamp`, int64 seconds, -1 for none), as the daily Examples carry them.
+"""
+
+import dataclasses
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+from training import feedback_streams as streams
+
+Rows = Mapping[str, np.ndarray]
+KINDS = ("exposure", "observed", "duplicate", "final")
+
+
+@dataclasses.dataclass(frozen=True)
+class DayStream:
+  """The period's samples, int64/str arrays [n] each: `output` ("train", "updates",
+  "closed" or "previous": D-1's train/) and `row` say which stored row a sample is; `time`,
+  `click`, `conversion`, `kind` are feedback_streams.Sample's fields."""
+  output: np.ndarray
+  row: np.ndarray
+  time: np.ndarray
+  click: np.ndarray
+  conversion: np.ndarray
+  kind: np.ndarray
+
+  def __len__(self):
+    return len(self.row)
+
+
+def _size(rows: Rows) -> int:
+  return len(rows["impression_id"])
+
+
+def _with_updates(previous: Rows, updates: Rows, click: str, conversion: str) -> Dict[str, np.ndarray]:
+  """`previous`'s columns with the click and conversion times of `updates` where it has
+  the same impression (labels that changed on day D)."""
+  merged = {name: np.array(previous[name]) for name in
+            ("impression_id", "timestamp", click, conversion)}
+  where = {impression: index for index, impression in enumerate(updates["impression_id"])}
+  for index, impression in enumerate(merged["impression_id"]):
+    found = where.get(impression)
+    if found is not None:
+      merged[click][index] = updates[click][found]
+      merged[conversion][index] = updates[conversion][found]
+  return merged
+
+
+def day_stream(config: streams.StreamConfig, start: float, end: float,
+               today: Mapping[str, Rows], previous_train: Optional[Rows] = None,
+               click_label: str = "click", conversion_label: str = "purchase") -> DayStream:
+  """The samples `config.method`'s stream ingests in (start, end] (module docstring).
+
+  Args:
+    config: the method and its windows (feedback_streams.StreamConfig).
+    start, end: the period; end is the day's snapshot (the outputs' snapshot_timestamp).
+    today: {"train", "updates", "closed": Rows} of day D.
+    previous_train: day D-1's train/ Rows (the windowed methods; None on the first day).
+    click_label, conversion_label: the data config's label names.
+
+  Raises:
+    ValueError: the oracle (final labels at the click: the simulator's), or a window c
+      longer than the period (its clicks would come from more than one earlier day).
+  """
+  method, window = config.method, config.window_s
+  if method == "oracle":
+    raise ValueError("the oracle stream needs the final labels at the click: the "
+                     "simulator's truth, not the daily outputs")
+  if method in streams.WINDOWED and window > end - start:
+    raise ValueError(f"{method}: window_s {window} is longer than the period "
+                     f"({end - start} s): its clicks would span more than one earlier day")
+  click, conversion = (f"{click_label}_timestamp", f"{conversion_label}_timestamp")
+  parts = []
+
+  def add(output, rows, mask, time, click_value, conversion_value, kind):
+    index = np.flatnonzero(mask)
+    parts.append((np.full(len(index), output), index, np.asarray(time)[index],
+                  np.broadcast_to(click_value, mask.shape)[index],
+                  np.broadcast_to(conversion_value, mask.shape)[index],
+                  np.full(len(index), kind)))
+
+  new = today["train"]
+  clicked = np.asarray(new[click]) >= 0
+  converted = np.asarray(new[conversion]) >= 0
+  exposure_time = np.where(clicked, new[click], new["timestamp"])
+  label = (clicked & converted).astype(np.int64) if method == "vanilla" else 0
+  add("train", new, np.ones(_size(new), bool), exposure_time, clicked.astype(np.int64),
+      label, "exposure")
+
+  if method in ("fnw", "fnc", "esdfm", "defer"):
+    for output in ("train", "updates"):
+      rows = today[output]
+      times = np.asarray(rows[conversion])
+      mask = (times > start) & (times <= end) & (np.asarray(rows[click]) >= 0)
+      if method in ("esdfm", "defer"):
+        mask &= times - np.asarray(rows[click]) > window
+      add(output, rows, mask, times, 1, 1, "duplicate")
+
+  if method in streams.WINDOWED:
+    sources = [("train", new)]
+    if previous_train is not None and _size(previous_train):
+      sources.append(("previous", _with_updates(previous_train, today["updates"], click,
+                                                conversion)))
+    for output, rows in sources:
+      clicks, times = np.asarray(rows[click]), np.asarray(rows[conversion])
+      due = clicks + window
+      mask = (clicks >= 0) & (due > start) & (due <= end)
+      in_window = ((times >= 0) & (times - clicks <= window)).astype(np.int64)
+      add(output, rows, mask, due, 1, in_window, "observed")
+
+  if method == "defer":
+    rows = today["closed"]
+    clicks = np.asarray(rows[click])
+    final = (np.asarray(rows[conversion]) >= 0).astype(np.int64)
+    add("closed", rows, clicks >= 0, clicks + config.attribution_s, 1, final, "final")
+
+  output, row, time, click_values, conversion_values, kind = (
+      np.concatenate([part[i] for part in parts]) for i in range(6))
+  order = np.lexsort((row, output, time))
+  return DayStream(output[order], row[order].astype(np.int64), time[order],
+                   click_values[order].astype(np.int64),
+                   conversion_values[order].astype(np.int64), kind[order])
