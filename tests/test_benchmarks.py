@@ -45,8 +45,8 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_dir(workdir):
-  return common.ensure_data(workdir, test_serving.IMPRESSIONS, in_process=True)
+def data_dir(tmp_path_factory):
+  return test_serving.shared_data_dir(tmp_path_factory)
 
 
 def _table_rows(path, first_header):
@@ -134,8 +134,8 @@ def test_input_pipeline_reports_three_rates(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_serving_latency_covers_both_signatures(workdir, data_dir, tmp_path):
-  saved_model = common.ensure_model(workdir, data_dir, in_process=True)
+def test_serving_latency_covers_both_signatures(tmp_path_factory, data_dir, tmp_path):
+  saved_model = test_serving.shared_export_dir(tmp_path_factory)
   rows = serving_latency.run(saved_model, data_dir, calls=20, results_dir=str(tmp_path),
                              batch_sizes=(1, 8))
   assert {(r["signature"].split()[0], r["batch"]) for r in rows} == {

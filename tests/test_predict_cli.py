@@ -34,9 +34,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-  workdir = test_serving.shared_workdir(tmp_path_factory)
-  data_dir = common.ensure_data(workdir, test_serving.IMPRESSIONS, in_process=True)
-  return common.ensure_model(workdir, data_dir, in_process=True)
+  return test_serving.shared_export_dir(tmp_path_factory)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -40,14 +40,25 @@ def shared_workdir(tmp_path_factory) -> str:
   return str(tmp_path_factory.getbasetemp() / "serving_shared")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def shared_data_dir(tmp_path_factory) -> str:
+  """The session's IMPRESSIONS-impression Beam output (made once, in this process)."""
   return common.ensure_data(shared_workdir(tmp_path_factory), IMPRESSIONS, in_process=True)
 
 
+def shared_export_dir(tmp_path_factory) -> str:
+  """The session's ESMM SavedModel trained on shared_data_dir (made once, in this process)."""
+  return common.ensure_model(shared_workdir(tmp_path_factory),
+                             shared_data_dir(tmp_path_factory), in_process=True)
+
+
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, data_dir):
-  return common.ensure_model(shared_workdir(tmp_path_factory), data_dir, in_process=True)
+def data_dir(tmp_path_factory):
+  return shared_data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+  return shared_export_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
