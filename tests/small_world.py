@@ -5,9 +5,9 @@ fixture) by running the real CLIs, `pipeline.simulate` then `pipeline.preprocess
 tests/test_multi_worker.py, tests/test_resume.py and tests/test_training_inputs.py train
 on it with the small experiment YAML written by `write_small_config` (esmm.yaml with
 4-d embeddings and one 16-unit tower layer). Its preprocess runs on one in-memory Beam
-worker (`--local_workers=1`, DirectRunner's default made explicit; 2 processes give
-the same output: tests/test_beam_golden.py's Parquet world). Its data directory is read-only for them: a test that corrupts a shard copies it
-first.
+worker (`--local_workers=1`, DirectRunner's default made explicit; 2 processes give the
+same output: tests/test_beam_golden.py's Parquet world). Its data directory is read-only
+for them: a test that corrupts a shard copies it first.
 """
 
 import os

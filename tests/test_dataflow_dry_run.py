@@ -252,8 +252,9 @@ def staged_once(tmp_path_factory):
   first dry run and copied into each later run's staging directory (about 1.2 CPU s a
   job: two child processes). Each job still stages them and is checked on them."""
   cache = str(tmp_path_factory.mktemp("staged_once"))
-  build, freeze = (stager_lib.Stager._build_setup_package,  # pylint: disable=protected-access
-                   stager_lib.Stager._create_stage_submission_env_dependencies)  # pylint: disable=protected-access
+  stager = stager_lib.Stager
+  build = stager._build_setup_package  # pylint: disable=protected-access
+  freeze = stager._create_stage_submission_env_dependencies  # pylint: disable=protected-access
   built = {}
 
   def build_once(setup_file, temp_dir, build_setup_args=None):

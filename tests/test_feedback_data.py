@@ -43,7 +43,7 @@ def _write(rows, directory, output):
 def stored(tmp_path_factory):
   """Day 3 of the world (and day 2's train/) as shards: {"patterns", "written"}."""
   root = str(tmp_path_factory.mktemp("feedback_data"))
-  world = world_lib._world()  # pylint: disable=protected-access
+  world = world_lib.make_world()
   written = dict(world_lib.daily_outputs(world, 3))
   written["previous"] = world_lib.daily_outputs(world, 2)["train"]
   patterns = {output: _write(rows, root, output) for output, rows in written.items()}
@@ -64,8 +64,8 @@ def test_the_dataset_holds_each_sample_of_the_day_stream(stored, method):
   rows = {output: feedback_data.read_rows(pattern)
           for output, pattern in stored["patterns"].items()}
   today = {output: rows[output] for output in ("train", "updates", "closed")}
-  stream = feedback_days.day_stream(world_lib._config(method), 3 * DAY, 4 * DAY, today,  # pylint: disable=protected-access
-                                    rows["previous"])
+  stream = feedback_days.day_stream(world_lib.stream_config(method), 3 * DAY, 4 * DAY,
+                                    today, rows["previous"])
   expected = collections.Counter(
       (rows[output]["impression_id"][row], int(click), int(conversion), kind)
       for output, row, click, conversion, kind in zip(

@@ -24,7 +24,7 @@ W, C = 2 * DAY, 6 * HOUR
 DAYS = 5
 
 
-def _world(seed=3, count=400):
+def make_world(seed=3, count=400):
   rng = np.random.default_rng(seed)
   times = np.sort(rng.uniform(0, DAYS * DAY, count)).round()
   clicked = rng.random(count) < 0.5
@@ -65,7 +65,7 @@ def daily_outputs(world, day):
           "closed": _rows(closed, end)}
 
 
-def _config(method):
+def stream_config(method):
   return streams.StreamConfig(method, W, C if method in streams.WINDOWED else 0.0)
 
 
@@ -75,15 +75,15 @@ def _multiset(samples):
 
 @pytest.mark.parametrize("method", [m for m in streams.METHODS if m != "oracle"])
 def test_each_days_stream_equals_the_definition_over_every_exposure(method):
-  world = _world()
+  world = make_world()
   outputs = [daily_outputs(world, day) for day in range(DAYS)]
   kinds = collections.Counter()
   for day in range(DAYS):
     start, end = day * DAY, (day + 1) * DAY
-    found = feedback_days.day_stream(_config(method), start, end, outputs[day],
+    found = feedback_days.day_stream(stream_config(method), start, end, outputs[day],
                                      outputs[day - 1]["train"] if day else None)
     expected = [(s.time, s.click, s.conversion, s.kind) for exposure in world
-                for s in streams.samples(exposure, _config(method), end, since=start)]
+                for s in streams.samples(exposure, stream_config(method), end, since=start)]
     assert _multiset(zip(found.time, found.click, found.conversion, found.kind)) == (
         _multiset(expected)), (method, day)
     kinds.update(found.kind)
@@ -95,10 +95,10 @@ def test_each_days_stream_equals_the_definition_over_every_exposure(method):
 
 
 def test_samples_point_at_their_stored_rows():
-  world = _world()
+  world = make_world()
   day = 3
   today, previous = daily_outputs(world, day), daily_outputs(world, day - 1)["train"]
-  found = feedback_days.day_stream(_config("defer"), day * DAY, (day + 1) * DAY, today,
+  found = feedback_days.day_stream(stream_config("defer"), day * DAY, (day + 1) * DAY, today,
                                    previous)
   tables = {**today, "previous": previous}
   assert {"train", "updates", "closed", "previous"} <= set(found.output)
@@ -111,9 +111,9 @@ def test_samples_point_at_their_stored_rows():
 
 
 def test_the_oracle_and_a_window_longer_than_the_day_are_refused():
-  outputs = daily_outputs(_world(), 1)
+  outputs = daily_outputs(make_world(), 1)
   with pytest.raises(ValueError, match="simulator's truth"):
-    feedback_days.day_stream(_config("oracle"), DAY, 2 * DAY, outputs)
+    feedback_days.day_stream(stream_config("oracle"), DAY, 2 * DAY, outputs)
   with pytest.raises(ValueError, match="longer than the period"):
     feedback_days.day_stream(streams.StreamConfig("esdfm", W, 1.5 * DAY), DAY, 2 * DAY,
                              outputs)

@@ -19,16 +19,13 @@ import tensorflow as tf
 from features import spec as spec_lib
 from training import data
 from training import feedback_days
+from transforms import label as label_lib
 
 READ_BATCH = 4096
 
 
-def _files(pattern: str):
-  return sorted(tf.io.gfile.glob(pattern))
-
-
 def _records(pattern: str) -> tf.data.Dataset:
-  return tf.data.TFRecordDataset(_files(pattern), compression_type=data.COMPRESSION)
+  return tf.data.TFRecordDataset(data.list_files(pattern), compression_type=data.COMPRESSION)
 
 
 def read_rows(pattern: str, click_label: str = "click",
@@ -38,9 +35,10 @@ def read_rows(pattern: str, click_label: str = "click",
   keys = {spec_lib.IMPRESSION_ID_KEY: tf.io.FixedLenFeature([], tf.string),
           spec_lib.TIMESTAMP_KEY: tf.io.FixedLenFeature([], tf.int64)}
   for name in (click_label, conversion_label):
-    keys[f"{name}_timestamp"] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+    keys[label_lib.timestamp_column(name)] = tf.io.FixedLenFeature([], tf.int64,
+                                                                   default_value=-1)
   columns = {name: [] for name in keys}
-  if _files(pattern):
+  if tf.io.gfile.glob(pattern):  # an output may have no shards on a quiet day
     for batch in _records(pattern).batch(READ_BATCH).map(
         lambda serialized: tf.io.parse_example(serialized, keys)):
       for name, values in batch.items():

@@ -30,6 +30,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from training import feedback_streams as streams
+from transforms import label as label_lib
 
 Rows = Mapping[str, np.ndarray]
 KINDS = ("exposure", "observed", "duplicate", "final")
@@ -55,7 +56,8 @@ def _size(rows: Rows) -> int:
   return len(rows["impression_id"])
 
 
-def _with_updates(previous: Rows, updates: Rows, click: str, conversion: str) -> Dict[str, np.ndarray]:
+def _with_updates(previous: Rows, updates: Rows, click: str,
+                  conversion: str) -> Dict[str, np.ndarray]:
   """`previous`'s columns with the click and conversion times of `updates` where it has
   the same impression (labels that changed on day D)."""
   merged = {name: np.array(previous[name]) for name in
@@ -92,10 +94,11 @@ def day_stream(config: streams.StreamConfig, start: float, end: float,
   if method in streams.WINDOWED and window > end - start:
     raise ValueError(f"{method}: window_s {window} is longer than the period "
                      f"({end - start} s): its clicks would span more than one earlier day")
-  click, conversion = (f"{click_label}_timestamp", f"{conversion_label}_timestamp")
+  click, conversion = (label_lib.timestamp_column(click_label),
+                       label_lib.timestamp_column(conversion_label))
   parts = []
 
-  def add(output, rows, mask, time, click_value, conversion_value, kind):
+  def add(output, mask, time, click_value, conversion_value, kind):
     index = np.flatnonzero(mask)
     parts.append((np.full(len(index), output), index, np.asarray(time)[index],
                   np.broadcast_to(click_value, mask.shape)[index],
@@ -107,7 +110,7 @@ def day_stream(config: streams.StreamConfig, start: float, end: float,
   converted = np.asarray(new[conversion]) >= 0
   exposure_time = np.where(clicked, new[click], new["timestamp"])
   label = (clicked & converted).astype(np.int64) if method == "vanilla" else 0
-  add("train", new, np.ones(_size(new), bool), exposure_time, clicked.astype(np.int64),
+  add("train", np.ones(_size(new), bool), exposure_time, clicked.astype(np.int64),
       label, "exposure")
 
   if method in ("fnw", "fnc", "esdfm", "defer"):
@@ -117,7 +120,7 @@ def day_stream(config: streams.StreamConfig, start: float, end: float,
       mask = (times > start) & (times <= end) & (np.asarray(rows[click]) >= 0)
       if method in ("esdfm", "defer"):
         mask &= times - np.asarray(rows[click]) > window
-      add(output, rows, mask, times, 1, 1, "duplicate")
+      add(output, mask, times, 1, 1, "duplicate")
 
   if method in streams.WINDOWED:
     sources = [("train", new)]
@@ -129,13 +132,13 @@ def day_stream(config: streams.StreamConfig, start: float, end: float,
       due = clicks + window
       mask = (clicks >= 0) & (due > start) & (due <= end)
       in_window = ((times >= 0) & (times - clicks <= window)).astype(np.int64)
-      add(output, rows, mask, due, 1, in_window, "observed")
+      add(output, mask, due, 1, in_window, "observed")
 
   if method == "defer":
     rows = today["closed"]
     clicks = np.asarray(rows[click])
     final = (np.asarray(rows[conversion]) >= 0).astype(np.int64)
-    add("closed", rows, clicks >= 0, clicks + config.attribution_s, 1, final, "final")
+    add("closed", clicks >= 0, clicks + config.attribution_s, 1, final, "final")
 
   output, row, time, click_values, conversion_values, kind = (
       np.concatenate([part[i] for part in parts]) for i in range(6))

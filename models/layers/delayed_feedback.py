@@ -17,11 +17,11 @@ label; the weight of a label is (its expected count in the final labels) / (its 
 count in the stream), so that the weighted sum over the stream has the expectation of the
 plain sum over the final labels:
 
-  method       stream per clicked exposure              weight of 1     weight of 0
-  vanilla/oracle  one sample                             1               1
-  fnw          a 0 at once, a duplicate 1 at d <= W      1               1 - p
-  esdfm        1[d <= c] at c, a duplicate 1 if c < d    1               f_rn
-  defer        the esdfm samples, then y again at W      1/2             (1 - p) / (2 (1 - p) + f_dp)
+  method          stream per clicked exposure             weight of 1  weight of 0
+  vanilla/oracle  one sample                              1            1
+  fnw             a 0 at once, a duplicate 1 at d <= W    1            1 - p
+  esdfm           1[d <= c] at c, a duplicate 1 if c < d  1            f_rn
+  defer           the esdfm samples, then y again at W    1/2          (1 - p) / (2 (1 - p) + f_dp)
 
 (2p positives and 2(1 - p) + f_dp negatives per click for defer.) The papers' weights are
 these times the stream's samples per click: FNW's (1 + p) and (1 - p)(1 + p) (Ktena et
@@ -51,10 +51,9 @@ from models.layers import log_space
 _LOG_HALF = -math.log(2.0)
 
 
-def _column(x, dtype=tf.float32) -> tf.Tensor:
-  """x as float [batch] (a [batch, 1] column is flattened)."""
-  x = tf.cast(x, dtype)
-  return tf.reshape(x, [-1])
+def _column(x) -> tf.Tensor:
+  """x as float32 [batch] (a [batch, 1] column is flattened)."""
+  return tf.reshape(tf.cast(x, tf.float32), [-1])
 
 
 def weighted_log_loss(labels, pair, positive_weight=1.0, negative_weight=1.0) -> tf.Tensor:
