@@ -29,9 +29,11 @@ import models  # pylint: disable=wrong-import-position,unused-import  (models/au
 from tests import small_world as small_world_lib  # pylint: disable=wrong-import-position
 from transforms import beam_compat  # pylint: disable=wrong-import-position
 
-# The tests' own pipelines get the job's cached DoFn introspection too (docs/SCALING.md 2.6;
-# pipeline.preprocess applies it for every job; tests/test_beam_data_loss.py compares).
+# The tests' own pipelines get the job's cached DoFn introspection and options views too
+# (docs/SCALING.md 2.6, 2.7; pipeline.preprocess applies them for every job;
+# tests/test_beam_data_loss.py compares them with Beam's own).
 beam_compat.cache_dofn_specs()
+beam_compat.cache_option_views()
 
 DONE = "DONE"  # written last into a shared build's directory
 # Modules that share a build made outside this file's fixtures, as one xdist work unit:

@@ -1,9 +1,9 @@
 """The small simulated world the training tests share: 4k impressions -> Beam -> TFRecords.
 
 Where it sits: tests/conftest.py builds it once per test session (the `small_world`
-fixture) by running the real CLIs, `pipeline.simulate` then `pipeline.preprocess`, and
-tests/test_multi_worker.py, tests/test_resume.py and tests/test_training_inputs.py train
-on it with the small experiment YAML written by `write_small_config` (esmm.yaml with
+fixture) by running `pipeline.simulate`'s CLI, then `pipeline.preprocess.run` in the
+building test's process, and tests/test_multi_worker.py, tests/test_resume.py and
+tests/test_training_inputs.py train on it with the small experiment YAML written by `write_small_config` (esmm.yaml with
 4-d embeddings and one 16-unit tower layer). Its preprocess runs on one in-memory Beam
 worker (`--local_workers=1`, DirectRunner's default made explicit; 2 processes give the
 same output: tests/test_beam_golden.py's Parquet world). Its data directory is read-only
@@ -48,13 +48,13 @@ def build(root: str) -> dict:
   experiment YAML; returns {"raw", "data", "config"} (paths)."""
   raw, data_dir = os.path.join(root, "raw"), os.path.join(root, "data")
   config = write_small_config(os.path.join(root, "small.yaml"))
-  for module, args in (
-      ("pipeline.simulate", [f"--output={raw}", f"--impressions={IMPRESSIONS}",
-                             f"--seed={SEED}"]),
-      ("pipeline.preprocess", [f"--impressions={raw}/impressions/*.jsonl.gz",
-                               f"--events={raw}/events/*.jsonl.gz",
-                               f"--output={data_dir}", f"--config={config}",
-                               "--local_workers=1"])):
-    subprocess.run([sys.executable, "-m", module, *args], check=True, cwd=REPO,
-                   env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  subprocess.run([sys.executable, "-m", "pipeline.simulate", f"--output={raw}",
+                  f"--impressions={IMPRESSIONS}", f"--seed={SEED}"], check=True, cwd=REPO,
+                 env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  # What `python -m pipeline.preprocess` runs, in the building test process (TF and Beam
+  # are loaded there: a child would add ~5 CPU s of imports).
+  from pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  preprocess.run([f"--impressions={raw}/impressions/*.jsonl.gz",
+                  f"--events={raw}/events/*.jsonl.gz", f"--output={data_dir}",
+                  f"--config={config}", "--local_workers=1"])
   return {"raw": raw, "data": data_dir, "config": config}

@@ -6,7 +6,9 @@ worker -> runner path (write_* methods); the job refuses unchecked Beam versions
 whole job with a 1 ms flush interval and 2 worker processes accounts for every record.
 And the second workaround: Beam asks `get_dofn_specs` of the same DoFn instance many times
 (shown on a small pipeline), the cache answers each instance as Beam would (every DoFn of
-the log job, a stateful DoFn) and never hands out its own sets.
+the log job, a stateful DoFn) and never hands out its own sets. And the third: Beam
+parses an options view anew at every `view_as`, several per transform (counted on a small
+pipeline); the cached views read and write the values Beam's own views do.
 """
 
 import os
@@ -237,3 +239,54 @@ def test_the_cached_dofn_specs_are_beams(tmp_path):
   assert len(states) == len(timers) == 1
   states.clear()  # a caller's change does not reach the cache
   assert userstate.get_dofn_specs(dofns[-1]) == original(dofns[-1])
+
+
+def test_beam_parses_an_options_view_at_every_application(monkeypatch):
+  """Without the cache each `view_as` builds a new view (an argparse parse of the flags),
+  and Pipeline.apply asks for several per transform."""
+  beam_compat.uncache_option_views()
+  made = []
+  original = PipelineOptions.__init__
+
+  def counting(self, *args, **kwargs):
+    made.append(type(self).__name__)
+    original(self, *args, **kwargs)
+
+  monkeypatch.setattr(PipelineOptions, "__init__", counting)
+  try:
+    with beam.Pipeline() as pipeline:
+      _ = (pipeline | beam.Create([1, 2, 3]) | "A" >> beam.Map(lambda x: x + 1)
+           | "B" >> beam.Map(lambda x: x * 2) | "C" >> beam.Filter(bool))
+    assert made.count("TypeOptions") >= 8, made
+  finally:
+    assert beam_compat.cache_option_views()
+
+
+def test_the_cached_option_views_are_beams():
+  """A cached view reads and writes the options' values as Beam's own view does, is made
+  once per class, and is made again when the options' dict is replaced."""
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  flags = ["--runner=DirectRunner", "--experiments=a", "--direct_num_workers=2",
+           "--no_pipeline_type_check"]
+  assert beam_compat.cache_option_views()
+  cached, own = PipelineOptions(flags), PipelineOptions(flags)
+  classes = (pipeline_options.StandardOptions, pipeline_options.DebugOptions,
+             pipeline_options.DirectOptions, pipeline_options.TypeOptions,
+             pipeline_options.SetupOptions)
+  for cls in classes:
+    view = cached.view_as(cls)
+    assert cached.view_as(cls) is view  # made once
+    expected = beam_compat._VIEW_AS(own, cls)  # pylint: disable=protected-access
+    assert type(view) is cls
+    for name in expected._visible_option_list():  # pylint: disable=protected-access
+      assert getattr(view, name) == getattr(expected, name), (cls.__name__, name)
+  # A write through one view is seen by the others and by a new options view.
+  cached.view_as(pipeline_options.DebugOptions).experiments.append("b")
+  cached.view_as(pipeline_options.TypeOptions).pipeline_type_check = True
+  assert cached.view_as(pipeline_options.DebugOptions).experiments == ["a", "b"]
+  assert cached.get_all_options()["pipeline_type_check"] is True
+  assert cached.view_as(pipeline_options.StandardOptions).view_as(
+      pipeline_options.TypeOptions).pipeline_type_check is True
+  # Replacing the options' dict (Beam never does; a caller might) makes the views again.
+  cached._all_options = dict(cached._all_options, direct_num_workers=5)  # pylint: disable=protected-access
+  assert cached.view_as(pipeline_options.DirectOptions).direct_num_workers == 5

@@ -1,9 +1,11 @@
-"""Version-checked workarounds for two faults of Beam 2.61: a data-loss race in the local
-multi-process runner, and a DoFn introspection repeated thousands of times per job.
+"""Version-checked workarounds for three faults of Beam 2.61: a data-loss race in the local
+multi-process runner, a DoFn introspection repeated thousands of times per job, and an
+options view parsed anew at every one of the thousand calls that ask for it.
 
-Flow position: pipeline.preprocess calls `prepare_local_parallelism(options)` and
-`cache_dofn_specs()` before it builds the pipeline (tests/conftest.py calls the latter
-for the tests' own pipelines); nothing else in the job touches Beam internals.
+Flow position: pipeline.preprocess calls `prepare_local_parallelism(options)`,
+`cache_dofn_specs()` and `cache_option_views()` before it builds the pipeline
+(tests/conftest.py calls the latter two for the tests' own pipelines); nothing else in
+the job touches Beam internals.
 
 1. The race (apache_beam 2.61.0, runners/worker/data_plane.py; docs/SCALING.md 2.1.1
 lists which streams have it): `TimeBasedBufferingClosableOutputStream`'s flusher thread
@@ -25,6 +27,14 @@ instance, 1,973 calls and 61,000 signatures for the log job on 100 records, 22% 
 CPU. The answer depends only on the instance's methods' default arguments, which do
 not change, so `cache_dofn_specs` remembers it per instance (a weak reference guards
 against a reused id; every call gets new sets); on another Beam version it does nothing.
+
+3. The options views (docs/SCALING.md 2.7): `PipelineOptions.view_as(cls)` builds a new
+`cls(self._flags)`, which makes an argparse parser of cls's options and parses every
+flag again, and `Pipeline.apply` asks for `view_as(TypeOptions)` (and others) several
+times per transform: 1,065 views for the log job's 1,056 applications on a 900-impression
+world, a third of its pipeline's construction. A view keeps no values (it reads and
+writes the shared `_all_options`), so `cache_option_views` hands out one view per options
+instance and class; on another Beam version it does nothing.
 """
 
 import threading
@@ -204,3 +214,42 @@ def uncache_dofn_specs() -> None:
   """Restores Beam's own `get_dofn_specs` (for the test that compares both)."""
   userstate.get_dofn_specs = _GET_DOFN_SPECS
   _DOFN_SPECS.clear()
+
+
+_VIEW_AS = pipeline_options.PipelineOptions.view_as  # Beam's own
+_VIEWS: Dict[int, Tuple[Any, Dict[type, Any]]] = {}
+
+
+def _cached_view_as(self, cls):
+  """`PipelineOptions.view_as(cls)`, made once per options instance and class (module
+  doc, 3). A view holds no values of its own: it reads and writes the instance's
+  `_all_options` dict, so the same view serves every later call; a view made before the
+  instance's dict was replaced is made again."""
+  key = id(self)
+  entry = _VIEWS.get(key)
+  if entry is None or entry[0]() is not self:
+    try:
+      reference = weakref.ref(self, lambda _, key=key, views=_VIEWS: views.pop(key, None))
+    except TypeError:  # not weakly referenceable: not cached
+      return _VIEW_AS(self, cls)
+    entry = _VIEWS[key] = (reference, {})
+  views = entry[1]
+  view = views.get(cls)
+  if view is None or view._all_options is not self._all_options:  # pylint: disable=protected-access
+    view = views[cls] = _VIEW_AS(self, cls)
+  return view
+
+
+def cache_option_views() -> bool:
+  """Makes `PipelineOptions.view_as` hand out one view per options instance and class
+  (idempotent), on CHECKED_VERSION only; returns whether the cache is in place."""
+  if beam.__version__ != CHECKED_VERSION:
+    return False
+  pipeline_options.PipelineOptions.view_as = _cached_view_as
+  return True
+
+
+def uncache_option_views() -> None:
+  """Restores Beam's own `view_as` (for the test that compares both)."""
+  pipeline_options.PipelineOptions.view_as = _VIEW_AS
+  _VIEWS.clear()
