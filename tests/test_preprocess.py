@@ -80,6 +80,24 @@ def test_local_workers_stands_for_the_direct_runner_options():
     preprocess.parse_args(base + ["--local_workers=-1"])
 
 
+def test_the_job_pickles_with_cloudpickle_unless_the_command_says():
+  from apache_beam.internal import pickler  # pylint: disable=g-import-not-at-top
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  for flags, expected in (([], "cloudpickle"), (["--pickle_library=dill"], "dill"),
+                          (["--pickle_library", "dill"], "dill")):
+    options = preprocess.pipeline_options(flags)
+    assert options.view_as(pipeline_options.SetupOptions).pickle_library == expected
+  # Beam's Pipeline sets the process's pickler from the options (and the workers' from
+  # the job's): the job's DoFns are pickled with cloudpickle.
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  previous = "dill" if pickler.desired_pickle_lib is pickler.dill_pickler else "cloudpickle"
+  try:
+    beam.Pipeline(options=preprocess.pipeline_options([]))
+    assert pickler.desired_pickle_lib is pickler.cloudpickle_pickler
+  finally:
+    pickler.set_library(previous)
+
+
 def test_local_workers_on_an_unchecked_beam_version_fails_before_writing(tmp_path,
                                                                          monkeypatch):
   import apache_beam  # pylint: disable=g-import-not-at-top
