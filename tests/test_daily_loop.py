@@ -403,3 +403,74 @@ def test_a_run_killed_in_beam_then_in_training_ends_as_an_uninterrupted_one(refe
   leftovers = [name for name in relative_files(work) if ".tmp" in name or "beam-temp" in name]
   assert not leftovers
   assert versions.list_versions(layout.serving).incomplete == {}
+
+
+# ---- delayed feedback: a day's stream from the stored outputs (issue 31) ----
+
+
+@pytest.mark.slow
+def test_a_days_feedback_stream_feeds_the_models_from_the_stored_outputs(reference):
+  """Day 3's ES-DFM stream (c = 1 h) read from `reference`'s outputs: every sample once,
+  parsed with the day's spec, its labels and kinds those of feedback_days.day_stream on
+  the same rows, f_dp the auxiliary scorer's; FNW's stream trains ESMM's objective; the
+  auxiliary classifier's labels are 1[c < d <= W] of day 2's closed rows (numpy)."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
+  from features import artifacts as artifacts_lib
+  from models import registry
+  from training import feedback_data
+  from training import feedback_inputs
+  from training import feedback_objective
+  from training import feedback_streams
+  from transforms import outputs as outputs_lib
+  # pylint: enable=g-import-not-at-top
+  layout = daily_state.Layout(reference["work"])
+  day_dir = layout.day_dir(END)
+  config = config_lib.load_config(reference["config"])
+  spec = config.load_feature_spec()
+  artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(day_dir))
+  window, attribution = 3600.0, float(config.data.attribution_window_s)
+  auxiliary = registry.build_model(config_lib.config_from_dict(
+      {"feature_spec": config.feature_spec_path, "model": {"name": "naive",
+                                                          "embedding_dim": 4,
+                                                          "tower_units": [8]}}),
+                                   spec, artifacts)
+  f_dp = feedback_inputs.f_dp_function(auxiliary.scorer)
+  esdfm = feedback_streams.StreamConfig("esdfm", attribution, window)
+  _, stream = feedback_inputs.day_stream(day_dir, esdfm)
+  batches = list(feedback_inputs.stream_dataset(day_dir, esdfm, spec, 64, f_dp=f_dp))
+  labels = {k: np.concatenate([b[1][k].numpy() for b in batches]) for k in batches[0][1]}
+  assert len(labels["click"]) == len(stream) > 0
+  # Samples come output by output in stored order; within an output, by row.
+  expected = sorted(zip(stream.output, stream.row, stream.click, stream.conversion,
+                        stream.kind), key=lambda s: (list(feedback_inputs.day_patterns(
+                            day_dir, "esdfm")).index(s[0]), s[1]))
+  np.testing.assert_array_equal(labels["click"], [s[2] for s in expected])
+  np.testing.assert_array_equal(labels["purchase"], [s[3] for s in expected])
+  np.testing.assert_array_equal(labels["trains_click"],
+                                [float(s[4] == "exposure") for s in expected])
+  assert set(stream.kind) >= {"exposure", "observed"}
+  first_features = batches[0][0]
+  np.testing.assert_allclose(labels["f_dp"][:len(first_features["user_id"])],
+                             f_dp(first_features).numpy(), rtol=1e-6)
+  # FNW's stream trains ESMM's objective (one batch's loss; the objective's numbers are
+  # tests/test_feedback_objective.py's).
+  esmm = feedback_objective.feedback_model(registry.build_model(config, spec, artifacts),
+                                           "fnw")
+  fnw = feedback_streams.StreamConfig("fnw", attribution)
+  batch = next(iter(feedback_inputs.stream_dataset(day_dir, fnw, spec, 256)))
+  assert np.isfinite(esmm.compute_loss(batch).numpy())
+  # The auxiliary classifier's examples: day 2's closed rows that were clicked.
+  before = layout.day_dir(START)
+  rows = feedback_data.read_rows(
+      outputs_lib.OutputPaths(before).examples_pattern(outputs_lib.CLOSED))
+  clicked = rows["click_timestamp"] >= 0
+  delay = rows["purchase_timestamp"] - rows["click_timestamp"]
+  expected_labels = ((rows["purchase_timestamp"] >= 0) & (delay > window)
+                     & (delay <= attribution))[clicked]
+  found = np.concatenate([y["purchase"].numpy() for _, y in
+                          feedback_inputs.delayed_positive_dataset(
+                              [before], window, attribution, spec, 128)])
+  np.testing.assert_array_equal(found, expected_labels.astype(np.float32))
+  assert len(found) == clicked.sum() and 0 < found.sum() < len(found)

@@ -1,0 +1,165 @@
+"""A day's delayed-feedback training input, and the auxiliary classifier's, from the stored
+daily outputs.
+
+Flow position: pipeline.preprocess --day D (DAY/train, updates, closed, day.json) ->
+training/feedback_days.day_stream (which rows enter, how often, with which labels) ->
+training/feedback_data.samples_dataset (the rows' Examples) -> **`stream_dataset`**:
+batches of (features, labels) for training/feedback_objective.feedback_model.
+
+The period of day D is (D-1's snapshot, D's snapshot] (`day.json`'s `as_of`; the day
+before's, or one day earlier on the first day). The windowed methods (waiting, esdfm,
+defer) also read D-1's train/ (`day.json`'s `previous`).
+
+ES-DFM and DEFER weigh their samples with f_dp = P(delayed positive | click, x), the
+probability that a click converts after the elapsed-time window c but inside the
+attribution window W. Its classifier learns from complete labels only: the clicked rows
+of closed/ (impressions whose window W closed at the snapshot, final labels), labelled
+1[c < d <= W] with d the conversion's delay after the click (`delayed_positive_dataset`,
+labels named as the data config's click and conversion labels so that a registered
+click-space model, the naive baseline's cvr tower, learns it: `f_dp_function`).
+"""
+
+import json
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from configs import config as config_lib
+from features import parsing
+from features import spec as spec_lib
+from training import feedback_data
+from training import feedback_days
+from training import feedback_objective as objective
+from training import feedback_streams as streams
+from transforms import label as label_lib
+from transforms import outputs as outputs_lib
+
+FDpFunction = Callable[[Dict[str, tf.Tensor]], tf.Tensor]
+
+
+def read_day(day_dir: str) -> Dict[str, object]:
+  """DAY/day.json: {"day", "as_of" (the snapshot, unix s), "previous" (D-1's output or
+  None), ...}."""
+  with tf.io.gfile.GFile(outputs_lib.OutputPaths(day_dir).day) as f:
+    return json.load(f)
+
+
+def period(day_dir: str) -> Tuple[int, int]:
+  """(start, end] of day D's stream: D-1's snapshot (or D's minus a day) and D's."""
+  record = read_day(day_dir)
+  end = int(record["as_of"])
+  previous = record.get("previous")
+  if previous and tf.io.gfile.exists(outputs_lib.OutputPaths(previous).day):
+    return int(read_day(previous)["as_of"]), end
+  return end - config_lib.DAY_S, end
+
+
+def day_patterns(day_dir: str, method: str) -> Dict[str, str]:
+  """The shards a method's stream of day D reads: output name -> glob."""
+  paths = outputs_lib.OutputPaths(day_dir)
+  patterns = {name: paths.examples_pattern(name) for name in outputs_lib.DAILY_OUTPUTS}
+  previous = read_day(day_dir).get("previous")
+  if method in streams.WINDOWED and previous:
+    patterns["previous"] = outputs_lib.OutputPaths(previous).examples_pattern("train")
+  return patterns
+
+
+def day_stream(day_dir: str, config: streams.StreamConfig, click_label: str = "click",
+               conversion_label: str = "purchase") -> Tuple[Dict[str, str],
+                                                            feedback_days.DayStream]:
+  """(patterns, the stream's samples) of day D (feedback_days.day_stream on its rows)."""
+  patterns = day_patterns(day_dir, config.method)
+  rows = {name: feedback_data.read_rows(pattern, click_label, conversion_label)
+          for name, pattern in patterns.items()}
+  start, end = period(day_dir)
+  stream = feedback_days.day_stream(
+      config, start, end, {name: rows[name] for name in outputs_lib.DAILY_OUTPUTS},
+      rows.get("previous"), click_label, conversion_label)
+  return patterns, stream
+
+
+def stream_dataset(day_dir: str, config: streams.StreamConfig, spec: spec_lib.FeatureSpec,
+                   batch_size: int, *, f_dp: Optional[FDpFunction] = None,
+                   shuffle_buffer: int = 0, seed: Optional[int] = None,
+                   click_label: str = "click",
+                   conversion_label: str = "purchase") -> tf.data.Dataset:
+  """Batches (features, labels) of day D's stream: features as parsing.parse_examples
+  gives them, labels as feedback_objective.stream_labels (f_dp from `f_dp(features)`,
+  float [batch], for esdfm and defer). Samples in stream order, shuffled when
+  `shuffle_buffer` > 0."""
+  if config.method in objective.NEEDS_DELAYED_POSITIVE and f_dp is None:
+    raise ValueError(f"{config.method} needs f_dp: an auxiliary classifier "
+                     f"(training/feedback_inputs.f_dp_function)")
+  patterns, stream = day_stream(day_dir, config, click_label, conversion_label)
+  dataset = feedback_data.samples_dataset(patterns, stream)
+  if shuffle_buffer:
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+
+  def parse(batch):
+    features, _ = parsing.parse_examples(batch["example"], spec, label_names=[])
+    delayed = f_dp(features) if config.method in objective.NEEDS_DELAYED_POSITIVE else None
+    labels = objective.stream_labels(batch["click"], batch["conversion"], batch["kind"],
+                                     config.method, delayed, click_label, conversion_label)
+    return features, labels
+
+  return dataset.batch(batch_size).map(parse).prefetch(tf.data.AUTOTUNE)
+
+
+def delayed_positive_labels(rows: Dict[str, np.ndarray], window_s: float,
+                            attribution_s: float, click_label: str = "click",
+                            conversion_label: str = "purchase") -> np.ndarray:
+  """1[clicked, c < d <= W] per row of closed/ (rows of feedback_data.read_rows), int64."""
+  click = np.asarray(rows[label_lib.timestamp_column(click_label)])
+  conversion = np.asarray(rows[label_lib.timestamp_column(conversion_label)])
+  delay = conversion - click
+  return ((click >= 0) & (conversion >= 0) & (delay > window_s)
+          & (delay <= attribution_s)).astype(np.int64)
+
+
+def delayed_positive_dataset(day_dirs, window_s: float, attribution_s: float,
+                             spec: spec_lib.FeatureSpec, batch_size: int,
+                             click_label: str = "click",
+                             conversion_label: str = "purchase") -> tf.data.Dataset:
+  """Batches (features, labels) of the clicked rows of closed/ of `day_dirs`: labels
+  {click_label: 1, conversion_label: 1[c < d <= W]}, float32, for a click-space model
+  (module docstring)."""
+  parts = []
+  for day_dir in day_dirs:
+    pattern = outputs_lib.OutputPaths(day_dir).examples_pattern(outputs_lib.CLOSED)
+    if not tf.io.gfile.glob(pattern):
+      continue
+    rows = feedback_data.read_rows(pattern, click_label, conversion_label)
+    label = delayed_positive_labels(rows, window_s, attribution_s, click_label,
+                                    conversion_label)
+    clicked = rows[label_lib.timestamp_column(click_label)] >= 0
+    records = tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern)),
+                                      compression_type="GZIP")
+    keep = tf.constant(clicked)
+    labels = tf.data.Dataset.from_tensor_slices(tf.constant(label, tf.float32))
+    parts.append(tf.data.Dataset.zip((records.enumerate(), labels)).filter(
+        lambda indexed, _, keep=keep: keep[indexed[0]]).map(
+            lambda indexed, y: (indexed[1], y)))
+  if not parts:
+    raise ValueError(f"no closed/ rows in {list(day_dirs)}: the auxiliary classifier "
+                     f"needs impressions whose attribution window has closed")
+  dataset = parts[0]
+  for part in parts[1:]:
+    dataset = dataset.concatenate(part)
+
+  def parse(serialized, label):
+    features, _ = parsing.parse_examples(serialized, spec, label_names=[])
+    return features, {click_label: tf.ones_like(label), conversion_label: label}
+
+  return dataset.batch(batch_size).map(parse)
+
+
+def f_dp_function(auxiliary_scorer, output: str = "cvr") -> FDpFunction:
+  """features -> P(delayed positive | click, x), float32 [batch]: `output` of a scorer
+  trained on delayed_positive_dataset (its click-space conversion output)."""
+
+  def f_dp(features):
+    return tf.reshape(auxiliary_scorer(features, training=False)[output], [-1])
+
+  return f_dp
+
