@@ -177,3 +177,25 @@ def test_ctr_auc_is_real_and_near_bayes(run):
   # The Keras metric logged at training time agrees with the exact evaluation.
   assert run["result"].metrics["eval"]["ctr_auc"] == pytest.approx(ctr["auc"], abs=0.02)
 
+
+
+def test_final_metrics_are_those_of_the_weights_it_ends_with(run):
+  """metrics.json's eval and validation metrics are read from the History of the epoch
+  whose weights the model ends with (no second pass over each split): evaluating the
+  returned model on each split gives the same numbers."""
+  result, spec, config = run["result"], run["spec"], run["config"]
+  metrics = result.metrics
+  assert metrics["best_epoch"] is not None and metrics["restored_best_weights"]
+  labels = config.data.label_names
+  validation = data.ValidationSplit(
+      from_timestamp=config_lib.instant_timestamp(metrics["validation_from"]))
+  splits = {"eval": data.make_dataset(data.split_pattern(run["data"], "eval"), spec, labels,
+                                      512, shuffle=False),
+            "validation": data.make_dataset(data.split_pattern(run["data"], "train"), spec,
+                                            labels, 512, shuffle=False,
+                                            keep=validation.is_validation)}
+  for split, dataset in splits.items():
+    fresh = result.model.evaluate(dataset, return_dict=True, verbose=0)
+    assert set(fresh) == set(metrics[split]), split
+    for name, value in metrics[split].items():
+      assert fresh[name] == pytest.approx(value, rel=1e-5, abs=1e-7), (split, name)

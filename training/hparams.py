@@ -62,6 +62,9 @@ def hyperparameters(config) -> Dict[str, Any]:
   return flat
 
 
+EVAL_PREFIX = "eval_"  # EpochEvaluation's metrics in the epoch's logs: eval_<metric>
+
+
 class EpochEvaluation(tf_keras.callbacks.Callback):
   """At each epoch's end: model.evaluate on the eval split -> log_dir/eval/epoch_<metric>.
 
@@ -87,7 +90,7 @@ class EpochEvaluation(tf_keras.callbacks.Callback):
           tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
       self._writer.flush()
     if logs is not None:  # also in the History and the Keras log line, as eval_<metric>
-      logs.update({f"eval_{name}": float(value) for name, value in results.items()})
+      logs.update({f"{EVAL_PREFIX}{name}": float(value) for name, value in results.items()})
 
 
 def tensorboard_callbacks(config, log_dir: str, eval_dataset=None,

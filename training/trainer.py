@@ -338,6 +338,18 @@ def fit_output_calibration(model, train_pattern: str, spec: spec_lib.FeatureSpec
   return fitted
 
 
+def epoch_metrics(history, epoch: Optional[int], prefix: str) -> Optional[Dict[str, float]]:
+  """The metrics logged as `<prefix><name>` at the end of `epoch` (0-based) of a fit's
+  History, as {name: value}; None when that epoch did not run in this fit (e.g. before a
+  resume) or logged none with the prefix."""
+  if epoch is None or epoch not in history.epoch:
+    return None
+  index = history.epoch.index(epoch)
+  found = {key[len(prefix):]: float(values[index]) for key, values in history.history.items()
+           if key.startswith(prefix) and len(values) > index}
+  return found or None
+
+
 def _steps(examples: int, batch_size: int) -> int:
   return max(1, math.ceil(examples / batch_size)) if examples else 0
 
@@ -475,11 +487,24 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
                       callbacks=callbacks, verbose=2)
   train_seconds = time.time() - start
 
-  def evaluate(dataset, steps_count):
+  # The weights the model ends with are one epoch's: the best one's when early stopping
+  # restored it, else the last's. When that epoch ran in this fit, its end already
+  # evaluated them (validation, and EpochEvaluation's eval split): those metrics are read
+  # from the history instead of a second pass over each split.
+  restored = (stopper is not None and train_config.restore_best_weights
+              and stopper.best_epoch is not None)
+  final_epoch = (stopper.best_epoch if restored else
+                 history.epoch[-1] if history.epoch else None)
+
+  def evaluate(dataset, steps_count, prefix):
+    found = epoch_metrics(history, final_epoch, prefix)
+    if found is not None:
+      return found
     results = model.evaluate(dataset, steps=steps_count, return_dict=True, verbose=0)
     return {k: float(v) for k, v in results.items()}
 
-  eval_metrics = evaluate(eval_input, eval_steps) if eval_input is not None else {}
+  eval_metrics = (evaluate(eval_input, eval_steps, hparams_lib.EVAL_PREFIX)
+                  if eval_input is not None else {})
   metrics = {
       "model": config.model.name,
       "config": config.source,
@@ -503,7 +528,7 @@ def train_and_export(config: config_lib.ExperimentConfig, data_dir: str, model_d
   }
   if stopper is not None:
     metrics.update({
-        "validation": evaluate(validation_input, validation_steps),
+        "validation": evaluate(validation_input, validation_steps, "val_"),
         "validation_from": train_config.validation_from,
         "validation_fraction": train_config.validation_fraction,
         # Epochs counted from 1, as Keras prints them.
