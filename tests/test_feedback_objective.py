@@ -1,5 +1,7 @@
 """training/feedback_objective.py: a registered model's objective under each delayed-feedback
-method, against a float64 numpy oracle; FNC's correction inside the exported SavedModel.
+method, against a float64 numpy oracle; FNC's correction inside the exported SavedModel;
+the auxiliary classifier of ES-DFM and DEFER (training/feedback_auxiliary.py) on rows
+with a known delayed-positive rate.
 
 A batch of stream samples is made by hand: exposures (clicked or not), observed samples,
 duplicates and DEFER's final re-entries, with labels, kinds and f_dp known. The oracle
@@ -16,9 +18,11 @@ import tensorflow as tf
 import tf_keras
 
 from features import parsing
-from tests.test_esmm import SPEC, build, make_batch, randomize
+from tests.test_esmm import SPEC, build, make_artifacts, make_batch, make_config, randomize
 from training import export as export_lib
+from training import feedback_auxiliary
 from training import feedback_days
+from training import feedback_inputs
 from training import feedback_objective as objective
 
 KIND = {name: index for index, name in enumerate(feedback_days.KINDS)}
@@ -189,3 +193,23 @@ def test_fnc_serves_q_over_1_minus_q_inside_the_saved_model(models, tmp_path):
   q = np.minimum(raw["cvr"], (1 - 1e-7) / 2)
   np.testing.assert_allclose(got["cvr"], q / (1 - q), rtol=2e-5)
   np.testing.assert_allclose(got["ctcvr"], raw["ctr"] * q / (1 - q), rtol=2e-5)
+
+
+def test_the_auxiliary_classifier_learns_the_delayed_positive_rate(tmp_path):
+  """feedback_auxiliary's naive click-space model, fed clicked rows labelled with a known
+  delayed-positive rate (0.5 at position 0, 0.05 elsewhere), serves that rate as f_dp."""
+  features, _ = make_batch(6000, seed=11)
+  position = features["position"].numpy()
+  rate = np.where(position == 0, 0.5, 0.05)
+  delayed = (np.random.default_rng(12).uniform(size=len(rate)) < rate).astype(np.float32)
+  dataset = tf.data.Dataset.from_tensor_slices((features, {
+      "click": np.ones_like(delayed), "purchase": delayed})).shuffle(6000, seed=2).batch(128)
+  config = make_config("esmm")
+  artifacts = make_artifacts(str(tmp_path / "transform"))
+  model = feedback_auxiliary.train_delayed_positive_model(config, SPEC, artifacts, dataset,
+                                                          epochs=2, learning_rate=0.02)
+  assert model.name == "naive" and model.task_loss_weights["ctr"] == 0.0
+  f_dp = feedback_inputs.f_dp_function(model.scorer)(features).numpy()
+  assert f_dp.shape == (6000,)
+  assert f_dp[position == 0].mean() == pytest.approx(0.5, abs=0.08)
+  assert f_dp[position != 0].mean() == pytest.approx(0.05, abs=0.03)
