@@ -213,3 +213,38 @@ def test_the_auxiliary_classifier_learns_the_delayed_positive_rate(tmp_path):
   assert f_dp.shape == (6000,)
   assert f_dp[position == 0].mean() == pytest.approx(0.5, abs=0.08)
   assert f_dp[position != 0].mean() == pytest.approx(0.05, abs=0.03)
+
+
+@pytest.mark.parametrize("name", ["esmm", "naive"])
+def test_dfm_term_is_the_delayed_likelihood_of_the_clicks(models, name):
+  """DFM (each click once, with its delay or elapsed time): the term equals the numpy
+  negative log-likelihood -(log p + log lambda - lambda d) of a conversion after delay
+  d and -log(1 - p + p exp(-lambda e)) of a click unconverted after e, on the model's
+  cvr and its delay head, summed over clicked samples over the conversion task's
+  normaliser; the delay head learns from it; the served scorer is the model's own."""
+  model = objective.feedback_model(models[name], "dfm")
+  features, _ = make_batch(N, seed=4)
+  click = np.array([s[0] for s in SAMPLES], np.float64)
+  conversion = np.array([s[1] for s in SAMPLES], np.float64) * click
+  elapsed = np.linspace(0.1, 5.0, N)
+  labels = objective.stream_labels(click, conversion, np.zeros(N, np.int64), "dfm",
+                                   elapsed_days=elapsed)
+  log_odds = {k: v.numpy().astype(np.float64).reshape(-1)
+              for k, v in model.log_odds(features).items()}
+  z, log_rate = log_odds["cvr"], log_odds[objective.DELAY_OUTPUT]
+  log_p, log_not_p = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
+  hazard = np.exp(log_rate) * elapsed
+  nll = np.where(conversion > 0, -(log_p + log_rate - hazard),
+                 -np.logaddexp(log_not_p, log_p - hazard))
+  weight = np.ones(N) if name == "esmm" else click  # ESMM: over exposures; naive: clicks
+  expected = (weight * click * nll).sum() / weight.sum()
+  output = objective.trained_output(model)
+  found = model.auxiliary_loss_values((features, labels))[f"{output}_feedback"]
+  assert float(found) == pytest.approx(expected, rel=1e-5)
+  head = model.log_odds_model.get_layer(objective.DELAY_OUTPUT).trainable_variables
+  with tf.GradientTape() as tape:
+    loss = model.compute_loss((features, labels), training=True)
+  assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in tape.gradient(loss, head))
+  assert objective.serving_scorer(models[name].scorer, "dfm", output) is models[name].scorer
+  with pytest.raises(ValueError, match="needs elapsed_days"):
+    objective.stream_labels(click, conversion, np.zeros(N, np.int64), "dfm")

@@ -15,6 +15,7 @@ and its kind; `stream_labels` turns them into the labels dict the tasks read:
                                       (its conversion label is not known yet)
   f_dp                                (esdfm, defer) P(delayed positive | click, x) of the
                                       auxiliary classifier, float32 [batch]
+  elapsed_days                        (dfm) the delay or the elapsed time, days [batch]
 
 The rewrite, for a model whose labels are the click and the conversion label only:
   - every task that reads the conversion label gets `trains_conversion` in its sample
@@ -29,6 +30,15 @@ The rewrite, for a model whose labels are the click and the conversion label onl
     x), the model's `cvr` output (stop-gradient), and f_dp.
 The loss weight of `<task>_feedback` is the conversion task's.
 
+DFM (Chapelle 2014) adds a delay head beside the conversion head: log lambda(x), a
+Dense(1) on the scorer's feature encoding, an extra output of the log-odds model (not
+served). Its samples are the clicks as of the snapshot, each once, with `elapsed_days`
+(the delay of a conversion, else the time elapsed since the click); its term replaces the
+conversion task's: sum_i s_i c_i NLL_i / sum_i s_i, with c the click label and NLL
+models/layers/delayed_feedback.dfm_loss on the cvr output and the delay head. With the
+click task's BCE this is the entire space's likelihood (an unclicked exposure's is the
+click task's alone). The served cvr is p itself.
+
 FNC trains the plain loss on the FNW stream, whose label rate is q = r / (1 + r) for the
 rate r of the trained output (r = P(click, convert | x) on the entire space: an unclicked
 exposure adds one negative; P(convert | click, x) in the click space), so the served model
@@ -41,6 +51,7 @@ from typing import Dict, Mapping
 import tensorflow as tf
 import tf_keras
 
+from features import preprocessing
 from models import multitask
 from models.layers import delayed_feedback as losses
 from training import feedback_days
@@ -50,7 +61,12 @@ TRAINS_CLICK = "trains_click"
 TRAINS_CONVERSION = "trains_conversion"
 DELAYED_POSITIVE = "f_dp"
 CVR_OUTPUT = "cvr"  # P(conversion | click, x): the p of the weights
-METHODS = streams.METHODS
+# The streams' methods, and DFM (Chapelle 2014): each click once, with its conversion
+# label and its delay or elapsed time as of the snapshot, and a delay-rate head.
+DFM = "dfm"
+METHODS = streams.METHODS + (DFM,)
+ELAPSED = "elapsed_days"  # DFM: the delay (converted) or the elapsed time, in days
+DELAY_OUTPUT = "delay_log_rate"  # DFM's head: log lambda(x), lambda per day
 WEIGHTED = ("fnw", "esdfm", "defer")  # methods whose conversion loss has count weights
 NEEDS_DELAYED_POSITIVE = ("esdfm", "defer")
 FEEDBACK_SUFFIX = "_feedback"  # the conversion task's loss: "<task>_feedback"
@@ -58,7 +74,8 @@ FEEDBACK_SUFFIX = "_feedback"  # the conversion task's loss: "<task>_feedback"
 
 def stream_labels(click, conversion, kind, method: str, f_dp=None,
                   click_label: str = "click",
-                  conversion_label: str = "purchase") -> Dict[str, tf.Tensor]:
+                  conversion_label: str = "purchase", elapsed_days=None
+                  ) -> Dict[str, tf.Tensor]:
   """The labels dict of a batch of stream samples (module docstring), float32 [batch].
 
   Args:
@@ -67,6 +84,8 @@ def stream_labels(click, conversion, kind, method: str, f_dp=None,
     method: the stream's method (feedback_streams.METHODS).
     f_dp: P(delayed positive) per sample (esdfm, defer), float [batch].
     click_label, conversion_label: the names the model's tasks read them by.
+    elapsed_days: (dfm) per sample the conversion's delay after the click, or the time
+      elapsed since the click at the snapshot when not converted, in days, float [batch].
   """
   if method not in METHODS:
     raise ValueError(f"unknown delayed-feedback method {method!r}: one of {METHODS}")
@@ -82,6 +101,10 @@ def stream_labels(click, conversion, kind, method: str, f_dp=None,
       raise ValueError(f"{method} needs f_dp, the auxiliary classifier's P(delayed "
                        f"positive | click, x)")
     labels[DELAYED_POSITIVE] = tf.cast(f_dp, tf.float32)
+  if method == DFM:
+    if elapsed_days is None:
+      raise ValueError("dfm needs elapsed_days: each click's delay or elapsed time")
+    labels[ELAPSED] = tf.cast(elapsed_days, tf.float32)
   return labels
 
 
@@ -139,15 +162,26 @@ def feedback_model(model: multitask.MultiTaskModel, method: str,
   if extra:
     raise ValueError(f"{model.name} reads labels {extra} that a delayed-feedback stream "
                      f"does not carry (it has {click_label!r} and {conversion_label!r})")
-  if method in WEIGHTED and CVR_OUTPUT not in model.log_odds_model.output:
+  if (method in WEIGHTED or method == DFM) and CVR_OUTPUT not in model.log_odds_model.output:
     raise ValueError(f"{method}: its weights read P(conversion | click, x), the "
                      f"'{CVR_OUTPUT}' output, which {model.name} lacks")
   target = _conversion_task(model, conversion_label)
+  log_odds_model = _with_delay_head(model) if method == DFM else model.log_odds_model
   tasks = []
   for spec in model.task_specs.values():
     mask = TRAINS_CONVERSION if conversion_label in spec.required_labels else TRAINS_CLICK
     tasks.append(_masked(spec, mask))
   conversion_spec = _masked(target, TRAINS_CONVERSION)
+
+  def dfm_term(labels, log_odds):
+    # The entire-space likelihood is the click task's times this, per clicked sample.
+    logit = tf.reshape(log_odds[CVR_OUTPUT], [-1, 1])
+    pair = tf.concat([tf.math.log_sigmoid(logit), tf.math.log_sigmoid(-logit)], axis=-1)
+    weight = conversion_spec.weight_fn(labels)
+    clicked = tf.reshape(labels[click_label], [-1])
+    per_example = weight * clicked * losses.dfm_loss(
+        labels[conversion_label], pair, log_odds[DELAY_OUTPUT], labels[ELAPSED])
+    return per_example, tf.reduce_sum(weight)
 
   def feedback_loss(labels, log_odds):
     logit = tf.reshape(log_odds[conversion_spec.output], [-1, 1])
@@ -158,17 +192,35 @@ def feedback_model(model: multitask.MultiTaskModel, method: str,
                                                     w1, w0)
     return per_example, tf.reduce_sum(weight)
 
-  reads = tuple(sorted(conversion_spec.required_labels | {click_label} | (
-      {DELAYED_POSITIVE} if method in NEEDS_DELAYED_POSITIVE else set())))
+  extra = ({DELAYED_POSITIVE} if method in NEEDS_DELAYED_POSITIVE else
+           {ELAPSED} if method == DFM else set())
+  reads = tuple(sorted(conversion_spec.required_labels | {click_label} | extra))
   weights = dict(model.task_loss_weights)
-  auxiliary = multitask.AuxiliaryLoss(f"{target.name}{FEEDBACK_SUFFIX}", feedback_loss,
+  auxiliary = multitask.AuxiliaryLoss(f"{target.name}{FEEDBACK_SUFFIX}",
+                                      dfm_term if method == DFM else feedback_loss,
                                       weights[target.name], reads=reads)
   weights[target.name] = 0.0
   return multitask.MultiTaskModel(
-      model.scorer, tasks, log_odds_model=model.log_odds_model, loss_weights=weights,
+      model.scorer, tasks, log_odds_model=log_odds_model, loss_weights=weights,
       parameter_ties=model.parameter_ties, loss_normalization=model.loss_normalization,
       auxiliary_losses=tuple(model.auxiliary_losses) + (auxiliary,),
       output_priors=model.output_priors, name=model.name)
+
+
+def _with_delay_head(model: multitask.MultiTaskModel) -> tf_keras.Model:
+  """model.log_odds_model plus DELAY_OUTPUT: log lambda(x) [batch, 1], a Dense(1) on the
+  scorer's feature encoding (the conversion model's, when the model has one per task)."""
+  encoders = [layer for layer in model.scorer.layers
+              if isinstance(layer, preprocessing.FeatureEncoder) and not layer.return_dict]
+  if not encoders:
+    raise ValueError(f"dfm: {model.name}'s scorer has no feature encoder to put the "
+                     f"delay head on")
+  encoder = next((layer for layer in encoders if layer.name.startswith("cvr_")),
+                 encoders[0])
+  outputs = dict(model.log_odds_model.output)
+  outputs[DELAY_OUTPUT] = tf_keras.layers.Dense(1, name=DELAY_OUTPUT)(encoder.output)
+  return tf_keras.Model(model.log_odds_model.input, outputs,
+                        name=f"{model.log_odds_model.name}_dfm")
 
 
 def serving_scorer(scorer: tf_keras.Model, method: str, trained_output: str,
