@@ -54,6 +54,7 @@ import tf_keras
 from features import preprocessing
 from models import multitask
 from models.layers import delayed_feedback as losses
+from models.layers import log_space
 from training import feedback_days
 from training import feedback_streams as streams
 
@@ -173,10 +174,12 @@ def feedback_model(model: multitask.MultiTaskModel, method: str,
     tasks.append(_masked(spec, mask))
   conversion_spec = _masked(target, TRAINS_CONVERSION)
 
+  def log_pair(log_odds, output):
+    return log_space.sigmoid_log_pair(tf.reshape(log_odds[output], [-1, 1]))
+
   def dfm_term(labels, log_odds):
     # The entire-space likelihood is the click task's times this, per clicked sample.
-    logit = tf.reshape(log_odds[CVR_OUTPUT], [-1, 1])
-    pair = tf.concat([tf.math.log_sigmoid(logit), tf.math.log_sigmoid(-logit)], axis=-1)
+    pair = log_pair(log_odds, CVR_OUTPUT)
     weight = conversion_spec.weight_fn(labels)
     clicked = tf.reshape(labels[click_label], [-1])
     per_example = weight * clicked * losses.dfm_loss(
@@ -184,8 +187,7 @@ def feedback_model(model: multitask.MultiTaskModel, method: str,
     return per_example, tf.reduce_sum(weight)
 
   def feedback_loss(labels, log_odds):
-    logit = tf.reshape(log_odds[conversion_spec.output], [-1, 1])
-    pair = tf.concat([tf.math.log_sigmoid(logit), tf.math.log_sigmoid(-logit)], axis=-1)
+    pair = log_pair(log_odds, conversion_spec.output)
     weight = conversion_spec.weight_fn(labels)
     w1, w0 = class_weights(method, labels, log_odds, click_label)
     per_example = weight * losses.weighted_log_loss(conversion_spec.label_fn(labels), pair,

@@ -86,6 +86,13 @@ def _accurate_pair(log_p, log_not_p):
                tf.where(p_is_smaller, larger, smaller))
 
 
+def sigmoid_log_pair(logits: tf.Tensor) -> tf.Tensor:
+  """Logit z, float [batch, 1] -> log pair [batch, 2] = [log_sigmoid(z), log_sigmoid(-z)]
+  (the sigmoid head's pair, as a function for losses that start from log-odds)."""
+  logits = tf.cast(logits, tf.float32)
+  return _pair(tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits))
+
+
 def _pair(log_p, log_not_p):
   return tf.concat([log_p, log_not_p], axis=-1)
 
@@ -108,8 +115,7 @@ class SigmoidLogPair(_LogSpaceLayer):
   """Logit z, float [batch, 1] -> log pair [batch, 2] = [log_sigmoid(z), log_sigmoid(-z)]."""
 
   def call(self, logits):
-    logits = tf.cast(logits, tf.float32)
-    return _pair(tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits))
+    return sigmoid_log_pair(logits)
 
 
 @tf_keras.saving.register_keras_serializable(package="cvr")
