@@ -94,6 +94,23 @@ def test_each_days_stream_equals_the_definition_over_every_exposure(method):
                         "defer": set(feedback_days.KINDS)}[method]
 
 
+@pytest.mark.parametrize("method", [m for m in streams.METHODS if m != "oracle"])
+def test_a_stream_reads_only_the_outputs_it_names(method):
+  """day_stream given only feedback_days.outputs_read(method) of each day (what
+  training/feedback_inputs.py reads) gives the stream it gives with all three."""
+  world = make_world()
+  outputs = [daily_outputs(world, day) for day in range(DAYS)]
+  for day in range(DAYS):
+    args = (stream_config(method), day * DAY, (day + 1) * DAY)
+    previous = outputs[day - 1]["train"] if day else None
+    full = feedback_days.day_stream(*args, outputs[day], previous)
+    read = feedback_days.day_stream(
+        *args, {name: outputs[day][name] for name in feedback_days.outputs_read(method)},
+        previous)
+    for field in ("output", "row", "time", "click", "conversion", "kind"):
+      np.testing.assert_array_equal(getattr(read, field), getattr(full, field))
+
+
 def test_samples_point_at_their_stored_rows():
   world = make_world()
   day = 3

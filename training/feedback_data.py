@@ -24,7 +24,9 @@ from transforms import label as label_lib
 READ_BATCH = 4096
 
 
-def _records(pattern: str) -> tf.data.Dataset:
+def records(pattern: str) -> tf.data.Dataset:
+  """The serialized records of the shards matching `pattern`, in the order `read_rows`
+  numbers them (shards sorted by name, records in file order)."""
   return tf.data.TFRecordDataset(data.list_files(pattern), compression_type=data.COMPRESSION)
 
 
@@ -39,7 +41,7 @@ def read_rows(pattern: str, click_label: str = "click",
                                                                    default_value=-1)
   columns = {name: [] for name in keys}
   if tf.io.gfile.glob(pattern):  # an output may have no shards on a quiet day
-    for batch in _records(pattern).batch(READ_BATCH).map(
+    for batch in records(pattern).batch(READ_BATCH).map(
         lambda serialized: tf.io.parse_example(serialized, keys)):
       for name, values in batch.items():
         columns[name].append(values.numpy())
@@ -84,7 +86,7 @@ def samples_dataset(patterns: Mapping[str, str],
       return tf.data.Dataset.from_tensor_slices(
           {"example": tf.fill(tf.shape(labels["kind"]), record), **labels})
 
-    parts.append(_records(pattern).enumerate().take(nrows).filter(
+    parts.append(records(pattern).enumerate().take(nrows).filter(
         lambda index, _, counts=counts: counts[index] > 0).flat_map(expand))
   if not parts:
     raise ValueError("the stream has no samples")

@@ -71,6 +71,15 @@ def _with_updates(previous: Rows, updates: Rows, click: str,
   return merged
 
 
+def outputs_read(method: str) -> tuple:
+  """The outputs of day D that `day_stream` reads for `method` (the keys of `today` it
+  needs): train/ always, updates/ for the duplicates and the windowed methods' D-1 rows,
+  closed/ for DEFER."""
+  if method in ("oracle", "vanilla"):
+    return ("train",)
+  return ("train", "updates", "closed") if method == "defer" else ("train", "updates")
+
+
 def day_stream(config: streams.StreamConfig, start: float, end: float,
                today: Mapping[str, Rows], previous_train: Optional[Rows] = None,
                click_label: str = "click", conversion_label: str = "purchase") -> DayStream:
@@ -79,7 +88,8 @@ def day_stream(config: streams.StreamConfig, start: float, end: float,
   Args:
     config: the method and its windows (feedback_streams.StreamConfig).
     start, end: the period; end is the day's snapshot (the outputs' snapshot_timestamp).
-    today: {"train", "updates", "closed": Rows} of day D.
+    today: {"train", "updates", "closed": Rows} of day D (only `outputs_read(method)`
+      are read).
     previous_train: day D-1's train/ Rows (the windowed methods; None on the first day).
     click_label, conversion_label: the data config's label names.
 

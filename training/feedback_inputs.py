@@ -45,9 +45,10 @@ def read_day(day_dir: str) -> Dict[str, object]:
     return json.load(f)
 
 
-def period(day_dir: str) -> Tuple[int, int]:
-  """(start, end] of day D's stream: D-1's snapshot (or D's minus a day) and D's."""
-  record = read_day(day_dir)
+def period(day_dir: str, record: Optional[Dict[str, object]] = None) -> Tuple[int, int]:
+  """(start, end] of day D's stream: D-1's snapshot (or D's minus a day) and D's;
+  `record` is D's day.json when read already."""
+  record = record or read_day(day_dir)
   end = int(record["as_of"])
   previous = record.get("previous")
   if previous and tf.io.gfile.exists(outputs_lib.OutputPaths(previous).day):
@@ -55,11 +56,14 @@ def period(day_dir: str) -> Tuple[int, int]:
   return end - config_lib.DAY_S, end
 
 
-def day_patterns(day_dir: str, method: str) -> Dict[str, str]:
-  """The shards a method's stream of day D reads: output name -> glob."""
+def day_patterns(day_dir: str, method: str,
+                 record: Optional[Dict[str, object]] = None) -> Dict[str, str]:
+  """The shards a method's stream of day D reads (feedback_days.outputs_read, and D-1's
+  train/ for the windowed methods): output name -> glob."""
   paths = outputs_lib.OutputPaths(day_dir)
-  patterns = {name: paths.examples_pattern(name) for name in outputs_lib.DAILY_OUTPUTS}
-  previous = read_day(day_dir).get("previous")
+  patterns = {name: paths.examples_pattern(name)
+              for name in feedback_days.outputs_read(method)}
+  previous = (record or read_day(day_dir)).get("previous")
   if method in streams.WINDOWED and previous:
     patterns["previous"] = outputs_lib.OutputPaths(previous).examples_pattern("train")
   return patterns
@@ -69,13 +73,14 @@ def day_stream(day_dir: str, config: streams.StreamConfig, click_label: str = "c
                conversion_label: str = "purchase") -> Tuple[Dict[str, str],
                                                             feedback_days.DayStream]:
   """(patterns, the stream's samples) of day D (feedback_days.day_stream on its rows)."""
-  patterns = day_patterns(day_dir, config.method)
+  record = read_day(day_dir)
+  patterns = day_patterns(day_dir, config.method, record)
   rows = {name: feedback_data.read_rows(pattern, click_label, conversion_label)
           for name, pattern in patterns.items()}
-  start, end = period(day_dir)
-  stream = feedback_days.day_stream(
-      config, start, end, {name: rows[name] for name in outputs_lib.DAILY_OUTPUTS},
-      rows.get("previous"), click_label, conversion_label)
+  start, end = period(day_dir, record)
+  previous = rows.pop("previous", None)
+  stream = feedback_days.day_stream(config, start, end, rows, previous, click_label,
+                                    conversion_label)
   return patterns, stream
 
 
@@ -132,10 +137,8 @@ def delayed_positive_dataset(day_dirs, window_s: float, attribution_s: float,
     rows = feedback_data.read_rows(pattern, click_label, conversion_label)
     label = delayed_positive_labels(rows, window_s, attribution_s, click_label,
                                     conversion_label)
-    clicked = rows[label_lib.timestamp_column(click_label)] >= 0
-    records = tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern)),
-                                      compression_type="GZIP")
-    keep = tf.constant(clicked)
+    keep = tf.constant(rows[label_lib.timestamp_column(click_label)] >= 0)  # clicked
+    records = feedback_data.records(pattern)
     labels = tf.data.Dataset.from_tensor_slices(tf.constant(label, tf.float32))
     parts.append(tf.data.Dataset.zip((records.enumerate(), labels)).filter(
         lambda indexed, _, keep=keep: keep[indexed[0]]).map(
