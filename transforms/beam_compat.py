@@ -185,20 +185,32 @@ _GET_DOFN_SPECS = userstate.get_dofn_specs  # Beam's own
 _DOFN_SPECS: Dict[int, Tuple[Any, Tuple[frozenset, frozenset]]] = {}
 
 
+def _recall(cache: Dict[int, Tuple[Any, Any]], instance) -> Any:
+  """What `cache` holds for `instance` (keyed by id, guarded by a weak reference against
+  a reused id), or None."""
+  entry = cache.get(id(instance))
+  return entry[1] if entry is not None and entry[0]() is instance else None
+
+
+def _remember(cache: Dict[int, Tuple[Any, Any]], instance, value) -> Any:
+  """Stores `value` for `instance` until it is collected (not when it is not weakly
+  referenceable); returns `value`."""
+  key = id(instance)
+  try:
+    reference = weakref.ref(instance, lambda _, key=key, cache=cache: cache.pop(key, None))
+  except TypeError:  # not weakly referenceable: not cached
+    return value
+  cache[key] = (reference, value)
+  return value
+
+
 def _cached_dofn_specs(dofn) -> Tuple[Set[Any], Set[Any]]:
   """`userstate.get_dofn_specs(dofn)`, computed once per DoFn instance (module doc, 2)."""
-  key = id(dofn)
-  entry = _DOFN_SPECS.get(key)
-  if entry is not None and entry[0]() is dofn:
-    state_specs, timer_specs = entry[1]
-    return set(state_specs), set(timer_specs)
-  state_specs, timer_specs = _GET_DOFN_SPECS(dofn)
-  try:
-    reference = weakref.ref(dofn, lambda _, key=key: _DOFN_SPECS.pop(key, None))
-  except TypeError:  # not weakly referenceable: not cached
-    return state_specs, timer_specs
-  _DOFN_SPECS[key] = (reference, (frozenset(state_specs), frozenset(timer_specs)))
-  return set(state_specs), set(timer_specs)
+  specs = _recall(_DOFN_SPECS, dofn)
+  if specs is None:
+    state_specs, timer_specs = _GET_DOFN_SPECS(dofn)
+    specs = _remember(_DOFN_SPECS, dofn, (frozenset(state_specs), frozenset(timer_specs)))
+  return set(specs[0]), set(specs[1])  # new sets: a caller's change stays its own
 
 
 def cache_dofn_specs() -> bool:
@@ -225,15 +237,9 @@ def _cached_view_as(self, cls):
   doc, 3). A view holds no values of its own: it reads and writes the instance's
   `_all_options` dict, so the same view serves every later call; a view made before the
   instance's dict was replaced is made again."""
-  key = id(self)
-  entry = _VIEWS.get(key)
-  if entry is None or entry[0]() is not self:
-    try:
-      reference = weakref.ref(self, lambda _, key=key, views=_VIEWS: views.pop(key, None))
-    except TypeError:  # not weakly referenceable: not cached
-      return _VIEW_AS(self, cls)
-    entry = _VIEWS[key] = (reference, {})
-  views = entry[1]
+  views = _recall(_VIEWS, self)
+  if views is None:
+    views = _remember(_VIEWS, self, {})
   view = views.get(cls)
   if view is None or view._all_options is not self._all_options:  # pylint: disable=protected-access
     view = views[cls] = _VIEW_AS(self, cls)
