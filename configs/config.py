@@ -93,6 +93,13 @@ def unknown_keys_message(unknown, allowed, section: str = "") -> str:
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 # train.calibration's methods (models.calibration fits them).
 CALIBRATIONS = ("none", "bias", "platt", "platt_ctr", "ips_ctr")
+# feedback.method: "none" (the trainer's plain path over the split as written) or a
+# delayed-feedback method (training/feedback_streams.py, training/feedback_objective.py;
+# docs/MODELS.md, "Delayed feedback"). tests/test_feedback_training.py checks it against
+# training.feedback_objective.METHODS.
+FEEDBACK_METHODS = ("none", "oracle", "vanilla", "waiting", "fnw", "fnc", "esdfm", "defer",
+                    "dfm")
+FEEDBACK_WINDOWED = ("waiting", "esdfm", "defer")
 # pipeline.train --strategy's choices (training.strategy.make_strategy builds them).
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # The experiment config of pipeline.train / pipeline.evaluate without --config
@@ -428,6 +435,35 @@ def check_validation_needs(train: TrainConfig, source: str, why: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class FeedbackConfig:
+  """Delayed-feedback training on a day's stream (pipeline.daily, pipeline.train on a
+  `pipeline.preprocess --day` output; training/feedback_training.py).
+
+  Attributes:
+    method: FEEDBACK_METHODS; "none" trains the model on the day's rows with the labels
+      seen at the snapshot, through the trainer's plain path (validation split, early
+      stopping, calibration). Any other method trains on the method's stream of the day
+      (training/feedback_streams.py): "oracle" (the final labels at once: the
+      simulator's, needs its truth), "vanilla", "waiting", "fnw", "fnc", "esdfm",
+      "defer", "dfm" (docs/MODELS.md, "Delayed feedback").
+    window_s: the elapsed-time window after the click: w of "waiting", c of "esdfm" and
+      "defer" (0 < window_s <= data.attribution_window_s and <= one day, the period).
+    auxiliary_days: "esdfm", "defer": the classifier of delayed positives is trained anew
+      each day on the closed/ rows (final labels) of this many days up to the day.
+    auxiliary_epochs: its passes over them.
+  """
+
+  method: str = "none"
+  window_s: int = 3600
+  auxiliary_days: int = 7
+  auxiliary_epochs: int = 1
+
+  @property
+  def enabled(self) -> bool:
+    return self.method != "none"
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """An experiment: features, data, model and training settings."""
 
@@ -436,6 +472,7 @@ class ExperimentConfig:
   model: ModelConfig
   train: TrainConfig
   source: str = "<memory>"
+  feedback: FeedbackConfig = FeedbackConfig()
 
   def load_feature_spec(self) -> spec_lib.FeatureSpec:
     spec = spec_lib.load_feature_spec(self.feature_spec_path)
@@ -515,7 +552,7 @@ def _build_labels(entries: Any, source: str) -> Tuple[LabelConfig, ...]:
 
 def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> ExperimentConfig:
   """Builds and validates an ExperimentConfig from merged YAML data."""
-  allowed = {"feature_spec", "data", "model", "train"}
+  allowed = {"feature_spec", "data", "model", "train", "feedback"}
   unknown = sorted(set(data) - allowed, key=str)
   if unknown:
     raise ConfigError(f"{source}: {unknown_keys_message(unknown, allowed)}")
@@ -555,12 +592,41 @@ def config_from_dict(data: Dict[str, Any], source: str = "<memory>") -> Experime
     if getattr(model_config, name) < 0:
       raise ConfigError(f"{source}: model.{name} must be >= 0, got "
                         f"{getattr(model_config, name)!r}")
+  feedback_config = _build(FeedbackConfig, data.get("feedback"), source, "feedback")
+  _check_feedback(feedback_config, train_config, data_config, source)
   return ExperimentConfig(
       feature_spec_path=data["feature_spec"],
       data=data_config,
       model=model_config,
       train=train_config,
-      source=source)
+      source=source,
+      feedback=feedback_config)
+
+
+def _check_feedback(feedback: FeedbackConfig, train: TrainConfig, data: DataConfig,
+                    source: str) -> None:
+  """Validates the feedback section against the data and train sections."""
+  if feedback.method not in FEEDBACK_METHODS:
+    raise ConfigError(f"{source}: feedback.method {feedback.method!r}: use one of "
+                      f"{FEEDBACK_METHODS}")
+  if not feedback.enabled:
+    return
+  if feedback.method in FEEDBACK_WINDOWED and not (
+      0 < feedback.window_s <= min(data.attribution_window_s, DAY_S)):
+    raise ConfigError(f"{source}: feedback.window_s {feedback.window_s}: {feedback.method}'s "
+                      f"window must be in (0, min(data.attribution_window_s "
+                      f"{data.attribution_window_s}, one day {DAY_S})] seconds")
+  if feedback.auxiliary_days < 1 or feedback.auxiliary_epochs < 1:
+    raise ConfigError(f"{source}: feedback.auxiliary_days and auxiliary_epochs must be >= 1")
+  refused = [f"train.{name} {value!r}" for name, value, off in (
+      ("calibration", train.calibration, "none"),
+      ("early_stopping_patience", train.early_stopping_patience, 0)) if value != off]
+  if refused:
+    raise ConfigError(
+        f"{source}: feedback.method {feedback.method!r} trains on its stream without a "
+        f"validation split: {' and '.join(refused)} would fit on labels seen at the "
+        f"snapshot, whose late conversions are still negatives (undoing the method's "
+        f"correction); set train.calibration none and train.early_stopping_patience 0")
 
 
 def _check_train(train: TrainConfig, data: DataConfig, source: str) -> None:

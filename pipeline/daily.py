@@ -12,7 +12,10 @@ from --start to --end:
   2. train       warm-started from WORK/models/<D-1> on day D's new impressions; a day
                  without an earlier model (the first) trains from scratch on the union of
                  the --history_days K days up to D (training/day_window.py's view,
-                 WORK/history/<D>/) -> WORK/models/<D>/ (training.trainer's layout)
+                 WORK/history/<D>/) -> WORK/models/<D>/ (training.trainer's layout).
+                 With a config's feedback.method (docs/MODELS.md, "Delayed feedback"):
+                 on the method's stream of day D, or of each history day in turn
+                 (training/feedback_training.py; the oracle reads --truth's outcomes)
   3. export      the model's SavedModel published as WORK/serving/<YYYYMMDD of D>/
                  (hard links into a temporary name, then one rename)
   4. evaluate    the new version on day D+1's new impressions (WORK/days/<D+1>, preprocessed
@@ -168,6 +171,10 @@ def check_settings(args, beam_args: List[str]) -> Loop:
     truth = args.raw
   if truth is not None and "://" not in truth and not os.path.exists(truth):
     raise cli.UserError(f"--truth {truth}: no such file or folder")
+  if config.feedback.method == "oracle" and truth is None:
+    raise cli.UserError(f"{args.config}: feedback.method 'oracle' trains on the final "
+                        f"labels, which only the simulator's outcomes have: give --truth "
+                        f"(a simulator output) or a RAW with truth/")
   return Loop(daily_state.Layout(os.path.abspath(args.workdir)), args.raw, args.config,
               config, day_range(start, end), args.history_days, truth, list(beam_args))
 
@@ -267,8 +274,18 @@ def train_day(loop: Loop, day: str) -> Dict[str, Any]:
   tf_keras.backend.clear_session()
   start = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines: stdout is the table
-    result = trainer.train_and_export(loop.config, data_dir, layout.model_dir(day),
-                                      warm_start_from=warm_from)
+    if loop.config.feedback.enabled:  # the method's stream of each day, oldest first
+      from training import feedback_inputs  # pylint: disable=g-import-not-at-top
+      from training import feedback_training  # pylint: disable=g-import-not-at-top
+      data_dir = layout.day_dir(day)
+      final = (feedback_inputs.final_labels_of(loop.truth, loop.config.data.label_names[-1])
+               if loop.config.feedback.method == "oracle" else None)
+      result = feedback_training.train_on_streams(
+          loop.config, [layout.day_dir(d) for d in trained_on], layout.model_dir(day),
+          warm_start_from=warm_from, final_labels=final)
+    else:
+      result = trainer.train_and_export(loop.config, data_dir, layout.model_dir(day),
+                                        warm_start_from=warm_from)
   metrics = report.json_ready(result.metrics)
   steps = metrics["final_step"] - metrics["initial_step"]
   logging.info("%s train (%s on %s): %d examples, %d validation, %d steps; %.0f examples/s "

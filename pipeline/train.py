@@ -20,6 +20,9 @@ See docs/SCALING.md (strategies, input sharding, TPU, fault tolerance).
 EARLIER_MODEL_DIR/warm_start/ (every run writes it when it ends): embedding rows follow their
 tokens into the new vocabularies, the optimizer state carries over (docs/TRAINING.md, "Warm
 start"); a missing or incomplete state is refused before TensorFlow is imported.
+A config with feedback.method (docs/MODELS.md, "Delayed feedback") trains on that
+method's stream of the day DATA is (`pipeline.preprocess --day` output), one replica, no
+validation split (training/feedback_training.py); 'oracle' needs --truth.
 --config resolves as given, else relative to the project root (configs.config.resolve_path).
 A bad config, flag or input (a corrupt shard: its path and offset; an output without
 pipeline.preprocess's success marker) ends with one line `error: ...` and exit status 2
@@ -66,10 +69,18 @@ flags.DEFINE_integer("early_stopping_patience", None,
 flags.DEFINE_enum("calibration", None, list(config_lib.CALIBRATIONS),
                   "Override train.calibration: the output calibration fitted on the "
                   "validation split and exported with the model (docs/TRAINING.md).")
+flags.DEFINE_string("truth", None,
+                    "feedback.method 'oracle' only: the simulator output whose outcomes "
+                    "give each impression's final label.")
 flags.DEFINE_string("warm_start_from", None,
                     "MODEL_DIR of an earlier pipeline.train run: start from the weights "
                     "and optimizer state it left in MODEL_DIR/warm_start/ (docs/TRAINING.md, "
                     "'Warm start').")
+
+
+flags.DEFINE_enum("feedback_method", None, list(config_lib.FEEDBACK_METHODS),
+                  "Override feedback.method: train on a delayed-feedback method's stream "
+                  "of a day (docs/MODELS.md, 'Delayed feedback'); 'none' = the plain path.")
 
 
 def _overrides() -> dict:
@@ -78,7 +89,10 @@ def _overrides() -> dict:
                        "deterministic_ops", "validation_from", "early_stopping_patience",
                        "calibration")
            if getattr(FLAGS, key) is not None}
-  return {"train": train} if train else {}
+  overrides = {"train": train} if train else {}
+  if FLAGS.feedback_method is not None:
+    overrides["feedback"] = {"method": FLAGS.feedback_method}
+  return overrides
 
 
 def main(argv):
@@ -94,6 +108,10 @@ def main(argv):
       warm_start.check_state(FLAGS.warm_start_from)
     except warm_start.WarmStartError as error:
       raise cli.UserError(f"--warm_start_from: {error}") from error
+  if config.feedback.enabled:
+    result = _train_on_stream(config)
+    logging.info("Done: export %s", result.export_dir)
+    return
   # TensorFlow and the trainer only now, after the flags, the config and the data are
   # checked: start-up time of --help and of a user error (0.3 s instead of 4-5 s idle).
   # pylint: disable=g-import-not-at-top
@@ -106,6 +124,31 @@ def main(argv):
                                     skip_corrupt_records=FLAGS.skip_corrupt_records,
                                     warm_start_from=FLAGS.warm_start_from)
   logging.info("Done: export %s", result.export_dir)
+
+
+def _train_on_stream(config: config_lib.ExperimentConfig):
+  """A config with feedback.method: the method's stream of the day --data is (a
+  `pipeline.preprocess --day` output), one replica (training/feedback_training.py)."""
+  if FLAGS.strategy != "default":
+    raise cli.UserError(f"--strategy {FLAGS.strategy}: a delayed-feedback stream "
+                        f"(feedback.method {config.feedback.method!r}) trains on one "
+                        f"replica; use --strategy default")
+  if "://" not in FLAGS.data and not os.path.isfile(os.path.join(FLAGS.data, "day.json")):
+    raise cli.UserError(f"--data {FLAGS.data}: no day.json: feedback.method "
+                        f"{config.feedback.method!r} trains on a day's stream, the output "
+                        f"of pipeline.preprocess --day")
+  if config.feedback.method == "oracle" and not FLAGS.truth:
+    raise cli.UserError("feedback.method 'oracle' trains on the final labels: give "
+                        "--truth (the simulator output)")
+  # pylint: disable=g-import-not-at-top
+  from training import feedback_inputs
+  from training import feedback_training
+  # pylint: enable=g-import-not-at-top
+  final = (feedback_inputs.final_labels_of(FLAGS.truth, config.data.label_names[-1])
+           if config.feedback.method == "oracle" else None)
+  return feedback_training.train_on_streams(
+      config, [FLAGS.data], FLAGS.model_dir, warm_start_from=FLAGS.warm_start_from,
+      final_labels=final, export=FLAGS.export)
 
 
 if __name__ == "__main__":

@@ -474,3 +474,160 @@ def test_a_days_feedback_stream_feeds_the_models_from_the_stored_outputs(referen
                               [before], window, attribution, spec, 128)])
   np.testing.assert_array_equal(found, expected_labels.astype(np.float32))
   assert len(found) == clicked.sum() and 0 < found.sum() < len(found)
+
+
+@pytest.mark.slow
+def test_a_feedback_method_trains_each_day_on_its_stream_and_serves_the_final_rate(
+    reference, tmp_path):
+  """pipeline.daily with a config's feedback.method (FNC), on a copy of the reference WORK
+  whose days are preprocessed (their stage records kept, the later stages' removed: the
+  loop redoes them): the first model trains from scratch on the streams of the 2 history
+  days, the second warm on day 3's; metrics.json counts each day's stream as
+  feedback_inputs.day_stream builds it; the served version outputs FNC's r = q / (1 - q)
+  of the trained ctcvr q (its warm-start state rebuilt here, numpy) and cvr = min(r / ctr,
+  1); day 2's version is evaluated on day 3."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
+  from features import artifacts as artifacts_lib
+  from features import parsing
+  from models import registry
+  from training import export as export_lib
+  from training import feedback_inputs
+  from training import feedback_objective
+  from training import feedback_training
+  from training import warm_start
+  # pylint: enable=g-import-not-at-top
+  work = str(tmp_path / "fnc")
+  shutil.copytree(reference["work"], work, symlinks=True)
+  for stage in ("train", "export", "evaluate"):
+    for path in glob.glob(os.path.join(work, "stages", "*", f"{stage}.json")):
+      os.remove(path)
+  steps = 4
+  config = str(tmp_path / "fnc.yaml")
+  with open(config, "w") as f:
+    f.write(f"base: {reference['config']}\n"
+            f"train: {{steps_per_epoch: {steps}, epochs: 1, calibration: none,\n"
+            "        early_stopping_patience: 0}\nfeedback: {method: fnc}\n")
+  rows = daily.run(loop_args(reference["raw"], work, config), out=io.StringIO())
+  layout = daily_state.Layout(work)
+  scratch, warm = rows
+  assert (scratch["mode"], scratch["trained_on"], warm["mode"], warm["trained_on"]) == (
+      "scratch", list(DAYS[:2]), "warm", [END])
+  assert (scratch["final_step"], warm["final_step"]) == (steps, 2 * steps)
+  loaded = config_lib.load_config(config)
+  method = feedback_training.stream_config(loaded)
+  for day, trained in ((START, DAYS[:2]), (END, [END])):
+    with open(os.path.join(layout.model_dir(day), "metrics.json")) as f:
+      metrics = json.load(f)
+    assert metrics["feedback"]["method"] == "fnc"
+    assert [part["samples"] for part in metrics["stream"]] == [
+        len(feedback_inputs.day_stream(layout.day_dir(d), method)[1]) for d in trained]
+    assert metrics["train_examples"] == sum(part["samples"] for part in metrics["stream"])
+  assert scratch["eval_day"] == END and 0 < scratch["ctr_auc"] <= 1
+  # The served rate against the trained model, rebuilt from its warm-start state.
+  spec = loaded.load_feature_spec()
+  artifacts = artifacts_lib.load_artifacts(artifacts_lib.transform_dir(layout.day_dir(END)))
+  state = warm_start.load_state(layout.model_dir(END))
+  model = feedback_objective.feedback_model(
+      registry.build_model(loaded, spec, state.with_its_statistics(artifacts)), "fnc")
+  state.restore(model)
+  examples = [r.numpy() for r in tf.data.TFRecordDataset(
+      sorted(glob.glob(os.path.join(layout.day_dir(END), "train", "*"))),
+      compression_type="GZIP").take(64)]
+  served = tf.saved_model.load(layout.version_dir(END)).signatures[
+      export_lib.SERVING_DEFAULT](examples=tf.constant(examples))
+  features, _ = parsing.parse_examples(tf.constant(examples), spec, label_names=[])
+  trained = {k: v.numpy().astype(np.float64).ravel()
+             for k, v in model.scorer(features, training=False).items()}
+  q = np.minimum(trained["ctcvr"], (1 - 1e-7) / 2)
+  np.testing.assert_allclose(served["ctcvr"].numpy().ravel(), q / (1 - q), rtol=1e-5)
+  np.testing.assert_allclose(served["cvr"].numpy().ravel(),
+                             np.minimum(q / (1 - q) / trained["ctr"], 1.0), rtol=1e-5)
+  np.testing.assert_allclose(served["ctr"].numpy().ravel(), trained["ctr"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_dfm_and_the_oracle_read_their_labels_from_the_days_and_the_outcomes(reference,
+                                                                             tmp_path):
+  """DFM's input of day 3 holds day 3's exposures and day 2's clicks, the latter with the
+  final labels of day 3's closed/ (W is one day: day 2's impressions all close on day 3)
+  and their delays or elapsed times; a DFM model trains on it and exports p as its cvr
+  (its delay head carried in the warm-start state, not served). The oracle's stream has
+  the final labels of the simulator's outcomes file (written here). This world's
+  purchases arrive within hours, so no label of day 2 changes on day 3: the merging of
+  later days' updates is tests/test_feedback_days.py's."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
+  from simulation import truth as truth_lib
+  from training import feedback_data
+  from training import feedback_inputs
+  from training import feedback_objective
+  from training import feedback_streams
+  from training import feedback_training
+  from training import warm_start
+  from transforms import outputs as outputs_lib
+  # pylint: enable=g-import-not-at-top
+  layout = daily_state.Layout(reference["work"])
+  day_dir = layout.day_dir(END)
+  attribution = float(config_lib.load_config(reference["config"]).data.attribution_window_s)
+  patterns, stream = feedback_inputs.day_stream(
+      day_dir, feedback_streams.StreamConfig("dfm", attribution))
+  assert set(patterns) == {"train", "day-1"}
+  closed = feedback_data.read_rows(
+      outputs_lib.OutputPaths(day_dir).examples_pattern(outputs_lib.CLOSED))
+  earlier = feedback_data.read_rows(patterns["day-1"])
+  final = dict(zip(closed["impression_id"], zip(closed["click_timestamp"],
+                                                closed["purchase_timestamp"])))
+  observed = stream.kind == "observed"
+  assert set(stream.output[observed]) == {"day-1"}
+  assert observed.sum() == (earlier["click_timestamp"] >= 0).sum() > 0
+  as_of = feedback_inputs.read_day(day_dir)["as_of"]
+  for row, label, elapsed in zip(stream.row[observed], stream.conversion[observed],
+                                 stream.elapsed[observed]):
+    click, purchase = final[earlier["impression_id"][row]]
+    assert label == int(purchase >= 0)
+    assert elapsed == (purchase - click if purchase >= 0 else as_of - click)
+  assert stream.conversion[observed].sum() > 0
+  today = feedback_data.read_rows(patterns["train"])
+  assert (stream.kind == "exposure").sum() == len(today["impression_id"])
+
+  config = str(tmp_path / "dfm.yaml")
+  with open(config, "w") as f:
+    f.write(f"base: {reference['config']}\n"
+            "train: {steps_per_epoch: 2, epochs: 1, calibration: none,\n"
+            "        early_stopping_patience: 0}\nfeedback: {method: dfm}\n")
+  loaded = config_lib.load_config(config)
+  result = feedback_training.train_on_streams(loaded, [day_dir], str(tmp_path / "model"))
+  assert result.metrics["stream"][0]["kinds"] == {
+      "exposure": int((stream.kind == "exposure").sum()), "observed": int(observed.sum())}
+  assert result.metrics["final_step"] == 2
+  assert any(feedback_objective.DELAY_OUTPUT in path for path in
+             warm_start.load_state(str(tmp_path / "model")).weights)
+  served = tf.saved_model.load(result.export_dir).signatures["serving_default"](
+      examples=tf.constant([r.numpy() for r in tf.data.TFRecordDataset(
+          sorted(glob.glob(patterns["train"])), compression_type="GZIP").take(16)]))
+  assert set(served) >= {"ctr", "cvr", "ctcvr"} and (
+      feedback_objective.DELAY_OUTPUT not in served)
+
+  # The oracle: vanilla's samples with the outcomes' final labels (a third flipped here,
+  # so that they differ from the labels at the snapshot).
+  clicked = today["click_timestamp"] >= 0
+  flipped = np.where(np.arange(len(clicked)) % 3 == 0, today["purchase_timestamp"] < 0,
+                     today["purchase_timestamp"] >= 0) & clicked
+  outcomes = str(tmp_path / "truth" / truth_lib.OUTCOMES_FILE)
+  os.makedirs(os.path.dirname(outcomes))
+  truth_lib.write_outcomes(
+      outcomes, today["impression_id"], today["timestamp"],
+      np.where(clicked, today["click_timestamp"], 0),
+      np.where(flipped, today["timestamp"] + 60, 0), np.zeros(len(clicked), bool),
+      int(attribution))
+  labels = feedback_inputs.final_labels_of(str(tmp_path))
+  _, oracle = feedback_inputs.day_stream(
+      day_dir, feedback_streams.StreamConfig("oracle", attribution), final_labels=labels)
+  assert set(oracle.kind) == {"exposure"} and len(oracle) == len(clicked)
+  np.testing.assert_array_equal(oracle.conversion[np.argsort(oracle.row)],
+                                flipped.astype(np.int64))
+  with pytest.raises(ValueError, match="needs the final labels"):
+    feedback_inputs.day_stream(day_dir, feedback_streams.StreamConfig("oracle", attribution))

@@ -134,3 +134,48 @@ def test_the_oracle_and_a_window_longer_than_the_day_are_refused():
   with pytest.raises(ValueError, match="longer than the period"):
     feedback_days.day_stream(streams.StreamConfig("esdfm", W, 1.5 * DAY), DAY, 2 * DAY,
                              outputs)
+
+
+def test_dfm_refits_every_click_inside_its_window_once_with_its_label_as_of_the_day():
+  """DFM's day input (feedback_days.dfm_stream on dfm_earlier_rows: the earlier days'
+  train/ brought up to the day by the updates/ of the days after them) equals the definition over every exposure: the day's exposures once (click label,
+  purchase seen by the snapshot), every click of the ceil(W / day) days before once, and
+  the elapsed time d (converted) or end - click."""
+  world = make_world()
+  outputs = [daily_outputs(world, day) for day in range(DAYS)]
+  earlier_count = int(np.ceil(W / DAY))
+  for day in range(earlier_count, DAYS):
+    start, end = day * DAY, (day + 1) * DAY
+    earlier = feedback_days.dfm_earlier_rows(
+        [outputs[day - k]["train"] for k in range(1, earlier_count + 1)],
+        [outputs[day - j]["updates"] for j in range(earlier_count)])
+    found = feedback_days.dfm_stream(end, outputs[day]["train"], earlier)
+    expected = []
+    for exposure in world:
+      if exposure.time > end:
+        continue
+      click, purchase = _as_of(exposure, end)
+      elapsed = (purchase - click if purchase >= 0 else end - click) if click >= 0 else 0
+      if start < exposure.time:
+        expected.append((click if click >= 0 else exposure.time, int(click >= 0),
+                         int(purchase >= 0), "exposure", elapsed))
+      elif click >= 0 and start - earlier_count * DAY < exposure.time:
+        expected.append((end, 1, int(purchase >= 0), "observed", elapsed))
+    got = collections.Counter(zip(found.time.tolist(), found.click.tolist(),
+                                  found.conversion.tolist(), found.kind.tolist(),
+                                  found.elapsed.tolist()))
+    assert got == collections.Counter((float(t), c, v, k, float(e))
+                                      for t, c, v, k, e in expected), day
+    assert {"exposure", "observed"} <= set(found.kind)
+    assert 0 < found.conversion[found.kind == "observed"].sum() < (found.kind == "observed").sum()
+
+
+def test_the_newest_update_of_an_impression_wins():
+  rows = {"impression_id": np.array(["a", "b"], object), "timestamp": np.array([1, 2]),
+          "click_timestamp": np.array([-1, 5]), "purchase_timestamp": np.array([-1, -1])}
+  updates = {"impression_id": np.array(["a", "b", "a"], object),
+             "timestamp": np.array([1, 2, 1]), "click_timestamp": np.array([3, 5, 3]),
+             "purchase_timestamp": np.array([-1, 9, 7])}  # a: clicked, then purchased
+  merged = feedback_days.with_updates(rows, updates)
+  np.testing.assert_array_equal(merged["click_timestamp"], [3, 5])
+  np.testing.assert_array_equal(merged["purchase_timestamp"], [7, 9])

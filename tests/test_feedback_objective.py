@@ -248,3 +248,47 @@ def test_dfm_term_is_the_delayed_likelihood_of_the_clicks(models, name):
   assert objective.serving_scorer(models[name].scorer, "dfm", output) is models[name].scorer
   with pytest.raises(ValueError, match="needs elapsed_days"):
     objective.stream_labels(click, conversion, np.zeros(N, np.int64), "dfm")
+
+
+def test_the_configs_feedback_methods_are_the_objectives_and_bad_settings_are_refused():
+  from configs import config as config_lib  # pylint: disable=g-import-not-at-top
+  assert config_lib.FEEDBACK_METHODS == ("none",) + objective.METHODS
+  assert config_lib.FEEDBACK_WINDOWED == feedback_inputs.streams.WINDOWED
+  daily = "configs/esmm_feedback.yaml"
+  for name in ("esmm", "naive"):
+    config = config_lib.load_config(f"configs/{name}_feedback.yaml")
+    assert (config.model.name, config.feedback.method, config.feedback.window_s) == (
+        name, "esdfm", 3600)
+  assert not config_lib.load_config("configs/esmm_daily.yaml").feedback.enabled
+  for overrides, message in [
+      ({"feedback": {"method": "fnv"}}, "feedback.method 'fnv'"),
+      ({"feedback": {"method": "esdfm", "window_s": 2 * 86400}}, "window_s 172800"),
+      ({"feedback": {"method": "fnc"}, "train": {"calibration": "platt"}},
+       "train.calibration 'platt'"),
+      ({"feedback": {"methods": "fnc"}}, "unknown key feedback.methods")]:
+    with pytest.raises(config_lib.ConfigError, match=message):
+      config_lib.load_config(daily, overrides=overrides)
+  # esmm_daily.yaml early-stops and calibrates on its validation split: both named.
+  with pytest.raises(config_lib.ConfigError, match="calibration 'ips_ctr' and train."
+                     "early_stopping_patience 1"):
+    config_lib.load_config("configs/esmm_daily.yaml",
+                           overrides={"feedback": {"method": "fnw"}})
+
+
+def test_pipeline_train_refuses_a_method_on_data_without_a_day_before_tensorflow(
+    small_world, tmp_path):
+  """pipeline.train --feedback_method: one line, before TensorFlow, naming what is wrong:
+  the config's validation-split settings, or data that is no day's output."""
+  from tests import test_entry_points as entry_points  # pylint: disable=g-import-not-at-top
+  common = ("--config", small_world["config"], "--data", small_world["data"],
+            "--model_dir", str(tmp_path / "model"), "--feedback_method", "fnw")
+  for extra, expected in (
+      ((), "feedback.method 'fnw' trains on its stream without a validation split: "
+           "train.calibration 'ips_ctr' and train.early_stopping_patience 1"),
+      (("--calibration", "none", "--early_stopping_patience", "0"),
+       f"--data {small_world['data']}: no day.json: feedback.method 'fnw' trains on a "
+       f"day's stream, the output of pipeline.preprocess --day")):
+    result = entry_points.run(entry_points.module_command("train", *common, *extra),
+                              entry_points.REPO, env=entry_points.IMPORT_TIMES)
+    entry_points.assert_one_error_line(result, expected)
+    assert "tensorflow" not in entry_points.split_import_lines(result.stderr)[0]

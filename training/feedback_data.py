@@ -55,7 +55,8 @@ def read_rows(pattern: str, click_label: str = "click",
 def samples_dataset(patterns: Mapping[str, str],
                     stream: feedback_days.DayStream) -> tf.data.Dataset:
   """The stream's samples as tf.data elements {"example": string, "click", "conversion",
-  "kind": int64 (an index into feedback_days.KINDS)}, scalars.
+  "kind": int64 (an index into feedback_days.KINDS), and "elapsed" (float32 s) when the
+  stream has it (DFM)}, scalars.
 
   Args:
     patterns: output name ("train", "updates", "closed", "previous") -> the shards'
@@ -76,8 +77,10 @@ def samples_dataset(patterns: Mapping[str, str],
     nrows = int(rows.max()) + 1
     values = {"click": stream.click[chosen], "conversion": stream.conversion[chosen],
               "kind": np.array([kind_index[k] for k in stream.kind[chosen]], np.int64)}
+    if stream.elapsed is not None:
+      values["elapsed"] = stream.elapsed[chosen].astype(np.float32)
     ragged = {name: tf.RaggedTensor.from_value_rowids(
-        tf.constant(value, tf.int64), tf.constant(rows, tf.int64), nrows=nrows)
+        tf.constant(value), tf.constant(rows, tf.int64), nrows=nrows)
               for name, value in values.items()}
     counts = tf.constant(np.bincount(rows, minlength=nrows), tf.int64)
 

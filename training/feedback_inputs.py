@@ -17,10 +17,16 @@ of closed/ (impressions whose window W closed at the snapshot, final labels), la
 1[c < d <= W] with d the conversion's delay after the click (`delayed_positive_dataset`,
 labels named as the data config's click and conversion labels so that a registered
 click-space model, the naive baseline's cvr tower, learns it: `f_dp_function`).
+
+DFM's day input (`dfm_day_stream`) is D's train/ and the train/ of the ceil(W / day) days
+before it with their labels brought up to D (feedback_days.dfm_stream). The oracle's is
+vanilla's with the final labels of the simulator's outcomes (`final_labels_of`).
 """
 
+import dataclasses
+import functools
 import json
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -70,10 +76,27 @@ def day_patterns(day_dir: str, method: str,
 
 
 def day_stream(day_dir: str, config: streams.StreamConfig, click_label: str = "click",
-               conversion_label: str = "purchase") -> Tuple[Dict[str, str],
-                                                            feedback_days.DayStream]:
-  """(patterns, the stream's samples) of day D (feedback_days.day_stream on its rows)."""
+               conversion_label: str = "purchase",
+               final_labels: Optional[Mapping[str, int]] = None
+               ) -> Tuple[Dict[str, str], feedback_days.DayStream]:
+  """(patterns, the stream's samples) of day D: feedback_days.day_stream on its rows;
+  DFM's input (`dfm_day_stream`); the oracle's, vanilla's samples with the final label of
+  each clicked exposure (`final_labels`: impression_id -> the conversion label once its
+  window has closed, the simulator's outcomes).
+
+  Raises:
+    ValueError: the oracle without `final_labels`, or an impression they lack.
+  """
   record = read_day(day_dir)
+  if config.method == streams.DFM:
+    return dfm_day_stream(day_dir, config.attribution_s, click_label, conversion_label,
+                          record)
+  oracle = config.method == "oracle"
+  if oracle and final_labels is None:
+    raise ValueError("the oracle stream needs the final labels: the simulator's outcomes "
+                     "(feedback_inputs.final_labels_of)")
+  if oracle:
+    config = dataclasses.replace(config, method="vanilla")
   patterns = day_patterns(day_dir, config.method, record)
   rows = {name: feedback_data.read_rows(pattern, click_label, conversion_label)
           for name, pattern in patterns.items()}
@@ -81,31 +104,103 @@ def day_stream(day_dir: str, config: streams.StreamConfig, click_label: str = "c
   previous = rows.pop("previous", None)
   stream = feedback_days.day_stream(config, start, end, rows, previous, click_label,
                                     conversion_label)
+  if oracle:
+    stream = _with_final_labels(stream, rows["train"]["impression_id"], final_labels,
+                                day_dir)
+  return patterns, stream
+
+
+def _with_final_labels(stream: feedback_days.DayStream, impression_ids: np.ndarray,
+                       final_labels: Mapping[str, int],
+                       day_dir: str) -> feedback_days.DayStream:
+  """`stream` (vanilla's: one exposure sample per row of train/) with each clicked
+  sample's conversion label replaced by its final label."""
+  try:
+    final = np.array([final_labels[impression_ids[row]] for row in stream.row], np.int64)
+  except KeyError as e:
+    raise ValueError(f"{day_dir}: impression {e.args[0]!r} has no final label in the "
+                     f"simulator's outcomes") from e
+  return dataclasses.replace(stream, conversion=stream.click * final)
+
+
+def final_labels_of(outcomes_path: str, conversion_label: str = "purchase"
+                    ) -> Dict[str, int]:
+  """impression_id -> its final conversion label (simulation.truth's outcomes: the label
+  once the attribution window has closed), from a simulator OUTPUT or its truth/."""
+  from simulation import truth as truth_lib  # pylint: disable=g-import-not-at-top
+  outcomes = truth_lib.load_outcomes(outcomes_path)
+  return dict(zip(outcomes["impression_id"].tolist(),
+                  outcomes[conversion_label].tolist()))
+
+
+def earlier_days(day_dir: str, count: int,
+                 record: Optional[Dict[str, object]] = None) -> List[str]:
+  """Up to `count` earlier days' outputs, newest first, along day.json's `previous`."""
+  found, record = [], record or read_day(day_dir)
+  while len(found) < count and record.get("previous"):
+    previous = str(record["previous"])
+    if not tf.io.gfile.exists(outputs_lib.OutputPaths(previous).day):
+      break
+    found.append(previous)
+    record = read_day(previous)
+  return found
+
+
+def dfm_day_stream(day_dir: str, attribution_s: float, click_label: str = "click",
+                   conversion_label: str = "purchase",
+                   record: Optional[Dict[str, object]] = None
+                   ) -> Tuple[Dict[str, str], feedback_days.DayStream]:
+  """(patterns, DFM's samples) of day D (feedback_days.dfm_stream): D's train/, and the
+  train/ of the ceil(W / day) days before it, their labels brought up to D's snapshot by
+  the updates/ of the days after each (oldest first: the newest update of an impression
+  wins). Outputs "train" and "day-<k>" (k days before D)."""
+  record = record or read_day(day_dir)
+  end = int(record["as_of"])
+  earlier = earlier_days(day_dir, int(np.ceil(attribution_s / config_lib.DAY_S)), record)
+  paths = [outputs_lib.OutputPaths(path) for path in [day_dir, *earlier]]
+  patterns = {"train": paths[0].examples_pattern("train")}
+  read = functools.partial(feedback_data.read_rows, click_label=click_label,
+                           conversion_label=conversion_label)
+  for k, path in enumerate(paths[1:], start=1):
+    patterns[f"day-{k}"] = path.examples_pattern("train")
+  rows = feedback_days.dfm_earlier_rows(
+      [read(patterns[f"day-{k}"]) for k in range(1, len(paths))],
+      [read(path.examples_pattern("updates")) for path in paths[:-1]], click_label,
+      conversion_label)
+  stream = feedback_days.dfm_stream(end, read(patterns["train"]), rows, click_label,
+                                    conversion_label)
   return patterns, stream
 
 
 def stream_dataset(day_dir: str, config: streams.StreamConfig, spec: spec_lib.FeatureSpec,
                    batch_size: int, *, f_dp: Optional[FDpFunction] = None,
                    shuffle_buffer: int = 0, seed: Optional[int] = None,
-                   click_label: str = "click",
-                   conversion_label: str = "purchase") -> tf.data.Dataset:
+                   click_label: str = "click", conversion_label: str = "purchase",
+                   final_labels: Optional[Mapping[str, int]] = None,
+                   stream: Optional[Tuple[Dict[str, str], feedback_days.DayStream]] = None
+                   ) -> tf.data.Dataset:
   """Batches (features, labels) of day D's stream: features as parsing.parse_examples
   gives them, labels as feedback_objective.stream_labels (f_dp from `f_dp(features)`,
-  float [batch], for esdfm and defer). Samples in stream order, shuffled when
-  `shuffle_buffer` > 0."""
+  float [batch], for esdfm and defer; DFM's elapsed time in days). Samples in stream
+  order, shuffled when `shuffle_buffer` > 0. `stream`: day_stream's answer when read
+  already; `final_labels`: the oracle's (day_stream)."""
   if config.method in objective.NEEDS_DELAYED_POSITIVE and f_dp is None:
     raise ValueError(f"{config.method} needs f_dp: an auxiliary classifier "
                      f"(training/feedback_inputs.f_dp_function)")
-  patterns, stream = day_stream(day_dir, config, click_label, conversion_label)
-  dataset = feedback_data.samples_dataset(patterns, stream)
+  patterns, samples = stream or day_stream(day_dir, config, click_label, conversion_label,
+                                           final_labels)
+  dataset = feedback_data.samples_dataset(patterns, samples)
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
 
   def parse(batch):
     features, _ = parsing.parse_examples(batch["example"], spec, label_names=[])
     delayed = f_dp(features) if config.method in objective.NEEDS_DELAYED_POSITIVE else None
+    elapsed = (batch["elapsed"] / config_lib.DAY_S if config.method == objective.DFM
+               else None)
     labels = objective.stream_labels(batch["click"], batch["conversion"], batch["kind"],
-                                     config.method, delayed, click_label, conversion_label)
+                                     config.method, delayed, click_label, conversion_label,
+                                     elapsed)
     return features, labels
 
   return dataset.batch(batch_size).map(parse).prefetch(tf.data.AUTOTUNE)

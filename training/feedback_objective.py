@@ -64,7 +64,7 @@ DELAYED_POSITIVE = "f_dp"
 CVR_OUTPUT = "cvr"  # P(conversion | click, x): the p of the weights
 # The streams' methods, and DFM (Chapelle 2014): each click once, with its conversion
 # label and its delay or elapsed time as of the snapshot, and a delay-rate head.
-DFM = "dfm"
+DFM = streams.DFM
 METHODS = streams.METHODS + (DFM,)
 ELAPSED = "elapsed_days"  # DFM: the delay (converted) or the elapsed time, in days
 DELAY_OUTPUT = "delay_log_rate"  # DFM's head: log lambda(x), lambda per day

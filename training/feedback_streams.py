@@ -40,6 +40,10 @@ import math
 from typing import List, Optional
 
 METHODS = ("oracle", "vanilla", "waiting", "fnw", "fnc", "esdfm", "defer")
+# DFM (Chapelle 2014) is no stream of events but a daily refit on the clicks still inside
+# their window (training/feedback_days.dfm_stream); a StreamConfig names it too, so that one
+# config carries any method's input, but `samples` has no per-exposure stream for it.
+DFM = "dfm"
 # The methods that ingest a clicked exposure at the end of an elapsed-time window.
 WINDOWED = ("waiting", "esdfm", "defer")
 
@@ -53,14 +57,16 @@ class Exposure:
 
 @dataclasses.dataclass(frozen=True)
 class StreamConfig:
-  """method: one of METHODS; attribution_s: W; window_s: w (waiting) or c (esdfm, defer)."""
+  """method: one of METHODS or DFM; attribution_s: W; window_s: w (waiting) or c (esdfm,
+  defer)."""
   method: str
   attribution_s: float
   window_s: float = 0.0
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f"unknown delayed-feedback method {self.method!r}: one of {METHODS}")
+    if self.method not in METHODS + (DFM,):
+      raise ValueError(f"unknown delayed-feedback method {self.method!r}: one of "
+                       f"{METHODS + (DFM,)}")
     if self.attribution_s <= 0:
       raise ValueError(f"attribution_s must be > 0, got {self.attribution_s}")
     if self.method in WINDOWED and not 0 < self.window_s <= self.attribution_s:
@@ -95,6 +101,9 @@ def samples(exposure: Exposure, config: StreamConfig, until: float,
 def _ingested(exposure: Exposure, config: StreamConfig, until: float) -> List[Sample]:
   """Every sample ingested by `until` (a click after `until` may be among them: `samples`
   drops it)."""
+  if config.method == DFM:
+    raise ValueError("dfm has no per-exposure stream: its day input is "
+                     "training/feedback_days.dfm_stream")
   if exposure.time > until:
     return []
   if exposure.click_time is None:
