@@ -38,3 +38,26 @@ def test_export_holds_no_keras_layer_traces_and_scores_the_same(tmp_path):
   served = loaded.signatures["predict_raw"](**padded)
   for name, value in model.scorer(features).items():
     np.testing.assert_allclose(served[name].numpy(), value.numpy()[:, 0], atol=1e-6)
+
+
+def test_export_traces_each_signature_once(tmp_path, monkeypatch):
+  """The saver does not trace the serving functions again (it re-derived the concrete
+  functions of tf.function attributes of the module: a second trace of each, 3.4 of the
+  10 CPU s of an Ali-CCP ESMM export). Counted: the parses and raw-input conversions
+  that tracing runs, one of each; and the export still names both signatures."""
+  from features import parsing  # pylint: disable=g-import-not-at-top
+  model = build("esmm", tmp_path)
+  calls = {"parse_examples": 0, "dense_to_model_inputs": 0}
+  for name in calls:
+    original = getattr(parsing, name)
+
+    def counted(*args, original=original, name=name, **kwargs):
+      calls[name] += 1
+      return original(*args, **kwargs)
+
+    monkeypatch.setattr(parsing, name, counted)
+  export_dir = export_lib.export_saved_model(model.scorer, SPEC, str(tmp_path / "export"),
+                                             version=1)
+  assert calls == {"parse_examples": 1, "dense_to_model_inputs": 1}
+  assert set(tf.saved_model.load(export_dir).signatures) == {
+      export_lib.SERVING_DEFAULT, export_lib.PREDICT_RAW}

@@ -56,6 +56,26 @@ def test_intact_shards_are_counted_with_a_predicate(tmp_path):
   assert set(report.record_limits.values()) == {-1}
 
 
+def test_one_counter_traces_once_for_every_shard(tmp_path, monkeypatch):
+  """verify_shards counts every shard with one tf.function of the path, traced once: an
+  eager Dataset.reduce per shard traced its function again for each (35 ms a shard, 4.5 s
+  before the first step for 128)."""
+  pattern = write_split(tmp_path)
+  made = []
+  original = shard_check.shard_counter
+
+  def recording(*args, **kwargs):
+    made.append(original(*args, **kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(shard_check, "shard_counter", recording)
+  report = shard_check.verify_shards(
+      pattern, predicate=data.ValidationSplit(from_timestamp=1010).is_validation)
+  assert [(shard.records, shard.matching) for shard in report.shards] == [
+      (PER_FILE, 3)] * NUM_FILES
+  assert len(made) == 1 and made[0].function.experimental_get_tracing_count() == 1
+
+
 def test_flipped_record_byte_names_the_shard_and_the_offset(tmp_path):
   pattern = write_split(tmp_path)
   broken = shard_path(pattern)

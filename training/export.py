@@ -42,7 +42,14 @@ SPEC_FILE = "feature_spec.yaml"
 
 
 class ServingModule(tf.Module):
-  """Wraps the scorer with the two serving functions."""
+  """Wraps the scorer with the two serving functions.
+
+  The functions are traced once, by `signatures`, into concrete functions that
+  tf.saved_model.save stores as the signatures. They are not tf.function attributes of
+  the module: the saver re-derives the concrete functions of every tf.function attribute
+  from their input structures and, for these two, traced them all over again (3.4 of the
+  10 CPU s of exporting ESMM on the Ali-CCP spec).
+  """
 
   def __init__(self, scorer, spec: spec_lib.FeatureSpec):
     super().__init__()
@@ -53,20 +60,19 @@ class ServingModule(tf.Module):
     outputs = self.scorer(features, training=False)
     return {name: tf.reshape(value, [-1]) for name, value in outputs.items()}
 
-  @tf.function
   def serve_examples(self, examples):
     features, _ = parsing.parse_examples(examples, self._spec, label_names=[])
     return self._score(features)
 
-  @tf.function
   def serve_raw(self, **raw_features):
     return self._score(parsing.dense_to_model_inputs(raw_features, self._spec))
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    """The two signatures, traced anew at each call."""
     return {
-        SERVING_DEFAULT: self.serve_examples.get_concrete_function(
+        SERVING_DEFAULT: tf.function(self.serve_examples).get_concrete_function(
             tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)),
-        PREDICT_RAW: self.serve_raw.get_concrete_function(
+        PREDICT_RAW: tf.function(self.serve_raw).get_concrete_function(
             **parsing.raw_input_signature(self._spec)),
     }
 
@@ -111,15 +117,16 @@ def export_saved_model(scorer, spec: spec_lib.FeatureSpec, export_base: str, *,
   if tf.io.gfile.exists(tmp_dir):
     tf.io.gfile.rmtree(tmp_dir)
   module = ServingModule(scorer, spec)
+  signatures = module.signatures()
   with _without_keras_traces():
-    tf.saved_model.save(module, tmp_dir, signatures=module.signatures())
+    tf.saved_model.save(module, tmp_dir, signatures=signatures)
   extra = os.path.join(tmp_dir, "assets.extra")
   tf.io.gfile.makedirs(extra)
   if warmup_examples:
     _write_warmup_requests(tmp_dir, list(warmup_examples))
   with tf.io.gfile.GFile(os.path.join(extra, SPEC_FILE), "w") as f:
     yaml.safe_dump(spec_document(spec), f, sort_keys=False)
-  outputs = sorted(module.signatures()[SERVING_DEFAULT].structured_outputs)
+  outputs = sorted(signatures[SERVING_DEFAULT].structured_outputs)
   with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
     json.dump({"outputs": outputs, "version": version, **(metadata or {})}, f, indent=1)
   # Rename last so a TF Serving poller never sees a half-written version.
