@@ -225,6 +225,14 @@ def arg_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
   return parser
 
 
+def refuse_unknown(settings: Dict[str, Any], known: Dict[str, Sequence[str]]) -> None:
+  """SystemExit naming the values of settings[kind] not in known[kind], for each kind."""
+  for kind, names in known.items():
+    unknown = sorted(set(settings[kind]) - set(names))
+    if unknown:
+      raise SystemExit(f"error: unknown {kind} {unknown}; known: {list(names)}")
+
+
 def percentile_ms(seconds: Sequence[float], q: float) -> float:
   import numpy as np  # pylint: disable=g-import-not-at-top
   return float(np.percentile(np.asarray(seconds) * 1000.0, q))

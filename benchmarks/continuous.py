@@ -751,10 +751,7 @@ def settings_of(args: argparse.Namespace) -> Dict[str, Any]:
   settings["seeds"] = list(settings["seeds"])
   settings["models"] = [m for m in args.models.split(",") if m]
   settings["arms"] = [a for a in args.arms.split(",") if a]
-  for kind, known in (("models", MODELS), ("arms", ARMS)):
-    unknown = sorted(set(settings[kind]) - set(known))
-    if unknown:
-      raise SystemExit(f"error: unknown {kind} {unknown}; known: {list(known)}")
+  common.refuse_unknown(settings, {"models": MODELS, "arms": ARMS})
   settings["name"] = args.name or ("continuous_quick" if args.quick else "continuous")
   return settings
 

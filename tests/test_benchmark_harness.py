@@ -504,3 +504,34 @@ def test_a_calibration_cache_is_reused_only_with_the_same_redraws(tmp_path):
   assert not calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
   cache.write_text(json.dumps({"redraws": drawn}))
   assert not calibration_benchmark._cached(str(cache), 2)  # pylint: disable=protected-access
+
+
+def test_delayed_feedback_pr_auc_and_relative_improvements_against_brute_force():
+  """benchmarks.delayed_feedback: average precision against its definition (distinct
+  scores: the mean precision at each positive's rank; all tied: the positive rate), and
+  RI = (method - vanilla) / (oracle - vanilla) per seed on the means over the days, for
+  AUC and NLL (lower NLL is better: the ratio keeps 1 = the oracle's)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import delayed_feedback as df  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  labels = (rng.random(300) < 0.2).astype(int)
+  scores = rng.random(300)
+  order = np.argsort(-scores)
+  ranks = np.flatnonzero(labels[order]) + 1
+  brute = np.mean(np.cumsum(labels[order])[ranks - 1] / ranks)
+  assert df.average_precision(labels, scores) == pytest.approx(brute, rel=1e-12)
+  assert df.average_precision(labels, np.full(300, 0.3)) == pytest.approx(labels.mean())
+  assert df.relative_improvement(0.25, 0.3, 0.2) == pytest.approx(0.5)
+  rows = []
+  for seed, (oracle, vanilla, fnw) in {1: (0.8, 0.6, 0.7), 2: (0.9, 0.5, 0.8)}.items():
+    for method, auc in (("oracle", oracle), ("vanilla", vanilla), ("fnw", fnw)):
+      for day, shift in (("d1", -0.01), ("d2", 0.01)):  # the days' mean is `auc`
+        rows.append({"world": f"s{seed}", "seed": seed, "sigma": None, "model": "esmm",
+                     "method": method, "day": day, "ctcvr_auc": auc + shift,
+                     "ctcvr_nll": 1.0 - auc, **{m: 0.5 for m in df.METRICS
+                                                if m not in ("ctcvr_auc", "ctcvr_nll")}})
+  cell = df.summarize(rows)["main"]["esmm"]["fnw"]
+  assert cell["ri_auc"]["per_seed"] == pytest.approx([0.5, 0.75])
+  assert cell["ri_nll"]["per_seed"] == pytest.approx([0.5, 0.75])
+  assert cell["ctcvr_auc"]["mean"] == pytest.approx(0.75)
+  assert cell["ri_auc"]["std"] == pytest.approx(np.std([0.5, 0.75], ddof=1))

@@ -25,7 +25,7 @@ INDEX = os.path.join(RESULTS, "README.md")
 # starts with one of these names a results page.
 PAGE_FAMILIES = ("models", "calibration", "sweep", "learning_curve", "tune_", "beam_preprocess",
                  "file_sources", "training_throughput", "input_pipeline", "serving_latency",
-                 "continuous")
+                 "continuous", "delayed_feedback")
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 RESULTS_PATH = re.compile(r"(?<![:\w/.])(?:\.\./)*benchmarks/results/([^\s)\]`'\"|,;]*)")
