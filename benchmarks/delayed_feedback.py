@@ -18,6 +18,10 @@ The protocol, per seed:
      data on D+1 does not know yet), the CVR AUC over the clicked impressions with
      their final labels, and the calibration of ctcvr against the truth (sum predicted
      / sum of the true in-window probabilities).
+Full sizes (fitted to about 90 minutes on 2 idle cores from the quick run's costs: about
+13 CPU s per training, mostly fixed, and 3 per scoring): 9 days of 30,000 impressions,
+the first model on days 1-4, then days 5-8 warm (5 trainings and scorings per model and
+method), 3 seeds x 2 models x 8 methods, and the tail sweep's 2 worlds x 8 methods.
 RI-AUC and RI-NLL = (method - vanilla) / (oracle - vanilla), per seed, on the means over
 the evaluated days (NLL: lower is better, so the signs are such that 1 = the oracle's).
 The tail sweep (`--sigmas`) repeats the protocol on seed 1 for ESMM with other log-space
@@ -51,7 +55,7 @@ METHODS = ("oracle", "vanilla", "waiting", "fnw", "fnc", "esdfm", "defer", "dfm"
 # classifier learns from impressions whose window has closed, so the first model's days
 # must reach past W (pretrain_days > window_days).
 MODES = {
-    "full": {"days": 12, "impressions": 360_000, "seeds": (1, 2, 3), "pretrain_days": 4,
+    "full": {"days": 9, "impressions": 270_000, "seeds": (1, 2, 3), "pretrain_days": 4,
              "window_days": 3, "sigmas": (1.0, 2.5)},
     "quick": {"days": 5, "impressions": 10_000, "seeds": (1,), "pretrain_days": 2,
               "window_days": 1, "sigmas": ()},
