@@ -22,6 +22,7 @@ from training import feedback_days
 from transforms import label as label_lib
 
 READ_BATCH = 4096
+EXPAND_BATCH = 1024  # records expanded into their samples at a time
 
 
 def records(pattern: str) -> tf.data.Dataset:
@@ -84,13 +85,14 @@ def samples_dataset(patterns: Mapping[str, str],
               for name, value in values.items()}
     counts = tf.constant(np.bincount(rows, minlength=nrows), tf.int64)
 
-    def expand(index, record, ragged=ragged):
-      labels = {name: value[index] for name, value in ragged.items()}
-      return tf.data.Dataset.from_tensor_slices(
-          {"example": tf.fill(tf.shape(labels["kind"]), record), **labels})
+    def expand(index, record, ragged=ragged, counts=counts):
+      # A block of records -> each record repeated once per sample, with the samples'
+      # labels in row order (vectorised: a Dataset per record cost ~170 us a sample).
+      labels = {name: tf.gather(value, index).flat_values for name, value in ragged.items()}
+      return {"example": tf.repeat(record, tf.gather(counts, index)), **labels}
 
-    parts.append(records(pattern).enumerate().take(nrows).filter(
-        lambda index, _, counts=counts: counts[index] > 0).flat_map(expand))
+    parts.append(records(pattern).take(nrows).enumerate().batch(EXPAND_BATCH).map(
+        expand).unbatch())
   if not parts:
     raise ValueError("the stream has no samples")
   dataset = parts[0]
