@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 
@@ -223,6 +223,43 @@ def arg_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
                       help="Scratch directory (simulated data and models are reused).")
   parser.add_argument("--results_dir", default=RESULTS_DIR, help="Where to write <name>.md.")
   return parser
+
+
+def run_workers(module: str, argv: Sequence[str], jobs: Sequence[Tuple[str, str]],
+                parallel: int) -> None:
+  """Runs `python -m MODULE ARGV --worker KEY` for each (KEY, LOG_PATH) of JOBS, PARALLEL
+  at a time, each logging to its LOG_PATH (appended).
+
+  Raises:
+    RuntimeError: a worker failed (with its log's tail).
+  """
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  waiting, running = list(jobs), []
+  start = time.perf_counter()
+  while waiting or running:
+    while waiting and len(running) < parallel:
+      key, log_path = waiting.pop(0)
+      os.makedirs(os.path.dirname(log_path), exist_ok=True)
+      log = open(log_path, "a")  # pylint: disable=consider-using-with
+      process = subprocess.Popen([sys.executable, "-m", module, *argv, "--worker", key],
+                                 cwd=REPO_ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+      running.append((process, log, log_path, key))
+      logging.info("worker %s started (log %s)", key, log_path)
+    time.sleep(2.0)
+    for entry in list(running):
+      process, log, log_path, key = entry
+      if process.poll() is None:
+        continue
+      running.remove(entry)
+      log.close()
+      if process.returncode != 0:
+        with open(log_path) as f:
+          tail = f.read()[-3000:]
+        raise RuntimeError(f"worker {key} failed ({process.returncode}); {log_path}:\n"
+                           f"{tail}")
+      logging.info("worker %s done; %d of %d left, elapsed %.0f s", key,
+                   len(waiting) + len(running), len(jobs), time.perf_counter() - start)
 
 
 def refuse_unknown(settings: Dict[str, Any], known: Dict[str, Sequence[str]]) -> None:

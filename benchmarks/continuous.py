@@ -60,7 +60,6 @@ import math
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -654,40 +653,10 @@ def worker_groups(units: Sequence[Unit]) -> List[Tuple[int, str]]:
 def run_workers(workdir: str, argv: Sequence[str], groups: Sequence[Tuple[int, str]],
                 parallel: int) -> None:
   """Runs each (seed, model) group's units in a child process (this command with
-  --worker SEED:MODEL), PARALLEL at a time; logs WORK/s<seed>/<model>.log.
-
-  Raises:
-    RuntimeError: a worker failed (with its log's tail).
-  """
-  env = dict(os.environ, PYTHONPATH=common.REPO_ROOT)
-  waiting, running = list(groups), []
-  start = time.perf_counter()
-  while waiting or running:
-    while waiting and len(running) < parallel:
-      seed, model = waiting.pop(0)
-      log_path = os.path.join(seed_dir(workdir, seed), f"{model}.log")
-      log = open(log_path, "a")  # pylint: disable=consider-using-with
-      process = subprocess.Popen(
-          [sys.executable, "-m", "benchmarks.continuous", *argv, "--worker",
-           f"{seed}:{model}"], cwd=common.REPO_ROOT, env=env, stdout=log,
-          stderr=subprocess.STDOUT)
-      running.append((process, log, log_path, seed, model))
-      logging.info("worker seed %d %s started (log %s)", seed, model, log_path)
-    time.sleep(2.0)
-    for entry in list(running):
-      process, log, log_path, seed, model = entry
-      if process.poll() is None:
-        continue
-      running.remove(entry)
-      log.close()
-      if process.returncode != 0:
-        with open(log_path) as f:
-          tail = f.read()[-3000:]
-        raise RuntimeError(f"worker seed {seed} {model} failed ({process.returncode}); "
-                           f"{log_path}:\n{tail}")
-      logging.info("worker seed %d %s done; %d of %d groups left, elapsed %.0f s", seed,
-                   model, len(waiting) + len(running), len(groups),
-                   time.perf_counter() - start)
+  --worker SEED:MODEL), PARALLEL at a time; logs WORK/s<seed>/<model>.log."""
+  common.run_workers("benchmarks.continuous", argv, [
+      (f"{seed}:{model}", os.path.join(seed_dir(workdir, seed), f"{model}.log"))
+      for seed, model in groups], parallel)
 
 
 def run_units(workdir: str, units: Sequence[Unit], raws: Dict[int, str],
