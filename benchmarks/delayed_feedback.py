@@ -26,7 +26,9 @@ world: a training from scratch on a day's 30,000-sample stream takes about 19 s 
 them in fit, the rest the model's build, traces, the auxiliary classifier and the
 export), the first model's 4 days about 35 s, a scoring about 4 s: about 130 s per
 (model, method), 64 of them, 1.7x faster on 2 processes, plus about 11 min of
-preprocessing.
+preprocessing. The first partial run (2026-12-07, a slow hour of the host) measured
+more: 16 min to preprocess the 5 worlds, 150-215 s per (model, method) on 2 processes,
+so about 110 min in all; fit the sizes again before the full run.
 RI-AUC and RI-NLL = (method - vanilla) / (oracle - vanilla), per seed, on the means over
 the evaluated days (NLL: lower is better, so the signs are such that 1 = the oracle's).
 The tail sweep (`--sigmas`) repeats the protocol on seed 1 for ESMM with other log-space
