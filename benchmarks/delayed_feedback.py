@@ -55,6 +55,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import continuous
+from simulation import world_config
 
 MODELS = ("esmm", "naive")
 METHODS = ("oracle", "vanilla", "waiting", "fnw", "fnc", "esdfm", "defer", "dfm")
@@ -68,6 +69,7 @@ MODES = {
               "window_days": 1, "sigmas": ()},
 }
 SWEEP_SEED = 1
+DEFAULT_SIGMA = world_config.ConversionDelay.sigma  # the main worlds' purchase delay
 METRICS = ("ctcvr_auc", "ctcvr_pr_auc", "ctcvr_nll", "cvr_auc", "ctcvr_calibration_vs_truth",
            "ctcvr_calibration")
 HIGHER_IS_BETTER = {"ctcvr_auc": True, "ctcvr_nll": False}
@@ -289,8 +291,50 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                 seeds[s][metric], per_seed["vanilla"][s][metric],
                 per_seed["oracle"][s][metric]) for s in sorted(seeds)
                                   if s in per_seed["vanilla"] and s in per_seed["oracle"]])
+            # The ratio of the seeds' means: steadier than the mean of per-seed ratios
+            # when one seed's oracle - vanilla is small.
+            cell[name + "_of_means"] = relative_improvement(*(
+                _mean(per_seed[m][s][metric] for s in sorted(per_seed[m]))
+                for m in (method, "vanilla", "oracle")))
         out[method] = cell
   return summary
+
+
+def still_to_come(rows: Sequence[Dict[str, Any]]) -> Optional[float]:
+  """The share of the evaluated days' final purchases not yet seen at their day's
+  snapshot (1 - seen / final, pooled): about what vanilla's calibration misses."""
+  final = sum(r["eval_final_purchases"] for r in rows)
+  return 1.0 - sum(r["eval_purchases_seen"] for r in rows) / final if final else None
+
+
+GOAL_RI = 0.5
+GOAL_CALIBRATION = 0.05
+
+
+def goals(summary: Dict[str, Any], rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+  """Issue 31's goals on the main worlds' ESMM: the best method by mean RI-NLL (oracle
+  and vanilla aside) reaches RI-NLL and RI-AUC >= GOAL_RI, its calibration against the
+  truth within 1 +- GOAL_CALIBRATION."""
+  methods = summary.get("main", {}).get("esmm", {})
+  candidates = {m: c for m, c in methods.items()
+                if m not in ("oracle", "vanilla")
+                and c.get("ri_nll", {}).get("mean") is not None}
+  if not candidates:
+    return {}
+  best = max(candidates, key=lambda m: candidates[m]["ri_nll"]["mean"])
+  cell = candidates[best]
+  calibration = cell["ctcvr_calibration_vs_truth"]["mean"]
+  return {"best": best, "ri_nll": cell["ri_nll"]["mean"], "ri_auc": cell["ri_auc"]["mean"],
+          "calibration_vs_truth": calibration,
+          "vanilla_calibration_vs_truth":
+              methods["vanilla"]["ctcvr_calibration_vs_truth"]["mean"],
+          "still_to_come": still_to_come([r for r in rows if r["sigma"] is None
+                                          and r["model"] == "esmm"
+                                          and r["method"] == "vanilla"]),
+          "ri_nll_met": cell["ri_nll"]["mean"] >= GOAL_RI,
+          "ri_auc_met": cell["ri_auc"]["mean"] >= GOAL_RI,
+          "calibration_met": calibration is not None
+                             and abs(calibration - 1.0) <= GOAL_CALIBRATION}
 
 
 def _num(cell: Optional[Dict[str, Any]], form: str = "{:.4f}") -> str:
@@ -300,25 +344,109 @@ def _num(cell: Optional[Dict[str, Any]], form: str = "{:.4f}") -> str:
   return text + (f" ± {form.format(cell['std'])}" if cell.get("std") is not None else "")
 
 
+def _fmt(value: Optional[float], form: str) -> str:
+  return "-" if value is None else form.format(value)
+
+
+def _method_table(methods: Dict[str, Any]) -> str:
+  header = ["method", "CTCVR AUC", "PR-AUC", "NLL", "CVR AUC", "cal. vs truth",
+            "RI-AUC", "RI-NLL", "RI-AUC, RI-NLL of the seed means"]
+  body = [[method, _num(cell["ctcvr_auc"]), _num(cell["ctcvr_pr_auc"]),
+           _num(cell["ctcvr_nll"], "{:.5f}"), _num(cell["cvr_auc"]),
+           _num(cell["ctcvr_calibration_vs_truth"], "{:.3f}"),
+           _num(cell.get("ri_auc"), "{:.2f}"), _num(cell.get("ri_nll"), "{:.2f}"),
+           f"{_fmt(cell.get('ri_auc_of_means'), '{:.2f}')}, "
+           f"{_fmt(cell.get('ri_nll_of_means'), '{:.2f}')}"]
+          for method, cell in methods.items()]
+  return common.markdown_table(header, body)
+
+
+def sweep_table(rows: Sequence[Dict[str, Any]], default_sigma: float) -> Optional[str]:
+  """The tail sweep: seed SWEEP_SEED's ESMM worlds by purchase_delay_sigma (the main
+  world's at DEFAULT_SIGMA), each method's RI-NLL / RI-AUC and calibration vs truth."""
+  rows = [r for r in rows if r["seed"] == SWEEP_SEED and r["model"] == "esmm"]
+  by_sigma: Dict[float, List[Dict[str, Any]]] = {}
+  for row in rows:
+    by_sigma.setdefault(default_sigma if row["sigma"] is None else row["sigma"],
+                        []).append(dict(row, sigma=None))
+  if len(by_sigma) < 2:
+    return None
+  sigmas = sorted(by_sigma)
+  cells = {sigma: summarize(by_sigma[sigma])["main"]["esmm"] for sigma in sigmas}
+  methods = [m for m in METHODS if all(m in cells[s] for s in sigmas)]
+  header = ["sigma", "still to come at the snapshot"] + [
+      f"{m} RI-NLL / RI-AUC / cal." for m in methods if m not in ("oracle", "vanilla")] + [
+      "vanilla cal.", "oracle cal."]
+  body = []
+  for sigma in sigmas:
+    line = [f"{sigma:g}", _fmt(still_to_come([r for r in by_sigma[sigma]
+                                              if r["method"] == "vanilla"]), "{:.1%}")]
+    for method in methods:
+      cell = cells[sigma][method]
+      calibration = _fmt(cell["ctcvr_calibration_vs_truth"]["mean"], "{:.2f}")
+      if method not in ("oracle", "vanilla"):
+        line.append(f"{_fmt(cell['ri_nll']['mean'], '{:.2f}')} / "
+                    f"{_fmt(cell['ri_auc']['mean'], '{:.2f}')} / {calibration}")
+    line += [_fmt(cells[sigma][m]["ctcvr_calibration_vs_truth"]["mean"], "{:.2f}")
+             for m in ("vanilla", "oracle")]
+    body.append(line)
+  return common.markdown_table(header, body)
+
+
 def render_markdown(document: Dict[str, Any]) -> str:
-  settings, summary = document["settings"], document["summary"]
-  parts = [f"Run {settings['started']}: {settings['seconds'] / 60:.1f} min wall, "
-           f"{settings['cpu_s'] / 60:.1f} CPU min in this process and its children; load "
-           f"before {settings['load_before']}, after {settings['load_after']}. Worlds: "
-           f"{settings['days']} days, {settings['impressions']:,} impressions, seeds "
-           f"{settings['seeds']}; pretrained on {settings['pretrain_days']} days, then "
-           f"warm-started daily; scored on each next day against the final labels.", ""]
+  settings, summary, rows = document["settings"], document["summary"], document["rows"]
+  runs = settings.get("invocations") or [settings]
+  parts = [
+      f"Worlds: `pipeline.simulate {' '.join(world_flags(None, settings['window_days']))}`"
+      f", {settings['days']} days of {settings['impressions'] // settings['days']:,} "
+      f"impressions each, seeds {settings['seeds']}; attribution window W = "
+      f"{settings['window_days']} days. Configs: configs/<model>_feedback.yaml with W ("
+      + "; ".join(f"{model}: {c['epochs']} epochs a day at learning rate "
+                  f"{c['learning_rate']:g}, the method's window c = {c['window_s'] / 3600:g} h"
+                  for model, c in settings.get("configs", {}).items()) +
+      "; nothing tuned on these worlds). "
+      f"The first model trains from scratch on the streams of days 1-"
+      f"{settings['pretrain_days']}; each later day's model is warm-started from the day "
+      f"before's on the day's stream; every model is scored on the next day's new "
+      f"impressions against the final labels (the simulator's outcomes). Means over the "
+      f"evaluated days per seed, then mean ± std over the seeds; RI = (method - vanilla) "
+      f"/ (oracle - vanilla) per seed (1 = the oracle; for NLL, lower is better).", "",
+      "Cost, per invocation on its WORK (a resumed run reuses the rows before): " +
+      "; ".join(f"{run['started']}: {run['seconds'] / 60:.1f} min wall, "
+                f"{run['cpu_s'] / 60:.1f} CPU min, load {run['load_before']} before, "
+                f"{run['load_after']} after" for run in runs) +
+      ". The worlds' day jobs (each day preprocessed once, before the first invocation "
+      "that needed it): " + (
+          f"{settings['preprocess']['day_jobs']} jobs, "
+          f"{settings['preprocess']['wall_s'] / 60:.1f} min wall, "
+          f"{settings['preprocess']['cpu_s'] / 60:.1f} CPU min" if "preprocess" in settings
+          else "-") +
+      f". Training: {np.mean([r['train_cpu_s'] for r in rows]):.1f} CPU s a model on "
+      f"average over the {len(rows)} rows (each row a training and a scoring).", ""]
+  outcome = goals(summary, rows)
+  if outcome:
+    parts += ["## Goals", "", common.markdown_table(["goal", "measured", "met"], [
+        [f"best ESMM method by RI-NLL: RI-NLL >= {GOAL_RI}", f"{outcome['best']}: "
+         f"{outcome['ri_nll']:.2f}", "yes" if outcome["ri_nll_met"] else "no"],
+        [f"... and its RI-AUC >= {GOAL_RI}", f"{outcome['ri_auc']:.2f}",
+         "yes" if outcome["ri_auc_met"] else "no"],
+        [f"... its CTCVR calibration vs truth within 1 ± {GOAL_CALIBRATION}",
+         _fmt(outcome["calibration_vs_truth"], "{:.3f}"),
+         "yes" if outcome["calibration_met"] else "no"],
+        ["vanilla's calibration vs truth, off by about the share still to come",
+         f"{_fmt(outcome['vanilla_calibration_vs_truth'], '{:.3f}')} (still to come at "
+         f"the snapshot: {_fmt(outcome['still_to_come'], '{:.1%}')})", "-"]]), ""]
   for group, models in summary.items():
     for model, methods in models.items():
-      parts += [f"## {model}, {'the main worlds' if group == 'main' else group}", ""]
-      header = ["method", "CTCVR AUC", "PR-AUC", "NLL", "CVR AUC", "cal. vs truth",
-                "RI-AUC", "RI-NLL"]
-      body = [[method, _num(cell["ctcvr_auc"]), _num(cell["ctcvr_pr_auc"]),
-               _num(cell["ctcvr_nll"], "{:.5f}"), _num(cell["cvr_auc"]),
-               _num(cell["ctcvr_calibration_vs_truth"], "{:.3f}"),
-               _num(cell.get("ri_auc"), "{:.2f}"), _num(cell.get("ri_nll"), "{:.2f}")]
-              for method, cell in methods.items()]
-      parts += [common.markdown_table(header, body), ""]
+      parts += [f"## {model}, {'the main worlds' if group == 'main' else group}", "",
+                _method_table(methods), ""]
+  table = sweep_table(rows, DEFAULT_SIGMA)
+  if table:
+    parts += ["## The tail sweep (ESMM, seed 1)", "", "Each cell: RI-NLL / RI-AUC / "
+              "CTCVR calibration vs truth of one seed's world; the larger sigma, the "
+              "more conversions arrive after a day.", "", table, ""]
+  parts += [f"Per-day NLL of every method: [{settings['name']}_nll.png]"
+            f"({settings['name']}_nll.png); every row: {settings['name']}.json.", ""]
   return "\n".join(parts)
 
 
@@ -450,6 +578,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run_units(workdir, units, worlds, settings["pretrain_days"])
   rows = [continuous.read_json(row_path(workdir, unit, day))
           for unit in units for day in scored[unit]]
+  settings["configs"] = configs_of(workdir)
+  settings["preprocess"] = preprocess_cost(workdir, sorted(worlds))
   settings.update(seconds=time.perf_counter() - start,
                   cpu_s=continuous._cpu_s() - cpu_start,  # pylint: disable=protected-access
                   load_after=common.load_average(), workdir=workdir)
@@ -484,6 +614,27 @@ def run_units(workdir: str, units: Sequence[Unit], worlds: Dict[str, Any],
     run_unit(workdir, unit, raw, days, pretrain_days, *loaded[unit.world])
     logging.info("[%d/%d units] %s %s %s done; elapsed %.0f s", done + 1, len(units),
                  unit.world, unit.model, unit.method, time.perf_counter() - start)
+
+
+def configs_of(workdir: str) -> Dict[str, Dict[str, Any]]:
+  """Per model, what the page states of its config: epochs a day, the window c."""
+  from configs import config as config_lib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for model in MODELS:
+    config = config_lib.load_config(config_path(workdir, model))
+    out[model] = {"epochs": config.train.epochs, "window_s": config.feedback.window_s,
+                  "learning_rate": config.train.learning_rate}
+  return out
+
+
+def preprocess_cost(workdir: str, worlds: Sequence[str]) -> Dict[str, float]:
+  """The day jobs' summed wall and CPU seconds (their preprocess/<day>.json)."""
+  costs = [continuous.read_json(os.path.join(workdir, world, "preprocess", name))
+           for world in worlds
+           for name in sorted(os.listdir(os.path.join(workdir, world, "preprocess")))
+           if name.endswith(".json")]
+  return {"day_jobs": len(costs), "wall_s": sum(c["job_wall_s"] for c in costs),
+          "cpu_s": sum(c["job_cpu_s"] for c in costs)}
 
 
 def _ensure_days(workdir: str, unit: Unit, raw: str) -> None:

@@ -535,3 +535,47 @@ def test_delayed_feedback_pr_auc_and_relative_improvements_against_brute_force()
   assert cell["ri_nll"]["per_seed"] == pytest.approx([0.5, 0.75])
   assert cell["ctcvr_auc"]["mean"] == pytest.approx(0.75)
   assert cell["ri_auc"]["std"] == pytest.approx(np.std([0.5, 0.75], ddof=1))
+
+
+def test_delayed_feedback_goals_tail_sweep_and_page_from_hand_made_rows():
+  """benchmarks.delayed_feedback's page: the RI of the seeds' means beside the mean of
+  per-seed RIs, the goals' best ESMM method (by RI-NLL) and its checks, the share still
+  to come (1 - seen / final, pooled), and the tail sweep's cells, against hand-worked
+  values."""
+  from benchmarks import delayed_feedback as df  # pylint: disable=g-import-not-at-top
+  aucs = {(1, None): {"oracle": 0.8, "vanilla": 0.6, "fnw": 0.7, "esdfm": 0.75},
+          (2, None): {"oracle": 0.9, "vanilla": 0.5, "fnw": 0.6, "esdfm": 0.8},
+          (1, 2.5): {"oracle": 0.8, "vanilla": 0.6, "fnw": 0.65, "esdfm": 0.7}}
+  rows = []
+  for (seed, sigma), methods in aucs.items():
+    for method, auc in methods.items():
+      for day, seen in (("d1", 70), ("d2", 90)):  # 160 of 200 final purchases seen
+        rows.append({"world": f"s{seed}", "seed": seed, "sigma": sigma, "model": "esmm",
+                     "method": method, "day": day, "ctcvr_auc": auc,
+                     "ctcvr_nll": 1.0 - auc, "ctcvr_pr_auc": 0.1, "cvr_auc": 0.7,
+                     "ctcvr_calibration": 1.0, "train_cpu_s": 10.0,
+                     "ctcvr_calibration_vs_truth": {"vanilla": 0.8}.get(method, 1.03),
+                     "eval_final_purchases": 100, "eval_purchases_seen": seen})
+  summary = df.summarize(rows)
+  fnw = summary["main"]["esmm"]["fnw"]
+  assert fnw["ri_auc"]["per_seed"] == pytest.approx([0.5, 0.25])
+  # means 0.65, 0.55, 0.85: (0.65 - 0.55) / (0.85 - 0.55), not the ratios' mean 0.375
+  assert fnw["ri_auc_of_means"] == pytest.approx(1 / 3)
+  assert fnw["ri_nll_of_means"] == pytest.approx(1 / 3)
+  outcome = df.goals(summary, rows)
+  assert outcome["best"] == "esdfm"
+  assert outcome["ri_nll"] == pytest.approx(0.75)
+  assert (outcome["ri_nll_met"], outcome["ri_auc_met"], outcome["calibration_met"]) == (
+      True, True, True)
+  assert outcome["vanilla_calibration_vs_truth"] == pytest.approx(0.8)
+  assert outcome["still_to_come"] == pytest.approx(0.2)
+  table = df.sweep_table(rows, 1.8).splitlines()
+  assert [line.split("|")[1].strip() for line in table[2:]] == ["1.8", "2.5"]
+  assert "| 0.50 / 0.50 / 1.03 |" in table[3]  # esdfm at sigma 2.5: 0.1 / 0.2
+  assert "| 0.75 / 0.75 / 1.03 |" in table[2]  # seed 1 of the main worlds
+  settings = {"window_days": 3, "days": 9, "impressions": 270_000, "seeds": [1, 2],
+              "pretrain_days": 4, "name": "delayed_feedback", "started": "x",
+              "seconds": 60.0, "cpu_s": 120.0, "load_before": "0", "load_after": "0"}
+  page = df.render_markdown({"settings": settings, "summary": summary, "rows": rows})
+  assert "| esdfm: 0.75 | yes |" in page
+  assert "(still to come at the snapshot: 20.0%)" in page
