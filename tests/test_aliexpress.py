@@ -189,7 +189,8 @@ def test_aliexpress_through_the_cli_labels_dead_letters_and_trains_esmm(tmp_path
       "read": 80, "written": {"train": 54, "eval": 18},
       "dead_letter": {reason: reasons.count(reason) for reason in sorted(set(reasons))}}
   spec = config_lib.load_config(CONFIG).load_feature_spec()
-  for split, file in (("train", train_csv), ("eval", test_csv)):
+  for split, file, sample in (("train", train_csv, "train"), ("eval", test_csv, "test")):
+    rows = sample_rows(sample)[0]
     decoded = {}
     for raw in _examples(output, split):
       example = tf.train.Example.FromString(raw)
@@ -198,8 +199,7 @@ def test_aliexpress_through_the_cli_labels_dead_letters_and_trains_esmm(tmp_path
       assert file_of == file
       decoded[int(line)] = row
       search_id = example.features.feature["search_id"].bytes_list.value
-      assert list(search_id) == [sample_rows("train" if split == "train" else "test")[0][
-          int(line) - 2].split(",")[0].encode()]
+      assert list(search_id) == [rows[int(line) - 2].split(",")[0].encode()]
     good = {line: outcome for (f, line), outcome in expected.items()
             if f == file and isinstance(outcome, dict)}
     assert sorted(decoded) == sorted(good)

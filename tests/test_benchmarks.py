@@ -8,7 +8,10 @@ for their rows and formatted cells, since timings themselves vary.
 """
 
 import glob
+import json
 import os
+import resource
+import shutil
 
 import pytest
 
@@ -182,13 +185,46 @@ def test_beam_preprocess_reads_parquet_worlds(workdir, tmp_path):
   assert "| Parquet |" in open(tmp_path / "formats.md").read()
 
 
+def _job_in_this_process(jobs):
+  """A stand-in for beam_preprocess.run_job that runs the same job, `pipeline.preprocess
+  .run(args)` (what `python -m pipeline.preprocess args` runs), in this process, and
+  returns run_job's result from it: counts.json, the job's pipeline seconds, this
+  process's peak memory, no failure (a failed accounting check raises). Each call's args
+  are appended to `jobs`. run_job's own part (the subprocess, its memory polling, its log's
+  pipeline seconds and failure line) is test_beam_preprocess_counts_every_record's."""
+  from pipeline import preprocess  # pylint: disable=g-import-not-at-top
+
+  def run_job(args, output, log_path):
+    del log_path  # no subprocess, no log
+    jobs.append(list(args))
+    if os.path.exists(output):
+      shutil.rmtree(output)
+    seconds = preprocess.run(list(args))["seconds"]
+    with open(os.path.join(output, "counts.json")) as f:
+      counts = json.load(f)
+    common.checked_data_dir(output)  # as run_job: a finished job left a verifiable marker
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"counts": counts, "pipeline_seconds": seconds, "wall_seconds": seconds,
+            "peak_rss_gib": peak_kib / 2**20, "failure": None}
+
+  return run_job
+
+
 @pytest.mark.slow
-def test_file_sources_benchmark_counts_every_line(workdir, tmp_path):
+def test_file_sources_benchmark_counts_every_line(workdir, tmp_path, monkeypatch):
   """One source's job (Ali-CCP: skeleton and common-features lines both count); the
-  other's inputs and flags are checked without a job (each job is a subprocess of ~9 CPU
-  s; the jobs' outputs are tests/test_file_sources_golden.py's)."""
+  other's inputs and flags are checked without a job (the jobs' outputs are
+  tests/test_file_sources_golden.py's). The job runs in this process
+  (`_job_in_this_process`): its subprocess would add a TensorFlow, Beam and TFDV start-up
+  (~5 CPU s), and the benchmarks' subprocess runner, beam_preprocess.run_job, is the one
+  test_beam_preprocess_counts_every_record runs."""
+  jobs = []
+  monkeypatch.setattr(beam_preprocess, "run_job", _job_in_this_process(jobs))
   rows = file_sources.run(600, workers=(1,), workdir=workdir, results_dir=str(tmp_path),
                           command="test", sources=("ali_ccp",))
+  [args] = jobs  # one job: the source's, with its worker count and output
+  assert args[0] == "--source=ali_ccp" and "--local_workers=1" in args
+  assert f"--output={os.path.join(workdir, 'file_sources_ali_ccp_w1')}" in args
   [job] = rows
   assert job["source"] == "ali_ccp" and not job["failure"]
   assert job["lines"] >= 790 and 0 < job["written"] < job["lines"]  # 2% bad lines.

@@ -120,7 +120,7 @@ def shop_log(tmp_path_factory):
   impressions, events, truth = make_log()
   return {"impressions": write_jsonl(impressions, str(root / "impressions")),
           "events": write_jsonl(events, str(root / "events")), "truth": truth,
-          "records": impressions, "root": root}
+          "records": impressions, "event_records": events, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +279,9 @@ def test_a_small_sample_still_reads_every_day_and_event_name(tmp_path):
 
 
 def test_parquet_logs_give_the_same_spec(shop_log, starter, tmp_path):
-  impressions, events, _ = make_log()
-  from_parquet = spec_inference.infer_starter(
-      [write_parquet(impressions, str(tmp_path / "imp"))],
-      [write_parquet(events, str(tmp_path / "ev"))])
+  from_parquet = spec_inference.infer_starter(  # the records of the JSON Lines logs
+      [write_parquet(shop_log["records"], str(tmp_path / "imp"))],
+      [write_parquet(shop_log["event_records"], str(tmp_path / "ev"))])
 
   def body(text):  # without the header naming the files
     return [line for line in text.splitlines() if not line.startswith("#")]
@@ -416,7 +415,7 @@ def test_init_preprocess_train_evaluate_predict(shop_log, starter, tmp_path):
   # Oracle: the events the test wrote for the last day's impressions.
   last_day = _midnight(datetime.date(2026, 3, 14))
   eval_ids = {r["impression_id"] for r in shop_log["records"] if r["timestamp"] >= last_day}
-  _, events, _ = make_log()
+  events = shop_log["event_records"]
   expected = {label: len({e["impression_id"] for e in events if e["event"] == name
                           and e["impression_id"] in eval_ids})
               for label, name in (("click", "clk"), ("action", "basket"),
