@@ -257,6 +257,17 @@ class DataConfig:
     return [label.name for label in self.labels]
 
   @property
+  def click_label(self) -> str:
+    """The first label: whether the exposure was clicked."""
+    return self.labels[0].name
+
+  @property
+  def conversion_label(self) -> str:
+    """The last label: the conversion, the one whose late arrival the delayed-feedback
+    methods correct (docs/MODELS.md, "Delayed feedback")."""
+    return self.labels[-1].name
+
+  @property
   def eval_from_timestamp(self) -> Optional[int]:
     """`eval_from` as unix seconds (UTC midnight), or None (derived from the data)."""
     return None if self.eval_from is None else _utc_midnight(self.eval_from)

@@ -278,7 +278,7 @@ def train_day(loop: Loop, day: str) -> Dict[str, Any]:
       from training import feedback_inputs  # pylint: disable=g-import-not-at-top
       from training import feedback_training  # pylint: disable=g-import-not-at-top
       data_dir = layout.day_dir(day)
-      final = (feedback_inputs.final_labels_of(loop.truth, loop.config.data.label_names[-1])
+      final = (feedback_inputs.final_labels_of(loop.truth, loop.config.data.conversion_label)
                if loop.config.feedback.method == "oracle" else None)
       result = feedback_training.train_on_streams(
           loop.config, [layout.day_dir(d) for d in trained_on], layout.model_dir(day),

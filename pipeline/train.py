@@ -144,7 +144,7 @@ def _train_on_stream(config: config_lib.ExperimentConfig):
   from training import feedback_inputs
   from training import feedback_training
   # pylint: enable=g-import-not-at-top
-  final = (feedback_inputs.final_labels_of(FLAGS.truth, config.data.label_names[-1])
+  final = (feedback_inputs.final_labels_of(FLAGS.truth, config.data.conversion_label)
            if config.feedback.method == "oracle" else None)
   return feedback_training.train_on_streams(
       config, [FLAGS.data], FLAGS.model_dir, warm_start_from=FLAGS.warm_start_from,

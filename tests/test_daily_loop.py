@@ -443,9 +443,9 @@ def test_a_days_feedback_stream_feeds_the_models_from_the_stored_outputs(referen
   labels = {k: np.concatenate([b[1][k].numpy() for b in batches]) for k in batches[0][1]}
   assert len(labels["click"]) == len(stream) > 0
   # Samples come output by output in stored order; within an output, by row.
+  outputs = list(feedback_inputs.day_patterns(day_dir, "esdfm"))  # read once, not per sample
   expected = sorted(zip(stream.output, stream.row, stream.click, stream.conversion,
-                        stream.kind), key=lambda s: (list(feedback_inputs.day_patterns(
-                            day_dir, "esdfm")).index(s[0]), s[1]))
+                        stream.kind), key=lambda s: (outputs.index(s[0]), s[1]))
   np.testing.assert_array_equal(labels["click"], [s[2] for s in expected])
   np.testing.assert_array_equal(labels["purchase"], [s[3] for s in expected])
   np.testing.assert_array_equal(labels["trains_click"],
@@ -474,6 +474,9 @@ def test_a_days_feedback_stream_feeds_the_models_from_the_stored_outputs(referen
                               [before], window, attribution, spec, 128)])
   np.testing.assert_array_equal(found, expected_labels.astype(np.float32))
   assert len(found) == clicked.sum() and 0 < found.sum() < len(found)
+  # ... and its counts (the classifier's metrics.json) from the label columns alone.
+  assert feedback_inputs.delayed_positive_counts([before], window, attribution) == (
+      len(found), int(found.sum()))
 
 
 @pytest.mark.slow

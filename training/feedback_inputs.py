@@ -217,6 +217,38 @@ def delayed_positive_labels(rows: Dict[str, np.ndarray], window_s: float,
           & (delay <= attribution_s)).astype(np.int64)
 
 
+def _closed_labels(day_dirs, window_s: float, attribution_s: float, click_label: str,
+                   conversion_label: str) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+  """Per day with closed/ rows: (its examples pattern, every row's delayed-positive
+  label, whether the row was clicked), in the files' order (ValueError when none)."""
+  found = []
+  for day_dir in day_dirs:
+    pattern = outputs_lib.OutputPaths(day_dir).examples_pattern(outputs_lib.CLOSED)
+    if not tf.io.gfile.glob(pattern):
+      continue
+    rows = feedback_data.read_rows(pattern, click_label, conversion_label)
+    label = delayed_positive_labels(rows, window_s, attribution_s, click_label,
+                                    conversion_label)
+    found.append((pattern, label, rows[label_lib.timestamp_column(click_label)] >= 0))
+  if not found:
+    raise ValueError(f"no closed/ rows in {list(day_dirs)}: the auxiliary classifier "
+                     f"needs impressions whose attribution window has closed")
+  return found
+
+
+def delayed_positive_counts(day_dirs, window_s: float, attribution_s: float,
+                            click_label: str = "click",
+                            conversion_label: str = "purchase") -> Tuple[int, int]:
+  """(clicked rows, delayed positives among them) of delayed_positive_dataset's rows,
+  from the label columns alone."""
+  rows = positives = 0
+  for _, label, clicked in _closed_labels(day_dirs, window_s, attribution_s, click_label,
+                                          conversion_label):
+    rows += int(clicked.sum())
+    positives += int(label[clicked].sum())
+  return rows, positives
+
+
 def delayed_positive_dataset(day_dirs, window_s: float, attribution_s: float,
                              spec: spec_lib.FeatureSpec, batch_size: int,
                              click_label: str = "click",
@@ -225,22 +257,14 @@ def delayed_positive_dataset(day_dirs, window_s: float, attribution_s: float,
   {click_label: 1, conversion_label: 1[c < d <= W]}, float32, for a click-space model
   (module docstring)."""
   parts = []
-  for day_dir in day_dirs:
-    pattern = outputs_lib.OutputPaths(day_dir).examples_pattern(outputs_lib.CLOSED)
-    if not tf.io.gfile.glob(pattern):
-      continue
-    rows = feedback_data.read_rows(pattern, click_label, conversion_label)
-    label = delayed_positive_labels(rows, window_s, attribution_s, click_label,
-                                    conversion_label)
-    keep = tf.constant(rows[label_lib.timestamp_column(click_label)] >= 0)  # clicked
+  for pattern, label, clicked in _closed_labels(day_dirs, window_s, attribution_s,
+                                                click_label, conversion_label):
+    keep = tf.constant(clicked)
     records = feedback_data.records(pattern)
     labels = tf.data.Dataset.from_tensor_slices(tf.constant(label, tf.float32))
     parts.append(tf.data.Dataset.zip((records.enumerate(), labels)).filter(
         lambda indexed, _, keep=keep: keep[indexed[0]]).map(
             lambda indexed, y: (indexed[1], y)))
-  if not parts:
-    raise ValueError(f"no closed/ rows in {list(day_dirs)}: the auxiliary classifier "
-                     f"needs impressions whose attribution window has closed")
   dataset = parts[0]
   for part in parts[1:]:
     dataset = dataset.concatenate(part)

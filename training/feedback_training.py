@@ -60,18 +60,12 @@ def stream_config(config: config_lib.ExperimentConfig) -> streams.StreamConfig:
                               float(window))
 
 
-def _label_names(config: config_lib.ExperimentConfig):
-  names = config.data.label_names
-  conversion = names[-1]
-  return names[0], conversion
-
-
 def auxiliary_model(config: config_lib.ExperimentConfig, day_dir: str, spec, artifacts,
                     model_dir: str):
   """ES-DFM's and DEFER's classifier of delayed positives, fitted on the closed/ rows of
   the feedback.auxiliary_days days up to DAY_DIR; its metrics in MODEL_DIR/auxiliary/."""
   feedback, train = config.feedback, config.train
-  click, conversion = _label_names(config)
+  click, conversion = config.data.click_label, config.data.conversion_label
   days = [day_dir, *feedback_inputs.earlier_days(day_dir, feedback.auxiliary_days - 1)]
   dataset = feedback_inputs.delayed_positive_dataset(
       days, feedback.window_s, config.data.attribution_window_s, spec, train.batch_size,
@@ -80,11 +74,8 @@ def auxiliary_model(config: config_lib.ExperimentConfig, day_dir: str, spec, art
   model = feedback_auxiliary.train_delayed_positive_model(
       config, spec, artifacts, dataset, epochs=feedback.auxiliary_epochs,
       conversion_label=conversion)
-  rows = 0
-  positives = 0.0
-  for _, labels in dataset:
-    rows += int(labels[conversion].shape[0])
-    positives += float(tf.reduce_sum(labels[conversion]))
+  rows, positives = feedback_inputs.delayed_positive_counts(
+      days, feedback.window_s, config.data.attribution_window_s, click, conversion)
   record = {"days": days, "clicked_rows": rows, "delayed_positive_rate":
             positives / max(rows, 1), "cpu_seconds": round(time.process_time() - start, 2)}
   directory = os.path.join(model_dir, AUXILIARY_DIR)
@@ -132,7 +123,7 @@ def train_on_streams(config: config_lib.ExperimentConfig, day_dirs: Sequence[str
   if train.deterministic_ops:
     tf.config.experimental.enable_op_determinism()
   tf_keras.utils.set_random_seed(train.seed)
-  click, conversion = _label_names(config)
+  click, conversion = config.data.click_label, config.data.conversion_label
   newest = day_dirs[-1]
   spec = config.load_feature_spec()
   trainer.check_spec_matches_data(spec, newest)
