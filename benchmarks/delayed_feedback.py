@@ -18,17 +18,15 @@ The protocol, per seed:
      data on D+1 does not know yet), the CVR AUC over the clicked impressions with
      their final labels, and the calibration of ctcvr against the truth (sum predicted
      / sum of the true in-window probabilities).
-Full sizes, fitted to about 90 minutes on 2 idle cores: 9 days of 30,000 impressions, the
-first model on days 1-4, then days 5-8 warm (5 trainings and scorings per model and
-method), 3 seeds x 2 models x 8 methods, and the tail sweep's 2 worlds x 8 methods; each
-(world, model) in its own process, 2 at a time (`--parallel`). Measured on seed 1's
-world: a training from scratch on a day's 30,000-sample stream takes about 19 s (9 of
-them in fit, the rest the model's build, traces, the auxiliary classifier and the
-export), the first model's 4 days about 35 s, a scoring about 4 s: about 130 s per
-(model, method), 64 of them, 1.7x faster on 2 processes, plus about 11 min of
-preprocessing. The first partial run (2026-12-07, a slow hour of the host) measured
-more: 16 min to preprocess the 5 worlds, 150-215 s per (model, method) on 2 processes,
-so about 110 min in all; fit the sizes again before the full run.
+Full sizes: 9 days of 30,000 impressions, the first model on days 1-4, then days 5-8 warm
+(5 trainings and scorings per model and method), 3 seeds x 2 models x 8 methods, and the
+tail sweep's 2 worlds x 8 methods; each (world, model) in its own process, 2 at a time
+(`--parallel`). Measured cost (2026-12-07, idle VM, a slow hour of the host: a fixed
+Python loop 3.3 s against 1.8 s at its fastest): the 45 day jobs 13.3 min, the 64
+(model, method) units 89.2 min on 2 processes (about 130 s per ESMM unit, 165 s per
+naive unit, ES-DFM's about 210 s with its classifier; a training 26 CPU s on average),
+so about 103 min in all: 15% over the issue's 90 minutes at that hour's speed. The last (world, model) runs alone: the
+tail sweep's second world took the last 13 minutes on one process.
 RI-AUC and RI-NLL = (method - vanilla) / (oracle - vanilla), per seed, on the means over
 the evaluated days (NLL: lower is better, so the signs are such that 1 = the oracle's).
 The tail sweep (`--sigmas`) repeats the protocol on seed 1 for ESMM with other log-space
@@ -178,7 +176,7 @@ def evaluate(export_dir: str, day_dir: str, config, final: Dict[str, int],
   from transforms import outputs as outputs_lib
   # pylint: enable=g-import-not-at-top
   spec = config.load_feature_spec()
-  click, conversion = config.data.label_names[0], config.data.label_names[-1]
+  click, conversion = config.data.click_label, config.data.conversion_label
   scores = scoring.score_saved_model(
       export_dir, outputs_lib.OutputPaths(day_dir).examples_pattern("train"), spec,
       [click, conversion])
