@@ -34,7 +34,9 @@ sigmas of the purchase delay (`pipeline.simulate --purchase_delay_sigma`: more
 conversions after a day the larger it is).
 
 Resumable: every (world, model, method, day) row is a JSON file under WORKDIR; a rerun
-skips the finished rows, and a method's next day warm-starts from the model its last
+skips the finished rows (whatever the configs were when they were written: a run with
+other configs, e.g. the 1 epoch a day chosen after the 2026-12-07 run, needs a new
+WORKDIR), and a method's next day warm-starts from the model its last
 finished day kept. Choices (the method's window c = 1 h, the configs) are the configs'
 and were not tuned on these worlds. Writes benchmarks/results/<name>.md/.json and
 <name>_nll.png (per-day NLL of every method, ESMM, seed mean).
