@@ -36,7 +36,8 @@ conversions after a day the larger it is).
 Resumable: every (world, model, method, day) row is a JSON file under WORKDIR; a rerun
 skips the finished rows (whatever the configs were when they were written: a run with
 other configs, e.g. the 1 epoch a day chosen after the 2026-12-07 run, needs a new
-WORKDIR), and a method's next day warm-starts from the model its last
+WORKDIR; each row records its epochs, learning rate and window c, and the page states
+them from the rows), and a method's next day warm-starts from the model its last
 finished day kept. Choices (the method's window c = 1 h, the configs) are the configs'
 and were not tuned on these worlds. Writes benchmarks/results/<name>.md/.json and
 <name>_nll.png (per-day NLL of every method, ESMM, seed mean).
@@ -237,6 +238,7 @@ def run_unit(workdir: str, unit: Unit, raw: str, days: Sequence[str], pretrain_d
            "model": unit.model, "method": unit.method, "day": day,
            "eval_day": days[index + 1], "trained_on": trained_on,
            "train_samples": result.metrics["train_examples"],
+           **training_settings(config),
            "train_wall_s": round(train_wall, 2), "train_cpu_s": round(train_cpu, 2),
            **evaluate(export_dir, layout.day_dir(days[index + 1]), config, final, truth)}
     continuous.write_json(path, row)
@@ -403,6 +405,9 @@ def render_markdown(document: Dict[str, Any]) -> str:
       f"{settings['window_days']} days. Configs: configs/<model>_feedback.yaml with W ("
       + "; ".join(f"{model}: {c['epochs']} epochs a day at learning rate "
                   f"{c['learning_rate']:g}, the method's window c = {c['window_s'] / 3600:g} h"
+                  if c.get("epochs") is not None else
+                  f"{model}: settings not recorded in its rows (written before they were, "
+                  f"or by different configs)"
                   for model, c in settings.get("configs", {}).items()) +
       "; nothing tuned on these worlds). "
       f"The first model trains from scratch on the streams of days 1-"
@@ -578,7 +583,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run_units(workdir, units, worlds, settings["pretrain_days"])
   rows = [continuous.read_json(row_path(workdir, unit, day))
           for unit in units for day in scored[unit]]
-  settings["configs"] = configs_of(workdir)
+  settings["configs"] = configs_of(rows)
   settings["preprocess"] = preprocess_cost(workdir, sorted(worlds))
   settings.update(seconds=time.perf_counter() - start,
                   cpu_s=continuous._cpu_s() - cpu_start,  # pylint: disable=protected-access
@@ -616,14 +621,24 @@ def run_units(workdir: str, units: Sequence[Unit], worlds: Dict[str, Any],
                  unit.world, unit.model, unit.method, time.perf_counter() - start)
 
 
-def configs_of(workdir: str) -> Dict[str, Dict[str, Any]]:
-  """Per model, what the page states of its config: epochs a day, the window c."""
-  from configs import config as config_lib  # pylint: disable=g-import-not-at-top
+TRAINING_SETTINGS = ("epochs", "learning_rate", "window_s")
+
+
+def training_settings(config) -> Dict[str, Any]:
+  """What a row records of the config that trained it (the page states it from the rows,
+  not from today's configs, which may have changed since: a reused row keeps its own)."""
+  return {"epochs": config.train.epochs, "learning_rate": config.train.learning_rate,
+          "window_s": config.feedback.window_s}
+
+
+def configs_of(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+  """Per model, the training settings its rows record ({} for a model whose rows differ
+  or predate the record: the page then says so)."""
   out = {}
-  for model in MODELS:
-    config = config_lib.load_config(config_path(workdir, model))
-    out[model] = {"epochs": config.train.epochs, "window_s": config.feedback.window_s,
-                  "learning_rate": config.train.learning_rate}
+  for model in sorted({row["model"] for row in rows}):
+    found = {tuple(row.get(key) for key in TRAINING_SETTINGS)
+             for row in rows if row["model"] == model}
+    out[model] = dict(zip(TRAINING_SETTINGS, found.pop())) if len(found) == 1 else {}
   return out
 
 

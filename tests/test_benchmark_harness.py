@@ -576,6 +576,15 @@ def test_delayed_feedback_goals_tail_sweep_and_page_from_hand_made_rows():
   settings = {"window_days": 3, "days": 9, "impressions": 270_000, "seeds": [1, 2],
               "pretrain_days": 4, "name": "delayed_feedback", "started": "x",
               "seconds": 60.0, "cpu_s": 120.0, "load_before": "0", "load_after": "0"}
+  # The page's training settings come from the rows: one value per model, or none.
+  for row in rows:
+    row.update(epochs=2, learning_rate=0.002, window_s=3600)
+  settings["configs"] = df.configs_of(rows + [dict(rows[0], model="naive", epochs=1),
+                                               dict(rows[0], model="naive")])
+  assert settings["configs"] == {"esmm": {"epochs": 2, "learning_rate": 0.002,
+                                          "window_s": 3600}, "naive": {}}
   page = df.render_markdown({"settings": settings, "summary": summary, "rows": rows})
+  assert "esmm: 2 epochs a day at learning rate 0.002, the method's window c = 1 h" in page
+  assert "naive: settings not recorded in its rows" in page
   assert "| esdfm: 0.75 | yes |" in page
   assert "(still to come at the snapshot: 20.0%)" in page
