@@ -21,12 +21,13 @@ The protocol, per seed:
 Full sizes: 9 days of 30,000 impressions, the first model on days 1-4, then days 5-8 warm
 (5 trainings and scorings per model and method), 3 seeds x 2 models x 8 methods, and the
 tail sweep's 2 worlds x 8 methods; each (world, model) in its own process, 2 at a time
-(`--parallel`). Measured cost (2026-12-07, idle VM, a slow hour of the host: a fixed
-Python loop 3.3 s against 1.8 s at its fastest): the 45 day jobs 13.3 min, the 64
-(model, method) units 89.2 min on 2 processes (about 130 s per ESMM unit, 165 s per
-naive unit, ES-DFM's about 210 s with its classifier; a training 26 CPU s on average),
-so about 103 min in all: 15% over the issue's 90 minutes at that hour's speed. The last (world, model) runs alone: the
-tail sweep's second world took the last 13 minutes on one process.
+(`--parallel`). Measured cost with the configs' 1 epoch a day (2026-12-07 05:58 UTC,
+idle VM at a fast hour of the host: a fixed Python loop 1.17 s, against 1.8-3.5 s on
+other days): 45.3 min wall and 71.6 CPU min in all; the 45 day jobs 6.7 min, the 8
+(world, model) workers 7-10 min each (ESMM / naive, all 8 methods), the last one alone
+on a core for its final 7 min; a training 10.8 CPU s on average. The same command with
+2 epochs a day at a slow hour (the loop 3.3 s) took about 103 min, so expect 45-90 min
+by the hour.
 RI-AUC and RI-NLL = (method - vanilla) / (oracle - vanilla), per seed, on the means over
 the evaluated days (NLL: lower is better, so the signs are such that 1 = the oracle's).
 The tail sweep (`--sigmas`) repeats the protocol on seed 1 for ESMM with other log-space
@@ -376,13 +377,17 @@ def sweep_table(rows: Sequence[Dict[str, Any]], default_sigma: float) -> Optiona
   sigmas = sorted(by_sigma)
   cells = {sigma: summarize(by_sigma[sigma])["main"]["esmm"] for sigma in sigmas}
   methods = [m for m in METHODS if all(m in cells[s] for s in sigmas)]
-  header = ["sigma", "still to come at the snapshot"] + [
+  header = ["sigma", "still to come at the snapshot",
+            "oracle - vanilla: CTCVR AUC / NLL"] + [
       f"{m} RI-NLL / RI-AUC / cal." for m in methods if m not in ("oracle", "vanilla")] + [
       "vanilla cal.", "oracle cal."]
   body = []
   for sigma in sigmas:
+    oracle, vanilla = cells[sigma]["oracle"], cells[sigma]["vanilla"]
     line = [f"{sigma:g}", _fmt(still_to_come([r for r in by_sigma[sigma]
-                                              if r["method"] == "vanilla"]), "{:.1%}")]
+                                              if r["method"] == "vanilla"]), "{:.1%}"),
+            f"{oracle['ctcvr_auc']['mean'] - vanilla['ctcvr_auc']['mean']:+.4f} / "
+            f"{oracle['ctcvr_nll']['mean'] - vanilla['ctcvr_nll']['mean']:+.5f}"]
     for method in methods:
       cell = cells[sigma][method]
       calibration = _fmt(cell["ctcvr_calibration_vs_truth"]["mean"], "{:.2f}")
@@ -403,7 +408,8 @@ def render_markdown(document: Dict[str, Any]) -> str:
       f", {settings['days']} days of {settings['impressions'] // settings['days']:,} "
       f"impressions each, seeds {settings['seeds']}; attribution window W = "
       f"{settings['window_days']} days. Configs: configs/<model>_feedback.yaml with W ("
-      + "; ".join(f"{model}: {c['epochs']} epochs a day at learning rate "
+      + "; ".join(f"{model}: {c['epochs']} epoch{'' if c['epochs'] == 1 else 's'} a day "
+                  f"at learning rate "
                   f"{c['learning_rate']:g}, the method's window c = {c['window_s'] / 3600:g} h"
                   if c.get("epochs") is not None else
                   f"{model}: settings not recorded in its rows (written before they were, "
@@ -449,7 +455,9 @@ def render_markdown(document: Dict[str, Any]) -> str:
   if table:
     parts += ["## The tail sweep (ESMM, seed 1)", "", "Each cell: RI-NLL / RI-AUC / "
               "CTCVR calibration vs truth of one seed's world; the larger sigma, the "
-              "more conversions arrive after a day.", "", table, ""]
+              "more conversions arrive after a day. An RI divides by the oracle's gain "
+              "over vanilla (third column): where that gain is about 0, as a single "
+              "world's AUC gain can be, the RI is noise, not a finding.", "", table, ""]
   parts += [f"Per-day NLL of every method: [{settings['name']}_nll.png]"
             f"({settings['name']}_nll.png); every row: {settings['name']}.json.", ""]
   return "\n".join(parts)

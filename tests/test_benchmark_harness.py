@@ -573,6 +573,8 @@ def test_delayed_feedback_goals_tail_sweep_and_page_from_hand_made_rows():
   assert [line.split("|")[1].strip() for line in table[2:]] == ["1.8", "2.5"]
   assert "| 0.50 / 0.50 / 1.03 |" in table[3]  # esdfm at sigma 2.5: 0.1 / 0.2
   assert "| 0.75 / 0.75 / 1.03 |" in table[2]  # seed 1 of the main worlds
+  # the RIs' denominators: oracle - vanilla AUC 0.2, NLL (1 - 0.8) - (1 - 0.6) = -0.2
+  assert "| 20.0% | +0.2000 / -0.20000 |" in table[2]
   settings = {"window_days": 3, "days": 9, "impressions": 270_000, "seeds": [1, 2],
               "pretrain_days": 4, "name": "delayed_feedback", "started": "x",
               "seconds": 60.0, "cpu_s": 120.0, "load_before": "0", "load_after": "0"}
@@ -585,6 +587,9 @@ def test_delayed_feedback_goals_tail_sweep_and_page_from_hand_made_rows():
                                           "window_s": 3600}, "naive": {}}
   page = df.render_markdown({"settings": settings, "summary": summary, "rows": rows})
   assert "esmm: 2 epochs a day at learning rate 0.002, the method's window c = 1 h" in page
+  settings["configs"]["esmm"]["epochs"] = 1
+  assert "esmm: 1 epoch a day at" in df.render_markdown(
+      {"settings": settings, "summary": summary, "rows": rows})
   assert "naive: settings not recorded in its rows" in page
   assert "| esdfm: 0.75 | yes |" in page
   assert "(still to come at the snapshot: 20.0%)" in page
