@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import calibration as calibration_benchmark
 from benchmarks import models as truth_benchmark
+from benchmarks import regime
 from benchmarks import sweep
 from benchmarks import tune
 from configs import config as config_lib
@@ -593,3 +594,104 @@ def test_delayed_feedback_goals_tail_sweep_and_page_from_hand_made_rows():
   assert "naive: settings not recorded in its rows" in page
   assert "| esdfm: 0.75 | yes |" in page
   assert "(still to come at the snapshot: 20.0%)" in page
+
+
+def test_regime_cells_move_one_knob_at_a_time_around_the_aliccp_centre():
+  cells = regime.cells_of("full", ["sparsity", "signal", "size"])
+  centre = [c for c in cells if c["centre"]]
+  assert len(cells) == len({c["key"] for c in cells}) == 7 and len(centre) == 1
+  centre = centre[0]
+  assert (centre["size"], centre["purchase"]) == (1_000_000, pytest.approx(18 / 3400))
+  assert centre["share"] == pytest.approx(0.1 / 1.1)
+  assert [axis for axis, _ in centre["axes"]] == ["sparsity", "signal", "size"]
+  for cell in cells:
+    moved = [k for k in ("size", "purchase", "share") if cell[k] != centre[k]]
+    assert len(moved) == (0 if cell is centre else 1)
+  flags = regime.simulate_flags(centre)
+  assert flags[:2] == ("--profile", "aliccp")
+  assert float(flags[flags.index("--click_signal_share") + 1]) == centre["share"]
+
+
+def test_regime_paired_gain_is_a_t_interval_of_the_per_seed_differences():
+  rng = np.random.default_rng(0)
+  naive = rng.uniform(0.6, 0.7, 3)
+  for shift, significant in ((0.02, True), (0.0, False)):
+    esmm = naive + shift + rng.normal(0.0, 0.002, 3)
+    gain = regime.paired_gain({"naive": list(naive), "esmm": list(esmm)}, "esmm")
+    diffs = np.asarray(esmm, np.float64) - np.asarray(naive, np.float64)
+    half = 4.303 * diffs.std(ddof=1) / np.sqrt(3)   # t(0.975, 2 degrees of freedom)
+    assert gain["mean"] == pytest.approx(diffs.mean(), abs=1e-12)
+    assert gain["std"] == pytest.approx(diffs.std(ddof=1), abs=1e-12)
+    assert (gain["low"], gain["high"]) == (pytest.approx(diffs.mean() - half, abs=1e-12),
+                                           pytest.approx(diffs.mean() + half, abs=1e-12))
+    assert gain["significant"] is significant
+  one = regime.paired_gain({"naive": [0.6], "esmm": [0.7]}, "esmm")
+  assert one["n"] == 1 and not one["significant"]      # one seed proves nothing
+  assert regime.paired_gain({"naive": [0.6]}, "esmm")["n"] == 0
+
+
+def test_regime_tunes_per_size_runs_cells_and_finds_the_crossover(tmp_path, monkeypatch):
+  """Hand-made runs: ESMM beats naive by 0.01 + 0.001 x seed only where P(buy | click)
+  <= 0.02; the tuning trial with learning rate 3e-3 and embedding L2 1e-4 has the
+  lowest validation loss."""
+  calls = []
+
+  def make_world(mode_dir, size, flags):
+    data = tmp_path / os.path.basename(mode_dir)
+    data.mkdir(exist_ok=True)
+    (data / "counts.json").write_text('{"labels": {"train": {"click": 40, "purchase": 3}}}')
+    return {"raw": str(data), "data": str(data), "flags": flags}
+
+  def run_all(mode_dir, world, models, seeds, epochs, batch_size, parallel=1,
+              overrides=None, configs=None, runs_dir="runs"):
+    calls.append((os.path.basename(mode_dir), runs_dir, list(models), overrides))
+    flags = world["flags"]
+    purchase = float(flags[flags.index("--target_purchase_per_click") + 1])
+    reports = {}
+    for name in models:
+      runs = []
+      for seed in range(1, seeds + 1):
+        auc = 0.70 + (0.01 + 0.001 * seed if name == "esmm" and purchase <= 0.02 else 0.0)
+        loss = 0.5 - (0.1 if "embl2_0.0001" in name else 0.0) - (0.01 if "lr0.003" in name
+                                                             else 0.0)
+        runs.append({"tasks": {"cvr": {"entire_space": {"expected_auc": auc,
+                                                        "bayes_expected_auc": 0.8}},
+                               "ctcvr": {"auc": auc - 0.05, "bayes_auc": 0.8}},
+                     "training": {"validation": {"ctr_logloss": loss, "ctcvr_logloss": 0.1}},
+                     "train_seconds": 10.0})
+      reports[name] = runs
+    return reports
+
+  monkeypatch.setattr(regime.truth_benchmark, "make_world", make_world)
+  monkeypatch.setattr(regime.truth_benchmark, "run_all", run_all)
+  settings = dict(regime.MODES["full"], mode="full", axes=["sparsity"], parallel=2,
+                  calibration="none")
+  tuned = regime.tune_size(str(tmp_path), 1_000_000, settings)
+  assert len(tuned["trials"]) == 4
+  assert (tuned["best"]["learning_rate"], tuned["best"]["embedding_l2"]) == (3e-3, 1e-4)
+  assert tuned["best"]["objective"] == pytest.approx(0.49)
+  assert calls[-1][1] == "tuning" and calls[-1][2][0].startswith("esmm_lr")
+  cells = [regime.run_cell(str(tmp_path), cell, tuned["best"], settings)
+           for cell in regime.cells_of("full", ["sparsity"])]
+  centre = next(c for c in cells if c["centre"])
+  cell_calls = {key: (models, overrides) for key, runs_dir, models, overrides in calls
+                if runs_dir == "runs"}
+  assert len(cell_calls) == 3
+  models, overrides = cell_calls[cells[0]["key"]]   # P(buy | click) 0.07, not the centre
+  assert models == list(regime.CELL_MODELS) and not cells[0]["centre"]
+  assert all(o == {"train": {"learning_rate": 3e-3, "calibration": "none"},
+                   "model": {"embedding_l2": 1e-4}} for o in overrides.values())
+  assert set(centre["summary"]) == set(regime.CENTRE_MODELS)
+  gain = centre["gains"]["ES CVR AUC"]["esmm"]
+  assert gain["mean"] == pytest.approx(0.012) and gain["significant"]
+  found = regime.crossover([(v, c["gains"]) for v, c in regime.axis_rows(
+      cells, "sparsity", "full")], "ES CVR AUC")
+  assert (found["value"], found["model"]) == (0.02, "esmm")
+  page = regime.render_markdown(cells, {1_000_000: tuned}, dict(
+      settings, flag="", date="today", seconds=60.0, cpus=2, load_before="0",
+      load_after="0", train_seconds=600.0, centre_size=1_000_000, seeds=3))
+  assert "- Crossover on ES CVR AUC: P(buy | click) = 0.02 (esmm, +0.0120" in page
+  assert "| 1,000,000 | 0.003 | 0.0001 | 0.490000 (chosen) |" in page
+  assert "| esmm_oracle (oracle: + hidden factors) | 0.1000 ± 0.0000 |" in page
+  regime.plot(cells, settings, str(tmp_path / "regime.png"))
+  assert (tmp_path / "regime.png").stat().st_size > 0

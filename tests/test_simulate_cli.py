@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from simulation import truth as truth_lib
 from simulation import writer
@@ -58,8 +59,20 @@ def test_cli_writes_parquet(tmp_path):
 
 def test_cli_refuses_an_earlier_output_unless_overwrite_and_checks_flags(tmp_path):
   output_dir = str(tmp_path / "out")
-  args = ("--output", output_dir, "--impressions", "1000")
+  args = ("--output", output_dir, "--impressions", "1000", "--profile", "aliccp",
+          "--click_signal_share", "0.5")
   assert run_simulate(*args).returncode == 0
+  with open(os.path.join(output_dir, "world.json")) as f:
+    config = json.load(f)["config"]
+  # Ali-CCP's proportions (ESMM paper, Table 1: 84M impressions, 0.4M users, 4.3M
+  # items, 3.4M clicks, 18k conversions) and the knob's weights (simulation.profiles).
+  assert (config["num_users"], config["num_items"]) == (round(1000 * 0.4 / 84),
+                                                         round(1000 * 4.3 / 84))
+  behaviour = config["behaviour"]
+  assert behaviour["target_ctr"] == pytest.approx(3.4 / 84)
+  assert behaviour["target_purchase_per_click"] == pytest.approx(18 / 3400)
+  assert behaviour["click_match"] ** 2 + behaviour["click_quality"] ** 2 == pytest.approx(
+      0.5 * 1.1)
   refused = run_simulate(*args)
   assert refused.returncode != 0 and "--overwrite" in refused.stderr
   assert run_simulate(*args, "--overwrite").returncode == 0
