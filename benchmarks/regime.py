@@ -46,7 +46,8 @@ learning rate 3e-3, uncalibrated) trained in 68 s and 91 s, 100 s wall for the p
 2 processes. Three values an axis with a 3M cell and a 4-trial grid (105 runs) came to
 about 2 hours at that speed, so the full mode has two values an axis (4 worlds, 57 runs
 and 4 tuning runs, estimated at 48 min at that speed) and a 2-trial grid (learning
-rate; embedding L2 0). The results page states the cost it measured.
+rate; embedding L2 0). Its run (2026-12-07 07:28-08:04, the same fast hour) took 36.8
+min; at a slow hour (the loop about 2x slower) expect about 70 min.
 """
 
 import argparse
