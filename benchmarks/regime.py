@@ -32,7 +32,8 @@ Reported per cell: entire-space CVR AUC (expected AUC against the true P(buy | c
 over all eval exposures) and CTCVR AUC, each as the gap to Bayes on the same rows, with
 the seeds' std; the calibration against the truth (cvr over the entire space, ctcvr);
 the paired gain of each entire-space model over naive (per seed, same world) with a 95%
-t interval; per axis the crossover: the first knob value in the axis's order (sparsity:
+t interval, and beside them shared_bottom's (naive's click-space CVR on the CTR task's
+embeddings; never the "best" model nor a crossover); per axis the crossover: the first knob value in the axis's order (sparsity:
 the default world's 0.07 down to Ali-CCP's 0.0053; signal: the default world's 0.091 up
 to 1; size: up) where the best entire-space model's paired gain is significant (its
 interval above 0), or "none in range". Writes benchmarks/results/<name>.{md,json} and
@@ -71,6 +72,9 @@ BASELINE = "naive"
 CELL_MODELS = ("naive", "shared_bottom", "esmm", "escm2_dr")
 CENTRE_MODELS = CELL_MODELS + ("esmc", "aitm", "esmm_oracle")
 ENTIRE_SPACE_MODELS = ("esmm", "escm2_dr", "esmc", "aitm")
+# Paired against naive beside them, not an entire-space model (no crossover, no "best"):
+# the click-space CVR model with the CTR task's shared embeddings.
+SHARED_EMBEDDINGS = "shared_bottom"
 ORACLE = "esmm_oracle"
 DEFAULT_SIGNAL_SHARE = profiles.click_signal_share_of(world_config.BehaviourParams())
 ALICCP = profiles.profile("aliccp")
@@ -174,19 +178,21 @@ def per_seed_values(reports: Dict[str, List[Dict[str, Any]]], task: str,
 
 
 def gains_of(reports: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Dict[str, Any]]:
-  """label of GAINS -> entire-space model -> paired_gain over the baseline."""
+  """label of GAINS -> model -> paired_gain over the baseline, for the entire-space
+  models and SHARED_EMBEDDINGS."""
   out = {}
   for label, task, path in GAINS:
     values = per_seed_values(reports, task, path)
-    out[label] = {model: paired_gain(values, model) for model in ENTIRE_SPACE_MODELS
-                  if model in values}
+    out[label] = {model: paired_gain(values, model)
+                  for model in ENTIRE_SPACE_MODELS + (SHARED_EMBEDDINGS,) if model in values}
   return out
 
 
 def best_gain(gains: Dict[str, Dict[str, Any]], label: str) -> Tuple[Optional[str],
                                                                      Dict[str, Any]]:
   """(model, gain) of the entire-space model with the largest mean gain on `label`."""
-  candidates = {m: g for m, g in gains.get(label, {}).items() if g["n"]}
+  candidates = {m: g for m, g in gains.get(label, {}).items()
+                if g["n"] and m in ENTIRE_SPACE_MODELS}
   if not candidates:
     return None, {}
   model = max(candidates, key=lambda m: candidates[m]["mean"])
@@ -319,8 +325,10 @@ def render_markdown(cells: List[Dict[str, Any]], tuning: Dict[int, Dict[str, Any
       "Gap = Bayes AUC minus model AUC on the same eval rows (ES CVR: the expected AUC of "
       "the predicted cvr against the true P(buy | click, x) over all eval exposures). "
       "Calibration against the truth: sum predicted / sum true (ES cvr over all eval "
-      "exposures; ctcvr). Gain = entire-space model minus naive per seed, mean ± std "
-      "[95% t interval]; significant when the interval is above 0.",
+      "exposures; ctcvr). Gain = model minus naive per seed, mean ± std [95% t "
+      "interval]; significant when the interval is above 0. The crossover and the best "
+      "model are the entire-space models'; shared_bottom (naive's click-space CVR on the "
+      "CTR task's embeddings) is paired beside them.",
       "",
       "## Settings per world size (validation day, ESMM, seed 1)",
       "",
@@ -354,7 +362,9 @@ def render_markdown(cells: List[Dict[str, Any]], tuning: Dict[int, Dict[str, Any
               f"| {label} | model | ES CVR AUC gain | CTCVR AUC gain |", "|---|---|---|---|"]
     for value, cell in rows:
       for model in cell["gains"]["ES CVR AUC"]:
-        lines.append(f"| {_value_text(axis, value)} | {model} | "
+        name = (f"{model} (click-space, shared embeddings)" if model == SHARED_EMBEDDINGS
+                else model)
+        lines.append(f"| {_value_text(axis, value)} | {name} | "
                      f"{_fmt_gain(cell['gains']['ES CVR AUC'][model])} | "
                      f"{_fmt_gain(cell['gains']['CTCVR AUC'][model])} |")
     lines.append("")
@@ -410,7 +420,7 @@ def plot(cells: List[Dict[str, Any]], settings: Dict[str, Any], path: str) -> No
     rows = axis_rows(cells, axis, settings["mode"])
     for row, (label, _, _) in enumerate(GAINS):
       panel = grid[row][column]
-      for model in ENTIRE_SPACE_MODELS:
+      for model in ENTIRE_SPACE_MODELS + (SHARED_EMBEDDINGS,):
         points = [(i, cell["gains"][label][model]) for i, (_, cell) in enumerate(rows)
                   if model in cell["gains"][label] and cell["gains"][label][model]["n"]]
         if not points:

@@ -652,6 +652,8 @@ def test_regime_tunes_per_size_runs_cells_and_finds_the_crossover(tmp_path, monk
       runs = []
       for seed in range(1, seeds + 1):
         auc = 0.70 + (0.01 + 0.001 * seed if name == "esmm" and purchase <= 0.02 else 0.0)
+        if name == "shared_bottom":  # ahead everywhere, but not an entire-space model
+          auc += 0.05 + 0.001 * seed
         loss = 0.5 - (0.1 if "embl2_0.0001" in name else 0.0) - (0.01 if "lr0.003" in name
                                                              else 0.0)
         runs.append({"tasks": {"cvr": {"entire_space": {"expected_auc": auc,
@@ -689,6 +691,9 @@ def test_regime_tunes_per_size_runs_cells_and_finds_the_crossover(tmp_path, monk
   assert set(centre["summary"]) == set(regime.CENTRE_MODELS)
   gain = centre["gains"]["ES CVR AUC"]["esmm"]
   assert gain["mean"] == pytest.approx(0.012) and gain["significant"]
+  shared = centre["gains"]["ES CVR AUC"]["shared_bottom"]
+  assert shared["mean"] == pytest.approx(0.052) and shared["significant"]
+  assert regime.best_gain(centre["gains"], "ES CVR AUC")[0] == "esmm"
   found = regime.crossover([(v, c["gains"]) for v, c in regime.axis_rows(
       cells, "sparsity", "full")], "ES CVR AUC")
   assert (found["value"], found["model"]) == (0.02, "esmm")
@@ -696,6 +701,7 @@ def test_regime_tunes_per_size_runs_cells_and_finds_the_crossover(tmp_path, monk
       settings, flag="", date="today", seconds=60.0, cpus=2, load_before="0",
       load_after="0", train_seconds=600.0, centre_size=1_000_000, seeds=3))
   assert "- Crossover on ES CVR AUC: P(buy | click) = 0.02 (esmm, +0.0120" in page
+  assert "| 0.07 | shared_bottom (click-space, shared embeddings) | +0.0520 ± 0.0010" in page
   assert "| 1,000,000 | 0.003 | 0.0001 | 0.490000 (chosen) |" in page
   assert "| esmm_oracle (oracle: + hidden factors) | 0.1000 ± 0.0000 |" in page
   regime.plot(cells, settings, str(tmp_path / "regime.png"))
