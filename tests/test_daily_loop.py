@@ -469,14 +469,13 @@ def test_a_days_feedback_stream_feeds_the_models_from_the_stored_outputs(referen
   delay = rows["purchase_timestamp"] - rows["click_timestamp"]
   expected_labels = ((rows["purchase_timestamp"] >= 0) & (delay > window)
                      & (delay <= attribution))[clicked]
+  closed = feedback_inputs.closed_labels([before], window, attribution)
   found = np.concatenate([y["purchase"].numpy() for _, y in
-                          feedback_inputs.delayed_positive_dataset(
-                              [before], window, attribution, spec, 128)])
+                          feedback_inputs.delayed_positive_dataset(closed, spec, 128)])
   np.testing.assert_array_equal(found, expected_labels.astype(np.float32))
   assert len(found) == clicked.sum() and 0 < found.sum() < len(found)
   # ... and its counts (the classifier's metrics.json) from the label columns alone.
-  assert feedback_inputs.delayed_positive_counts([before], window, attribution) == (
-      len(found), int(found.sum()))
+  assert feedback_inputs.delayed_positive_counts(closed) == (len(found), int(found.sum()))
 
 
 @pytest.mark.slow

@@ -217,10 +217,12 @@ def delayed_positive_labels(rows: Dict[str, np.ndarray], window_s: float,
           & (delay <= attribution_s)).astype(np.int64)
 
 
-def _closed_labels(day_dirs, window_s: float, attribution_s: float, click_label: str,
-                   conversion_label: str) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+def closed_labels(day_dirs, window_s: float, attribution_s: float,
+                  click_label: str = "click", conversion_label: str = "purchase"
+                  ) -> List[Tuple[str, np.ndarray, np.ndarray]]:
   """Per day with closed/ rows: (its examples pattern, every row's delayed-positive
-  label, whether the row was clicked), in the files' order (ValueError when none)."""
+  label, whether the row was clicked), in the files' order (ValueError when none). Read
+  once, it feeds both delayed_positive_dataset and delayed_positive_counts."""
   found = []
   for day_dir in day_dirs:
     pattern = outputs_lib.OutputPaths(day_dir).examples_pattern(outputs_lib.CLOSED)
@@ -236,29 +238,26 @@ def _closed_labels(day_dirs, window_s: float, attribution_s: float, click_label:
   return found
 
 
-def delayed_positive_counts(day_dirs, window_s: float, attribution_s: float,
-                            click_label: str = "click",
-                            conversion_label: str = "purchase") -> Tuple[int, int]:
+def delayed_positive_counts(closed: List[Tuple[str, np.ndarray, np.ndarray]]
+                            ) -> Tuple[int, int]:
   """(clicked rows, delayed positives among them) of delayed_positive_dataset's rows,
-  from the label columns alone."""
+  from the label columns alone (`closed`: closed_labels')."""
   rows = positives = 0
-  for _, label, clicked in _closed_labels(day_dirs, window_s, attribution_s, click_label,
-                                          conversion_label):
+  for _, label, clicked in closed:
     rows += int(clicked.sum())
     positives += int(label[clicked].sum())
   return rows, positives
 
 
-def delayed_positive_dataset(day_dirs, window_s: float, attribution_s: float,
+def delayed_positive_dataset(closed: List[Tuple[str, np.ndarray, np.ndarray]],
                              spec: spec_lib.FeatureSpec, batch_size: int,
                              click_label: str = "click",
                              conversion_label: str = "purchase") -> tf.data.Dataset:
-  """Batches (features, labels) of the clicked rows of closed/ of `day_dirs`: labels
-  {click_label: 1, conversion_label: 1[c < d <= W]}, float32, for a click-space model
-  (module docstring)."""
+  """Batches (features, labels) of the clicked closed/ rows of `closed` (closed_labels'
+  days): labels {click_label: 1, conversion_label: 1[c < d <= W]}, float32, for a
+  click-space model (module docstring)."""
   parts = []
-  for pattern, label, clicked in _closed_labels(day_dirs, window_s, attribution_s,
-                                                click_label, conversion_label):
+  for pattern, label, clicked in closed:
     keep = tf.constant(clicked)
     records = feedback_data.records(pattern)
     labels = tf.data.Dataset.from_tensor_slices(tf.constant(label, tf.float32))

@@ -67,15 +67,15 @@ def auxiliary_model(config: config_lib.ExperimentConfig, day_dir: str, spec, art
   feedback, train = config.feedback, config.train
   click, conversion = config.data.click_label, config.data.conversion_label
   days = [day_dir, *feedback_inputs.earlier_days(day_dir, feedback.auxiliary_days - 1)]
-  dataset = feedback_inputs.delayed_positive_dataset(
-      days, feedback.window_s, config.data.attribution_window_s, spec, train.batch_size,
-      click, conversion)
+  closed = feedback_inputs.closed_labels(days, feedback.window_s,
+                                         config.data.attribution_window_s, click, conversion)
+  dataset = feedback_inputs.delayed_positive_dataset(closed, spec, train.batch_size, click,
+                                                     conversion)
   start = time.process_time()
   model = feedback_auxiliary.train_delayed_positive_model(
       config, spec, artifacts, dataset, epochs=feedback.auxiliary_epochs,
       conversion_label=conversion)
-  rows, positives = feedback_inputs.delayed_positive_counts(
-      days, feedback.window_s, config.data.attribution_window_s, click, conversion)
+  rows, positives = feedback_inputs.delayed_positive_counts(closed)
   record = {"days": days, "clicked_rows": rows, "delayed_positive_rate":
             positives / max(rows, 1), "cpu_seconds": round(time.process_time() - start, 2)}
   directory = os.path.join(model_dir, AUXILIARY_DIR)
