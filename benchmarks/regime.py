@@ -111,10 +111,11 @@ GAINS = (("ES CVR AUC", "cvr", ("entire_space", "expected_auc")),
          ("CTCVR AUC", "ctcvr", ("auc",)))
 
 
-def centre_value(axis: str) -> float:
-  """The centre's value on an axis (Ali-CCP's sparsity, the default signal share)."""
-  return {"sparsity": ALICCP.target_purchase_per_click, "signal": DEFAULT_SIGNAL_SHARE,
-          "size": None}[axis]
+def centre_world(size: int) -> Dict[str, Any]:
+  """The centre's knobs at `size` impressions: Ali-CCP's sparsity, the default world's
+  click signal share."""
+  return {"size": size, "purchase": ALICCP.target_purchase_per_click,
+          "share": DEFAULT_SIGNAL_SHARE}
 
 
 def cell_key(size: int, purchase: float, share: float) -> str:
@@ -125,9 +126,7 @@ def cell_key(size: int, purchase: float, share: float) -> str:
 def cells_of(mode: str, axes: Sequence[str]) -> List[Dict[str, Any]]:
   """Every distinct world of the axes: {key, size, purchase, share, axes: [(axis,
   value)], centre}; the centre (and a size axis's centre-size cell) appears once."""
-  centre_size = MODES[mode]["centre_size"]
-  base = {"size": centre_size, "purchase": ALICCP.target_purchase_per_click,
-          "share": DEFAULT_SIGNAL_SHARE}
+  base = centre_world(MODES[mode]["centre_size"])
   cells: Dict[str, Dict[str, Any]] = {}
   for axis in axes:
     flag, _, values = AXES[mode][axis]
@@ -138,9 +137,7 @@ def cells_of(mode: str, axes: Sequence[str]) -> List[Dict[str, Any]]:
       key = cell_key(world["size"], world["purchase"], world["share"])
       cell = cells.setdefault(key, dict(world, key=key, axes=[], centre=False))
       cell["axes"].append((axis, value))
-      cell["centre"] = cell["centre"] or (
-          world["size"] == base["size"] and world["purchase"] == base["purchase"]
-          and world["share"] == base["share"])
+      cell["centre"] = cell["centre"] or world == base
   if not any(c["centre"] for c in cells.values()):
     key = cell_key(**base)
     cells[key] = dict(base, key=key, axes=[], centre=True)
@@ -213,8 +210,7 @@ def crossover(rows: Sequence[Tuple[float, Dict[str, Dict[str, Any]]]], label: st
 def tune_size(work_dir: str, size: int, settings: Dict[str, Any]) -> Dict[str, Any]:
   """The validation-day choice of learning rate x embedding L2 for a world size:
   {"trials": [...], "best": {...}} (ESMM, seed 1, the centre world of that size)."""
-  cell = {"size": size, "purchase": ALICCP.target_purchase_per_click,
-          "share": DEFAULT_SIGNAL_SHARE}
+  cell = centre_world(size)
   mode_dir = os.path.join(work_dir, cell_key(**cell))
   world = truth_benchmark.make_world(mode_dir, size, simulate_flags(cell))
   grid = settings["grid"]
