@@ -7,6 +7,9 @@ to ask builds it under a file lock in the run's shared temp directory, the other
 and reuse it. Shared outputs are read-only for their users; a test that changes one
 copies it first (tests/test_training_inputs.py's corrupt shards do).
 
+Every run's summary ends with the host's speed (tests/host_speed.py): a fixed loop's time
+and the session's time per second of it, against the 480 s budget.
+
 Fixtures:
   small_world: tests/small_world.py's 4k-impression world after pipeline.preprocess (one
     in-memory Beam worker):
@@ -19,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -26,6 +30,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import models  # pylint: disable=wrong-import-position,unused-import  (models/autograph_rules.py before any test traces)
+from tests import host_speed  # pylint: disable=wrong-import-position
 from tests import small_world as small_world_lib  # pylint: disable=wrong-import-position
 from transforms import beam_compat  # pylint: disable=wrong-import-position
 
@@ -143,3 +148,24 @@ def pytest_collection_modifyitems(config, items):
   slow_files = {item.nodeid.split("::", 1)[0] for item in items
                 if item.get_closest_marker("slow") is not None}
   items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow_files)  # stable
+
+
+_HOST_SPEED = pytest.StashKey[host_speed.Probe]()
+
+
+def pytest_configure(config):
+  """The host-speed probe (tests/host_speed.py) starts with the session, in the xdist
+  controller or the one pytest process (not in each worker)."""
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    config.stash[_HOST_SPEED] = host_speed.Probe(host_speed.LOOP_ADDITIONS)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  """Ends every run's summary with the host's speed and the session's time per unit of it
+  (tests/host_speed.py), so a slow run says whether the suite grew or the host slowed."""
+  del exitstatus  # unused
+  probe = config.stash.get(_HOST_SPEED, None)
+  loop_s = probe.seconds() if probe is not None else None
+  if loop_s:
+    terminalreporter.write_line(
+        host_speed.summary_line(time.time() - probe.started, loop_s))
