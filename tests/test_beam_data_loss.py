@@ -6,7 +6,8 @@ worker -> runner path (write_* methods); the job refuses unchecked Beam versions
 whole job with a 1 ms flush interval and 2 worker processes accounts for every record.
 And the second workaround: Beam asks `get_dofn_specs` of the same DoFn instance many times
 (shown on a small pipeline), the cache answers each instance as Beam would (every DoFn of
-the log job, a stateful DoFn) and never hands out its own sets. And the third: Beam
+the log job, a stateful DoFn) and never hands out its own sets, and answers a DoFn's
+unpickled copies from its methods without asking Beam again. And the third: Beam
 parses an options view anew at every `view_as`, several per transform (counted on a small
 pipeline); the cached views read and write the values Beam's own views do.
 """
@@ -239,6 +240,74 @@ def test_the_cached_dofn_specs_are_beams(tmp_path):
   assert len(states) == len(timers) == 1
   states.clear()  # a caller's change does not reach the cache
   assert userstate.get_dofn_specs(dofns[-1]) == original(dofns[-1])
+
+
+class _OtherStatefulFn(beam.DoFn):
+  """_StatefulFn's method names, another state spec: a key without the functions would
+  give it _StatefulFn's answer."""
+
+  SUM = userstate.CombiningValueStateSpec("sum", sum)
+  LATER = userstate.TimerSpec("later", userstate.TimeDomain.WATERMARK)
+
+  def process(self, element, total=beam.DoFn.StateParam(SUM),
+              later=beam.DoFn.TimerParam(LATER)):
+    total.add(element)
+    yield element
+
+  @userstate.on_timer(LATER)
+  def expire(self):
+    pass
+
+
+class _Scaler:
+  def scale(self, element):
+    return [2 * element]
+
+
+def test_the_unpickled_copies_of_a_dofn_get_beams_answer_without_asking_beam(tmp_path,
+                                                                             monkeypatch):
+  """Each stage's bundle processor unpickles its own copies of the DoFns: a copy is asked
+  once by the per-instance cache, then answered from the one of its methods' set; a
+  FlatMap of a bound method (CallableWrapperDoFn's `_inspect_process` reads the instance)
+  and DoFns that share method names but not functions get Beam's own answers."""
+  from apache_beam.internal import pickler  # pylint: disable=g-import-not-at-top
+  from pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  testing.write_jsonl(str(tmp_path / "impressions.jsonl"),
+                      [testing.impression(0, testing.START)])
+  testing.write_jsonl(str(tmp_path / "events.jsonl"), [])
+  pipeline = preprocess.build_pipeline([
+      "--impressions", str(tmp_path / "impressions.jsonl"),
+      "--events", str(tmp_path / "events.jsonl"), "--output", str(tmp_path / "out"),
+      "--config", testing.write_experiment(str(tmp_path / "experiment"))]).pipeline
+  bound_map = beam.FlatMap(_Scaler().scale).fn  # process: the bound method
+  dofns = _dofns(pipeline) + [_StatefulFn(), _OtherStatefulFn(), bound_map]
+  original = beam_compat._GET_DOFN_SPECS  # pylint: disable=protected-access
+  asked = []
+  monkeypatch.setattr(beam_compat, "_GET_DOFN_SPECS",
+                      lambda dofn: asked.append(dofn) or original(dofn))
+  assert beam_compat.cache_dofn_specs()
+  for dofn in dofns:
+    userstate.get_dofn_specs(dofn)
+  assert beam_compat._methods_key(bound_map) is None  # pylint: disable=protected-access
+  methods_key = beam_compat._methods_key  # pylint: disable=protected-access
+  same_methods = 0
+  for dofn in dofns:
+    key = methods_key(dofn)
+    copy = pickler.loads(pickler.dumps(dofn))
+    assert copy is not dofn
+    del asked[:]
+    assert userstate.get_dofn_specs(copy) == original(copy)
+    if key is not None and methods_key(copy) == key:  # a class pickled by reference
+      assert not asked, type(dofn)
+      same_methods += 1
+  # A class defined inside a function is pickled by value: unpickling gives its methods
+  # new functions, and Beam is asked again (a few of Beam's own, e.g. SplitHotCold).
+  assert same_methods >= 0.9 * len(dofns), (same_methods, len(dofns))
+  assert [name for name, _, _, _ in methods_key(_StatefulFn())] == [
+      name for name, _, _, _ in methods_key(_OtherStatefulFn())]  # the same method names
+  specs = [userstate.get_dofn_specs(fn) for fn in (_StatefulFn(), _OtherStatefulFn())]
+  assert [sorted(spec.name for spec in states | timers) for states, timers in specs] == [
+      ["count", "ts-expiry"], ["sum", "ts-later"]]
 
 
 def test_beam_parses_an_options_view_at_every_application(monkeypatch):

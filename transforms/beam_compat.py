@@ -38,6 +38,7 @@ instance and class; on another Beam version it does nothing.
 """
 
 import threading
+import types
 from typing import Any, Dict, Optional, Set, Tuple
 import weakref
 
@@ -204,12 +205,57 @@ def _remember(cache: Dict[int, Tuple[Any, Any]], instance, value) -> Any:
   return value
 
 
+# Answers by what they are a function of (`_methods_key`), for the copies of a DoFn that
+# each stage's bundle processor unpickles: [key] -> (specs, the functions' defaults,
+# held so that the ids in the key stay theirs).
+_SPECS_BY_METHODS: Dict[Tuple[Any, ...], Tuple[Tuple[frozenset, frozenset], Any]] = {}
+
+
+def _methods_key(dofn) -> Optional[Tuple[Any, ...]]:
+  """What Beam's `get_dofn_specs(dofn)` reads of `dofn`, as a dict key, or None.
+
+  Beam inspects every bound method `dir(dofn)` finds (the same `getattr`s as here), each
+  through `inspect.signature` of its function, unless the instance has an
+  `_inspect_<name>` for it (CallableWrapperDoFn's `_inspect_process`, read when the
+  wrapped callable is a bound method): the answer is then the instance's, and None
+  sends it to the per-instance cache alone. Otherwise the key is (name, function, ids of
+  its defaults) per method: two instances with the same key get the same answer.
+  """
+  key = []
+  for name in dir(dofn):
+    value = getattr(dofn, name, None)
+    if not isinstance(value, types.MethodType):
+      continue
+    if hasattr(dofn, "_inspect_" + name):
+      return None
+    function = value.__func__
+    key.append((name, function, id(getattr(function, "__defaults__", None)),
+                id(getattr(function, "__kwdefaults__", None))))
+  key = tuple(key)
+  try:
+    hash(key)
+  except TypeError:  # an unhashable callable as a method's function
+    return None
+  return key
+
+
 def _cached_dofn_specs(dofn) -> Tuple[Set[Any], Set[Any]]:
-  """`userstate.get_dofn_specs(dofn)`, computed once per DoFn instance (module doc, 2)."""
+  """`userstate.get_dofn_specs(dofn)`, computed once per DoFn instance and once per set
+  of methods (`_methods_key`: the unpickled copies of a DoFn) (module doc, 2)."""
   specs = _recall(_DOFN_SPECS, dofn)
   if specs is None:
-    state_specs, timer_specs = _GET_DOFN_SPECS(dofn)
-    specs = _remember(_DOFN_SPECS, dofn, (frozenset(state_specs), frozenset(timer_specs)))
+    key = _methods_key(dofn)
+    known = _SPECS_BY_METHODS.get(key) if key is not None else None
+    if known is not None:
+      specs = known[0]
+    else:
+      state_specs, timer_specs = _GET_DOFN_SPECS(dofn)
+      specs = (frozenset(state_specs), frozenset(timer_specs))
+      if key is not None:
+        _SPECS_BY_METHODS[key] = (specs, tuple(
+            (getattr(f, "__defaults__", None), getattr(f, "__kwdefaults__", None))
+            for _, f, _, _ in key))
+    specs = _remember(_DOFN_SPECS, dofn, specs)
   return set(specs[0]), set(specs[1])  # new sets: a caller's change stays its own
 
 
@@ -226,6 +272,7 @@ def uncache_dofn_specs() -> None:
   """Restores Beam's own `get_dofn_specs` (for the test that compares both)."""
   userstate.get_dofn_specs = _GET_DOFN_SPECS
   _DOFN_SPECS.clear()
+  _SPECS_BY_METHODS.clear()
 
 
 _VIEW_AS = pipeline_options.PipelineOptions.view_as  # Beam's own
