@@ -167,5 +167,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
   probe = config.stash.get(_HOST_SPEED, None)
   loop_s = probe.seconds() if probe is not None else None
   if loop_s:
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS  # no paths given
+    budget = host_speed.budget_of(whole_suite, config.getoption("markexpr") or "")
     terminalreporter.write_line(
-        host_speed.summary_line(time.time() - probe.started, loop_s))
+        host_speed.summary_line(time.time() - probe.started, loop_s, budget))

@@ -19,7 +19,7 @@ def _numbers(line):
 
 @pytest.mark.parametrize("session_s, loop_s", [(255.0, 1.03), (693.0, 3.4), (100.0, 0.5)])
 def test_the_line_states_where_the_budget_is_reached(session_s, loop_s):
-  line = host_speed.summary_line(session_s, loop_s)
+  line = host_speed.summary_line(session_s, loop_s, budget_s=480.0)
   assert line.startswith("host speed: a 20,000,000-addition Python loop took")
   loop, session, per_loop, budget, limit, ratio = _numbers(line.split("loop took", 1)[1])
   assert (loop, session, budget) == (round(loop_s, 2), round(session_s), 480)
@@ -35,9 +35,25 @@ def test_the_probe_measures_cpu_work():
   assert small > 0 and 2.5 < large / small < 6.0, (small, large)
 
 
+def test_the_budget_is_the_whole_suites_with_or_without_its_slow_tests():
+  assert host_speed.budget_of(True, "") == 480.0
+  assert host_speed.budget_of(True, "not slow") == 180.0
+  assert host_speed.budget_of(True, "slow") is None
+  assert host_speed.budget_of(False, "") is None  # some files or tests only
+  line = host_speed.summary_line(30.0, 1.5)
+  assert line.endswith("is 20 s per loop second") and "budget" not in line
+
+
 class _Config:
-  def __init__(self):
+  def __init__(self, whole_suite=True, markexpr=""):
     self.stash = pytest.Stash()
+    self.args_source = (pytest.Config.ArgsSource.TESTPATHS if whole_suite
+                        else pytest.Config.ArgsSource.ARGS)
+    self._markexpr = markexpr
+
+  def getoption(self, name):
+    assert name == "markexpr"
+    return self._markexpr
 
 
 class _Reporter:
@@ -66,5 +82,6 @@ def test_the_controller_alone_probes_and_ends_the_summary_with_the_line(worker, 
   else:
     [line] = reporter.lines
     assert line.startswith("host speed: a 200,000-addition Python loop took")
+    assert "reach the 480 s budget" in line
     loop_s = _numbers(line.split("loop took", 1)[1])[0]
     assert 0 < loop_s < 5
