@@ -8,7 +8,8 @@ and reuse it. Shared outputs are read-only for their users; a test that changes 
 copies it first (tests/test_training_inputs.py's corrupt shards do).
 
 Every run's summary ends with the host's speed (tests/host_speed.py): a fixed loop's time
-and the session's time per second of it, against the 480 s budget.
+and the session's time per second of it, against the budget (480 s for the whole suite,
+180 s without its slow tests).
 
 Fixtures:
   small_world: tests/small_world.py's 4k-impression world after pipeline.preprocess (one
