@@ -1,10 +1,9 @@
 """Tests of evaluation/scoring.py, evaluation/runner.py and the pipeline.evaluate CLI.
 
 The CLI runs as a subprocess where its exit status and stderr are the point (one scoring
-run with its logged table, which also --include's a JSON written earlier into its report;
-user errors found before TensorFlow is imported); the other runs call what its main
-calls, `pipeline.evaluate.run(Settings(...))`, in this process (no TensorFlow start-up
-each).
+run with its logged table; user errors found before TensorFlow is imported; a report
+from --include'd JSONs); the other runs call what its main calls,
+`pipeline.evaluate.run(Settings(...))`, in this process (no TensorFlow start-up each).
 
 The fixture writes a tiny preprocess output (GZIP TFRecords, feature_spec.yaml,
 labels.json), a simulator truth file and a SavedModel of its own: a tf.Module whose
@@ -251,27 +250,24 @@ def test_spec_and_labels_fall_back_to_the_config(tmp_path, world):
 def test_cli_writes_strict_json_beside_the_report_or_to_output_never_into_the_export(
     world, tmp_path):
   model_tree = _tree(world["model"])
+  report_dir = tmp_path / "report"
+  result = _evaluate_cli("--saved_model", world["model"], "--data", world["data"],
+                         "--truth", world["raw"], "--batch_size", "200",
+                         "--report", str(report_dir))
+  assert result.returncode == 0, result.stderr
+  with open(report_dir / "model.json") as f:  # MODEL_DIR's name, beside index.html
+    report = json.load(f, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+  assert os.path.exists(report_dir / "index.html")
+  assert report["split"] == "eval" and report["examples"] == NUM_ROWS
+  assert set(report["tasks"]["cvr"]) >= {"auc", "gauc", "log_loss", "calibration", "ece",
+                                         "truth", "entire_space"}
+  assert "bayes_auc" in result.stderr and "cvr/all" in result.stderr  # the logged table
+
   named = tmp_path / "elsewhere" / "metrics.json"
   evaluate_cli.run(evaluate_cli.Settings(saved_model=[world["export"]], data=world["data"],
                                          output=str(named)))
   with open(named) as f:
     assert json.load(f)["tasks"]["ctr"]["n"] == NUM_ROWS
-
-  report_dir = tmp_path / "report"
-  result = _evaluate_cli("--saved_model", world["model"], "--data", world["data"],
-                         "--truth", world["raw"], "--batch_size", "200",
-                         "--include", f"earlier={named}", "--report", str(report_dir))
-  assert result.returncode == 0, result.stderr
-  with open(report_dir / "model.json") as f:  # MODEL_DIR's name, beside index.html
-    report = json.load(f, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
-  assert report["split"] == "eval" and report["examples"] == NUM_ROWS
-  assert set(report["tasks"]["cvr"]) >= {"auc", "gauc", "log_loss", "calibration", "ece",
-                                         "truth", "entire_space"}
-  assert "bayes_auc" in result.stderr and "cvr/all" in result.stderr  # the logged table
-  # The --include'd JSON is in the report beside the scored model, not rewritten.
-  text = open(report_dir / "index.html").read()
-  assert 'id="model-model"' in text and 'id="model-earlier"' in text
-  assert sorted(os.listdir(tmp_path / "elsewhere")) == ["metrics.json"]
 
   nowhere = _evaluate_cli("--saved_model", world["model"], "--data", world["data"])
   assert nowhere.returncode == 2
@@ -341,9 +337,11 @@ def test_cli_compares_two_models_in_one_report_and_from_json(world, tmp_path):
   text = open(report_dir / "index.html").read()
   for section in ("comparison", "model-a", "model-b", "slices"):
     assert f'<section id="{section}"' in text
-  evaluate_cli.run(evaluate_cli.Settings(
-      include=[str(metrics_dir / "a.json"), f"again={metrics_dir / 'b.json'}"],
-      report=str(tmp_path / "merged")))
+  include = subprocess.run(
+      [sys.executable, "-m", "pipeline.evaluate", "--include", str(metrics_dir / "a.json"),
+       "--include", f"again={metrics_dir / 'b.json'}", "--report", str(tmp_path / "merged")],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert include.returncode == 0, include.stderr
   merged = open(tmp_path / "merged" / "index.html").read()
   assert 'id="model-a"' in merged and 'id="model-again"' in merged
   refused = _evaluate_cli(*args, "--output", str(tmp_path / "x.json"))
