@@ -46,6 +46,7 @@ def test_cvr_tower_learns_from_its_own_loss(tmp_path):
 
 
 def test_fit_reduces_the_loss(tmp_path):
+  tf_keras.utils.set_random_seed(0)  # initial weights and order: not the earlier tests'
   model = build("naive", tmp_path)
   model.compile(tf_keras.optimizers.Adam(0.01))
   batch = make_batch(512, seed=4)
