@@ -80,22 +80,15 @@ DEFAULT_SIGNAL_SHARE = profiles.click_signal_share_of(world_config.BehaviourPara
 ALICCP = profiles.profile("aliccp")
 # axis -> (simulate flag or None for the size, knob label, values in the order the
 # crossover walks: from the default world's value out). The centre's value is in each.
-AXES = {
+_KNOB_AXES = {
+    "sparsity": ("--target_purchase_per_click", "P(buy | click)",
+                 (0.07, ALICCP.target_purchase_per_click)),
+    "signal": ("--click_signal_share", "click signal share", (DEFAULT_SIGNAL_SHARE, 1.0)),
+}
+AXES = {  # the two modes differ in their sizes only
     # Two values an axis: what fits the budget at 1M (the docstring's measured cost).
-    "full": {
-        "sparsity": ("--target_purchase_per_click", "P(buy | click)",
-                     (0.07, ALICCP.target_purchase_per_click)),
-        "signal": ("--click_signal_share", "click signal share",
-                   (DEFAULT_SIGNAL_SHARE, 1.0)),
-        "size": (None, "impressions", (300_000, 1_000_000)),
-    },
-    "quick": {
-        "sparsity": ("--target_purchase_per_click", "P(buy | click)",
-                     (0.07, ALICCP.target_purchase_per_click)),
-        "signal": ("--click_signal_share", "click signal share",
-                   (DEFAULT_SIGNAL_SHARE, 1.0)),
-        "size": (None, "impressions", (20_000, 40_000)),
-    },
+    "full": {**_KNOB_AXES, "size": (None, "impressions", (300_000, 1_000_000))},
+    "quick": {**_KNOB_AXES, "size": (None, "impressions", (20_000, 40_000))},
 }
 MODES = {
     "full": {"centre_size": 1_000_000, "seeds": 3, "epochs": 3,
