@@ -26,7 +26,9 @@ instance at construction, at the Runner API round trip and per stage: about 9 ti
 instance, 1,973 calls and 61,000 signatures for the log job on 100 records, 22% of its
 CPU. The answer depends only on the instance's methods' default arguments, which do
 not change, so `cache_dofn_specs` remembers it per instance (a weak reference guards
-against a reused id; every call gets new sets); on another Beam version it does nothing.
+against a reused id; every call gets new sets) and per set of methods (`_methods_key`),
+which answers the copies each stage's bundle processor unpickles; on another Beam
+version it does nothing.
 
 3. The options views (docs/SCALING.md 2.7): `PipelineOptions.view_as(cls)` builds a new
 `cls(self._flags)`, which makes an argparse parser of cls's options and parses every
